@@ -1,0 +1,143 @@
+"""
+### medml_retrain: retrain, evaluate and register a medical image classifier
+
+Runs the medml lifecycle for one data snapshot (the run's logical date):
+
+`prepare → ingest → validate → split → preprocess → train[fold 0..k-1] → evaluate → register`
+→ `report`
+
+* **Params / conf**: `source` (dataset root; `{ds}` is replaced by the logical date, so a
+  snapshot per date can live at `/data/kidney-ct/{ds}`; empty means `$MEDML_SOURCE`),
+  `recipe` (e.g. `kidney-ct`), `overrides` (list of `key=value`, e.g. `["train.epochs=2"]`),
+  `run_dir` (empty: `$MEDML_HOME/runs/<ds>/<run_id>`).
+* Training is mapped over the folds: each fold is its own task instance.
+* The model version gets alias `challenger` only if it passes the recipe's gate.
+* Every task is one call into `medml.pipeline`; the same functions back the `medml` CLI and
+  `dvc.yaml`.
+
+Trigger a run for a past date with `airflow dags test medml_retrain 2026-01-05 -c '{...}'`.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Param, dag, task
+
+
+def _safe(run_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
+
+
+@dag(
+    dag_id="medml_retrain",
+    schedule="@weekly",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=2,
+    tags=["medml", "training"],
+    doc_md=__doc__,
+    default_args={"owner": "medml", "retries": 1, "retry_delay": timedelta(minutes=1)},
+    params={
+        "source": Param("", type="string", description="Dataset root; {ds} = logical date."),
+        "recipe": Param("kidney-ct", type="string", description="Recipe name or YAML path."),
+        "overrides": Param([], type="array", description="key=value overrides."),
+        "run_dir": Param("", type="string", description="Run directory (empty: automatic)."),
+    },
+)
+def medml_retrain() -> None:
+    """Wire the medml steps; all work happens in medml.pipeline."""
+
+    @task(retries=0)
+    def prepare(
+        params: dict | None = None, ds: str | None = None, run_id: str | None = None
+    ) -> str:
+        import os
+
+        from medml import pipeline
+
+        source = (params["source"] or os.environ.get("MEDML_SOURCE", "")).format(ds=ds)
+        if not source:
+            raise ValueError("no dataset source: set the `source` param or $MEDML_SOURCE")
+        run_dir = params["run_dir"] or str(pipeline.medml_home() / "runs" / ds / _safe(run_id))
+        ctx = pipeline.init_run(
+            run_dir,
+            source,
+            params["recipe"],
+            overrides=params["overrides"],
+            logical_date=ds,
+            run_key=f"medml_retrain/{_safe(run_id)}",
+        )
+        return str(ctx.layout.root)
+
+    @task
+    def ingest(run_dir: str) -> dict:
+        from medml import pipeline
+
+        return pipeline.step_ingest(run_dir)
+
+    @task(retries=0)
+    def validate(run_dir: str) -> dict:
+        from medml import pipeline
+
+        return pipeline.step_validate(run_dir)
+
+    @task
+    def split(run_dir: str) -> dict:
+        from medml import pipeline
+
+        return pipeline.step_split(run_dir)
+
+    @task
+    def preprocess(run_dir: str) -> dict:
+        from medml import pipeline
+
+        return pipeline.step_preprocess(run_dir)
+
+    @task
+    def folds(run_dir: str) -> list[int]:
+        from medml import pipeline
+
+        return pipeline.load_context(run_dir).folds
+
+    @task(max_active_tis_per_dagrun=4)
+    def train(run_dir: str, fold: int) -> dict:
+        from medml import pipeline
+        from medml.tracking import Tracking
+
+        return pipeline.step_train(run_dir, fold, Tracking.from_env(pipeline.medml_home()))
+
+    @task
+    def evaluate(run_dir: str) -> dict:
+        from medml import pipeline
+        from medml.tracking import Tracking
+
+        return pipeline.step_evaluate(run_dir, Tracking.from_env(pipeline.medml_home()))
+
+    @task
+    def register(run_dir: str) -> dict:
+        from medml import pipeline
+        from medml.tracking import Tracking
+
+        return pipeline.step_register(run_dir, Tracking.from_env(pipeline.medml_home()))
+
+    @task
+    def report(run_dir: str) -> str:
+        from medml import pipeline
+
+        path = pipeline.write_run_summary(run_dir)
+        print(path.read_text())
+        return str(path)
+
+    run_dir = prepare()
+    fold_ids = folds(run_dir)
+    ingest(run_dir) >> validate(run_dir) >> split(run_dir) >> preprocess(run_dir) >> fold_ids
+    trained = train.partial(run_dir=run_dir).expand(fold=fold_ids)
+    registered = register(run_dir)
+    trained >> evaluate(run_dir) >> registered
+    registered >> report(run_dir)
+
+
+medml_retrain()

@@ -1,0 +1,348 @@
+"""The ``medml`` command line: one subcommand per step, plus synth, run and demo.
+
+Every step subcommand works on a run directory (``--run-dir``) created by ``medml init`` (or
+by ``medml run``/the Airflow DAG), and calls the same function the DAG and ``dvc.yaml`` call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from medml import pipeline
+from medml.config import ConfigError, available_recipes
+
+app = typer.Typer(
+    name="medml",
+    help="Train, evaluate and ship image classifiers for imbalanced medical imaging data.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+RunDir = Annotated[Path, typer.Option("--run-dir", help="Run directory (made by `medml init`).")]
+Source = Annotated[Path, typer.Option("--source", help="Dataset root: one folder per class.")]
+RecipeName = Annotated[
+    str, typer.Option("--recipe", help="Recipe name (see `medml recipes`) or YAML path.")
+]
+Sets = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a setting, e.g. --set train.epochs=2 (repeatable)."),
+]
+ParamsFile = Annotated[
+    Path | None, typer.Option("--params", help="YAML with overrides (e.g. params.yaml).")
+]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code=1)
+
+
+def _guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call a step; known failures become a one-line error and exit code 1."""
+    from medml.data.ingest import IngestError
+    from medml.data.validate import ValidationFailed
+    from medml.split import LeakageError
+
+    try:
+        return fn(*args, **kwargs)
+    except (
+        ConfigError,
+        pipeline.RunError,
+        IngestError,
+        ValidationFailed,
+        LeakageError,
+        ValueError,
+        FileNotFoundError,
+    ) as err:
+        raise _fail(str(err)) from None
+
+
+def _tracking():  # noqa: ANN202 - medml.tracking.Tracking
+    from medml.tracking import Tracking
+
+    return Tracking.from_env(pipeline.medml_home())
+
+
+def _echo_result(result: dict[str, Any]) -> None:
+    typer.echo(json.dumps(result, indent=2, default=str))
+
+
+@app.command()
+def recipes() -> None:
+    """List the available recipes."""
+    for name in available_recipes():
+        typer.echo(name)
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option("--out", help="Directory to create (must be new or empty).")],
+    recipe: RecipeName = "kidney-ct",
+    n: Annotated[int, typer.Option("--n", help="Number of images.", min=4)] = 600,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same files).")] = 0,
+    size: Annotated[int, typer.Option("--size", help="Image side in pixels.", min=32)] = 128,
+) -> None:
+    """Write a synthetic phantom dataset (folder per class, several slices per patient)."""
+    from medml.data.synthetic import synth_kidney_ct
+
+    if recipe != "kidney-ct":
+        raise _fail(f"synth supports --recipe kidney-ct for now, got {recipe!r}")
+    result = _guard(synth_kidney_ct, out, n=n, seed=seed, image_size=size)
+    typer.echo(
+        f"wrote {sum(result.counts.values())} images of {result.patients} synthetic "
+        f"patients to {result.root}: {result.counts}"
+    )
+
+
+@app.command()
+def init(
+    run_dir: RunDir,
+    source: Source,
+    recipe: RecipeName,
+    params: ParamsFile = None,
+    set_: Sets = None,
+    logical_date: Annotated[
+        str | None, typer.Option(help="Data snapshot date (YYYY-MM-DD).")
+    ] = None,
+    run_key: Annotated[
+        str | None, typer.Option(help="Stable id of this run (default: generated).")
+    ] = None,
+) -> None:
+    """Create a run directory: pin the recipe, overrides and source in run.json."""
+    ctx = _guard(
+        pipeline.init_run,
+        run_dir,
+        source,
+        recipe,
+        params_file=params,
+        overrides=set_ or [],
+        logical_date=logical_date,
+        run_key=run_key,
+    )
+    typer.echo(f"initialised {ctx.layout.root} (recipe {ctx.recipe.name}, run key {ctx.run_key})")
+
+
+@app.command()
+def ingest(run_dir: RunDir) -> None:
+    """Scan the source into manifest.parquet (path, label, group, sha256, size, dims)."""
+    _echo_result(_guard(pipeline.step_ingest, run_dir))
+
+
+@app.command()
+def validate(run_dir: RunDir) -> None:
+    """Great Expectations gate: quarantine bad files, fail on critical problems."""
+    _echo_result(_guard(pipeline.step_validate, run_dir))
+
+
+@app.command("split")
+def split_cmd(run_dir: RunDir) -> None:
+    """Holdout test set + stratified (group) k folds, with a leakage audit."""
+    _echo_result(_guard(pipeline.step_split, run_dir))
+
+
+@app.command()
+def preprocess(run_dir: RunDir) -> None:
+    """Decode and resize images with OpenCV into shards."""
+    _echo_result(_guard(pipeline.step_preprocess, run_dir))
+
+
+@app.command()
+def train(
+    run_dir: RunDir,
+    fold: Annotated[int, typer.Option("--fold", help="Fold to hold out for validation.", min=0)],
+    no_tracking: Annotated[bool, typer.Option(help="Do not log to MLflow.")] = False,
+) -> None:
+    """Train one fold (balanced inside the fold) and log it to MLflow."""
+    _echo_result(_guard(pipeline.step_train, run_dir, fold, None if no_tracking else _tracking()))
+
+
+@app.command()
+def evaluate(run_dir: RunDir) -> None:
+    """Score the fold ensemble on the untouched holdout (clinical metrics, plots)."""
+    _echo_result(_guard(pipeline.step_evaluate, run_dir, _tracking()))
+
+
+@app.command()
+def register(run_dir: RunDir) -> None:
+    """Register the fold ensemble in MLflow; alias `challenger` if it passes the gate."""
+    _echo_result(_guard(pipeline.step_register, run_dir, _tracking()))
+
+
+@app.command()
+def summary(run_dir: RunDir) -> None:
+    """Print a run's holdout metrics per class and its registered version."""
+    typer.echo(_guard(pipeline.summary, run_dir))
+
+
+@app.command()
+def run(
+    source: Source,
+    recipe: RecipeName,
+    params: ParamsFile = None,
+    set_: Sets = None,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Run directory (default: under $MEDML_HOME/runs).")
+    ] = None,
+    logical_date: Annotated[
+        str | None, typer.Option(help="Data snapshot date (YYYY-MM-DD).")
+    ] = None,
+) -> None:
+    """Run every step in this process (no Airflow needed) and print the summary."""
+    now = datetime.now(UTC)
+    date = logical_date or now.date().isoformat()
+    target = run_dir or pipeline.medml_home() / "runs" / date / f"cli__{now:%Y%m%dT%H%M%S}"
+    ctx = _guard(
+        pipeline.init_run,
+        target,
+        source,
+        recipe,
+        params_file=params,
+        overrides=set_ or [],
+        logical_date=date,
+    )
+    _guard(pipeline.run_all, ctx, _tracking(), echo=typer.echo)
+    typer.echo("")
+    typer.echo(pipeline.write_run_summary(ctx.layout.root).read_text())
+
+
+@app.command()
+def demo(
+    workdir: Annotated[
+        Path, typer.Option(help="Where data, runs, MLflow and Airflow state go.")
+    ] = Path(".medml/demo"),
+    n: Annotated[int, typer.Option("--n", help="Phantom images to generate.", min=40)] = 1200,
+    seed: Annotated[int, typer.Option(help="Phantom seed.")] = 0,
+    set_: Sets = None,
+) -> None:
+    """Synthesise a kidney-CT phantom set and run the medml_retrain DAG with `airflow dags test`."""
+    from medml.data.synthetic import synth_kidney_ct
+
+    workdir = workdir.resolve()
+    data = workdir / "data" / "kidney-ct"
+    if data.exists():
+        shutil.rmtree(data)
+    result = _guard(synth_kidney_ct, data, n=n, seed=seed)
+    typer.echo(f"[demo] phantom dataset: {result.counts} ({result.patients} patients) in {data}")
+    logical_date = datetime.now(UTC).date().isoformat()
+    run_dir = workdir / "runs" / logical_date / f"demo__{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    env = airflow_env(workdir)
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    log = workdir / "airflow-dags-test.log"
+    typer.echo(f"[demo] airflow db migrate (AIRFLOW_HOME={env['AIRFLOW_HOME']})")
+    _run_logged([airflow, "db", "migrate"], env, log, mode="w")
+    conf = {
+        "source": str(data),
+        "recipe": "kidney-ct",
+        "run_dir": str(run_dir),
+        "overrides": list(set_ or []),
+    }
+    typer.echo(f"[demo] airflow dags test medml_retrain {logical_date} (log: {log})")
+    _run_logged(
+        [airflow, "dags", "test", "medml_retrain", logical_date, "-c", json.dumps(conf)],
+        env,
+        log,
+        mode="a",
+        progress=_dag_test_progress,
+    )
+    registration = pipeline.RunLayout(run_dir).registry_dir / "registration.json"
+    if not registration.is_file():
+        raise _fail(f"the DAG run did not register a model; see {log}")
+    typer.echo("")
+    typer.echo(pipeline.summary(run_dir))
+    tracking = _tracking_for(workdir)
+    typer.echo(f"\nMLflow UI:  mlflow ui --backend-store-uri {tracking.uri}")
+    typer.echo(
+        f"Airflow UI: AIRFLOW_HOME={env['AIRFLOW_HOME']} "
+        f"AIRFLOW__CORE__DAGS_FOLDER={env['AIRFLOW__CORE__DAGS_FOLDER']} airflow standalone"
+    )
+
+
+def _tracking_for(home: Path):  # noqa: ANN202 - medml.tracking.Tracking
+    from medml.tracking import Tracking
+
+    return Tracking.from_env(home)
+
+
+def airflow_env(workdir: Path) -> dict[str, str]:
+    """Environment for an embedded Airflow (SQLite metadata DB) and MLflow store under workdir."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "AIRFLOW_HOME": str(workdir / "airflow"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
+            "MEDML_HOME": str(workdir),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "GX_ANALYTICS_ENABLED": "false",
+            "MLFLOW_TRACKING_URI": _tracking_for(workdir).uri,
+        }
+    )
+    env.pop("MEDML_ARTIFACT_ROOT", None)
+    return env
+
+
+def _dag_test_progress(line: str) -> str | None:
+    """One short line per finished or failed task of `airflow dags test` output."""
+    match = _TASK_END.search(line)
+    if match:
+        task, index = match.groups()
+        return f"  done: {task}" + (f" [fold {index}]" if index != "-1" else "")
+    if "[error" in line or "Traceback" in line:
+        return "  " + line.rstrip()[:240]
+    return None
+
+
+_TASK_END = re.compile(r"\[DAG TEST\] end task task_id=(\S+) map_index=(-?\d+)")
+
+
+def _run_logged(
+    cmd: list[str],
+    env: dict[str, str],
+    log: Path,
+    *,
+    mode: str,
+    progress: Callable[[str], str | None] | None = None,
+) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, mode) as handle:
+        process = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
+        assert process.stdout is not None
+        failed_run = False
+        for line in process.stdout:
+            handle.write(line)
+            if "DagRun failed" in line or "state:failed" in line:
+                failed_run = True
+            if progress is not None:
+                message = progress(line)
+                if message:
+                    typer.echo(message)
+        code = process.wait()
+    if code != 0 or failed_run:
+        raise _fail(f"`{' '.join(cmd[:3])} ...` failed (exit {code}); see {log}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

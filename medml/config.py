@@ -1,0 +1,247 @@
+"""Typed configuration: a recipe (one per dataset/system) plus overrides.
+
+A recipe lives in ``recipes/<name>.yaml``. Overrides are layered on top, in this order:
+the recipe, then an optional params file (``params.yaml``, shared with DVC), then
+``--set key=value`` pairs from the command line or the Airflow run's conf. Every layer is
+validated by the same pydantic models, so a typo in any of them is a clear error naming the
+key, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+class ConfigError(ValueError):
+    """A recipe, params file or override is invalid; the message says which and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    """What the dataset looks like."""
+
+    layout: Literal["auto", "class_folders"] = "auto"
+    classes: list[str] = Field(min_length=2)
+    extensions: list[str] = [".jpg", ".jpeg", ".png"]
+    min_images_per_class: int = Field(default=10, ge=1)
+    max_quarantine_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
+
+    @field_validator("classes")
+    @classmethod
+    def _unique_classes(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"class names must be unique, got {value}")
+        return value
+
+
+class ImageConfig(_Strict):
+    """How images are decoded and resized into shards."""
+
+    size: int = Field(default=64, ge=8, le=1024)
+    channels: Literal[1, 3] = 1
+    shard_size: int = Field(default=1024, ge=16)
+    workers: int = Field(default=0, ge=0, description="decode threads; 0 = one per core")
+
+
+class SplitConfig(_Strict):
+    """Holdout and k-fold settings."""
+
+    test_size: float = Field(default=0.2, gt=0.0, lt=0.5)
+    folds: int = Field(default=3, ge=2, le=20)
+    seed: int = 42
+
+
+class TrainConfig(_Strict):
+    """One fold's training settings."""
+
+    model: Literal["small_cnn"] = "small_cnn"
+    epochs: int = Field(default=30, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    learning_rate: float = Field(default=1e-3, gt=0.0)
+    dropout: float = Field(default=0.3, ge=0.0, lt=1.0)
+    patience: int = Field(default=6, ge=1)
+    balance: Literal["none", "class_weight", "undersample", "oversample"] = "class_weight"
+    seed: int = 42
+
+
+class GateConfig(_Strict):
+    """Absolute thresholds a model must pass to get the ``challenger`` alias."""
+
+    min_balanced_accuracy: float = Field(default=0.0, ge=0.0, le=1.0)
+    min_macro_f1: float = Field(default=0.0, ge=0.0, le=1.0)
+    min_class_sensitivity: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class RegistryConfig(_Strict):
+    """Where the fold ensemble is registered."""
+
+    model_name: str = Field(min_length=1)
+    experiment: str = "medml"
+    alias: str = "challenger"
+    gate: GateConfig = GateConfig()
+
+
+class Recipe(_Strict):
+    """Everything that defines one dataset/system's training run."""
+
+    name: str
+    description: str = ""
+    data: DataConfig
+    image: ImageConfig = ImageConfig()
+    split: SplitConfig = SplitConfig()
+    train: TrainConfig = TrainConfig()
+    registry: RegistryConfig
+
+    @model_validator(mode="after")
+    def _min_images_fit_folds(self) -> Recipe:
+        if self.data.min_images_per_class < self.split.folds:
+            raise ValueError(
+                f"data.min_images_per_class ({self.data.min_images_per_class}) must be at least "
+                f"split.folds ({self.split.folds}) so every fold sees every class"
+            )
+        return self
+
+    @property
+    def chance_balanced_accuracy(self) -> float:
+        """Balanced accuracy of a classifier that guesses."""
+        return 1.0 / len(self.data.classes)
+
+    def params_hash(self) -> str:
+        """Stable short hash of every setting, for tagging and cache keys."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def flat_params(self) -> dict[str, str]:
+        """Settings as ``section.key -> value`` strings (MLflow params, tags)."""
+        return {key: str(value) for key, value in _flatten(self.model_dump(mode="json")).items()}
+
+
+def available_recipes(recipes_dir: Path = RECIPES_DIR) -> list[str]:
+    """Names of the recipes shipped in ``recipes_dir``."""
+    return sorted(path.stem for path in recipes_dir.glob("*.yaml"))
+
+
+def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
+    """Turn ``["train.epochs=2", "split.folds=3"]`` into a nested dict.
+
+    Values are parsed as YAML scalars, so ``2`` is an int, ``0.5`` a float, ``true`` a bool
+    and ``[a, b]`` a list.
+
+    Raises:
+        ConfigError: a pair has no ``=`` or an empty key.
+    """
+    nested: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set expects key=value (e.g. train.epochs=2), got {pair!r}")
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {pair!r} conflicts with another override of {part!r}")
+        node[parts[-1]] = value
+    return nested
+
+
+def load_recipe(
+    name_or_path: str | Path,
+    *,
+    params_file: Path | None = None,
+    overrides: Mapping[str, Any] | Iterable[str] | None = None,
+    recipes_dir: Path = RECIPES_DIR,
+) -> Recipe:
+    """Load and validate a recipe with its overrides.
+
+    Args:
+        name_or_path: a recipe name from ``recipes/`` (e.g. ``kidney-ct``) or a YAML path.
+        params_file: optional YAML whose top-level keys ``data``, ``image``, ``split``,
+            ``train`` and ``registry`` override the recipe (other keys are ignored, so the file
+            can also carry DVC-only settings).
+        overrides: ``key=value`` strings or an already nested dict, applied last.
+        recipes_dir: where named recipes live.
+
+    Returns:
+        The validated recipe.
+
+    Raises:
+        ConfigError: the recipe is unknown, a file is not valid YAML, or a setting is invalid.
+    """
+    path = Path(name_or_path)
+    if not (path.suffix in {".yaml", ".yml"} and path.is_file()):
+        path = recipes_dir / f"{name_or_path}.yaml"
+        if not path.is_file():
+            known = ", ".join(available_recipes(recipes_dir)) or "none"
+            raise ConfigError(f"unknown recipe {str(name_or_path)!r}; available: {known}")
+    merged = _read_yaml(path)
+    if params_file is not None:
+        params = _read_yaml(params_file)
+        recipe_keys = set(Recipe.model_fields) - {"name", "description"}
+        merged = _deep_merge(merged, {k: v for k, v in params.items() if k in recipe_keys})
+    if overrides:
+        if not isinstance(overrides, Mapping):
+            overrides = parse_overrides(overrides)
+        merged = _deep_merge(merged, dict(overrides))
+    try:
+        return Recipe.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(path, err)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        content = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(content, dict):
+        raise ConfigError(f"{path} must contain a mapping at the top level")
+    return content
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _format_validation_error(path: Path, err: ValidationError) -> str:
+    problems = []
+    for item in err.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        if item["type"] == "extra_forbidden":
+            problems.append(f"unknown key {key!r}")
+        else:
+            problems.append(f"{key}: {item['msg']}")
+    return f"invalid config (recipe {path.name} + overrides): " + "; ".join(problems)

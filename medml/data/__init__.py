@@ -1,0 +1,1 @@
+"""Data layer: sources, layouts, the manifest, validation and the synthetic generator."""

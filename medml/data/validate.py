@@ -1,0 +1,238 @@
+"""Validation gate: a Great Expectations 1.x suite over the manifest.
+
+Row-level expectations (file non-empty, decodes, label known) decide which files are
+quarantined: they are listed in ``quarantine.csv`` with the reason and left out of
+``clean_manifest.parquet``; the files themselves are never moved, changed or deleted.
+Dataset-level expectations (enough images per class, not too many quarantined) are critical:
+when one fails the step raises :class:`ValidationFailed` naming the counts and the report.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from medml.config import Recipe
+from medml.data.ingest import absolute_paths
+from medml.io import atomic_path, write_json
+
+MAX_PIXELS = 100_000_000  # refuse to decode headers that declare more (decompression bombs)
+
+
+class ValidationFailed(RuntimeError):
+    """A critical expectation failed; the message names the counts and the report path."""
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """What :func:`validate` wrote and decided."""
+
+    clean_manifest: Path
+    report: Path
+    quarantine: Path
+    images: int
+    quarantined: int
+    class_counts: dict[str, int]
+
+
+def validate(
+    manifest_path: Path, out_dir: Path, recipe: Recipe, *, workers: int = 0
+) -> ValidationResult:
+    """Validate a manifest, quarantine bad files and write the clean manifest.
+
+    Args:
+        manifest_path: ``manifest.parquet`` from ingest.
+        out_dir: where ``validation.json``, ``quarantine.csv`` and ``clean_manifest.parquet`` go.
+        recipe: the run's recipe (known classes, minimum per class, quarantine budget).
+        workers: decoding threads; 0 means one per core.
+
+    Returns:
+        Paths of the outputs and the counts.
+
+    Raises:
+        ValidationFailed: a critical expectation failed (outputs are still written, so the
+            report can be read).
+    """
+    out_dir = Path(out_dir)
+    manifest = pd.read_parquet(manifest_path)
+    checked = manifest.assign(
+        decodable=_decode_checks(manifest, workers),
+        label_known=manifest["label"].isin(recipe.data.classes),
+    )
+
+    row_suite = [
+        ("file is empty (0 bytes)", _gx_between("bytes", min_value=1)),
+        ("file does not decode as an image", _gx_in_set("decodable", [True])),
+        (f"label is not one of {recipe.data.classes}", _gx_in_set("label", recipe.data.classes)),
+    ]
+    row_results = _run_suite(
+        checked, [expectation for _, expectation in row_suite], "manifest_rows"
+    )
+    reasons: dict[int, list[str]] = {}
+    for (reason, _), result in zip(row_suite, row_results, strict=True):
+        for index in result["unexpected_index_list"]:
+            reasons.setdefault(int(index), []).append(reason)
+
+    quarantine = checked.loc[sorted(reasons), ["path", "root", "label", "sha256", "bytes"]].copy()
+    quarantine["reason"] = ["; ".join(reasons[i]) for i in quarantine.index]
+    clean = manifest.drop(index=list(reasons)).reset_index(drop=True)
+
+    counts = clean["label"].value_counts().reindex(recipe.data.classes, fill_value=0)
+    counts_table = pd.DataFrame({"label": counts.index, "count": counts.to_numpy()})
+    fraction = len(quarantine) / max(1, len(manifest))
+    dataset_results = _run_suite(
+        counts_table,
+        [_gx_between("count", min_value=recipe.data.min_images_per_class)],
+        "class_counts",
+    )
+    critical: list[str] = []
+    if not dataset_results[0]["success"]:
+        short = {
+            row.label: int(row.count)
+            for row in counts_table.itertuples()
+            if row.count < recipe.data.min_images_per_class
+        }
+        critical.append(
+            f"classes below the minimum of {recipe.data.min_images_per_class} images: {short}"
+        )
+    if fraction > recipe.data.max_quarantine_fraction:
+        critical.append(
+            f"{len(quarantine)} of {len(manifest)} files quarantined ({fraction:.1%}), more than "
+            f"data.max_quarantine_fraction={recipe.data.max_quarantine_fraction:.1%}"
+        )
+
+    minority = counts[counts > 0].min() if (counts > 0).any() else 0
+    report = {
+        "success": not critical,
+        "critical_failures": critical,
+        "images": len(manifest),
+        "quarantined": len(quarantine),
+        "quarantined_fraction": round(fraction, 6),
+        "class_counts": {str(k): int(v) for k, v in counts.items()},
+        "imbalance_ratio": float(counts.max() / minority) if minority else None,
+        "expectations": [
+            {
+                "expectation": r["type"],
+                "column": r["column"],
+                "success": r["success"],
+                "unexpected_count": r["unexpected_count"],
+                "meaning": meaning,
+            }
+            for meaning, r in zip(
+                [m for m, _ in row_suite] + ["minimum images per class"],
+                row_results + dataset_results,
+                strict=True,
+            )
+        ],
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report_path = write_json(out_dir / "validation.json", report)
+    quarantine_path = out_dir / "quarantine.csv"
+    with atomic_path(quarantine_path) as tmp:
+        quarantine.to_csv(tmp, index=False)
+    clean_path = out_dir / "clean_manifest.parquet"
+    with atomic_path(clean_path) as tmp:
+        clean.to_parquet(tmp, index=False)
+    if critical:
+        raise ValidationFailed(
+            "data validation failed: " + "; ".join(critical) + f". Report: {report_path}; "
+            f"quarantined files are listed in {quarantine_path} (nothing was deleted)."
+        )
+    return ValidationResult(
+        clean_manifest=clean_path,
+        report=report_path,
+        quarantine=quarantine_path,
+        images=len(clean),
+        quarantined=len(quarantine),
+        class_counts=report["class_counts"],
+    )
+
+
+def decode_image(data: bytes) -> np.ndarray | None:
+    """Decode encoded image bytes with OpenCV, keeping depth and channels; ``None`` if invalid."""
+    if not data:
+        return None
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    return image if image is not None and image.size > 0 else None
+
+
+def _decode_checks(manifest: pd.DataFrame, workers: int) -> list[bool]:
+    declared = (manifest["width"].astype("int64") * manifest["height"].astype("int64")).tolist()
+
+    def check(item: tuple[Path, int]) -> bool:
+        path, pixels = item
+        if pixels > MAX_PIXELS or not path.is_file():
+            return False
+        return decode_image(path.read_bytes()) is not None
+
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        return list(
+            tqdm(
+                pool.map(check, zip(absolute_paths(manifest), declared, strict=True)),
+                total=len(manifest),
+                desc="validate",
+                unit="img",
+                leave=False,
+            )
+        )
+
+
+def _gx_in_set(column: str, values: list[Any]) -> Any:
+    import great_expectations as gx
+
+    return gx.expectations.ExpectColumnValuesToBeInSet(column=column, value_set=values)
+
+
+def _gx_between(column: str, *, min_value: float) -> Any:
+    import great_expectations as gx
+
+    return gx.expectations.ExpectColumnValuesToBeBetween(column=column, min_value=min_value)
+
+
+def _run_suite(frame: pd.DataFrame, expectations: list[Any], name: str) -> list[dict[str, Any]]:
+    """Run expectations on a dataframe with an ephemeral GX context; one dict per expectation."""
+    import great_expectations as gx
+
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    context = gx.get_context(mode="ephemeral")
+    batch = (
+        context.data_sources.add_pandas(f"{name}_source")
+        .add_dataframe_asset(name=name)
+        .add_batch_definition_whole_dataframe(f"{name}_batch")
+    )
+    suite = context.suites.add(gx.ExpectationSuite(name=f"{name}_suite"))
+    for expectation in expectations:
+        suite.add_expectation(expectation)
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name=f"{name}_validation", data=batch, suite=suite)
+    )
+    outcome = definition.run(
+        batch_parameters={"dataframe": frame.reset_index(drop=True)},
+        result_format={"result_format": "COMPLETE"},
+    )
+    by_key = {
+        (r.expectation_config.type, r.expectation_config.kwargs.get("column")): r
+        for r in outcome.results
+    }
+    results = []
+    for expectation in expectations:
+        result = by_key[(expectation.expectation_type, expectation.column)]
+        details = result.result or {}
+        results.append(
+            {
+                "type": result.expectation_config.type,
+                "column": expectation.column,
+                "success": bool(result.success),
+                "unexpected_count": int(details.get("unexpected_count") or 0),
+                "unexpected_index_list": list(details.get("unexpected_index_list") or []),
+            }
+        )
+    return results

@@ -1,0 +1,291 @@
+"""Evaluate the fold ensemble on the untouched holdout with clinical metrics.
+
+The ensemble's prediction is the mean of the fold models' softmax outputs (seed 001). The
+holdout is scored once by the ensemble and once per fold model (to show fold variance).
+Reported per class: sensitivity (recall), specificity, PPV (precision), NPV, F1, support;
+overall: accuracy, balanced accuracy, macro-F1, one-vs-rest macro ROC AUC, Cohen's kappa,
+expected calibration error, and 95% bootstrap intervals for balanced accuracy, macro-F1 and
+each class's sensitivity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medml.config import Recipe
+from medml.io import atomic_path, write_json
+from medml.preprocess import load_images, load_index
+from medml.split import TEST
+from medml.tracking import Tracking
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """What :func:`evaluate` wrote."""
+
+    metrics_path: Path
+    metrics: dict[str, Any]
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Confusion matrix, rows = true class, columns = predicted class."""
+    flat = np.asarray(y_true, dtype=np.int64) * n_classes + np.asarray(y_pred, dtype=np.int64)
+    return np.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def _rates(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-class rates from one confusion matrix (or a stack of them, last two axes)."""
+    tp = np.diagonal(cm, axis1=-2, axis2=-1).astype(float)
+    support = cm.sum(axis=-1).astype(float)
+    predicted = cm.sum(axis=-2).astype(float)
+    total = cm.sum(axis=(-2, -1))[..., None].astype(float)
+    fn = support - tp
+    fp = predicted - tp
+    tn = total - tp - fn - fp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sensitivity = np.where(support > 0, tp / support, np.nan)
+        specificity = np.where(tn + fp > 0, tn / (tn + fp), np.nan)
+        ppv = np.where(predicted > 0, tp / predicted, 0.0)
+        npv = np.where(tn + fn > 0, tn / (tn + fn), np.nan)
+        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
+    return {
+        "sensitivity": sensitivity,
+        "specificity": specificity,
+        "ppv": ppv,
+        "npv": npv,
+        "f1": f1,
+        "support": support,
+    }
+
+
+def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, bins: int = 10) -> float:
+    """ECE of the top-class confidence over equal-width bins."""
+    confidence = proba.max(axis=1)
+    correct = (proba.argmax(axis=1) == y_true).astype(float)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
+    return float(ece)
+
+
+def clinical_metrics(
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    classes: Sequence[str],
+    *,
+    bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Clinical metrics of class probabilities against true class indices.
+
+    Args:
+        y_true: true class indices, shape ``(n,)``.
+        proba: class probabilities, shape ``(n, k)``.
+        classes: class names, in index order.
+        bootstrap: resamples for the 95% confidence intervals (0 disables them).
+        seed: bootstrap seed.
+
+    Returns:
+        ``overall`` scores, ``per_class`` scores, the ``confusion_matrix`` and ``ci95``.
+    """
+    from sklearn.metrics import cohen_kappa_score, roc_auc_score
+
+    y_true = np.asarray(y_true, dtype=np.int64)
+    k = len(classes)
+    y_pred = proba.argmax(axis=1)
+    cm = confusion(y_true, y_pred, k)
+    rates = _rates(cm)
+    present = rates["support"] > 0
+    try:
+        auc = (
+            float(
+                roc_auc_score(
+                    y_true, proba, multi_class="ovr", average="macro", labels=list(range(k))
+                )
+            )
+            if k > 2
+            else float(roc_auc_score(y_true, proba[:, 1]))
+        )
+    except ValueError:  # a class is missing from the holdout
+        auc = float("nan")
+    overall = {
+        "accuracy": float(np.trace(cm) / max(1, cm.sum())),
+        "balanced_accuracy": float(np.nanmean(rates["sensitivity"][present])),
+        "macro_f1": float(rates["f1"][present].mean()),
+        "roc_auc_ovr_macro": auc,
+        "cohen_kappa": float(cohen_kappa_score(y_true, y_pred, labels=list(range(k)))),
+        "expected_calibration_error": expected_calibration_error(y_true, proba),
+        "min_class_sensitivity": float(np.nanmin(rates["sensitivity"])),
+        "n": int(len(y_true)),
+    }
+    per_class = {
+        name: {
+            metric: (float(values[i]) if not np.isnan(values[i]) else None)
+            for metric, values in rates.items()
+        }
+        for i, name in enumerate(classes)
+    }
+    for name in per_class:
+        per_class[name]["support"] = int(per_class[name]["support"] or 0)
+    result = {
+        "overall": overall,
+        "per_class": per_class,
+        "confusion_matrix": cm.tolist(),
+        "classes": list(classes),
+    }
+    if bootstrap:
+        result["ci95"] = _bootstrap_ci(y_true, y_pred, k, list(classes), bootstrap, seed)
+    return result
+
+
+def _bootstrap_ci(
+    y_true: np.ndarray, y_pred: np.ndarray, k: int, classes: list[str], rounds: int, seed: int
+) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    n = len(y_true)
+    draws = rng.integers(0, n, size=(rounds, n))
+    flat = y_true[draws] * k + y_pred[draws]
+    offsets = (np.arange(rounds) * k * k)[:, None]
+    cms = np.bincount((flat + offsets).ravel(), minlength=rounds * k * k).reshape(rounds, k, k)
+    rates = _rates(cms)
+    with np.errstate(invalid="ignore"):
+        balanced = np.nanmean(rates["sensitivity"], axis=1)
+    macro_f1 = rates["f1"].mean(axis=1)
+
+    def interval(values: np.ndarray) -> list[float | None]:
+        values = values[~np.isnan(values)]
+        if not len(values):
+            return [None, None]
+        low, high = np.percentile(values, [2.5, 97.5])
+        return [float(low), float(high)]
+
+    return {
+        "balanced_accuracy": interval(balanced),
+        "macro_f1": interval(macro_f1),
+        "sensitivity": {
+            name: interval(rates["sensitivity"][:, i]) for i, name in enumerate(classes)
+        },
+        "rounds": rounds,
+    }
+
+
+def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: Path) -> Path:
+    """Save counts and row-normalised confusion matrices side by side as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        normalised = np.nan_to_num(cm / cm.sum(axis=1, keepdims=True))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
+    for ax, data, title, fmt in [
+        (axes[0], cm, "counts", "d"),
+        (axes[1], normalised, "row-normalised (sensitivity on diagonal)", ".2f"),
+    ]:
+        ax.imshow(data, cmap="Blues")
+        ax.set_title(title)
+        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+        ax.set_yticks(range(len(classes)), classes)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        threshold = data.max() / 2 if data.max() else 0
+        for (i, j), value in np.ndenumerate(data):
+            ax.text(
+                j,
+                i,
+                format(value, fmt),
+                ha="center",
+                va="center",
+                color="white" if value > threshold else "black",
+            )
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def predict_proba(
+    model_paths: Sequence[Path], images: np.ndarray, batch_size: int = 256
+) -> np.ndarray:
+    """Softmax outputs of each model, shape ``(n_models, n, k)``."""
+    import keras
+
+    return np.stack(
+        [
+            keras.models.load_model(path, compile=False).predict(
+                images, batch_size=batch_size, verbose=0
+            )
+            for path in model_paths
+        ]
+    )
+
+
+def evaluate(
+    shards_dir: Path,
+    model_paths: Sequence[Path],
+    out_dir: Path,
+    recipe: Recipe,
+    *,
+    tracking: Tracking | None = None,
+    parent_run_id: str | None = None,
+) -> EvaluationResult:
+    """Score the fold ensemble (and each fold) on the holdout; write metrics, plots, predictions.
+
+    Raises:
+        ValueError: no fold models were given.
+    """
+    if not model_paths:
+        raise ValueError("no fold models to evaluate; run the train step for every fold first")
+    classes = recipe.data.classes
+    index = load_index(shards_dir)
+    holdout = index[index["split"] == TEST]
+    images = load_images(shards_dir, holdout)
+    y_true = holdout["label_index"].to_numpy(dtype=np.int64)
+    per_model = predict_proba(model_paths, images)
+    ensemble = per_model.mean(axis=0)
+    metrics = clinical_metrics(y_true, ensemble, classes, seed=recipe.split.seed)
+    metrics["per_fold"] = [
+        {"model": str(path), **clinical_metrics(y_true, proba, classes, bootstrap=0)["overall"]}
+        for path, proba in zip(model_paths, per_model, strict=True)
+    ]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = write_json(out_dir / "metrics.json", metrics)
+    cm_path = plot_confusion_matrix(
+        np.array(metrics["confusion_matrix"]), classes, out_dir / "confusion_matrix.png"
+    )
+    predictions = pd.DataFrame(ensemble, columns=[f"p_{c}" for c in classes])
+    predictions.insert(0, "path", holdout["path"].to_numpy())
+    predictions.insert(1, "label", holdout["label"].to_numpy())
+    predictions.insert(2, "predicted", [classes[i] for i in ensemble.argmax(axis=1)])
+    with atomic_path(out_dir / "predictions.parquet") as tmp:
+        predictions.to_parquet(tmp, index=False)
+    if tracking is not None and parent_run_id is not None:
+        client = tracking.activate()
+        flat = {
+            f"test_{k}": v
+            for k, v in metrics["overall"].items()
+            if isinstance(v, float) and not np.isnan(v)
+        }
+        for name, scores in metrics["per_class"].items():
+            for metric in ("sensitivity", "specificity", "ppv", "f1"):
+                if scores[metric] is not None:
+                    flat[f"test_{metric}_{name}"] = scores[metric]
+        for key, value in flat.items():
+            client.log_metric(parent_run_id, key, value)
+        for artifact in (metrics_path, cm_path):
+            client.log_artifact(parent_run_id, str(artifact), artifact_path="evaluation")
+    return EvaluationResult(metrics_path, metrics)

@@ -1,0 +1,384 @@
+"""The lifecycle wiring shared by every runner: a run directory and one function per step.
+
+A run directory holds one pipeline run's inputs and outputs (keyed by logical date and run id
+by the runners). ``run.json`` is written once, by :func:`init_run`, and pins the resolved
+recipe, the source and the run key, so every later step, in whatever process, pod or
+machine, uses the same configuration. Each ``step_*`` function reads its inputs from the
+layout, calls one pure step function and returns a small JSON-friendly dict (for XCom and
+the CLI). The CLI, ``dvc.yaml`` and the Airflow DAG call exactly these functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from medml.config import Recipe, load_recipe
+from medml.io import read_json, write_json
+from medml.tracking import Tracking
+
+STEPS = ("ingest", "validate", "split", "preprocess", "train", "evaluate", "register")
+
+
+class RunError(RuntimeError):
+    """A run directory is missing or a step's inputs are not there yet."""
+
+
+def medml_home() -> Path:
+    """Workspace for runs and the default MLflow store: ``$MEDML_HOME`` or ``./.medml``."""
+    return Path(os.environ.get("MEDML_HOME") or ".medml").resolve()
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where each step's outputs live inside a run directory."""
+
+    root: Path
+
+    @property
+    def run_json(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.parquet"
+
+    @property
+    def validation_dir(self) -> Path:
+        return self.root / "validation"
+
+    @property
+    def clean_manifest(self) -> Path:
+        return self.validation_dir / "clean_manifest.parquet"
+
+    @property
+    def splits(self) -> Path:
+        return self.root / "splits.parquet"
+
+    @property
+    def shards(self) -> Path:
+        return self.root / "shards"
+
+    def fold_dir(self, fold: int) -> Path:
+        return self.root / "folds" / f"fold_{fold}"
+
+    def fold_models(self, folds: int) -> list[Path]:
+        return [self.fold_dir(k) / "model.keras" for k in range(folds)]
+
+    @property
+    def evaluation(self) -> Path:
+        return self.root / "evaluation"
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.root / "registry"
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """The pinned configuration of one run (the content of ``run.json``)."""
+
+    layout: RunLayout
+    recipe: Recipe
+    source: str
+    run_key: str
+    logical_date: str
+    created: str
+
+    @property
+    def folds(self) -> list[int]:
+        return list(range(self.recipe.split.folds))
+
+
+def init_run(
+    run_dir: Path,
+    source: str | Path,
+    recipe: str | Path,
+    *,
+    params_file: Path | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    logical_date: str | None = None,
+    run_key: str | None = None,
+) -> RunContext:
+    """Resolve the recipe with its overrides and pin it, with the source, in ``run.json``.
+
+    Raises:
+        ConfigError: unknown recipe or invalid override.
+        RunError: the source directory does not exist.
+    """
+    resolved = load_recipe(recipe, params_file=params_file, overrides=overrides)
+    source_path = Path(source).expanduser()
+    if not source_path.is_dir():
+        raise RunError(f"source directory {source} does not exist or is not a directory")
+    layout = RunLayout(Path(run_dir).resolve())
+    now = datetime.now(UTC)
+    context = {
+        "recipe": resolved.model_dump(mode="json"),
+        "source": str(source_path.resolve()),
+        "run_key": run_key or f"{resolved.name}-{now:%Y%m%dT%H%M%S}-{os.getpid()}",
+        "logical_date": logical_date or now.date().isoformat(),
+        "created": now.isoformat(timespec="seconds"),
+    }
+    layout.root.mkdir(parents=True, exist_ok=True)
+    write_json(layout.run_json, context)
+    return load_context(layout.root)
+
+
+def load_context(run_dir: Path) -> RunContext:
+    """Read a run directory's pinned configuration.
+
+    Raises:
+        RunError: ``run.json`` is missing (the run was not initialised).
+    """
+    layout = RunLayout(Path(run_dir).resolve())
+    if not layout.run_json.is_file():
+        raise RunError(
+            f"{layout.root} is not a medml run directory (no run.json); "
+            "create it with `medml init` or `medml run`"
+        )
+    data = read_json(layout.run_json)
+    return RunContext(
+        layout=layout,
+        recipe=Recipe.model_validate(data["recipe"]),
+        source=data["source"],
+        run_key=data["run_key"],
+        logical_date=data["logical_date"],
+        created=data["created"],
+    )
+
+
+def _require(path: Path, step: str) -> Path:
+    if not path.exists():
+        raise RunError(f"{path} is missing; run the `{step}` step first")
+    return path
+
+
+def pipeline_run_id(ctx: RunContext, tracking: Tracking) -> str:
+    """The MLflow parent run of this pipeline run (created on first use)."""
+    return tracking.pipeline_run(
+        ctx.recipe.registry.experiment,
+        ctx.run_key,
+        run_name=f"{ctx.recipe.name} {ctx.logical_date}",
+        tags={
+            "recipe": ctx.recipe.name,
+            "logical_date": ctx.logical_date,
+            "source": ctx.source,
+            "run_dir": str(ctx.layout.root),
+        },
+    )
+
+
+def step_ingest(run_dir: Path) -> dict[str, Any]:
+    """Scan the source into ``manifest.parquet``."""
+    from medml.data.ingest import ingest
+
+    ctx = load_context(run_dir)
+    result = ingest(Path(ctx.source), ctx.layout.manifest, ctx.recipe)
+    return {
+        "manifest": str(result.manifest),
+        "images": result.images,
+        "class_counts": result.class_counts,
+    }
+
+
+def step_validate(run_dir: Path) -> dict[str, Any]:
+    """Run the validation gate; quarantine bad files."""
+    from medml.data.validate import validate
+
+    ctx = load_context(run_dir)
+    result = validate(
+        _require(ctx.layout.manifest, "ingest"), ctx.layout.validation_dir, ctx.recipe
+    )
+    return {
+        "images": result.images,
+        "quarantined": result.quarantined,
+        "class_counts": result.class_counts,
+        "report": str(result.report),
+    }
+
+
+def step_split(run_dir: Path) -> dict[str, Any]:
+    """Assign holdout and folds."""
+    from medml.split import split
+
+    ctx = load_context(run_dir)
+    result = split(_require(ctx.layout.clean_manifest, "validate"), ctx.layout.splits, ctx.recipe)
+    return {
+        "grouped": result.grouped,
+        "test_images": result.test_size,
+        "fold_sizes": result.fold_sizes,
+        "folds": ctx.folds,
+    }
+
+
+def step_preprocess(run_dir: Path) -> dict[str, Any]:
+    """Decode and resize into shards."""
+    from medml.preprocess import preprocess
+
+    ctx = load_context(run_dir)
+    result = preprocess(_require(ctx.layout.splits, "split"), ctx.layout.shards, ctx.recipe)
+    return {"shards_dir": str(result.shards_dir), "images": result.images, "shards": result.shards}
+
+
+def step_train(run_dir: Path, fold: int, tracking: Tracking | None = None) -> dict[str, Any]:
+    """Train one fold (logged to MLflow when ``tracking`` is given)."""
+    from medml.train import train_fold
+
+    ctx = load_context(run_dir)
+    parent = pipeline_run_id(ctx, tracking) if tracking else None
+    result = train_fold(
+        _require(ctx.layout.shards, "preprocess"),
+        fold,
+        ctx.layout.fold_dir(fold),
+        ctx.recipe,
+        tracking=tracking,
+        parent_run_id=parent,
+        run_key=ctx.run_key,
+    )
+    return result.as_dict()
+
+
+def step_evaluate(run_dir: Path, tracking: Tracking | None = None) -> dict[str, Any]:
+    """Score the fold ensemble on the holdout."""
+    from medml.evaluate import evaluate
+
+    ctx = load_context(run_dir)
+    models = [_require(p, "train") for p in ctx.layout.fold_models(ctx.recipe.split.folds)]
+    result = evaluate(
+        ctx.layout.shards,
+        models,
+        ctx.layout.evaluation,
+        ctx.recipe,
+        tracking=tracking,
+        parent_run_id=pipeline_run_id(ctx, tracking) if tracking else None,
+    )
+    return {"metrics": str(result.metrics_path), **result.metrics["overall"]}
+
+
+def data_hash(manifest_path: Path) -> str:
+    """Content hash of the training data: every (path, label, sha256) of the clean manifest."""
+    table = pd.read_parquet(manifest_path, columns=["path", "label", "sha256"])
+    digest = hashlib.sha256()
+    for row in sorted(zip(table["path"], table["label"], table["sha256"], strict=True)):
+        digest.update("\t".join(row).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def step_register(run_dir: Path, tracking: Tracking) -> dict[str, Any]:
+    """Register the ensemble; alias ``challenger`` if it passes the gate."""
+    from medml.registry import register_ensemble
+
+    ctx = load_context(run_dir)
+    metrics = read_json(_require(ctx.layout.evaluation / "metrics.json", "evaluate"))
+    registration = register_ensemble(
+        ctx.layout.fold_models(ctx.recipe.split.folds),
+        metrics,
+        ctx.layout.registry_dir,
+        ctx.recipe,
+        tracking=tracking,
+        parent_run_id=pipeline_run_id(ctx, tracking),
+        tags={
+            "data_hash": data_hash(ctx.layout.clean_manifest),
+            "logical_date": ctx.logical_date,
+            "run_key": ctx.run_key,
+            "run_dir": str(ctx.layout.root),
+        },
+    )
+    return registration.as_dict()
+
+
+def run_all(ctx: RunContext, tracking: Tracking, *, echo: Any = print) -> dict[str, Any]:
+    """Run every step in this process, in order; return the registration."""
+    root = ctx.layout.root
+    for name, step in [
+        ("ingest", step_ingest),
+        ("validate", step_validate),
+        ("split", step_split),
+        ("preprocess", step_preprocess),
+    ]:
+        echo(f"[{name}] {step(root)}")
+    for fold in ctx.folds:
+        result = step_train(root, fold, tracking)
+        echo(
+            f"[train fold {fold}] epochs={result['epochs']} val_loss={result['val_loss']:.4f} "
+            f"val_accuracy={result['val_accuracy']:.3f}"
+        )
+    evaluation = step_evaluate(root, tracking)
+    echo(
+        f"[evaluate] balanced_accuracy={evaluation['balanced_accuracy']:.3f} "
+        f"macro_f1={evaluation['macro_f1']:.3f}"
+    )
+    registration = step_register(root, tracking)
+    echo(
+        f"[register] {registration['model_name']} v{registration['version']} "
+        f"alias={registration['alias']}"
+    )
+    return registration
+
+
+def summary(run_dir: Path) -> str:
+    """Human-readable summary: holdout metrics per class and the registered version."""
+    ctx = load_context(run_dir)
+    metrics = read_json(_require(ctx.layout.evaluation / "metrics.json", "evaluate"))
+    lines = [
+        f"medml run {ctx.run_key}  recipe={ctx.recipe.name}  logical date={ctx.logical_date}",
+        f"run directory: {ctx.layout.root}",
+        "",
+        f"Holdout test set (n={metrics['overall']['n']}), fold ensemble of "
+        f"{ctx.recipe.split.folds} models:",
+        f"  {'class':<14}{'sensitivity':>12}{'specificity':>12}{'PPV':>8}{'F1':>8}{'support':>9}",
+    ]
+    for name in metrics["classes"]:
+        scores = metrics["per_class"][name]
+        lines.append(
+            f"  {name:<14}{_fmt(scores['sensitivity']):>12}{_fmt(scores['specificity']):>12}"
+            f"{_fmt(scores['ppv']):>8}{_fmt(scores['f1']):>8}{scores['support']:>9}"
+        )
+    overall = metrics["overall"]
+    ci = metrics.get("ci95", {})
+    lines += [
+        "",
+        f"  accuracy {overall['accuracy']:.3f}"
+        f" | balanced accuracy {overall['balanced_accuracy']:.3f}"
+        f" {_ci(ci.get('balanced_accuracy'))} | macro-F1 {overall['macro_f1']:.3f}"
+        f" {_ci(ci.get('macro_f1'))} | AUC {overall['roc_auc_ovr_macro']:.3f}"
+        f" | chance {ctx.recipe.chance_balanced_accuracy:.3f}",
+    ]
+    registration_path = ctx.layout.registry_dir / "registration.json"
+    if registration_path.is_file():
+        reg = read_json(registration_path)
+        if reg["alias"]:
+            lines.append(
+                f"\nRegistered model: {reg['model_name']}  {reg['alias']} -> version "
+                f"{reg['version']}"
+            )
+        else:
+            lines.append(
+                f"\nRegistered model: {reg['model_name']} version {reg['version']} "
+                f"(gate failed: {'; '.join(reg['gate_reasons'])}; no alias moved)"
+            )
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _ci(interval: list[float | None] | None) -> str:
+    if not interval or interval[0] is None:
+        return ""
+    return f"[95% CI {interval[0]:.3f}-{interval[1]:.3f}]"
+
+
+def write_run_summary(run_dir: Path) -> Path:
+    """Write :func:`summary` to ``summary.txt`` in the run directory."""
+    layout = RunLayout(Path(run_dir).resolve())
+    path = layout.root / "summary.txt"
+    path.write_text(summary(run_dir) + "\n")
+    return path

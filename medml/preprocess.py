@@ -1,0 +1,154 @@
+"""Preprocess: decode, convert and resize images with OpenCV into fixed-size shards.
+
+Images are decoded in parallel threads (OpenCV releases the GIL) and written one shard at a
+time, so peak memory is one shard, not the dataset. Output layout (deterministic bytes for the
+same inputs and settings, so DVC caches it)::
+
+    shards/
+      meta.json             size, channels, classes, shard names
+      index.parquet         one row per image: path, label_index, split, fold, shard, offset
+      shard-00000.npy       uint8 array (n, size, size, channels)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from medml.config import ImageConfig, Recipe
+from medml.data.ingest import absolute_paths
+from medml.io import atomic_path, read_json, write_json
+
+
+@dataclass(frozen=True)
+class PreprocessResult:
+    """What :func:`preprocess` wrote."""
+
+    shards_dir: Path
+    images: int
+    shards: int
+
+
+class LoadImage:
+    """Decode an image file to uint8 with the wanted channels, resized to a square.
+
+    Args:
+        size: output side in pixels.
+        channels: 1 (grayscale) or 3 (RGB).
+
+    Raises:
+        ValueError: bad ``size`` or ``channels``.
+    """
+
+    def __init__(self, size: int, channels: int) -> None:
+        if size < 1:
+            raise ValueError(f"size must be positive, got {size}")
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        self.size = size
+        self.channels = channels
+
+    def __call__(self, path: Path) -> np.ndarray:
+        """Return an array of shape ``(size, size, channels)``.
+
+        Raises:
+            ValueError: the file cannot be decoded.
+        """
+        data = np.fromfile(str(path), dtype=np.uint8)
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+        if image is None:
+            raise ValueError(f"cannot decode image {path}; run validate to quarantine it")
+        image = _to_uint8(image)
+        image = _convert_channels(image, self.channels)
+        interpolation = cv2.INTER_AREA if image.shape[0] > self.size else cv2.INTER_LINEAR
+        image = cv2.resize(image, (self.size, self.size), interpolation=interpolation)
+        return image.reshape(self.size, self.size, self.channels)
+
+
+def preprocess(splits_path: Path, shards_dir: Path, recipe: Recipe) -> PreprocessResult:
+    """Decode every image in ``splits.parquet`` into shards under ``shards_dir``."""
+    table = pd.read_parquet(splits_path)
+    image_cfg: ImageConfig = recipe.image
+    load = LoadImage(image_cfg.size, image_cfg.channels)
+    paths = absolute_paths(table)
+    shard_size = image_cfg.shard_size
+    n_shards = max(1, -(-len(paths) // shard_size))
+    workers = image_cfg.workers or os.cpu_count() or 1
+    index = table[["path", "label", "label_index", "group", "sha256", "split", "fold"]].copy()
+    index["shard"] = np.arange(len(index)) // shard_size
+    index["offset"] = np.arange(len(index)) % shard_size
+    with atomic_path(Path(shards_dir)) as staging, ThreadPoolExecutor(workers) as pool:
+        staging.mkdir(parents=True)
+        progress = tqdm(total=len(paths), desc="preprocess", unit="img", leave=False)
+        names = []
+        for shard in range(n_shards):
+            chunk = paths[shard * shard_size : (shard + 1) * shard_size]
+            batch = np.stack(list(pool.map(_tick(load, progress), chunk)))
+            name = f"shard-{shard:05d}.npy"
+            np.save(staging / name, batch, allow_pickle=False)
+            names.append(name)
+        progress.close()
+        index.to_parquet(staging / "index.parquet", index=False)
+        write_json(
+            staging / "meta.json",
+            {
+                "size": image_cfg.size,
+                "channels": image_cfg.channels,
+                "classes": list(recipe.data.classes),
+                "shards": names,
+                "images": len(paths),
+            },
+        )
+    return PreprocessResult(Path(shards_dir), len(paths), n_shards)
+
+
+def load_index(shards_dir: Path) -> pd.DataFrame:
+    """The shard index (one row per image, in shard order)."""
+    return pd.read_parquet(Path(shards_dir) / "index.parquet")
+
+
+def load_images(shards_dir: Path, rows: pd.DataFrame) -> np.ndarray:
+    """Gather the images of ``rows`` (from :func:`load_index`) into one uint8 array."""
+    meta = read_json(Path(shards_dir) / "meta.json")
+    out = np.empty((len(rows), meta["size"], meta["size"], meta["channels"]), dtype=np.uint8)
+    position = np.arange(len(rows))
+    for shard, part in rows.assign(_pos=position).groupby("shard", sort=True):
+        array = np.load(Path(shards_dir) / meta["shards"][int(shard)], mmap_mode="r")
+        out[part["_pos"].to_numpy()] = array[part["offset"].to_numpy()]
+    return out
+
+
+def _tick(fn: Callable[[Path], np.ndarray], progress: tqdm) -> Callable[[Path], np.ndarray]:
+    def wrapped(path: Path) -> np.ndarray:
+        result = fn(path)
+        progress.update(1)
+        return result
+
+    return wrapped
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    if image.dtype == np.uint8:
+        return image
+    scaled = cv2.normalize(image.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX)
+    return scaled.astype(np.uint8)
+
+
+def _convert_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    if image.ndim == 2:
+        return image if channels == 1 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    n = image.shape[2]
+    if n == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    elif n == 1:
+        image = image[:, :, 0]
+        return image if channels == 1 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY if channels == 1 else cv2.COLOR_BGR2RGB)

@@ -1,0 +1,200 @@
+"""Train one fold: balance the fold's training part, fit a Keras model, log it to MLflow.
+
+Fold ``k`` trains on the rows of the other folds and validates (early stopping) on fold ``k``.
+The holdout test rows are never loaded here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medml.balance import balance_training_rows
+from medml.config import Recipe
+from medml.io import atomic_path, write_json
+from medml.preprocess import load_images, load_index
+from medml.split import TRAIN
+from medml.tracking import KIND_TAG, MODEL_REQUIREMENTS, RUN_KEY_TAG, Tracking
+
+MODEL_FILE = "model.keras"
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """What :func:`train_fold` wrote and measured."""
+
+    fold: int
+    model_path: Path
+    history_path: Path
+    mlflow_run_id: str | None
+    epochs: int
+    val_loss: float
+    val_accuracy: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (for XCom and the CLI)."""
+        return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
+
+
+def fold_rows(index: Any, fold: int) -> tuple[Any, Any]:
+    """Training and validation rows of ``fold`` (holdout rows are in neither).
+
+    Raises:
+        ValueError: ``fold`` does not exist in the split.
+    """
+    train_part = index[index["split"] == TRAIN]
+    folds = sorted(int(f) for f in train_part["fold"].unique())
+    if fold not in folds:
+        raise ValueError(f"fold {fold} does not exist; this split has folds {folds}")
+    return train_part[train_part["fold"] != fold], train_part[train_part["fold"] == fold]
+
+
+def train_fold(
+    shards_dir: Path,
+    fold: int,
+    out_dir: Path,
+    recipe: Recipe,
+    *,
+    tracking: Tracking | None = None,
+    parent_run_id: str | None = None,
+    run_key: str = "",
+) -> FoldResult:
+    """Train the model for one fold and save it to ``out_dir/model.keras``.
+
+    Args:
+        shards_dir: output of preprocess.
+        fold: which fold to hold out for validation.
+        out_dir: fold output directory (model, history).
+        recipe: the run's recipe.
+        tracking: MLflow store to log to; ``None`` logs nothing.
+        parent_run_id: MLflow parent run of the pipeline run.
+        run_key: identifies the pipeline run (tagged on the MLflow run).
+
+    Returns:
+        Paths and the best validation scores.
+    """
+    import keras
+
+    cfg = recipe.train
+    n_classes = len(recipe.data.classes)
+    train_rows, val_rows = fold_rows(load_index(shards_dir), fold)
+    balanced = balance_training_rows(
+        train_rows["label_index"].to_numpy(), n_classes, cfg.balance, seed=cfg.seed + fold
+    )
+    train_rows = train_rows.iloc[balanced.indices]
+    x_train = load_images(shards_dir, train_rows)
+    y_train = train_rows["label_index"].to_numpy(dtype=np.int64)
+    x_val = load_images(shards_dir, val_rows)
+    y_val = val_rows["label_index"].to_numpy(dtype=np.int64)
+
+    keras.utils.set_random_seed(cfg.seed + fold)
+    from medml.models import build_model
+
+    model = build_model(
+        cfg.model, x_train.shape[1:], n_classes, dropout=cfg.dropout, name=f"fold_{fold}"
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(cfg.learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=cfg.patience, restore_best_weights=True
+        ),
+    ]
+    params = {
+        **recipe.flat_params(),
+        "fold": str(fold),
+        "train_images": str(len(y_train)),
+        "val_images": str(len(y_val)),
+        "class_weight": str(balanced.class_weight),
+    }
+    run_id = None
+    mlflow_run = None
+    if tracking is not None:
+        import mlflow
+
+        tracking.activate()
+        mlflow_run = mlflow.start_run(
+            experiment_id=tracking.experiment_id(recipe.registry.experiment),
+            run_name=f"fold-{fold}",
+            parent_run_id=parent_run_id,
+            tags={RUN_KEY_TAG: run_key, KIND_TAG: "fold", "fold": str(fold)},
+        )
+        run_id = mlflow_run.info.run_id
+        mlflow.log_params(params)
+        callbacks.append(_mlflow_epoch_logger())
+    try:
+        started = time.perf_counter()
+        history = model.fit(
+            x_train,
+            y_train,
+            validation_data=(x_val, y_val),
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            class_weight=balanced.class_weight,
+            callbacks=callbacks,
+            shuffle=True,
+            verbose=2,
+        )
+        seconds = time.perf_counter() - started
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model_path = out_dir / MODEL_FILE
+        with atomic_path(model_path) as tmp:
+            model.save(tmp)
+        best = int(np.argmin(history.history["val_loss"]))
+        summary = {
+            "fold": fold,
+            "epochs_run": len(history.history["loss"]),
+            "best_epoch": best + 1,
+            "val_loss": float(history.history["val_loss"][best]),
+            "val_accuracy": float(history.history["val_accuracy"][best]),
+            "train_seconds": round(seconds, 2),
+            "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+        }
+        history_path = write_json(out_dir / "history.json", summary)
+        if mlflow_run is not None:
+            import mlflow
+
+            mlflow.log_metrics(
+                {
+                    "best_val_loss": summary["val_loss"],
+                    "best_val_accuracy": summary["val_accuracy"],
+                    "train_seconds": seconds,
+                }
+            )
+            mlflow.log_artifact(str(history_path))
+            mlflow.keras.log_model(model, name="model", pip_requirements=MODEL_REQUIREMENTS)
+    finally:
+        if mlflow_run is not None:
+            import mlflow
+
+            mlflow.end_run()
+    return FoldResult(
+        fold,
+        model_path,
+        history_path,
+        run_id,
+        summary["epochs_run"],
+        summary["val_loss"],
+        summary["val_accuracy"],
+    )
+
+
+def _mlflow_epoch_logger() -> Any:
+    """A Keras callback that logs every epoch's metrics to the active MLflow run."""
+    import keras
+    import mlflow
+
+    class MlflowEpochLogger(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            if logs:
+                mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch)
+
+    return MlflowEpochLogger()
