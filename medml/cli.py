@@ -136,28 +136,89 @@ def init(
     typer.echo(f"initialised {ctx.layout.root} (recipe {ctx.recipe.name}, run key {ctx.run_key})")
 
 
+OptSource = Annotated[
+    Path | None,
+    typer.Option("--source", help="Dataset root; with --recipe, (re)initialises the run dir."),
+]
+OptRecipe = Annotated[
+    str | None,
+    typer.Option("--recipe", help="Recipe; with --source, (re)initialises the run dir (DVC)."),
+]
+
+
+def _data_step(
+    step: Any,
+    run_dir: Path,
+    source: Path | None,
+    recipe: str | None,
+    params: Path | None,
+    set_: list[str] | None,
+) -> None:
+    """Run a data step, first pinning the config when --source/--recipe are given (DVC)."""
+    if (source is None) != (recipe is None):
+        raise _fail("--source and --recipe go together (or give neither to use run.json)")
+    if source is not None and recipe is not None:
+        existing = run_dir / "run.json"
+        key = _guard(pipeline.load_context, run_dir).run_key if existing.is_file() else "dvc"
+        _guard(
+            pipeline.init_run,
+            run_dir,
+            source,
+            recipe,
+            params_file=params,
+            overrides=set_ or [],
+            logical_date="static",
+            run_key=key,
+        )
+    _echo_result(_guard(step, run_dir))
+
+
 @app.command()
-def ingest(run_dir: RunDir) -> None:
+def ingest(
+    run_dir: RunDir,
+    source: OptSource = None,
+    recipe: OptRecipe = None,
+    params: ParamsFile = None,
+    set_: Sets = None,
+) -> None:
     """Scan the source into manifest.parquet (path, label, group, sha256, size, dims)."""
-    _echo_result(_guard(pipeline.step_ingest, run_dir))
+    _data_step(pipeline.step_ingest, run_dir, source, recipe, params, set_)
 
 
 @app.command()
-def validate(run_dir: RunDir) -> None:
+def validate(
+    run_dir: RunDir,
+    source: OptSource = None,
+    recipe: OptRecipe = None,
+    params: ParamsFile = None,
+    set_: Sets = None,
+) -> None:
     """Great Expectations gate: quarantine bad files, fail on critical problems."""
-    _echo_result(_guard(pipeline.step_validate, run_dir))
+    _data_step(pipeline.step_validate, run_dir, source, recipe, params, set_)
 
 
 @app.command("split")
-def split_cmd(run_dir: RunDir) -> None:
+def split_cmd(
+    run_dir: RunDir,
+    source: OptSource = None,
+    recipe: OptRecipe = None,
+    params: ParamsFile = None,
+    set_: Sets = None,
+) -> None:
     """Holdout test set + stratified (group) k folds, with a leakage audit."""
-    _echo_result(_guard(pipeline.step_split, run_dir))
+    _data_step(pipeline.step_split, run_dir, source, recipe, params, set_)
 
 
 @app.command()
-def preprocess(run_dir: RunDir) -> None:
+def preprocess(
+    run_dir: RunDir,
+    source: OptSource = None,
+    recipe: OptRecipe = None,
+    params: ParamsFile = None,
+    set_: Sets = None,
+) -> None:
     """Decode and resize images with OpenCV into shards."""
-    _echo_result(_guard(pipeline.step_preprocess, run_dir))
+    _data_step(pipeline.step_preprocess, run_dir, source, recipe, params, set_)
 
 
 @app.command()

@@ -89,7 +89,6 @@ class RunContext:
     source: str
     run_key: str
     logical_date: str
-    created: str
 
     @property
     def folds(self) -> list[int]:
@@ -123,7 +122,6 @@ def init_run(
         "source": str(source_path.resolve()),
         "run_key": run_key or f"{resolved.name}-{now:%Y%m%dT%H%M%S}-{os.getpid()}",
         "logical_date": logical_date or now.date().isoformat(),
-        "created": now.isoformat(timespec="seconds"),
     }
     layout.root.mkdir(parents=True, exist_ok=True)
     write_json(layout.run_json, context)
@@ -149,7 +147,6 @@ def load_context(run_dir: Path) -> RunContext:
         source=data["source"],
         run_key=data["run_key"],
         logical_date=data["logical_date"],
-        created=data["created"],
     )
 
 

@@ -66,9 +66,22 @@ def assign_splits(table: pd.DataFrame, recipe: Recipe) -> pd.DataFrame:
     grouped = has_groups(out["group"])
     groups = out["group"].to_numpy() if grouped else None
 
+    unit = "patients/groups" if grouped else "images"
+    units = out.groupby("label")["group"].nunique() if grouped else out["label"].value_counts()
+    if units.min() < cfg.folds + 1:
+        short = {str(k): int(v) for k, v in units.items() if v < cfg.folds + 1}
+        raise ValueError(
+            f"too few {unit} per class for a holdout plus split.folds={cfg.folds}: {short}; "
+            f"need at least {cfg.folds + 1} per class; add data or lower split.folds"
+        )
     n_holdout_splits = max(2, int(round(1.0 / cfg.test_size)))
     holdout_cv = _make_cv(grouped, n_holdout_splits, cfg.seed)
-    _, test_idx = next(iter(holdout_cv.split(np.zeros(len(y)), y, groups)))
+    try:
+        _, test_idx = next(iter(holdout_cv.split(np.zeros(len(y)), y, groups)))
+    except ValueError as err:
+        raise ValueError(
+            f"cannot cut a stratified holdout of test_size={cfg.test_size}: {err}"
+        ) from None
     out["split"] = TRAIN
     out.loc[test_idx, "split"] = TEST
     out["fold"] = -1

@@ -1,0 +1,42 @@
+# medml developer commands. `make help` lists them.
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= python3
+UV_VERSION ?= 0.13.8
+UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+.PHONY: help setup demo test test-fast lint format clean
+
+help:  ## Show this help.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml uv.lock
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
+		$(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
+	$(UV) sync --frozen --extra dev --python 3.11
+	@touch $@
+
+setup: $(VENV)/.installed  ## Create .venv and install medml + the pinned stack from uv.lock.
+
+demo: setup  ## Synthesise a kidney-CT phantom set and run the medml_retrain DAG end to end.
+	$(VENV)/bin/medml demo
+
+test: setup  ## Run the whole test suite (unit, data, DAG and integration tests).
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-fast: setup  ## Run the tests not marked slow.
+	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: setup  ## ruff lint and format check.
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup  ## Apply ruff fixes and formatting.
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:  ## Remove the demo workspace and caches (keeps .venv).
+	rm -rf .medml .pytest_cache .ruff_cache data/dvc-run data/phantom

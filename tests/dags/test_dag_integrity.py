@@ -1,0 +1,77 @@
+"""DAG integrity: the DAG files import cleanly, are wired as intended and parse fast."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+DAGS_DIR = REPO_ROOT / "dags"
+HEAVY = {"tensorflow", "keras", "cv2", "mlflow", "great_expectations", "sklearn", "pandas", "medml"}
+
+
+@pytest.fixture(scope="module")
+def dagbag(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    import os
+
+    os.environ["AIRFLOW_HOME"] = str(tmp_path_factory.mktemp("airflow-home"))
+    os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS_DIR))
+
+
+def test_no_import_errors(dagbag) -> None:  # noqa: ANN001
+    assert dagbag.import_errors == {}
+    assert "medml_retrain" in dagbag.dags
+
+
+def test_retrain_dag_settings(dagbag) -> None:  # noqa: ANN001
+    dag = dagbag.dags["medml_retrain"]
+    assert dag.tags and "medml" in dag.tags
+    assert dag.catchup is False
+    assert dag.doc_md
+    assert set(dag.params.keys()) >= {"source", "recipe", "overrides", "run_dir"}
+    for task in dag.tasks:
+        if task.task_id not in {"prepare", "validate"}:  # these two fail fast on bad input
+            assert task.retries >= 1, task.task_id
+
+
+def test_training_is_mapped_over_folds(dagbag) -> None:  # noqa: ANN001
+    dag = dagbag.dags["medml_retrain"]
+    train = dag.get_task("train")
+    assert type(train).__name__.endswith("MappedOperator")
+    upstream = {t.task_id for t in train.upstream_list}
+    assert {"folds", "prepare"} <= upstream
+    order = ["prepare", "ingest", "validate", "split", "preprocess", "folds"]
+    for before, after in zip(order[1:], order[2:], strict=False):
+        assert before in dag.get_task(after).upstream_task_ids
+    assert "train" in dag.get_task("evaluate").upstream_task_ids
+    assert "evaluate" in dag.get_task("register").upstream_task_ids
+
+
+@pytest.mark.parametrize("dag_file", sorted(DAGS_DIR.glob("*.py")), ids=lambda p: p.name)
+def test_no_heavy_imports_at_top_level(dag_file: Path) -> None:
+    tree = ast.parse(dag_file.read_text())
+    top_level = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            top_level |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            top_level.add(node.module.split(".")[0])
+    assert not top_level & HEAVY, f"{dag_file.name} imports {top_level & HEAVY} at top level"
+
+
+def test_medml_library_never_imports_airflow() -> None:
+    for path in (REPO_ROOT / "medml").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            assert not any(n.split(".")[0] == "airflow" for n in names), path

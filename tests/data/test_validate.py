@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from medml.config import Recipe
+from medml.data.ingest import ingest
+from medml.data.validate import ValidationFailed, validate
+from tests.conftest import tree_snapshot
+
+
+@pytest.fixture
+def dirty_dataset(phantom_dir: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "dirty"
+    shutil.copytree(phantom_dir, root)
+    (root / "Normal" / "empty.jpg").write_bytes(b"")
+    (root / "Cyst" / "not-an-image.jpg").write_text("hello, I am text")
+    good = next((root / "Stone").glob("*.jpg")).read_bytes()
+    (root / "Stone" / "truncated.jpg").write_bytes(good[: len(good) // 3][:40])
+    (root / "Alien").mkdir()
+    (root / "Alien" / "x.jpg").write_bytes(good)
+    return root
+
+
+def test_bad_files_are_quarantined_not_touched(
+    dirty_dataset: Path, tiny_recipe: Recipe, tmp_path: Path
+) -> None:
+    before = tree_snapshot(dirty_dataset)
+    manifest = ingest(dirty_dataset, tmp_path / "m.parquet", tiny_recipe).manifest
+    recipe = tiny_recipe.model_copy(
+        update={"data": tiny_recipe.data.model_copy(update={"max_quarantine_fraction": 0.1})}
+    )
+    result = validate(manifest, tmp_path / "validation", recipe)
+    quarantine = pd.read_csv(result.quarantine).set_index("path")
+    assert set(quarantine.index) == {
+        "Normal/empty.jpg",
+        "Cyst/not-an-image.jpg",
+        "Stone/truncated.jpg",
+        "Alien/x.jpg",
+    }
+    assert "0 bytes" in quarantine.loc["Normal/empty.jpg", "reason"]
+    assert "does not decode" in quarantine.loc["Cyst/not-an-image.jpg", "reason"]
+    assert "label is not one of" in quarantine.loc["Alien/x.jpg", "reason"]
+    clean = pd.read_parquet(result.clean_manifest)
+    assert len(clean) == 120 and not set(clean["path"]) & set(quarantine.index)
+    assert tree_snapshot(dirty_dataset) == before  # nothing moved, changed or deleted
+
+
+def test_too_many_quarantined_fails_with_counts(
+    dirty_dataset: Path, tiny_recipe: Recipe, tmp_path: Path
+) -> None:
+    manifest = ingest(dirty_dataset, tmp_path / "m.parquet", tiny_recipe).manifest
+    recipe = tiny_recipe.model_copy(
+        update={"data": tiny_recipe.data.model_copy(update={"max_quarantine_fraction": 0.01})}
+    )
+    with pytest.raises(
+        ValidationFailed, match=r"4 of 124 files quarantined .*Report: .*validation"
+    ):
+        validate(manifest, tmp_path / "validation", recipe)
+    assert (tmp_path / "validation" / "quarantine.csv").is_file()  # the report is still there
+
+
+def test_minimum_images_per_class(phantom_dir: Path, tiny_recipe: Recipe, tmp_path: Path) -> None:
+    manifest = ingest(phantom_dir, tmp_path / "m.parquet", tiny_recipe).manifest
+    recipe = tiny_recipe.model_copy(
+        update={"data": tiny_recipe.data.model_copy(update={"min_images_per_class": 40})}
+    )
+    with pytest.raises(ValidationFailed, match=r"classes below the minimum of 40 images: \{"):
+        validate(manifest, tmp_path / "validation", recipe)
+    report = (tmp_path / "validation" / "validation.json").read_text()
+    assert '"success": false' in report
+
+
+def test_clean_dataset_passes(phantom_dir: Path, tiny_recipe: Recipe, tmp_path: Path) -> None:
+    manifest = ingest(phantom_dir, tmp_path / "m.parquet", tiny_recipe).manifest
+    result = validate(manifest, tmp_path / "validation", tiny_recipe)
+    assert result.quarantined == 0 and result.images == 120
+    assert sum(result.class_counts.values()) == 120

@@ -1,0 +1,74 @@
+"""The CLI: every step has help, and bad input is a one-line error, not a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from medml.cli import app
+from medml.pipeline import STEPS
+
+runner = CliRunner()
+
+
+def test_help_lists_every_step() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for step in (*STEPS, "synth", "run", "demo", "init", "summary"):
+        assert step in result.output
+
+
+@pytest.mark.parametrize("step", [*STEPS, "synth", "run", "demo", "init"])
+def test_every_step_has_help(step: str) -> None:
+    result = runner.invoke(app, [step, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "--" in result.output
+
+
+def _assert_one_line_error(result, fragment: str) -> None:  # noqa: ANN001
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error: ") and fragment in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_missing_source_dir(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["run", "--source", str(tmp_path / "nope"), "--recipe", "kidney-ct"]
+    )
+    _assert_one_line_error(result, "does not exist")
+
+
+def test_unknown_recipe(phantom_dir: Path) -> None:
+    result = runner.invoke(app, ["run", "--source", str(phantom_dir), "--recipe", "kidney-mri"])
+    _assert_one_line_error(result, "unknown recipe 'kidney-mri'; available:")
+
+
+def test_unknown_set_key(phantom_dir: Path) -> None:
+    result = runner.invoke(
+        app,
+        ["run", "--source", str(phantom_dir), "--recipe", "kidney-ct", "--set", "train.epoch=2"],
+    )
+    _assert_one_line_error(result, "unknown key 'train.epoch'")
+
+
+def test_empty_dataset(tmp_path: Path) -> None:
+    (tmp_path / "ds" / "Normal").mkdir(parents=True)
+    result = runner.invoke(app, ["run", "--source", str(tmp_path / "ds"), "--recipe", "kidney-ct"])
+    _assert_one_line_error(result, "no images")
+
+
+def test_step_before_init(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["ingest", "--run-dir", str(tmp_path / "run")])
+    _assert_one_line_error(result, "is not a medml run directory")
+
+
+def test_step_out_of_order(phantom_dir: Path, tmp_path: Path) -> None:
+    run_dir = str(tmp_path / "run")
+    init = ["init", "--run-dir", run_dir, "--source", str(phantom_dir), "--recipe", "kidney-ct"]
+    assert runner.invoke(app, init).exit_code == 0
+    result = runner.invoke(app, ["split", "--run-dir", run_dir])
+    _assert_one_line_error(result, "run the `validate` step first")

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import balanced_accuracy_score, f1_score, precision_score, recall_score
+
+from medml.evaluate import (
+    clinical_metrics,
+    confusion,
+    expected_calibration_error,
+    plot_confusion_matrix,
+)
+
+CLASSES = ["a", "b", "c"]
+
+
+def _data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, size=300)
+    logits = rng.normal(size=(300, 3))
+    logits[np.arange(300), y] += 1.5
+    proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return y, proba
+
+
+def test_metrics_agree_with_sklearn() -> None:
+    y, proba = _data()
+    pred = proba.argmax(axis=1)
+    m = clinical_metrics(y, proba, CLASSES, bootstrap=200)
+    assert np.isclose(m["overall"]["balanced_accuracy"], balanced_accuracy_score(y, pred))
+    assert np.isclose(m["overall"]["macro_f1"], f1_score(y, pred, average="macro"))
+    for i, name in enumerate(CLASSES):
+        assert np.isclose(m["per_class"][name]["sensitivity"], recall_score(y == i, pred == i))
+        assert np.isclose(m["per_class"][name]["ppv"], precision_score(y == i, pred == i))
+        negatives = y != i
+        assert np.isclose(m["per_class"][name]["specificity"], (pred[negatives] != i).mean())
+    low, high = m["ci95"]["balanced_accuracy"]
+    assert low <= m["overall"]["balanced_accuracy"] <= high
+    assert 0.5 < m["overall"]["roc_auc_ovr_macro"] <= 1.0
+
+
+def test_confusion_rows_are_truth() -> None:
+    cm = confusion(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 1]), 3)
+    assert cm.tolist() == [[1, 1, 0], [0, 1, 0], [0, 1, 0]]
+
+
+def test_ece_is_zero_for_calibrated_certainty() -> None:
+    y = np.array([0, 1, 2])
+    assert expected_calibration_error(y, np.eye(3)) == 0.0
+    assert np.isclose(expected_calibration_error(y, np.eye(3)[[1, 2, 0]]), 1.0)
+
+
+def test_confusion_plot_is_a_png(tmp_path: Path) -> None:
+    path = plot_confusion_matrix(np.array([[5, 1], [2, 7]]), ["x", "y"], tmp_path / "cm.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

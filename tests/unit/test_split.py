@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medml.config import Recipe
+from medml.split import LeakageError, assign_splits, split
+
+
+def _table(n_groups: int = 60, per_group: int = 3, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(["Normal", "Cyst", "Stone", "Tumor"], size=n_groups, p=[0.4, 0.3, 0.1, 0.2])
+    rows = []
+    for g, label in enumerate(labels):
+        for s in range(per_group):
+            rows.append(
+                {
+                    "path": f"{label}/P{g}_{s}.jpg",
+                    "label": label,
+                    "group": f"P{g}",
+                    "sha256": f"{g}-{s}",
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_groups_never_cross_splits_or_folds(tiny_recipe: Recipe) -> None:
+    out = assign_splits(_table(), tiny_recipe)
+    assert set(out["split"]) == {"train", "test"}
+    assert (out.loc[out["split"] == "test", "fold"] == -1).all()
+    assert set(out.loc[out["split"] == "train", "fold"]) == {0, 1}
+    assert out.groupby("group")["split"].nunique().max() == 1
+    assert out.groupby("group")["fold"].nunique().max() == 1
+    assert 0.1 < (out["split"] == "test").mean() < 0.3
+    assert set(out.loc[out["split"] == "test", "label"]) == {"Normal", "Cyst", "Stone", "Tumor"}
+
+
+def test_seeded_and_reproducible(tiny_recipe: Recipe) -> None:
+    a = assign_splits(_table(), tiny_recipe)
+    b = assign_splits(_table(), tiny_recipe)
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_ungrouped_rows_use_plain_stratified_folds(tiny_recipe: Recipe) -> None:
+    table = _table(per_group=1)
+    out = assign_splits(table, tiny_recipe)
+    assert set(out.loc[out["split"] == "train", "fold"]) == {0, 1}
+
+
+def test_exact_duplicates_across_holdout_fail(tiny_recipe: Recipe, tmp_path: Path) -> None:
+    table = _table(per_group=1)
+    table["sha256"] = "same-bytes"  # every file is a copy of one image
+    table.to_parquet(tmp_path / "clean.parquet")
+    with pytest.raises(LeakageError, match="identical images are in both"):
+        split(tmp_path / "clean.parquet", tmp_path / "splits.parquet", tiny_recipe)
+    assert not (tmp_path / "splits.parquet").exists()
+    assert (tmp_path / "split_report.json").exists()
+
+
+def test_too_few_images_for_folds(tiny_recipe: Recipe) -> None:
+    table = _table(n_groups=12, per_group=1)
+    recipe = tiny_recipe.model_copy(
+        update={"split": tiny_recipe.split.model_copy(update={"folds": 8})}
+    )
+    with pytest.raises(
+        ValueError, match=r"too few images per class for a holdout plus split.folds=8"
+    ):
+        assign_splits(table, recipe)

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import cv2
+import pytest
+
+from medml.data.synthetic import KIDNEY_CT_COUNTS, proportional_counts, synth_kidney_ct
+
+
+def test_counts_follow_real_dataset_proportions() -> None:
+    counts = proportional_counts(12446, KIDNEY_CT_COUNTS)
+    assert counts == KIDNEY_CT_COUNTS
+    small = proportional_counts(100, KIDNEY_CT_COUNTS)
+    assert sum(small.values()) == 100
+    assert small["Normal"] > small["Cyst"] > small["Tumor"] > small["Stone"] >= 1
+
+
+def test_writes_class_folders_with_patient_groups(tmp_path: Path) -> None:
+    result = synth_kidney_ct(tmp_path / "ds", n=60, seed=1, image_size=64)
+    assert sorted(p.name for p in result.root.iterdir() if p.is_dir()) == [
+        "Cyst",
+        "Normal",
+        "Stone",
+        "Tumor",
+    ]
+    files = sorted(result.root.rglob("*.jpg"))
+    assert len(files) == 60 == sum(result.counts.values())
+    image = cv2.imread(str(files[0]), cv2.IMREAD_UNCHANGED)
+    assert image.shape == (64, 64) and image.dtype.name == "uint8"
+    with open(result.root / "groups.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 60
+    groups = [row["group"] for row in rows]
+    assert len(set(groups)) == result.patients < 60  # several slices per patient
+    assert all(Path(row["path"]).name.startswith(row["group"]) for row in rows)
+
+
+def test_same_seed_same_bytes(tmp_path: Path) -> None:
+    a = synth_kidney_ct(tmp_path / "a", n=12, seed=7, image_size=48).root
+    b = synth_kidney_ct(tmp_path / "b", n=12, seed=7, image_size=48).root
+    for file in a.rglob("*"):
+        if file.is_file():
+            assert file.read_bytes() == (b / file.relative_to(a)).read_bytes()
+
+
+def test_refuses_non_empty_output(tmp_path: Path) -> None:
+    (tmp_path / "keep.txt").write_text("x")
+    with pytest.raises(ValueError, match="not empty"):
+        synth_kidney_ct(tmp_path, n=8)
+    assert (tmp_path / "keep.txt").read_text() == "x"
