@@ -1,32 +1,48 @@
 """Class balancing, applied only to the training part of a fold.
 
-Two kinds of strategy:
+Strategies (``train.balance`` in the recipe):
 
-- loss weighting (``class_weight``): the data stays as it is and each class's loss is scaled;
-- resampling (``undersample``, ``oversample``): samplers with imbalanced-learn's
-  ``fit_resample(X, y)`` contract. They resample *row indices*, so the images are gathered
-  once, after resampling, and never copied per strategy.
+- ``none``: train on the data as it is;
+- ``class_weight``: scale each class's loss by its inverse frequency;
+- ``undersample`` / ``oversample``: imbalanced-learn's RandomUnderSampler / RandomOverSampler.
+  They resample *row indices*, so images are gathered once, after resampling;
+- ``augment_oversample``: top minority classes up to the majority count with randomly
+  augmented copies (:class:`AugmentOversampler`);
+- ``smote``: SMOTE on flattened pixels, as seed 000 does (:class:`PixelSMOTE`), refused when
+  the data would not fit ``train.smote_memory_mb``;
+- ``balanced_batches``: no resampling here; the tf.data pipeline draws every batch with equal
+  class probabilities (O(batch) memory, see :func:`medml.train.make_dataset`).
 
-:func:`balance_training_rows` is the only entry point the trainer uses, and it receives only
-the fold's training rows: the validation fold and the holdout cannot be resampled by
-construction.
+Samplers follow imbalanced-learn's contract: keyword-only constructor arguments stored as
+given, ``fit_resample(X, y)``, fitted attributes ending in ``_``. :func:`plan_balance` is the
+trainer's only entry point and it receives only the fold's training labels, so validation
+folds and the holdout cannot be resampled: there is no code path that balances before the
+split.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-STRATEGIES = ("none", "class_weight", "undersample", "oversample")
+from medml.config import AugmentConfig
+
+STRATEGIES = (
+    "none", "class_weight", "undersample", "oversample", "augment_oversample", "smote",
+    "balanced_batches",
+)  # fmt: skip
+INDEX_SAMPLERS = ("undersample", "oversample")
+ARRAY_SAMPLERS = ("augment_oversample", "smote")
 
 
 def inverse_frequency_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
     """Class weights ``N / (k * n_c)``: every class contributes equally to the loss.
 
     For two classes this is proportional to the X-ray write-up's ``w_c = 1 - n_c / N``
-    (``w_pos = n_neg / N``); the k-class form keeps the mean weight at 1 so the learning rate
-    means the same with and without weighting.
+    (``w_pos = n_neg / N``); the k-class form keeps the mean weight per sample at 1, so the
+    learning rate means the same with and without weighting.
 
     Raises:
         ValueError: a class in ``range(n_classes)`` has no samples.
@@ -39,53 +55,186 @@ def inverse_frequency_weights(y: np.ndarray, n_classes: int) -> dict[int, float]
     return {c: float(total / (n_classes * counts[c])) for c in range(n_classes)}
 
 
+class AugmentOversampler:
+    """Top every minority class up to the majority count with augmented copies.
+
+    Copies are drawn uniformly (with replacement) from the class's own images and passed
+    through :class:`medml.augment.RandAugment`; the original images are kept unchanged.
+
+    Args:
+        augment: the augmentations to apply to the copies.
+        batch_size: how many copies to augment at once.
+        random_state: seed for choosing and augmenting copies.
+    """
+
+    def __init__(
+        self, *, augment: AugmentConfig | None = None, batch_size: int = 256,
+        random_state: int | None = None,
+    ) -> None:  # fmt: skip
+        self.augment = augment
+        self.batch_size = batch_size
+        self.random_state = random_state
+
+    def fit_resample(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # noqa: N803
+        """Return ``X`` and ``y`` with augmented minority copies appended.
+
+        Raises:
+            ValueError: ``X`` is not a batch of images or does not match ``y``.
+        """
+        from medml.augment import RandAugment
+
+        X, y = _check_images(X, y)
+        seed = 0 if self.random_state is None else int(self.random_state)
+        rng = np.random.default_rng(seed)
+        augmenter = RandAugment(self.augment or AugmentConfig(), seed=seed)
+        classes, counts = np.unique(y, return_counts=True)
+        target = counts.max()
+        self.sampling_strategy_ = {
+            int(c): int(target - n) for c, n in zip(classes, counts, strict=True)
+        }
+        new_x, new_y = [X], [y]
+        for cls, missing in self.sampling_strategy_.items():
+            if missing == 0:
+                continue
+            sources = rng.choice(np.flatnonzero(y == cls), size=missing, replace=True)
+            for start in range(0, missing, self.batch_size):
+                chosen = sources[start : start + self.batch_size]
+                augmented = np.asarray(augmenter(X[chosen]))
+                new_x.append(np.rint(augmented).astype(X.dtype))
+                new_y.append(np.full(len(chosen), cls, dtype=y.dtype))
+        return np.concatenate(new_x), np.concatenate(new_y)
+
+
+class PixelSMOTE:
+    """SMOTE on flattened pixels (seed 000's method), bounded by a memory budget.
+
+    SMOTE interpolates between a minority image and one of its ``k_neighbors`` nearest
+    neighbours in pixel space. Its working set is the full float64 feature matrix of the
+    resampled data, so it is refused — with the numbers — when that exceeds the budget; use a
+    smaller ``image.size`` or another strategy (``augment_oversample``, ``class_weight``).
+
+    Args:
+        k_neighbors: neighbours used for interpolation (lowered for tiny classes).
+        memory_budget_mb: refuse above this estimated working set.
+        random_state: seed.
+    """
+
+    def __init__(
+        self, *, k_neighbors: int = 5, memory_budget_mb: int = 1024, random_state: int | None = None
+    ) -> None:
+        self.k_neighbors = k_neighbors
+        self.memory_budget_mb = memory_budget_mb
+        self.random_state = random_state
+
+    def estimate_mb(self, y: np.ndarray, n_features: int) -> float:
+        """Estimated working set of SMOTE on these labels, in MiB."""
+        counts = np.bincount(np.asarray(y, dtype=np.int64))
+        n_out = int(counts.max()) * int((counts > 0).sum())
+        return 2 * n_out * n_features * 8 / 2**20  # float64 input copy + resampled output
+
+    def fit_resample(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # noqa: N803
+        """Return ``X`` and ``y`` with synthetic minority images appended.
+
+        Raises:
+            ValueError: the estimated working set exceeds ``memory_budget_mb``, or a class has
+                a single image (SMOTE needs a neighbour).
+        """
+        from imblearn.over_sampling import SMOTE
+
+        X, y = _check_images(X, y)
+        n_features = int(np.prod(X.shape[1:]))
+        needed = self.estimate_mb(y, n_features)
+        if needed > self.memory_budget_mb:
+            raise ValueError(
+                f"SMOTE on {n_features} pixel features x {len(y)} images needs about "
+                f"{needed:.0f} MiB, over the budget train.smote_memory_mb={self.memory_budget_mb}; "
+                "use a smaller image.size, raise the budget, or use augment_oversample"
+            )
+        smallest = int(np.bincount(y)[np.bincount(y) > 0].min())
+        if smallest < 2:
+            raise ValueError("SMOTE needs at least 2 images in every class of the training fold")
+        smote = SMOTE(
+            k_neighbors=min(self.k_neighbors, smallest - 1), random_state=self.random_state
+        )
+        flat, y_res = smote.fit_resample(X.reshape(len(X), -1).astype(np.float32), y)
+        self.sampling_strategy_ = dict(smote.sampling_strategy_)
+        self.n_features_in_ = n_features
+        images = np.clip(np.rint(flat), 0, 255).astype(X.dtype).reshape((-1, *X.shape[1:]))
+        return images, y_res.astype(y.dtype)
+
+
 @dataclass
-class Balanced:
-    """Training rows after balancing and the loss weights to use with them."""
+class BalancePlan:
+    """How to balance one fold's training rows.
+
+    Attributes:
+        indices: positions into the fold's training rows to load (repeats allowed).
+        class_weight: loss weights, or ``None``.
+        array_sampler: a sampler to run on the loaded images (``fit_resample``), or ``None``.
+        balanced_batches: draw class-balanced batches in the input pipeline.
+    """
 
     indices: np.ndarray
     class_weight: dict[int, float] | None
+    array_sampler: Any | None
+    balanced_batches: bool
 
 
-def make_sampler(strategy: str, *, seed: int):  # noqa: ANN201 - an imblearn sampler
-    """Build the imbalanced-learn sampler for a resampling strategy, or ``None``.
-
-    Raises:
-        ValueError: unknown strategy name.
-    """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown balance strategy {strategy!r}; choose one of {STRATEGIES}")
-    if strategy == "undersample":
-        from imblearn.under_sampling import RandomUnderSampler
-
-        return RandomUnderSampler(random_state=seed)
-    if strategy == "oversample":
-        from imblearn.over_sampling import RandomOverSampler
-
-        return RandomOverSampler(random_state=seed)
-    return None
-
-
-def balance_training_rows(
-    y_train: np.ndarray, n_classes: int, strategy: str, *, seed: int
-) -> Balanced:
-    """Balance a fold's training rows.
+def plan_balance(
+    y_train: np.ndarray,
+    n_classes: int,
+    strategy: str,
+    *,
+    seed: int,
+    augment: AugmentConfig | None = None,
+    smote_memory_mb: int = 1024,
+) -> BalancePlan:
+    """Plan the balancing of a fold's training rows.
 
     Args:
         y_train: class indices of the fold's training rows (never validation or holdout).
         n_classes: number of classes.
         strategy: one of :data:`STRATEGIES`.
         seed: random seed for samplers.
+        augment: augmentations for ``augment_oversample``.
+        smote_memory_mb: budget for ``smote``.
 
-    Returns:
-        Positions into ``y_train`` to train on (possibly repeated or dropped) and the class
-        weights for the loss (``None`` unless ``class_weight``).
+    Raises:
+        ValueError: unknown strategy.
     """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown balance strategy {strategy!r}; choose one of {STRATEGIES}")
     y_train = np.asarray(y_train, dtype=np.int64)
     positions = np.arange(len(y_train))
-    sampler = make_sampler(strategy, seed=seed)
-    if sampler is not None:
-        resampled, _ = sampler.fit_resample(positions.reshape(-1, 1), y_train)
+    if strategy in INDEX_SAMPLERS:
+        from imblearn.over_sampling import RandomOverSampler
+        from imblearn.under_sampling import RandomUnderSampler
+
+        sampler_cls = RandomUnderSampler if strategy == "undersample" else RandomOverSampler
+        resampled, _ = sampler_cls(random_state=seed).fit_resample(
+            positions.reshape(-1, 1), y_train
+        )
         positions = resampled.ravel()
-    weights = inverse_frequency_weights(y_train, n_classes) if strategy == "class_weight" else None
-    return Balanced(indices=positions, class_weight=weights)
+    array_sampler: Any = None
+    if strategy == "augment_oversample":
+        array_sampler = AugmentOversampler(augment=augment, random_state=seed)
+    elif strategy == "smote":
+        array_sampler = PixelSMOTE(memory_budget_mb=smote_memory_mb, random_state=seed)
+    return BalancePlan(
+        indices=positions,
+        class_weight=inverse_frequency_weights(y_train, n_classes)
+        if strategy == "class_weight"
+        else None,
+        array_sampler=array_sampler,
+        balanced_batches=strategy == "balanced_batches",
+    )
+
+
+def _check_images(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # noqa: N803
+    X = np.asarray(X)
+    y = np.asarray(y, dtype=np.int64)
+    if X.ndim != 4:
+        raise ValueError(f"expected images shaped (n, height, width, channels), got {X.shape}")
+    if len(X) != len(y):
+        raise ValueError(f"X has {len(X)} images but y has {len(y)} labels")
+    return X, y

@@ -280,6 +280,45 @@ def run(
     typer.echo(pipeline.write_run_summary(ctx.layout.root).read_text())
 
 
+@app.command("compare-balancing")
+def compare_balancing_cmd(
+    source: Source,
+    recipe: RecipeName,
+    params: ParamsFile = None,
+    set_: Sets = None,
+    strategies: Annotated[
+        str | None, typer.Option(help="Comma-separated strategies (default: all).")
+    ] = None,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Run directory (default: under $MEDML_HOME/runs).")
+    ] = None,
+) -> None:
+    """Train every balancing strategy on the same folds; print out-of-fold scores."""
+    from medml.balance import STRATEGIES
+    from medml.compare import compare_balancing, format_table
+
+    now = datetime.now(UTC)
+    target = (
+        run_dir
+        or pipeline.medml_home() / "runs" / f"{now:%Y-%m-%d}" / f"compare__{now:%Y%m%dT%H%M%S}"
+    )
+    ctx = _guard(
+        pipeline.init_run, target, source, recipe, params_file=params, overrides=set_ or []
+    )
+    for step in (
+        pipeline.step_ingest,
+        pipeline.step_validate,
+        pipeline.step_split,
+        pipeline.step_preprocess,
+    ):
+        _guard(step, ctx.layout.root)
+    chosen = [s.strip() for s in strategies.split(",")] if strategies else list(STRATEGIES)
+    table = _guard(compare_balancing, ctx, strategies=chosen, tracking=_tracking(), echo=typer.echo)
+    typer.echo("\nOut-of-fold scores on the same folds (holdout not used):")
+    typer.echo(format_table(table))
+    typer.echo(f"\nsaved {ctx.layout.root / 'compare' / 'compare_balancing.csv'}")
+
+
 @app.command()
 def demo(
     workdir: Annotated[

@@ -63,6 +63,32 @@ class SplitConfig(_Strict):
     seed: int = 42
 
 
+class AugmentConfig(_Strict):
+    """Random augmentations (Keras preprocessing layers); 0/false switches one off.
+
+    The defaults are the seeds' set: rotation ±25°, horizontal flip, translation, Gaussian blur,
+    zoom and brightness (±30% of the value range).
+    """
+
+    rotation_degrees: float = Field(default=25.0, ge=0.0, le=180.0)
+    horizontal_flip: bool = True
+    translate: float = Field(default=0.1, ge=0.0, lt=1.0)
+    zoom: float = Field(default=0.2, ge=0.0, lt=1.0)
+    blur_sigma: float = Field(default=1.0, ge=0.0, le=10.0)
+    brightness: float = Field(default=0.3, ge=0.0, lt=1.0)
+
+
+BalanceStrategy = Literal[
+    "none",
+    "class_weight",
+    "undersample",
+    "oversample",
+    "augment_oversample",
+    "smote",
+    "balanced_batches",
+]
+
+
 class TrainConfig(_Strict):
     """One fold's training settings."""
 
@@ -72,7 +98,15 @@ class TrainConfig(_Strict):
     learning_rate: float = Field(default=1e-3, gt=0.0)
     dropout: float = Field(default=0.3, ge=0.0, lt=1.0)
     patience: int = Field(default=6, ge=1)
-    balance: Literal["none", "class_weight", "undersample", "oversample"] = "class_weight"
+    min_epochs: int = Field(
+        default=10, ge=0, description="early stopping may not stop before this epoch"
+    )
+    balance: BalanceStrategy = "class_weight"
+    augment: AugmentConfig = AugmentConfig()
+    augment_in_training: bool = Field(
+        default=False, description="also augment every training batch (not only oversampling)"
+    )
+    smote_memory_mb: int = Field(default=1024, ge=1, description="SMOTE refuses above this")
     seed: int = 42
 
 

@@ -10,6 +10,7 @@ each class's sensitivity.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from medml.config import Recipe
-from medml.io import atomic_path, write_json
+from medml.io import atomic_path, read_json, write_json
 from medml.preprocess import load_images, load_index
 from medml.split import TEST
 from medml.tracking import Tracking
@@ -179,21 +180,35 @@ def _bootstrap_ci(
     }
 
 
-def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: Path) -> Path:
-    """Save counts and row-normalised confusion matrices side by side as a PNG."""
+def _pyplot():  # noqa: ANN202 - matplotlib.pyplot with a file-only backend
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, path: Path) -> Path:  # noqa: ANN001
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    _pyplot().close(fig)
+    return Path(path)
+
+
+def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: Path) -> Path:
+    """Save counts and row-normalised confusion matrices side by side as a PNG."""
+    plt = _pyplot()
     cm = np.asarray(cm)
     with np.errstate(invalid="ignore", divide="ignore"):
         normalised = np.nan_to_num(cm / cm.sum(axis=1, keepdims=True))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
-    for ax, data, title, fmt in [
+    panels = [
         (axes[0], cm, "counts", "d"),
         (axes[1], normalised, "row-normalised (sensitivity on diagonal)", ".2f"),
-    ]:
+    ]
+    for ax, data, title, fmt in panels:
         ax.imshow(data, cmap="Blues")
         ax.set_title(title)
         ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
@@ -210,11 +225,71 @@ def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: Path) ->
                 va="center",
                 color="white" if value > threshold else "black",
             )
-    fig.tight_layout()
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
+
+
+def plot_roc_curves(
+    y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str], path: Path
+) -> Path:
+    """One-vs-rest ROC curve per class, with its AUC in the legend."""
+    from sklearn.metrics import auc, roc_curve
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for i, name in enumerate(classes):
+        positives = y_true == i
+        if positives.all() or not positives.any():
+            continue
+        fpr, tpr, _ = roc_curve(positives, proba[:, i])
+        ax.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC, one vs rest")
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def plot_reliability(y_true: np.ndarray, proba: np.ndarray, path: Path, bins: int = 10) -> Path:
+    """Reliability diagram: accuracy vs confidence of the top class, per confidence bin."""
+    plt = _pyplot()
+    confidence = proba.max(axis=1)
+    correct = proba.argmax(axis=1) == y_true
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    accuracy = [correct[which == b].mean() if (which == b).any() else np.nan for b in range(bins)]
+    counts = np.bincount(which, minlength=bins)
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 6), height_ratios=[3, 1], sharex=True)
+    ax.bar(centres, accuracy, width=1 / bins, edgecolor="black", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=0.8, label="perfect calibration")
+    ece = expected_calibration_error(y_true, proba, bins)
+    ax.set(ylabel="accuracy", title=f"Reliability (ECE {ece:.3f})", ylim=(0, 1))
+    ax.legend(loc="upper left")
+    hist.bar(centres, counts, width=1 / bins, edgecolor="black")
+    hist.set(xlabel="confidence", ylabel="images")
+    return _save(fig, path)
+
+
+def plot_learning_curves(histories: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Loss and accuracy per epoch, train (solid) vs validation (dashed), one colour per fold."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for fold, history in enumerate(histories):
+        colour = f"C{fold}"
+        for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+            values = history.get(metric, [])
+            epochs = range(1, len(values) + 1)
+            ax.plot(epochs, values, color=colour, label=f"fold {fold} train")
+            ax.plot(
+                epochs,
+                history.get(f"val_{metric}", []),
+                color=colour,
+                linestyle="--",
+                label=f"fold {fold} validation",
+            )
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        ax.set(xlabel="epoch", ylabel=metric, title=metric)
+    axes[0].legend(fontsize=7)
+    return _save(fig, path)
 
 
 def predict_proba(
@@ -264,9 +339,20 @@ def evaluate(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = write_json(out_dir / "metrics.json", metrics)
-    cm_path = plot_confusion_matrix(
-        np.array(metrics["confusion_matrix"]), classes, out_dir / "confusion_matrix.png"
-    )
+    plots = [
+        plot_confusion_matrix(
+            np.array(metrics["confusion_matrix"]), classes, out_dir / "confusion_matrix.png"
+        ),
+        plot_roc_curves(y_true, ensemble, classes, out_dir / "roc_curves.png"),
+        plot_reliability(y_true, ensemble, out_dir / "reliability.png"),
+    ]
+    histories = [Path(p).parent / "history.json" for p in model_paths]
+    if all(h.is_file() for h in histories):
+        plots.append(
+            plot_learning_curves(
+                [read_json(h)["history"] for h in histories], out_dir / "learning_curves.png"
+            )
+        )
     predictions = pd.DataFrame(ensemble, columns=[f"p_{c}" for c in classes])
     predictions.insert(0, "path", holdout["path"].to_numpy())
     predictions.insert(1, "label", holdout["label"].to_numpy())
@@ -284,8 +370,15 @@ def evaluate(
             for metric in ("sensitivity", "specificity", "ppv", "f1"):
                 if scores[metric] is not None:
                     flat[f"test_{metric}_{name}"] = scores[metric]
-        for key, value in flat.items():
-            client.log_metric(parent_run_id, key, value)
-        for artifact in (metrics_path, cm_path):
+        for fold, scores in enumerate(metrics["per_fold"]):
+            flat[f"test_fold{fold}_balanced_accuracy"] = scores["balanced_accuracy"]
+            flat[f"test_fold{fold}_macro_f1"] = scores["macro_f1"]
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        client.log_batch(
+            parent_run_id, metrics=[Metric(k, float(v), now, 0) for k, v in flat.items()]
+        )
+        for artifact in (metrics_path, *plots):
             client.log_artifact(parent_run_id, str(artifact), artifact_path="evaluation")
     return EvaluationResult(metrics_path, metrics)

@@ -87,7 +87,7 @@ def preprocess(splits_path: Path, shards_dir: Path, recipe: Recipe) -> Preproces
     index["offset"] = np.arange(len(index)) % shard_size
     with atomic_path(Path(shards_dir)) as staging, ThreadPoolExecutor(workers) as pool:
         staging.mkdir(parents=True)
-        progress = tqdm(total=len(paths), desc="preprocess", unit="img", leave=False)
+        progress = tqdm(total=len(paths), desc="preprocess", unit="img", leave=False, disable=None)
         names = []
         for shard in range(n_shards):
             chunk = paths[shard * shard_size : (shard + 1) * shard_size]

@@ -103,8 +103,13 @@ def assign_splits(table: pd.DataFrame, recipe: Recipe) -> pd.DataFrame:
     return out
 
 
-def audit_leakage(splits: pd.DataFrame) -> dict[str, object]:
-    """Report identical images (same sha256) across the holdout boundary and across folds."""
+def audit_leakage(splits: pd.DataFrame, *, max_hamming_bits: int = 4) -> dict[str, object]:
+    """Report identical (sha256) and near-identical (dHash) images across the holdout boundary.
+
+    Exact duplicates across folds are counted too. Only exact duplicates across the holdout
+    fail the split; near-duplicates are reported for a person to judge (neighbouring CT slices
+    of different patients can look alike).
+    """
     train = splits[splits["split"] == TRAIN]
     test = splits[splits["split"] == TEST]
     cross = sorted(set(train["sha256"]) & set(test["sha256"]))
@@ -112,12 +117,39 @@ def audit_leakage(splits: pd.DataFrame) -> dict[str, object]:
     folds_per_hash = train.groupby("sha256")["fold"].nunique()
     cross_fold = int((folds_per_hash > 1).sum())
     group_overlap = sorted(set(train["group"]) & set(test["group"]))
-    return {
+    audit: dict[str, object] = {
         "exact_duplicates_across_holdout": len(cross),
         "exact_duplicate_paths": cross_paths[:50],
         "exact_duplicates_across_folds": cross_fold,
         "groups_across_holdout": len(group_overlap),
     }
+    if "dhash" in splits.columns:
+        pairs = near_duplicate_pairs(train, test, max_bits=max_hamming_bits)
+        audit["near_duplicates_across_holdout"] = len(pairs)
+        audit["near_duplicate_examples"] = pairs[:20]
+        audit["near_duplicate_max_bits"] = max_hamming_bits
+    return audit
+
+
+def near_duplicate_pairs(
+    left: pd.DataFrame, right: pd.DataFrame, *, max_bits: int
+) -> list[tuple[str, str, int]]:
+    """Pairs (left path, right path, differing bits) whose dHashes differ by <= ``max_bits``."""
+
+    def as_ints(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        valid = frame[frame["dhash"].astype(bool)]
+        return valid["dhash"].map(lambda h: int(h, 16)).to_numpy(np.uint64), valid[
+            "path"
+        ].to_numpy()
+
+    a, a_paths = as_ints(left)
+    b, b_paths = as_ints(right)
+    pairs: list[tuple[str, str, int]] = []
+    for start in range(0, len(a), 2048):  # bounded memory: 2048 x len(b) at a time
+        bits = np.bitwise_count(a[start : start + 2048, None] ^ b[None, :])
+        for i, j in zip(*np.nonzero(bits <= max_bits), strict=True):
+            pairs.append((str(a_paths[start + i]), str(b_paths[j]), int(bits[i, j])))
+    return sorted(pairs, key=lambda p: p[2])
 
 
 def split(manifest_path: Path, splits_path: Path, recipe: Recipe) -> SplitResult:

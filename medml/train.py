@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from medml.balance import balance_training_rows
+from medml.augment import RandAugment
+from medml.balance import plan_balance
 from medml.config import Recipe
 from medml.io import atomic_path, write_json
 from medml.preprocess import load_images, load_index
@@ -53,6 +54,44 @@ def fold_rows(index: Any, fold: int) -> tuple[Any, Any]:
     return train_part[train_part["fold"] != fold], train_part[train_part["fold"] == fold]
 
 
+def make_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    training: bool,
+    seed: int = 0,
+    balanced_batches: bool = False,
+    augment: RandAugment | None = None,
+) -> Any:
+    """A tf.data pipeline over in-memory uint8 images.
+
+    Training data is shuffled (seeded) and, with ``balanced_batches``, drawn from one
+    repeating stream per class with equal probability, so batches are class-balanced without
+    materialising a resampled copy (memory stays O(batch)). ``augment`` is applied per batch.
+    """
+    import tensorflow as tf
+
+    autotune = tf.data.AUTOTUNE
+    if training and balanced_batches:
+        streams = [
+            tf.data.Dataset.from_tensor_slices((images[labels == c], labels[labels == c]))
+            .shuffle(int((labels == c).sum()), seed=seed + int(c), reshuffle_each_iteration=True)
+            .repeat()
+            for c in np.unique(labels)
+        ]
+        weights = [1.0 / len(streams)] * len(streams)
+        data = tf.data.Dataset.sample_from_datasets(streams, weights=weights, seed=seed)
+    else:
+        data = tf.data.Dataset.from_tensor_slices((images, labels))
+        if training:
+            data = data.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    data = data.batch(batch_size)
+    if training and augment is not None and augment.enabled:
+        data = data.map(lambda x, y: (augment(x), y), num_parallel_calls=autotune)
+    return data.prefetch(autotune)
+
+
 def train_fold(
     shards_dir: Path,
     fold: int,
@@ -82,12 +121,15 @@ def train_fold(
     cfg = recipe.train
     n_classes = len(recipe.data.classes)
     train_rows, val_rows = fold_rows(load_index(shards_dir), fold)
-    balanced = balance_training_rows(
-        train_rows["label_index"].to_numpy(), n_classes, cfg.balance, seed=cfg.seed + fold
-    )
-    train_rows = train_rows.iloc[balanced.indices]
+    plan = plan_balance(
+        train_rows["label_index"].to_numpy(), n_classes, cfg.balance, seed=cfg.seed + fold,
+        augment=cfg.augment, smote_memory_mb=cfg.smote_memory_mb,
+    )  # fmt: skip
+    train_rows = train_rows.iloc[plan.indices]
     x_train = load_images(shards_dir, train_rows)
     y_train = train_rows["label_index"].to_numpy(dtype=np.int64)
+    if plan.array_sampler is not None:
+        x_train, y_train = plan.array_sampler.fit_resample(x_train, y_train)
     x_val = load_images(shards_dir, val_rows)
     y_val = val_rows["label_index"].to_numpy(dtype=np.int64)
 
@@ -104,15 +146,26 @@ def train_fold(
     )
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=cfg.patience, restore_best_weights=True
+            monitor="val_loss",
+            patience=cfg.patience,
+            restore_best_weights=True,
+            start_from_epoch=min(cfg.min_epochs, cfg.epochs),  # small CNNs plateau at first
         ),
     ]
+    train_data = make_dataset(
+        x_train, y_train, batch_size=cfg.batch_size, training=True, seed=cfg.seed + fold,
+        balanced_batches=plan.balanced_batches,
+        augment=RandAugment(cfg.augment, seed=cfg.seed + fold) if cfg.augment_in_training else None,
+    )  # fmt: skip
+    val_data = make_dataset(x_val, y_val, batch_size=cfg.batch_size, training=False)
+    counts_after = np.bincount(y_train, minlength=n_classes).tolist()
     params = {
         **recipe.flat_params(),
         "fold": str(fold),
         "train_images": str(len(y_train)),
         "val_images": str(len(y_val)),
-        "class_weight": str(balanced.class_weight),
+        "class_weight": str(plan.class_weight),
+        "train_class_counts": str(counts_after),
     }
     run_id = None
     mlflow_run = None
@@ -132,14 +185,13 @@ def train_fold(
     try:
         started = time.perf_counter()
         history = model.fit(
-            x_train,
-            y_train,
-            validation_data=(x_val, y_val),
+            train_data,
+            validation_data=val_data,
             epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            class_weight=balanced.class_weight,
+            steps_per_epoch=-(-len(y_train) // cfg.batch_size) if plan.balanced_batches else None,
+            class_weight=plan.class_weight,
             callbacks=callbacks,
-            shuffle=True,
+            shuffle=False,  # the tf.data pipeline shuffles (seeded)
             verbose=2,
         )
         seconds = time.perf_counter() - started

@@ -114,6 +114,7 @@ def ingest(source: Path, manifest_path: Path, recipe: Recipe, *, workers: int = 
                 desc="ingest",
                 unit="img",
                 leave=False,
+                disable=None,
             )
         )
     rows = [

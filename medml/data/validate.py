@@ -63,8 +63,10 @@ def validate(
     """
     out_dir = Path(out_dir)
     manifest = pd.read_parquet(manifest_path)
+    hashes = _decode_and_hash(manifest, workers)
     checked = manifest.assign(
-        decodable=_decode_checks(manifest, workers),
+        decodable=[h is not None for h in hashes],
+        dhash=[h or "" for h in hashes],
         label_known=manifest["label"].isin(recipe.data.classes),
     )
 
@@ -83,7 +85,8 @@ def validate(
 
     quarantine = checked.loc[sorted(reasons), ["path", "root", "label", "sha256", "bytes"]].copy()
     quarantine["reason"] = ["; ".join(reasons[i]) for i in quarantine.index]
-    clean = manifest.drop(index=list(reasons)).reset_index(drop=True)
+    clean = checked.drop(index=list(reasons), columns=["decodable", "label_known"])
+    clean = clean.reset_index(drop=True)
 
     counts = clean["label"].value_counts().reindex(recipe.data.classes, fill_value=0)
     counts_table = pd.DataFrame({"label": counts.index, "count": counts.to_numpy()})
@@ -164,14 +167,25 @@ def decode_image(data: bytes) -> np.ndarray | None:
     return image if image is not None and image.size > 0 else None
 
 
-def _decode_checks(manifest: pd.DataFrame, workers: int) -> list[bool]:
+def difference_hash(image: np.ndarray) -> str:
+    """64-bit perceptual difference hash (dHash) as 16 hex digits; robust to resizing/JPEG."""
+    if image.ndim == 3:
+        image = image[:, :, :3].mean(axis=2) if image.shape[2] >= 3 else image[:, :, 0]
+    small = cv2.resize(image.astype(np.float32), (9, 8), interpolation=cv2.INTER_AREA)
+    bits = (small[:, 1:] > small[:, :-1]).ravel()
+    return f"{int(np.packbits(bits).view('>u8')[0]):016x}"
+
+
+def _decode_and_hash(manifest: pd.DataFrame, workers: int) -> list[str | None]:
+    """dHash of every decodable file, ``None`` for files that do not decode."""
     declared = (manifest["width"].astype("int64") * manifest["height"].astype("int64")).tolist()
 
-    def check(item: tuple[Path, int]) -> bool:
+    def check(item: tuple[Path, int]) -> str | None:
         path, pixels = item
         if pixels > MAX_PIXELS or not path.is_file():
-            return False
-        return decode_image(path.read_bytes()) is not None
+            return None
+        image = decode_image(path.read_bytes())
+        return None if image is None else difference_hash(image)
 
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         return list(
@@ -181,6 +195,7 @@ def _decode_checks(manifest: pd.DataFrame, workers: int) -> list[bool]:
                 desc="validate",
                 unit="img",
                 leave=False,
+                disable=None,
             )
         )
 
@@ -202,7 +217,10 @@ def _run_suite(frame: pd.DataFrame, expectations: list[Any], name: str) -> list[
     import great_expectations as gx
 
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
     batch = (
         context.data_sources.add_pandas(f"{name}_source")
         .add_dataframe_asset(name=name)

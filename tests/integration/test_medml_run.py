@@ -15,12 +15,12 @@ pytestmark = pytest.mark.integration
 
 
 def test_medml_run_registers_a_challenger_that_beats_chance(tmp_path: Path) -> None:
-    data = synth_kidney_ct(tmp_path / "kidney-ct", n=600, seed=11, image_size=96).root
+    data = synth_kidney_ct(tmp_path / "kidney-ct", n=800, seed=11).root
     run_dir = tmp_path / "run"
     env = venv_env()
     cmd = [
         "medml", "run", "--source", str(data), "--recipe", "kidney-ct", "--run-dir", str(run_dir),
-        "--set", "image.size=48", "--set", "split.folds=2", "--set", "train.epochs=25",
+        "--set", "split.folds=2", "--set", "train.epochs=30",
     ]  # fmt: skip
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -56,6 +56,6 @@ def test_medml_run_registers_a_challenger_that_beats_chance(tmp_path: Path) -> N
     import numpy as np
 
     model = mlflow.pyfunc.load_model("models:/kidney-ct-classifier@challenger")
-    proba = np.asarray(model.predict(np.zeros((2, 48, 48, 1), dtype="float32")))
+    proba = np.asarray(model.predict(np.zeros((2, 64, 64, 1), dtype="float32")))
     assert proba.shape == (2, 4)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-4)

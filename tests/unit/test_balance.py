@@ -1,11 +1,26 @@
+"""Balancing strategies: class counts after fit_resample; only a fold's training part."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from medml.balance import balance_training_rows, inverse_frequency_weights
+from medml.balance import (
+    STRATEGIES,
+    AugmentOversampler,
+    PixelSMOTE,
+    inverse_frequency_weights,
+    plan_balance,
+)
+from medml.config import AugmentConfig
 
 Y = np.array([0] * 60 + [1] * 30 + [2] * 10)
+
+
+def _images(y: np.ndarray, size: int = 8, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, size=(len(y), size, size, 1))
+    return np.clip(base + y[:, None, None, None] * 40, 0, 255).astype(np.uint8)
 
 
 def test_inverse_frequency_weights_equalise_class_contributions() -> None:
@@ -29,19 +44,57 @@ def test_missing_class_is_refused() -> None:
 
 @pytest.mark.parametrize(
     ("strategy", "expected_counts"),
-    [
-        ("none", [60, 30, 10]),
-        ("class_weight", [60, 30, 10]),
-        ("undersample", [10, 10, 10]),
-        ("oversample", [60, 60, 60]),
-    ],
-)
-def test_strategies_resample_positions(strategy: str, expected_counts: list[int]) -> None:
-    balanced = balance_training_rows(Y, 3, strategy, seed=0)
-    assert np.bincount(Y[balanced.indices], minlength=3).tolist() == expected_counts
-    assert (balanced.class_weight is not None) == (strategy == "class_weight")
+    [("none", [60, 30, 10]), ("class_weight", [60, 30, 10]), ("undersample", [10, 10, 10]),
+     ("oversample", [60, 60, 60]), ("balanced_batches", [60, 30, 10])],
+)  # fmt: skip
+def test_index_strategies(strategy: str, expected_counts: list[int]) -> None:
+    plan = plan_balance(Y, 3, strategy, seed=0)
+    assert np.bincount(Y[plan.indices], minlength=3).tolist() == expected_counts
+    assert (plan.class_weight is not None) == (strategy == "class_weight")
+    assert plan.balanced_batches == (strategy == "balanced_batches")
+    assert plan.array_sampler is None
+
+
+def test_augment_oversample_tops_up_to_majority_and_keeps_originals() -> None:
+    x = _images(Y)
+    sampler = AugmentOversampler(augment=AugmentConfig(), random_state=0)
+    x_res, y_res = sampler.fit_resample(x, Y)
+    assert np.bincount(y_res).tolist() == [60, 60, 60]
+    assert sampler.sampling_strategy_ == {0: 0, 1: 30, 2: 50}
+    np.testing.assert_array_equal(x_res[: len(x)], x)  # originals untouched, first
+    assert x_res.dtype == np.uint8 and x_res.shape[1:] == x.shape[1:]
+    copies = x_res[len(x) :]
+    assert not any((copy == x).all(axis=(1, 2, 3)).any() for copy in copies[:10])  # augmented
+
+
+def test_smote_balances_and_synthesises_new_images() -> None:
+    x = _images(Y)
+    x_res, y_res = PixelSMOTE(random_state=0).fit_resample(x, Y)
+    assert np.bincount(y_res).tolist() == [60, 60, 60]
+    assert x_res.shape == (180, 8, 8, 1) and x_res.dtype == np.uint8
+
+
+def test_smote_refuses_over_budget_naming_it() -> None:
+    x = np.zeros((100, 64, 64, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"over the budget train.smote_memory_mb=1;"):
+        PixelSMOTE(memory_budget_mb=1).fit_resample(x, Y)
+
+
+def test_samplers_keep_constructor_args_as_given() -> None:
+    sampler = PixelSMOTE(k_neighbors=3, memory_budget_mb=7, random_state=5)
+    assert (sampler.k_neighbors, sampler.memory_budget_mb, sampler.random_state) == (3, 7, 5)
+    with pytest.raises(TypeError):
+        PixelSMOTE(3)  # type: ignore[misc]  # keyword-only, as in imbalanced-learn
+
+
+def test_plan_uses_array_samplers() -> None:
+    assert isinstance(plan_balance(Y, 3, "smote", seed=0).array_sampler, PixelSMOTE)
+    assert isinstance(
+        plan_balance(Y, 3, "augment_oversample", seed=0).array_sampler, AugmentOversampler
+    )
 
 
 def test_unknown_strategy() -> None:
     with pytest.raises(ValueError, match="unknown balance strategy 'smote2'"):
-        balance_training_rows(Y, 3, "smote2", seed=0)
+        plan_balance(Y, 3, "smote2", seed=0)
+    assert len(STRATEGIES) == 7

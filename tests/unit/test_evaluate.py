@@ -54,3 +54,22 @@ def test_ece_is_zero_for_calibrated_certainty() -> None:
 def test_confusion_plot_is_a_png(tmp_path: Path) -> None:
     path = plot_confusion_matrix(np.array([[5, 1], [2, 7]]), ["x", "y"], tmp_path / "cm.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_plot_is_written(tmp_path: Path) -> None:
+    from medml.evaluate import plot_learning_curves, plot_reliability, plot_roc_curves
+
+    y, proba = _data()
+    history = {
+        "loss": [1.0, 0.5],
+        "val_loss": [1.1, 0.7],
+        "accuracy": [0.4, 0.8],
+        "val_accuracy": [0.3, 0.7],
+    }
+    paths = [
+        plot_roc_curves(y, proba, CLASSES, tmp_path / "roc.png"),
+        plot_reliability(y, proba, tmp_path / "rel.png"),
+        plot_learning_curves([history, history], tmp_path / "curves.png"),
+    ]
+    for path in paths:
+        assert path.read_bytes()[:4] == b"\x89PNG"

@@ -69,3 +69,19 @@ def test_too_few_images_for_folds(tiny_recipe: Recipe) -> None:
         ValueError, match=r"too few images per class for a holdout plus split.folds=8"
     ):
         assign_splits(table, recipe)
+
+
+def test_near_duplicates_across_holdout_are_reported(tiny_recipe: Recipe) -> None:
+    from medml.split import audit_leakage
+
+    table = assign_splits(_table(per_group=1), tiny_recipe)
+    table["dhash"] = [f"{i * 0x0101010101:016x}" for i in range(len(table))]
+    test_row = table.index[table["split"] == "test"][0]
+    train_row = table.index[table["split"] == "train"][0]
+    near = int(table.loc[train_row, "dhash"], 16) ^ 0b11  # two bits differ
+    table.loc[test_row, "dhash"] = f"{near:016x}"
+    audit = audit_leakage(table, max_hamming_bits=2)
+    assert audit["near_duplicates_across_holdout"] >= 1
+    assert (table.loc[train_row, "path"], table.loc[test_row, "path"], 2) in audit[
+        "near_duplicate_examples"
+    ]

@@ -1,0 +1,93 @@
+"""Proofs on phantom data that medml's honest path is not the inflated one.
+
+1. Seed 000's mistake: SMOTE on the whole dataset, then split. Synthetic minority images are
+   interpolated from images that end up in the test set, so a classifier "recognises" the test
+   set. The same data, split first and SMOTE'd inside the training part only, scores lower.
+2. Several slices per patient: a split that ignores patients puts sibling slices on both sides;
+   the score rises relative to the patient-grouped split, which is what medml uses.
+
+A 1-nearest-neighbour classifier on pixels makes both effects plain and runs in seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from imblearn.over_sampling import SMOTE
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
+from sklearn.neighbors import KNeighborsClassifier
+
+from medml.balance import PixelSMOTE
+from medml.config import load_recipe
+from medml.data.synthetic import synth_kidney_ct
+from medml.preprocess import LoadImage
+from medml.split import assign_splits, has_groups
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def pixels(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seed 000's representation: 28x28 images as flat pixel vectors, labels, patient ids."""
+    root = synth_kidney_ct(tmp_path_factory.mktemp("leak") / "ct", n=900, seed=5).root
+    groups = pd.read_csv(root / "groups.csv")
+    load = LoadImage(28, 1)
+    x = np.stack([load(root / p).ravel() for p in groups["path"]]).astype(np.float32)
+    classes = ["Normal", "Cyst", "Stone", "Tumor"]
+    y = np.array([classes.index(Path(p).parent.name) for p in groups["path"]])
+    return x, y, groups["group"].to_numpy()
+
+
+def _score(x_train, y_train, x_test, y_test) -> float:  # noqa: ANN001
+    model = KNeighborsClassifier(n_neighbors=1).fit(x_train, y_train)
+    return balanced_accuracy_score(y_test, model.predict(x_test))
+
+
+def test_smote_before_split_inflates_the_score(pixels) -> None:  # noqa: ANN001
+    x, y, _ = pixels
+    # Seed 000: SMOTE on everything, then split.
+    x_all, y_all = SMOTE(random_state=0).fit_resample(x, y)
+    xa, xb, ya, yb = train_test_split(x_all, y_all, test_size=0.2, stratify=y_all, random_state=0)
+    leaky = _score(xa, ya, xb, yb)
+    # Honest: split first; SMOTE (medml's PixelSMOTE) on the training part only.
+    xa, xb, ya, yb = train_test_split(x, y, test_size=0.2, stratify=y, random_state=0)
+    images = xa.reshape(-1, 28, 28, 1).astype(np.uint8)
+    x_res, y_res = PixelSMOTE(random_state=0).fit_resample(images, ya)
+    honest = _score(x_res.reshape(len(x_res), -1).astype(np.float32), y_res, xb, yb)
+    print(
+        f"SMOTE before split: {leaky:.3f}  honest (split, then SMOTE the train part): {honest:.3f}"
+    )
+    assert leaky > honest + 0.05
+
+
+def test_random_split_of_patients_inflates_the_score(pixels) -> None:  # noqa: ANN001
+    x, y, groups = pixels
+
+    def cv_score(cv, use_groups: bool) -> float:  # noqa: ANN001
+        scores = [
+            _score(x[tr], y[tr], x[te], y[te])
+            for tr, te in cv.split(x, y, groups if use_groups else None)
+        ]
+        return float(np.mean(scores))
+
+    random_split = cv_score(StratifiedKFold(5, shuffle=True, random_state=0), False)
+    grouped = cv_score(StratifiedGroupKFold(5, shuffle=True, random_state=0), True)
+    print(f"random split: {random_split:.3f}  patient-grouped split: {grouped:.3f}")
+    assert random_split > grouped + 0.05
+
+    table = pd.DataFrame(
+        {
+            "path": [f"{i}" for i in range(len(y))],
+            "group": groups,
+            "label": np.array(["Normal", "Cyst", "Stone", "Tumor"])[y],
+            "sha256": [f"{i}" for i in range(len(y))],
+        }
+    )
+    assert has_groups(table["group"])
+    out = assign_splits(table, load_recipe("kidney-ct"))
+    assert out.groupby("group")["split"].nunique().max() == 1  # medml keeps patients together
+    assert out.groupby("group")["fold"].nunique().max() == 1

@@ -1,0 +1,71 @@
+"""One fold trains with every balancing strategy, and balancing only sees that fold's train part."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import medml.train as train_module
+from medml.balance import STRATEGIES
+from medml.config import Recipe
+from medml.data.ingest import ingest
+from medml.data.validate import validate
+from medml.preprocess import load_index, preprocess
+from medml.split import split
+
+
+@pytest.fixture(scope="module")
+def shards(phantom_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from medml.config import load_recipe
+    from tests.conftest import TINY
+
+    recipe = load_recipe("kidney-ct", overrides=TINY)
+    work = tmp_path_factory.mktemp("shards")
+    manifest = ingest(phantom_dir, work / "manifest.parquet", recipe).manifest
+    clean = validate(manifest, work / "validation", recipe).clean_manifest
+    splits = split(clean, work / "splits.parquet", recipe).splits
+    return preprocess(splits, work / "shards", recipe).shards_dir
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_balancing_sees_only_the_folds_training_rows(
+    strategy: str, shards: Path, tiny_recipe: Recipe, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    seen: dict[str, np.ndarray] = {}
+    real_plan = train_module.plan_balance
+
+    def recording_plan(y_train, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        seen["y"] = np.asarray(y_train)
+        return real_plan(y_train, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "plan_balance", recording_plan)
+    recipe = tiny_recipe.model_copy(
+        update={"train": tiny_recipe.train.model_copy(update={"balance": strategy, "epochs": 1})}
+    )
+    result = train_module.train_fold(shards, 1, tmp_path / "fold", recipe)
+
+    index = load_index(shards)
+    expected = index[(index["split"] == "train") & (index["fold"] != 1)]
+    np.testing.assert_array_equal(seen["y"], expected["label_index"].to_numpy())
+    assert result.model_path.is_file()
+    history = json.loads(result.history_path.read_text())
+    assert history["epochs_run"] == 1
+
+
+def test_unknown_fold_is_a_clear_error(shards: Path, tiny_recipe: Recipe, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"fold 7 does not exist; this split has folds \[0, 1\]"):
+        train_module.train_fold(shards, 7, tmp_path / "fold", tiny_recipe)
+
+
+def test_balanced_batches_are_class_balanced() -> None:
+    y = np.array([0] * 90 + [1] * 10)
+    x = np.zeros((100, 4, 4, 1), np.uint8)
+    data = train_module.make_dataset(
+        x, y, batch_size=50, training=True, seed=0, balanced_batches=True
+    )
+    labels = np.concatenate([batch_y.numpy() for _, batch_y in data.take(20)])
+    assert 0.4 < labels.mean() < 0.6  # minority drawn as often as the majority
