@@ -92,19 +92,22 @@ def recipes() -> None:
 def synth(
     out: Annotated[Path, typer.Option("--out", help="Directory to create (must be new or empty).")],
     recipe: RecipeName = "kidney-ct",
-    n: Annotated[int, typer.Option("--n", help="Number of images.", min=4)] = 600,
+    n: Annotated[int, typer.Option("--n", help="Number of labelled images.", min=4)] = 600,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same files).")] = 0,
     size: Annotated[int, typer.Option("--size", help="Image side in pixels.", min=32)] = 128,
+    layout: Annotated[
+        str | None,
+        typer.Option(help="class_folders | split_folders | csv | dicom (default: the recipe's)."),
+    ] = None,
 ) -> None:
-    """Write a synthetic phantom dataset (folder per class, several slices per patient)."""
-    from medml.data.synthetic import synth_kidney_ct
+    """Write a synthetic phantom dataset (kidney-ct, chest-xray or capsule-endoscopy shaped)."""
+    from medml.data.synthetic import synthesize
 
-    if recipe != "kidney-ct":
-        raise _fail(f"synth supports --recipe kidney-ct for now, got {recipe!r}")
-    result = _guard(synth_kidney_ct, out, n=n, seed=seed, image_size=size)
+    result = _guard(synthesize, recipe, out, layout=layout, n=n, seed=seed, image_size=size)
+    patients = f" of {result.patients} synthetic patients" if result.patients else ""
     typer.echo(
-        f"wrote {sum(result.counts.values())} images of {result.patients} synthetic "
-        f"patients to {result.root}: {result.counts}"
+        f"wrote {sum(result.counts.values())} labelled images{patients} to {result.root}: "
+        f"{result.counts}"
     )
 
 

@@ -32,11 +32,17 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """What the dataset looks like."""
 
-    layout: Literal["auto", "class_folders"] = "auto"
+    layout: Literal["auto", "class_folders", "split_folders", "csv", "dicom"] = "auto"
     classes: list[str] = Field(min_length=2)
-    extensions: list[str] = [".jpg", ".jpeg", ".png"]
+    extensions: list[str] = [".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"]
+    csv_file: str = "Training_set.csv"
+    csv_path_column: str = "filename"
+    csv_label_column: str = "label"
+    csv_image_dir: str = "train"
     min_images_per_class: int = Field(default=10, ge=1)
     max_quarantine_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
+    min_image_side: int = Field(default=16, ge=1, description="smaller images are quarantined")
+    max_image_side: int = Field(default=16384, ge=1, description="larger images are quarantined")
 
     @field_validator("classes")
     @classmethod
@@ -51,6 +57,12 @@ class ImageConfig(_Strict):
 
     size: int = Field(default=64, ge=8, le=1024)
     channels: Literal[1, 3] = 1
+    aspect: Literal["resize", "letterbox"] = Field(
+        default="resize", description="stretch to a square, or pad to keep the aspect ratio"
+    )
+    clahe: bool = Field(default=False, description="contrast-limited histogram equalisation")
+    window_center: float = Field(default=40.0, description="CT window centre (HU) for DICOM")
+    window_width: float = Field(default=400.0, gt=0.0, description="CT window width (HU)")
     shard_size: int = Field(default=1024, ge=16)
     workers: int = Field(default=0, ge=0, description="decode threads; 0 = one per core")
 

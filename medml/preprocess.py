@@ -24,6 +24,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from medml.config import ImageConfig, Recipe
+from medml.data.images import read_image
 from medml.data.ingest import absolute_paths
 from medml.io import atomic_path, read_json, write_json
 
@@ -38,23 +39,49 @@ class PreprocessResult:
 
 
 class LoadImage:
-    """Decode an image file to uint8 with the wanted channels, resized to a square.
+    """Decode an image file (raster or DICOM) to uint8 with the wanted channels and size.
 
     Args:
-        size: output side in pixels.
+        size: output side in pixels (square output).
         channels: 1 (grayscale) or 3 (RGB).
+        aspect: ``resize`` stretches to the square; ``letterbox`` keeps the aspect ratio and
+            pads the short side with black.
+        clahe: apply contrast-limited adaptive histogram equalisation (per channel).
+        window_center: CT window centre in HU, for DICOM.
+        window_width: CT window width in HU, for DICOM.
 
     Raises:
-        ValueError: bad ``size`` or ``channels``.
+        ValueError: bad ``size``, ``channels`` or ``aspect``.
     """
 
-    def __init__(self, size: int, channels: int) -> None:
+    def __init__(
+        self, size: int, channels: int, *, aspect: str = "resize", clahe: bool = False,
+        window_center: float = 40.0, window_width: float = 400.0,
+    ) -> None:  # fmt: skip
         if size < 1:
             raise ValueError(f"size must be positive, got {size}")
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
+        if aspect not in ("resize", "letterbox"):
+            raise ValueError(f"aspect must be 'resize' or 'letterbox', got {aspect!r}")
         self.size = size
         self.channels = channels
+        self.aspect = aspect
+        self.clahe = clahe
+        self.window_center = window_center
+        self.window_width = window_width
+
+    @classmethod
+    def from_config(cls, config: ImageConfig) -> LoadImage:
+        """Build from the recipe's ``image`` section."""
+        return cls(
+            config.size,
+            config.channels,
+            aspect=config.aspect,
+            clahe=config.clahe,
+            window_center=config.window_center,
+            window_width=config.window_width,
+        )
 
     def __call__(self, path: Path) -> np.ndarray:
         """Return an array of shape ``(size, size, channels)``.
@@ -62,14 +89,19 @@ class LoadImage:
         Raises:
             ValueError: the file cannot be decoded.
         """
-        data = np.fromfile(str(path), dtype=np.uint8)
-        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-        if image is None:
-            raise ValueError(f"cannot decode image {path}; run validate to quarantine it")
-        image = _to_uint8(image)
-        image = _convert_channels(image, self.channels)
-        interpolation = cv2.INTER_AREA if image.shape[0] > self.size else cv2.INTER_LINEAR
-        image = cv2.resize(image, (self.size, self.size), interpolation=interpolation)
+        image = read_image(path, window_center=self.window_center, window_width=self.window_width)
+        image = _convert_channels(_to_uint8(image), self.channels)
+        if self.clahe:
+            image = _clahe(image)
+        if self.aspect == "letterbox":
+            image = _letterbox(image, self.size)
+        else:
+            shrink = image.shape[0] > self.size or image.shape[1] > self.size
+            image = cv2.resize(
+                image,
+                (self.size, self.size),
+                interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR,
+            )
         return image.reshape(self.size, self.size, self.channels)
 
 
@@ -77,7 +109,7 @@ def preprocess(splits_path: Path, shards_dir: Path, recipe: Recipe) -> Preproces
     """Decode every image in ``splits.parquet`` into shards under ``shards_dir``."""
     table = pd.read_parquet(splits_path)
     image_cfg: ImageConfig = recipe.image
-    load = LoadImage(image_cfg.size, image_cfg.channels)
+    load = LoadImage.from_config(image_cfg)
     paths = absolute_paths(table)
     shard_size = image_cfg.shard_size
     n_shards = max(1, -(-len(paths) // shard_size))
@@ -148,7 +180,28 @@ def _convert_channels(image: np.ndarray, channels: int) -> np.ndarray:
     n = image.shape[2]
     if n == 4:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    elif n == 1:
+    elif n in (1, 2):  # gray, or gray + alpha
         image = image[:, :, 0]
         return image if channels == 1 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY if channels == 1 else cv2.COLOR_BGR2RGB)
+
+
+def _clahe(image: np.ndarray) -> np.ndarray:
+    tool = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
+    if image.ndim == 2:
+        return tool.apply(image)
+    return np.dstack(
+        [tool.apply(np.ascontiguousarray(image[:, :, c])) for c in range(image.shape[2])]
+    )
+
+
+def _letterbox(image: np.ndarray, size: int) -> np.ndarray:
+    height, width = image.shape[:2]
+    scale = size / max(height, width)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+    canvas = np.zeros((size, size, *image.shape[2:]), dtype=image.dtype)
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    canvas[top : top + new_h, left : left + new_w] = resized
+    return canvas

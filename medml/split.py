@@ -74,14 +74,22 @@ def assign_splits(table: pd.DataFrame, recipe: Recipe) -> pd.DataFrame:
             f"too few {unit} per class for a holdout plus split.folds={cfg.folds}: {short}; "
             f"need at least {cfg.folds + 1} per class; add data or lower split.folds"
         )
-    n_holdout_splits = max(2, int(round(1.0 / cfg.test_size)))
-    holdout_cv = _make_cv(grouped, n_holdout_splits, cfg.seed)
-    try:
-        _, test_idx = next(iter(holdout_cv.split(np.zeros(len(y)), y, groups)))
-    except ValueError as err:
-        raise ValueError(
-            f"cannot cut a stratified holdout of test_size={cfg.test_size}: {err}"
-        ) from None
+    given_test = (
+        out["source_split"].eq("test").to_numpy()
+        if "source_split" in out.columns
+        else np.zeros(len(out), bool)
+    )
+    if given_test.any():  # the dataset's own test split is the holdout
+        test_idx = np.flatnonzero(given_test)
+    else:
+        n_holdout_splits = max(2, int(round(1.0 / cfg.test_size)))
+        holdout_cv = _make_cv(grouped, n_holdout_splits, cfg.seed)
+        try:
+            _, test_idx = next(iter(holdout_cv.split(np.zeros(len(y)), y, groups)))
+        except ValueError as err:
+            raise ValueError(
+                f"cannot cut a stratified holdout of test_size={cfg.test_size}: {err}"
+            ) from None
     out["split"] = TRAIN
     out.loc[test_idx, "split"] = TEST
     out["fold"] = -1
@@ -165,6 +173,9 @@ def split(manifest_path: Path, splits_path: Path, recipe: Recipe) -> SplitResult
     grouped = has_groups(splits["group"])
     fold_sizes = [int((splits["fold"] == k).sum()) for k in range(recipe.split.folds)]
     report = {
+        "holdout": "dataset's own test split"
+        if splits.get("source_split", pd.Series(dtype=str)).eq("test").any()
+        else f"stratified {recipe.split.test_size:.0%}",
         "grouped": grouped,
         "strategy": "StratifiedGroupKFold" if grouped else "StratifiedKFold",
         "test_size": int((splits["split"] == TEST).sum()),

@@ -20,6 +20,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from medml.config import Recipe
+from medml.data.images import dicom_header, is_dicom
+from medml.data.layouts import Item, LayoutError, discover
 from medml.data.synthetic import GROUPS_FILE
 from medml.io import atomic_path
 
@@ -33,6 +35,8 @@ MANIFEST_COLUMNS = [
     "width",
     "height",
     "channels",
+    "source_split",
+    "issue",
 ]
 _MODE_CHANNELS = {
     "1": 1,
@@ -62,27 +66,11 @@ class IngestResult:
     class_counts: dict[str, int]
 
 
-def discover_class_folders(root: Path, extensions: list[str]) -> list[tuple[str, str]]:
-    """List ``(relative path, label)`` for every image under ``<root>/<Class>/``.
-
-    Hidden files and folders are skipped; any folder name is returned as a label, so labels
-    outside the recipe's classes reach validation (which quarantines them) instead of
-    vanishing silently.
-    """
-    suffixes = {ext.lower() for ext in extensions}
-    items: list[tuple[str, str]] = []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for file in sorted(class_dir.rglob("*")):
-            if file.is_file() and not file.name.startswith(".") and file.suffix.lower() in suffixes:
-                items.append((file.relative_to(root).as_posix(), class_dir.name))
-    return items
-
-
 def ingest(source: Path, manifest_path: Path, recipe: Recipe, *, workers: int = 0) -> IngestResult:
     """Scan a dataset directory and write its manifest.
 
     Args:
-        source: dataset root (folder per class).
+        source: dataset root in any layout of :mod:`medml.data.layouts`.
         manifest_path: where to write ``manifest.parquet``.
         recipe: the run's recipe (layout, extensions).
         workers: hashing threads; 0 means one per core.
@@ -98,18 +86,34 @@ def ingest(source: Path, manifest_path: Path, recipe: Recipe, *, workers: int = 
         raise IngestError(f"source directory {source} does not exist; check --source")
     if not root.is_dir():
         raise IngestError(f"source {source} is not a directory; point --source at the dataset root")
-    items = discover_class_folders(root, recipe.data.extensions)
+    try:
+        layout, items = discover(root, recipe.data)
+    except LayoutError as err:
+        raise IngestError(str(err)) from None
     if not items:
         raise IngestError(
-            f"no images ({', '.join(recipe.data.extensions)}) found under {root}/<Class>/; "
-            f"expected one folder per class, e.g. {root}/{recipe.data.classes[0]}/image.jpg"
+            f"no images ({', '.join(recipe.data.extensions)}) found under {root} "
+            f"(layout {layout}); expected e.g. {root}/{recipe.data.classes[0]}/image.jpg"
         )
     groups = _read_groups(root)
     n_workers = workers or os.cpu_count() or 1
+
+    def facts(item: Item) -> dict[str, int | str]:
+        if item.issue:  # never open a file that escapes the root or is missing
+            return {
+                "sha256": "",
+                "bytes": 0,
+                "width": 0,
+                "height": 0,
+                "channels": 0,
+                "issue": item.issue,
+            }
+        return _file_facts(root / item.path)
+
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
-        facts = list(
+        found = list(
             tqdm(
-                pool.map(lambda rel: _file_facts(root / rel), [rel for rel, _ in items]),
+                pool.map(facts, items),
                 total=len(items),
                 desc="ingest",
                 unit="img",
@@ -118,8 +122,15 @@ def ingest(source: Path, manifest_path: Path, recipe: Recipe, *, workers: int = 
             )
         )
     rows = [
-        {"path": rel, "root": str(root), "label": label, "group": groups.get(rel, rel), **fact}
-        for (rel, label), fact in zip(items, facts, strict=True)
+        {
+            "path": item.path,
+            "root": str(root),
+            "label": item.label,
+            "group": groups.get(item.path, item.path),
+            **fact,
+            "source_split": item.source_split,
+        }
+        for item, fact in zip(items, found, strict=True)
     ]
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     with atomic_path(Path(manifest_path)) as tmp:
@@ -152,6 +163,7 @@ def _read_groups(root: Path) -> dict[str, str]:
 
 
 def _file_facts(path: Path) -> dict[str, int | str]:
+    """Hash, size and header dimensions of one file; ``issue`` says why it must not be decoded."""
     digest = hashlib.sha256()
     size = 0
     with open(path, "rb") as handle:
@@ -159,10 +171,16 @@ def _file_facts(path: Path) -> dict[str, int | str]:
             digest.update(chunk)
             size += len(chunk)
     width = height = channels = 0
+    issue = ""
     try:
-        with Image.open(path) as image:  # header only; no pixel decoding
-            width, height = image.size
-            channels = _MODE_CHANNELS.get(image.mode, len(image.getbands()))
+        if is_dicom(path):
+            width, height, channels = dicom_header(path)
+        else:
+            with Image.open(path) as image:  # header only; no pixel decoding
+                width, height = image.size
+                channels = _MODE_CHANNELS.get(image.mode, len(image.getbands()))
+    except Image.DecompressionBombError:
+        issue = "image header declares a decompression-bomb size; not decoded"
     except Exception:  # noqa: BLE001 - any header failure is recorded, validation explains it
         pass
     return {
@@ -171,4 +189,5 @@ def _file_facts(path: Path) -> dict[str, int | str]:
         "width": width,
         "height": height,
         "channels": channels,
+        "issue": issue,
     }

@@ -41,19 +41,21 @@ class SynthResult:
     patients: int
 
 
-def proportional_counts(total: int, weights: dict[str, int]) -> dict[str, int]:
-    """Split ``total`` into integer counts proportional to ``weights`` (largest remainder).
+def proportional_counts(total: int, weights: dict[str, int], *, minimum: int = 1) -> dict[str, int]:
+    """Split ``total`` into integer counts proportional to ``weights`` (largest remainder),
+    giving every class at least ``minimum``.
 
     Raises:
-        ValueError: ``total`` is smaller than the number of classes.
+        ValueError: ``total`` cannot give every class ``minimum`` images.
     """
-    if total < len(weights):
+    if total < len(weights) * minimum:
         raise ValueError(
-            f"n={total} is too small: need at least one image per class ({len(weights)})"
+            f"n={total} is too small: need at least {minimum} image(s) for each of "
+            f"{len(weights)} classes"
         )
     weight_sum = sum(weights.values())
     exact = {name: total * w / weight_sum for name, w in weights.items()}
-    counts = {name: max(1, int(v)) for name, v in exact.items()}
+    counts = {name: max(minimum, int(v)) for name, v in exact.items()}
     by_remainder = sorted(weights, key=lambda name: exact[name] - int(exact[name]), reverse=True)
     i = 0
     while sum(counts.values()) < total:
@@ -61,7 +63,7 @@ def proportional_counts(total: int, weights: dict[str, int]) -> dict[str, int]:
         i += 1
     while sum(counts.values()) > total:
         largest = max(counts, key=counts.get)
-        counts[largest] -= 1
+        counts[largest] -= 1  # only the largest class gives up images, never below minimum
     return counts
 
 
@@ -236,3 +238,214 @@ def _pt(xy: np.ndarray) -> tuple[int, int]:
 
 def _axes(axes: np.ndarray) -> tuple[int, int]:
     return max(1, int(round(float(axes[0])))), max(1, int(round(float(axes[1]))))
+
+
+# --- other layouts ---------------------------------------------------------------------------
+
+# Kvasir-Capsule class counts (47,238 labelled frames, seed 001's 14 classes).
+CAPSULE_COUNTS = {
+    "Normal clean mucosa": 34338, "Ileocecal valve": 4189, "Reduced mucosal view": 2906,
+    "Pylorus": 1529, "Angiectasia": 866, "Ulcer": 854, "Foreign body": 776,
+    "Lymphangiectasia": 592, "Erosion": 506, "Blood - fresh": 446, "Erythema": 159,
+    "Polyp": 55, "Blood - hematin": 12, "Ampulla of vater": 10,
+}  # fmt: skip
+# Chest X-ray (Kaggle, seed 002) class counts of the train split.
+CHEST_XRAY_COUNTS = {"NORMAL": 1341, "PNEUMONIA": 3875}
+LAYOUTS = ("class_folders", "split_folders", "csv", "dicom")
+
+
+def synth_capsule_csv(
+    out_dir: Path, *, n: int = 700, n_test: int = 40, seed: int = 0, image_size: int = 96,
+    min_per_class: int = 12,
+) -> SynthResult:  # fmt: skip
+    """Write a Kvasir-Capsule-shaped dataset: ``Training_set.csv`` + ``train/``, and an unlabelled
+    ``Testing_set.csv`` + ``test/`` (hidden labels in ``test_labels.csv`` for checking predictions).
+
+    Frames are pink mucosa textures; each finding is a blob whose colour and shape identify the
+    class ("Normal clean mucosa" has none). Counts follow the real 14-class imbalance, with at
+    least ``min_per_class`` images per class.
+    """
+    out_dir = _fresh(out_dir)
+    classes = list(CAPSULE_COUNTS)
+    counts = proportional_counts(n, CAPSULE_COUNTS, minimum=min_per_class)
+    rng = np.random.default_rng(seed)
+    with atomic_path(out_dir) as staging:
+        for split, csv_name, labelled in (
+            ("train", "Training_set.csv", True),
+            ("test", "Testing_set.csv", False),
+        ):
+            (staging / split).mkdir(parents=True)
+            plan = (
+                [c for c in classes for _ in range(counts[c])]
+                if labelled
+                else list(rng.choice(classes, size=n_test, p=_probabilities(CAPSULE_COUNTS)))
+            )
+            rows = []
+            for i, label in enumerate(plan):
+                name = f"frame_{split}_{i:05d}.jpg"
+                image = _capsule_frame(rng, image_size, classes.index(label))
+                cv2.imwrite(str(staging / split / name), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+                rows.append((name, label))
+            with open(staging / csv_name, "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["filename", "label"] if labelled else ["filename"])
+                writer.writerows(rows if labelled else [(name,) for name, _ in rows])
+            if not labelled:
+                with open(staging / "test_labels.csv", "w", newline="") as handle:
+                    csv.writer(handle).writerows([("filename", "label"), *rows])
+    return SynthResult(root=out_dir, counts=counts, patients=0)
+
+
+def synth_chest_xray_splits(
+    out_dir: Path, *, n: int = 300, seed: int = 0, image_size: int = 96
+) -> SynthResult:
+    """Write a chest-X-ray-shaped dataset in split folders: ``train/ val/ test/`` of
+    ``NORMAL/ PNEUMONIA/`` (70/10/20 %). Pneumonia adds patchy opacities to a lung field."""
+    out_dir = _fresh(out_dir)
+    counts = proportional_counts(n, CHEST_XRAY_COUNTS)
+    rng = np.random.default_rng(seed)
+    with atomic_path(out_dir) as staging:
+        for label, total in counts.items():
+            order = rng.permutation(total)
+            for i in range(total):
+                fraction = order[i] / total
+                split = "train" if fraction < 0.7 else "val" if fraction < 0.8 else "test"
+                folder = staging / split / label
+                folder.mkdir(parents=True, exist_ok=True)
+                image = _chest_xray(rng, image_size, pneumonia=label == "PNEUMONIA")
+                cv2.imwrite(str(folder / f"{label.lower()}_{i:05d}.jpeg"), image)
+    return SynthResult(root=out_dir, counts=counts, patients=0)
+
+
+def synth_kidney_ct_dicom(
+    out_dir: Path, *, n: int = 200, seed: int = 0, image_size: int = 128
+) -> SynthResult:
+    """The kidney-CT phantom as DICOM slices (``<Class>/*.dcm``, int16 with rescale intercept
+    −1024, so pixel values are Hounsfield units after rescaling; window 40/400 shows them)."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    out_dir = _fresh(out_dir)
+    jpeg_root = out_dir.parent / f".{out_dir.name}-jpeg-staging"
+    result = synth_kidney_ct(jpeg_root, n=n, seed=seed, image_size=image_size)
+    try:
+        with atomic_path(out_dir) as staging:
+            for jpeg in sorted(jpeg_root.rglob("*.jpg")):
+                pixels = cv2.imread(str(jpeg), cv2.IMREAD_GRAYSCALE).astype(np.float32)
+                hu = pixels / 255.0 * 400.0 - 160.0  # inverse of the 40/400 window
+                meta = FileMetaDataset()
+                meta.MediaStorageSOPClassUID = CTImageStorage
+                meta.MediaStorageSOPInstanceUID = generate_uid()
+                meta.TransferSyntaxUID = ExplicitVRLittleEndian
+                ds = pydicom.Dataset()
+                ds.file_meta = meta
+                ds.SOPClassUID = CTImageStorage
+                ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+                ds.Modality = "CT"
+                ds.PatientID = jpeg.stem.split("_")[0]
+                ds.Rows, ds.Columns = pixels.shape
+                ds.SamplesPerPixel = 1
+                ds.PhotometricInterpretation = "MONOCHROME2"
+                ds.BitsAllocated = ds.BitsStored = 16
+                ds.HighBit = 15
+                ds.PixelRepresentation = 1
+                ds.RescaleIntercept = -1024
+                ds.RescaleSlope = 1
+                ds.PixelData = (np.rint(hu) + 1024).astype(np.int16).tobytes()
+                target = staging / jpeg.relative_to(jpeg_root).with_suffix(".dcm")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                ds.save_as(target, enforce_file_format=True)
+            groups = (jpeg_root / GROUPS_FILE).read_text().replace(".jpg", ".dcm")
+            (staging / GROUPS_FILE).write_text(groups)
+    finally:
+        import shutil
+
+        shutil.rmtree(jpeg_root, ignore_errors=True)
+    return SynthResult(root=out_dir, counts=result.counts, patients=result.patients)
+
+
+def _fresh(out_dir: Path) -> Path:
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ValueError(f"output directory {out_dir} is not empty; choose a new one")
+    return out_dir
+
+
+def _probabilities(counts: dict[str, int]) -> list[float]:
+    total = sum(counts.values())
+    return [v / total for v in counts.values()]
+
+
+_PALETTE = [(40, 40, 200), (60, 200, 60), (200, 200, 60), (200, 60, 200), (60, 200, 200),
+            (255, 255, 255), (20, 20, 20)]  # fmt: skip
+
+
+def _capsule_frame(rng: np.random.Generator, size: int, class_index: int) -> np.ndarray:
+    base = np.array([120, 130, 200], np.float32) * rng.uniform(0.85, 1.15)  # BGR pink mucosa
+    image = np.ones((size, size, 3), np.float32) * base
+    texture = cv2.GaussianBlur(rng.normal(0, 18, (size, size)).astype(np.float32), (7, 7), 3)
+    image += texture[:, :, None]
+    cv2.circle(image, (size // 2, size // 2), size // 2, (0, 0, 0), 2)  # capsule vignette ring
+    if class_index > 0:
+        colour = _PALETTE[(class_index - 1) % len(_PALETTE)]
+        centre = tuple(int(v) for v in rng.integers(size // 4, 3 * size // 4, size=2))
+        radius = int(rng.integers(size // 12, size // 6))
+        if (class_index - 1) // len(_PALETTE) == 0:
+            cv2.circle(image, centre, radius, colour, -1)
+        else:
+            cv2.rectangle(
+                image,
+                (centre[0] - radius, centre[1] - radius),
+                (centre[0] + radius, centre[1] + radius),
+                colour,
+                -1,
+            )
+    image += rng.normal(0, 6, image.shape).astype(np.float32)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _chest_xray(rng: np.random.Generator, size: int, *, pneumonia: bool) -> np.ndarray:
+    image = np.full((size, size), 170, np.float32)
+    for side in (-1, 1):
+        centre = (int(size / 2 + side * size * 0.2), int(size * 0.5))
+        axes = (int(size * rng.uniform(0.14, 0.17)), int(size * rng.uniform(0.3, 0.36)))
+        cv2.ellipse(image, centre, axes, 0, 0, 360, 60, -1)  # dark lung field
+    cv2.rectangle(image, (size // 2 - size // 30, 0), (size // 2 + size // 30, size), 210, -1)
+    if pneumonia:
+        side = rng.choice([-1, 1])
+        for _ in range(int(rng.integers(3, 7))):
+            spot = (
+                int(size / 2 + side * size * rng.uniform(0.12, 0.28)),
+                int(size * rng.uniform(0.3, 0.7)),
+            )
+            cv2.circle(image, spot, int(size * rng.uniform(0.03, 0.07)), 140, -1)
+    image = cv2.GaussianBlur(image, (5, 5), 2) + rng.normal(0, 8, image.shape).astype(np.float32)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+SYNTHESIZERS = {
+    ("kidney-ct", "class_folders"): synth_kidney_ct,
+    ("kidney-ct", "dicom"): synth_kidney_ct_dicom,
+    ("chest-xray", "split_folders"): synth_chest_xray_splits,
+    ("capsule-endoscopy", "csv"): synth_capsule_csv,
+}
+DEFAULT_LAYOUT = {"kidney-ct": "class_folders", "chest-xray": "split_folders",
+                  "capsule-endoscopy": "csv"}  # fmt: skip
+
+
+def synthesize(recipe: str, out_dir: Path, *, layout: str | None = None, n: int, seed: int,
+               image_size: int) -> SynthResult:  # fmt: skip
+    """Write a phantom dataset for ``recipe`` in ``layout`` (default: the recipe's own).
+
+    Raises:
+        ValueError: no generator for this recipe/layout pair.
+    """
+    layout = layout or DEFAULT_LAYOUT.get(recipe, "")
+    generator = SYNTHESIZERS.get((recipe, layout))
+    if generator is None:
+        known = ", ".join(f"{name} ({kind})" for name, kind in SYNTHESIZERS)
+        raise ValueError(
+            f"no phantom generator for recipe {recipe!r} with layout {layout!r}; available: {known}"
+        )
+    return generator(out_dir, n=n, seed=seed, image_size=image_size)

@@ -10,6 +10,7 @@ when one fails the step raises :class:`ValidationFailed` naming the counts and t
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from medml.config import Recipe
+from medml.data.images import read_image
 from medml.data.ingest import absolute_paths
 from medml.io import atomic_path, write_json
 
@@ -63,29 +65,49 @@ def validate(
     """
     out_dir = Path(out_dir)
     manifest = pd.read_parquet(manifest_path)
-    hashes = _decode_and_hash(manifest, workers)
+    data = recipe.data
+    hashes = _decode_and_hash(manifest, recipe, workers)
+    labels_per_hash = manifest[manifest["sha256"] != ""].groupby("sha256")["label"].nunique()
     checked = manifest.assign(
         decodable=[h is not None for h in hashes],
         dhash=[h or "" for h in hashes],
-        label_known=manifest["label"].isin(recipe.data.classes),
+        short_side=manifest[["width", "height"]].min(axis=1),
+        long_side=manifest[["width", "height"]].max(axis=1),
+        label_conflict=manifest["sha256"].map(labels_per_hash).fillna(0).gt(1),
     )
-
-    row_suite = [
-        ("file is empty (0 bytes)", _gx_between("bytes", min_value=1)),
-        ("file does not decode as an image", _gx_in_set("decodable", [True])),
-        (f"label is not one of {recipe.data.classes}", _gx_in_set("label", recipe.data.classes)),
-    ]
+    usable = checked["issue"] == ""
+    row_suite: list[tuple[Callable[[pd.Series], str], Any]] = [
+        (lambda row: row["issue"], _gx_in_set("issue", [""])),
+        (lambda row: "file is empty (0 bytes)", _gx_between("bytes", min_value=1)),
+        (lambda row: "file does not decode as an image", _gx_in_set("decodable", [True])),
+        (lambda row: f"label {row['label']!r} is not one of {data.classes}",
+         _gx_in_set("label", data.classes)),
+        (lambda row: f"image is {row['width']}x{row['height']}, smaller than "
+                     f"data.min_image_side={data.min_image_side}",
+         _gx_between("short_side", min_value=data.min_image_side)),
+        (lambda row: f"image is {row['width']}x{row['height']}, larger than "
+                     f"data.max_image_side={data.max_image_side}",
+         _gx_between("long_side", min_value=0, max_value=data.max_image_side)),
+        (lambda row: "the same image (sha256) appears under different labels",
+         _gx_in_set("label_conflict", [False])),
+    ]  # fmt: skip
     row_results = _run_suite(
         checked, [expectation for _, expectation in row_suite], "manifest_rows"
     )
     reasons: dict[int, list[str]] = {}
     for (reason, _), result in zip(row_suite, row_results, strict=True):
         for index in result["unexpected_index_list"]:
-            reasons.setdefault(int(index), []).append(reason)
+            index = int(index)
+            if not usable[index] and reasons.get(index):
+                continue  # one reason is enough for a file that was never opened
+            reasons.setdefault(index, []).append(reason(checked.loc[index]))
 
     quarantine = checked.loc[sorted(reasons), ["path", "root", "label", "sha256", "bytes"]].copy()
     quarantine["reason"] = ["; ".join(reasons[i]) for i in quarantine.index]
-    clean = checked.drop(index=list(reasons), columns=["decodable", "label_known"])
+    clean = checked.drop(
+        index=list(reasons),
+        columns=["decodable", "short_side", "long_side", "label_conflict", "issue"],
+    )
     clean = clean.reset_index(drop=True)
 
     counts = clean["label"].value_counts().reindex(recipe.data.classes, fill_value=0)
@@ -130,7 +152,7 @@ def validate(
                 "meaning": meaning,
             }
             for meaning, r in zip(
-                [m for m, _ in row_suite] + ["minimum images per class"],
+                [r["type"] + " " + r["column"] for r in row_results] + ["minimum images per class"],
                 row_results + dataset_results,
                 strict=True,
             )
@@ -159,14 +181,6 @@ def validate(
     )
 
 
-def decode_image(data: bytes) -> np.ndarray | None:
-    """Decode encoded image bytes with OpenCV, keeping depth and channels; ``None`` if invalid."""
-    if not data:
-        return None
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    return image if image is not None and image.size > 0 else None
-
-
 def difference_hash(image: np.ndarray) -> str:
     """64-bit perceptual difference hash (dHash) as 16 hex digits; robust to resizing/JPEG."""
     if image.ndim == 3:
@@ -176,21 +190,33 @@ def difference_hash(image: np.ndarray) -> str:
     return f"{int(np.packbits(bits).view('>u8')[0]):016x}"
 
 
-def _decode_and_hash(manifest: pd.DataFrame, workers: int) -> list[str | None]:
-    """dHash of every decodable file, ``None`` for files that do not decode."""
-    declared = (manifest["width"].astype("int64") * manifest["height"].astype("int64")).tolist()
+def _decode_and_hash(manifest: pd.DataFrame, recipe: Recipe, workers: int) -> list[str | None]:
+    """dHash of every decodable file, ``None`` for files that do not decode.
 
-    def check(item: tuple[Path, int]) -> str | None:
-        path, pixels = item
-        if pixels > MAX_PIXELS or not path.is_file():
+    Files with an ingest issue (outside the root, missing, bomb header) are never opened, and
+    neither are files whose header declares more than :data:`MAX_PIXELS`.
+    """
+    declared = (manifest["width"].astype("int64") * manifest["height"].astype("int64")).tolist()
+    issues = manifest["issue"].tolist()
+
+    def check(item: tuple[Path, int, str]) -> str | None:
+        path, pixels, issue = item
+        if issue or pixels > MAX_PIXELS or not path.is_file():
             return None
-        image = decode_image(path.read_bytes())
-        return None if image is None else difference_hash(image)
+        try:
+            image = read_image(
+                path,
+                window_center=recipe.image.window_center,
+                window_width=recipe.image.window_width,
+            )
+        except ValueError:
+            return None
+        return difference_hash(image)
 
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         return list(
             tqdm(
-                pool.map(check, zip(absolute_paths(manifest), declared, strict=True)),
+                pool.map(check, zip(absolute_paths(manifest), declared, issues, strict=True)),
                 total=len(manifest),
                 desc="validate",
                 unit="img",
@@ -206,10 +232,12 @@ def _gx_in_set(column: str, values: list[Any]) -> Any:
     return gx.expectations.ExpectColumnValuesToBeInSet(column=column, value_set=values)
 
 
-def _gx_between(column: str, *, min_value: float) -> Any:
+def _gx_between(column: str, *, min_value: float, max_value: float | None = None) -> Any:
     import great_expectations as gx
 
-    return gx.expectations.ExpectColumnValuesToBeBetween(column=column, min_value=min_value)
+    return gx.expectations.ExpectColumnValuesToBeBetween(
+        column=column, min_value=min_value, max_value=max_value
+    )
 
 
 def _run_suite(frame: pd.DataFrame, expectations: list[Any], name: str) -> list[dict[str, Any]]:

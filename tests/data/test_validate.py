@@ -18,7 +18,8 @@ def dirty_dataset(phantom_dir: Path, tmp_path: Path) -> Path:
     shutil.copytree(phantom_dir, root)
     (root / "Normal" / "empty.jpg").write_bytes(b"")
     (root / "Cyst" / "not-an-image.jpg").write_text("hello, I am text")
-    good = next((root / "Stone").glob("*.jpg")).read_bytes()
+    stone = sorted((root / "Stone").glob("*.jpg"))[0]
+    good = stone.read_bytes()
     (root / "Stone" / "truncated.jpg").write_bytes(good[: len(good) // 3][:40])
     (root / "Alien").mkdir()
     (root / "Alien" / "x.jpg").write_bytes(good)
@@ -35,17 +36,20 @@ def test_bad_files_are_quarantined_not_touched(
     )
     result = validate(manifest, tmp_path / "validation", recipe)
     quarantine = pd.read_csv(result.quarantine).set_index("path")
+    stone = f"Stone/{sorted((dirty_dataset / 'Stone').glob('*.jpg'))[0].name}"
     assert set(quarantine.index) == {
         "Normal/empty.jpg",
         "Cyst/not-an-image.jpg",
         "Stone/truncated.jpg",
         "Alien/x.jpg",
+        stone,  # the Alien copy gives this image a second label: both are quarantined
     }
+    assert "different labels" in quarantine.loc[stone, "reason"]
     assert "0 bytes" in quarantine.loc["Normal/empty.jpg", "reason"]
     assert "does not decode" in quarantine.loc["Cyst/not-an-image.jpg", "reason"]
-    assert "label is not one of" in quarantine.loc["Alien/x.jpg", "reason"]
+    assert "is not one of" in quarantine.loc["Alien/x.jpg", "reason"]
     clean = pd.read_parquet(result.clean_manifest)
-    assert len(clean) == 120 and not set(clean["path"]) & set(quarantine.index)
+    assert len(clean) == 119 and not set(clean["path"]) & set(quarantine.index)
     assert tree_snapshot(dirty_dataset) == before  # nothing moved, changed or deleted
 
 
@@ -57,7 +61,7 @@ def test_too_many_quarantined_fails_with_counts(
         update={"data": tiny_recipe.data.model_copy(update={"max_quarantine_fraction": 0.01})}
     )
     with pytest.raises(
-        ValidationFailed, match=r"4 of 124 files quarantined .*Report: .*validation"
+        ValidationFailed, match=r"5 of 124 files quarantined .*Report: .*validation"
     ):
         validate(manifest, tmp_path / "validation", recipe)
     assert (tmp_path / "validation" / "quarantine.csv").is_file()  # the report is still there
