@@ -6,11 +6,13 @@ Runs the medml lifecycle for one data snapshot (the run's logical date):
 `prepare → ingest → validate → split → preprocess → train[fold 0..k-1] → evaluate → register`
 → `report`
 
-* **Params / conf**: `source` (dataset root; `{ds}` is replaced by the logical date, so a
-  snapshot per date can live at `/data/kidney-ct/{ds}`; empty means `$MEDML_SOURCE`),
+* **Params / conf**: `source` (dataset root or `s3://bucket/prefix/{ds}/`; `{ds}` is replaced
+  by the logical date, so each run reads its own snapshot; empty means `$MEDML_SOURCE`),
   `recipe` (e.g. `kidney-ct`), `overrides` (list of `key=value`, e.g. `["train.epochs=2"]`),
   `run_dir` (empty: `$MEDML_HOME/runs/<ds>/<run_id>`).
 * Training is mapped over the folds: each fold is its own task instance.
+* S3 credentials/endpoint come from the Airflow connection `medml_s3` (login, password, extra
+  `endpoint_url`, `region_name`) or the worker's environment.
 * The model version gets alias `challenger` only if it passes the recipe's gate.
 * Every task is one call into `medml.pipeline`; the same functions back the `medml` CLI and
   `dvc.yaml`.
@@ -26,9 +28,36 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag, task
 
+S3_CONNECTION_ID = "medml_s3"
+
 
 def _safe(run_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
+
+
+def _export_s3_connection() -> None:
+    """Put the `medml_s3` Airflow connection (if defined) into this task's environment.
+
+    medml reads S3 settings from the environment only; this keeps credentials in Airflow's
+    connection store, out of DAG code, params and logs. Extra `endpoint_url` and `region_name`
+    are honoured (S3-compatible servers).
+    """
+    import os
+
+    from airflow.sdk import Connection
+
+    try:
+        conn = Connection.get(S3_CONNECTION_ID)
+    except Exception:  # noqa: BLE001 - no such connection: use the worker's environment
+        return
+    extra = conn.extra_dejson
+    values = {
+        "AWS_ACCESS_KEY_ID": conn.login,
+        "AWS_SECRET_ACCESS_KEY": conn.password,
+        "MEDML_S3_ENDPOINT_URL": extra.get("endpoint_url"),
+        "AWS_DEFAULT_REGION": extra.get("region_name"),
+    }
+    os.environ.update({key: value for key, value in values.items() if value})
 
 
 @dag(
@@ -76,6 +105,7 @@ def medml_retrain() -> None:
     def ingest(run_dir: str) -> dict:
         from medml import pipeline
 
+        _export_s3_connection()
         return pipeline.step_ingest(run_dir)
 
     @task(retries=0)

@@ -31,7 +31,9 @@ app = typer.Typer(
 )
 
 RunDir = Annotated[Path, typer.Option("--run-dir", help="Run directory (made by `medml init`).")]
-Source = Annotated[Path, typer.Option("--source", help="Dataset root: one folder per class.")]
+Source = Annotated[
+    str, typer.Option("--source", help="Dataset root (any layout), or s3://bucket/prefix/.")
+]
 RecipeName = Annotated[
     str, typer.Option("--recipe", help="Recipe name (see `medml recipes`) or YAML path.")
 ]
@@ -140,7 +142,7 @@ def init(
 
 
 OptSource = Annotated[
-    Path | None,
+    str | None,
     typer.Option("--source", help="Dataset root; with --recipe, (re)initialises the run dir."),
 ]
 OptRecipe = Annotated[
@@ -152,7 +154,7 @@ OptRecipe = Annotated[
 def _data_step(
     step: Any,
     run_dir: Path,
-    source: Path | None,
+    source: str | None,
     recipe: str | None,
     params: Path | None,
     set_: list[str] | None,

@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from medml.config import Recipe, load_recipe
+from medml.data.sources import fetch_s3_prefix, is_s3, parse_s3_uri
 from medml.io import read_json, write_json
 from medml.tracking import Tracking
 
@@ -44,6 +45,11 @@ class RunLayout:
     @property
     def run_json(self) -> Path:
         return self.root / "run.json"
+
+    @property
+    def source_copy(self) -> Path:
+        """Local copy of a remote (S3) source."""
+        return self.root / "source"
 
     @property
     def manifest(self) -> Path:
@@ -112,14 +118,19 @@ def init_run(
         RunError: the source directory does not exist.
     """
     resolved = load_recipe(recipe, params_file=params_file, overrides=overrides)
-    source_path = Path(source).expanduser()
-    if not source_path.is_dir():
-        raise RunError(f"source directory {source} does not exist or is not a directory")
+    if is_s3(source):
+        parse_s3_uri(str(source))  # fail early on a malformed URI; listing happens in ingest
+        source_ref = str(source)
+    else:
+        source_path = Path(source).expanduser()
+        if not source_path.is_dir():
+            raise RunError(f"source directory {source} does not exist or is not a directory")
+        source_ref = str(source_path.resolve())
     layout = RunLayout(Path(run_dir).resolve())
     now = datetime.now(UTC)
     context = {
         "recipe": resolved.model_dump(mode="json"),
-        "source": str(source_path.resolve()),
+        "source": source_ref,
         "run_key": run_key or f"{resolved.name}-{now:%Y%m%dT%H%M%S}-{os.getpid()}",
         "logical_date": logical_date or now.date().isoformat(),
     }
@@ -176,8 +187,15 @@ def step_ingest(run_dir: Path) -> dict[str, Any]:
     from medml.data.ingest import ingest
 
     ctx = load_context(run_dir)
-    result = ingest(Path(ctx.source), ctx.layout.manifest, ctx.recipe)
+    source = Path(ctx.source)
+    fetched: dict[str, Any] = {}
+    if is_s3(ctx.source):
+        fetch = fetch_s3_prefix(ctx.source, ctx.layout.source_copy)
+        source = fetch.local_dir
+        fetched = {"downloaded": fetch.downloaded, "already_present": fetch.skipped}
+    result = ingest(source, ctx.layout.manifest, ctx.recipe)
     return {
+        **fetched,
         "manifest": str(result.manifest),
         "images": result.images,
         "class_counts": result.class_counts,

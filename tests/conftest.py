@@ -60,3 +60,68 @@ def venv_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(os.sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_server():  # noqa: ANN201 - yields the endpoint URL
+    """A real S3-compatible HTTP server (moto's server mode) on localhost."""
+    import subprocess
+    import time
+    import urllib.request
+
+    port = _free_port()
+    binary = Path(os.sys.executable).with_name("moto_server")
+    process = subprocess.Popen(
+        [str(binary), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(endpoint, timeout=1)
+            break
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError("moto_server did not start") from None
+            time.sleep(0.2)
+    yield endpoint
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_env(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point medml's S3 client at the moto server with throwaway credentials."""
+    monkeypatch.setenv("MEDML_S3_ENDPOINT_URL", moto_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-do-not-log")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    return moto_server
+
+
+def upload_tree(local: Path, bucket: str, prefix: str) -> int:
+    """Upload every file under ``local`` to ``s3://bucket/prefix/`` (creating the bucket)."""
+    from medml.data.sources import s3_client
+
+    client = s3_client()
+    try:
+        client.create_bucket(Bucket=bucket)
+    except client.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    files = [p for p in sorted(local.rglob("*")) if p.is_file()]
+    for path in files:
+        client.upload_file(
+            str(path), bucket, f"{prefix.strip('/')}/{path.relative_to(local).as_posix()}"
+        )
+    return len(files)

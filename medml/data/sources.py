@@ -1,0 +1,133 @@
+"""Dataset sources: a local directory, or an S3 prefix fetched into the run directory.
+
+An S3 source is ``s3://bucket/prefix/<ds>/``: one immutable snapshot per logical date. The
+download is parallel, shows a progress bar, and is resumable: each file is written to a temporary
+name and renamed when complete, and a file already present with the same size (and, for
+single-part uploads, the same MD5 as the ETag) is skipped. Endpoint, region and credentials come
+from the environment only (``MEDML_S3_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL``,
+``AWS_REGION``/``AWS_DEFAULT_REGION``, and boto3's usual credential chain); they are never
+logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from tqdm.auto import tqdm
+
+S3_SCHEME = "s3://"
+
+
+class SourceError(ValueError):
+    """A source URI is malformed or cannot be read; the message says what to check."""
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """What :func:`fetch_s3_prefix` did."""
+
+    local_dir: Path
+    files: int
+    downloaded: int
+    skipped: int
+    bytes_downloaded: int
+
+
+def is_s3(source: str | Path) -> bool:
+    """True for ``s3://`` URIs."""
+    return str(source).startswith(S3_SCHEME)
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """Split ``s3://bucket/prefix`` into bucket and prefix (ending in ``/`` unless empty).
+
+    Raises:
+        SourceError: not an ``s3://bucket/...`` URI.
+    """
+    if not is_s3(uri):
+        raise SourceError(f"not an S3 URI: {uri!r}")
+    bucket, _, prefix = uri[len(S3_SCHEME) :].partition("/")
+    if not bucket:
+        raise SourceError(f"S3 URI {uri!r} has no bucket; expected s3://bucket/prefix/")
+    prefix = prefix.strip("/")
+    return bucket, f"{prefix}/" if prefix else ""
+
+
+def s3_client() -> Any:
+    """A boto3 S3 client configured from the environment only."""
+    import boto3
+    from botocore.config import Config
+
+    endpoint = os.environ.get("MEDML_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return boto3.client(
+        "s3", endpoint_url=endpoint or None, region_name=region,
+        config=Config(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=32),
+    )  # fmt: skip
+
+
+def fetch_s3_prefix(uri: str, dest: Path, *, workers: int = 8, client: Any = None) -> FetchResult:
+    """Download every object under an S3 prefix into ``dest``, keeping relative paths.
+
+    Raises:
+        SourceError: the bucket or prefix does not exist, is empty, or cannot be read.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, prefix = parse_s3_uri(uri)
+    client = client or s3_client()
+    dest = Path(dest)
+    objects = []
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            objects.extend(obj for obj in page.get("Contents", []) if not obj["Key"].endswith("/"))
+    except (ClientError, BotoCoreError) as err:
+        raise SourceError(
+            f"cannot list {uri}: {err}; check the bucket, the endpoint "
+            "(MEDML_S3_ENDPOINT_URL) and the credentials"
+        ) from None
+    if not objects:
+        raise SourceError(f"no objects under {uri}; is the snapshot for this date uploaded?")
+
+    def fetch(obj: dict[str, Any]) -> tuple[bool, int]:
+        rel = PurePosixPath(obj["Key"][len(prefix) :])
+        if rel.is_absolute() or ".." in rel.parts:
+            raise SourceError(f"refusing S3 key {obj['Key']!r}: it would escape {dest}")
+        target = dest / rel
+        if _up_to_date(target, obj):
+            return False, 0
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        client.download_file(bucket, obj["Key"], str(partial))
+        os.replace(partial, target)
+        return True, int(obj["Size"])
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        done = list(
+            tqdm(
+                pool.map(fetch, objects),
+                total=len(objects),
+                desc="download",
+                unit="file",
+                leave=False,
+                disable=None,
+            )
+        )
+    downloaded = sum(1 for fetched, _ in done if fetched)
+    return FetchResult(
+        dest, len(objects), downloaded, len(objects) - downloaded, sum(size for _, size in done)
+    )
+
+
+def _up_to_date(target: Path, obj: dict[str, Any]) -> bool:
+    if not target.is_file() or target.stat().st_size != obj["Size"]:
+        return False
+    etag = str(obj.get("ETag", "")).strip('"')
+    if not etag or "-" in etag:  # multipart ETags are not an MD5 of the content: size decides
+        return True
+    return hashlib.md5(target.read_bytes(), usedforsecurity=False).hexdigest() == etag
