@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -149,15 +149,6 @@ class Recipe(_Strict):
     split: SplitConfig = SplitConfig()
     train: TrainConfig = TrainConfig()
     registry: RegistryConfig
-
-    @model_validator(mode="after")
-    def _min_images_fit_folds(self) -> Recipe:
-        if self.data.min_images_per_class < self.split.folds:
-            raise ValueError(
-                f"data.min_images_per_class ({self.data.min_images_per_class}) must be at least "
-                f"split.folds ({self.split.folds}) so every fold sees every class"
-            )
-        return self
 
     @property
     def chance_balanced_accuracy(self) -> float:
