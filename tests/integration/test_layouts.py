@@ -1,0 +1,115 @@
+"""Every dataset layout end to end: through `medml run` and through the Airflow DAG."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from medml.cli import airflow_env, app
+from medml.data.synthetic import synthesize
+from tests.conftest import venv_env
+
+pytestmark = pytest.mark.integration
+
+CASES = [
+    ("kidney-ct", "class_folders"),
+    ("kidney-ct", "dicom"),
+    ("chest-xray", "split_folders"),
+    ("capsule-endoscopy", "csv"),
+]
+FAST = ["image.size=32", "split.folds=2", "train.epochs=1", "data.min_images_per_class=2",
+        "registry.gate.min_balanced_accuracy=0"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
+    root = tmp_path_factory.mktemp("layouts")
+    return {
+        (recipe, layout): synthesize(recipe, root / f"{recipe}-{layout}", layout=layout,
+                                     n=200, seed=1, image_size=64).root
+        for recipe, layout in CASES
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(("recipe", "layout"), CASES, ids=[f"{r}-{lay}" for r, lay in CASES])
+def test_medml_run(recipe: str, layout: str, datasets, tmp_path: Path) -> None:  # noqa: ANN001
+    args = ["run", "--source", str(datasets[(recipe, layout)]), "--recipe", recipe,
+            "--run-dir", str(tmp_path / "run")]  # fmt: skip
+    for override in FAST:
+        args += ["--set", override]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "challenger -> version 1" in result.output
+    report = json.loads((tmp_path / "run" / "split_report.json").read_text())
+    if layout == "split_folders":
+        assert report["holdout"] == "dataset's own test split"
+    if recipe == "kidney-ct":
+        assert report["grouped"]  # patient groups from groups.csv
+
+
+@pytest.fixture(scope="module")
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    workdir = tmp_path_factory.mktemp("airflow-layouts")
+    env = {**airflow_env(workdir), "PATH": venv_env()["PATH"]}
+    subprocess.run(
+        ["airflow", "db", "migrate"], env=env, check=True, capture_output=True, timeout=300
+    )
+    return env
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("recipe", "layout"), CASES, ids=[f"{r}-{lay}" for r, lay in CASES])
+def test_dag(recipe: str, layout: str, datasets, airflow_home, tmp_path: Path) -> None:  # noqa: ANN001
+    run_dir = tmp_path / "run"
+    conf = {"source": str(datasets[(recipe, layout)]), "recipe": recipe,
+            "run_dir": str(run_dir), "overrides": FAST}  # fmt: skip
+    result = subprocess.run(
+        ["airflow", "dags", "test", "medml_retrain", "2026-01-05", "-c", json.dumps(conf)],
+        env=airflow_home,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    finished = [line for line in result.stdout.splitlines() if "DagRun Finished" in line]
+    assert finished and "state=success" in finished[-1], result.stdout[-4000:]
+    registration = json.loads((run_dir / "registry" / "registration.json").read_text())
+    assert registration["alias"] == "challenger"
+
+
+@pytest.mark.slow
+def test_dag_reads_the_s3_snapshot_of_its_logical_date(
+    datasets,
+    airflow_home,
+    s3_env: str,
+    tmp_path: Path,  # noqa: ANN001
+) -> None:
+    from tests.conftest import upload_tree
+
+    upload_tree(datasets[("kidney-ct", "class_folders")], "medml-snapshots", "ct/2026-03-02")
+    run_dir = tmp_path / "run"
+    conf = {"source": "s3://medml-snapshots/ct/{ds}/", "recipe": "kidney-ct",
+            "run_dir": str(run_dir), "overrides": FAST}  # fmt: skip
+    env = {
+        **airflow_home,
+        "MEDML_S3_ENDPOINT_URL": s3_env,
+        "AWS_ACCESS_KEY_ID": "testing-key-id",
+        "AWS_SECRET_ACCESS_KEY": "testing-secret-do-not-log",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    result = subprocess.run(
+        ["airflow", "dags", "test", "medml_retrain", "2026-03-02", "-c", json.dumps(conf)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    finished = [line for line in result.stdout.splitlines() if "DagRun Finished" in line]
+    assert finished and "state=success" in finished[-1], result.stdout[-4000:]
+    pinned = json.loads((run_dir / "run.json").read_text())
+    assert pinned["source"] == "s3://medml-snapshots/ct/2026-03-02/"
+    assert (run_dir / "source" / "groups.csv").is_file()
+    assert "testing-secret-do-not-log" not in result.stdout + result.stderr
