@@ -265,14 +265,13 @@ def step_evaluate(run_dir: Path, tracking: Tracking | None = None) -> dict[str, 
 
     ctx = load_context(run_dir)
     models = [_require(p, "train") for p in ctx.layout.fold_models(ctx.recipe.split.folds)]
+    parent = pipeline_run_id(ctx, tracking) if tracking else None
     result = evaluate(
-        ctx.layout.shards,
-        models,
-        ctx.layout.evaluation,
-        ctx.recipe,
-        tracking=tracking,
-        parent_run_id=pipeline_run_id(ctx, tracking) if tracking else None,
-    )
+        ctx.layout.shards, models, ctx.layout.evaluation, ctx.recipe,
+        tracking=tracking, parent_run_id=parent,
+    )  # fmt: skip
+    if tracking is not None and parent is not None:  # the data gate's report travels with the run
+        tracking.activate().log_artifacts(parent, str(ctx.layout.validation_dir), "validation")
     return {"metrics": str(result.metrics_path), **result.metrics["overall"]}
 
 

@@ -91,8 +91,10 @@ def validate(
         (lambda row: "the same image (sha256) appears under different labels",
          _gx_in_set("label_conflict", [False])),
     ]  # fmt: skip
+    docs_dir = Path(out_dir) / "data_docs"
+    context = _gx_context(docs_dir)
     row_results = _run_suite(
-        checked, [expectation for _, expectation in row_suite], "manifest_rows"
+        checked, [expectation for _, expectation in row_suite], "manifest_rows", context
     )
     reasons: dict[int, list[str]] = {}
     for (reason, _), result in zip(row_suite, row_results, strict=True):
@@ -117,6 +119,7 @@ def validate(
         counts_table,
         [_gx_between("count", min_value=recipe.data.min_images_per_class)],
         "class_counts",
+        context,
     )
     critical: list[str] = []
     if not dataset_results[0]["success"]:
@@ -137,6 +140,7 @@ def validate(
     minority = counts[counts > 0].min() if (counts > 0).any() else 0
     report = {
         "success": not critical,
+        "data_docs": str(docs_dir / "index.html"),
         "critical_failures": critical,
         "images": len(manifest),
         "quarantined": len(quarantine),
@@ -168,7 +172,8 @@ def validate(
         clean.to_parquet(tmp, index=False)
     if critical:
         raise ValidationFailed(
-            "data validation failed: " + "; ".join(critical) + f". Report: {report_path}; "
+            "data validation failed: " + "; ".join(critical) + f". Report: {report_path} "
+            f"(Data Docs: {docs_dir / 'index.html'}); "
             f"quarantined files are listed in {quarantine_path} (nothing was deleted)."
         )
     return ValidationResult(
@@ -240,15 +245,35 @@ def _gx_between(column: str, *, min_value: float, max_value: float | None = None
     )
 
 
-def _run_suite(frame: pd.DataFrame, expectations: list[Any], name: str) -> list[dict[str, Any]]:
-    """Run expectations on a dataframe with an ephemeral GX context; one dict per expectation."""
+def _gx_context(docs_dir: Path | None) -> Any:
+    """An ephemeral GX context; with ``docs_dir``, a Data Docs site rendered into that folder."""
     import great_expectations as gx
-
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    if docs_dir is not None:
+        context.add_data_docs_site(site_name="medml", site_config={
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                              "base_directory": str(docs_dir)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        })  # fmt: skip
+    return context
+
+
+def _run_suite(
+    frame: pd.DataFrame, expectations: list[Any], name: str, context: Any = None
+) -> list[dict[str, Any]]:
+    """Run expectations on a dataframe; one dict per expectation.
+
+    When ``context`` has a Data Docs site (see :func:`_gx_context`), the run goes through a
+    Checkpoint whose UpdateDataDocsAction renders it there.
+    """
+    import great_expectations as gx
+
+    context = context or _gx_context(None)
     batch = (
         context.data_sources.add_pandas(f"{name}_source")
         .add_dataframe_asset(name=name)
@@ -260,10 +285,17 @@ def _run_suite(frame: pd.DataFrame, expectations: list[Any], name: str) -> list[
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(name=f"{name}_validation", data=batch, suite=suite)
     )
-    outcome = definition.run(
-        batch_parameters={"dataframe": frame.reset_index(drop=True)},
-        result_format={"result_format": "COMPLETE"},
-    )
+    result_format = {"result_format": "COMPLETE"}
+    parameters = {"dataframe": frame.reset_index(drop=True)}
+    if not context.get_site_names():
+        outcome = definition.run(batch_parameters=parameters, result_format=result_format)
+    else:
+        checkpoint = context.checkpoints.add(gx.Checkpoint(
+            name=f"{name}_checkpoint", validation_definitions=[definition],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+            result_format=result_format,
+        ))  # fmt: skip
+        outcome = next(iter(checkpoint.run(batch_parameters=parameters).run_results.values()))
     by_key = {
         (r.expectation_config.type, r.expectation_config.kwargs.get("column")): r
         for r in outcome.results

@@ -99,3 +99,12 @@ def test_perceptual_hash_survives_reencoding(tmp_path: Path) -> None:
     a, b = int(difference_hash(image), 16), int(difference_hash(reencoded), 16)
     other = int(difference_hash(np.ascontiguousarray(image[::-1])), 16)
     assert bin(a ^ b).count("1") <= 4 < bin(a ^ other).count("1")
+
+
+def test_data_docs_are_written(phantom_dir: Path, tiny_recipe: Recipe, tmp_path: Path) -> None:
+    manifest = ingest(phantom_dir, tmp_path / "m.parquet", tiny_recipe).manifest
+    validate(manifest, tmp_path / "validation", tiny_recipe)
+    index = tmp_path / "validation" / "data_docs" / "index.html"
+    assert index.is_file()
+    pages = list((tmp_path / "validation" / "data_docs").rglob("*.html"))
+    assert any("manifest_rows" in p.read_text(errors="ignore") for p in pages)
