@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help setup demo test test-fast lint format clean
+.PHONY: help setup demo test test-fast lint format clean dvc-remote
 
 help:  ## Show this help.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,6 +37,12 @@ lint: setup  ## ruff lint and format check.
 format: setup  ## Apply ruff fixes and formatting.
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+dvc-remote:  ## Point DVC at $$MEDML_DVC_REMOTE (s3://...) [+ $$MEDML_S3_ENDPOINT_URL], in .dvc/config.local.
+	@test -n "$(MEDML_DVC_REMOTE)" || { echo "set MEDML_DVC_REMOTE=s3://bucket/prefix"; exit 1; }
+	$(VENV)/bin/dvc remote add --local --force --default storage "$(MEDML_DVC_REMOTE)"
+	@if [ -n "$(MEDML_S3_ENDPOINT_URL)" ]; then \
+		$(VENV)/bin/dvc remote modify --local storage endpointurl "$(MEDML_S3_ENDPOINT_URL)"; fi
 
 clean:  ## Remove the demo workspace and caches (keeps .venv).
 	rm -rf .medml .pytest_cache .ruff_cache data/dvc-run data/phantom
