@@ -13,7 +13,6 @@ same inputs and settings, so DVC caches it)::
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +104,7 @@ class LoadImage:
             image = _clahe(image)
         if self.aspect == "letterbox":
             image = _letterbox(image, self.size)
-        else:
+        elif image.shape[:2] != (self.size, self.size):
             shrink = image.shape[0] > self.size or image.shape[1] > self.size
             image = cv2.resize(
                 image,
@@ -124,6 +123,7 @@ class LoadImage:
         return cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), flag)
 
 
+_TASK_SIZE = 32  # images per thread-pool task: amortises scheduling over cheap decodes
 _JPEG_SUFFIXES = {".jpg", ".jpeg"}
 _REDUCED_GRAY = {2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
                  8: cv2.IMREAD_REDUCED_GRAYSCALE_8}  # fmt: skip
@@ -149,9 +149,20 @@ def preprocess(splits_path: Path, shards_dir: Path, recipe: Recipe) -> Preproces
         progress = tqdm(total=len(paths), desc="preprocess", unit="img", leave=False, disable=None)
         names = []
         for shard in range(n_shards):
-            chunk = paths[shard * shard_size : (shard + 1) * shard_size]
-            shapes = source_shapes[shard * shard_size : (shard + 1) * shard_size]
-            batch = np.stack(list(pool.map(_tick(load, progress), chunk, shapes)))
+            start = shard * shard_size
+            count = min(shard_size, len(paths) - start)
+            batch = np.empty((count, image_cfg.size, image_cfg.size, image_cfg.channels), np.uint8)
+
+            def fill(offsets: range, start: int = start, batch: np.ndarray = batch) -> int:
+                for offset in offsets:  # each task writes its own rows of the shard
+                    batch[offset] = load(
+                        paths[start + offset], source_shape=source_shapes[start + offset]
+                    )
+                return len(offsets)
+
+            tasks = [range(i, min(i + _TASK_SIZE, count)) for i in range(0, count, _TASK_SIZE)]
+            for done in pool.map(fill, tasks):
+                progress.update(done)
             name = f"shard-{shard:05d}.npy"
             np.save(staging / name, batch, allow_pickle=False)
             names.append(name)
@@ -184,15 +195,6 @@ def load_images(shards_dir: Path, rows: pd.DataFrame) -> np.ndarray:
         array = np.load(Path(shards_dir) / meta["shards"][int(shard)], mmap_mode="r")
         out[part["_pos"].to_numpy()] = array[part["offset"].to_numpy()]
     return out
-
-
-def _tick(fn: Callable[..., np.ndarray], progress: tqdm) -> Callable[..., np.ndarray]:
-    def wrapped(path: Path, shape: tuple[int, int]) -> np.ndarray:
-        result = fn(path, source_shape=shape)
-        progress.update(1)
-        return result
-
-    return wrapped
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
