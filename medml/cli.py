@@ -324,6 +324,99 @@ def compare_balancing_cmd(
     typer.echo(f"\nsaved {ctx.layout.root / 'compare' / 'compare_balancing.csv'}")
 
 
+ModelName = Annotated[str, typer.Argument(help="Registered model name, e.g. kidney-ct-classifier.")]
+Reviewer = Annotated[str, typer.Option("--reviewer", help="Who decides (recorded in the audit).")]
+Reason = Annotated[str, typer.Option("--reason", help="Why (recorded in the audit).")]
+
+
+def _lifecycle_guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    from medml.predict import PredictError
+    from medml.registry import PromotionError
+    from medml.review import ReviewError
+
+    try:
+        return _guard(fn, *args, **kwargs)
+    except (PromotionError, ReviewError, PredictError) as err:
+        raise _fail(str(err)) from None
+
+
+@app.command("review")
+def review_cmd(
+    model: ModelName,
+    version: Annotated[
+        str | None, typer.Option(help="Version to review (default: challenger).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="HTML report path.")] = None,
+) -> None:
+    """Compare a version (default: the challenger) with the champion; write an HTML report."""
+    from medml.review import review
+
+    text, path = _lifecycle_guard(review, _tracking(), model, version, out)
+    typer.echo(text)
+    typer.echo(f"\nreport: {path}")
+
+
+@app.command("promote")
+def promote_cmd(
+    model: ModelName,
+    version: Annotated[str, typer.Option("--version", help="Version to make champion.")],
+    reviewer: Reviewer,
+    reason: Reason,
+    override_gate: Annotated[
+        str | None, typer.Option(help="Promote although the gate failed; give the reason.")
+    ] = None,
+) -> None:
+    """Move alias `champion` to a version (the old one stays as `previous-champion`), audited."""
+    from medml.registry import promote
+
+    event = _lifecycle_guard(
+        promote,
+        _tracking(),
+        model,
+        version,
+        reviewer=reviewer,
+        reason=reason,
+        override_gate=override_gate,
+    )
+    typer.echo(
+        f"{model}: champion -> v{event['version']} (previous: {event['previous_champion']}) "
+        f"by {reviewer} at {event['at']}"
+    )
+
+
+@app.command("rollback")
+def rollback_cmd(model: ModelName, reviewer: Reviewer, reason: Reason) -> None:
+    """Restore the previous champion, audited."""
+    from medml.registry import rollback
+
+    event = _lifecycle_guard(rollback, _tracking(), model, reviewer=reviewer, reason=reason)
+    typer.echo(f"{model}: champion -> v{event['version']} (rolled back from v{event['demoted']})")
+
+
+@app.command("predict")
+def predict_cmd(
+    model: Annotated[str, typer.Option("--model", help="NAME@alias or NAME/version.")],
+    source: Annotated[Path, typer.Option("--source", help="Folder of images or a CSV (filename).")],
+    out: Annotated[Path, typer.Option("--out", help="Predictions CSV to write.")] = Path(
+        "predictions.csv"
+    ),
+    image_dir: Annotated[Path | None, typer.Option(help="Where a CSV's files are.")] = None,
+) -> None:
+    """Predict with a registered model: class and probabilities per image, as CSV."""
+    from medml.predict import predict
+
+    uri = model if model.startswith("models:/") else f"models:/{model}"
+    result = _lifecycle_guard(predict, uri, source, out, tracking=_tracking(), image_dir=image_dir)
+    typer.echo(
+        f"wrote {result.images} predictions to {result.out}"
+        + (
+            f" ({result.failed} files could not be read; see the error column)"
+            if result.failed
+            else ""
+        )
+    )
+
+
 @app.command()
 def demo(
     workdir: Annotated[
@@ -445,7 +538,10 @@ def _run_logged(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (quiet defaults for TF and MLflow progress output)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     app()
 
 

@@ -123,11 +123,19 @@ class TrainConfig(_Strict):
 
 
 class GateConfig(_Strict):
-    """Absolute thresholds a model must pass to get the ``challenger`` alias."""
+    """What a model must pass to get the ``challenger`` alias.
+
+    Absolute thresholds always apply. When a ``champion`` exists, it is scored on the same
+    holdout and the candidate must also be non-inferior: no class's sensitivity lower by more
+    than ``max_sensitivity_drop``, and macro-F1 not lower by more than ``max_macro_f1_drop``.
+    """
 
     min_balanced_accuracy: float = Field(default=0.0, ge=0.0, le=1.0)
     min_macro_f1: float = Field(default=0.0, ge=0.0, le=1.0)
     min_class_sensitivity: float = Field(default=0.0, ge=0.0, le=1.0)
+    max_calibration_error: float = Field(default=1.0, ge=0.0, le=1.0)
+    max_sensitivity_drop: float = Field(default=0.05, ge=0.0, le=1.0)
+    max_macro_f1_drop: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
 class RegistryConfig(_Strict):

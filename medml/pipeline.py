@@ -285,25 +285,31 @@ def data_hash(manifest_path: Path) -> str:
 
 
 def step_register(run_dir: Path, tracking: Tracking) -> dict[str, Any]:
-    """Register the ensemble; alias ``challenger`` if it passes the gate."""
-    from medml.registry import register_ensemble
+    """Gate (thresholds + non-inferiority to the champion), register, alias ``challenger``."""
+    import numpy as np
+
+    from medml.preprocess import load_images, load_index
+    from medml.registry import champion_on_holdout, register_ensemble
+    from medml.split import TEST
 
     ctx = load_context(run_dir)
-    metrics = read_json(_require(ctx.layout.evaluation / "metrics.json", "evaluate"))
+    layout = ctx.layout
+    metrics = read_json(_require(layout.evaluation / "metrics.json", "evaluate"))
+    index = load_index(layout.shards)
+    holdout = index[index["split"] == TEST]
+    champion = champion_on_holdout(
+        tracking, ctx.recipe.registry.model_name, load_images(layout.shards, holdout),
+        holdout["label_index"].to_numpy(dtype=np.int64), ctx.recipe.data.classes,
+    )  # fmt: skip
     registration = register_ensemble(
-        ctx.layout.fold_models(ctx.recipe.split.folds),
-        metrics,
-        ctx.layout.registry_dir,
-        ctx.recipe,
-        tracking=tracking,
-        parent_run_id=pipeline_run_id(ctx, tracking),
-        tags={
-            "data_hash": data_hash(ctx.layout.clean_manifest),
-            "logical_date": ctx.logical_date,
-            "run_key": ctx.run_key,
-            "run_dir": str(ctx.layout.root),
-        },
-    )
+        layout.fold_models(ctx.recipe.split.folds), metrics, layout.registry_dir, ctx.recipe,
+        tracking=tracking, parent_run_id=pipeline_run_id(ctx, tracking),
+        tags={"data_hash": data_hash(layout.clean_manifest), "logical_date": ctx.logical_date,
+              "run_key": ctx.run_key, "run_dir": str(layout.root)},
+        champion=champion,
+        card_facts={"split_report": read_json(layout.splits.with_name("split_report.json")),
+                    "validation_report": read_json(layout.validation_dir / "validation.json")},
+    )  # fmt: skip
     return registration.as_dict()
 
 

@@ -47,22 +47,60 @@ class Registration:
         }
 
 
-def check_gate(metrics: dict[str, Any], gate: GateConfig) -> GateOutcome:
-    """Compare holdout metrics with the recipe's absolute thresholds."""
+def check_gate(
+    metrics: dict[str, Any], gate: GateConfig, champion: dict[str, Any] | None = None
+) -> GateOutcome:
+    """Compare holdout metrics with the recipe's thresholds and, if given, the champion's.
+
+    Absolute thresholds go through MLflow's ``validate_evaluation_results`` with
+    ``MetricThreshold``; non-inferiority (a drop of at most a margin, which ``MetricThreshold``
+    cannot express) is checked here, per class.
+
+    Args:
+        metrics: the candidate's holdout metrics (``metrics.json``).
+        gate: thresholds and margins.
+        champion: the champion's metrics on the same holdout, or ``None``.
+    """
+    import mlflow
+    from mlflow.models import EvaluationResult, MetricThreshold
+    from mlflow.models.evaluation.validation import ModelValidationFailedException
+
     overall = metrics["overall"]
-    reasons = []
-    if overall["balanced_accuracy"] < gate.min_balanced_accuracy:
-        reasons.append(
-            f"balanced accuracy {overall['balanced_accuracy']:.3f} < "
-            f"{gate.min_balanced_accuracy:.3f}"
-        )
-    if overall["macro_f1"] < gate.min_macro_f1:
-        reasons.append(f"macro-F1 {overall['macro_f1']:.3f} < {gate.min_macro_f1:.3f}")
-    for name, scores in metrics["per_class"].items():
-        sensitivity = scores["sensitivity"]
-        if sensitivity is not None and sensitivity < gate.min_class_sensitivity:
+    sensitivities = {name: s["sensitivity"] for name, s in metrics["per_class"].items()
+                     if s["sensitivity"] is not None}  # fmt: skip
+    candidate = {
+        "balanced_accuracy": overall["balanced_accuracy"],
+        "macro_f1": overall["macro_f1"],
+        "min_class_sensitivity": min(sensitivities.values(), default=0.0),
+        "expected_calibration_error": overall["expected_calibration_error"],
+    }
+    thresholds = {
+        "balanced_accuracy": MetricThreshold(threshold=gate.min_balanced_accuracy,
+                                             greater_is_better=True),
+        "macro_f1": MetricThreshold(threshold=gate.min_macro_f1, greater_is_better=True),
+        "min_class_sensitivity": MetricThreshold(threshold=gate.min_class_sensitivity,
+                                                 greater_is_better=True),
+        "expected_calibration_error": MetricThreshold(threshold=gate.max_calibration_error,
+                                                      greater_is_better=False),
+    }  # fmt: skip
+    reasons: list[str] = []
+    try:
+        mlflow.validate_evaluation_results(thresholds, EvaluationResult(candidate, {}))
+    except ModelValidationFailedException as err:
+        reasons += [line.strip() for line in err.message.splitlines() if line.strip()]
+    if champion is not None:
+        for name, value in sensitivities.items():
+            best = champion["per_class"].get(name, {}).get("sensitivity")
+            if best is not None and value < best - gate.max_sensitivity_drop:
+                reasons.append(
+                    f"sensitivity of {name} {value:.3f} is more than "
+                    f"{gate.max_sensitivity_drop:.3f} below the champion's {best:.3f}"
+                )
+        champion_f1 = champion["overall"]["macro_f1"]
+        if overall["macro_f1"] < champion_f1 - gate.max_macro_f1_drop:
             reasons.append(
-                f"sensitivity of {name} {sensitivity:.3f} < {gate.min_class_sensitivity:.3f}"
+                f"macro-F1 {overall['macro_f1']:.3f} is below the champion's "
+                f"{champion_f1:.3f} on the same holdout"
             )
     return GateOutcome(passed=not reasons, reasons=reasons)
 
@@ -94,24 +132,31 @@ def register_ensemble(
     tracking: Tracking,
     parent_run_id: str,
     tags: dict[str, str],
+    champion: dict[str, Any] | None = None,
+    card_facts: dict[str, Any] | None = None,
 ) -> Registration:
     """Build the fold ensemble, log it to the pipeline run and register one model version.
 
-    The version gets alias ``recipe.registry.alias`` (``challenger``) only if the gate passes;
-    otherwise it is tagged ``gate=failed`` with the reasons and no alias moves.
+    The version gets alias ``recipe.registry.alias`` (``challenger``) only if it passes the gate;
+    otherwise it is tagged ``gate=failed`` with the reasons and no alias moves. A model card
+    (Markdown and HTML) is logged with the run.
 
     Args:
         model_paths: the fold models (``.keras``).
         metrics: the ensemble's holdout metrics (``metrics.json``).
-        out_dir: where ``ensemble.keras`` and ``registration.json`` go.
+        out_dir: where ``ensemble.keras``, the model card and ``registration.json`` go.
         recipe: the run's recipe (model name, alias, gate).
         tracking: the MLflow store.
         parent_run_id: the pipeline run the model is logged to.
         tags: extra version tags (data hash, logical date, ...).
+        champion: ``{"version": ..., "metrics": ...}`` of the current champion scored on the
+            same holdout, or ``None`` when there is no champion.
+        card_facts: ``split_report`` and ``validation_report`` for the model card.
     """
     import keras
     import mlflow
 
+    from medml.model_card import CardFacts, write_model_card
     from medml.models import build_ensemble
 
     members = [keras.models.load_model(path, compile=False) for path in model_paths]
@@ -121,31 +166,48 @@ def register_ensemble(
     with atomic_path(out_dir / "ensemble.keras") as tmp:
         ensemble.save(tmp)
 
-    gate = check_gate(metrics, recipe.registry.gate)
+    gate = check_gate(metrics, recipe.registry.gate, champion["metrics"] if champion else None)
+    if champion and champion.get("error"):
+        gate = GateOutcome(False, [*gate.reasons, champion["error"]])
     client = tracking.activate()
     name = recipe.registry.model_name
+    revision = git_revision()
     params_json = json.dumps(recipe.model_dump(mode="json"), sort_keys=True)
     version_tags = {
         **tags,
         "recipe": recipe.name,
-        "git_revision": git_revision(),
+        "git_revision": revision,
         "params_hash": recipe.params_hash(),
         "params": params_json if len(params_json) <= MAX_TAG_CHARS else "(see run params)",
         "balance": recipe.train.balance,
         "folds": str(len(model_paths)),
         "gate": "passed" if gate.passed else "failed",
         "gate_reasons": "; ".join(gate.reasons)[:MAX_TAG_CHARS],
+        "compared_with_champion": str(champion["version"]) if champion else "none",
         "balanced_accuracy": f"{metrics['overall']['balanced_accuracy']:.4f}",
         "macro_f1": f"{metrics['overall']['macro_f1']:.4f}",
     }
+    card = CardFacts(
+        recipe=recipe, metrics=metrics, model_name=name,
+        split_report=(card_facts or {}).get("split_report", {}),
+        validation_report=(card_facts or {}).get("validation_report", {}),
+        logical_date=tags.get("logical_date", ""), data_hash=tags.get("data_hash", ""),
+        git_revision=revision, gate_passed=gate.passed, gate_reasons=gate.reasons,
+    )  # fmt: skip
+    card_paths = write_model_card(card, out_dir)
     with mlflow.start_run(run_id=parent_run_id):
         info = mlflow.keras.log_model(
             ensemble,
             name="ensemble",
             registered_model_name=name,
             pip_requirements=MODEL_REQUIREMENTS,
-            metadata={"classes": list(recipe.data.classes)},
-        )
+            metadata={"classes": list(recipe.data.classes),
+                      "image": recipe.image.model_dump(mode="json")},
+        )  # fmt: skip
+        for path in card_paths:
+            mlflow.log_artifact(str(path), artifact_path="model_card")
+        if champion and champion.get("metrics"):
+            mlflow.log_dict(champion["metrics"], "evaluation/champion_on_this_holdout.json")
     version = str(info.registered_model_version)
     for key, value in version_tags.items():
         client.set_model_version_tag(name, version, key, value)
@@ -156,3 +218,162 @@ def register_ensemble(
     registration = Registration(name, version, alias, gate, f"models:/{name}/{version}")
     write_json(out_dir / "registration.json", registration.as_dict())
     return registration
+
+
+def champion_on_holdout(
+    tracking: Tracking, model_name: str, images: Any, y_true: Any, classes: Sequence[str]
+) -> dict[str, Any] | None:
+    """Score the current ``champion`` on this run's holdout, or ``None`` if there is none.
+
+    Returns ``{"version", "metrics"}``, or ``{"version", "error"}`` when the champion cannot be
+    scored on this holdout (e.g. it expects another image size) — the gate then fails, since
+    non-inferiority could not be shown.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from medml.evaluate import clinical_metrics
+
+    client = tracking.activate()
+    try:
+        version = client.get_model_version_by_alias(model_name, "champion")
+    except MlflowException:
+        return None
+    try:
+        model = mlflow.keras.load_model(f"models:/{model_name}@champion")
+        proba = model.predict(images, batch_size=256, verbose=0)
+    except Exception as err:  # noqa: BLE001 - any failure means "not comparable"
+        return {
+            "version": version.version,
+            "error": f"champion v{version.version} could not be scored on this holdout: {err}",
+        }
+    return {
+        "version": version.version,
+        "metrics": clinical_metrics(y_true, proba, list(classes), bootstrap=0),
+    }
+
+
+CHAMPION = "champion"
+PREVIOUS_CHAMPION = "previous-champion"
+AUDIT_LOG_TAG = "audit.log"
+
+
+class PromotionError(RuntimeError):
+    """A promotion or rollback was refused; the message says why and what to do."""
+
+
+def _now() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def alias_version(client: Any, name: str, alias: str) -> str | None:
+    """The version an alias points to, or ``None`` when the alias is not set."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def _append_audit(client: Any, name: str, event: dict[str, Any]) -> None:
+    """Append an event to the registered model's audit log tag (newest kept within the limit)."""
+    model = client.get_registered_model(name)
+    log = json.loads(model.tags.get(AUDIT_LOG_TAG, "[]"))
+    log.append(event)
+    while len(json.dumps(log)) > MAX_TAG_CHARS and len(log) > 1:
+        log.pop(0)
+    client.set_registered_model_tag(name, AUDIT_LOG_TAG, json.dumps(log))
+
+
+def audit_log(tracking: Tracking, name: str) -> list[dict[str, Any]]:
+    """The promotion/rollback/decision events recorded on a registered model, oldest first."""
+    client = tracking.activate()
+    return json.loads(client.get_registered_model(name).tags.get(AUDIT_LOG_TAG, "[]"))
+
+
+def promote(
+    tracking: Tracking, name: str, version: str | int, *, reviewer: str, reason: str,
+    override_gate: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Move alias ``champion`` to ``version`` and keep the old champion as ``previous-champion``.
+
+    Writes the audit trail (who, when, why, previous champion, gate override) on the version and
+    on the registered model.
+
+    Raises:
+        PromotionError: unknown version, missing reviewer/reason, already champion, or a
+            failed gate without ``override_gate``.
+    """
+    from mlflow.exceptions import MlflowException
+
+    if not reviewer.strip() or not reason.strip():
+        raise PromotionError("a promotion needs --reviewer and --reason")
+    client = tracking.activate()
+    version = str(version)
+    try:
+        model_version = client.get_model_version(name, version)
+    except MlflowException:
+        raise PromotionError(f"model {name!r} has no version {version}") from None
+    gate = model_version.tags.get("gate", "unknown")
+    if gate != "passed" and not (override_gate and override_gate.strip()):
+        raise PromotionError(
+            f"{name} v{version} did not pass the registration gate ({gate}: "
+            f"{model_version.tags.get('gate_reasons', 'no reasons recorded')}); pass "
+            "--override-gate REASON to promote it anyway"
+        )
+    previous = alias_version(client, name, CHAMPION)
+    if previous == version:
+        raise PromotionError(f"{name} v{version} is already the champion")
+    client.set_registered_model_alias(name, CHAMPION, version)
+    if previous is not None:
+        client.set_registered_model_alias(name, PREVIOUS_CHAMPION, previous)
+    event = {"event": "promote", "version": version, "reviewer": reviewer, "reason": reason,
+             "at": _now(), "previous_champion": previous or "none",
+             "gate": gate, "gate_override": override_gate or ""}  # fmt: skip
+    for key in ("reviewer", "reason", "at", "previous_champion", "gate_override"):
+        client.set_model_version_tag(name, version, f"audit.promoted.{key}", event[key])
+    _append_audit(client, name, event)
+    return event
+
+
+def rollback(tracking: Tracking, name: str, *, reviewer: str, reason: str) -> dict[str, Any]:
+    """Restore the previous champion; the demoted version becomes ``previous-champion``.
+
+    Raises:
+        PromotionError: no champion or no previous champion to restore.
+    """
+    if not reviewer.strip() or not reason.strip():
+        raise PromotionError("a rollback needs --reviewer and --reason")
+    client = tracking.activate()
+    current = alias_version(client, name, CHAMPION)
+    previous = alias_version(client, name, PREVIOUS_CHAMPION)
+    if current is None or previous is None:
+        raise PromotionError(
+            f"{name} has no {'champion' if current is None else 'previous champion'}"
+            " to roll back from/to"
+        )
+    client.set_registered_model_alias(name, CHAMPION, previous)
+    client.set_registered_model_alias(name, PREVIOUS_CHAMPION, current)
+    event = {"event": "rollback", "version": previous, "demoted": current, "reviewer": reviewer,
+             "reason": reason, "at": _now()}  # fmt: skip
+    for key in ("reviewer", "reason", "at"):
+        client.set_model_version_tag(name, previous, f"audit.restored.{key}", event[key])
+        client.set_model_version_tag(name, current, f"audit.rolled_back.{key}", event[key])
+    _append_audit(client, name, event)
+    return event
+
+
+def record_decision(
+    tracking: Tracking, name: str, version: str | int, *, reviewer: str, decision: str, reason: str
+) -> dict[str, Any]:
+    """Record a reviewer's decision (e.g. a rejection) without moving any alias."""
+    client = tracking.activate()
+    event = {"event": decision, "version": str(version), "reviewer": reviewer, "reason": reason,
+             "at": _now()}  # fmt: skip
+    for key in ("reviewer", "reason", "at"):
+        client.set_model_version_tag(name, str(version), f"audit.{decision}.{key}", event[key])
+    _append_audit(client, name, event)
+    return event

@@ -1,0 +1,177 @@
+"""Model cards (Markdown and HTML) for registered model versions.
+
+Both renderings come from the same facts: intended use and non-use, the data with class counts,
+holdout metrics with 95% confidence intervals per class, limitations, and how to reproduce.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medml.config import Recipe
+from medml.io import atomic_path
+
+
+@dataclass(frozen=True)
+class CardFacts:
+    """Everything a model card states."""
+
+    recipe: Recipe
+    metrics: dict[str, Any]
+    split_report: dict[str, Any]
+    validation_report: dict[str, Any]
+    model_name: str
+    logical_date: str
+    data_hash: str
+    git_revision: str
+    gate_passed: bool
+    gate_reasons: list[str]
+
+
+def _sections(facts: CardFacts) -> list[tuple[str, list[str] | list[list[str]]]]:
+    recipe, metrics = facts.recipe, facts.metrics
+    classes = metrics["classes"]
+    ci = metrics.get("ci95", {})
+    counts = facts.split_report.get("class_counts", {})
+    data_rows = [["class", "training + validation folds", "holdout test"]] + [
+        [c, str(counts.get("train", {}).get(c, 0)), str(counts.get("test", {}).get(c, 0))]
+        for c in classes
+    ]
+
+    def interval(values: list[float | None] | None) -> str:
+        return "" if not values or values[0] is None else f"{values[0]:.3f}–{values[1]:.3f}"
+
+    metric_rows = [["class", "sensitivity", "95% CI", "specificity", "PPV", "NPV", "F1", "n"]]
+    for c in classes:
+        s = metrics["per_class"][c]
+        metric_rows.append([c, _f(s["sensitivity"]), interval(ci.get("sensitivity", {}).get(c)),
+                            _f(s["specificity"]), _f(s["ppv"]), _f(s["npv"]), _f(s["f1"]),
+                            str(s["support"])])  # fmt: skip
+    overall = metrics["overall"]
+    return [
+        (
+            "Intended use",
+            [
+                f"Decision support for {recipe.description.lower() or recipe.name}: ranks and flags "
+                "images for review by a qualified clinician.",
+                f"Input: images like the training data ({recipe.image.size}×{recipe.image.size}, "
+                f"{'grayscale' if recipe.image.channels == 1 else 'RGB'}); output: probabilities for "
+                f"{', '.join(classes)}.",
+            ],
+        ),
+        (
+            "Not for",
+            [
+                "Autonomous diagnosis or any use without a clinician's review.",
+                "Populations, scanners, protocols or classes not represented in the data below.",
+                "Images that fail medml's validation gate (corrupt, wrong modality, out-of-range size).",
+            ],
+        ),
+        ("Data", data_rows),
+        (
+            "Data facts",
+            [
+                f"Snapshot (logical date): {facts.logical_date}; data hash: `{facts.data_hash[:16]}`.",
+                f"Images after validation: {facts.validation_report.get('images', '?')} "
+                f"({facts.validation_report.get('quarantined', 0)} quarantined); imbalance ratio "
+                f"{facts.validation_report.get('imbalance_ratio') or 0:.1f}.",
+                f"Split: {facts.split_report.get('strategy', '?')}, holdout "
+                f"{facts.split_report.get('holdout', '?')}, {recipe.split.folds} folds; balancing "
+                f"`{recipe.train.balance}` inside each fold's training part only.",
+            ],
+        ),
+        ("Holdout metrics (fold ensemble)", metric_rows),
+        (
+            "Overall",
+            [
+                f"Balanced accuracy {overall['balanced_accuracy']:.3f} "
+                f"(95% CI {interval(ci.get('balanced_accuracy'))}); macro-F1 {overall['macro_f1']:.3f} "
+                f"(95% CI {interval(ci.get('macro_f1'))}); accuracy {overall['accuracy']:.3f}; "
+                f"ROC AUC (one-vs-rest, macro) {overall['roc_auc_ovr_macro']:.3f}; Cohen's kappa "
+                f"{overall['cohen_kappa']:.3f}; expected calibration error "
+                f"{overall['expected_calibration_error']:.3f}.",
+                "Registration gate: "
+                + ("passed." if facts.gate_passed else "FAILED — " + "; ".join(facts.gate_reasons)),
+            ],
+        ),
+        (
+            "Limitations",
+            [
+                "Metrics come from one holdout drawn from the same source as the training data; "
+                "they do not show performance on other sites or devices.",
+                "Small classes have wide confidence intervals; read the per-class intervals, not the "
+                "overall accuracy.",
+                "Probabilities are not calibrated beyond what the calibration error above shows.",
+            ],
+        ),
+        (
+            "How to reproduce",
+            [
+                f"git revision `{facts.git_revision}`, recipe `{recipe.name}` "
+                f"(params hash `{recipe.params_hash()}`).",
+                f"`medml run --source <snapshot {facts.logical_date}> --recipe {recipe.name}` with the "
+                "params recorded on this model version (tag `params`).",
+            ],
+        ),
+    ]
+
+
+def render_markdown(facts: CardFacts) -> str:
+    """The model card as Markdown."""
+    lines = [f"# Model card: {facts.model_name} ({facts.recipe.name})", ""]
+    for title, body in _sections(facts):
+        lines += [f"## {title}", ""]
+        if body and isinstance(body[0], list):
+            header, *rows = body
+            lines.append("| " + " | ".join(header) + " |")
+            lines.append("|" + "---|" * len(header))
+            lines += ["| " + " | ".join(row) + " |" for row in rows]
+        else:
+            lines += [f"- {item}" for item in body]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render_html(facts: CardFacts) -> str:
+    """The model card as a standalone HTML page."""
+    parts = [
+        f"<h1>Model card: {html.escape(facts.model_name)} ({html.escape(facts.recipe.name)})</h1>"
+    ]
+    for title, body in _sections(facts):
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        if body and isinstance(body[0], list):
+            header, *rows = body
+            parts.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header)
+                         + "</tr>" + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>"
+                                                              for c in row) + "</tr>"
+                                             for row in rows) + "</table>")  # fmt: skip
+        else:
+            parts.append(
+                "<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in body) + "</ul>"
+            )
+    style = (
+        "body{font-family:sans-serif;max-width:60em;margin:2em auto}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Model card</title>"
+        f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
+    )
+
+
+def write_model_card(facts: CardFacts, out_dir: Path) -> tuple[Path, Path]:
+    """Write ``model_card.md`` and ``model_card.html`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = (out_dir / "model_card.md", out_dir / "model_card.html")
+    for path, text in zip(paths, (render_markdown(facts), render_html(facts)), strict=True):
+        with atomic_path(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    return paths
+
+
+def _f(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

@@ -1,0 +1,182 @@
+"""Review a candidate model version against the champion, side by side (table + HTML report)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medml.io import atomic_path
+from medml.registry import CHAMPION, alias_version
+from medml.tracking import Tracking
+
+
+class ReviewError(RuntimeError):
+    """The model or version to review does not exist."""
+
+
+@dataclass
+class Side:
+    """One model version's facts for the review."""
+
+    version: str
+    tags: dict[str, str]
+    metrics: dict[str, Any]
+    images: dict[str, str]  # name -> base64 PNG
+
+
+def _load_side(client: Any, name: str, version: str) -> Side:
+    model_version = client.get_model_version(name, version)
+    run_id = model_version.run_id
+    images: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics_path = client.download_artifacts(run_id, "evaluation/metrics.json", tmp)
+        metrics = json.loads(Path(metrics_path).read_text())
+        for picture in ("confusion_matrix", "reliability"):
+            try:
+                png = client.download_artifacts(run_id, f"evaluation/{picture}.png", tmp)
+                images[picture] = base64.b64encode(Path(png).read_bytes()).decode()
+            except Exception:  # noqa: BLE001 - older versions may lack a plot
+                pass
+    return Side(str(version), dict(model_version.tags), metrics, images)
+
+
+def _flat_params(tags: dict[str, str]) -> dict[str, Any]:
+    from medml.config import _flatten
+
+    try:
+        return _flatten(json.loads(tags.get("params", "{}")))
+    except json.JSONDecodeError:
+        return {}
+
+
+def review(
+    tracking: Tracking, name: str, version: str | int | None = None, out: Path | None = None
+) -> tuple[str, Path]:
+    """Compare ``version`` (default: the ``challenger``) with the ``champion``.
+
+    Returns:
+        The plain-text table and the path of the HTML report.
+
+    Raises:
+        ReviewError: unknown model, version or alias.
+    """
+    from mlflow.exceptions import MlflowException
+
+    client = tracking.activate()
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        raise ReviewError(f"no registered model named {name!r}") from None
+    candidate_version = (
+        str(version) if version is not None else alias_version(client, name, "challenger")
+    )
+    if candidate_version is None:
+        raise ReviewError(f"{name} has no challenger; give --version")
+    try:
+        candidate = _load_side(client, name, candidate_version)
+    except MlflowException:
+        raise ReviewError(f"{name} has no version {candidate_version}") from None
+    champion_version = alias_version(client, name, CHAMPION)
+    champion = _load_side(client, name, champion_version) if champion_version else None
+    text = _table(name, candidate, champion)
+    out = Path(out or f"review-{name}-v{candidate.version}.html")
+    with atomic_path(out) as tmp:
+        tmp.write_text(_html(name, candidate, champion), encoding="utf-8")
+    return text, out
+
+
+def _sens(side: Side | None, cls: str) -> str:
+    if side is None:
+        return "-"
+    value = side.metrics["per_class"].get(cls, {}).get("sensitivity")
+    ci = side.metrics.get("ci95", {}).get("sensitivity", {}).get(cls)
+    if value is None:
+        return "n/a"
+    return f"{value:.3f}" + (f" [{ci[0]:.2f}-{ci[1]:.2f}]" if ci and ci[0] is not None else "")
+
+
+def _spec(side: Side | None, cls: str) -> str:
+    if side is None:
+        return "-"
+    value = side.metrics["per_class"].get(cls, {}).get("specificity")
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _rows(candidate: Side, champion: Side | None) -> list[list[str]]:
+    rows = [["", f"candidate v{candidate.version}",
+             f"champion v{champion.version}" if champion else "champion (none)"]]  # fmt: skip
+    for cls in candidate.metrics["classes"]:
+        rows.append([f"sensitivity {cls}", _sens(candidate, cls), _sens(champion, cls)])
+        rows.append([f"specificity {cls}", _spec(candidate, cls), _spec(champion, cls)])
+    for key, label in [("macro_f1", "macro-F1"), ("balanced_accuracy", "balanced accuracy"),
+                       ("expected_calibration_error", "calibration error (ECE)")]:  # fmt: skip
+        rows.append(
+            [
+                label,
+                f"{candidate.metrics['overall'][key]:.3f}",
+                f"{champion.metrics['overall'][key]:.3f}" if champion else "-",
+            ]
+        )
+    for tag in ("logical_date", "data_hash", "gate", "balance", "git_revision"):
+        rows.append(
+            [
+                tag,
+                candidate.tags.get(tag, "")[:16],
+                champion.tags.get(tag, "")[:16] if champion else "-",
+            ]
+        )
+    return rows
+
+
+def _param_changes(candidate: Side, champion: Side | None) -> list[str]:
+    if champion is None:
+        return []
+    new, old = _flat_params(candidate.tags), _flat_params(champion.tags)
+    return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+            for key in sorted(set(new) | set(old)) if new.get(key) != old.get(key)]  # fmt: skip
+
+
+def _table(name: str, candidate: Side, champion: Side | None) -> str:
+    rows = _rows(candidate, champion)
+    width = max(len(r[0]) for r in rows) + 2
+    lines = [f"Review of {name}"] + [f"{r[0]:<{width}}{r[1]:<26}{r[2]}" for r in rows]
+    changes = _param_changes(candidate, champion)
+    lines.append("params changed: " + ("; ".join(changes) if changes else "none"))
+    return "\n".join(lines)
+
+
+def _html(name: str, candidate: Side, champion: Side | None) -> str:
+    rows = _rows(candidate, champion)
+    cells = []
+    for i, row in enumerate(rows):
+        tag = "th" if i == 0 else "td"
+        cells.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row) + "</tr>")
+    table = "<table>" + "".join(cells) + "</table>"
+    pictures = ""
+    for picture in ("confusion_matrix", "reliability"):
+        cells = []
+        for side in (candidate, champion):
+            if side is not None and picture in side.images:
+                cells.append(
+                    f"<td><img alt='{picture} v{side.version}' style='max-width:100%' "
+                    f"src='data:image/png;base64,{side.images[picture]}'></td>"
+                )
+        pictures += f"<h2>{picture.replace('_', ' ')}</h2><table><tr>{''.join(cells)}</tr></table>"
+    changes = _param_changes(candidate, champion)
+    changed = ("<ul>" + "".join(f"<li>{html.escape(c)}</li>" for c in changes) + "</ul>"
+               if changes else "<p>none</p>")  # fmt: skip
+    style = (
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Review {html.escape(name)}"
+        f"</title><style>{style}</style></head><body><h1>Review: {html.escape(name)} "
+        f"v{candidate.version} vs champion</h1>{table}<h2>Params changed</h2>{changed}"
+        f"{pictures}</body></html>"
+    )

@@ -1,0 +1,112 @@
+"""The model lifecycle against a real MLflow registry: gate, champion comparison, promotion,
+refusal, override, rollback, rejection, review and batch prediction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from medml import pipeline
+from medml.pipeline import medml_home
+from medml.registry import PromotionError, audit_log, promote, record_decision, rollback
+from medml.tracking import Tracking
+from tests.conftest import TINY
+
+pytestmark = pytest.mark.integration
+NAME = "kidney-ct-classifier"
+
+
+def _run(source: Path, run_dir: Path, *extra: str) -> dict:
+    ctx = pipeline.init_run(
+        run_dir, source, "kidney-ct", overrides=[*TINY, *extra], logical_date="2026-01-05"
+    )
+    return pipeline.run_all(ctx, Tracking.from_env(medml_home()), echo=lambda _: None)
+
+
+def test_gate_promotion_rollback_review_predict(phantom_dir: Path, tmp_path: Path) -> None:
+    tracking = Tracking.from_env(medml_home())
+    client = tracking.activate()
+
+    first = _run(phantom_dir, tmp_path / "r1", "registry.gate.min_balanced_accuracy=0")
+    assert (first["version"], first["alias"]) == ("1", "challenger")
+    v1 = client.get_model_version(NAME, "1")
+    assert v1.tags["compared_with_champion"] == "none"  # no champion: thresholds only
+    artifacts = {a.path for a in client.list_artifacts(v1.run_id, "model_card")}
+    assert artifacts == {"model_card/model_card.md", "model_card/model_card.html"}
+    assert {a.path for a in client.list_artifacts(v1.run_id, "validation")} >= {
+        "validation/validation.json",
+        "validation/quarantine.csv",
+        "validation/data_docs",
+    }
+
+    promote(tracking, NAME, 1, reviewer="alice", reason="first model")
+    assert client.get_model_version_by_alias(NAME, "champion").version in (1, "1")
+
+    failed = _run(phantom_dir, tmp_path / "r2", "registry.gate.min_balanced_accuracy=0.99")
+    assert failed["alias"] is None and not failed["gate_passed"]
+    v2 = client.get_model_version(NAME, "2")
+    assert v2.tags["gate"] == "failed" and "balanced_accuracy" in v2.tags["gate_reasons"]
+    assert v2.tags["compared_with_champion"] == "1"  # scored the champion on the same holdout
+    assert str(client.get_model_version_by_alias(NAME, "challenger").version) == "1"  # unmoved
+
+    with pytest.raises(PromotionError, match="did not pass the registration gate"):
+        promote(tracking, NAME, 2, reviewer="bob", reason="looks fine")
+    promote(tracking, NAME, 2, reviewer="bob", reason="urgent fix", override_gate="known issue")
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"
+    assert str(client.get_model_version_by_alias(NAME, "previous-champion").version) == "1"
+    v2 = client.get_model_version(NAME, "2")
+    assert v2.tags["audit.promoted.reviewer"] == "bob"
+    assert v2.tags["audit.promoted.previous_champion"] == "1"
+    assert v2.tags["audit.promoted.gate_override"] == "known issue"
+
+    rollback(tracking, NAME, reviewer="carol", reason="regression in Stone")
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
+    record_decision(tracking, NAME, 2, reviewer="dave", decision="rejected", reason="no")
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"  # unchanged
+    events = [(e["event"], e["version"], e["reviewer"]) for e in audit_log(tracking, NAME)]
+    assert events == [
+        ("promote", "1", "alice"),
+        ("promote", "2", "bob"),
+        ("rollback", "1", "carol"),
+        ("rejected", "2", "dave"),
+    ]
+
+    from typer.testing import CliRunner
+
+    from medml.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["review", NAME, "--version", "2", "--out", str(tmp_path / "review.html")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "candidate v2" in result.output and "champion v1" in result.output
+    page = (tmp_path / "review.html").read_text()
+    assert "data:image/png;base64" in page and "sensitivity Stone" in page
+
+    out = tmp_path / "predictions.csv"
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            f"{NAME}@champion",
+            "--source",
+            str(phantom_dir / "Cyst"),
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    predictions = pd.read_csv(out)
+    assert len(predictions) == len(list((phantom_dir / "Cyst").glob("*.jpg")))
+    assert set(predictions["label"]) <= {"Normal", "Cyst", "Stone", "Tumor"}
+    probabilities = predictions[[f"p_{c}" for c in ("Normal", "Cyst", "Stone", "Tumor")]]
+    assert ((probabilities.sum(axis=1) - 1).abs() < 1e-4).all()
+
+    result = runner.invoke(
+        app, ["promote", NAME, "--version", "9", "--reviewer", "x", "--reason", "y"]
+    )
+    assert result.exit_code == 1 and "has no version 9" in result.output
