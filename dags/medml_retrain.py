@@ -22,11 +22,21 @@ Trigger a run for a past date with `airflow dags test medml_retrain 2026-01-05 -
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Asset, Param, dag, task
+from airflow.timetables.assets import AssetOrTimeSchedule
+from airflow.timetables.trigger import CronTriggerTimetable
+
+# The data producer marks this asset updated when a new snapshot lands (see docs/operations.md);
+# each update triggers a retraining run, on top of the weekly schedule.
+SNAPSHOTS = Asset(
+    name="medml_snapshots",
+    uri=os.environ.get("MEDML_SNAPSHOT_ASSET", "file:///data/medml/snapshots/kidney-ct"),
+)
 
 S3_CONNECTION_ID = "medml_s3"
 
@@ -42,8 +52,6 @@ def _export_s3_connection() -> None:
     connection store, out of DAG code, params and logs. Extra `endpoint_url` and `region_name`
     are honoured (S3-compatible servers).
     """
-    import os
-
     from airflow.sdk import Connection
 
     try:
@@ -62,7 +70,9 @@ def _export_s3_connection() -> None:
 
 @dag(
     dag_id="medml_retrain",
-    schedule="@weekly",
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable("0 3 * * 1", timezone="UTC"), assets=SNAPSHOTS
+    ),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=2,
@@ -81,12 +91,14 @@ def medml_retrain() -> None:
 
     @task(retries=0)
     def prepare(
-        params: dict | None = None, ds: str | None = None, run_id: str | None = None
+        params: dict | None = None,
+        ds: str | None = None,
+        run_id: str | None = None,
+        dag_run=None,  # noqa: ANN001
     ) -> str:
-        import os
-
         from medml import pipeline
 
+        ds = ds or dag_run.run_after.date().isoformat()  # asset-triggered runs have no ds
         source = (params["source"] or os.environ.get("MEDML_SOURCE", "")).format(ds=ds)
         if not source:
             raise ValueError("no dataset source: set the `source` param or $MEDML_SOURCE")

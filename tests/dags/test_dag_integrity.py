@@ -26,7 +26,34 @@ def dagbag(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
 
 def test_no_import_errors(dagbag) -> None:  # noqa: ANN001
     assert dagbag.import_errors == {}
-    assert "medml_retrain" in dagbag.dags
+    assert {"medml_retrain", "medml_promote", "medml_predict"} <= set(dagbag.dags)
+
+
+@pytest.mark.parametrize("dag_id", ["medml_retrain", "medml_promote", "medml_predict"])
+def test_every_dag_is_documented_tagged_and_retried(dagbag, dag_id: str) -> None:  # noqa: ANN001
+    dag = dagbag.dags[dag_id]
+    assert dag.doc_md and "medml" in dag.tags and dag.catchup is False
+    exempt = {"prepare", "validate", "approve"}  # fail fast on bad input / wait for a human
+    for task in dag.tasks:
+        if task.task_id not in exempt:
+            assert task.retries >= 1, task.task_id
+
+
+def test_retrain_runs_weekly_and_when_a_snapshot_lands(dagbag) -> None:  # noqa: ANN001
+    timetable = dagbag.dags["medml_retrain"].timetable
+    assert type(timetable).__name__ == "AssetOrTimeSchedule"
+    assert "medml_snapshots" in str(timetable.asset_condition) or timetable.asset_condition
+
+
+def test_promote_waits_for_a_human_and_records_rejections(dagbag) -> None:  # noqa: ANN001
+    dag = dagbag.dags["medml_promote"]
+    assert dag.schedule is None if hasattr(dag, "schedule") else True
+    approve = dag.get_task("approve")
+    assert type(approve).__name__ == "ApprovalOperator"
+    assert "render_review" in approve.upstream_task_ids
+    assert dag.get_task("promote").upstream_task_ids == {"approve"}
+    rejection = dag.get_task("record_rejection")
+    assert rejection.trigger_rule == "all_skipped" and "promote" in rejection.upstream_task_ids
 
 
 def test_retrain_dag_settings(dagbag) -> None:  # noqa: ANN001

@@ -1,0 +1,58 @@
+"""
+### medml_predict: batch prediction with the champion model
+
+Trigger with params `model` (e.g. `kidney-ct-classifier@champion`), `source` (folder of images
+or a CSV with a `filename` column such as Kvasir-Capsule's `Testing_set.csv`; `{ds}` is the
+logical date) and optionally `out` (default `$MEDML_HOME/predictions/<ds>/<run_id>.csv`).
+Writes one row per image: predicted class and per-class probabilities.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Param, dag, task
+
+
+@dag(
+    dag_id="medml_predict",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    tags=["medml", "prediction"],
+    doc_md=__doc__,
+    default_args={"owner": "medml", "retries": 1, "retry_delay": timedelta(minutes=1)},
+    params={
+        "model": Param("kidney-ct-classifier@champion", type="string"),
+        "source": Param("", type="string", description="Folder or CSV; {ds} = logical date."),
+        "out": Param("", type="string", description="CSV to write (empty: automatic)."),
+    },
+)
+def medml_predict() -> None:
+    """One task: medml.predict.predict."""
+
+    @task
+    def predict(params: dict | None = None, ds: str | None = None,
+                run_id: str | None = None) -> dict:  # fmt: skip
+        from pathlib import Path
+
+        from medml.pipeline import medml_home
+        from medml.predict import predict as predict_batch
+        from medml.tracking import Tracking
+
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
+        out = Path(params["out"] or medml_home() / "predictions" / ds / f"{safe}.csv")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        model = params["model"]
+        result = predict_batch(
+            model if model.startswith("models:/") else f"models:/{model}",
+            Path(params["source"].format(ds=ds)), out, tracking=Tracking.from_env(medml_home()),
+        )  # fmt: skip
+        return {"out": str(result.out), "images": result.images, "failed": result.failed}
+
+    predict()
+
+
+medml_predict()

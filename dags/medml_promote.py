@@ -1,0 +1,93 @@
+"""
+### medml_promote: a reviewer approves (or rejects) a model version in the Airflow UI
+
+Trigger manually with params `model`, `version`, `reviewer`, `reason` (and `override_gate` to
+promote a version whose gate failed, with the reason). The DAG
+
+1. renders the review report (candidate vs champion) and shows it in the approval request;
+2. waits for a human decision with Airflow's human-in-the-loop `ApprovalOperator`;
+3. on **Approve**, moves alias `champion` to the version (old champion → `previous-champion`)
+   and writes the audit trail; on **Reject**, leaves every alias as it is and records the
+   rejection in the audit trail.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.sdk import Param, dag, task
+
+
+@dag(
+    dag_id="medml_promote",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    tags=["medml", "registry", "review"],
+    doc_md=__doc__,
+    default_args={"owner": "medml", "retries": 1, "retry_delay": timedelta(minutes=1)},
+    params={
+        "model": Param("kidney-ct-classifier", type="string", description="Registered model."),
+        "version": Param("1", type="string", description="Version to promote."),
+        "reviewer": Param("", type="string", minLength=1, description="Who asks (audited)."),
+        "reason": Param("", type="string", minLength=1, description="Why (audited)."),
+        "override_gate": Param("", type="string", description="Reason to ignore a failed gate."),
+    },
+)
+def medml_promote() -> None:
+    """Wire review → approval → promote / record rejection; the work is in medml.registry."""
+
+    @task
+    def render_review(params: dict | None = None, run_id: str | None = None) -> str:
+        from medml.pipeline import medml_home
+        from medml.review import review
+        from medml.tracking import Tracking
+
+        out = medml_home() / "reviews" / f"{params['model']}-v{params['version']}-{run_id}.html"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        text, path = review(Tracking.from_env(medml_home()), params["model"], params["version"],
+                            out)  # fmt: skip
+        return f"{text}\n\nFull report: {path}"
+
+    approve = ApprovalOperator(
+        task_id="approve",
+        subject="Promote {{ params.model }} v{{ params.version }} to champion?",
+        body="Requested by {{ params.reviewer }}: {{ params.reason }}\n\n"
+        "```\n{{ ti.xcom_pull(task_ids='render_review') }}\n```",
+        response_timeout=timedelta(days=3),
+        retries=0,
+    )
+
+    @task
+    def promote(params: dict | None = None) -> dict:
+        from medml.pipeline import medml_home
+        from medml.registry import promote as promote_version
+        from medml.tracking import Tracking
+
+        return promote_version(
+            Tracking.from_env(medml_home()), params["model"], params["version"],
+            reviewer=params["reviewer"], reason=params["reason"],
+            override_gate=params["override_gate"] or None,
+        )  # fmt: skip
+
+    @task(trigger_rule="all_skipped")
+    def record_rejection(params: dict | None = None, ti=None) -> dict:  # noqa: ANN001
+        from medml.pipeline import medml_home
+        from medml.registry import record_decision
+        from medml.tracking import Tracking
+
+        response = ti.xcom_pull(task_ids="approve") or {}
+        who = response.get("responded_by_user", {}) or {}
+        return record_decision(
+            Tracking.from_env(medml_home()), params["model"], params["version"],
+            reviewer=who.get("name") or params["reviewer"], decision="rejected",
+            reason=f"rejected in the Airflow UI (requested: {params['reason']})",
+        )  # fmt: skip
+
+    promoted = promote()
+    render_review() >> approve >> promoted >> record_rejection()
+
+
+medml_promote()
