@@ -232,13 +232,54 @@ def step_split(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def step_preprocess(run_dir: Path) -> dict[str, Any]:
-    """Decode and resize into shards."""
+def shards_cache_key(splits_path: Path, recipe: Recipe) -> str:
+    """Content key of preprocess's output: every row's bytes (sha256), label, split and fold,
+    in order, plus the image settings. Same key, byte-identical shards."""
+    table = pd.read_parquet(splits_path, columns=["sha256", "label", "split", "fold"])
+    digest = hashlib.sha256(recipe.image.model_dump_json().encode())
+    digest.update(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def step_preprocess(run_dir: Path, cache_dir: Path | None = None) -> dict[str, Any]:
+    """Decode and resize into shards, re-using the shards cache when the key matches.
+
+    The cache (default ``$MEDML_HOME/cache/shards``) is content-addressed like DVC's run
+    cache, so re-running a date, back-filling again or two runs on the same snapshot decode the
+    images once. Files are hard-linked from the cache when possible.
+    """
     from medml.preprocess import preprocess
 
     ctx = load_context(run_dir)
-    result = preprocess(_require(ctx.layout.splits, "split"), ctx.layout.shards, ctx.recipe)
-    return {"shards_dir": str(result.shards_dir), "images": result.images, "shards": result.shards}
+    splits = _require(ctx.layout.splits, "split")
+    key = shards_cache_key(splits, ctx.recipe)
+    cache = Path(cache_dir or medml_home() / "cache" / "shards") / key
+    if cache.is_dir():
+        _link_tree(cache, ctx.layout.shards)
+        meta = read_json(ctx.layout.shards / "meta.json")
+        outcome = {"images": meta["images"], "shards": len(meta["shards"]), "cache": "hit"}
+    else:
+        result = preprocess(splits, ctx.layout.shards, ctx.recipe)
+        _link_tree(ctx.layout.shards, cache)
+        outcome = {"images": result.images, "shards": result.shards, "cache": "miss"}
+    outcome |= {"shards_dir": str(ctx.layout.shards), "cache_key": key}
+    write_json(ctx.layout.root / "preprocess.json", outcome)
+    return outcome
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """Publish ``source``'s files at ``target`` atomically, hard-linked where possible."""
+    import shutil
+
+    from medml.io import atomic_path
+
+    with atomic_path(target) as staging:
+        staging.mkdir(parents=True)
+        for file in source.iterdir():
+            try:
+                os.link(file, staging / file.name)
+            except OSError:  # another file system: copy instead
+                shutil.copy2(file, staging / file.name)
 
 
 def step_train(run_dir: Path, fold: int, tracking: Tracking | None = None) -> dict[str, Any]:

@@ -1,0 +1,131 @@
+"""Back-fills for real: a local Airflow (scheduler + dag-processor + api-server, SQLite,
+LocalExecutor) runs `airflow backfill create` over three dates of phantom snapshots."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from medml.cli import airflow_env
+from medml.data.synthetic import synth_kidney_ct
+from medml.tracking import Tracking
+from tests.conftest import _free_port, venv_env
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+DATES = ["2026-01-05", "2026-01-12", "2026-01-19"]  # Mondays: the DAG's weekly schedule
+FAST = ["image.size=32", "split.folds=2", "train.epochs=1", "data.min_images_per_class=2",
+        "registry.gate.min_balanced_accuracy=0"]  # fmt: skip
+
+
+def _airflow(env: dict[str, str], *args: str, timeout: int = 120) -> str:
+    result = subprocess.run(["airflow", *args], env=env, capture_output=True, text=True,
+                            timeout=timeout)  # fmt: skip
+    assert result.returncode == 0, f"airflow {args}: {result.stdout[-2000:]}{result.stderr[-2000:]}"
+    return result.stdout
+
+
+def _runs(env: dict[str, str]) -> list[dict]:
+    out = _airflow(env, "dags", "list-runs", "medml_retrain", "-o", "json")
+    start = out.find("[")
+    return json.loads(out[start:]) if start >= 0 else []
+
+
+def _wait_for(env: dict[str, str], count: int, deadline: float) -> list[dict]:
+    while time.monotonic() < deadline:
+        runs = _runs(env)
+        done = [r for r in runs if r["state"] in ("success", "failed")]
+        if len(done) >= count:
+            return runs
+        time.sleep(5)
+    raise AssertionError(f"runs did not finish in time: {_runs(env)}")
+
+
+@pytest.fixture(scope="module")
+def airflow_stack(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    workdir = tmp_path_factory.mktemp("airflow-stack")
+    port = _free_port()
+    env = {
+        **airflow_env(workdir),
+        "PATH": venv_env()["PATH"],
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "2",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
+        "MEDML_HOME": str(workdir),
+    }
+    _airflow(env, "db", "migrate", timeout=300)
+    logs = workdir / "logs"
+    logs.mkdir()
+    procs = [
+        subprocess.Popen(["airflow", component, *args], env=env,
+                         stdout=open(logs / f"{component}.log", "w"), stderr=subprocess.STDOUT)
+        for component, args in [("api-server", ["--port", str(port)]), ("scheduler", []),
+                                ("dag-processor", [])]
+    ]  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while "medml_retrain" not in _airflow(env, "dags", "list", "-o", "plain"):
+            assert time.monotonic() < deadline, "the dag-processor did not parse the DAGs"
+            time.sleep(3)
+        _airflow(env, "dags", "unpause", "medml_retrain")
+        yield env, workdir
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def test_backfill_three_dates_then_reprocess(airflow_stack, tmp_path: Path) -> None:  # noqa: ANN001
+    env, workdir = airflow_stack
+    snapshots = tmp_path / "snapshots"
+    for i, date in enumerate(DATES):
+        synth_kidney_ct(snapshots / date, n=80, seed=i, image_size=64)
+    conf = json.dumps({"source": f"{snapshots}/{{ds}}", "recipe": "kidney-ct", "overrides": FAST})
+    window = ["--dag-id", "medml_retrain", "--from-date", DATES[0], "--to-date", DATES[-1],
+              "--dag-run-conf", conf]  # fmt: skip
+    _airflow(env, "backfill", "create", *window)
+    runs = _wait_for(env, 3, time.monotonic() + 900)
+    assert [r["state"] for r in runs] == ["success"] * 3, runs
+
+    client = Tracking.from_env(workdir).activate()
+    versions = client.search_model_versions("name='kidney-ct-classifier'")
+    assert sorted(v.tags["logical_date"] for v in versions) == DATES  # each its own snapshot
+    first_dirs = sorted(workdir.glob("runs/*/*/run.json"))
+    assert len(first_dirs) == 3
+
+    first = {p.parent: p.read_text() for p in first_dirs}
+    assert all(json.loads((d / "preprocess.json").read_text())["cache"] == "miss" for d in first)
+
+    started = time.time()
+    _airflow(env, "backfill", "create", *window, "--reprocess-behavior", "completed")
+    deadline = time.monotonic() + 900
+    while True:  # the same three runs are cleared and run again
+        runs = _runs(env)
+        rerun = [r for r in runs if r["state"] == "success" and r.get("end_date")
+                 and _timestamp(r["end_date"]) > started]  # fmt: skip
+        if len(rerun) == 3:
+            break
+        assert time.monotonic() < deadline and not any(r["state"] == "failed" for r in runs), runs
+        time.sleep(5)
+    for run_dir in first:  # re-runs used the content-addressed shards: no decoding again
+        assert json.loads((run_dir / "preprocess.json").read_text())["cache"] == "hit"
+    assert len(list((workdir / "cache" / "shards").iterdir())) == 3  # one per snapshot
+    versions = client.search_model_versions("name='kidney-ct-classifier'")
+    assert sorted(v.tags["logical_date"] for v in versions) == sorted(DATES * 2)
+
+
+def _timestamp(value: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
