@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help setup demo test test-fast lint format clean dvc-remote
+.PHONY: help setup demo test test-slow test-all lint format clean dvc-remote
 
 help:  ## Show this help.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,11 +24,14 @@ setup: $(VENV)/.installed  ## Create .venv and install medml + the pinned stack 
 demo: setup  ## Synthesise a kidney-CT phantom set and run the medml_retrain DAG end to end.
 	$(VENV)/bin/medml demo
 
-test: setup  ## Run the whole test suite (unit, data, DAG and integration tests).
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
-
-test-fast: setup  ## Run the tests not marked slow.
+test: setup  ## Run the test suite (unit, data, DAG integrity, integration; ~5 min on 2 cores).
 	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: setup  ## Run the slow tests: real Airflow runs (dags test per layout, back-fill).
+	$(VENV)/bin/pytest -m slow $(PYTEST_ARGS)
+
+test-all: setup  ## Run every test.
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: setup  ## ruff lint and format check.
 	$(VENV)/bin/ruff check .
@@ -38,7 +41,7 @@ format: setup  ## Apply ruff fixes and formatting.
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-dvc-remote:  ## Point DVC at $$MEDML_DVC_REMOTE (s3://...) [+ $$MEDML_S3_ENDPOINT_URL], in .dvc/config.local.
+dvc-remote:  ## Point DVC at MEDML_DVC_REMOTE=s3://... [+ MEDML_S3_ENDPOINT_URL] (.dvc/config.local).
 	@test -n "$(MEDML_DVC_REMOTE)" || { echo "set MEDML_DVC_REMOTE=s3://bucket/prefix"; exit 1; }
 	$(VENV)/bin/dvc remote add --local --force --default storage "$(MEDML_DVC_REMOTE)"
 	@if [ -n "$(MEDML_S3_ENDPOINT_URL)" ]; then \

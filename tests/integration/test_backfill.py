@@ -30,8 +30,15 @@ def _airflow(env: dict[str, str], *args: str, timeout: int = 120) -> str:
 
 def _runs(env: dict[str, str]) -> list[dict]:
     out = _airflow(env, "dags", "list-runs", "medml_retrain", "-o", "json")
-    start = out.find("[")
-    return json.loads(out[start:]) if start >= 0 else []
+    for line in reversed(out.splitlines()):  # the JSON is the last line; logs may precede it
+        if line.startswith("["):
+            try:
+                runs = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            # unpausing also starts the latest scheduled run (no snapshot there): not ours
+            return [r for r in runs if r["run_id"].startswith("backfill__")]
+    return []
 
 
 def _wait_for(env: dict[str, str], count: int, deadline: float) -> list[dict]:
@@ -90,7 +97,7 @@ def test_backfill_three_dates_then_reprocess(airflow_stack, tmp_path: Path) -> N
     env, workdir = airflow_stack
     snapshots = tmp_path / "snapshots"
     for i, date in enumerate(DATES):
-        synth_kidney_ct(snapshots / date, n=80, seed=i, image_size=64)
+        synth_kidney_ct(snapshots / date, n=100, seed=i, image_size=64, slices_per_patient=(1, 2))
     conf = json.dumps({"source": f"{snapshots}/{{ds}}", "recipe": "kidney-ct", "overrides": FAST})
     window = ["--dag-id", "medml_retrain", "--from-date", DATES[0], "--to-date", DATES[-1],
               "--dag-run-conf", conf]  # fmt: skip

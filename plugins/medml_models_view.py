@@ -1,0 +1,110 @@
+"""Airflow plugin: a "Models" view in the Airflow UI for reviewers.
+
+Airflow 3 mounts the FastAPI app below at ``/medml`` on the API server and adds a "Models" entry
+to the navigation. The page lists every registered model with its aliases (champion,
+challenger, previous-champion), each version's gate outcome and key metrics, the audit trail,
+and links to the side-by-side review report — so reviewers need not leave Airflow to see what
+they are approving. All data comes from the MLflow registry through medml (imported inside the
+handlers, so the API server starts without TensorFlow).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+
+from airflow.plugins_manager import AirflowPlugin
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import HTMLResponse
+
+app = FastAPI(title="medml models", description="Registered models for review")
+
+STYLE = (
+    "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin:.5em 0}"
+    "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}.failed{color:#b00}"
+    ".passed{color:#070}.alias{background:#e8f0fe;border-radius:4px;padding:1px 6px}"
+)
+
+
+def _tracking():  # noqa: ANN202 - medml.tracking.Tracking
+    from medml.pipeline import medml_home
+    from medml.tracking import Tracking
+
+    return Tracking.from_env(medml_home())
+
+
+def models_page() -> str:
+    """The Models page as HTML (used by the route and by tests)."""
+    client = _tracking().activate()
+    sections = []
+    for model in client.search_registered_models():
+        aliases: dict[str, list[str]] = {}
+        for alias, version in (model.aliases or {}).items():
+            aliases.setdefault(str(version), []).append(alias)
+        rows = []
+        versions = sorted(client.search_model_versions(f"name='{model.name}'"),
+                          key=lambda v: int(v.version), reverse=True)  # fmt: skip
+        for v in versions:
+            tags = v.tags
+            gate = tags.get("gate", "?")
+            badges = " ".join(f"<span class='alias'>{html.escape(a)}</span>"
+                              for a in sorted(aliases.get(str(v.version), [])))  # fmt: skip
+            link = f"review/{html.escape(model.name)}/{v.version}"
+            rows.append(
+                f"<tr><td>v{v.version} {badges}</td><td>{html.escape(tags.get('logical_date', ''))}"
+                f"</td><td class='{gate}'>{html.escape(gate)}</td>"
+                f"<td>{html.escape(tags.get('balanced_accuracy', ''))}</td>"
+                f"<td>{html.escape(tags.get('macro_f1', ''))}</td>"
+                f"<td>{html.escape(tags.get('gate_reasons', ''))[:160]}</td>"
+                f"<td>{html.escape(tags.get('audit.promoted.reviewer', ''))}</td>"
+                f"<td><a href='{link}'>review</a></td></tr>"
+            )
+        audit = json.loads(model.tags.get("audit.log", "[]"))
+        audit_rows = "".join(
+            f"<tr><td>{html.escape(e.get('at', ''))}</td><td>{html.escape(e.get('event', ''))}</td>"
+            f"<td>v{html.escape(str(e.get('version', '')))}</td>"
+            f"<td>{html.escape(e.get('reviewer', ''))}</td><td>{html.escape(e.get('reason', ''))}"
+            f"</td></tr>" for e in reversed(audit))  # fmt: skip
+        sections.append(
+            f"<h2>{html.escape(model.name)}</h2><table><tr><th>version</th><th>snapshot</th>"
+            "<th>gate</th><th>balanced acc.</th><th>macro-F1</th><th>gate reasons</th>"
+            f"<th>promoted by</th><th></th></tr>{''.join(rows)}</table>"
+            "<h3>Audit trail</h3><table><tr><th>when</th><th>event</th><th>version</th>"
+            f"<th>who</th><th>why</th></tr>{audit_rows}</table>"
+        )
+    body = "".join(sections) or "<p>No registered models yet.</p>"
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>medml models</title>"
+        f"<style>{STYLE}</style></head><body><h1>Models</h1>{body}</body></html>"
+    )
+
+
+@app.get("/", response_class=HTMLResponse)
+def models() -> str:
+    """Registered models, aliases, gate outcomes, metrics and audit trail."""
+    return models_page()
+
+
+@app.get("/review/{name}/{version}", response_class=HTMLResponse)
+def review_report(name: str, version: str) -> str:
+    """The side-by-side review report of a version against the champion."""
+    import tempfile
+    from pathlib import Path
+
+    from medml.review import ReviewError, review
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            _, path = review(_tracking(), name, version, Path(tmp) / "review.html")
+        except ReviewError as err:
+            raise HTTPException(status_code=404, detail=str(err)) from None
+        return path.read_text(encoding="utf-8")
+
+
+class MedmlModelsPlugin(AirflowPlugin):
+    """Mounts the Models view on the API server and links it from the navigation."""
+
+    name = "medml_models"
+    fastapi_apps = [{"app": app, "url_prefix": "/medml", "name": "medml models"}]
+    external_views = [{"name": "Models", "href": "/medml/", "destination": "nav",
+                       "url_route": "medml-models"}]  # fmt: skip

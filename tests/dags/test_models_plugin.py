@@ -1,0 +1,66 @@
+"""The Airflow "Models" plugin: discovered by Airflow, and its page shows the registry."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from medml import pipeline
+from medml.cli import airflow_env
+from medml.registry import promote
+from medml.tracking import Tracking
+from tests.conftest import REPO_ROOT, TINY, venv_env
+
+PLUGIN = REPO_ROOT / "plugins" / "medml_models_view.py"
+
+
+def _plugin_module():  # noqa: ANN202
+    spec = importlib.util.spec_from_file_location("medml_models_view", PLUGIN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_airflow_discovers_the_plugin(tmp_path: Path) -> None:
+    env = {**airflow_env(tmp_path), "PATH": venv_env()["PATH"]}
+    out = subprocess.run(["airflow", "plugins", "-o", "json"], env=env, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "medml_models" in out.stdout and "/medml" in out.stdout
+
+
+@pytest.mark.integration
+def test_models_page_lists_versions_aliases_and_audit(phantom_dir: Path, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    ctx = pipeline.init_run(
+        tmp_path / "r",
+        phantom_dir,
+        "kidney-ct",
+        overrides=[*TINY, "registry.gate.min_balanced_accuracy=0"],
+    )
+    tracking = Tracking.from_env(pipeline.medml_home())
+    pipeline.run_all(ctx, tracking, echo=lambda _: None)
+    promote(tracking, "kidney-ct-classifier", 1, reviewer="alice", reason="first model")
+
+    client = TestClient(_plugin_module().app)
+    page = client.get("/")
+    assert page.status_code == 200
+    text = page.text
+    for fragment in (
+        "kidney-ct-classifier",
+        "v1",
+        "champion",
+        "challenger",
+        "passed",
+        "alice",
+        "first model",
+        "review/kidney-ct-classifier/1",
+    ):
+        assert fragment in text, fragment
+    report = client.get("/review/kidney-ct-classifier/1")
+    assert report.status_code == 200 and "sensitivity Stone" in report.text
+    assert client.get("/review/no-such-model/1").status_code == 404
