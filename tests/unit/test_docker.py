@@ -1,0 +1,54 @@
+"""Static checks of the images and the compose stack (no Docker engine on development machines)."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+
+import yaml
+
+from tests.conftest import REPO_ROOT
+
+DOCKER = REPO_ROOT / "docker"
+
+
+def _copied_sources(dockerfile: str) -> list[str]:
+    sources = []
+    for line in dockerfile.splitlines():
+        if line.startswith("COPY"):
+            parts = [p for p in line.split()[1:] if not p.startswith("--")]
+            sources += parts[:-1]
+    return sources
+
+
+def test_dockerfiles_copy_files_that_exist() -> None:
+    for name in ("trainer.Dockerfile", "airflow.Dockerfile"):
+        text = (DOCKER / name).read_text()
+        for source in _copied_sources(text):
+            assert (REPO_ROOT / source).exists(), f"{name} copies missing {source}"
+
+
+def test_trainer_entrypoint_is_the_medml_console_script() -> None:
+    text = (DOCKER / "trainer.Dockerfile").read_text()
+    assert 'ENTRYPOINT ["medml"]' in text
+    assert re.search(r"^USER 10001$", text, re.M)  # non-root
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    assert project["scripts"]["medml"] == "medml.cli:main"
+    assert "uv sync --frozen" in text  # installed from the lock
+
+
+def test_compose_services_reference_existing_dockerfiles_and_commands() -> None:
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    services = compose["services"]
+    assert {"postgres", "minio", "mlflow", "airflow-api-server", "airflow-scheduler",
+            "airflow-dag-processor"} <= set(services)  # fmt: skip
+    lock = (REPO_ROOT / "uv.lock").read_text()
+    for name, service in services.items():
+        build = service.get("build")
+        if build:
+            assert (DOCKER / build["context"] / build["dockerfile"]).is_file(), name
+        command = service.get("entrypoint") or service.get("command") or []
+        if command and command[0] in {"airflow", "mlflow"}:
+            assert f'name = "{"apache-airflow" if command[0] == "airflow" else "mlflow"}"' in lock
+    for volume in services["mlflow"].get("volumes", []):
+        assert volume.split(":")[0] in compose["volumes"]
