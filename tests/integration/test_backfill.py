@@ -4,6 +4,7 @@ LocalExecutor) runs `airflow backfill create` over three dates of phantom snapsh
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -82,7 +83,7 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
             assert time.monotonic() < deadline, "the dag-processor did not parse the DAGs"
             time.sleep(3)
         _airflow(env, "dags", "unpause", "medml_retrain")
-        yield env, workdir
+        yield env, workdir, port
     finally:
         for proc in procs:
             proc.terminate()
@@ -94,12 +95,12 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
 
 
 def test_backfill_three_dates_then_reprocess(airflow_stack, tmp_path: Path) -> None:  # noqa: ANN001
-    env, workdir = airflow_stack
+    env, workdir, port = airflow_stack
     snapshots = tmp_path / "snapshots"
     for i, date in enumerate(DATES):
         synth_kidney_ct(snapshots / date, n=100, seed=i, image_size=64, slices_per_patient=(1, 2))
     conf = json.dumps({"source": f"{snapshots}/{{ds}}", "recipe": "kidney-ct", "overrides": FAST})
-    window = ["--dag-id", "medml_retrain", "--from-date", DATES[0], "--to-date", DATES[-1],
+    window = ["--dag-id", "medml_retrain", "--from-date", DATES[0], "--to-date", "2026-01-20",
               "--dag-run-conf", conf]  # fmt: skip
     _airflow(env, "backfill", "create", *window)
     runs = _wait_for(env, 3, time.monotonic() + 900)
@@ -130,6 +131,42 @@ def test_backfill_three_dates_then_reprocess(airflow_stack, tmp_path: Path) -> N
     assert len(list((workdir / "cache" / "shards").iterdir())) == 3  # one per snapshot
     versions = client.search_model_versions("name='kidney-ct-classifier'")
     assert sorted(v.tags["logical_date"] for v in versions) == sorted(DATES * 2)
+
+    # Reviewers see the result in Airflow itself: the Models plugin served by the API server.
+    from medml.registry import promote
+
+    promote(Tracking.from_env(workdir), "kidney-ct-classifier", 2, reviewer="alice",
+            reason="best Stone sensitivity of the back-fill")  # fmt: skip
+    page = _get(f"http://127.0.0.1:{port}/medml/")
+    assert "kidney-ct-classifier" in page and "champion" in page and "alice" in page
+    _screenshot(f"http://127.0.0.1:{port}/medml/", tmp_path / "models-view.png")
+
+
+def _get(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.read().decode()
+
+
+def _screenshot(url: str, path: Path) -> None:
+    """Headless Chromium screenshot of the view (skipped where Chromium is not installed);
+    copied to $MEDML_SCREENSHOT_DIR when set."""
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        return
+    subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={path.parent / 'chromium-profile'}",
+         "--window-size=1400,900", f"--screenshot={path}", url],
+        capture_output=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    if os.environ.get("MEDML_SCREENSHOT_DIR"):
+        shutil.copy(path, Path(os.environ["MEDML_SCREENSHOT_DIR"]) / path.name)
 
 
 def _timestamp(value: str) -> float:
