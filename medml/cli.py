@@ -172,58 +172,47 @@ def _data_step(
             recipe,
             params_file=params,
             overrides=set_ or [],
-            logical_date="static",
             run_key=key,
         )
     _echo_result(_guard(step, run_dir))
 
 
-@app.command()
-def ingest(
-    run_dir: RunDir,
-    source: OptSource = None,
-    recipe: OptRecipe = None,
-    params: ParamsFile = None,
-    set_: Sets = None,
-) -> None:
-    """Scan the source into manifest.parquet (path, label, group, sha256, size, dims)."""
-    _data_step(pipeline.step_ingest, run_dir, source, recipe, params, set_)
+def _data_command(name: str, step: Any, summary: str) -> None:
+    """Register a data-step subcommand (same options for all four: DVC passes them)."""
+
+    def command(
+        run_dir: RunDir,
+        source: OptSource = None,
+        recipe: OptRecipe = None,
+        params: ParamsFile = None,
+        set_: Sets = None,
+    ) -> None:
+        _data_step(step, run_dir, source, recipe, params, set_)
+
+    command.__doc__ = summary
+    app.command(name)(command)
 
 
-@app.command()
-def validate(
-    run_dir: RunDir,
-    source: OptSource = None,
-    recipe: OptRecipe = None,
-    params: ParamsFile = None,
-    set_: Sets = None,
-) -> None:
-    """Great Expectations gate: quarantine bad files, fail on critical problems."""
-    _data_step(pipeline.step_validate, run_dir, source, recipe, params, set_)
-
-
-@app.command("split")
-def split_cmd(
-    run_dir: RunDir,
-    source: OptSource = None,
-    recipe: OptRecipe = None,
-    params: ParamsFile = None,
-    set_: Sets = None,
-) -> None:
-    """Holdout test set + stratified (group) k folds, with a leakage audit."""
-    _data_step(pipeline.step_split, run_dir, source, recipe, params, set_)
-
-
-@app.command()
-def preprocess(
-    run_dir: RunDir,
-    source: OptSource = None,
-    recipe: OptRecipe = None,
-    params: ParamsFile = None,
-    set_: Sets = None,
-) -> None:
-    """Decode and resize images with OpenCV into shards."""
-    _data_step(pipeline.step_preprocess, run_dir, source, recipe, params, set_)
+_data_command(
+    "ingest",
+    pipeline.step_ingest,
+    "Scan the source into manifest.parquet (path, label, group, sha256, size, dims).",
+)
+_data_command(
+    "validate",
+    pipeline.step_validate,
+    "Great Expectations gate: quarantine bad files, fail on critical problems.",
+)
+_data_command(
+    "split",
+    pipeline.step_split,
+    "Holdout test set + stratified (group) k folds, with a leakage audit.",
+)
+_data_command(
+    "preprocess",
+    pipeline.step_preprocess,
+    "Decode and resize images with OpenCV into shards (content-addressed cache).",
+)
 
 
 @app.command()
