@@ -10,7 +10,9 @@ Runs the medml lifecycle for one data snapshot (the run's logical date):
   by the logical date, so each run reads its own snapshot; empty means `$MEDML_SOURCE`),
   `recipe` (e.g. `kidney-ct`), `overrides` (list of `key=value`, e.g. `["train.epochs=2"]`),
   `run_dir` (empty: `$MEDML_HOME/runs/<ds>/<run_id>`).
-* Training is mapped over the folds: each fold is its own task instance.
+* Training is mapped over the folds: each fold is its own task instance — in the worker
+  (`train.backend: local`, default) or one GPU pod per fold (`train.backend: kubernetes`,
+  `KubernetesPodOperator` with the pod spec from `medml.k8s`, running `medml train --fold K`).
 * S3 credentials/endpoint come from the Airflow connection `medml_s3` (login, password, extra
   `endpoint_url`, `region_name`) or the worker's environment.
 * The model version gets alias `challenger` only if it passes the recipe's gate.
@@ -27,6 +29,7 @@ import re
 from datetime import timedelta
 
 import pendulum
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.sdk import Asset, Param, dag, task
 from airflow.timetables.assets import AssetOrTimeSchedule
 from airflow.timetables.trigger import CronTriggerTimetable
@@ -144,6 +147,27 @@ def medml_retrain() -> None:
 
         return pipeline.load_context(run_dir).folds
 
+    @task.branch
+    def choose_backend(run_dir: str) -> str:
+        from medml import pipeline
+
+        backend = pipeline.load_context(run_dir).recipe.train.backend
+        return "train_pod" if backend == "kubernetes" else "train"
+
+    @task
+    def fold_pods(run_dir: str) -> list[dict]:
+        from medml import pipeline
+        from medml.k8s import fold_pod_manifest
+
+        ctx = pipeline.load_context(run_dir)
+        config = ctx.recipe.train.kubernetes
+        return [
+            {"pod_template_dict": fold_pod_manifest(config, ctx.recipe.name, run_dir, fold),
+             "namespace": config.namespace, "image": config.image,
+             "cmds": ["medml"], "arguments": ["train", "--run-dir", run_dir, "--fold", str(fold)]}
+            for fold in ctx.folds
+        ]  # fmt: skip
+
     @task(max_active_tis_per_dagrun=4)
     def train(run_dir: str, fold: int) -> dict:
         from medml import pipeline
@@ -151,7 +175,7 @@ def medml_retrain() -> None:
 
         return pipeline.step_train(run_dir, fold, Tracking.from_env(pipeline.medml_home()))
 
-    @task
+    @task(trigger_rule="none_failed_min_one_success")
     def evaluate(run_dir: str) -> dict:
         from medml import pipeline
         from medml.tracking import Tracking
@@ -175,10 +199,22 @@ def medml_retrain() -> None:
 
     run_dir = prepare()
     fold_ids = folds(run_dir)
+    backend = choose_backend(run_dir)
     ingest(run_dir) >> validate(run_dir) >> split(run_dir) >> preprocess(run_dir) >> fold_ids
+    fold_ids >> backend
     trained = train.partial(run_dir=run_dir).expand(fold=fold_ids)
+    pods = fold_pods(run_dir)
+    backend >> [trained, pods]
+    trained_in_pods = KubernetesPodOperator.partial(
+        task_id="train_pod",
+        get_logs=True,
+        on_finish_action="delete_pod",
+        startup_timeout_seconds=600,
+        retries=2,
+    ).expand_kwargs(pods)
     registered = register(run_dir)
-    trained >> evaluate(run_dir) >> registered
+    evaluated = evaluate(run_dir)
+    [trained, trained_in_pods] >> evaluated >> registered
     registered >> report(run_dir)
 
 

@@ -101,8 +101,32 @@ BalanceStrategy = Literal[
 ]
 
 
+class KubernetesConfig(_Strict):
+    """Where and how a fold's pod runs when ``train.backend`` is ``kubernetes``."""
+
+    image: str = "medml-trainer:latest"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    namespace: str = "medml"
+    service_account: str = "medml-trainer"
+    gpus: int = Field(default=1, ge=0)
+    cpu_request: str = "4"
+    cpu_limit: str = "8"
+    memory_request: str = "16Gi"
+    memory_limit: str = "32Gi"
+    node_selector: dict[str, str] = {}
+    tolerations: list[dict[str, str]] = [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    secret_name: str | None = Field(
+        default="medml-s3", description="Secret with S3/MLflow credentials, mounted as env"
+    )
+
+
 class TrainConfig(_Strict):
     """One fold's training settings."""
+
+    backend: Literal["local", "kubernetes"] = "local"
+    kubernetes: KubernetesConfig = KubernetesConfig()
 
     model: Literal["small_cnn"] = "small_cnn"
     epochs: int = Field(default=30, ge=1)
