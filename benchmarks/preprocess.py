@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--source-size", type=int, default=512)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--scale-copies", type=int, default=10)
-    parser.add_argument("--dvc-n", type=int, default=2000, help="images for the DVC timing")
+    parser.add_argument("--dvc-n", type=int, default=0, help="images for the DVC timing (0: --n)")
     parser.add_argument("--child", nargs="*")
     args = parser.parse_args()
     if args.child:
@@ -139,7 +139,7 @@ def main() -> None:
         seed = _run_child("seed", str(small), str(args.size))
         medml = _run_child("medml", str(small), str(args.size), str(work / "shards"))
         medml_large = _run_child("medml", str(large), str(args.size), str(work / "shards-large"))
-        cold, warm = _dvc_ratio(work, args.dvc_n)
+        cold, warm = _dvc_ratio(work, args.dvc_n or args.n)
 
     def rate(r: dict[str, float]) -> float:
         return r["images"] / r["seconds"]
@@ -156,7 +156,7 @@ def main() -> None:
         f"the {args.n}-row peak (target <= 1.2x); {rate(medml_large):.0f} images/s"
     )
     print(
-        f"dvc repro with {args.dvc_n} images: cold {cold:.1f}s, unchanged {warm:.2f}s = "
+        f"dvc repro with {args.dvc_n or args.n} images: cold {cold:.1f}s, unchanged {warm:.2f}s = "
         f"{warm / cold:.1%} of cold (target <= 5%)"
     )
 

@@ -1,8 +1,8 @@
 """Preprocess: decode, convert and resize images with OpenCV into fixed-size shards.
 
 Images are decoded in parallel threads (OpenCV releases the GIL) and written one shard at a
-time, so peak memory is one shard, not the dataset. Output layout (deterministic bytes for the
-same inputs and settings, so DVC caches it)::
+time, so peak memory is two shards (one decoding, one being written), not the dataset.
+Output layout (deterministic bytes for the same inputs and settings, so DVC caches it)::
 
     shards/
       meta.json             size, channels, classes, shard names
@@ -13,7 +13,7 @@ same inputs and settings, so DVC caches it)::
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,22 +147,31 @@ def preprocess(splits_path: Path, shards_dir: Path, recipe: Recipe) -> Preproces
     with atomic_path(Path(shards_dir)) as staging, ThreadPoolExecutor(workers) as pool:
         staging.mkdir(parents=True)
         progress = tqdm(total=len(paths), desc="preprocess", unit="img", leave=False, disable=None)
-        names = []
-        for shard in range(n_shards):
+        shape = (image_cfg.size, image_cfg.size, image_cfg.channels)
+
+        def fill(batch: np.ndarray, start: int, offsets: range) -> int:
+            for offset in offsets:  # each task writes its own rows of the shard
+                batch[offset] = load(
+                    paths[start + offset], source_shape=source_shapes[start + offset]
+                )
+            return len(offsets)
+
+        def submit(shard: int) -> tuple[np.ndarray, list[Future[int]]]:
             start = shard * shard_size
             count = min(shard_size, len(paths) - start)
-            batch = np.empty((count, image_cfg.size, image_cfg.size, image_cfg.channels), np.uint8)
-
-            def fill(offsets: range, start: int = start, batch: np.ndarray = batch) -> int:
-                for offset in offsets:  # each task writes its own rows of the shard
-                    batch[offset] = load(
-                        paths[start + offset], source_shape=source_shapes[start + offset]
-                    )
-                return len(offsets)
-
+            batch = np.empty((count, *shape), np.uint8)
             tasks = [range(i, min(i + _TASK_SIZE, count)) for i in range(0, count, _TASK_SIZE)]
-            for done in pool.map(fill, tasks):
-                progress.update(done)
+            return batch, [pool.submit(fill, batch, start, task) for task in tasks]
+
+        # Two shards in flight: the pool decodes shard k+1 while shard k is written to disk.
+        names = []
+        pending = submit(0)
+        for shard in range(n_shards):
+            batch, futures = pending
+            for future in futures:
+                progress.update(future.result())
+            if shard + 1 < n_shards:
+                pending = submit(shard + 1)
             name = f"shard-{shard:05d}.npy"
             np.save(staging / name, batch, allow_pickle=False)
             names.append(name)

@@ -1,5 +1,6 @@
-"""Back-fills for real: a local Airflow (scheduler + dag-processor + api-server, SQLite,
-LocalExecutor) runs `airflow backfill create` over three dates of phantom snapshots."""
+"""A local Airflow for real (scheduler + dag-processor + api-server + triggerer, SQLite,
+LocalExecutor): back-fills over three dates of phantom snapshots, the Models plugin view, and a
+reviewer rejecting a promotion through the human-in-the-loop API."""
 
 from __future__ import annotations
 
@@ -23,8 +24,12 @@ FAST = ["image.size=32", "split.folds=2", "train.epochs=1", "data.min_images_per
 
 
 def _airflow(env: dict[str, str], *args: str, timeout: int = 120) -> str:
-    result = subprocess.run(["airflow", *args], env=env, capture_output=True, text=True,
-                            timeout=timeout)  # fmt: skip
+    for _attempt in range(8):  # SQLite allows one writer: a busy scheduler can lock it briefly
+        result = subprocess.run(["airflow", *args], env=env, capture_output=True, text=True,
+                                timeout=timeout)  # fmt: skip
+        if result.returncode == 0 or "database is locked" not in result.stderr + result.stdout:
+            break
+        time.sleep(5)
     assert result.returncode == 0, f"airflow {args}: {result.stdout[-2000:]}{result.stderr[-2000:]}"
     return result.stdout
 
@@ -67,6 +72,7 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
         "MEDML_HOME": str(workdir),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",  # local test stack only
     }
     _airflow(env, "db", "migrate", timeout=300)
     logs = workdir / "logs"
@@ -75,7 +81,7 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
         subprocess.Popen(["airflow", component, *args], env=env,
                          stdout=open(logs / f"{component}.log", "w"), stderr=subprocess.STDOUT)
         for component, args in [("api-server", ["--port", str(port)]), ("scheduler", []),
-                                ("dag-processor", [])]
+                                ("dag-processor", []), ("triggerer", [])]
     ]  # fmt: skip
     try:
         deadline = time.monotonic() + 180
@@ -173,3 +179,51 @@ def _timestamp(value: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def test_reviewer_rejects_a_promotion_in_the_ui(airflow_stack) -> None:  # noqa: ANN001
+    """Runs after the back-fill test (same stack, its registered versions)."""
+    import urllib.request
+
+    env, workdir, port = airflow_stack
+    tracking = Tracking.from_env(workdir)
+    client = tracking.activate()
+    champion = str(client.get_model_version_by_alias("kidney-ct-classifier", "champion").version)
+    conf = json.dumps({"model": "kidney-ct-classifier", "version": "3", "reviewer": "bob",
+                       "reason": "newer data"})  # fmt: skip
+    _airflow(env, "dags", "unpause", "medml_promote")
+    _airflow(env, "dags", "trigger", "medml_promote", "--run-id", "review-1", "--conf", conf)
+
+    base = f"http://127.0.0.1:{port}/api/v2/dags/medml_promote/dagRuns/review-1"
+    hitl = f"{base}/taskInstances/approve/-1/hitlDetails"
+    deadline = time.monotonic() + 600
+    while True:  # wait until the approval request is waiting for a human
+        try:
+            details = json.loads(_get(hitl))
+            if details.get("response_received") is False:
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "the approval request never appeared"
+        time.sleep(3)
+    request = urllib.request.Request(
+        hitl, method="PATCH", headers={"Content-Type": "application/json"},
+        data=json.dumps({"chosen_options": ["Reject"]}).encode(),
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
+
+    while True:
+        run = json.loads(_get(base))
+        if run["state"] in ("success", "failed"):
+            break
+        assert time.monotonic() < deadline, run
+        time.sleep(3)
+    assert run["state"] == "success"
+    assert str(client.get_model_version_by_alias("kidney-ct-classifier", "champion").version) == (
+        champion  # rejected: no alias moved
+    )
+    from medml.registry import audit_log
+
+    last = audit_log(tracking, "kidney-ct-classifier")[-1]
+    assert (last["event"], last["version"]) == ("rejected", "3")
