@@ -243,6 +243,23 @@ def summary(run_dir: RunDir) -> None:
     typer.echo(_guard(pipeline.summary, run_dir))
 
 
+def _new_run(
+    kind: str,
+    run_dir: Path | None,
+    source: str,
+    recipe: str,
+    params: Path | None,
+    set_: list[str] | None,
+    logical_date: str | None = None,
+) -> pipeline.RunContext:
+    """Initialise a run directory (default: ``$MEDML_HOME/runs/<date>/<kind>__<time>``)."""
+    now = datetime.now(UTC)
+    date = logical_date or now.date().isoformat()
+    target = run_dir or pipeline.medml_home() / "runs" / date / f"{kind}__{now:%Y%m%dT%H%M%S}"
+    return _guard(pipeline.init_run, target, source, recipe, params_file=params,
+                  overrides=set_ or [], logical_date=date)  # fmt: skip
+
+
 @app.command()
 def run(
     source: Source,
@@ -257,18 +274,7 @@ def run(
     ] = None,
 ) -> None:
     """Run every step in this process (no Airflow needed) and print the summary."""
-    now = datetime.now(UTC)
-    date = logical_date or now.date().isoformat()
-    target = run_dir or pipeline.medml_home() / "runs" / date / f"cli__{now:%Y%m%dT%H%M%S}"
-    ctx = _guard(
-        pipeline.init_run,
-        target,
-        source,
-        recipe,
-        params_file=params,
-        overrides=set_ or [],
-        logical_date=date,
-    )
+    ctx = _new_run("cli", run_dir, source, recipe, params, set_, logical_date)
     _guard(pipeline.run_all, ctx, _tracking(), echo=typer.echo)
     typer.echo("")
     typer.echo(pipeline.write_run_summary(ctx.layout.root).read_text())
@@ -291,21 +297,8 @@ def compare_balancing_cmd(
     from medml.balance import STRATEGIES
     from medml.compare import compare_balancing, format_table
 
-    now = datetime.now(UTC)
-    target = (
-        run_dir
-        or pipeline.medml_home() / "runs" / f"{now:%Y-%m-%d}" / f"compare__{now:%Y%m%dT%H%M%S}"
-    )
-    ctx = _guard(
-        pipeline.init_run, target, source, recipe, params_file=params, overrides=set_ or []
-    )
-    for step in (
-        pipeline.step_ingest,
-        pipeline.step_validate,
-        pipeline.step_split,
-        pipeline.step_preprocess,
-    ):
-        _guard(step, ctx.layout.root)
+    ctx = _new_run("compare", run_dir, source, recipe, params, set_)
+    _guard(pipeline.run_data_steps, ctx, echo=lambda _: None)
     chosen = [s.strip() for s in strategies.split(",")] if strategies else list(STRATEGIES)
     table = _guard(compare_balancing, ctx, strategies=chosen, tracking=_tracking(), echo=typer.echo)
     typer.echo("\nOut-of-fold scores on the same folds (holdout not used):")

@@ -354,16 +354,21 @@ def step_register(run_dir: Path, tracking: Tracking) -> dict[str, Any]:
     return registration.as_dict()
 
 
-def run_all(ctx: RunContext, tracking: Tracking, *, echo: Any = print) -> dict[str, Any]:
-    """Run every step in this process, in order; return the registration."""
-    root = ctx.layout.root
+def run_data_steps(ctx: RunContext, *, echo: Any = print) -> None:
+    """Ingest, validate, split and preprocess in this process, in order."""
     for name, step in [
         ("ingest", step_ingest),
         ("validate", step_validate),
         ("split", step_split),
         ("preprocess", step_preprocess),
     ]:
-        echo(f"[{name}] {step(root)}")
+        echo(f"[{name}] {step(ctx.layout.root)}")
+
+
+def run_all(ctx: RunContext, tracking: Tracking, *, echo: Any = print) -> dict[str, Any]:
+    """Run every step in this process, in order; return the registration."""
+    root = ctx.layout.root
+    run_data_steps(ctx, echo=echo)
     for fold in ctx.folds:
         result = step_train(root, fold, tracking)
         echo(
