@@ -41,6 +41,9 @@ Sets = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a setting, e.g. --set train.epochs=2 (repeatable)."),
 ]
+NewRunDir = Annotated[
+    Path | None, typer.Option("--run-dir", help="Run directory (default: under $MEDML_HOME/runs).")
+]
 ParamsFile = Annotated[
     Path | None, typer.Option("--params", help="YAML with overrides (e.g. params.yaml).")
 ]
@@ -266,9 +269,7 @@ def run(
     recipe: RecipeName,
     params: ParamsFile = None,
     set_: Sets = None,
-    run_dir: Annotated[
-        Path | None, typer.Option(help="Run directory (default: under $MEDML_HOME/runs).")
-    ] = None,
+    run_dir: NewRunDir = None,
     logical_date: Annotated[
         str | None, typer.Option(help="Data snapshot date (YYYY-MM-DD).")
     ] = None,
@@ -289,9 +290,7 @@ def compare_balancing_cmd(
     strategies: Annotated[
         str | None, typer.Option(help="Comma-separated strategies (default: all).")
     ] = None,
-    run_dir: Annotated[
-        Path | None, typer.Option(help="Run directory (default: under $MEDML_HOME/runs).")
-    ] = None,
+    run_dir: NewRunDir = None,
 ) -> None:
     """Train every balancing strategy on the same folds; print out-of-fold scores."""
     from medml.balance import STRATEGIES

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,18 @@ def upload_tree(local: Path, bucket: str, prefix: str) -> int:
             str(path), bucket, f"{prefix.strip('/')}/{path.relative_to(local).as_posix()}"
         )
     return len(files)
+
+
+def dags_test(
+    env: dict[str, str], dag_id: str, logical_date: str, conf: dict, *extra: str
+) -> subprocess.CompletedProcess:
+    """Run `airflow dags test` and assert the DAG run finished in state success."""
+    import json
+
+    result = subprocess.run(
+        ["airflow", "dags", "test", dag_id, logical_date, "-c", json.dumps(conf), *extra],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    finished = [line for line in result.stdout.splitlines() if "DagRun Finished" in line]
+    assert finished and "state=success" in finished[-1], result.stdout[-4000:]
+    return result

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from medml.cli import airflow_env, app
 from medml.data.synthetic import synthesize
-from tests.conftest import venv_env
+from tests.conftest import dags_test, venv_env
 
 pytestmark = pytest.mark.integration
 
@@ -67,15 +67,7 @@ def test_dag(recipe: str, layout: str, datasets, airflow_home, tmp_path: Path) -
     run_dir = tmp_path / "run"
     conf = {"source": str(datasets[(recipe, layout)]), "recipe": recipe,
             "run_dir": str(run_dir), "overrides": FAST}  # fmt: skip
-    result = subprocess.run(
-        ["airflow", "dags", "test", "medml_retrain", "2026-01-05", "-c", json.dumps(conf)],
-        env=airflow_home,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    finished = [line for line in result.stdout.splitlines() if "DagRun Finished" in line]
-    assert finished and "state=success" in finished[-1], result.stdout[-4000:]
+    dags_test(airflow_home, "medml_retrain", "2026-01-05", conf)
     registration = json.loads((run_dir / "registry" / "registration.json").read_text())
     assert registration["alias"] == "challenger"
 
@@ -100,15 +92,7 @@ def test_dag_reads_the_s3_snapshot_of_its_logical_date(
         "AWS_SECRET_ACCESS_KEY": "testing-secret-do-not-log",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
-    result = subprocess.run(
-        ["airflow", "dags", "test", "medml_retrain", "2026-03-02", "-c", json.dumps(conf)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    finished = [line for line in result.stdout.splitlines() if "DagRun Finished" in line]
-    assert finished and "state=success" in finished[-1], result.stdout[-4000:]
+    result = dags_test(env, "medml_retrain", "2026-03-02", conf)
     pinned = json.loads((run_dir / "run.json").read_text())
     assert pinned["source"] == "s3://medml-snapshots/ct/2026-03-02/"
     assert (run_dir / "source" / "groups.csv").is_file()

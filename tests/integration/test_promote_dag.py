@@ -6,7 +6,6 @@ in for a reviewer's "Approve", and everything after it runs for real.
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
@@ -16,23 +15,10 @@ import pytest
 from medml import pipeline
 from medml.cli import airflow_env
 from medml.tracking import Tracking
-from tests.conftest import TINY, venv_env
+from tests.conftest import TINY, dags_test, venv_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 NAME = "kidney-ct-classifier"
-
-
-def _dags_test(env: dict[str, str], dag_id: str, conf: dict, *extra: str) -> str:
-    result = subprocess.run(
-        ["airflow", "dags", "test", dag_id, "2026-01-05", "-c", json.dumps(conf), *extra],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    finished = [line for line in result.stdout.splitlines() if "DagRun Finished" in line]
-    assert finished and "state=success" in finished[-1], result.stdout[-4000:]
-    return result.stdout
 
 
 def test_approved_promotion_and_batch_prediction(phantom_dir: Path, tmp_path: Path) -> None:
@@ -48,7 +34,7 @@ def test_approved_promotion_and_batch_prediction(phantom_dir: Path, tmp_path: Pa
     env = {**airflow_env(home), "PATH": venv_env()["PATH"]}
     subprocess.run(["airflow", "db", "migrate"], env=env, check=True, capture_output=True)
     conf = {"model": NAME, "version": "1", "reviewer": "alice", "reason": "better Stone recall"}
-    _dags_test(env, "medml_promote", conf, "--mark-success-pattern", "^approve$")
+    dags_test(env, "medml_promote", "2026-01-05", conf, "--mark-success-pattern", "^approve$")
     client = Tracking.from_env(home).activate()
     champion = client.get_model_version_by_alias(NAME, "champion")
     assert str(champion.version) == "1"
@@ -56,7 +42,7 @@ def test_approved_promotion_and_batch_prediction(phantom_dir: Path, tmp_path: Pa
     assert list((home / "reviews").glob(f"{NAME}-v1-*.html"))  # the report the reviewer saw
 
     predictions = tmp_path / "predictions.csv"
-    _dags_test(env, "medml_predict", {"model": f"{NAME}@champion",
+    dags_test(env, "medml_predict", "2026-01-05", {"model": f"{NAME}@champion",
                                       "source": str(phantom_dir / "Tumor"),
                                       "out": str(predictions)})  # fmt: skip
     table = pd.read_csv(predictions)
