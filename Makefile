@@ -16,7 +16,7 @@ help:  ## Show this help.
 $(VENV)/.installed: pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
 		$(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
-	$(UV) sync --frozen --extra dev --python 3.11
+	$(UV) sync --frozen --extra dev --python 3.11 --compile-bytecode
 	@touch $@
 
 setup: $(VENV)/.installed  ## Create .venv and install medml + the pinned stack from uv.lock.

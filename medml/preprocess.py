@@ -156,15 +156,18 @@ def preprocess(splits_path: Path, shards_dir: Path, recipe: Recipe) -> Preproces
                 )
             return len(offsets)
 
-        def submit(shard: int) -> tuple[np.ndarray, list[Future[int]]]:
+        def submit(shard: int) -> tuple[np.memmap, list[Future[int]]]:
             start = shard * shard_size
             count = min(shard_size, len(paths) - start)
-            batch = np.empty((count, *shape), np.uint8)
+            # Workers decode straight into the memory-mapped .npy file: no copy of the shard
+            # through Python, and memory stays one shard's page cache, not the dataset.
+            batch = np.lib.format.open_memmap(
+                staging / _shard_name(shard), mode="w+", dtype=np.uint8, shape=(count, *shape)
+            )
             tasks = [range(i, min(i + _TASK_SIZE, count)) for i in range(0, count, _TASK_SIZE)]
             return batch, [pool.submit(fill, batch, start, task) for task in tasks]
 
-        # Two shards in flight: the pool decodes shard k+1 while shard k is written to disk.
-        names = []
+        # Two shards in flight: the pool decodes shard k+1 while shard k is flushed.
         pending = submit(0)
         for shard in range(n_shards):
             batch, futures = pending
@@ -172,10 +175,10 @@ def preprocess(splits_path: Path, shards_dir: Path, recipe: Recipe) -> Preproces
                 progress.update(future.result())
             if shard + 1 < n_shards:
                 pending = submit(shard + 1)
-            name = f"shard-{shard:05d}.npy"
-            np.save(staging / name, batch, allow_pickle=False)
-            names.append(name)
+            batch.flush()
+            del batch
         progress.close()
+        names = [_shard_name(shard) for shard in range(n_shards)]
         index.to_parquet(staging / "index.parquet", index=False)
         write_json(
             staging / "meta.json",
@@ -188,6 +191,10 @@ def preprocess(splits_path: Path, shards_dir: Path, recipe: Recipe) -> Preproces
             },
         )
     return PreprocessResult(Path(shards_dir), len(paths), n_shards)
+
+
+def _shard_name(shard: int) -> str:
+    return f"shard-{shard:05d}.npy"
 
 
 def load_index(shards_dir: Path) -> pd.DataFrame:
