@@ -214,7 +214,7 @@ _data_command(
 _data_command(
     "preprocess",
     pipeline.step_preprocess,
-    "Decode and resize images with OpenCV into shards (content-addressed cache).",
+    "Decode and resize images with OpenCV into shards (cached in DVC's cache).",
 )
 
 

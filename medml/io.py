@@ -12,6 +12,11 @@ from pathlib import Path
 from typing import Any
 
 
+def medml_home() -> Path:
+    """Workspace for runs, caches and the default MLflow store: ``$MEDML_HOME`` or ``./.medml``."""
+    return Path(os.environ.get("MEDML_HOME") or ".medml").resolve()
+
+
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; rename it onto ``target`` on success.

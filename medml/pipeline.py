@@ -21,6 +21,7 @@ import pandas as pd
 
 from medml.config import Recipe, load_recipe
 from medml.data.sources import fetch_s3_prefix, is_s3, parse_s3_uri
+from medml.io import medml_home as medml_home  # re-exported for the runners
 from medml.io import read_json, write_json
 from medml.tracking import Tracking
 
@@ -29,11 +30,6 @@ STEPS = ("ingest", "validate", "split", "preprocess", "train", "evaluate", "regi
 
 class RunError(RuntimeError):
     """A run directory is missing or a step's inputs are not there yet."""
-
-
-def medml_home() -> Path:
-    """Workspace for runs and the default MLflow store: ``$MEDML_HOME`` or ``./.medml``."""
-    return Path(os.environ.get("MEDML_HOME") or ".medml").resolve()
 
 
 @dataclass(frozen=True)
@@ -50,6 +46,11 @@ class RunLayout:
     def source_copy(self) -> Path:
         """Local copy of a remote (S3) source."""
         return self.root / "source"
+
+    @property
+    def snapshot_json(self) -> Path:
+        """The snapshot's location and DVC hash, written by ingest."""
+        return self.root / "snapshot.json"
 
     @property
     def manifest(self) -> Path:
@@ -185,6 +186,7 @@ def pipeline_run_id(ctx: RunContext, tracking: Tracking) -> str:
 def step_ingest(run_dir: Path) -> dict[str, Any]:
     """Scan the source into ``manifest.parquet``."""
     from medml.data.ingest import ingest
+    from medml.dvc_cache import dvc_md5
 
     ctx = load_context(run_dir)
     source = Path(ctx.source)
@@ -194,8 +196,11 @@ def step_ingest(run_dir: Path) -> dict[str, Any]:
         source = fetch.local_dir
         fetched = {"downloaded": fetch.downloaded, "already_present": fetch.skipped}
     result = ingest(source, ctx.layout.manifest, ctx.recipe)
+    snapshot = {"source": ctx.source, "dvc_md5": dvc_md5(source)}
+    write_json(ctx.layout.snapshot_json, snapshot)
     return {
         **fetched,
+        "dvc_md5": snapshot["dvc_md5"],
         "manifest": str(result.manifest),
         "images": result.images,
         "class_counts": result.class_counts,
@@ -233,53 +238,43 @@ def step_split(run_dir: Path) -> dict[str, Any]:
 
 
 def shards_cache_key(splits_path: Path, recipe: Recipe) -> str:
-    """Content key of preprocess's output: every row's bytes (sha256), label, split and fold,
+    """Run-cache key of the preprocess step: every row's bytes (sha256), label, split and fold,
     in order, plus the image settings. Same key, byte-identical shards."""
     table = pd.read_parquet(splits_path, columns=["sha256", "label", "split", "fold"])
-    digest = hashlib.sha256(recipe.image.model_dump_json().encode())
+    digest = hashlib.sha256(b"medml preprocess\n" + recipe.image.model_dump_json().encode())
     digest.update(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
-    return digest.hexdigest()[:32]
+    return digest.hexdigest()
 
 
 def step_preprocess(run_dir: Path, cache_dir: Path | None = None) -> dict[str, Any]:
-    """Decode and resize into shards, re-using the shards cache when the key matches.
+    """Decode and resize into shards, restored from DVC's cache when the inputs are unchanged.
 
-    The cache (default ``$MEDML_HOME/cache/shards``) is content-addressed like DVC's run
-    cache, so re-running a date, back-filling again or two runs on the same snapshot decode the
-    images once. Files are hard-linked from the cache when possible.
+    The shards are saved as DVC objects in a DVC cache (default ``$MEDML_DVC_CACHE`` or
+    ``$MEDML_HOME/dvc-cache``; see :mod:`medml.dvc_cache`) with a run-cache entry keyed by
+    :func:`shards_cache_key`, so re-running a date, back-filling again or two runs on the same
+    snapshot decode the images once; later runs check the shards out of the cache (hard links).
     """
+    from medml.dvc_cache import DvcCache
     from medml.preprocess import preprocess
 
     ctx = load_context(run_dir)
     splits = _require(ctx.layout.splits, "split")
     key = shards_cache_key(splits, ctx.recipe)
-    cache = Path(cache_dir or medml_home() / "cache" / "shards") / key
-    if cache.is_dir():
-        _link_tree(cache, ctx.layout.shards)
-        meta = read_json(ctx.layout.shards / "meta.json")
-        outcome = {"images": meta["images"], "shards": len(meta["shards"]), "cache": "hit"}
+    cache = DvcCache(cache_dir)
+    cached = cache.lookup(key)
+    if cached is not None:
+        cache.checkout(cached["hash"], ctx.layout.shards)
+        outcome = {"images": cached["images"], "shards": cached["shards"], "cache": "hit"}
+        digest = cached["hash"]
     else:
         result = preprocess(splits, ctx.layout.shards, ctx.recipe)
-        _link_tree(ctx.layout.shards, cache)
+        digest = cache.save(
+            ctx.layout.shards, key, step="preprocess", images=result.images, shards=result.shards
+        )
         outcome = {"images": result.images, "shards": result.shards, "cache": "miss"}
-    outcome |= {"shards_dir": str(ctx.layout.shards), "cache_key": key}
+    outcome |= {"shards_dir": str(ctx.layout.shards), "cache_key": key, "dvc_md5": digest}
     write_json(ctx.layout.root / "preprocess.json", outcome)
     return outcome
-
-
-def _link_tree(source: Path, target: Path) -> None:
-    """Publish ``source``'s files at ``target`` atomically, hard-linked where possible."""
-    import shutil
-
-    from medml.io import atomic_path
-
-    with atomic_path(target) as staging:
-        staging.mkdir(parents=True)
-        for file in source.iterdir():
-            try:
-                os.link(file, staging / file.name)
-            except OSError:  # another file system: copy instead
-                shutil.copy2(file, staging / file.name)
 
 
 def step_train(run_dir: Path, fold: int, tracking: Tracking | None = None) -> dict[str, Any]:
@@ -316,15 +311,6 @@ def step_evaluate(run_dir: Path, tracking: Tracking | None = None) -> dict[str, 
     return {"metrics": str(result.metrics_path), **result.metrics["overall"]}
 
 
-def data_hash(manifest_path: Path) -> str:
-    """Content hash of the training data: every (path, label, sha256) of the clean manifest."""
-    table = pd.read_parquet(manifest_path, columns=["path", "label", "sha256"])
-    digest = hashlib.sha256()
-    for row in sorted(zip(table["path"], table["label"], table["sha256"], strict=True)):
-        digest.update("\t".join(row).encode() + b"\n")
-    return digest.hexdigest()
-
-
 def step_register(run_dir: Path, tracking: Tracking) -> dict[str, Any]:
     """Gate (thresholds + non-inferiority to the champion), register, alias ``challenger``."""
     import numpy as np
@@ -345,13 +331,17 @@ def step_register(run_dir: Path, tracking: Tracking) -> dict[str, Any]:
     registration = register_ensemble(
         layout.fold_models(ctx.recipe.split.folds), metrics, layout.registry_dir, ctx.recipe,
         tracking=tracking, parent_run_id=pipeline_run_id(ctx, tracking),
-        tags={"data_hash": data_hash(layout.clean_manifest), "logical_date": ctx.logical_date,
+        tags={"data_hash": _snapshot_hash(layout), "logical_date": ctx.logical_date,
               "run_key": ctx.run_key, "run_dir": str(layout.root)},
         champion=champion,
         card_facts={"split_report": read_json(layout.splits.with_name("split_report.json")),
                     "validation_report": read_json(layout.validation_dir / "validation.json")},
     )  # fmt: skip
     return registration.as_dict()
+
+
+def _snapshot_hash(layout: RunLayout) -> str:
+    return str(read_json(_require(layout.snapshot_json, "ingest"))["dvc_md5"])
 
 
 def run_data_steps(ctx: RunContext, *, echo: Any = print) -> None:

@@ -132,9 +132,11 @@ def test_backfill_three_dates_then_reprocess(airflow_stack, tmp_path: Path) -> N
             break
         assert time.monotonic() < deadline and not any(r["state"] == "failed" for r in runs), runs
         time.sleep(5)
-    for run_dir in first:  # re-runs used the content-addressed shards: no decoding again
+    for run_dir in first:  # re-runs checked the shards out of DVC's cache: no decoding again
         assert json.loads((run_dir / "preprocess.json").read_text())["cache"] == "hit"
-    assert len(list((workdir / "cache" / "shards").iterdir())) == 3  # one per snapshot
+    assert len(list((workdir / "dvc-cache" / "medml-runs").rglob("*.json"))) == 3  # per snapshot
+    hashes = {v.tags["logical_date"]: v.tags["data_hash"] for v in versions}
+    assert len(set(hashes.values())) == 3 and all(h.endswith(".dir") for h in hashes.values())
     versions = client.search_model_versions("name='kidney-ct-classifier'")
     assert sorted(v.tags["logical_date"] for v in versions) == sorted(DATES * 2)
 

@@ -1,26 +1,63 @@
-"""Preprocess re-uses content-addressed shards for unchanged data (like DVC's run cache)."""
+"""Preprocess re-uses DVC's cache for unchanged data, like `dvc repro`'s run cache."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 from medml import pipeline
-from tests.conftest import TINY
+from medml.dvc_cache import DvcCache, dvc_md5
+from tests.conftest import TINY, venv_env
 
 
-def _data_steps(run_dir: Path, source: Path, *overrides: str) -> dict:
+def _data_steps(run_dir: Path, source: Path, cache: Path, *overrides: str) -> dict:
     pipeline.init_run(run_dir, source, "kidney-ct", overrides=[*TINY, *overrides])
     for step in (pipeline.step_ingest, pipeline.step_validate, pipeline.step_split):
         step(run_dir)
-    return pipeline.step_preprocess(run_dir, cache_dir=run_dir.parent / "cache")
+    return pipeline.step_preprocess(run_dir, cache_dir=cache)
 
 
 def test_second_run_on_the_same_data_is_a_cache_hit(phantom_dir: Path, tmp_path: Path) -> None:
-    first = _data_steps(tmp_path / "a", phantom_dir)
-    second = _data_steps(tmp_path / "b", phantom_dir)
+    cache = tmp_path / "dvc-cache"
+    first = _data_steps(tmp_path / "a", phantom_dir, cache)
+    second = _data_steps(tmp_path / "b", phantom_dir, cache)
     assert (first["cache"], second["cache"]) == ("miss", "hit")
     assert first["cache_key"] == second["cache_key"]
+    assert first["dvc_md5"] == second["dvc_md5"] == dvc_md5(tmp_path / "b" / "shards")
     for file in (tmp_path / "a" / "shards").iterdir():
         assert file.read_bytes() == (tmp_path / "b" / "shards" / file.name).read_bytes()
-    other = _data_steps(tmp_path / "c", phantom_dir, "image.size=24")  # settings changed
+    other = _data_steps(tmp_path / "c", phantom_dir, cache, "image.size=24")  # settings changed
     assert other["cache"] == "miss" and other["cache_key"] != first["cache_key"]
+
+
+def test_objects_are_in_dvc_layout_and_a_lost_object_is_a_miss(
+    phantom_dir: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "dvc-cache"
+    first = _data_steps(tmp_path / "a", phantom_dir, cache)
+    digest = first["dvc_md5"]
+    tree = cache / "files" / "md5" / digest[:2] / digest[2:]
+    assert tree.is_file()  # the `.dir` listing, exactly where DVC keeps it
+    store = DvcCache(cache)
+    assert store.lookup(first["cache_key"])["hash"] == digest
+    for obj in (cache / "files" / "md5").rglob("*"):  # e.g. `dvc gc` removed the objects
+        if obj.is_file() and not obj.name.endswith(".dir"):
+            obj.chmod(0o644)
+            obj.unlink()
+    assert store.lookup(first["cache_key"]) is None
+    again = pipeline.step_preprocess(tmp_path / "a", cache_dir=cache)
+    assert again["cache"] == "miss" and again["dvc_md5"] == digest
+
+
+def test_snapshot_hash_is_the_one_dvc_records(phantom_dir: Path, tmp_path: Path) -> None:
+    """The `data_hash` tag on a model version is what `dvc add` writes for the snapshot."""
+    pipeline.init_run(tmp_path / "run", phantom_dir, "kidney-ct", overrides=TINY)
+    ingested = pipeline.step_ingest(tmp_path / "run")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copytree(phantom_dir, repo / "snapshot")
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "add", "-q", "snapshot"]):
+        subprocess.run(cmd, cwd=repo, env=venv_env(), check=True)
+    recorded = (repo / "snapshot.dvc").read_text()
+    assert f"md5: {ingested['dvc_md5']}" in recorded

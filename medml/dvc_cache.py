@@ -1,0 +1,122 @@
+"""DVC's content-addressed cache, used by runners that work outside a DVC workspace.
+
+``dvc repro`` saves each stage output as DVC objects (a file under its md5, a directory as a
+``.dir`` listing of md5-addressed files) in the repository's cache, and its *run cache*
+remembers which outputs a stage produced for given inputs and params, so an unchanged stage is
+restored instead of re-run. The Airflow DAG runs the same steps in per-date run directories,
+which are not DVC workspaces, so it uses the same machinery through ``dvc-data``, DVC's own
+storage library:
+
+- :func:`dvc_md5` is the hash DVC records for a path in ``dvc.lock`` (``<md5>.dir`` for a
+  directory), used as the data hash of a snapshot;
+- :class:`DvcCache` saves a step's output directory as DVC objects, records a run-cache entry
+  from the step's input key to the output's hash, and checks the output out of the cache
+  (hard links where possible) when the key is seen again.
+
+The cache lives at ``$MEDML_DVC_CACHE``, else ``$MEDML_HOME/dvc-cache``. Pointing
+``MEDML_DVC_CACHE`` at the project's ``.dvc/cache`` makes ``dvc repro`` and the DAG share one
+object store (``dvc gc`` keeps only objects referenced by the workspace, so use a separate
+cache if you garbage-collect).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from medml.io import atomic_path, medml_home, read_json, write_json
+
+_CACHE_TYPES = ["hardlink", "copy"]  # objects are read-only, so links are safe to share
+
+
+def default_cache_dir() -> Path:
+    """``$MEDML_DVC_CACHE``, else ``$MEDML_HOME/dvc-cache`` (``./.medml/dvc-cache``)."""
+    configured = os.environ.get("MEDML_DVC_CACHE")
+    if configured:
+        return Path(configured).expanduser().resolve()
+    return medml_home() / "dvc-cache"
+
+
+def dvc_md5(path: Path) -> str:
+    """DVC's hash of a file or directory, as ``dvc.lock`` records it.
+
+    A directory hashes to ``<md5 of its sorted file listing>.dir``, so two snapshots with the
+    same files (names and bytes) have the same hash wherever they are stored.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+    """
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.db import get_odb
+    from dvc_objects.fs.local import LocalFileSystem
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; nothing to hash")
+    fs = LocalFileSystem()
+    scratch = get_odb(fs, str(default_cache_dir() / "files" / "md5"))
+    _, _, obj = build(scratch, str(path), fs, "md5", dry_run=True)
+    return str(obj.hash_info.value)
+
+
+class DvcCache:
+    """A DVC cache directory plus a run cache of ``key -> output hash`` entries.
+
+    Args:
+        root: the cache directory (DVC 3 layout: objects under ``files/md5``). The run-cache
+            entries live under ``medml-runs/`` beside the objects.
+    """
+
+    def __init__(self, root: Path | None = None) -> None:
+        from dvc_data.hashfile.db import get_odb
+        from dvc_objects.fs.local import LocalFileSystem
+
+        self.root = Path(root) if root is not None else default_cache_dir()
+        self._fs = LocalFileSystem()
+        self._odb = get_odb(self._fs, str(self.root / "files" / "md5"), type=_CACHE_TYPES)
+
+    def _entry(self, key: str) -> Path:
+        return self.root / "medml-runs" / key[:2] / f"{key}.json"
+
+    def lookup(self, key: str) -> dict[str, Any] | None:
+        """The run-cache entry for ``key``, if its output objects are all still in the cache."""
+        entry = self._entry(key)
+        if not entry.is_file():
+            return None
+        record = read_json(entry)
+        try:
+            tree = self._load(record["hash"])
+        except (FileNotFoundError, ValueError, KeyError):
+            return None  # objects were garbage-collected: treat as a miss
+        missing = [oid for _, _, oid in tree if not self._odb.exists(oid.value)]
+        return None if missing else record
+
+    def save(self, directory: Path, key: str, **facts: Any) -> str:
+        """Store ``directory`` as DVC objects and remember it under ``key``; return its hash."""
+        from dvc_data.hashfile.build import build
+        from dvc_data.hashfile.transfer import transfer
+
+        staging, _, obj = build(self._odb, str(directory), self._fs, "md5")
+        transfer(staging, self._odb, {obj.hash_info}, hardlink=True, shallow=False)
+        digest = str(obj.hash_info.value)
+        entry = self._entry(key)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        write_json(entry, {"key": key, "hash": digest, **facts})
+        return digest
+
+    def checkout(self, digest: str, target: Path) -> None:
+        """Materialise the directory object ``digest`` at ``target`` (atomically)."""
+        from dvc_data.hashfile.checkout import checkout
+
+        tree = self._load(digest)
+        with atomic_path(Path(target)) as staging:
+            checkout(str(staging), self._fs, tree, self._odb)
+
+    def _load(self, digest: str) -> Any:
+        from dvc_data.hashfile.hash_info import HashInfo
+        from dvc_data.hashfile.tree import Tree
+
+        if not digest.endswith(".dir"):
+            raise ValueError(f"{digest} is not a directory object")
+        return Tree.load(self._odb, HashInfo("md5", digest))
