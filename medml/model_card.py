@@ -74,7 +74,8 @@ def _sections(facts: CardFacts) -> list[tuple[str, list[str] | list[list[str]]]]
         (
             "Data facts",
             [
-                f"Snapshot (logical date): {facts.logical_date}; data hash (DVC md5 of the snapshot): `{facts.data_hash}`.",
+                f"Snapshot (logical date): {facts.logical_date}; "
+                f"data hash (DVC md5 of the snapshot): `{facts.data_hash}`.",
                 f"Images after validation: {facts.validation_report.get('images', '?')} "
                 f"({facts.validation_report.get('quarantined', 0)} quarantined); imbalance ratio "
                 f"{facts.validation_report.get('imbalance_ratio') or 0:.1f}.",
