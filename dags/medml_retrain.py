@@ -12,7 +12,10 @@ Runs the medml lifecycle for one data snapshot (the run's logical date):
   `run_dir` (empty: `$MEDML_HOME/runs/<ds>/<run_id>`).
 * Training is mapped over the folds: each fold is its own task instance — in the worker
   (`train.backend: local`, default) or one GPU pod per fold (`train.backend: kubernetes`,
-  `KubernetesPodOperator` with the pod spec from `medml.k8s`, running `medml train --fold K`).
+  `KubernetesPodOperator` with the pod spec from `medml.k8s`, running
+  `medml train --run-dir s3://… --fold K`: the run's shards are shared with the pods through
+  the S3 run store `train.kubernetes.run_store` / `$MEDML_RUN_STORE`, and `collect_folds`
+  brings the fold models back for `evaluate`).
 * S3 credentials/endpoint come from the Airflow connection `medml_s3` (login, password, extra
   `endpoint_url`, `region_name`) or the worker's environment.
 * The model version gets alias `challenger` only if it passes the recipe's gate.
@@ -157,16 +160,18 @@ def medml_retrain() -> None:
     @task
     def fold_pods(run_dir: str) -> list[dict]:
         from medml import pipeline
-        from medml.k8s import fold_pod_manifest
+        from medml.k8s import fold_pod_kwargs
 
         ctx = pipeline.load_context(run_dir)
         config = ctx.recipe.train.kubernetes
-        return [
-            {"pod_template_dict": fold_pod_manifest(config, ctx.recipe.name, run_dir, fold),
-             "namespace": config.namespace, "image": config.image,
-             "cmds": ["medml"], "arguments": ["train", "--run-dir", run_dir, "--fold", str(fold)]}
-            for fold in ctx.folds
-        ]  # fmt: skip
+        shared = pipeline.step_share_with_pods(run_dir)  # pods read and write the S3 run dir
+        return [fold_pod_kwargs(config, ctx.recipe.name, shared, fold) for fold in ctx.folds]
+
+    @task
+    def collect_folds(run_dir: str) -> dict:
+        from medml import pipeline
+
+        return pipeline.step_collect_folds(run_dir)
 
     @task(max_active_tis_per_dagrun=4)
     def train(run_dir: str, fold: int) -> dict:
@@ -214,7 +219,8 @@ def medml_retrain() -> None:
     ).expand_kwargs(pods)
     registered = register(run_dir)
     evaluated = evaluate(run_dir)
-    [trained, trained_in_pods] >> evaluated >> registered
+    trained_in_pods >> collect_folds(run_dir) >> evaluated
+    trained >> evaluated >> registered
     registered >> report(run_dir)
 
 

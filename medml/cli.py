@@ -31,6 +31,12 @@ app = typer.Typer(
 )
 
 RunDir = Annotated[Path, typer.Option("--run-dir", help="Run directory (made by `medml init`).")]
+SharedRunDir = Annotated[
+    str,
+    typer.Option(
+        "--run-dir", help="Run directory, local or s3://bucket/prefix/ (shared with pods)."
+    ),
+]
 Source = Annotated[
     str, typer.Option("--source", help="Dataset root (any layout), or s3://bucket/prefix/.")
 ]
@@ -220,7 +226,7 @@ _data_command(
 
 @app.command()
 def train(
-    run_dir: RunDir,
+    run_dir: SharedRunDir,
     fold: Annotated[int, typer.Option("--fold", help="Fold to hold out for validation.", min=0)],
     no_tracking: Annotated[bool, typer.Option(help="Do not log to MLflow.")] = False,
 ) -> None:

@@ -120,6 +120,11 @@ class KubernetesConfig(_Strict):
     secret_name: str | None = Field(
         default="medml-s3", description="Secret with S3/MLflow credentials, mounted as env"
     )
+    run_store: str | None = Field(
+        default=None,
+        description="s3://bucket/prefix/ where run directories are shared with the pods "
+        "(else $MEDML_RUN_STORE)",
+    )
 
 
 class TrainConfig(_Strict):

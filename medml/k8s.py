@@ -75,3 +75,14 @@ def fold_pod_manifest(config: KubernetesConfig, recipe: str, run_dir: str, fold:
         },  # fmt: skip
         "spec": spec,
     }
+
+
+def fold_pod_kwargs(config: KubernetesConfig, recipe: str, run_dir: str, fold: int) -> dict:
+    """Keyword arguments of one mapped ``KubernetesPodOperator`` (``expand_kwargs``)."""
+    return {
+        "pod_template_dict": fold_pod_manifest(config, recipe, run_dir, fold),
+        "namespace": config.namespace,
+        "image": config.image,
+        "cmds": ["medml"],
+        "arguments": fold_command(run_dir, fold),
+    }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +52,11 @@ class RunLayout:
     def snapshot_json(self) -> Path:
         """The snapshot's location and DVC hash, written by ingest."""
         return self.root / "snapshot.json"
+
+    @property
+    def remote_json(self) -> Path:
+        """Where the run was shared for training pods (``{"uri": "s3://…"}``)."""
+        return self.root / "remote.json"
 
     @property
     def manifest(self) -> Path:
@@ -277,22 +283,66 @@ def step_preprocess(run_dir: Path, cache_dir: Path | None = None) -> dict[str, A
     return outcome
 
 
-def step_train(run_dir: Path, fold: int, tracking: Tracking | None = None) -> dict[str, Any]:
-    """Train one fold (logged to MLflow when ``tracking`` is given)."""
+def step_train(run_dir: Path | str, fold: int, tracking: Tracking | None = None) -> dict[str, Any]:
+    """Train one fold (logged to MLflow when ``tracking`` is given).
+
+    ``run_dir`` may be an ``s3://`` run directory (a training pod's view): the run's
+    ``run.json`` and shards are mirrored locally first and the fold's outputs uploaded after.
+    """
+    from medml.run_store import open_run_dir
     from medml.train import train_fold
 
-    ctx = load_context(run_dir)
-    parent = pipeline_run_id(ctx, tracking) if tracking else None
-    result = train_fold(
-        _require(ctx.layout.shards, "preprocess"),
-        fold,
-        ctx.layout.fold_dir(fold),
-        ctx.recipe,
-        tracking=tracking,
-        parent_run_id=parent,
-        run_key=ctx.run_key,
-    )
+    relative = RunLayout(Path())
+    needs = [relative.run_json.as_posix(), relative.shards.as_posix()]
+    with open_run_dir(run_dir, needs=needs, produces=[relative.fold_dir(fold).as_posix()]) as local:
+        ctx = load_context(local)
+        parent = pipeline_run_id(ctx, tracking) if tracking else None
+        result = train_fold(
+            _require(ctx.layout.shards, "preprocess"),
+            fold,
+            ctx.layout.fold_dir(fold),
+            ctx.recipe,
+            tracking=tracking,
+            parent_run_id=parent,
+            run_key=ctx.run_key,
+        )
     return result.as_dict()
+
+
+def step_share_with_pods(run_dir: Path) -> str:
+    """Upload what the fold pods need (``run.json`` and the shards) to the S3 run store.
+
+    The store is ``train.kubernetes.run_store`` or ``$MEDML_RUN_STORE``; the run lands at
+    ``<store>/runs/<logical date>/<run key>/`` and its URI is remembered in ``remote.json``.
+
+    Raises:
+        RunError: no run store is configured.
+    """
+    from medml.run_store import push, run_uri
+
+    ctx = load_context(run_dir)
+    store = ctx.recipe.train.kubernetes.run_store or os.environ.get("MEDML_RUN_STORE")
+    if not store:
+        raise RunError(
+            "the kubernetes backend needs an S3 run store shared with the pods: set "
+            "train.kubernetes.run_store (e.g. s3://medml-runs/) or $MEDML_RUN_STORE"
+        )
+    uri = run_uri(store, ctx.logical_date, re.sub(r"[^A-Za-z0-9._-]+", "_", ctx.run_key))
+    relative = RunLayout(Path())
+    push(ctx.layout.root, uri, [relative.run_json.as_posix(), relative.shards.as_posix()])
+    write_json(ctx.layout.remote_json, {"uri": uri})
+    return uri
+
+
+def step_collect_folds(run_dir: Path) -> dict[str, Any]:
+    """Download the fold models the pods wrote to the S3 run directory into ``run_dir``."""
+    from medml.run_store import pull
+
+    ctx = load_context(run_dir)
+    uri = read_json(_require(ctx.layout.remote_json, "share_with_pods"))["uri"]
+    relative = RunLayout(Path())
+    pull(uri, ctx.layout.root, [relative.fold_dir(k).as_posix() for k in ctx.folds])
+    return {"uri": uri, "folds": [str(p) for p in ctx.layout.fold_models(len(ctx.folds))]}
 
 
 def step_evaluate(run_dir: Path, tracking: Tracking | None = None) -> dict[str, Any]:

@@ -113,19 +113,14 @@ def s3_env(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 def upload_tree(local: Path, bucket: str, prefix: str) -> int:
     """Upload every file under ``local`` to ``s3://bucket/prefix/`` (creating the bucket)."""
-    from medml.data.sources import s3_client
+    from medml.data.sources import s3_client, upload_dir
 
     client = s3_client()
     try:
         client.create_bucket(Bucket=bucket)
     except client.exceptions.BucketAlreadyOwnedByYou:
         pass
-    files = [p for p in sorted(local.rglob("*")) if p.is_file()]
-    for path in files:
-        client.upload_file(
-            str(path), bucket, f"{prefix.strip('/')}/{path.relative_to(local).as_posix()}"
-        )
-    return len(files)
+    return upload_dir(local, f"s3://{bucket}/{prefix.strip('/')}/", client=client)
 
 
 def dags_test(

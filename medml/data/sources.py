@@ -124,6 +124,50 @@ def fetch_s3_prefix(uri: str, dest: Path, *, workers: int = 8, client: Any = Non
     )
 
 
+def upload_dir(local: Path, uri: str, *, workers: int = 8, client: Any = None) -> int:
+    """Upload every file under ``local`` to the S3 prefix ``uri``, keeping relative paths.
+
+    Files whose object already has the same size and MD5 (single-part ETag) are skipped, so a
+    retried upload only sends what is missing. Returns the number of files uploaded.
+
+    Raises:
+        SourceError: the bucket does not exist or cannot be written.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, prefix = parse_s3_uri(uri)
+    client = client or s3_client()
+    local = Path(local)
+    files = sorted(p for p in local.rglob("*") if p.is_file())
+    try:
+        existing = {
+            obj["Key"]: obj
+            for page in client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix
+            )
+            for obj in page.get("Contents", [])
+        }
+    except (ClientError, BotoCoreError) as err:
+        raise SourceError(
+            f"cannot list {uri}: {err}; check the bucket, the endpoint "
+            "(MEDML_S3_ENDPOINT_URL) and the credentials"
+        ) from None
+
+    def send(path: Path) -> bool:
+        key = prefix + path.relative_to(local).as_posix()
+        if key in existing and _up_to_date(path, existing[key]):
+            return False
+        client.upload_file(str(path), bucket, key)
+        return True
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        sent = list(
+            tqdm(pool.map(send, files), total=len(files), desc="upload", unit="file",
+                 leave=False, disable=None)
+        )  # fmt: skip
+    return sum(sent)
+
+
 def _up_to_date(target: Path, obj: dict[str, Any]) -> bool:
     if not target.is_file() or target.stat().st_size != obj["Size"]:
         return False

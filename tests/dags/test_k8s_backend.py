@@ -7,7 +7,7 @@ import os
 import pytest
 
 from medml.config import load_recipe
-from medml.k8s import fold_pod_manifest
+from medml.k8s import fold_pod_kwargs
 
 
 @pytest.fixture(autouse=True)
@@ -26,9 +26,7 @@ def test_kubernetes_pod_operator_builds_the_fold_pod() -> None:
     run_dir = "s3://medml-runs/2026-01-05/backfill__1"
     operator = KubernetesPodOperator(
         task_id="train_pod", get_logs=True, on_finish_action="delete_pod",
-        pod_template_dict=fold_pod_manifest(config, recipe.name, run_dir, 1),
-        namespace=config.namespace, image=config.image, cmds=["medml"],
-        arguments=["train", "--run-dir", run_dir, "--fold", "1"],
+        **fold_pod_kwargs(config, recipe.name, run_dir, 1),
     )  # fmt: skip
     pod = operator.build_pod_request_obj(dry_run=True)  # no cluster needed to render
     container = pod.spec.containers[0]
