@@ -45,9 +45,9 @@ def test_pod_command_trains_a_fold_from_an_s3_run_dir(
     assert not any("/source/" in key or key.endswith("manifest.parquet") for key in shared)
 
     for fold in ctx.folds:
-        container = fold_pod_manifest(ctx.recipe.train.kubernetes, "kidney-ct", uri, fold)[
-            "spec"
-        ]["containers"][0]
+        container = fold_pod_manifest(ctx.recipe.train.kubernetes, "kidney-ct", uri, fold)["spec"][
+            "containers"
+        ][0]
         pod_env = {e["name"]: e["value"] for e in container["env"]}
         pod_env["MEDML_HOME"] = str(tmp_path / f"pod-{fold}")  # the pod's /data volume
         result = subprocess.run(
