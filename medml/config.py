@@ -133,7 +133,22 @@ class TrainConfig(_Strict):
     backend: Literal["local", "kubernetes"] = "local"
     kubernetes: KubernetesConfig = KubernetesConfig()
 
-    model: Literal["small_cnn"] = "small_cnn"
+    model: Literal["small_cnn", "densenet121", "efficientnet_b0"] = "small_cnn"
+    weights: str | None = Field(
+        default=None,
+        description="local path of the backbone's notop Keras weights file (never downloaded); "
+        "null trains from scratch",
+    )
+    trainable_layers: int | None = Field(
+        default=None, ge=1, description="train only the backbone's last N layers (null: all)"
+    )
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    mixed_precision: Literal["auto"] | bool = Field(
+        default="auto", description="mixed_float16 compute; auto = when a GPU is visible"
+    )
+    jit_compile: Literal["auto"] | bool = Field(
+        default="auto", description="XLA compilation; auto = when a GPU is visible"
+    )
     epochs: int = Field(default=30, ge=1)
     batch_size: int = Field(default=32, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0.0)
@@ -149,6 +164,16 @@ class TrainConfig(_Strict):
     )
     smote_memory_mb: int = Field(default=1024, ge=1, description="SMOTE refuses above this")
     seed: int = 42
+
+    @field_validator("weights")
+    @classmethod
+    def _no_downloads(cls, value: str | None) -> str | None:
+        if value == "imagenet":
+            raise ValueError(
+                "'imagenet' would download weights at run time, which medml never does: give "
+                "the local path of the backbone's notop weights file, or null"
+            )
+        return value
 
 
 class GateConfig(_Strict):

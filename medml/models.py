@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import keras
 
-MODELS = ("small_cnn",)
+MODELS = ("small_cnn", "densenet121", "efficientnet_b0")
+
+# Seed 001's head on DenseNet121: max pooling, BatchNorm, Dense(2048, relu, L1L2(0.01)),
+# BatchNorm, softmax.
+HEAD_UNITS = 2048
+HEAD_L1L2 = 0.01
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)  # DenseNet's "torch" preprocessing
+_IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def build_small_cnn(
@@ -46,20 +54,127 @@ def build_small_cnn(
     x = layers.Dropout(dropout)(x)
     x = layers.Dense(64, activation="relu")(x)
     x = layers.Dropout(dropout)(x)
-    outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(
+        x
+    )
     return keras.Model(inputs, outputs, name=name)
 
 
-def build_model(
-    kind: str, input_shape: tuple[int, int, int], n_classes: int, *, dropout: float, name: str
+def build_pretrainable(
+    kind: str,
+    input_shape: tuple[int, int, int],
+    n_classes: int,
+    *,
+    weights: str | Path | None = None,
+    trainable_layers: int | None = None,
+    name: str = "model",
 ) -> keras.Model:
-    """Build a model by recipe name.
+    """DenseNet121 (seed 001) or EfficientNetB0 backbone with seed 001's classification head.
+
+    The model takes uint8 pixels; grayscale input is repeated to three channels and the
+    backbone's own input normalisation is part of the model. The softmax layer computes in
+    float32, so the model is safe to build under a ``mixed_float16`` policy.
+
+    Args:
+        kind: ``densenet121`` or ``efficientnet_b0``.
+        input_shape: ``(height, width, channels)``; sides of at least 32.
+        n_classes: number of output classes.
+        weights: path of a local Keras weights file for the backbone without its top (e.g.
+            ``densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5``); ``None`` trains from
+            scratch. Nothing is ever downloaded.
+        trainable_layers: train only the last this many backbone layers (the rest frozen,
+            BatchNorm in inference mode); ``None`` trains every layer.
+        name: model name.
+
+    Raises:
+        ValueError: unknown ``kind``, a too-small input, or ``weights="imagenet"``.
+        FileNotFoundError: ``weights`` does not exist.
+    """
+    import keras
+    from keras import layers
+
+    applications = {
+        "densenet121": keras.applications.DenseNet121,
+        "efficientnet_b0": keras.applications.EfficientNetB0,
+    }
+    if kind not in applications:
+        raise ValueError(f"unknown backbone {kind!r}; choose one of {sorted(applications)}")
+    if min(input_shape[:2]) < 32:
+        raise ValueError(f"{kind} needs images of at least 32x32, got {input_shape[:2]}")
+    if n_classes < 2:
+        raise ValueError(f"n_classes must be at least 2, got {n_classes}")
+    weights_path = _local_weights(weights)
+    backbone = applications[kind](
+        include_top=False,
+        weights=weights_path,
+        input_shape=(*input_shape[:2], 3),
+        pooling="max",
+    )
+    if trainable_layers is not None:
+        for layer in backbone.layers[: max(0, len(backbone.layers) - trainable_layers)]:
+            layer.trainable = False
+
+    inputs = keras.Input(shape=input_shape, name="pixels")
+    x = layers.Concatenate(name="to_rgb")([inputs] * 3) if input_shape[-1] == 1 else inputs
+    if kind == "densenet121":
+        x = layers.Rescaling(1.0 / 255.0)(x)
+        x = layers.Normalization(
+            mean=list(_IMAGENET_MEAN), variance=[s * s for s in _IMAGENET_STD], name="imagenet"
+        )(x)
+    else:  # EfficientNet rescales and normalises [0, 255] input itself
+        x = layers.Rescaling(1.0, name="to_float")(x)
+    x = backbone(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.Dense(
+        HEAD_UNITS, activation="relu",
+        kernel_regularizer=keras.regularizers.L1L2(l1=HEAD_L1L2, l2=HEAD_L1L2),
+    )(x)  # fmt: skip
+    x = layers.BatchNormalization()(x)
+    outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(
+        x
+    )
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _local_weights(weights: str | Path | None) -> str | None:
+    if weights is None:
+        return None
+    if str(weights) == "imagenet":
+        raise ValueError(
+            "weights='imagenet' would download at run time, which medml never does: download "
+            "the backbone's notop weights file once and give its local path in train.weights"
+        )
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"pretrained weights file {path} not found; copy the Keras application's notop "
+            "weights there (medml never downloads weights) or set train.weights: null"
+        )
+    return str(path)
+
+
+def build_model(
+    kind: str,
+    input_shape: tuple[int, int, int],
+    n_classes: int,
+    *,
+    dropout: float,
+    name: str,
+    weights: str | Path | None = None,
+    trainable_layers: int | None = None,
+) -> keras.Model:
+    """Build a model by recipe name (``train.model``).
 
     Raises:
         ValueError: unknown model name.
     """
     if kind == "small_cnn":
         return build_small_cnn(input_shape, n_classes, dropout=dropout, name=name)
+    if kind in MODELS:
+        return build_pretrainable(
+            kind, input_shape, n_classes, weights=weights, trainable_layers=trainable_layers,
+            name=name,
+        )  # fmt: skip
     raise ValueError(f"unknown model {kind!r}; choose one of {MODELS}")
 
 

@@ -7,6 +7,8 @@ The holdout test rows are never loaded here.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ import numpy as np
 
 from medml.augment import RandAugment
 from medml.balance import plan_balance
-from medml.config import Recipe
+from medml.config import Recipe, TrainConfig
 from medml.io import atomic_path, write_json
 from medml.preprocess import load_images, load_index
 from medml.split import TRAIN
@@ -41,6 +43,55 @@ class FoldResult:
         return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
 
 
+@dataclass(frozen=True)
+class Accelerator:
+    """How a fold trains on this machine: distribution strategy, precision policy and XLA.
+
+    One GPU or none: the default strategy. Several GPUs in one pod: ``MirroredStrategy`` (the
+    global batch is ``train.batch_size`` per replica). ``train.mixed_precision`` and
+    ``train.jit_compile`` default to ``auto``: on when a GPU is visible, off on CPU.
+    """
+
+    strategy: Any
+    gpus: int
+    policy: str
+    jit_compile: bool
+
+    @classmethod
+    def detect(cls, cfg: TrainConfig) -> Accelerator:
+        """Inspect the visible GPUs and resolve the recipe's ``auto`` settings."""
+        import tensorflow as tf
+
+        gpus = len(tf.config.list_physical_devices("GPU"))
+        strategy = tf.distribute.MirroredStrategy() if gpus > 1 else tf.distribute.get_strategy()
+        mixed = gpus > 0 if cfg.mixed_precision == "auto" else bool(cfg.mixed_precision)
+        jit = gpus > 0 if cfg.jit_compile == "auto" else bool(cfg.jit_compile)
+        return cls(strategy, gpus, "mixed_float16" if mixed else "float32", jit)
+
+    @property
+    def replicas(self) -> int:
+        """Model replicas trained in sync (GPUs under ``MirroredStrategy``, else 1)."""
+        return int(self.strategy.num_replicas_in_sync)
+
+    @contextmanager
+    def scope(self) -> Iterator[None]:
+        """Build and compile models inside this: strategy scope and dtype policy."""
+        import keras
+
+        previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(self.policy)
+        try:
+            with self.strategy.scope():
+                yield
+        finally:
+            keras.config.set_dtype_policy(previous)
+
+    def as_params(self) -> dict[str, str]:
+        """What to log with the fold's run."""
+        return {"gpus": str(self.gpus), "replicas": str(self.replicas),
+                "precision_policy": self.policy, "jit_compile": str(self.jit_compile)}  # fmt: skip
+
+
 def fold_rows(index: Any, fold: int) -> tuple[Any, Any]:
     """Training and validation rows of ``fold`` (holdout rows are in neither).
 
@@ -63,12 +114,15 @@ def make_dataset(
     seed: int = 0,
     balanced_batches: bool = False,
     augment: RandAugment | None = None,
+    one_hot: int | None = None,
 ) -> Any:
     """A tf.data pipeline over in-memory uint8 images.
 
     Training data is shuffled (seeded) and, with ``balanced_batches``, drawn from one
     repeating stream per class with equal probability, so batches are class-balanced without
-    materialising a resampled copy (memory stays O(batch)). ``augment`` is applied per batch.
+    materialising a resampled copy (memory stays O(batch)). ``augment`` runs per batch in
+    parallel (``AUTOTUNE``); evaluation batches are cached after the first epoch; the order is
+    deterministic for a given seed. ``one_hot=n`` yields one-hot labels (for label smoothing).
     """
     import tensorflow as tf
 
@@ -89,7 +143,13 @@ def make_dataset(
     data = data.batch(batch_size)
     if training and augment is not None and augment.enabled:
         data = data.map(lambda x, y: (augment(x), y), num_parallel_calls=autotune)
-    return data.prefetch(autotune)
+    if one_hot is not None:
+        data = data.map(lambda x, y: (x, tf.one_hot(y, one_hot)), num_parallel_calls=autotune)
+    if not training:
+        data = data.cache()
+    options = tf.data.Options()
+    options.deterministic = True  # parallel maps keep the seeded order
+    return data.with_options(options).prefetch(autotune)
 
 
 def train_fold(
@@ -136,15 +196,25 @@ def train_fold(
     keras.utils.set_random_seed(cfg.seed + fold)
     from medml.models import build_model
 
-    model = build_model(
-        cfg.model, x_train.shape[1:], n_classes, dropout=cfg.dropout, name=f"fold_{fold}"
-    )
-    model.compile(
-        optimizer=keras.optimizers.Adam(cfg.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    accelerator = Accelerator.detect(cfg)
+    batch_size = cfg.batch_size * accelerator.replicas
+    smoothing = cfg.label_smoothing > 0
+    with accelerator.scope():
+        model = build_model(
+            cfg.model, x_train.shape[1:], n_classes, dropout=cfg.dropout, name=f"fold_{fold}",
+            weights=cfg.weights, trainable_layers=cfg.trainable_layers,
+        )  # fmt: skip
+        model.compile(
+            optimizer=keras.optimizers.Adam(cfg.learning_rate),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+            if smoothing
+            else "sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+            jit_compile=accelerator.jit_compile,
+        )
+    steps = -(-len(y_train) // batch_size)
     callbacks: list[keras.callbacks.Callback] = [
+        _throughput_logger(steps * batch_size if plan.balanced_batches else len(y_train)),
         keras.callbacks.EarlyStopping(
             monitor="val_loss",
             patience=cfg.patience,
@@ -152,12 +222,14 @@ def train_fold(
             start_from_epoch=min(cfg.min_epochs, cfg.epochs),  # small CNNs plateau at first
         ),
     ]
+    one_hot = n_classes if smoothing else None
     train_data = make_dataset(
-        x_train, y_train, batch_size=cfg.batch_size, training=True, seed=cfg.seed + fold,
+        x_train, y_train, batch_size=batch_size, training=True, seed=cfg.seed + fold,
         balanced_batches=plan.balanced_batches,
         augment=RandAugment(cfg.augment, seed=cfg.seed + fold) if cfg.augment_in_training else None,
+        one_hot=one_hot,
     )  # fmt: skip
-    val_data = make_dataset(x_val, y_val, batch_size=cfg.batch_size, training=False)
+    val_data = make_dataset(x_val, y_val, batch_size=batch_size, training=False, one_hot=one_hot)
     counts_after = np.bincount(y_train, minlength=n_classes).tolist()
     params = {
         **recipe.flat_params(),
@@ -166,6 +238,7 @@ def train_fold(
         "val_images": str(len(y_val)),
         "class_weight": str(plan.class_weight),
         "train_class_counts": str(counts_after),
+        **accelerator.as_params(),
     }
     run_id = None
     mlflow_run = None
@@ -188,7 +261,7 @@ def train_fold(
             train_data,
             validation_data=val_data,
             epochs=cfg.epochs,
-            steps_per_epoch=-(-len(y_train) // cfg.batch_size) if plan.balanced_batches else None,
+            steps_per_epoch=steps if plan.balanced_batches else None,
             class_weight=plan.class_weight,
             callbacks=callbacks,
             shuffle=False,  # the tf.data pipeline shuffles (seeded)
@@ -237,6 +310,30 @@ def train_fold(
         summary["val_loss"],
         summary["val_accuracy"],
     )
+
+
+def _throughput_logger(images_per_epoch: int) -> Any:
+    """A Keras callback adding ``images_per_second`` (training part of each epoch) to the logs.
+
+    It must come before the loggers in the callback list: they (and the History) see it.
+    """
+    import keras
+
+    class ThroughputLogger(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            self._started = time.perf_counter()
+            self._train_seconds: float | None = None
+
+        def on_test_begin(self, logs: dict[str, float] | None = None) -> None:
+            if getattr(self, "_started", None) is not None and self._train_seconds is None:
+                self._train_seconds = time.perf_counter() - self._started
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            seconds = self._train_seconds or (time.perf_counter() - self._started)
+            if logs is not None:
+                logs["images_per_second"] = images_per_epoch / max(seconds, 1e-9)
+
+    return ThroughputLogger()
 
 
 def _mlflow_epoch_logger() -> Any:

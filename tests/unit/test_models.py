@@ -22,3 +22,44 @@ def test_builders_reject_bad_arguments() -> None:
         build_small_cnn((16, 16, 1), 2, dropout=1.5)
     with pytest.raises(ValueError, match="at least one member"):
         build_ensemble([])
+
+
+@pytest.mark.parametrize("kind", ["densenet121", "efficientnet_b0"])
+def test_backbones_load_weights_only_from_a_local_file(kind: str, tmp_path) -> None:  # noqa: ANN001
+    import keras
+
+    from medml.models import build_pretrainable
+
+    backbone = {"densenet121": keras.applications.DenseNet121,
+                "efficientnet_b0": keras.applications.EfficientNetB0}[kind](
+        include_top=False, weights=None, input_shape=(32, 32, 3), pooling="max"
+    )  # fmt: skip
+    for variable in backbone.weights[:3]:  # recognisable values that must come back
+        variable.assign(np.full(variable.shape, 0.125, dtype=variable.dtype))
+    weights = tmp_path / f"{kind}_notop.weights.h5"
+    backbone.save_weights(weights)
+
+    model = build_pretrainable(kind, (32, 32, 1), 4, weights=weights, trainable_layers=5)
+    inner = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(inner.weights[0]), 0.125)
+    assert [layer.trainable for layer in inner.layers[-5:]] == [True] * 5
+    assert not any(layer.trainable for layer in inner.layers[:-5])
+    head = [layer.__class__.__name__ for layer in model.layers[-4:]]
+    assert head == ["BatchNormalization", "Dense", "BatchNormalization", "Dense"]
+    assert model.layers[-3].units == 2048 and model.layers[-3].kernel_regularizer is not None
+    x = np.random.default_rng(0).integers(0, 255, size=(2, 32, 32, 1)).astype("uint8")
+    np.testing.assert_allclose(model.predict(x, verbose=0).sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_backbone_refuses_downloads_and_missing_files(tmp_path) -> None:  # noqa: ANN001
+    from medml.config import ConfigError, load_recipe
+    from medml.models import build_pretrainable
+
+    with pytest.raises(ValueError, match="never does"):
+        build_pretrainable("densenet121", (32, 32, 3), 2, weights="imagenet")
+    with pytest.raises(FileNotFoundError, match=r"missing\.h5 not found"):
+        build_pretrainable("densenet121", (32, 32, 3), 2, weights=tmp_path / "missing.h5")
+    with pytest.raises(ConfigError, match="train.weights"):
+        load_recipe("capsule-endoscopy", overrides=["train.weights=imagenet"])
+    with pytest.raises(ValueError, match="at least 32x32"):
+        build_pretrainable("densenet121", (24, 24, 3), 2)

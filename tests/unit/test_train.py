@@ -69,3 +69,40 @@ def test_balanced_batches_are_class_balanced() -> None:
     )
     labels = np.concatenate([batch_y.numpy() for _, batch_y in data.take(20)])
     assert 0.4 < labels.mean() < 0.6  # minority drawn as often as the majority
+
+
+def test_densenet_fold_with_label_smoothing_mixed_precision_and_throughput(
+    shards: Path, tiny_recipe: Recipe, tmp_path: Path
+) -> None:
+    """Seed 001's setup (DenseNet121 head, label smoothing 0.1), forced mixed precision on CPU."""
+    import keras
+
+    train_cfg = tiny_recipe.train.model_copy(
+        update={"model": "densenet121", "label_smoothing": 0.1, "epochs": 2,
+                "mixed_precision": True, "jit_compile": False, "trainable_layers": 20}
+    )  # fmt: skip
+    recipe = tiny_recipe.model_copy(update={"train": train_cfg})
+    result = train_module.train_fold(shards, 0, tmp_path / "fold", recipe)
+
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    model = keras.saving.load_model(result.model_path, compile=False)
+    assert any(layer.dtype_policy.name == "mixed_float16" for layer in model.layers)
+    assert model.get_layer("probabilities").dtype_policy.name == "float32"
+    history = json.loads(result.history_path.read_text())["history"]
+    assert len(history["images_per_second"]) == 2 and min(history["images_per_second"]) > 0
+    assert np.isfinite(history["loss"]).all()
+
+
+def test_accelerator_defaults_follow_the_visible_devices(tiny_recipe: Recipe) -> None:
+    import tensorflow as tf
+
+    accelerator = train_module.Accelerator.detect(tiny_recipe.train)
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    assert accelerator.gpus == gpus
+    assert accelerator.policy == ("mixed_float16" if gpus else "float32")
+    assert accelerator.jit_compile is bool(gpus)
+    assert accelerator.replicas == max(1, gpus if gpus > 1 else 1)
+    forced = train_module.Accelerator.detect(
+        tiny_recipe.train.model_copy(update={"mixed_precision": False, "jit_compile": True})
+    )
+    assert (forced.policy, forced.jit_compile) == ("float32", True)
