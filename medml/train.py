@@ -214,7 +214,7 @@ def train_fold(
         )
     steps = -(-len(y_train) // batch_size)
     callbacks: list[keras.callbacks.Callback] = [
-        _throughput_logger(steps * batch_size if plan.balanced_batches else len(y_train)),
+        throughput_logger(steps * batch_size if plan.balanced_batches else len(y_train)),
         keras.callbacks.EarlyStopping(
             monitor="val_loss",
             patience=cfg.patience,
@@ -312,7 +312,7 @@ def train_fold(
     )
 
 
-def _throughput_logger(images_per_epoch: int) -> Any:
+def throughput_logger(images_per_epoch: int) -> Any:
     """A Keras callback adding ``images_per_second`` (training part of each epoch) to the logs.
 
     It must come before the loggers in the callback list: they (and the History) see it.

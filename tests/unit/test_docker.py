@@ -35,6 +35,9 @@ def test_trainer_entrypoint_is_the_medml_console_script() -> None:
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
     assert project["scripts"]["medml"] == "medml.cli:main"
     assert "uv sync --frozen" in text  # installed from the lock
+    # GPU TensorFlow from the base image, not the lock's CPU-only wheel
+    assert text.count("--no-install-package tensorflow-cpu") == 2
+    assert "--system-site-packages" in text and "is_built_with_cuda" in text
 
 
 def test_compose_services_reference_existing_dockerfiles_and_commands() -> None:
@@ -52,3 +55,29 @@ def test_compose_services_reference_existing_dockerfiles_and_commands() -> None:
             assert f'name = "{"apache-airflow" if command[0] == "airflow" else "mlflow"}"' in lock
     for volume in services["mlflow"].get("volumes", []):
         assert volume.split(":")[0] in compose["volumes"]
+
+
+def test_helm_values_match_the_images_the_lock_and_medml() -> None:
+    """The official chart's values: same Airflow as the lock/image, Secret and env medml uses."""
+    from medml.config import KubernetesConfig
+
+    helm = REPO_ROOT / "deploy" / "helm"
+    common = yaml.safe_load((helm / "values-common.yaml").read_text())
+    lock = (REPO_ROOT / "uv.lock").read_text()
+    version = common["airflowVersion"]
+    assert f'name = "apache-airflow"\nversion = "{version}"' in lock
+    assert f"FROM apache/airflow:{version}" in (DOCKER / "airflow.Dockerfile").read_text()
+    assert yaml.safe_load(common["extraEnvFrom"]) == [
+        {"secretRef": {"name": KubernetesConfig().secret_name}}
+    ]
+    env = {item["name"] for item in common["env"]}
+    sources = "".join(p.read_text() for p in (REPO_ROOT / "medml").rglob("*.py"))
+    sources += (REPO_ROOT / "dags" / "medml_retrain.py").read_text()
+    assert all(f'"{name}"' in sources for name in env - {"MLFLOW_TRACKING_URI"}), env
+    mounts = common["workers"]["extraVolumeMounts"]
+    assert any(m["mountPath"] == next(e["value"] for e in common["env"]
+               if e["name"] == "MEDML_HOME") for m in mounts)  # fmt: skip
+    executors = {}
+    for name in ("values-kubernetes-executor.yaml", "values-celery-executor.yaml"):
+        executors[name] = yaml.safe_load((helm / name).read_text())["executor"]
+    assert sorted(executors.values()) == ["CeleryExecutor", "KubernetesExecutor"]
