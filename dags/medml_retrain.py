@@ -155,7 +155,7 @@ def medml_retrain() -> None:
         from medml import pipeline
 
         backend = pipeline.load_context(run_dir).recipe.train.backend
-        return "train_pod" if backend == "kubernetes" else "train"
+        return "fold_pods" if backend == "kubernetes" else "train"
 
     @task
     def fold_pods(run_dir: str) -> list[dict]:

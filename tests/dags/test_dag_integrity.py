@@ -80,6 +80,26 @@ def test_training_is_mapped_over_folds(dagbag) -> None:  # noqa: ANN001
     assert "evaluate" in dag.get_task("register").upstream_task_ids
 
 
+@pytest.mark.parametrize(
+    ("backend", "path"),
+    [("local", ["train"]), ("kubernetes", ["fold_pods", "train_pod", "collect_folds"])],
+)
+def test_backend_branch_reaches_its_training_tasks(
+    dagbag, backend: str, path: list[str], phantom_dir: Path, tmp_path: Path,  # noqa: ANN001
+) -> None:  # fmt: skip
+    """The branch returns a task directly downstream of it, and that path leads to evaluate."""
+    from medml import pipeline
+
+    dag = dagbag.dags["medml_retrain"]
+    chooser = dag.get_task("choose_backend")
+    pipeline.init_run(tmp_path / "run", phantom_dir, "kidney-ct",
+                      overrides=[f"train.backend={backend}"])  # fmt: skip
+    chosen = chooser.python_callable(str(tmp_path / "run"))
+    assert chosen == path[0] and chosen in chooser.downstream_task_ids
+    for before, after in zip(path, [*path[1:], "evaluate"], strict=True):
+        assert before in dag.get_task(after).upstream_task_ids, (before, after)
+
+
 @pytest.mark.parametrize("dag_file", sorted(DAGS_DIR.glob("*.py")), ids=lambda p: p.name)
 def test_no_heavy_imports_at_top_level(dag_file: Path) -> None:
     tree = ast.parse(dag_file.read_text())
