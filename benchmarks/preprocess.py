@@ -134,6 +134,12 @@ def main() -> None:
             flush=True,
         )
         data = synth_kidney_ct(work / "data", n=args.n, seed=0, image_size=args.source_size).root
+        # Same start for both sides: the generated files written back to disk and in the page
+        # cache, so neither pays for the other's writeback or for cold reads.
+        os.sync()
+        for path in data.rglob("*"):
+            if path.is_file():
+                path.read_bytes()
         small = _splits_for(data, 1, work / "splits.parquet")
         large = _splits_for(data, args.scale_copies, work / "splits-large.parquet")
         seed = _run_child("seed", str(small), str(args.size))

@@ -13,7 +13,9 @@ Output layout (deterministic bytes for the same inputs and settings, so DVC cach
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,7 +146,11 @@ def preprocess(splits_path: Path, shards_dir: Path, recipe: Recipe) -> Preproces
     index = table[["path", "label", "label_index", "group", "sha256", "split", "fold"]].copy()
     index["shard"] = np.arange(len(index)) // shard_size
     index["offset"] = np.arange(len(index)) % shard_size
-    with atomic_path(Path(shards_dir)) as staging, ThreadPoolExecutor(workers) as pool:
+    with (
+        _opencv_without_threads(),
+        atomic_path(Path(shards_dir)) as staging,
+        ThreadPoolExecutor(workers) as pool,
+    ):
         staging.mkdir(parents=True)
         progress = tqdm(total=len(paths), desc="preprocess", unit="img", leave=False, disable=None)
         shape = (image_cfg.size, image_cfg.size, image_cfg.channels)
@@ -191,6 +197,17 @@ def preprocess(splits_path: Path, shards_dir: Path, recipe: Recipe) -> Preproces
             },
         )
     return PreprocessResult(Path(shards_dir), len(paths), n_shards)
+
+
+@contextmanager
+def _opencv_without_threads() -> Iterator[None]:
+    """Images are decoded in parallel by our pool; OpenCV's own thread pool only contends."""
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(0)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(previous)
 
 
 def _shard_name(shard: int) -> str:
