@@ -161,6 +161,7 @@ def train_fold(
     tracking: Tracking | None = None,
     parent_run_id: str | None = None,
     run_key: str = "",
+    accelerator: Accelerator | None = None,
 ) -> FoldResult:
     """Train the model for one fold and save it to ``out_dir/model.keras``.
 
@@ -172,6 +173,8 @@ def train_fold(
         tracking: MLflow store to log to; ``None`` logs nothing.
         parent_run_id: MLflow parent run of the pipeline run.
         run_key: identifies the pipeline run (tagged on the MLflow run).
+        accelerator: strategy/precision/XLA to train with; default
+            :meth:`Accelerator.detect` on this machine's devices.
 
     Returns:
         Paths and the best validation scores.
@@ -196,7 +199,7 @@ def train_fold(
     keras.utils.set_random_seed(cfg.seed + fold)
     from medml.models import build_model
 
-    accelerator = Accelerator.detect(cfg)
+    accelerator = accelerator or Accelerator.detect(cfg)
     batch_size = cfg.batch_size * accelerator.replicas
     smoothing = cfg.label_smoothing > 0
     with accelerator.scope():

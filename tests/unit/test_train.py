@@ -106,3 +106,38 @@ def test_accelerator_defaults_follow_the_visible_devices(tiny_recipe: Recipe) ->
         tiny_recipe.train.model_copy(update={"mixed_precision": False, "jit_compile": True})
     )
     assert (forced.policy, forced.jit_compile) == ("float32", True)
+
+
+_MIRRORED = """
+import json, sys
+from pathlib import Path
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from medml.config import load_recipe
+from medml.train import Accelerator, train_fold
+shards, out, overrides = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+accelerator = Accelerator(strategy, gpus=0, policy="float32", jit_compile=False)
+recipe = load_recipe("kidney-ct", overrides=overrides)
+result = train_fold(Path(shards), 0, Path(out), recipe, accelerator=accelerator)
+print(json.dumps({"replicas": accelerator.replicas, "epochs": result.epochs}))
+"""
+
+
+def test_a_fold_trains_under_mirrored_strategy(shards: Path, tmp_path: Path) -> None:
+    """Two replicas (logical CPUs stand in for a pod's GPUs): variables, optimizer and metrics
+    are created in the strategy's scope, and the global batch is split across replicas."""
+    import subprocess
+    import sys
+
+    from tests.conftest import TINY, venv_env
+
+    overrides = json.dumps([*TINY, "train.epochs=1"])
+    result = subprocess.run(
+        [sys.executable, "-c", _MIRRORED, str(shards), str(tmp_path / "fold"), overrides],
+        env=venv_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"replicas": 2, "epochs": 1}
+    assert (tmp_path / "fold" / "model.keras").is_file()
