@@ -173,7 +173,7 @@ def preprocess(splits_path: Path, shards_dir: Path, recipe: Recipe) -> Preproces
             tasks = [range(i, min(i + _TASK_SIZE, count)) for i in range(0, count, _TASK_SIZE)]
             return batch, [pool.submit(fill, batch, start, task) for task in tasks]
 
-        # Two shards in flight: the pool decodes shard k+1 while shard k is flushed.
+        # Two shards in flight: the pool decodes shard k+1 while shard k is finished.
         pending = submit(0)
         for shard in range(n_shards):
             batch, futures = pending
@@ -181,8 +181,7 @@ def preprocess(splits_path: Path, shards_dir: Path, recipe: Recipe) -> Preproces
                 progress.update(future.result())
             if shard + 1 < n_shards:
                 pending = submit(shard + 1)
-            batch.flush()
-            del batch
+            del batch  # unmapped; the kernel writes the pages back without blocking the pool
         progress.close()
         names = [_shard_name(shard) for shard in range(n_shards)]
         index.to_parquet(staging / "index.parquet", index=False)
