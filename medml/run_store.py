@@ -105,9 +105,14 @@ def open_run_dir(
 
 
 def _head(client: object, bucket: str, key: str) -> dict | None:
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import BotoCoreError, ClientError
 
     try:
         return client.head_object(Bucket=bucket, Key=key)  # type: ignore[attr-defined]
     except ClientError:
         return None
+    except BotoCoreError as err:  # no endpoint, no credentials: say what to check
+        raise SourceError(
+            f"cannot reach s3://{bucket}/{key}: {err}; check MEDML_S3_ENDPOINT_URL and the "
+            "credentials (for a training pod: the Secret in train.kubernetes.secret_name)"
+        ) from None

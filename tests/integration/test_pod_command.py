@@ -73,3 +73,18 @@ def test_missing_remote_input_names_the_path(s3_env: str) -> None:
     with pytest.raises(FileNotFoundError, match=r"s3://empty-runs/r1/run.json is missing"):
         with open_run_dir("s3://empty-runs/r1/", needs=["run.json"], produces=[]):
             pass
+
+
+def test_unreachable_store_is_a_one_line_error(tmp_path: Path) -> None:
+    from tests.conftest import _free_port
+
+    env = {**venv_env(), "MEDML_HOME": str(tmp_path), "AWS_ACCESS_KEY_ID": "k",
+           "AWS_SECRET_ACCESS_KEY": "s", "AWS_MAX_ATTEMPTS": "1",
+           "MEDML_S3_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}"}  # fmt: skip
+    result = subprocess.run(
+        ["medml", "train", "--run-dir", "s3://medml-runs/runs/x/", "--fold", "0"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "cannot reach s3://medml-runs/runs/x/run.json" in result.stderr
+    assert "MEDML_S3_ENDPOINT_URL" in result.stderr and "Traceback" not in result.stderr
