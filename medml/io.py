@@ -6,10 +6,27 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def parallel_map(
+    fn: Callable[[T], R], items: Iterable[T], *, total: int, desc: str, unit: str,
+    workers: int | None = None,
+) -> list[R]:  # fmt: skip
+    """``[fn(item) for item in items]`` on a thread pool (I/O and OpenCV release the GIL), in
+    order, with a progress bar (shown on a terminal only)."""
+    from tqdm.auto import tqdm
+
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        mapped = pool.map(fn, items)
+        return list(tqdm(mapped, total=total, desc=desc, unit=unit, leave=False, disable=None))
 
 
 def medml_home() -> Path:

@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 from PIL import Image
-from tqdm.auto import tqdm
 
 from medml.config import Recipe
 from medml.data.images import dicom_header, is_dicom
 from medml.data.layouts import Item, LayoutError, discover
 from medml.data.synthetic import GROUPS_FILE
-from medml.io import atomic_path
+from medml.io import atomic_path, parallel_map
 
 MANIFEST_COLUMNS = [
     "path",
@@ -96,7 +93,6 @@ def ingest(source: Path, manifest_path: Path, recipe: Recipe, *, workers: int = 
             f"(layout {layout}); expected e.g. {root}/{recipe.data.classes[0]}/image.jpg"
         )
     groups = _read_groups(root)
-    n_workers = workers or os.cpu_count() or 1
 
     def facts(item: Item) -> dict[str, int | str]:
         if item.issue:  # never open a file that escapes the root or is missing
@@ -110,17 +106,8 @@ def ingest(source: Path, manifest_path: Path, recipe: Recipe, *, workers: int = 
             }
         return _file_facts(root / item.path)
 
-    with ThreadPoolExecutor(max_workers=n_workers) as pool:
-        found = list(
-            tqdm(
-                pool.map(facts, items),
-                total=len(items),
-                desc="ingest",
-                unit="img",
-                leave=False,
-                disable=None,
-            )
-        )
+    found = parallel_map(facts, items, total=len(items), desc="ingest", unit="img",
+                         workers=workers)  # fmt: skip
     rows = [
         {
             "path": item.path,

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from tqdm.auto import tqdm
+from medml.io import parallel_map
 
 S3_SCHEME = "s3://"
 
@@ -107,17 +106,8 @@ def fetch_s3_prefix(uri: str, dest: Path, *, workers: int = 8, client: Any = Non
         os.replace(partial, target)
         return True, int(obj["Size"])
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        done = list(
-            tqdm(
-                pool.map(fetch, objects),
-                total=len(objects),
-                desc="download",
-                unit="file",
-                leave=False,
-                disable=None,
-            )
-        )
+    done = parallel_map(fetch, objects, total=len(objects), desc="download", unit="file",
+                        workers=workers)  # fmt: skip
     downloaded = sum(1 for fetched, _ in done if fetched)
     return FetchResult(
         dest, len(objects), downloaded, len(objects) - downloaded, sum(size for _, size in done)
@@ -160,11 +150,8 @@ def upload_dir(local: Path, uri: str, *, workers: int = 8, client: Any = None) -
         client.upload_file(str(path), bucket, key)
         return True
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        sent = list(
-            tqdm(pool.map(send, files), total=len(files), desc="upload", unit="file",
-                 leave=False, disable=None)
-        )  # fmt: skip
+    sent = parallel_map(send, files, total=len(files), desc="upload", unit="file",
+                        workers=workers)  # fmt: skip
     return sum(sent)
 
 

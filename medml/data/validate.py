@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,12 +18,11 @@ from typing import Any
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from medml.config import Recipe
 from medml.data.images import read_image
 from medml.data.ingest import absolute_paths
-from medml.io import atomic_path, write_json
+from medml.io import atomic_path, parallel_map, write_json
 
 MAX_PIXELS = 100_000_000  # refuse to decode headers that declare more (decompression bombs)
 
@@ -218,17 +216,9 @@ def _decode_and_hash(manifest: pd.DataFrame, recipe: Recipe, workers: int) -> li
             return None
         return difference_hash(image)
 
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        return list(
-            tqdm(
-                pool.map(check, zip(absolute_paths(manifest), declared, issues, strict=True)),
-                total=len(manifest),
-                desc="validate",
-                unit="img",
-                leave=False,
-                disable=None,
-            )
-        )
+    checks = zip(absolute_paths(manifest), declared, issues, strict=True)
+    return parallel_map(check, checks, total=len(manifest), desc="validate", unit="img",
+                        workers=workers)  # fmt: skip
 
 
 def _gx_in_set(column: str, values: list[Any]) -> Any:
