@@ -218,15 +218,45 @@ def load_index(shards_dir: Path) -> pd.DataFrame:
     return pd.read_parquet(Path(shards_dir) / "index.parquet")
 
 
+class ShardRows:
+    """Random access to some rows of the shards without loading them (memory-mapped).
+
+    Args:
+        shards_dir: output of :func:`preprocess`.
+        rows: rows of :func:`load_index` (in any order, repeats allowed); position ``i`` of
+            this object is ``rows.iloc[i]``.
+    """
+
+    def __init__(self, shards_dir: Path, rows: pd.DataFrame) -> None:
+        meta = read_json(Path(shards_dir) / "meta.json")
+        self.image_shape: tuple[int, int, int] = (meta["size"], meta["size"], meta["channels"])
+        self._files = [Path(shards_dir) / name for name in meta["shards"]]
+        self._arrays: dict[int, np.ndarray] = {}
+        self._shard = rows["shard"].to_numpy(dtype=np.int64)
+        self._offset = rows["offset"].to_numpy(dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._shard)
+
+    def gather(self, positions: np.ndarray) -> np.ndarray:
+        """The uint8 images at ``positions``, shape ``(len(positions), *image_shape)``."""
+        positions = np.asarray(positions, dtype=np.int64)
+        out = np.empty((len(positions), *self.image_shape), dtype=np.uint8)
+        shards = self._shard[positions]
+        for shard in np.unique(shards):
+            where = np.flatnonzero(shards == shard)
+            out[where] = self._array(int(shard))[self._offset[positions[where]]]
+        return out
+
+    def _array(self, shard: int) -> np.ndarray:
+        if shard not in self._arrays:  # a dict insert is atomic: concurrent readers are fine
+            self._arrays[shard] = np.load(self._files[shard], mmap_mode="r")
+        return self._arrays[shard]
+
+
 def load_images(shards_dir: Path, rows: pd.DataFrame) -> np.ndarray:
     """Gather the images of ``rows`` (from :func:`load_index`) into one uint8 array."""
-    meta = read_json(Path(shards_dir) / "meta.json")
-    out = np.empty((len(rows), meta["size"], meta["size"], meta["channels"]), dtype=np.uint8)
-    position = np.arange(len(rows))
-    for shard, part in rows.assign(_pos=position).groupby("shard", sort=True):
-        array = np.load(Path(shards_dir) / meta["shards"][int(shard)], mmap_mode="r")
-        out[part["_pos"].to_numpy()] = array[part["offset"].to_numpy()]
-    return out
+    return ShardRows(shards_dir, rows).gather(np.arange(len(rows)))
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:

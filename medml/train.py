@@ -19,7 +19,7 @@ from medml.augment import RandAugment
 from medml.balance import plan_balance
 from medml.config import Recipe, TrainConfig
 from medml.io import atomic_path, write_json
-from medml.preprocess import load_images, load_index
+from medml.preprocess import ShardRows, load_images, load_index
 from medml.split import TRAIN
 from medml.tracking import KIND_TAG, MODEL_REQUIREMENTS, RUN_KEY_TAG, Tracking
 
@@ -106,7 +106,7 @@ def fold_rows(index: Any, fold: int) -> tuple[Any, Any]:
 
 
 def make_dataset(
-    images: np.ndarray,
+    images: np.ndarray | ShardRows,
     labels: np.ndarray,
     *,
     batch_size: int,
@@ -116,20 +116,24 @@ def make_dataset(
     augment: RandAugment | None = None,
     one_hot: int | None = None,
 ) -> Any:
-    """A tf.data pipeline over in-memory uint8 images.
+    """A tf.data pipeline of uint8 image batches, read from the shards or from an array.
 
-    Training data is shuffled (seeded) and, with ``balanced_batches``, drawn from one
-    repeating stream per class with equal probability, so batches are class-balanced without
-    materialising a resampled copy (memory stays O(batch)). ``augment`` runs per batch in
-    parallel (``AUTOTUNE``); evaluation batches are cached after the first epoch; the order is
-    deterministic for a given seed. ``one_hot=n`` yields one-hot labels (for label smoothing).
+    The pipeline runs over row positions: positions are shuffled (seeded) or, with
+    ``balanced_batches``, drawn from one repeating stream per class with equal probability;
+    each batch of positions is then gathered from ``images`` in parallel (``AUTOTUNE``). With
+    :class:`~medml.preprocess.ShardRows` the images stay in the memory-mapped shards, so memory
+    is O(batch) whatever the dataset size. ``augment`` runs per batch in parallel; evaluation
+    batches are cached after the first epoch; the order is deterministic for a given seed;
+    ``one_hot=n`` yields one-hot labels (for label smoothing).
     """
     import tensorflow as tf
 
     autotune = tf.data.AUTOTUNE
+    labels = np.asarray(labels, dtype=np.int64)
+    positions = np.arange(len(labels), dtype=np.int64)
     if training and balanced_batches:
         streams = [
-            tf.data.Dataset.from_tensor_slices((images[labels == c], labels[labels == c]))
+            tf.data.Dataset.from_tensor_slices(positions[labels == c])
             .shuffle(int((labels == c).sum()), seed=seed + int(c), reshuffle_each_iteration=True)
             .repeat()
             for c in np.unique(labels)
@@ -137,10 +141,21 @@ def make_dataset(
         weights = [1.0 / len(streams)] * len(streams)
         data = tf.data.Dataset.sample_from_datasets(streams, weights=weights, seed=seed)
     else:
-        data = tf.data.Dataset.from_tensor_slices((images, labels))
+        data = tf.data.Dataset.from_tensor_slices(positions)
         if training:
             data = data.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    data = data.batch(batch_size)
+    gather = images.gather if isinstance(images, ShardRows) else images.__getitem__
+    shape = images.image_shape if isinstance(images, ShardRows) else images.shape[1:]
+
+    def fetch(batch: Any) -> tuple[Any, Any]:
+        x, y = tf.numpy_function(
+            lambda p: (gather(p), labels[p]), [batch], (tf.uint8, tf.int64), stateful=False
+        )
+        x.set_shape((None, *shape))
+        y.set_shape((None,))
+        return x, y
+
+    data = data.batch(batch_size).map(fetch, num_parallel_calls=autotune)
     if training and augment is not None and augment.enabled:
         data = data.map(lambda x, y: (augment(x), y), num_parallel_calls=autotune)
     if one_hot is not None:
@@ -189,12 +204,17 @@ def train_fold(
         augment=cfg.augment, smote_memory_mb=cfg.smote_memory_mb,
     )  # fmt: skip
     train_rows = train_rows.iloc[plan.indices]
-    x_train = load_images(shards_dir, train_rows)
     y_train = train_rows["label_index"].to_numpy(dtype=np.int64)
+    # Rows stay in the memory-mapped shards unless a sampler needs the pixels (SMOTE,
+    # augmentation oversampling): then this fold's training images are loaded and resampled.
+    x_train: np.ndarray | ShardRows = ShardRows(shards_dir, train_rows)
     if plan.array_sampler is not None:
-        x_train, y_train = plan.array_sampler.fit_resample(x_train, y_train)
-    x_val = load_images(shards_dir, val_rows)
+        x_train, y_train = plan.array_sampler.fit_resample(
+            load_images(shards_dir, train_rows), y_train
+        )
+    x_val = ShardRows(shards_dir, val_rows)
     y_val = val_rows["label_index"].to_numpy(dtype=np.int64)
+    input_shape = x_val.image_shape
 
     keras.utils.set_random_seed(cfg.seed + fold)
     from medml.models import build_model
@@ -204,7 +224,7 @@ def train_fold(
     smoothing = cfg.label_smoothing > 0
     with accelerator.scope():
         model = build_model(
-            cfg.model, x_train.shape[1:], n_classes, dropout=cfg.dropout, name=f"fold_{fold}",
+            cfg.model, input_shape, n_classes, dropout=cfg.dropout, name=f"fold_{fold}",
             weights=cfg.weights, trainable_layers=cfg.trainable_layers,
         )  # fmt: skip
         model.compile(

@@ -141,3 +141,33 @@ def test_a_fold_trains_under_mirrored_strategy(shards: Path, tmp_path: Path) -> 
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"replicas": 2, "epochs": 1}
     assert (tmp_path / "fold" / "model.keras").is_file()
+
+
+def test_batches_stream_from_the_shards_like_from_memory(shards: Path) -> None:
+    """Same seed, same batches, whether rows are gathered from the memory-mapped shards or
+    from a loaded array; a fold without a pixel-level sampler never loads its images."""
+    from medml.preprocess import ShardRows, load_images
+
+    rows = load_index(shards).sample(frac=1.0, random_state=0)
+    labels = rows["label_index"].to_numpy()
+    batches = []
+    for images in (ShardRows(shards, rows), load_images(shards, rows)):
+        data = train_module.make_dataset(images, labels, batch_size=8, training=True, seed=3)
+        batches.append([(x.numpy(), y.numpy()) for x, y in data])
+    assert len(batches[0]) == -(-len(rows) // 8)
+    for (x_a, y_a), (x_b, y_b) in zip(*batches, strict=True):
+        np.testing.assert_array_equal(x_a, x_b)
+        np.testing.assert_array_equal(y_a, y_b)
+
+
+def test_fold_images_stay_in_the_shards(
+    shards: Path, tiny_recipe: Recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("class_weight training must not load the fold's images")
+
+    monkeypatch.setattr(train_module, "load_images", refuse)
+    recipe = tiny_recipe.model_copy(
+        update={"train": tiny_recipe.train.model_copy(update={"epochs": 1})}
+    )
+    assert train_module.train_fold(shards, 0, tmp_path / "fold", recipe).model_path.is_file()
