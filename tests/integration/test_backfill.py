@@ -214,13 +214,16 @@ def test_reviewer_rejects_a_promotion_in_the_ui(airflow_stack) -> None:  # noqa:
             pass
         assert time.monotonic() < deadline, "the approval request never appeared"
         time.sleep(3)
-    # Answer like a person, after the task has settled into waiting: a response within a second
-    # of the request, before the executor has reported the paused task, races in Airflow (the
-    # resumed task is marked failed).
-    while json.loads(_get(f"{base}/taskInstances/approve"))["state"] != "awaiting_input":
-        assert time.monotonic() < deadline, "the approval task never settled"
+    # Answer once the scheduler has taken in the executor's report that the paused (awaiting
+    # input) execution ended. Airflow 3.3's new `awaiting_input` state races otherwise: an answer
+    # that queues the resumed task before that report arrives gets the task marked failed
+    # ("finished with state success, but the task instance's state attribute is queued").
+    # People answer in minutes; the test answers within a second, so it waits for the report.
+    report = ("Received executor event with state success for task instance TaskInstanceKey("
+              "dag_id='medml_promote', task_id='approve', run_id='review-1'")  # fmt: skip
+    while report not in (workdir / "logs" / "scheduler.log").read_text():
+        assert time.monotonic() < deadline, "the scheduler never saw the approval task pause"
         time.sleep(1)
-    time.sleep(5)  # the scheduler takes in the executor's report of the paused run
     request = urllib.request.Request(
         hitl, method="PATCH", headers={"Content-Type": "application/json"},
         data=json.dumps({"chosen_options": ["Reject"]}).encode(),
