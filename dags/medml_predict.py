@@ -9,7 +9,6 @@ Writes one row per image: predicted class and per-class probabilities.
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 
 import pendulum
@@ -38,12 +37,12 @@ def medml_predict() -> None:
                 run_id: str | None = None) -> dict:  # fmt: skip
         from pathlib import Path
 
+        from medml.io import safe_name
         from medml.pipeline import medml_home
         from medml.predict import predict as predict_batch
         from medml.tracking import Tracking
 
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
-        out = Path(params["out"] or medml_home() / "predictions" / ds / f"{safe}.csv")
+        out = Path(params["out"] or medml_home() / "predictions" / ds / f"{safe_name(run_id)}.csv")
         out.parent.mkdir(parents=True, exist_ok=True)
         model = params["model"]
         result = predict_batch(

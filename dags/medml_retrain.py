@@ -28,7 +28,6 @@ Trigger a run for a past date with `airflow dags test medml_retrain 2026-01-05 -
 from __future__ import annotations
 
 import os
-import re
 from datetime import timedelta
 
 import pendulum
@@ -45,10 +44,6 @@ SNAPSHOTS = Asset(
 )
 
 S3_CONNECTION_ID = "medml_s3"
-
-
-def _safe(run_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
 
 
 def _export_s3_connection() -> None:
@@ -103,19 +98,20 @@ def medml_retrain() -> None:
         dag_run=None,  # noqa: ANN001
     ) -> str:
         from medml import pipeline
+        from medml.io import safe_name
 
         ds = ds or dag_run.run_after.date().isoformat()  # asset-triggered runs have no ds
         source = (params["source"] or os.environ.get("MEDML_SOURCE", "")).format(ds=ds)
         if not source:
             raise ValueError("no dataset source: set the `source` param or $MEDML_SOURCE")
-        run_dir = params["run_dir"] or str(pipeline.medml_home() / "runs" / ds / _safe(run_id))
+        run_dir = params["run_dir"] or str(pipeline.medml_home() / "runs" / ds / safe_name(run_id))
         ctx = pipeline.init_run(
             run_dir,
             source,
             params["recipe"],
             overrides=params["overrides"],
             logical_date=ds,
-            run_key=f"medml_retrain/{_safe(run_id)}",
+            run_key=f"medml_retrain/{safe_name(run_id)}",
         )
         return str(ctx.layout.root)
 

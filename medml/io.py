@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -27,6 +28,12 @@ def parallel_map(
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         mapped = pool.map(fn, items)
         return list(tqdm(mapped, total=total, desc=desc, unit=unit, leave=False, disable=None))
+
+
+def safe_name(text: str) -> str:
+    """``text`` with every run of characters outside ``[A-Za-z0-9_.-]`` replaced by ``_`` (for
+    file names and S3 keys made from Airflow run ids)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
 def medml_home() -> Path:

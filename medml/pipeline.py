@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +22,7 @@ import pandas as pd
 from medml.config import Recipe, load_recipe
 from medml.data.sources import fetch_s3_prefix, is_s3, parse_s3_uri
 from medml.io import medml_home as medml_home  # re-exported for the runners
-from medml.io import read_json, write_json
+from medml.io import read_json, safe_name, write_json
 from medml.tracking import Tracking
 
 STEPS = ("ingest", "validate", "split", "preprocess", "train", "evaluate", "register")
@@ -91,6 +90,10 @@ class RunLayout:
     @property
     def registry_dir(self) -> Path:
         return self.root / "registry"
+
+
+_RELATIVE = RunLayout(Path())  # paths relative to a run directory (S3 keys under it)
+_POD_INPUTS = [_RELATIVE.run_json.as_posix(), _RELATIVE.shards.as_posix()]  # what a fold reads
 
 
 @dataclass(frozen=True)
@@ -292,9 +295,8 @@ def step_train(run_dir: Path | str, fold: int, tracking: Tracking | None = None)
     from medml.run_store import open_run_dir
     from medml.train import train_fold
 
-    relative = RunLayout(Path())
-    needs = [relative.run_json.as_posix(), relative.shards.as_posix()]
-    with open_run_dir(run_dir, needs=needs, produces=[relative.fold_dir(fold).as_posix()]) as local:
+    produces = [_RELATIVE.fold_dir(fold).as_posix()]
+    with open_run_dir(run_dir, needs=_POD_INPUTS, produces=produces) as local:
         ctx = load_context(local)
         parent = pipeline_run_id(ctx, tracking) if tracking else None
         result = train_fold(
@@ -327,9 +329,8 @@ def step_share_with_pods(run_dir: Path) -> str:
             "the kubernetes backend needs an S3 run store shared with the pods: set "
             "train.kubernetes.run_store (e.g. s3://medml-runs/) or $MEDML_RUN_STORE"
         )
-    uri = run_uri(store, ctx.logical_date, re.sub(r"[^A-Za-z0-9._-]+", "_", ctx.run_key))
-    relative = RunLayout(Path())
-    push(ctx.layout.root, uri, [relative.run_json.as_posix(), relative.shards.as_posix()])
+    uri = run_uri(store, ctx.logical_date, safe_name(ctx.run_key))
+    push(ctx.layout.root, uri, _POD_INPUTS)
     write_json(ctx.layout.remote_json, {"uri": uri})
     return uri
 
@@ -340,8 +341,7 @@ def step_collect_folds(run_dir: Path) -> dict[str, Any]:
 
     ctx = load_context(run_dir)
     uri = read_json(_require(ctx.layout.remote_json, "share_with_pods"))["uri"]
-    relative = RunLayout(Path())
-    pull(uri, ctx.layout.root, [relative.fold_dir(k).as_posix() for k in ctx.folds])
+    pull(uri, ctx.layout.root, [_RELATIVE.fold_dir(k).as_posix() for k in ctx.folds])
     return {"uri": uri, "folds": [str(p) for p in ctx.layout.fold_models(len(ctx.folds))]}
 
 

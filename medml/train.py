@@ -144,8 +144,10 @@ def make_dataset(
         data = tf.data.Dataset.from_tensor_slices(positions)
         if training:
             data = data.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    gather = images.gather if isinstance(images, ShardRows) else images.__getitem__
-    shape = images.image_shape if isinstance(images, ShardRows) else images.shape[1:]
+    if isinstance(images, ShardRows):
+        gather, shape = images.gather, images.image_shape
+    else:
+        gather, shape = images.__getitem__, images.shape[1:]
 
     def fetch(batch: Any) -> tuple[Any, Any]:
         x, y = tf.numpy_function(
