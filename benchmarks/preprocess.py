@@ -8,7 +8,9 @@ Prints, for N phantom JPEGs (default 5,000 at 512x512, resized to 128x128):
   preprocess streams shard by shard, so memory should not grow with the dataset;
 - the time of an unchanged ``dvc repro`` as a fraction of the cold run.
 
-Each measurement runs in its own process so peak RSS is its own.
+Each measurement runs in its own process so peak RSS is its own. The seed loop and medml run
+alternately ``--repeats`` times and the medians are compared, so a slow spell of a shared machine
+does not land on one side only.
 
     .venv/bin/python benchmarks/preprocess.py [--n 5000] [--source-size 512] [--size 128]
 """
@@ -19,6 +21,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -112,6 +115,7 @@ def main() -> None:
     parser.add_argument("--source-size", type=int, default=512)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--scale-copies", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating seed/medml runs")
     parser.add_argument("--dvc-n", type=int, default=0, help="images for the DVC timing (0: --n)")
     parser.add_argument("--child", nargs="*")
     args = parser.parse_args()
@@ -142,19 +146,32 @@ def main() -> None:
                 path.read_bytes()
         small = _splits_for(data, 1, work / "splits.parquet")
         large = _splits_for(data, args.scale_copies, work / "splits-large.parquet")
-        seed = _run_child("seed", str(small), str(args.size))
-        medml = _run_child("medml", str(small), str(args.size), str(work / "shards"))
+        seeds, medmls = [], []
+        for repeat in range(args.repeats):
+            seeds.append(_run_child("seed", str(small), str(args.size)))
+            out = work / f"shards-{repeat}"
+            medmls.append(_run_child("medml", str(small), str(args.size), str(out)))
+            shutil.rmtree(out)
         medml_large = _run_child("medml", str(large), str(args.size), str(work / "shards-large"))
         cold, warm = _dvc_ratio(work, args.dvc_n or args.n)
 
     def rate(r: dict[str, float]) -> float:
         return r["images"] / r["seconds"]
 
+    def row(name: str, runs: list[dict[str, float]]) -> str:
+        rates = sorted(rate(r) for r in runs)
+        peak = max(r["peak_rss_mb"] for r in runs)
+        spread = f"{rates[0]:.0f}-{rates[-1]:.0f}"
+        return f"{name:28}{statistics.median(rates):>10.0f}{spread:>14}{peak:>13.0f}"
+
+    seed_rate = statistics.median(rate(r) for r in seeds)
+    medml_rate = statistics.median(rate(r) for r in medmls)
+    medml = max(medmls, key=lambda r: r["peak_rss_mb"])
     print(f"\ncores: {os.cpu_count()}  images: {args.n}  {args.source_size}px -> {args.size}px RGB")
-    print(f"{'':28}{'images/s':>10}{'peak RSS MB':>13}")
-    print(f"{'seed loop (imread+resize)':28}{rate(seed):>10.0f}{seed['peak_rss_mb']:>13.0f}")
-    print(f"{'medml preprocess':28}{rate(medml):>10.0f}{medml['peak_rss_mb']:>13.0f}")
-    print(f"throughput ratio medml/seed: {rate(medml) / rate(seed):.1f}x  (target >= 4x)")
+    print(f"{'':28}{'images/s':>10}{'range':>14}{'peak RSS MB':>13}   ({args.repeats} runs each)")
+    print(row("seed loop (imread+resize)", seeds))
+    print(row("medml preprocess", medmls))
+    print(f"throughput ratio medml/seed (medians): {medml_rate / seed_rate:.1f}x  (target >= 4x)")
     n_large = int(medml_large["images"])
     ratio = medml_large["peak_rss_mb"] / medml["peak_rss_mb"]
     print(

@@ -1,7 +1,8 @@
 """Preprocess: decode, convert and resize images with OpenCV into fixed-size shards.
 
-Images are decoded in parallel threads (OpenCV releases the GIL) and written one shard at a
-time, so peak memory is two shards (one decoding, one being written), not the dataset.
+Images are decoded in parallel threads (OpenCV releases the GIL); each thread decodes a small
+task of images into its own reusable buffer and writes it at its place in the shard file with
+``os.pwrite``, so peak memory is one task per thread, not a shard and not the dataset.
 Output layout (deterministic bytes for the same inputs and settings, so DVC caches it)::
 
     shards/
@@ -13,9 +14,10 @@ Output layout (deterministic bytes for the same inputs and settings, so DVC cach
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,7 +86,10 @@ class LoadImage:
             window_width=config.window_width,
         )
 
-    def __call__(self, path: Path, *, source_shape: tuple[int, int] | None = None) -> np.ndarray:
+    def __call__(
+        self, path: str | Path, *, source_shape: tuple[int, int] | None = None,
+        source_channels: int = 0, out: np.ndarray | None = None,
+    ) -> np.ndarray:  # fmt: skip
         """Return an array of shape ``(size, size, channels)``.
 
         Args:
@@ -92,40 +97,69 @@ class LoadImage:
             source_shape: ``(width, height)`` from the manifest, if known. Large JPEGs are then
                 decoded directly at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling), which is
                 several times faster than decoding full size and resizing.
+            source_channels: the file's channels from the manifest (0: unknown). A grayscale
+                JPEG is decoded as grayscale and converted once, not through libjpeg's colour
+                conversion and then again.
+            out: write the result here (shape ``(size, size, channels)``, uint8) and return it.
 
         Raises:
-            ValueError: the file cannot be decoded.
+            ValueError: the file cannot be decoded, or ``out`` is not a C-contiguous uint8
+                array of the output shape.
         """
-        image = self._reduced_jpeg(Path(path), source_shape)
+        shape = (self.size, self.size, self.channels)
+        if out is not None and (
+            out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous
+        ):
+            raise ValueError(
+                f"out must be a C-contiguous uint8 array of shape {shape}, "
+                f"got {out.dtype} {out.shape}"
+            )
+        image = self._reduced_jpeg(path, source_shape, source_channels)
         if image is None:
             image = read_image(
                 path, window_center=self.window_center, window_width=self.window_width
             )
-        image = _convert_channels(_to_uint8(image), self.channels)
+        image = _to_uint8(image)
+        out = np.empty(shape, dtype=np.uint8) if out is None else out
+        if not self.clahe and self.aspect == "resize" and image.shape[:2] == shape[:2]:
+            _convert_channels(image, self.channels, out=out)  # the usual case: one pass
+            return out
+        image = _convert_channels(image, self.channels)
         if self.clahe:
             image = _clahe(image)
         if self.aspect == "letterbox":
             image = _letterbox(image, self.size)
-        elif image.shape[:2] != (self.size, self.size):
+        elif image.shape[:2] != shape[:2]:
             shrink = image.shape[0] > self.size or image.shape[1] > self.size
             image = cv2.resize(
                 image,
                 (self.size, self.size),
                 interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR,
             )
-        return image.reshape(self.size, self.size, self.channels)
+        np.copyto(out, image.reshape(shape))
+        return out
 
-    def _reduced_jpeg(self, path: Path, source_shape: tuple[int, int] | None) -> np.ndarray | None:
-        if source_shape is None or path.suffix.lower() not in _JPEG_SUFFIXES:
+    def _reduced_jpeg(
+        self, path: str | Path, source_shape: tuple[int, int] | None, source_channels: int
+    ) -> np.ndarray | None:
+        if source_shape is None or os.path.splitext(path)[1].lower() not in _JPEG_SUFFIXES:
             return None
         factor = next((f for f in (8, 4, 2) if min(source_shape) // f >= self.size), 1)
         if factor == 1:
             return None
-        flag = (_REDUCED_GRAY if self.channels == 1 else _REDUCED_COLOR)[factor]
-        return cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), flag)
+        gray = self.channels == 1 or source_channels == 1
+        flag = (_REDUCED_GRAY if gray else _REDUCED_COLOR)[factor]
+        try:
+            with open(path, "rb", buffering=0) as handle:  # unbuffered: one read, no copy
+                data = handle.read()
+        except OSError:
+            return None  # read_image names the problem
+        return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag) if data else None
 
 
 _TASK_SIZE = 32  # images per thread-pool task: amortises scheduling over cheap decodes
+_INDEX_COLUMNS = ("path", "label", "label_index", "group", "sha256", "split", "fold")
+_HEADER_COLUMNS = ("width", "height", "channels")  # from the manifest: no header re-read
 _JPEG_SUFFIXES = {".jpg", ".jpeg"}
 _REDUCED_GRAY = {2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
                  8: cv2.IMREAD_REDUCED_GRAYSCALE_8}  # fmt: skip
@@ -135,67 +169,111 @@ _REDUCED_COLOR = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
 
 def preprocess(splits_path: Path, shards_dir: Path, recipe: Recipe) -> PreprocessResult:
     """Decode every image in ``splits.parquet`` into shards under ``shards_dir``."""
-    table = pd.read_parquet(splits_path)
+    table = pd.read_parquet(splits_path, columns=[*_INDEX_COLUMNS, "root", *_HEADER_COLUMNS])
     image_cfg: ImageConfig = recipe.image
     load = LoadImage.from_config(image_cfg)
     paths = absolute_paths(table)
-    source_shapes = list(zip(table["width"].astype(int), table["height"].astype(int), strict=True))
+    widths, heights, source_channels = (table[c].to_numpy(np.int64) for c in _HEADER_COLUMNS)
     shard_size = image_cfg.shard_size
     n_shards = max(1, -(-len(paths) // shard_size))
     workers = image_cfg.workers or os.cpu_count() or 1
-    index = table[["path", "label", "label_index", "group", "sha256", "split", "fold"]].copy()
+    shape = (image_cfg.size, image_cfg.size, image_cfg.channels)
+    index = table[list(_INDEX_COLUMNS)].copy()
     index["shard"] = np.arange(len(index)) // shard_size
     index["offset"] = np.arange(len(index)) % shard_size
+    buffers = threading.local()  # one task's images per thread, reused across tasks
+
+    def decode_task(fd: int, data_offset: int, start: int, rows: range) -> int:
+        batch = getattr(buffers, "batch", None)
+        if batch is None:
+            batch = buffers.batch = np.empty((_TASK_SIZE, *shape), dtype=np.uint8)
+        for i, k in enumerate(range(start + rows.start, start + rows.stop)):
+            load(
+                paths[k],
+                source_shape=(int(widths[k]), int(heights[k])),
+                source_channels=int(source_channels[k]),
+                out=batch[i],
+            )
+        # Written at the task's own place in the shard: no shard-sized buffer, no page faults
+        # on a memory map, and the tasks of one shard never wait for each other.
+        _pwrite_all(fd, batch[: len(rows)], data_offset + rows.start * batch[0].nbytes)
+        return len(rows)
+
+    open_shards: set[int] = set()  # file descriptors, closed when their shard is done
     with (
         _opencv_without_threads(),
         atomic_path(Path(shards_dir)) as staging,
-        ThreadPoolExecutor(workers) as pool,
+        ExitStack() as cleanup,
     ):
         staging.mkdir(parents=True)
-        progress = tqdm(total=len(paths), desc="preprocess", unit="img", leave=False, disable=None)
-        shape = (image_cfg.size, image_cfg.size, image_cfg.channels)
+        cleanup.callback(_close_all, open_shards)  # runs after the pool has stopped
+        pool = cleanup.enter_context(ThreadPoolExecutor(workers))
+        progress = cleanup.enter_context(
+            tqdm(total=len(paths), desc="preprocess", unit="img", leave=False, disable=None)
+        )
 
-        def fill(batch: np.ndarray, start: int, offsets: range) -> int:
-            for offset in offsets:  # each task writes its own rows of the shard
-                batch[offset] = load(
-                    paths[start + offset], source_shape=source_shapes[start + offset]
-                )
-            return len(offsets)
-
-        def submit(shard: int) -> tuple[np.memmap, list[Future[int]]]:
+        def submit(shard: int) -> tuple[int, list[Future[int]]]:
             start = shard * shard_size
             count = min(shard_size, len(paths) - start)
-            # Workers decode straight into the memory-mapped .npy file: no copy of the shard
-            # through Python, and memory stays one shard's page cache, not the dataset.
-            batch = np.lib.format.open_memmap(
-                staging / _shard_name(shard), mode="w+", dtype=np.uint8, shape=(count, *shape)
-            )
+            fd, data_offset = _open_npy(staging / _shard_name(shard), (count, *shape))
+            open_shards.add(fd)
             tasks = [range(i, min(i + _TASK_SIZE, count)) for i in range(0, count, _TASK_SIZE)]
-            return batch, [pool.submit(fill, batch, start, task) for task in tasks]
+            return fd, [pool.submit(decode_task, fd, data_offset, start, task) for task in tasks]
 
-        # Two shards in flight: the pool decodes shard k+1 while shard k is finished.
-        pending = submit(0)
-        for shard in range(n_shards):
-            batch, futures = pending
-            for future in futures:
-                progress.update(future.result())
-            if shard + 1 < n_shards:
-                pending = submit(shard + 1)
-            del batch  # unmapped; the kernel writes the pages back without blocking the pool
-        progress.close()
-        names = [_shard_name(shard) for shard in range(n_shards)]
-        index.to_parquet(staging / "index.parquet", index=False)
+        try:
+            # Two shards in flight, so the pool never waits for a shard to be closed.
+            pending = submit(0)
+            index.to_parquet(staging / "index.parquet", index=False)  # while the pool decodes
+            for shard in range(n_shards):
+                fd, futures = pending
+                if shard + 1 < n_shards:
+                    pending = submit(shard + 1)
+                for future in futures:
+                    progress.update(future.result())
+                open_shards.remove(fd)
+                os.close(fd)
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # a bad file stops the run without decoding the rest
+            raise
         write_json(
             staging / "meta.json",
             {
                 "size": image_cfg.size,
                 "channels": image_cfg.channels,
                 "classes": list(recipe.data.classes),
-                "shards": names,
+                "shards": [_shard_name(shard) for shard in range(n_shards)],
                 "images": len(paths),
             },
         )
     return PreprocessResult(Path(shards_dir), len(paths), n_shards)
+
+
+def _close_all(fds: set[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def _pwrite_all(fd: int, array: np.ndarray, offset: int) -> None:
+    """Write a C-contiguous array's bytes at ``offset`` (``pwrite`` may write less than asked)."""
+    data = memoryview(array).cast("B")
+    while data:
+        written = os.pwrite(fd, data, offset)
+        data, offset = data[written:], offset + written
+
+
+def _open_npy(path: Path, shape: tuple[int, ...]) -> tuple[int, int]:
+    """Create a uint8 ``.npy`` file of ``shape`` (header written, data to come).
+
+    Returns:
+        The open file descriptor (for ``os.pwrite``) and the byte offset of the data.
+    """
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(
+            handle, {"descr": "|u1", "fortran_order": False, "shape": shape}
+        )
+        data_offset = handle.tell()
+        handle.truncate(data_offset + int(np.prod(shape)))
+    return os.open(path, os.O_WRONLY), data_offset
 
 
 @contextmanager
@@ -266,16 +344,24 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     return scaled.astype(np.uint8)
 
 
-def _convert_channels(image: np.ndarray, channels: int) -> np.ndarray:
-    if image.ndim == 2:
-        return image if channels == 1 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    n = image.shape[2]
-    if n == 4:
+def _convert_channels(
+    image: np.ndarray, channels: int, *, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Decoded (BGR, BGRA, gray or gray+alpha) to gray or RGB; written into ``out`` if given."""
+    if image.ndim == 3 and image.shape[2] == 4:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    elif n in (1, 2):  # gray, or gray + alpha
+    elif image.ndim == 3 and image.shape[2] in (1, 2):  # gray, or gray + alpha
         image = image[:, :, 0]
-        return image if channels == 1 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY if channels == 1 else cv2.COLOR_BGR2RGB)
+    dst = None if out is None else out.reshape(out.shape[:2] if channels == 1 else out.shape)
+    if image.ndim == 2 and channels == 1:
+        if dst is None:
+            return image
+        np.copyto(dst, image)
+        return dst
+    code = cv2.COLOR_GRAY2RGB if image.ndim == 2 else (
+        cv2.COLOR_BGR2GRAY if channels == 1 else cv2.COLOR_BGR2RGB
+    )  # fmt: skip
+    return cv2.cvtColor(image, code, dst=dst)
 
 
 def _clahe(image: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 
 
-def is_dicom(path: Path) -> bool:
+def is_dicom(path: str | Path) -> bool:
     """True for DICOM files (by suffix)."""
     return Path(path).suffix.lower() in DICOM_SUFFIXES
 
@@ -38,7 +38,7 @@ def window_hounsfield(hu: np.ndarray, center: float, width: float) -> np.ndarray
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def read_dicom(path: Path, *, center: float = 40.0, width: float = 400.0) -> np.ndarray:
+def read_dicom(path: str | Path, *, center: float = 40.0, width: float = 400.0) -> np.ndarray:
     """Read a DICOM slice as windowed uint8 (HU via rescale slope/intercept).
 
     Raises:
@@ -57,7 +57,7 @@ def read_dicom(path: Path, *, center: float = 40.0, width: float = 400.0) -> np.
 
 
 def read_image(
-    path: Path, *, window_center: float = 40.0, window_width: float = 400.0
+    path: str | Path, *, window_center: float = 40.0, window_width: float = 400.0
 ) -> np.ndarray:
     """Read any supported image file; raster files keep their depth and channels.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,9 +134,9 @@ def read_manifest(path: Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def absolute_paths(table: pd.DataFrame) -> list[Path]:
-    """Absolute file paths of a manifest's rows."""
-    return [Path(root) / rel for root, rel in zip(table["root"], table["path"], strict=True)]
+def absolute_paths(table: pd.DataFrame) -> list[str]:
+    """Absolute file paths of a manifest's rows (strings: a tenth of a ``Path``'s memory)."""
+    return [os.path.join(root, rel) for root, rel in zip(table["root"], table["path"], strict=True)]
 
 
 def _read_groups(root: Path) -> dict[str, str]:

@@ -202,9 +202,9 @@ def _decode_and_hash(manifest: pd.DataFrame, recipe: Recipe, workers: int) -> li
     declared = (manifest["width"].astype("int64") * manifest["height"].astype("int64")).tolist()
     issues = manifest["issue"].tolist()
 
-    def check(item: tuple[Path, int, str]) -> str | None:
+    def check(item: tuple[str, int, str]) -> str | None:
         path, pixels, issue = item
-        if issue or pixels > MAX_PIXELS or not path.is_file():
+        if issue or pixels > MAX_PIXELS or not os.path.isfile(path):
             return None
         try:
             image = read_image(

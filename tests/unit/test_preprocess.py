@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -41,6 +42,8 @@ def test_load_image_rejects_bad_arguments_and_files(tmp_path: Path) -> None:
     bad.write_text("nope")
     with pytest.raises(ValueError, match="cannot decode image .*bad.jpg"):
         LoadImage(16, 1)(bad)
+    with pytest.raises(ValueError, match="cannot decode image .*bad.jpg"):  # the JPEG fast path
+        LoadImage(16, 3)(bad, source_shape=(512, 512), source_channels=1)
 
 
 def test_shards_round_trip_and_are_deterministic(
@@ -74,6 +77,42 @@ def test_reduced_jpeg_decoding_matches_full_decode(tmp_path: Path) -> None:
     fast = LoadImage(64, 1)(path, source_shape=(256, 256)).astype(int)
     full = LoadImage(64, 1)(path).astype(int)
     assert np.abs(fast - full).mean() < 3  # same picture, decoded at 1/4 scale
+
+
+def test_gray_jpeg_for_rgb_output_decodes_gray_and_writes_in_place(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    image = cv2.GaussianBlur(rng.integers(0, 255, (256, 256)).astype(np.uint8), (9, 9), 3)
+    path = tmp_path / "gray.jpg"
+    cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    load = LoadImage(64, 3)
+    through_colour = load(path, source_shape=(256, 256))  # channels unknown: libjpeg's BGR
+    out = np.zeros((64, 64, 3), np.uint8)
+    through_gray = load(path, source_shape=(256, 256), source_channels=1, out=out)
+    assert through_gray is out
+    np.testing.assert_array_equal(through_gray, through_colour)
+    assert (out[..., 0] == out[..., 2]).all()
+    with pytest.raises(ValueError, match=r"out must be a C-contiguous uint8 array of shape"):
+        load(path, out=np.zeros((64, 64, 3), np.float32))
+
+
+def test_a_file_that_fails_to_decode_stops_preprocess_cleanly(
+    phantom_dir: Path, tiny_recipe: Recipe, tmp_path: Path
+) -> None:
+    manifest = ingest(phantom_dir, tmp_path / "m.parquet", tiny_recipe).manifest
+    splits = split(manifest, tmp_path / "splits.parquet", tiny_recipe).splits
+    table = pd.read_parquet(splits)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    table.loc[70, ["root", "path"]] = [str(tmp_path), "broken.jpg"]
+    table.to_parquet(splits, index=False)
+    recipe = tiny_recipe.model_copy(
+        update={"image": tiny_recipe.image.model_copy(update={"shard_size": 32})}
+    )  # four shards, two of them in flight when row 70 fails
+    open_files = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(ValueError, match="cannot decode image .*broken.jpg"):
+        preprocess(splits, tmp_path / "out" / "shards", recipe)
+    assert list((tmp_path / "out").iterdir()) == []  # nothing half-written, no staging left
+    assert len(os.listdir("/proc/self/fd")) == open_files  # every shard file closed
 
 
 def test_letterbox_keeps_aspect_ratio(tmp_path: Path) -> None:
