@@ -4,13 +4,15 @@ Prints, for N phantom JPEGs (default 5,000 at 512x512, resized to 128x128):
 
 - images/s and peak RSS of the seed-style loop (``cv2.imread`` + ``cv2.resize`` per file in one
   Python loop, appended to a list, then ``np.array``) and of ``medml.preprocess``; the ratio;
+- the decode ceiling: one thread per core doing nothing but read and decode each file at the
+  reduced scale, so medml's figure can be read against what the cores can do at all;
 - medml's peak RSS when the same files are listed 10 times (50,000 rows), against 5,000 rows:
   preprocess streams shard by shard, so memory should not grow with the dataset;
 - the time of an unchanged ``dvc repro`` as a fraction of the cold run.
 
-Each measurement runs in its own process so peak RSS is its own. The seed loop and medml run
-alternately ``--repeats`` times and the medians are compared, so a slow spell of a shared machine
-does not land on one side only.
+Each measurement runs in its own process so peak RSS is its own. The seed loop, the ceiling and
+medml run in turn ``--repeats`` times (the order rotating) and the medians are compared, so a
+slow spell of a shared machine does not land on one side only.
 
     .venv/bin/python benchmarks/preprocess.py [--n 5000] [--source-size 512] [--size 128]
 """
@@ -70,6 +72,38 @@ def child_medml(splits: str, size: int, out: str) -> dict[str, float]:
     return {"seconds": seconds, "images": result.images, "peak_rss_mb": _peak_rss_mb()}
 
 
+def child_decode_ceiling(splits: str, size: int) -> dict[str, float]:
+    """What the cores can decode at all: one thread per core reading each file and decoding it
+    at the largest libjpeg DCT scale that still covers ``size``; nothing converted or written.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import cv2
+    import numpy as np
+
+    table = pd.read_parquet(splits)
+    paths = [os.path.join(r, p) for r, p in zip(table["root"], table["path"], strict=True)]
+    factor = max(f for f in (1, 2, 4, 8) if int(table["width"].min()) // f >= size)
+    flag = {
+        1: cv2.IMREAD_GRAYSCALE,
+        2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
+        4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+        8: cv2.IMREAD_REDUCED_GRAYSCALE_8,
+    }[factor]
+    cv2.setNumThreads(0)
+
+    def decode(chunk: list[str]) -> None:
+        for path in chunk:
+            with open(path, "rb", buffering=0) as handle:
+                cv2.imdecode(np.frombuffer(handle.read(), dtype=np.uint8), flag)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(decode, [paths[i : i + 32] for i in range(0, len(paths), 32)]))
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "images": len(paths), "peak_rss_mb": _peak_rss_mb()}
+
+
 def _run_child(*args: str) -> dict[str, float]:
     out = subprocess.run(
         [sys.executable, __file__, "--child", *args], check=True, capture_output=True, text=True
@@ -121,11 +155,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         kind, *rest = args.child
-        result = (
-            child_seed_loop(rest[0], int(rest[1]))
-            if kind == "seed"
-            else child_medml(rest[0], int(rest[1]), rest[2])
-        )
+        if kind == "seed":
+            result = child_seed_loop(rest[0], int(rest[1]))
+        elif kind == "ceiling":
+            result = child_decode_ceiling(rest[0], int(rest[1]))
+        else:
+            result = child_medml(rest[0], int(rest[1]), rest[2])
         print(json.dumps(result))
         return
 
@@ -146,12 +181,14 @@ def main() -> None:
                 path.read_bytes()
         small = _splits_for(data, 1, work / "splits.parquet")
         large = _splits_for(data, args.scale_copies, work / "splits-large.parquet")
-        seeds, medmls = [], []
+        runs: dict[str, list[dict[str, float]]] = {"seed": [], "ceiling": [], "medml": []}
         for repeat in range(args.repeats):
-            seeds.append(_run_child("seed", str(small), str(args.size)))
-            out = work / f"shards-{repeat}"
-            medmls.append(_run_child("medml", str(small), str(args.size), str(out)))
-            shutil.rmtree(out)
+            kinds = list(runs)[repeat % 3 :] + list(runs)[: repeat % 3]  # no side always first
+            for kind in kinds:
+                out = [str(work / f"shards-{repeat}")] if kind == "medml" else []
+                runs[kind].append(_run_child(kind, str(small), str(args.size), *out))
+            shutil.rmtree(work / f"shards-{repeat}")
+        seeds, ceilings, medmls = runs["seed"], runs["ceiling"], runs["medml"]
         medml_large = _run_child("medml", str(large), str(args.size), str(work / "shards-large"))
         cold, warm = _dvc_ratio(work, args.dvc_n or args.n)
 
@@ -171,7 +208,13 @@ def main() -> None:
     print(f"{'':28}{'images/s':>10}{'range':>14}{'peak RSS MB':>13}   ({args.repeats} runs each)")
     print(row("seed loop (imread+resize)", seeds))
     print(row("medml preprocess", medmls))
-    print(f"throughput ratio medml/seed (medians): {medml_rate / seed_rate:.1f}x  (target >= 4x)")
+    print(row("decode ceiling (no output)", ceilings))
+    ceiling_rate = statistics.median(rate(r) for r in ceilings)
+    print(f"throughput ratio medml/seed (medians): {medml_rate / seed_rate:.2f}x  (target >= 4x)")
+    print(
+        f"decode ceiling/seed: {ceiling_rate / seed_rate:.2f}x; medml reaches "
+        f"{medml_rate / ceiling_rate:.0%} of what {os.cpu_count()} threads decode writing nothing"
+    )
     n_large = int(medml_large["images"])
     ratio = medml_large["peak_rss_mb"] / medml["peak_rss_mb"]
     print(
