@@ -221,7 +221,7 @@ def preprocess(splits_path: Path, shards_dir: Path, recipe: Recipe) -> Preproces
             return fd, [pool.submit(decode_task, fd, data_offset, start, task) for task in tasks]
 
         try:
-            # Two shards in flight, so the pool never waits for a shard to be closed.
+            # The next shard's tasks are queued before this one is awaited: no idle boundary.
             pending = submit(0)
             index.to_parquet(staging / "index.parquet", index=False)  # while the pool decodes
             for shard in range(n_shards):
