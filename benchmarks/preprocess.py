@@ -4,8 +4,9 @@ Prints, for N phantom JPEGs (default 5,000 at 512x512, resized to 128x128):
 
 - images/s and peak RSS of the seed-style loop (``cv2.imread`` + ``cv2.resize`` per file in one
   Python loop, appended to a list, then ``np.array``) and of ``medml.preprocess``; the ratio;
-- the decode ceiling: one thread per core doing nothing but read and decode each file at the
-  reduced scale, so medml's figure can be read against what the cores can do at all;
+- the decode ceiling: one thread per core doing nothing but medml's own decode of each file
+  (read, libjpeg at the reduced scale), so medml's figure can be read against what the cores
+  can do at all;
 - medml's peak RSS when the same files are listed 10 times (50,000 rows), against 5,000 rows:
   preprocess streams shard by shard, so memory should not grow with the dataset;
 - the time of an unchanged ``dvc repro`` as a fraction of the cold run.
@@ -73,33 +74,35 @@ def child_medml(splits: str, size: int, out: str) -> dict[str, float]:
 
 
 def child_decode_ceiling(splits: str, size: int) -> dict[str, float]:
-    """What the cores can decode at all: one thread per core reading each file and decoding it
-    at the largest libjpeg DCT scale that still covers ``size``; nothing converted or written.
+    """What the cores can decode at all: one thread per core doing only medml's decode
+    (``LoadImage.decode``: read, libjpeg at the reduced scale); nothing converted or written.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     import cv2
     import numpy as np
 
+    from medml.data.ingest import absolute_paths
+    from medml.preprocess import LoadImage
+
     table = pd.read_parquet(splits)
-    paths = [os.path.join(r, p) for r, p in zip(table["root"], table["path"], strict=True)]
-    factor = max(f for f in (1, 2, 4, 8) if int(table["width"].min()) // f >= size)
-    flag = {
-        1: cv2.IMREAD_GRAYSCALE,
-        2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
-        4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
-        8: cv2.IMREAD_REDUCED_GRAYSCALE_8,
-    }[factor]
+    paths = absolute_paths(table)
+    widths, heights, channels = (
+        table[c].to_numpy(np.int64) for c in ("width", "height", "channels")
+    )
+    load = LoadImage(size, 3)
     cv2.setNumThreads(0)
 
-    def decode(chunk: list[str]) -> None:
-        for path in chunk:
-            with open(path, "rb", buffering=0) as handle:
-                cv2.imdecode(np.frombuffer(handle.read(), dtype=np.uint8), flag)
+    def decode(rows: range) -> None:
+        for k in rows:
+            load.decode(paths[k], source_shape=(int(widths[k]), int(heights[k])),
+                        source_channels=int(channels[k]))  # fmt: skip
 
     started = time.perf_counter()
     with ThreadPoolExecutor(os.cpu_count()) as pool:
-        list(pool.map(decode, [paths[i : i + 32] for i in range(0, len(paths), 32)]))
+        list(
+            pool.map(decode, [range(i, min(i + 32, len(paths))) for i in range(0, len(paths), 32)])
+        )
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "images": len(paths), "peak_rss_mb": _peak_rss_mb()}
 

@@ -37,8 +37,7 @@ def medml_predict() -> None:
                 run_id: str | None = None) -> dict:  # fmt: skip
         from pathlib import Path
 
-        from medml.io import safe_name
-        from medml.pipeline import medml_home
+        from medml.io import medml_home, safe_name
         from medml.predict import predict as predict_batch
         from medml.tracking import Tracking
 
@@ -47,7 +46,7 @@ def medml_predict() -> None:
         model = params["model"]
         result = predict_batch(
             model if model.startswith("models:/") else f"models:/{model}",
-            Path(params["source"].format(ds=ds)), out, tracking=Tracking.from_env(medml_home()),
+            Path(params["source"].format(ds=ds)), out, tracking=Tracking.from_env(),
         )  # fmt: skip
         return {"out": str(result.out), "images": result.images, "failed": result.failed}
 

@@ -41,13 +41,13 @@ def medml_promote() -> None:
 
     @task
     def render_review(params: dict | None = None, run_id: str | None = None) -> str:
-        from medml.pipeline import medml_home
+        from medml.io import medml_home
         from medml.review import review
         from medml.tracking import Tracking
 
         out = medml_home() / "reviews" / f"{params['model']}-v{params['version']}-{run_id}.html"
         out.parent.mkdir(parents=True, exist_ok=True)
-        text, path = review(Tracking.from_env(medml_home()), params["model"], params["version"],
+        text, path = review(Tracking.from_env(), params["model"], params["version"],
                             out)  # fmt: skip
         return f"{text}\n\nFull report: {path}"
 
@@ -62,26 +62,24 @@ def medml_promote() -> None:
 
     @task
     def promote(params: dict | None = None) -> dict:
-        from medml.pipeline import medml_home
         from medml.registry import promote as promote_version
         from medml.tracking import Tracking
 
         return promote_version(
-            Tracking.from_env(medml_home()), params["model"], params["version"],
+            Tracking.from_env(), params["model"], params["version"],
             reviewer=params["reviewer"], reason=params["reason"],
             override_gate=params["override_gate"] or None,
         )  # fmt: skip
 
     @task(trigger_rule="all_skipped")
     def record_rejection(params: dict | None = None, ti=None) -> dict:  # noqa: ANN001
-        from medml.pipeline import medml_home
         from medml.registry import record_decision
         from medml.tracking import Tracking
 
         response = ti.xcom_pull(task_ids="approve") or {}
         who = response.get("responded_by_user", {}) or {}
         return record_decision(
-            Tracking.from_env(medml_home()), params["model"], params["version"],
+            Tracking.from_env(), params["model"], params["version"],
             reviewer=who.get("name") or params["reviewer"], decision="rejected",
             reason=f"rejected in the Airflow UI (requested: {params['reason']})",
         )  # fmt: skip

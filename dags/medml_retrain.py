@@ -98,13 +98,13 @@ def medml_retrain() -> None:
         dag_run=None,  # noqa: ANN001
     ) -> str:
         from medml import pipeline
-        from medml.io import safe_name
+        from medml.io import medml_home, safe_name
 
         ds = ds or dag_run.run_after.date().isoformat()  # asset-triggered runs have no ds
         source = (params["source"] or os.environ.get("MEDML_SOURCE", "")).format(ds=ds)
         if not source:
             raise ValueError("no dataset source: set the `source` param or $MEDML_SOURCE")
-        run_dir = params["run_dir"] or str(pipeline.medml_home() / "runs" / ds / safe_name(run_id))
+        run_dir = params["run_dir"] or str(medml_home() / "runs" / ds / safe_name(run_id))
         ctx = pipeline.init_run(
             run_dir,
             source,
@@ -174,21 +174,21 @@ def medml_retrain() -> None:
         from medml import pipeline
         from medml.tracking import Tracking
 
-        return pipeline.step_train(run_dir, fold, Tracking.from_env(pipeline.medml_home()))
+        return pipeline.step_train(run_dir, fold, Tracking.from_env())
 
     @task(trigger_rule="none_failed_min_one_success")
     def evaluate(run_dir: str) -> dict:
         from medml import pipeline
         from medml.tracking import Tracking
 
-        return pipeline.step_evaluate(run_dir, Tracking.from_env(pipeline.medml_home()))
+        return pipeline.step_evaluate(run_dir, Tracking.from_env())
 
     @task
     def register(run_dir: str) -> dict:
         from medml import pipeline
         from medml.tracking import Tracking
 
-        return pipeline.step_register(run_dir, Tracking.from_env(pipeline.medml_home()))
+        return pipeline.step_register(run_dir, Tracking.from_env())
 
     @task
     def report(run_dir: str) -> str:

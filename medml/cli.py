@@ -21,6 +21,7 @@ import typer
 
 from medml import pipeline
 from medml.config import ConfigError, available_recipes
+from medml.io import medml_home
 
 app = typer.Typer(
     name="medml",
@@ -85,7 +86,7 @@ def _guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
 def _tracking():  # noqa: ANN202 - medml.tracking.Tracking
     from medml.tracking import Tracking
 
-    return Tracking.from_env(pipeline.medml_home())
+    return Tracking.from_env()
 
 
 def _echo_result(result: dict[str, Any]) -> None:
@@ -264,7 +265,7 @@ def _new_run(
     """Initialise a run directory (default: ``$MEDML_HOME/runs/<date>/<kind>__<time>``)."""
     now = datetime.now(UTC)
     date = logical_date or now.date().isoformat()
-    target = run_dir or pipeline.medml_home() / "runs" / date / f"{kind}__{now:%Y%m%dT%H%M%S}"
+    target = run_dir or medml_home() / "runs" / date / f"{kind}__{now:%Y%m%dT%H%M%S}"
     return _guard(pipeline.init_run, target, source, recipe, params_file=params,
                   overrides=set_ or [], logical_date=date)  # fmt: skip
 

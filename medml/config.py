@@ -168,11 +168,9 @@ class TrainConfig(_Strict):
     @field_validator("weights")
     @classmethod
     def _no_downloads(cls, value: str | None) -> str | None:
-        if value == "imagenet":
-            raise ValueError(
-                "'imagenet' would download weights at run time, which medml never does: give "
-                "the local path of the backbone's notop weights file, or null"
-            )
+        from medml.models import refuse_download  # light: Keras is imported only to build
+
+        refuse_download(value)
         return value
 
 

@@ -136,14 +136,24 @@ def build_pretrainable(
     return keras.Model(inputs, outputs, name=name)
 
 
-def _local_weights(weights: str | Path | None) -> str | None:
-    if weights is None:
-        return None
+def refuse_download(weights: str | Path | None) -> None:
+    """Raise if ``weights`` names weights Keras would download (``imagenet``).
+
+    Raises:
+        ValueError: ``weights`` is ``"imagenet"``.
+    """
     if str(weights) == "imagenet":
         raise ValueError(
             "weights='imagenet' would download at run time, which medml never does: download "
-            "the backbone's notop weights file once and give its local path in train.weights"
+            "the backbone's notop weights file once and give its local path in train.weights "
+            "(or null to train from scratch)"
         )
+
+
+def _local_weights(weights: str | Path | None) -> str | None:
+    if weights is None:
+        return None
+    refuse_download(weights)
     path = Path(weights).expanduser()
     if not path.is_file():
         raise FileNotFoundError(

@@ -21,7 +21,6 @@ import pandas as pd
 
 from medml.config import Recipe, load_recipe
 from medml.data.sources import fetch_s3_prefix, is_s3, parse_s3_uri
-from medml.io import medml_home as medml_home  # re-exported for the runners
 from medml.io import read_json, safe_name, write_json
 from medml.tracking import Tracking
 

@@ -114,12 +114,9 @@ class LoadImage:
                 f"out must be a C-contiguous uint8 array of shape {shape}, "
                 f"got {out.dtype} {out.shape}"
             )
-        image = self._reduced_jpeg(path, source_shape, source_channels)
-        if image is None:
-            image = read_image(
-                path, window_center=self.window_center, window_width=self.window_width
-            )
-        image = _to_uint8(image)
+        image = _to_uint8(
+            self.decode(path, source_shape=source_shape, source_channels=source_channels)
+        )
         out = np.empty(shape, dtype=np.uint8) if out is None else out
         if not self.clahe and self.aspect == "resize" and image.shape[:2] == shape[:2]:
             _convert_channels(image, self.channels, out=out)  # the usual case: one pass
@@ -138,6 +135,24 @@ class LoadImage:
             )
         np.copyto(out, image.reshape(shape))
         return out
+
+    def decode(
+        self, path: str | Path, *, source_shape: tuple[int, int] | None = None,
+        source_channels: int = 0,
+    ) -> np.ndarray:  # fmt: skip
+        """The file's pixels as decoded, before channel conversion and resizing: a large JPEG
+        at the reduced scale :meth:`__call__` uses (same arguments), anything else through
+        :func:`~medml.data.images.read_image`.
+
+        Raises:
+            ValueError: the file cannot be decoded.
+        """
+        image = self._reduced_jpeg(path, source_shape, source_channels)
+        if image is None:
+            image = read_image(
+                path, window_center=self.window_center, window_width=self.window_width
+            )
+        return image
 
     def _reduced_jpeg(
         self, path: str | Path, source_shape: tuple[int, int] | None, source_channels: int

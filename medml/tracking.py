@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from medml.io import medml_home
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
@@ -25,9 +27,10 @@ class Tracking:
     artifact_root: str
 
     @classmethod
-    def from_env(cls, home: Path) -> Tracking:
-        """``MLFLOW_TRACKING_URI`` / ``MEDML_ARTIFACT_ROOT`` if set, else SQLite under ``home``."""
-        home = Path(home).resolve()
+    def from_env(cls, home: Path | None = None) -> Tracking:
+        """``MLFLOW_TRACKING_URI`` / ``MEDML_ARTIFACT_ROOT`` if set, else SQLite under ``home``
+        (default :func:`~medml.io.medml_home`)."""
+        home = Path(home).resolve() if home is not None else medml_home()
         uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
         artifacts = os.environ.get("MEDML_ARTIFACT_ROOT") or (home / "mlartifacts").as_uri()
         if uri.startswith("sqlite:///"):

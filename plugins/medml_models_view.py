@@ -27,10 +27,9 @@ STYLE = (
 
 
 def _tracking():  # noqa: ANN202 - medml.tracking.Tracking
-    from medml.pipeline import medml_home
     from medml.tracking import Tracking
 
-    return Tracking.from_env(medml_home())
+    return Tracking.from_env()
 
 
 def models_page() -> str:

@@ -42,7 +42,7 @@ def test_models_page_lists_versions_aliases_and_audit(phantom_dir: Path, tmp_pat
         "kidney-ct",
         overrides=[*TINY, "registry.gate.min_balanced_accuracy=0"],
     )
-    tracking = Tracking.from_env(pipeline.medml_home())
+    tracking = Tracking.from_env()
     pipeline.run_all(ctx, tracking, echo=lambda _: None)
     promote(tracking, "kidney-ct-classifier", 1, reviewer="alice", reason="first model")
 

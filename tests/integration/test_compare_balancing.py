@@ -30,10 +30,9 @@ def test_compare_balancing_table_and_runs(phantom_dir: Path, tmp_path: Path) -> 
     trained = table[table["strategy"] != "smote"]
     assert trained["macro_f1"].between(0, 1).all() and (trained["train_seconds"] > 0).all()
 
-    from medml.pipeline import medml_home
     from medml.tracking import Tracking
 
-    client = Tracking.from_env(medml_home()).activate()
+    client = Tracking.from_env().activate()
     experiment = client.get_experiment_by_name("medml-kidney-ct").experiment_id
     parent = client.search_runs([experiment], "tags.`medml.kind` = 'compare-balancing'")
     children = client.search_runs([experiment], "tags.`medml.kind` = 'strategy'")

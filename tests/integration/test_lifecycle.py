@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 
 from medml import pipeline
-from medml.pipeline import medml_home
 from medml.registry import PromotionError, audit_log, promote, record_decision, rollback
 from medml.tracking import Tracking
 from tests.conftest import TINY
@@ -22,11 +21,11 @@ def _run(source: Path, run_dir: Path, *extra: str) -> dict:
     ctx = pipeline.init_run(
         run_dir, source, "kidney-ct", overrides=[*TINY, *extra], logical_date="2026-01-05"
     )
-    return pipeline.run_all(ctx, Tracking.from_env(medml_home()), echo=lambda _: None)
+    return pipeline.run_all(ctx, Tracking.from_env(), echo=lambda _: None)
 
 
 def test_gate_promotion_rollback_review_predict(phantom_dir: Path, tmp_path: Path) -> None:
-    tracking = Tracking.from_env(medml_home())
+    tracking = Tracking.from_env()
     client = tracking.activate()
 
     first = _run(phantom_dir, tmp_path / "r1", "registry.gate.min_balanced_accuracy=0")
