@@ -34,7 +34,7 @@ def _seed_generator(x: np.ndarray, y: np.ndarray, batch: int) -> Iterator[tuple]
             yield x[start : start + batch].astype(np.float32), y[start : start + batch]
 
 
-def _images_per_second(model, data, steps: int, epochs: int, images: int) -> float:  # noqa: ANN001
+def _images_per_second(model, data, steps: int, epochs: int, images: int) -> float:
     from medml.train import throughput_logger
 
     model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)  # warm-up
@@ -60,7 +60,7 @@ def measure(kind: str, size: int, images: int, batch: int, epochs: int) -> dict[
     steps = images // batch
 
     def compiled(jit: bool) -> keras.Model:
-        model = build_model(kind, (size, size, 3), 4, dropout=0.3, name=kind)
+        model = build_model((size, size, 3), 4, TrainConfig(model=kind, dropout=0.3), name=kind)
         model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy",
                       jit_compile=jit)  # fmt: skip
         return model

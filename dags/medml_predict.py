@@ -9,20 +9,18 @@ Writes one row per image: predicted class and per-class probabilities.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-import pendulum
 from airflow.sdk import Param, dag, task
+from medml_common import DEFAULT_ARGS, START_DATE
 
 
 @dag(
     dag_id="medml_predict",
     schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    start_date=START_DATE,
     catchup=False,
     tags=["medml", "prediction"],
     doc_md=__doc__,
-    default_args={"owner": "medml", "retries": 1, "retry_delay": timedelta(minutes=1)},
+    default_args=DEFAULT_ARGS,
     params={
         "model": Param("kidney-ct-classifier@champion", type="string"),
         "source": Param("", type="string", description="Folder or CSV; {ds} = logical date."),
@@ -39,13 +37,13 @@ def medml_predict() -> None:
 
         from medml.io import medml_home, safe_name
         from medml.predict import predict as predict_batch
-        from medml.tracking import Tracking
+        from medml.tracking import Tracking, models_uri
 
         out = Path(params["out"] or medml_home() / "predictions" / ds / f"{safe_name(run_id)}.csv")
         out.parent.mkdir(parents=True, exist_ok=True)
         model = params["model"]
         result = predict_batch(
-            model if model.startswith("models:/") else f"models:/{model}",
+            models_uri(model),
             Path(params["source"].format(ds=ds)), out, tracking=Tracking.from_env(),
         )  # fmt: skip
         return {"out": str(result.out), "images": result.images, "failed": result.failed}

@@ -15,19 +15,19 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pendulum
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
+from medml_common import DEFAULT_ARGS, START_DATE
 
 
 @dag(
     dag_id="medml_promote",
     schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    start_date=START_DATE,
     catchup=False,
     tags=["medml", "registry", "review"],
     doc_md=__doc__,
-    default_args={"owner": "medml", "retries": 1, "retry_delay": timedelta(minutes=1)},
+    default_args=DEFAULT_ARGS,
     params={
         "model": Param("kidney-ct-classifier", type="string", description="Registered model."),
         "version": Param("1", type="string", description="Version to promote."),
@@ -72,7 +72,7 @@ def medml_promote() -> None:
         )  # fmt: skip
 
     @task(trigger_rule="all_skipped")
-    def record_rejection(params: dict | None = None, ti=None) -> dict:  # noqa: ANN001
+    def record_rejection(params: dict | None = None, ti=None) -> dict:
         from medml.registry import record_decision
         from medml.tracking import Tracking
 

@@ -28,13 +28,12 @@ Trigger a run for a past date with `airflow dags test medml_retrain 2026-01-05 -
 from __future__ import annotations
 
 import os
-from datetime import timedelta
 
-import pendulum
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.sdk import Asset, Param, dag, task
 from airflow.timetables.assets import AssetOrTimeSchedule
 from airflow.timetables.trigger import CronTriggerTimetable
+from medml_common import DEFAULT_ARGS, START_DATE, export_s3_connection
 
 # The data producer marks this asset updated when a new snapshot lands (see docs/operations.md);
 # each update triggers a retraining run, on top of the weekly schedule.
@@ -43,43 +42,18 @@ SNAPSHOTS = Asset(
     uri=os.environ.get("MEDML_SNAPSHOT_ASSET", "file:///data/medml/snapshots/kidney-ct"),
 )
 
-S3_CONNECTION_ID = "medml_s3"
-
-
-def _export_s3_connection() -> None:
-    """Put the `medml_s3` Airflow connection (if defined) into this task's environment.
-
-    medml reads S3 settings from the environment only; this keeps credentials in Airflow's
-    connection store, out of DAG code, params and logs. Extra `endpoint_url` and `region_name`
-    are honoured (S3-compatible servers).
-    """
-    from airflow.sdk import Connection
-
-    try:
-        conn = Connection.get(S3_CONNECTION_ID)
-    except Exception:  # noqa: BLE001 - no such connection: use the worker's environment
-        return
-    extra = conn.extra_dejson
-    values = {
-        "AWS_ACCESS_KEY_ID": conn.login,
-        "AWS_SECRET_ACCESS_KEY": conn.password,
-        "MEDML_S3_ENDPOINT_URL": extra.get("endpoint_url"),
-        "AWS_DEFAULT_REGION": extra.get("region_name"),
-    }
-    os.environ.update({key: value for key, value in values.items() if value})
-
 
 @dag(
     dag_id="medml_retrain",
     schedule=AssetOrTimeSchedule(
         timetable=CronTriggerTimetable("0 3 * * 1", timezone="UTC"), assets=SNAPSHOTS
     ),
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    start_date=START_DATE,
     catchup=False,
     max_active_runs=2,
     tags=["medml", "training"],
     doc_md=__doc__,
-    default_args={"owner": "medml", "retries": 1, "retry_delay": timedelta(minutes=1)},
+    default_args=DEFAULT_ARGS,
     params={
         "source": Param("", type="string", description="Dataset root; {ds} = logical date."),
         "recipe": Param("kidney-ct", type="string", description="Recipe name or YAML path."),
@@ -95,23 +69,22 @@ def medml_retrain() -> None:
         params: dict | None = None,
         ds: str | None = None,
         run_id: str | None = None,
-        dag_run=None,  # noqa: ANN001
+        dag_run=None,
     ) -> str:
         from medml import pipeline
-        from medml.io import medml_home, safe_name
 
         ds = ds or dag_run.run_after.date().isoformat()  # asset-triggered runs have no ds
         source = (params["source"] or os.environ.get("MEDML_SOURCE", "")).format(ds=ds)
         if not source:
             raise ValueError("no dataset source: set the `source` param or $MEDML_SOURCE")
-        run_dir = params["run_dir"] or str(medml_home() / "runs" / ds / safe_name(run_id))
+        run_dir = params["run_dir"] or pipeline.new_run_dir("medml_retrain", ds, run_id)
         ctx = pipeline.init_run(
             run_dir,
             source,
             params["recipe"],
             overrides=params["overrides"],
             logical_date=ds,
-            run_key=f"medml_retrain/{safe_name(run_id)}",
+            run_key=pipeline.run_key_for("medml_retrain", run_id),
         )
         return str(ctx.layout.root)
 
@@ -119,7 +92,7 @@ def medml_retrain() -> None:
     def ingest(run_dir: str) -> dict:
         from medml import pipeline
 
-        _export_s3_connection()
+        export_s3_connection()
         return pipeline.step_ingest(run_dir)
 
     @task(retries=0)
@@ -160,6 +133,7 @@ def medml_retrain() -> None:
 
         ctx = pipeline.load_context(run_dir)
         config = ctx.recipe.train.kubernetes
+        export_s3_connection()
         shared = pipeline.step_share_with_pods(run_dir)  # pods read and write the S3 run dir
         return [fold_pod_kwargs(config, ctx.recipe.name, shared, fold) for fold in ctx.folds]
 
@@ -167,6 +141,7 @@ def medml_retrain() -> None:
     def collect_folds(run_dir: str) -> dict:
         from medml import pipeline
 
+        export_s3_connection()
         return pipeline.step_collect_folds(run_dir)
 
     @task(max_active_tis_per_dagrun=4)

@@ -4,13 +4,18 @@ One augmenter, built from the recipe's ``train.augment`` settings, serves both u
 training-time augmentation in the tf.data pipeline, and the ``augment_oversample`` balancing
 strategy, which tops minority classes up with augmented copies. The settings follow the seeds:
 rotation ±25°, horizontal flip, translation, Gaussian blur, zoom and brightness 0.7–1.3.
+
+Each op is a function ``(config, seed) -> keras layer | None`` registered with
+``@AUGMENT_OPS.register(name)`` (:data:`medml.extensions.AUGMENT_OPS`); it reads its own
+setting from :class:`~medml.config.AugmentConfig` and returns ``None`` when switched off.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from medml.config import AugmentConfig
+from medml.extensions import AUGMENT_OPS
 
 if TYPE_CHECKING:
     import keras
@@ -37,15 +42,7 @@ class RandAugment:
     @property
     def enabled(self) -> bool:
         """True when at least one augmentation is switched on."""
-        c = self.config
-        return bool(
-            c.rotation_degrees
-            or c.horizontal_flip
-            or c.translate
-            or c.zoom
-            or c.blur_sigma
-            or c.brightness
-        )
+        return bool(self.layers().layers)
 
     def layers(self) -> keras.Sequential:
         """The Keras pipeline (built on first use)."""
@@ -53,7 +50,7 @@ class RandAugment:
             self._model = _build(self.config, self.seed)
         return self._model
 
-    def __call__(self, images):  # noqa: ANN001, ANN204 - array or tensor in, tensor out
+    def __call__(self, images: Any) -> Any:
         """Augment a batch ``(n, h, w, c)`` with values in [0, 255]; returns float32 in [0, 255]."""
         import keras
 
@@ -64,38 +61,74 @@ class RandAugment:
 
 
 def _build(config: AugmentConfig, seed: int) -> keras.Sequential:
+    """Every registered op that the config switches on, in registration order.
+
+    Op ``i`` is seeded with ``seed + i``, so switching one op off does not change the others.
+    """
     import keras
+
+    stack = []
+    for offset, name in enumerate(AUGMENT_OPS.names()):
+        layer = AUGMENT_OPS.get(name)(config, seed + offset)
+        if layer is not None:
+            stack.append(layer)
+    return keras.Sequential(stack, name="rand_augment")
+
+
+@AUGMENT_OPS.register("horizontal_flip")
+def horizontal_flip(config: AugmentConfig, seed: int) -> keras.layers.Layer | None:
+    """Mirror left-right with probability 1/2."""
     from keras import layers
 
-    stack: list[keras.layers.Layer] = []
-    if config.horizontal_flip:
-        stack.append(layers.RandomFlip("horizontal", seed=seed))
-    if config.rotation_degrees:
-        stack.append(
-            layers.RandomRotation(
-                config.rotation_degrees / 360.0, fill_mode="constant", seed=seed + 1
-            )
-        )
-    if config.translate:
-        stack.append(
-            layers.RandomTranslation(
-                config.translate, config.translate, fill_mode="constant", seed=seed + 2
-            )
-        )
-    if config.zoom:
-        stack.append(layers.RandomZoom(config.zoom, fill_mode="constant", seed=seed + 3))
-    if config.blur_sigma:
-        stack.append(
-            layers.RandomGaussianBlur(
-                factor=1.0,
-                kernel_size=3,
-                sigma=(0.0, config.blur_sigma),
-                value_range=(0, 255),
-                seed=seed + 4,
-            )
-        )
-    if config.brightness:
-        stack.append(
-            layers.RandomBrightness(config.brightness, value_range=(0, 255), seed=seed + 5)
-        )
-    return keras.Sequential(stack, name="rand_augment")
+    return layers.RandomFlip("horizontal", seed=seed) if config.horizontal_flip else None
+
+
+@AUGMENT_OPS.register("rotation")
+def rotation(config: AugmentConfig, seed: int) -> keras.layers.Layer | None:
+    """Rotate by up to ±``rotation_degrees``."""
+    from keras import layers
+
+    if not config.rotation_degrees:
+        return None
+    factor = config.rotation_degrees / 360.0
+    return layers.RandomRotation(factor, fill_mode="constant", seed=seed)
+
+
+@AUGMENT_OPS.register("translate")
+def translate(config: AugmentConfig, seed: int) -> keras.layers.Layer | None:
+    """Shift by up to ``translate`` of the side, both axes."""
+    from keras import layers
+
+    if not config.translate:
+        return None
+    shift = config.translate
+    return layers.RandomTranslation(shift, shift, fill_mode="constant", seed=seed)
+
+
+@AUGMENT_OPS.register("zoom")
+def zoom(config: AugmentConfig, seed: int) -> keras.layers.Layer | None:
+    """Zoom in or out by up to ``zoom``."""
+    from keras import layers
+
+    return layers.RandomZoom(config.zoom, fill_mode="constant", seed=seed) if config.zoom else None
+
+
+@AUGMENT_OPS.register("blur")
+def blur(config: AugmentConfig, seed: int) -> keras.layers.Layer | None:
+    """Gaussian blur, 3x3, sigma drawn up to ``blur_sigma``."""
+    from keras import layers
+
+    if not config.blur_sigma:
+        return None
+    return layers.RandomGaussianBlur(factor=1.0, kernel_size=3, sigma=(0.0, config.blur_sigma),
+                                     value_range=(0, 255), seed=seed)  # fmt: skip
+
+
+@AUGMENT_OPS.register("brightness")
+def brightness(config: AugmentConfig, seed: int) -> keras.layers.Layer | None:
+    """Shift brightness by up to ±``brightness`` of the value range."""
+    from keras import layers
+
+    if not config.brightness:
+        return None
+    return layers.RandomBrightness(config.brightness, value_range=(0, 255), seed=seed)

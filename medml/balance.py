@@ -1,6 +1,7 @@
 """Class balancing, applied only to the training part of a fold.
 
-Strategies (``train.balance`` in the recipe):
+Strategies (``train.balance`` in the recipe; :data:`medml.extensions.BALANCERS` is the list,
+filled by the ``@BALANCERS.register`` planners below):
 
 - ``none``: train on the data as it is;
 - ``class_weight``: scale each class's loss by its inverse frequency;
@@ -27,14 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from medml.config import AugmentConfig
+from medml.config import AugmentConfig, TrainConfig
+from medml.errors import MedmlError
+from medml.extensions import BALANCERS
 
-STRATEGIES = (
-    "none", "class_weight", "undersample", "oversample", "augment_oversample", "smote",
-    "balanced_batches",
-)  # fmt: skip
-INDEX_SAMPLERS = ("undersample", "oversample")
-ARRAY_SAMPLERS = ("augment_oversample", "smote")
+
+class BalanceError(MedmlError, ValueError):
+    """A fold's training part cannot be balanced as asked; the message says why and what to do."""
 
 
 def inverse_frequency_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
@@ -45,12 +45,12 @@ def inverse_frequency_weights(y: np.ndarray, n_classes: int) -> dict[int, float]
     learning rate means the same with and without weighting.
 
     Raises:
-        ValueError: a class in ``range(n_classes)`` has no samples.
+        BalanceError: a class in ``range(n_classes)`` has no samples.
     """
     counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=n_classes)
     if (counts == 0).any():
         missing = np.flatnonzero(counts == 0).tolist()
-        raise ValueError(f"classes {missing} have no training samples; cannot weight them")
+        raise BalanceError(f"classes {missing} have no training samples; cannot weight them")
     total = counts.sum()
     return {c: float(total / (n_classes * counts[c])) for c in range(n_classes)}
 
@@ -75,7 +75,7 @@ class AugmentOversampler:
         self.batch_size = batch_size
         self.random_state = random_state
 
-    def fit_resample(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # noqa: N803
+    def fit_resample(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Return ``X`` and ``y`` with augmented minority copies appended.
 
         Raises:
@@ -132,11 +132,11 @@ class PixelSMOTE:
         n_out = int(counts.max()) * int((counts > 0).sum())
         return 2 * n_out * n_features * 8 / 2**20  # float64 input copy + resampled output
 
-    def fit_resample(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # noqa: N803
+    def fit_resample(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Return ``X`` and ``y`` with synthetic minority images appended.
 
         Raises:
-            ValueError: the estimated working set exceeds ``memory_budget_mb``, or a class has
+            BalanceError: the estimated working set exceeds ``memory_budget_mb``, or a class has
                 a single image (SMOTE needs a neighbour).
         """
         from imblearn.over_sampling import SMOTE
@@ -145,14 +145,14 @@ class PixelSMOTE:
         n_features = int(np.prod(X.shape[1:]))
         needed = self.estimate_mb(y, n_features)
         if needed > self.memory_budget_mb:
-            raise ValueError(
+            raise BalanceError(
                 f"SMOTE on {n_features} pixel features x {len(y)} images needs about "
                 f"{needed:.0f} MiB, over the budget train.smote_memory_mb={self.memory_budget_mb}; "
                 "use a smaller image.size, raise the budget, or use augment_oversample"
             )
         smallest = int(np.bincount(y)[np.bincount(y) > 0].min())
         if smallest < 2:
-            raise ValueError("SMOTE needs at least 2 images in every class of the training fold")
+            raise BalanceError("SMOTE needs at least 2 images in every class of the training fold")
         smote = SMOTE(
             k_neighbors=min(self.k_neighbors, smallest - 1), random_state=self.random_state
         )
@@ -175,62 +175,93 @@ class BalancePlan:
     """
 
     indices: np.ndarray
-    class_weight: dict[int, float] | None
-    array_sampler: Any | None
-    balanced_batches: bool
+    class_weight: dict[int, float] | None = None
+    array_sampler: Any | None = None
+    balanced_batches: bool = False
 
 
 def plan_balance(
-    y_train: np.ndarray,
-    n_classes: int,
-    strategy: str,
-    *,
-    seed: int,
-    augment: AugmentConfig | None = None,
-    smote_memory_mb: int = 1024,
+    y_train: np.ndarray, n_classes: int, cfg: TrainConfig, *, seed: int
 ) -> BalancePlan:
-    """Plan the balancing of a fold's training rows.
+    """Plan the balancing of a fold's training rows with the strategy ``cfg.balance``.
 
     Args:
         y_train: class indices of the fold's training rows (never validation or holdout).
         n_classes: number of classes.
-        strategy: one of :data:`STRATEGIES`.
+        cfg: the recipe's training settings (strategy, augmentation, SMOTE budget).
         seed: random seed for samplers.
-        augment: augmentations for ``augment_oversample``.
-        smote_memory_mb: budget for ``smote``.
 
     Raises:
-        ValueError: unknown strategy.
+        ConfigError: unknown strategy ("did you mean …").
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown balance strategy {strategy!r}; choose one of {STRATEGIES}")
-    y_train = np.asarray(y_train, dtype=np.int64)
-    positions = np.arange(len(y_train))
-    if strategy in INDEX_SAMPLERS:
-        from imblearn.over_sampling import RandomOverSampler
-        from imblearn.under_sampling import RandomUnderSampler
+    planner = BALANCERS.get(cfg.balance)
+    return planner(np.asarray(y_train, dtype=np.int64), n_classes, cfg, seed)
 
-        sampler_cls = RandomUnderSampler if strategy == "undersample" else RandomOverSampler
-        resampled, _ = sampler_cls(random_state=seed).fit_resample(
-            positions.reshape(-1, 1), y_train
-        )
-        positions = resampled.ravel()
-    array_sampler: Any = None
-    if strategy == "augment_oversample":
-        array_sampler = AugmentOversampler(augment=augment, random_state=seed)
-    elif strategy == "smote":
-        array_sampler = PixelSMOTE(memory_budget_mb=smote_memory_mb, random_state=seed)
+
+def _all_rows(y: np.ndarray) -> np.ndarray:
+    return np.arange(len(y))
+
+
+@BALANCERS.register("none")
+def plan_none(y: np.ndarray, n_classes: int, cfg: TrainConfig, seed: int) -> BalancePlan:
+    """Train on the fold's training rows as they are."""
+    return BalancePlan(_all_rows(y))
+
+
+@BALANCERS.register("class_weight")
+def plan_class_weight(y: np.ndarray, n_classes: int, cfg: TrainConfig, seed: int) -> BalancePlan:
+    """Scale each class's loss by its inverse frequency."""
+    return BalancePlan(_all_rows(y), class_weight=inverse_frequency_weights(y, n_classes))
+
+
+def _resample_rows(sampler: Any, y: np.ndarray) -> np.ndarray:
+    """Resample row positions (not pixels): images are gathered once, after resampling."""
+    resampled, _ = sampler.fit_resample(_all_rows(y).reshape(-1, 1), y)
+    return resampled.ravel()
+
+
+@BALANCERS.register("undersample")
+def plan_undersample(y: np.ndarray, n_classes: int, cfg: TrainConfig, seed: int) -> BalancePlan:
+    """imbalanced-learn's RandomUnderSampler on row positions."""
+    from imblearn.under_sampling import RandomUnderSampler
+
+    return BalancePlan(_resample_rows(RandomUnderSampler(random_state=seed), y))
+
+
+@BALANCERS.register("oversample")
+def plan_oversample(y: np.ndarray, n_classes: int, cfg: TrainConfig, seed: int) -> BalancePlan:
+    """imbalanced-learn's RandomOverSampler on row positions."""
+    from imblearn.over_sampling import RandomOverSampler
+
+    return BalancePlan(_resample_rows(RandomOverSampler(random_state=seed), y))
+
+
+@BALANCERS.register("augment_oversample")
+def plan_augment_oversample(
+    y: np.ndarray, n_classes: int, cfg: TrainConfig, seed: int
+) -> BalancePlan:
+    """Top minority classes up with augmented copies (:class:`AugmentOversampler`)."""
     return BalancePlan(
-        indices=positions,
-        class_weight=inverse_frequency_weights(y_train, n_classes)
-        if strategy == "class_weight"
-        else None,
-        array_sampler=array_sampler,
-        balanced_batches=strategy == "balanced_batches",
+        _all_rows(y), array_sampler=AugmentOversampler(augment=cfg.augment, random_state=seed)
     )
 
 
-def _check_images(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # noqa: N803
+@BALANCERS.register("smote")
+def plan_smote(y: np.ndarray, n_classes: int, cfg: TrainConfig, seed: int) -> BalancePlan:
+    """SMOTE on flattened pixels (:class:`PixelSMOTE`), within ``train.smote_memory_mb``."""
+    sampler = PixelSMOTE(memory_budget_mb=cfg.smote_memory_mb, random_state=seed)
+    return BalancePlan(_all_rows(y), array_sampler=sampler)
+
+
+@BALANCERS.register("balanced_batches")
+def plan_balanced_batches(
+    y: np.ndarray, n_classes: int, cfg: TrainConfig, seed: int
+) -> BalancePlan:
+    """No resampling here; the input pipeline draws class-balanced batches (O(batch) memory)."""
+    return BalancePlan(_all_rows(y), balanced_batches=True)
+
+
+def _check_images(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     X = np.asarray(X)
     y = np.asarray(y, dtype=np.int64)
     if X.ndim != 4:

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import subprocess
-import sys
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,8 +16,9 @@ from typing import Annotated, Any
 import typer
 
 from medml import pipeline
-from medml.config import ConfigError, available_recipes
-from medml.io import medml_home
+from medml.config import available_recipes
+from medml.errors import MedmlError
+from medml.tracking import Tracking, models_uri
 
 app = typer.Typer(
     name="medml",
@@ -55,37 +52,22 @@ ParamsFile = Annotated[
     Path | None, typer.Option("--params", help="YAML with overrides (e.g. params.yaml).")
 ]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
-
-def _fail(message: str) -> typer.Exit:
+def _fail(message: str, code: int = MedmlError.exit_code) -> typer.Exit:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    return typer.Exit(code=1)
+    return typer.Exit(code=code)
 
 
 def _guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call a step; known failures become a one-line error and exit code 1."""
-    from medml.data.ingest import IngestError
-    from medml.data.validate import ValidationFailed
-    from medml.split import LeakageError
-
+    """Call a step; a :class:`MedmlError` becomes one line and its exit code (see
+    :mod:`medml.errors`); any other exception is a bug and keeps its traceback."""
     try:
         return fn(*args, **kwargs)
-    except (
-        ConfigError,
-        pipeline.RunError,
-        IngestError,
-        ValidationFailed,
-        LeakageError,
-        ValueError,
-        FileNotFoundError,
-    ) as err:
-        raise _fail(str(err)) from None
+    except MedmlError as err:
+        raise _fail(str(err), err.exit_code) from None
 
 
-def _tracking():  # noqa: ANN202 - medml.tracking.Tracking
-    from medml.tracking import Tracking
-
+def _tracking() -> Tracking:
     return Tracking.from_env()
 
 
@@ -173,7 +155,7 @@ def _data_step(
     if (source is None) != (recipe is None):
         raise _fail("--source and --recipe go together (or give neither to use run.json)")
     if source is not None and recipe is not None:
-        existing = run_dir / "run.json"
+        existing = pipeline.RunLayout(run_dir).run_json
         key = _guard(pipeline.load_context, run_dir).run_key if existing.is_file() else "dvc"
         _guard(
             pipeline.init_run,
@@ -262,10 +244,9 @@ def _new_run(
     set_: list[str] | None,
     logical_date: str | None = None,
 ) -> pipeline.RunContext:
-    """Initialise a run directory (default: ``$MEDML_HOME/runs/<date>/<kind>__<time>``)."""
-    now = datetime.now(UTC)
-    date = logical_date or now.date().isoformat()
-    target = run_dir or medml_home() / "runs" / date / f"{kind}__{now:%Y%m%dT%H%M%S}"
+    """Initialise a run directory (default: :func:`medml.pipeline.new_run_dir`)."""
+    date = logical_date or datetime.now(UTC).date().isoformat()
+    target = run_dir or pipeline.new_run_dir(kind, date)
     return _guard(pipeline.init_run, target, source, recipe, params_file=params,
                   overrides=set_ or [], logical_date=date)  # fmt: skip
 
@@ -300,32 +281,20 @@ def compare_balancing_cmd(
     run_dir: NewRunDir = None,
 ) -> None:
     """Train every balancing strategy on the same folds; print out-of-fold scores."""
-    from medml.balance import STRATEGIES
     from medml.compare import compare_balancing, format_table
 
     ctx = _new_run("compare", run_dir, source, recipe, params, set_)
     _guard(pipeline.run_data_steps, ctx, echo=lambda _: None)
-    chosen = [s.strip() for s in strategies.split(",")] if strategies else list(STRATEGIES)
+    chosen = [s.strip() for s in strategies.split(",")] if strategies else None
     table = _guard(compare_balancing, ctx, strategies=chosen, tracking=_tracking(), echo=typer.echo)
     typer.echo("\nOut-of-fold scores on the same folds (holdout not used):")
     typer.echo(format_table(table))
-    typer.echo(f"\nsaved {ctx.layout.root / 'compare' / 'compare_balancing.csv'}")
+    typer.echo(f"\nsaved {ctx.layout.compare_table}")
 
 
 ModelName = Annotated[str, typer.Argument(help="Registered model name, e.g. kidney-ct-classifier.")]
 Reviewer = Annotated[str, typer.Option("--reviewer", help="Who decides (recorded in the audit).")]
 Reason = Annotated[str, typer.Option("--reason", help="Why (recorded in the audit).")]
-
-
-def _lifecycle_guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    from medml.predict import PredictError
-    from medml.registry import PromotionError
-    from medml.review import ReviewError
-
-    try:
-        return _guard(fn, *args, **kwargs)
-    except (PromotionError, ReviewError, PredictError) as err:
-        raise _fail(str(err)) from None
 
 
 @app.command("review")
@@ -339,7 +308,7 @@ def review_cmd(
     """Compare a version (default: the challenger) with the champion; write an HTML report."""
     from medml.review import review
 
-    text, path = _lifecycle_guard(review, _tracking(), model, version, out)
+    text, path = _guard(review, _tracking(), model, version, out)
     typer.echo(text)
     typer.echo(f"\nreport: {path}")
 
@@ -357,7 +326,7 @@ def promote_cmd(
     """Move alias `champion` to a version (the old one stays as `previous-champion`), audited."""
     from medml.registry import promote
 
-    event = _lifecycle_guard(
+    event = _guard(
         promote,
         _tracking(),
         model,
@@ -377,7 +346,7 @@ def rollback_cmd(model: ModelName, reviewer: Reviewer, reason: Reason) -> None:
     """Restore the previous champion, audited."""
     from medml.registry import rollback
 
-    event = _lifecycle_guard(rollback, _tracking(), model, reviewer=reviewer, reason=reason)
+    event = _guard(rollback, _tracking(), model, reviewer=reviewer, reason=reason)
     typer.echo(f"{model}: champion -> v{event['version']} (rolled back from v{event['demoted']})")
 
 
@@ -393,8 +362,9 @@ def predict_cmd(
     """Predict with a registered model: class and probabilities per image, as CSV."""
     from medml.predict import predict
 
-    uri = model if model.startswith("models:/") else f"models:/{model}"
-    result = _lifecycle_guard(predict, uri, source, out, tracking=_tracking(), image_dir=image_dir)
+    result = _guard(
+        predict, models_uri(model), source, out, tracking=_tracking(), image_dir=image_dir
+    )
     typer.echo(
         f"wrote {result.images} predictions to {result.out}"
         + (
@@ -415,6 +385,7 @@ def demo(
     set_: Sets = None,
 ) -> None:
     """Synthesise a kidney-CT phantom set and run the medml_retrain DAG with `airflow dags test`."""
+    from medml import local_airflow
     from medml.data.synthetic import synth_kidney_ct
 
     workdir = workdir.resolve()
@@ -424,105 +395,29 @@ def demo(
     result = _guard(synth_kidney_ct, data, n=n, seed=seed)
     typer.echo(f"[demo] phantom dataset: {result.counts} ({result.patients} patients) in {data}")
     logical_date = datetime.now(UTC).date().isoformat()
-    run_dir = workdir / "runs" / logical_date / f"demo__{datetime.now(UTC):%Y%m%dT%H%M%S}"
-    env = airflow_env(workdir)
-    airflow = str(Path(sys.executable).with_name("airflow"))
+    env = local_airflow.airflow_env(workdir)
+    run_dir = pipeline.new_run_dir("demo", logical_date, home=workdir)
+    airflow = local_airflow.airflow_executable()
     log = workdir / "airflow-dags-test.log"
     typer.echo(f"[demo] airflow db migrate (AIRFLOW_HOME={env['AIRFLOW_HOME']})")
-    _run_logged([airflow, "db", "migrate"], env, log, mode="w")
-    conf = {
-        "source": str(data),
-        "recipe": "kidney-ct",
-        "run_dir": str(run_dir),
-        "overrides": list(set_ or []),
-    }
+    _guard(local_airflow.run_logged, [airflow, "db", "migrate"], env, log, mode="w")
+    conf = {"source": str(data), "recipe": "kidney-ct", "run_dir": str(run_dir),
+            "overrides": list(set_ or [])}  # fmt: skip
     typer.echo(f"[demo] airflow dags test medml_retrain {logical_date} (log: {log})")
-    _run_logged(
+    _guard(
+        local_airflow.run_logged,
         [airflow, "dags", "test", "medml_retrain", logical_date, "-c", json.dumps(conf)],
-        env,
-        log,
-        mode="a",
-        progress=_dag_test_progress,
-    )
-    registration = pipeline.RunLayout(run_dir).registry_dir / "registration.json"
-    if not registration.is_file():
+        env, log, mode="a", progress=local_airflow.dag_test_progress, echo=typer.echo,
+    )  # fmt: skip
+    if not pipeline.RunLayout(run_dir).registry.registration.is_file():
         raise _fail(f"the DAG run did not register a model; see {log}")
     typer.echo("")
     typer.echo(pipeline.summary(run_dir))
-    tracking = _tracking_for(workdir)
-    typer.echo(f"\nMLflow UI:  mlflow ui --backend-store-uri {tracking.uri}")
+    typer.echo(f"\nMLflow UI:  mlflow ui --backend-store-uri {env['MLFLOW_TRACKING_URI']}")
     typer.echo(
         f"Airflow UI: AIRFLOW_HOME={env['AIRFLOW_HOME']} "
         f"AIRFLOW__CORE__DAGS_FOLDER={env['AIRFLOW__CORE__DAGS_FOLDER']} airflow standalone"
     )
-
-
-def _tracking_for(home: Path):  # noqa: ANN202 - medml.tracking.Tracking
-    from medml.tracking import Tracking
-
-    return Tracking.from_env(home)
-
-
-def airflow_env(workdir: Path) -> dict[str, str]:
-    """Environment for an embedded Airflow (SQLite metadata DB) and MLflow store under workdir."""
-    env = dict(os.environ)
-    env.update(
-        {
-            "AIRFLOW_HOME": str(workdir / "airflow"),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
-            "MEDML_HOME": str(workdir),
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-            "GX_ANALYTICS_ENABLED": "false",
-            "MLFLOW_TRACKING_URI": _tracking_for(workdir).uri,
-        }
-    )
-    env.pop("MEDML_ARTIFACT_ROOT", None)
-    return env
-
-
-def _dag_test_progress(line: str) -> str | None:
-    """One short line per finished or failed task of `airflow dags test` output."""
-    match = _TASK_END.search(line)
-    if match:
-        task, index = match.groups()
-        return f"  done: {task}" + (f" [fold {index}]" if index != "-1" else "")
-    if "[error" in line or "Traceback" in line:
-        return "  " + line.rstrip()[:240]
-    return None
-
-
-_TASK_END = re.compile(r"\[DAG TEST\] end task task_id=(\S+) map_index=(-?\d+)")
-
-
-def _run_logged(
-    cmd: list[str],
-    env: dict[str, str],
-    log: Path,
-    *,
-    mode: str,
-    progress: Callable[[str], str | None] | None = None,
-) -> None:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, mode) as handle:
-        process = subprocess.Popen(
-            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-        )
-        assert process.stdout is not None
-        failed_run = False
-        for line in process.stdout:
-            handle.write(line)
-            if "DagRun failed" in line or "state:failed" in line:
-                failed_run = True
-            if progress is not None:
-                message = progress(line)
-                if message:
-                    typer.echo(message)
-        code = process.wait()
-    if code != 0 or failed_run:
-        raise _fail(f"`{' '.join(cmd[:3])} ...` failed (exit {code}); see {log}")
 
 
 def main() -> None:

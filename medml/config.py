@@ -13,26 +13,46 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from medml.errors import ConfigError
+from medml.extensions import BALANCERS, LAYOUTS, METRICS, MODELS
+
+__all__ = ["ConfigError", "Recipe", "load_recipe"]
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
-
-
-class ConfigError(ValueError):
-    """A recipe, params file or override is invalid; the message says which and why."""
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _layout_name(name: str) -> str:
+    return name if name == "auto" else LAYOUTS.check(name)
+
+
+# Names checked against their registry (medml.extensions): the registry is the only list.
+LayoutName = Annotated[str, AfterValidator(_layout_name)]
+ModelName = Annotated[str, AfterValidator(MODELS.check)]
+StrategyName = Annotated[str, AfterValidator(BALANCERS.check)]
+MetricName = Annotated[str, AfterValidator(METRICS.check)]
+
+
 class DataConfig(_Strict):
     """What the dataset looks like."""
 
-    layout: Literal["auto", "class_folders", "split_folders", "csv", "dicom"] = "auto"
+    layout: LayoutName = Field(default="auto", description="a registered layout, or auto")
     classes: list[str] = Field(min_length=2)
     extensions: list[str] = [".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"]
     csv_file: str = "Training_set.csv"
@@ -90,17 +110,6 @@ class AugmentConfig(_Strict):
     brightness: float = Field(default=0.3, ge=0.0, lt=1.0)
 
 
-BalanceStrategy = Literal[
-    "none",
-    "class_weight",
-    "undersample",
-    "oversample",
-    "augment_oversample",
-    "smote",
-    "balanced_batches",
-]
-
-
 class KubernetesConfig(_Strict):
     """Where and how a fold's pod runs when ``train.backend`` is ``kubernetes``."""
 
@@ -133,7 +142,7 @@ class TrainConfig(_Strict):
     backend: Literal["local", "kubernetes"] = "local"
     kubernetes: KubernetesConfig = KubernetesConfig()
 
-    model: Literal["small_cnn", "densenet121", "efficientnet_b0"] = "small_cnn"
+    model: ModelName = "small_cnn"
     weights: str | None = Field(
         default=None,
         description="local path of the backbone's notop Keras weights file (never downloaded); "
@@ -157,7 +166,7 @@ class TrainConfig(_Strict):
     min_epochs: int = Field(
         default=10, ge=0, description="early stopping may not stop before this epoch"
     )
-    balance: BalanceStrategy = "class_weight"
+    balance: StrategyName = "class_weight"
     augment: AugmentConfig = AugmentConfig()
     augment_in_training: bool = Field(
         default=False, description="also augment every training batch (not only oversampling)"
@@ -174,20 +183,35 @@ class TrainConfig(_Strict):
         return value
 
 
-class GateConfig(_Strict):
-    """What a model must pass to get the ``challenger`` alias.
+class Bound(_Strict):
+    """Bounds on one metric; ``None`` leaves that side open."""
 
-    Absolute thresholds always apply. When a ``champion`` exists, it is scored on the same
-    holdout and the candidate must also be non-inferior: no class's sensitivity lower by more
-    than ``max_sensitivity_drop``, and macro-F1 not lower by more than ``max_macro_f1_drop``.
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> Bound:
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+
+class GateConfig(_Strict):
+    """What a model must pass to get the ``challenger`` alias, keyed by metric name.
+
+    ``thresholds`` are absolute bounds on the holdout metrics (a per-class metric such as
+    ``class_sensitivity`` must hold for every class). When a ``champion`` exists, it is scored
+    on the same holdout and ``non_inferiority`` gives the largest allowed drop per metric.
+    Names are those of :data:`medml.extensions.METRICS` (see :mod:`medml.metrics`).
     """
 
-    min_balanced_accuracy: float = Field(default=0.0, ge=0.0, le=1.0)
-    min_macro_f1: float = Field(default=0.0, ge=0.0, le=1.0)
-    min_class_sensitivity: float = Field(default=0.0, ge=0.0, le=1.0)
-    max_calibration_error: float = Field(default=1.0, ge=0.0, le=1.0)
-    max_sensitivity_drop: float = Field(default=0.05, ge=0.0, le=1.0)
-    max_macro_f1_drop: float = Field(default=0.0, ge=0.0, le=1.0)
+    thresholds: dict[MetricName, Bound] = {}
+    non_inferiority: dict[MetricName, Annotated[float, Field(ge=0.0, le=1.0)]] = {
+        "class_sensitivity": 0.05,
+        "macro_f1": 0.0,
+    }
 
 
 class RegistryConfig(_Strict):
@@ -340,5 +364,5 @@ def _format_validation_error(path: Path, err: ValidationError) -> str:
         if item["type"] == "extra_forbidden":
             problems.append(f"unknown key {key!r}")
         else:
-            problems.append(f"{key}: {item['msg']}")
+            problems.append(f"{key}: {item['msg'].removeprefix('Value error, ')}")
     return f"invalid config (recipe {path.name} + overrides): " + "; ".join(problems)

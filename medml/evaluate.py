@@ -10,7 +10,6 @@ each class's sensitivity.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,10 @@ import numpy as np
 import pandas as pd
 
 from medml.config import Recipe
-from medml.io import atomic_path, read_json, write_json
+from medml.errors import RunError
+from medml.io import atomic_path, read_json
+from medml.layout import EvaluationFiles, FoldFiles
+from medml.metrics import HoldoutMetrics
 from medml.preprocess import load_images, load_index
 from medml.split import TEST
 from medml.tracking import Tracking
@@ -31,7 +33,7 @@ class EvaluationResult:
     """What :func:`evaluate` wrote."""
 
     metrics_path: Path
-    metrics: dict[str, Any]
+    metrics: HoldoutMetrics
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -86,7 +88,7 @@ def clinical_metrics(
     *,
     bootstrap: int = 1000,
     seed: int = 0,
-) -> dict[str, Any]:
+) -> HoldoutMetrics:
     """Clinical metrics of class probabilities against true class indices.
 
     Args:
@@ -97,7 +99,7 @@ def clinical_metrics(
         seed: bootstrap seed.
 
     Returns:
-        ``overall`` scores, ``per_class`` scores, the ``confusion_matrix`` and ``ci95``.
+        Overall and per-class scores, the confusion matrix and the bootstrap intervals.
     """
     from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
@@ -138,15 +140,8 @@ def clinical_metrics(
     }
     for name in per_class:
         per_class[name]["support"] = int(per_class[name]["support"] or 0)
-    result = {
-        "overall": overall,
-        "per_class": per_class,
-        "confusion_matrix": cm.tolist(),
-        "classes": list(classes),
-    }
-    if bootstrap:
-        result["ci95"] = _bootstrap_ci(y_true, y_pred, k, list(classes), bootstrap, seed)
-    return result
+    ci95 = _bootstrap_ci(y_true, y_pred, k, list(classes), bootstrap, seed) if bootstrap else {}
+    return HoldoutMetrics(list(classes), overall, per_class, cm.tolist(), ci95)
 
 
 def _bootstrap_ci(
@@ -180,7 +175,8 @@ def _bootstrap_ci(
     }
 
 
-def _pyplot():  # noqa: ANN202 - matplotlib.pyplot with a file-only backend
+def _pyplot() -> Any:
+    """matplotlib.pyplot with a file-only backend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -189,7 +185,7 @@ def _pyplot():  # noqa: ANN202 - matplotlib.pyplot with a file-only backend
     return plt
 
 
-def _save(fig, path: Path) -> Path:  # noqa: ANN001
+def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
@@ -320,65 +316,66 @@ def evaluate(
     """Score the fold ensemble (and each fold) on the holdout; write metrics, plots, predictions.
 
     Raises:
-        ValueError: no fold models were given.
+        RunError: no fold models were given.
     """
     if not model_paths:
-        raise ValueError("no fold models to evaluate; run the train step for every fold first")
+        raise RunError("no fold models to evaluate; run the train step for every fold first")
     classes = recipe.data.classes
     index = load_index(shards_dir)
     holdout = index[index["split"] == TEST]
-    images = load_images(shards_dir, holdout)
     y_true = holdout["label_index"].to_numpy(dtype=np.int64)
-    per_model = predict_proba(model_paths, images)
+    per_model = predict_proba(model_paths, load_images(shards_dir, holdout))
     ensemble = per_model.mean(axis=0)
-    metrics = clinical_metrics(y_true, ensemble, classes, seed=recipe.split.seed)
-    metrics["per_fold"] = [
-        {"model": str(path), **clinical_metrics(y_true, proba, classes, bootstrap=0)["overall"]}
+    metrics = clinical_metrics(y_true, ensemble, classes, seed=recipe.split.seed).with_folds([
+        {"model": str(path), **clinical_metrics(y_true, proba, classes, bootstrap=0).overall}
         for path, proba in zip(model_paths, per_model, strict=True)
-    ]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path = write_json(out_dir / "metrics.json", metrics)
+    ])  # fmt: skip
+    files = EvaluationFiles(Path(out_dir))
+    files.root.mkdir(parents=True, exist_ok=True)
+    metrics.write(files.metrics)
+    plots = write_plots(files, metrics, y_true, ensemble, model_paths)
+    write_predictions(files.predictions, holdout, ensemble, classes)
+    if tracking is not None and parent_run_id is not None:
+        import mlflow
+
+        with tracking.run(run_id=parent_run_id):
+            mlflow.log_metrics(metrics.loggable("test_"))
+            for artifact in (files.metrics, *plots):
+                mlflow.log_artifact(str(artifact), artifact_path="evaluation")
+    return EvaluationResult(files.metrics, metrics)
+
+
+def write_plots(
+    files: EvaluationFiles,
+    metrics: HoldoutMetrics,
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    model_paths: Sequence[Path],
+) -> list[Path]:
+    """Confusion matrix, ROC curves, reliability and (when histories exist) learning curves."""
+    classes = metrics.classes
     plots = [
         plot_confusion_matrix(
-            np.array(metrics["confusion_matrix"]), classes, out_dir / "confusion_matrix.png"
+            np.array(metrics.confusion_matrix), classes, files.plot("confusion_matrix")
         ),
-        plot_roc_curves(y_true, ensemble, classes, out_dir / "roc_curves.png"),
-        plot_reliability(y_true, ensemble, out_dir / "reliability.png"),
+        plot_roc_curves(y_true, proba, classes, files.plot("roc_curves")),
+        plot_reliability(y_true, proba, files.plot("reliability")),
     ]
-    histories = [Path(p).parent / "history.json" for p in model_paths]
+    histories = [FoldFiles(Path(p).parent).history for p in model_paths]
     if all(h.is_file() for h in histories):
-        plots.append(
-            plot_learning_curves(
-                [read_json(h)["history"] for h in histories], out_dir / "learning_curves.png"
-            )
-        )
-    predictions = pd.DataFrame(ensemble, columns=[f"p_{c}" for c in classes])
-    predictions.insert(0, "path", holdout["path"].to_numpy())
-    predictions.insert(1, "label", holdout["label"].to_numpy())
-    predictions.insert(2, "predicted", [classes[i] for i in ensemble.argmax(axis=1)])
-    with atomic_path(out_dir / "predictions.parquet") as tmp:
-        predictions.to_parquet(tmp, index=False)
-    if tracking is not None and parent_run_id is not None:
-        client = tracking.activate()
-        flat = {
-            f"test_{k}": v
-            for k, v in metrics["overall"].items()
-            if isinstance(v, float) and not np.isnan(v)
-        }
-        for name, scores in metrics["per_class"].items():
-            for metric in ("sensitivity", "specificity", "ppv", "f1"):
-                if scores[metric] is not None:
-                    flat[f"test_{metric}_{name}"] = scores[metric]
-        for fold, scores in enumerate(metrics["per_fold"]):
-            flat[f"test_fold{fold}_balanced_accuracy"] = scores["balanced_accuracy"]
-            flat[f"test_fold{fold}_macro_f1"] = scores["macro_f1"]
-        from mlflow.entities import Metric
+        curves = [read_json(h)["history"] for h in histories]
+        plots.append(plot_learning_curves(curves, files.plot("learning_curves")))
+    return plots
 
-        now = int(time.time() * 1000)
-        client.log_batch(
-            parent_run_id, metrics=[Metric(k, float(v), now, 0) for k, v in flat.items()]
-        )
-        for artifact in (metrics_path, *plots):
-            client.log_artifact(parent_run_id, str(artifact), artifact_path="evaluation")
-    return EvaluationResult(metrics_path, metrics)
+
+def write_predictions(
+    path: Path, rows: pd.DataFrame, proba: np.ndarray, classes: Sequence[str]
+) -> Path:
+    """Per image: path, true label, predicted class and class probabilities (parquet)."""
+    predictions = pd.DataFrame(proba, columns=[f"p_{c}" for c in classes])
+    predictions.insert(0, "path", rows["path"].to_numpy())
+    predictions.insert(1, "label", rows["label"].to_numpy())
+    predictions.insert(2, "predicted", [classes[i] for i in proba.argmax(axis=1)])
+    with atomic_path(path) as tmp:
+        predictions.to_parquet(tmp, index=False)
+    return path

@@ -13,6 +13,8 @@ from typing import Any
 
 from medml.config import Recipe
 from medml.io import atomic_path
+from medml.layout import RegistryFiles
+from medml.metrics import HoldoutMetrics
 
 
 @dataclass(frozen=True)
@@ -20,7 +22,7 @@ class CardFacts:
     """Everything a model card states."""
 
     recipe: Recipe
-    metrics: dict[str, Any]
+    metrics: HoldoutMetrics
     split_report: dict[str, Any]
     validation_report: dict[str, Any]
     model_name: str
@@ -32,9 +34,10 @@ class CardFacts:
 
 
 def _sections(facts: CardFacts) -> list[tuple[str, list[str] | list[list[str]]]]:
+    """The card's sections as (title, paragraphs or table rows); prose, exempt from the
+    function-size rule (tests/unit/test_code_shape.py)."""
     recipe, metrics = facts.recipe, facts.metrics
-    classes = metrics["classes"]
-    ci = metrics.get("ci95", {})
+    classes = metrics.classes
     counts = facts.split_report.get("class_counts", {})
     data_rows = [["class", "training + validation folds", "holdout test"]] + [
         [c, str(counts.get("train", {}).get(c, 0)), str(counts.get("test", {}).get(c, 0))]
@@ -46,11 +49,11 @@ def _sections(facts: CardFacts) -> list[tuple[str, list[str] | list[list[str]]]]
 
     metric_rows = [["class", "sensitivity", "95% CI", "specificity", "PPV", "NPV", "F1", "n"]]
     for c in classes:
-        s = metrics["per_class"][c]
-        metric_rows.append([c, _f(s["sensitivity"]), interval(ci.get("sensitivity", {}).get(c)),
+        s = metrics.per_class[c]
+        metric_rows.append([c, _f(s["sensitivity"]), interval(metrics.interval("sensitivity", c)),
                             _f(s["specificity"]), _f(s["ppv"]), _f(s["npv"]), _f(s["f1"]),
                             str(s["support"])])  # fmt: skip
-    overall = metrics["overall"]
+    overall = metrics.overall
     return [
         (
             "Intended use",
@@ -89,8 +92,8 @@ def _sections(facts: CardFacts) -> list[tuple[str, list[str] | list[list[str]]]]
             "Overall",
             [
                 f"Balanced accuracy {overall['balanced_accuracy']:.3f} "
-                f"(95% CI {interval(ci.get('balanced_accuracy'))}); macro-F1 {overall['macro_f1']:.3f} "
-                f"(95% CI {interval(ci.get('macro_f1'))}); accuracy {overall['accuracy']:.3f}; "
+                f"(95% CI {interval(metrics.interval('balanced_accuracy'))}); macro-F1 {overall['macro_f1']:.3f} "
+                f"(95% CI {interval(metrics.interval('macro_f1'))}); accuracy {overall['accuracy']:.3f}; "
                 f"ROC AUC (one-vs-rest, macro) {overall['roc_auc_ovr_macro']:.3f}; Cohen's kappa "
                 f"{overall['cohen_kappa']:.3f}; expected calibration error "
                 f"{overall['expected_calibration_error']:.3f}.",
@@ -163,11 +166,10 @@ def render_html(facts: CardFacts) -> str:
     )
 
 
-def write_model_card(facts: CardFacts, out_dir: Path) -> tuple[Path, Path]:
-    """Write ``model_card.md`` and ``model_card.html`` into ``out_dir``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = (out_dir / "model_card.md", out_dir / "model_card.html")
+def write_model_card(facts: CardFacts, files: RegistryFiles) -> tuple[Path, Path]:
+    """Write the Markdown and HTML model cards into the registration folder."""
+    files.root.mkdir(parents=True, exist_ok=True)
+    paths = (files.model_card_md, files.model_card_html)
     for path, text in zip(paths, (render_markdown(facts), render_html(facts)), strict=True):
         with atomic_path(path) as tmp:
             tmp.write_text(text, encoding="utf-8")

@@ -1,14 +1,23 @@
-"""Model builders. Models take raw uint8 pixels (rescaling is a layer), output softmax."""
+"""Model builders. Models take raw uint8 pixels (rescaling is a layer), output softmax.
+
+``train.model`` names a builder in :data:`medml.extensions.MODELS`; a builder is registered
+with ``@MODELS.register(name)`` and called as ``builder(input_shape, n_classes, cfg, name=…)``
+with the recipe's :class:`~medml.config.TrainConfig`. Keras is imported only inside builders.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from medml.errors import ConfigError
+from medml.extensions import MODELS
 
 if TYPE_CHECKING:
     import keras
 
-MODELS = ("small_cnn", "densenet121", "efficientnet_b0")
+    from medml.config import TrainConfig
 
 # Seed 001's head on DenseNet121: max pooling, BatchNorm, Dense(2048, relu, L1L2(0.01)),
 # BatchNorm, softmax.
@@ -87,8 +96,8 @@ def build_pretrainable(
         name: model name.
 
     Raises:
-        ValueError: unknown ``kind``, a too-small input, or ``weights="imagenet"``.
-        FileNotFoundError: ``weights`` does not exist.
+        ValueError: unknown ``kind`` or bad ``n_classes``.
+        ConfigError: a too-small input, ``weights="imagenet"``, or no file at ``weights``.
     """
     import keras
     from keras import layers
@@ -100,7 +109,9 @@ def build_pretrainable(
     if kind not in applications:
         raise ValueError(f"unknown backbone {kind!r}; choose one of {sorted(applications)}")
     if min(input_shape[:2]) < 32:
-        raise ValueError(f"{kind} needs images of at least 32x32, got {input_shape[:2]}")
+        raise ConfigError(
+            f"{kind} needs images of at least 32x32, got {input_shape[:2]}; raise image.size"
+        )
     if n_classes < 2:
         raise ValueError(f"n_classes must be at least 2, got {n_classes}")
     weights_path = _local_weights(weights)
@@ -140,10 +151,10 @@ def refuse_download(weights: str | Path | None) -> None:
     """Raise if ``weights`` names weights Keras would download (``imagenet``).
 
     Raises:
-        ValueError: ``weights`` is ``"imagenet"``.
+        ConfigError: ``weights`` is ``"imagenet"``.
     """
     if str(weights) == "imagenet":
-        raise ValueError(
+        raise ConfigError(
             "weights='imagenet' would download at run time, which medml never does: download "
             "the backbone's notop weights file once and give its local path in train.weights "
             "(or null to train from scratch)"
@@ -156,7 +167,7 @@ def _local_weights(weights: str | Path | None) -> str | None:
     refuse_download(weights)
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise ConfigError(
             f"pretrained weights file {path} not found; copy the Keras application's notop "
             "weights there (medml never downloads weights) or set train.weights: null"
         )
@@ -164,28 +175,37 @@ def _local_weights(weights: str | Path | None) -> str | None:
 
 
 def build_model(
-    kind: str,
-    input_shape: tuple[int, int, int],
-    n_classes: int,
-    *,
-    dropout: float,
-    name: str,
-    weights: str | Path | None = None,
-    trainable_layers: int | None = None,
+    input_shape: tuple[int, int, int], n_classes: int, cfg: TrainConfig, *, name: str
 ) -> keras.Model:
-    """Build a model by recipe name (``train.model``).
+    """Build the recipe's model (``train.model``, a name in :data:`~medml.extensions.MODELS`).
 
     Raises:
-        ValueError: unknown model name.
+        ConfigError: unknown model name ("did you mean …").
     """
-    if kind == "small_cnn":
-        return build_small_cnn(input_shape, n_classes, dropout=dropout, name=name)
-    if kind in MODELS:
-        return build_pretrainable(
-            kind, input_shape, n_classes, weights=weights, trainable_layers=trainable_layers,
-            name=name,
-        )  # fmt: skip
-    raise ValueError(f"unknown model {kind!r}; choose one of {MODELS}")
+    return MODELS.get(cfg.model)(input_shape, n_classes, cfg, name=name)
+
+
+@MODELS.register("small_cnn")
+def small_cnn(
+    input_shape: tuple[int, int, int], n_classes: int, cfg: TrainConfig, *, name: str
+) -> keras.Model:
+    """:func:`build_small_cnn` with the recipe's dropout."""
+    return build_small_cnn(input_shape, n_classes, dropout=cfg.dropout, name=name)
+
+
+def _backbone_builder(kind: str) -> Callable[..., keras.Model]:
+    def build(
+        input_shape: tuple[int, int, int], n_classes: int, cfg: TrainConfig, *, name: str
+    ) -> keras.Model:
+        return build_pretrainable(kind, input_shape, n_classes, weights=cfg.weights,
+                                  trainable_layers=cfg.trainable_layers, name=name)  # fmt: skip
+
+    build.__doc__ = f"{kind} backbone with seed 001's head (:func:`build_pretrainable`)."
+    return build
+
+
+densenet121 = MODELS.register("densenet121")(_backbone_builder("densenet121"))
+efficientnet_b0 = MODELS.register("efficientnet_b0")(_backbone_builder("efficientnet_b0"))
 
 
 def build_ensemble(members: list[keras.Model], *, name: str = "fold_ensemble") -> keras.Model:

@@ -1,17 +1,19 @@
 """The lifecycle wiring shared by every runner: a run directory and one function per step.
 
-A run directory holds one pipeline run's inputs and outputs (keyed by logical date and run id
-by the runners). ``run.json`` is written once, by :func:`init_run`, and pins the resolved
-recipe, the source and the run key, so every later step, in whatever process, pod or
-machine, uses the same configuration. Each ``step_*`` function reads its inputs from the
-layout, calls one pure step function and returns a small JSON-friendly dict (for XCom and
-the CLI). The CLI, ``dvc.yaml`` and the Airflow DAG call exactly these functions.
+A run directory holds one pipeline run's inputs and outputs (named by :func:`new_run_dir`;
+its file names belong to :class:`~medml.layout.RunLayout`). ``run.json`` is written once, by
+:func:`init_run`, and pins the resolved recipe, the source and the run key, so every later
+step, in whatever process, pod or machine, uses the same configuration. Each ``step_*``
+function reads its inputs from the layout, calls one pure step function and returns a small
+JSON-friendly dict (for XCom and the CLI). The CLI, ``dvc.yaml`` and the Airflow DAG call
+exactly these functions.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,78 +23,17 @@ import pandas as pd
 
 from medml.config import Recipe, load_recipe
 from medml.data.sources import fetch_s3_prefix, is_s3, parse_s3_uri
-from medml.io import read_json, safe_name, write_json
+from medml.errors import RunError
+from medml.io import atomic_path, medml_home, read_json, safe_name, write_json
+from medml.layout import RELATIVE, RunLayout
+from medml.metrics import HoldoutMetrics
 from medml.tracking import Tracking
 
 STEPS = ("ingest", "validate", "split", "preprocess", "train", "evaluate", "register")
 
 
-class RunError(RuntimeError):
-    """A run directory is missing or a step's inputs are not there yet."""
-
-
-@dataclass(frozen=True)
-class RunLayout:
-    """Where each step's outputs live inside a run directory."""
-
-    root: Path
-
-    @property
-    def run_json(self) -> Path:
-        return self.root / "run.json"
-
-    @property
-    def source_copy(self) -> Path:
-        """Local copy of a remote (S3) source."""
-        return self.root / "source"
-
-    @property
-    def snapshot_json(self) -> Path:
-        """The snapshot's location and DVC hash, written by ingest."""
-        return self.root / "snapshot.json"
-
-    @property
-    def remote_json(self) -> Path:
-        """Where the run was shared for training pods (``{"uri": "s3://…"}``)."""
-        return self.root / "remote.json"
-
-    @property
-    def manifest(self) -> Path:
-        return self.root / "manifest.parquet"
-
-    @property
-    def validation_dir(self) -> Path:
-        return self.root / "validation"
-
-    @property
-    def clean_manifest(self) -> Path:
-        return self.validation_dir / "clean_manifest.parquet"
-
-    @property
-    def splits(self) -> Path:
-        return self.root / "splits.parquet"
-
-    @property
-    def shards(self) -> Path:
-        return self.root / "shards"
-
-    def fold_dir(self, fold: int) -> Path:
-        return self.root / "folds" / f"fold_{fold}"
-
-    def fold_models(self, folds: int) -> list[Path]:
-        return [self.fold_dir(k) / "model.keras" for k in range(folds)]
-
-    @property
-    def evaluation(self) -> Path:
-        return self.root / "evaluation"
-
-    @property
-    def registry_dir(self) -> Path:
-        return self.root / "registry"
-
-
-_RELATIVE = RunLayout(Path())  # paths relative to a run directory (S3 keys under it)
-_POD_INPUTS = [_RELATIVE.run_json.as_posix(), _RELATIVE.shards.as_posix()]  # what a fold reads
+# What a fold (pod) reads from a shared run directory.
+_POD_INPUTS = [RELATIVE.run_json.as_posix(), RELATIVE.shards.as_posix()]
 
 
 @dataclass(frozen=True)
@@ -140,12 +81,30 @@ def init_run(
     context = {
         "recipe": resolved.model_dump(mode="json"),
         "source": source_ref,
-        "run_key": run_key or f"{resolved.name}-{now:%Y%m%dT%H%M%S}-{os.getpid()}",
+        "run_key": run_key or f"{resolved.name}-{now:%Y%m%dT%H%M%S}-{secrets.token_hex(4)}",
         "logical_date": logical_date or now.date().isoformat(),
     }
     layout.root.mkdir(parents=True, exist_ok=True)
     write_json(layout.run_json, context)
     return load_context(layout.root)
+
+
+def new_run_dir(
+    kind: str, logical_date: str, run_id: str | None = None, *, home: Path | None = None
+) -> Path:
+    """Default run directory: ``<home>/runs/<logical date>/<run id>`` (home: ``$MEDML_HOME``).
+
+    Every runner names its runs here: the Airflow DAG passes its run id; the CLI none, and
+    gets ``<kind>__<UTC time>_<random>`` (unique even for two runs started in one second).
+    """
+    if run_id is None:
+        run_id = f"{kind}__{datetime.now(UTC):%Y%m%dT%H%M%S}_{secrets.token_hex(3)}"
+    return (home or medml_home()) / "runs" / logical_date / safe_name(run_id)
+
+
+def run_key_for(kind: str, run_id: str) -> str:
+    """The run key (MLflow ``medml.run_key`` tag) of run ``run_id`` of runner ``kind``."""
+    return f"{kind}/{safe_name(run_id)}"
 
 
 def load_context(run_dir: Path) -> RunContext:
@@ -221,7 +180,7 @@ def step_validate(run_dir: Path) -> dict[str, Any]:
 
     ctx = load_context(run_dir)
     result = validate(
-        _require(ctx.layout.manifest, "ingest"), ctx.layout.validation_dir, ctx.recipe
+        _require(ctx.layout.manifest, "ingest"), ctx.layout.validation.root, ctx.recipe
     )
     return {
         "images": result.images,
@@ -236,7 +195,8 @@ def step_split(run_dir: Path) -> dict[str, Any]:
     from medml.split import split
 
     ctx = load_context(run_dir)
-    result = split(_require(ctx.layout.clean_manifest, "validate"), ctx.layout.splits, ctx.recipe)
+    clean = _require(ctx.layout.validation.clean_manifest, "validate")
+    result = split(clean, ctx.layout.splits, ctx.recipe)
     return {
         "grouped": result.grouped,
         "test_images": result.test_size,
@@ -247,9 +207,15 @@ def step_split(run_dir: Path) -> dict[str, Any]:
 
 def shards_cache_key(splits_path: Path, recipe: Recipe) -> str:
     """Run-cache key of the preprocess step: every row's bytes (sha256), label, split and fold,
-    in order, plus the image settings. Same key, byte-identical shards."""
+    in order, plus every setting preprocessing depends on
+    (:data:`~medml.preprocess.PREPROCESS_SETTINGS`). Same key, byte-identical shards."""
+    import json
+
+    from medml.preprocess import preprocess_settings
+
     table = pd.read_parquet(splits_path, columns=["sha256", "label", "split", "fold"])
-    digest = hashlib.sha256(b"medml preprocess\n" + recipe.image.model_dump_json().encode())
+    settings = json.dumps(preprocess_settings(recipe), sort_keys=True)
+    digest = hashlib.sha256(b"medml preprocess\n" + settings.encode())
     digest.update(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
     return digest.hexdigest()
 
@@ -281,7 +247,7 @@ def step_preprocess(run_dir: Path, cache_dir: Path | None = None) -> dict[str, A
         )
         outcome = {"images": result.images, "shards": result.shards, "cache": "miss"}
     outcome |= {"shards_dir": str(ctx.layout.shards), "cache_key": key, "dvc_md5": digest}
-    write_json(ctx.layout.root / "preprocess.json", outcome)
+    write_json(ctx.layout.preprocess_json, outcome)
     return outcome
 
 
@@ -294,14 +260,14 @@ def step_train(run_dir: Path | str, fold: int, tracking: Tracking | None = None)
     from medml.run_store import open_run_dir
     from medml.train import train_fold
 
-    produces = [_RELATIVE.fold_dir(fold).as_posix()]
+    produces = [RELATIVE.fold(fold).root.as_posix()]
     with open_run_dir(run_dir, needs=_POD_INPUTS, produces=produces) as local:
         ctx = load_context(local)
         parent = pipeline_run_id(ctx, tracking) if tracking else None
         result = train_fold(
             _require(ctx.layout.shards, "preprocess"),
             fold,
-            ctx.layout.fold_dir(fold),
+            ctx.layout.fold(fold).root,
             ctx.recipe,
             tracking=tracking,
             parent_run_id=parent,
@@ -340,7 +306,7 @@ def step_collect_folds(run_dir: Path) -> dict[str, Any]:
 
     ctx = load_context(run_dir)
     uri = read_json(_require(ctx.layout.remote_json, "share_with_pods"))["uri"]
-    pull(uri, ctx.layout.root, [_RELATIVE.fold_dir(k).as_posix() for k in ctx.folds])
+    pull(uri, ctx.layout.root, [RELATIVE.fold(k).root.as_posix() for k in ctx.folds])
     return {"uri": uri, "folds": [str(p) for p in ctx.layout.fold_models(len(ctx.folds))]}
 
 
@@ -352,41 +318,47 @@ def step_evaluate(run_dir: Path, tracking: Tracking | None = None) -> dict[str, 
     models = [_require(p, "train") for p in ctx.layout.fold_models(ctx.recipe.split.folds)]
     parent = pipeline_run_id(ctx, tracking) if tracking else None
     result = evaluate(
-        ctx.layout.shards, models, ctx.layout.evaluation, ctx.recipe,
+        ctx.layout.shards, models, ctx.layout.evaluation.root, ctx.recipe,
         tracking=tracking, parent_run_id=parent,
     )  # fmt: skip
     if tracking is not None and parent is not None:  # the data gate's report travels with the run
-        tracking.activate().log_artifacts(parent, str(ctx.layout.validation_dir), "validation")
-    return {"metrics": str(result.metrics_path), **result.metrics["overall"]}
+        tracking.activate().log_artifacts(parent, str(ctx.layout.validation.root), "validation")
+    return {"metrics": str(result.metrics_path), **result.metrics.overall}
 
 
 def step_register(run_dir: Path, tracking: Tracking) -> dict[str, Any]:
     """Gate (thresholds + non-inferiority to the champion), register, alias ``challenger``."""
-    import numpy as np
-
-    from medml.preprocess import load_images, load_index
     from medml.registry import champion_on_holdout, register_ensemble
-    from medml.split import TEST
 
     ctx = load_context(run_dir)
     layout = ctx.layout
-    metrics = read_json(_require(layout.evaluation / "metrics.json", "evaluate"))
-    index = load_index(layout.shards)
-    holdout = index[index["split"] == TEST]
+    metrics = HoldoutMetrics.read(_require(layout.evaluation.metrics, "evaluate"))
+    images, labels = holdout_images(layout.shards)
     champion = champion_on_holdout(
-        tracking, ctx.recipe.registry.model_name, load_images(layout.shards, holdout),
-        holdout["label_index"].to_numpy(dtype=np.int64), ctx.recipe.data.classes,
-    )  # fmt: skip
+        tracking, ctx.recipe.registry.model_name, images, labels, ctx.recipe.data.classes
+    )
     registration = register_ensemble(
-        layout.fold_models(ctx.recipe.split.folds), metrics, layout.registry_dir, ctx.recipe,
+        layout.fold_models(ctx.recipe.split.folds), metrics, layout.registry.root, ctx.recipe,
         tracking=tracking, parent_run_id=pipeline_run_id(ctx, tracking),
         tags={"data_hash": _snapshot_hash(layout), "logical_date": ctx.logical_date,
               "run_key": ctx.run_key, "run_dir": str(layout.root)},
         champion=champion,
-        card_facts={"split_report": read_json(layout.splits.with_name("split_report.json")),
-                    "validation_report": read_json(layout.validation_dir / "validation.json")},
+        card_facts={"split_report": read_json(layout.split_report),
+                    "validation_report": read_json(layout.validation.report)},
     )  # fmt: skip
     return registration.as_dict()
+
+
+def holdout_images(shards_dir: Path) -> tuple[Any, Any]:
+    """The holdout's uint8 images and class indices, from the shards."""
+    import numpy as np
+
+    from medml.preprocess import load_images, load_index
+    from medml.split import TEST
+
+    index = load_index(shards_dir)
+    holdout = index[index["split"] == TEST]
+    return load_images(shards_dir, holdout), holdout["label_index"].to_numpy(dtype=np.int64)
 
 
 def _snapshot_hash(layout: RunLayout) -> str:
@@ -430,32 +402,31 @@ def run_all(ctx: RunContext, tracking: Tracking, *, echo: Any = print) -> dict[s
 def summary(run_dir: Path) -> str:
     """Human-readable summary: holdout metrics per class and the registered version."""
     ctx = load_context(run_dir)
-    metrics = read_json(_require(ctx.layout.evaluation / "metrics.json", "evaluate"))
+    metrics = HoldoutMetrics.read(_require(ctx.layout.evaluation.metrics, "evaluate"))
     lines = [
         f"medml run {ctx.run_key}  recipe={ctx.recipe.name}  logical date={ctx.logical_date}",
         f"run directory: {ctx.layout.root}",
         "",
-        f"Holdout test set (n={metrics['overall']['n']}), fold ensemble of "
+        f"Holdout test set (n={metrics.overall['n']}), fold ensemble of "
         f"{ctx.recipe.split.folds} models:",
         f"  {'class':<14}{'sensitivity':>12}{'specificity':>12}{'PPV':>8}{'F1':>8}{'support':>9}",
     ]
-    for name in metrics["classes"]:
-        scores = metrics["per_class"][name]
+    for name in metrics.classes:
+        scores = metrics.per_class[name]
         lines.append(
             f"  {name:<14}{_fmt(scores['sensitivity']):>12}{_fmt(scores['specificity']):>12}"
             f"{_fmt(scores['ppv']):>8}{_fmt(scores['f1']):>8}{scores['support']:>9}"
         )
-    overall = metrics["overall"]
-    ci = metrics.get("ci95", {})
+    overall = metrics.overall
     lines += [
         "",
         f"  accuracy {overall['accuracy']:.3f}"
         f" | balanced accuracy {overall['balanced_accuracy']:.3f}"
-        f" {_ci(ci.get('balanced_accuracy'))} | macro-F1 {overall['macro_f1']:.3f}"
-        f" {_ci(ci.get('macro_f1'))} | AUC {overall['roc_auc_ovr_macro']:.3f}"
+        f" {_ci(metrics.interval('balanced_accuracy'))} | macro-F1 {overall['macro_f1']:.3f}"
+        f" {_ci(metrics.interval('macro_f1'))} | AUC {overall['roc_auc_ovr_macro']:.3f}"
         f" | chance {ctx.recipe.chance_balanced_accuracy:.3f}",
     ]
-    registration_path = ctx.layout.registry_dir / "registration.json"
+    registration_path = ctx.layout.registry.registration
     if registration_path.is_file():
         reg = read_json(registration_path)
         if reg["alias"]:
@@ -483,7 +454,7 @@ def _ci(interval: list[float | None] | None) -> str:
 
 def write_run_summary(run_dir: Path) -> Path:
     """Write :func:`summary` to ``summary.txt`` in the run directory."""
-    layout = RunLayout(Path(run_dir).resolve())
-    path = layout.root / "summary.txt"
-    path.write_text(summary(run_dir) + "\n")
+    path = RunLayout(Path(run_dir).resolve()).summary
+    with atomic_path(path) as tmp:
+        tmp.write_text(summary(run_dir) + "\n")
     return path

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from medml.config import ImageConfig
+from medml.errors import MedmlError
 from medml.io import atomic_path
 from medml.preprocess import LoadImage
 from medml.tracking import Tracking
@@ -23,7 +24,7 @@ from medml.tracking import Tracking
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm"}
 
 
-class PredictError(ValueError):
+class PredictError(MedmlError, ValueError):
     """The model or the source cannot be used; the message says which and why."""
 
 

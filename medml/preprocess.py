@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -30,6 +30,26 @@ from medml.config import ImageConfig, Recipe
 from medml.data.images import read_image
 from medml.data.ingest import absolute_paths
 from medml.io import atomic_path, read_json, write_json
+from medml.layout import ShardFiles, shard_name
+
+PREPROCESS_SETTINGS = ("image", "data.classes")
+"""The recipe settings the shards depend on (every image setting, the class list and order).
+
+Declared once: :func:`preprocess_settings` feeds the shards' cache key, and ``dvc.yaml``'s
+``preprocess`` stage must depend on the same (a test checks both against this).
+"""
+
+
+def preprocess_settings(recipe: Recipe) -> dict[str, object]:
+    """The values of :data:`PREPROCESS_SETTINGS` in ``recipe``, by dotted name."""
+    dumped = recipe.model_dump(mode="json")
+    values: dict[str, object] = {}
+    for dotted in PREPROCESS_SETTINGS:
+        node: object = dumped
+        for part in dotted.split("."):
+            node = node[part]  # type: ignore[index]
+        values[dotted] = node
+    return values
 
 
 @dataclass(frozen=True)
@@ -183,84 +203,97 @@ _REDUCED_COLOR = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
 
 
 def preprocess(splits_path: Path, shards_dir: Path, recipe: Recipe) -> PreprocessResult:
-    """Decode every image in ``splits.parquet`` into shards under ``shards_dir``."""
+    """Decode every image in ``splits.parquet`` into shards under ``shards_dir``.
+
+    The shards are built in a staging folder beside ``shards_dir`` and renamed onto it when
+    complete; a file that fails to decode stops the step naming the file and leaves nothing.
+    """
     table = pd.read_parquet(splits_path, columns=[*_INDEX_COLUMNS, "root", *_HEADER_COLUMNS])
     image_cfg: ImageConfig = recipe.image
-    load = LoadImage.from_config(image_cfg)
-    paths = absolute_paths(table)
-    widths, heights, source_channels = (table[c].to_numpy(np.int64) for c in _HEADER_COLUMNS)
-    shard_size = image_cfg.shard_size
-    n_shards = max(1, -(-len(paths) // shard_size))
-    workers = image_cfg.workers or os.cpu_count() or 1
-    shape = (image_cfg.size, image_cfg.size, image_cfg.channels)
+    writer = _ShardWriter(table, LoadImage.from_config(image_cfg), image_cfg)
     index = table[list(_INDEX_COLUMNS)].copy()
-    index["shard"] = np.arange(len(index)) // shard_size
-    index["offset"] = np.arange(len(index)) % shard_size
-    buffers = threading.local()  # one task's images per thread, reused across tasks
-
-    def decode_task(fd: int, data_offset: int, start: int, rows: range) -> int:
-        batch = getattr(buffers, "batch", None)
-        if batch is None:
-            batch = buffers.batch = np.empty((_TASK_SIZE, *shape), dtype=np.uint8)
-        for i, k in enumerate(range(start + rows.start, start + rows.stop)):
-            load(
-                paths[k],
-                source_shape=(int(widths[k]), int(heights[k])),
-                source_channels=int(source_channels[k]),
-                out=batch[i],
-            )
-        # Written at the task's own place in the shard: no shard-sized buffer, no page faults
-        # on a memory map, and the tasks of one shard never wait for each other.
-        _pwrite_all(fd, batch[: len(rows)], data_offset + rows.start * batch[0].nbytes)
-        return len(rows)
-
-    open_shards: set[int] = set()  # file descriptors, closed when their shard is done
-    with (
-        _opencv_without_threads(),
-        atomic_path(Path(shards_dir)) as staging,
-        ExitStack() as cleanup,
-    ):
+    index["shard"] = np.arange(len(index)) // image_cfg.shard_size
+    index["offset"] = np.arange(len(index)) % image_cfg.shard_size
+    with _opencv_without_threads(), atomic_path(Path(shards_dir)) as staging:
         staging.mkdir(parents=True)
-        cleanup.callback(_close_all, open_shards)  # runs after the pool has stopped
-        pool = cleanup.enter_context(ThreadPoolExecutor(workers))
-        progress = cleanup.enter_context(
-            tqdm(total=len(paths), desc="preprocess", unit="img", leave=False, disable=None)
-        )
-
-        def submit(shard: int) -> tuple[int, list[Future[int]]]:
-            start = shard * shard_size
-            count = min(shard_size, len(paths) - start)
-            fd, data_offset = _open_npy(staging / _shard_name(shard), (count, *shape))
-            open_shards.add(fd)
-            tasks = [range(i, min(i + _TASK_SIZE, count)) for i in range(0, count, _TASK_SIZE)]
-            return fd, [pool.submit(decode_task, fd, data_offset, start, task) for task in tasks]
-
-        try:
-            # The next shard's tasks are queued before this one is awaited: no idle boundary.
-            pending = submit(0)
-            index.to_parquet(staging / "index.parquet", index=False)  # while the pool decodes
-            for shard in range(n_shards):
-                fd, futures = pending
-                if shard + 1 < n_shards:
-                    pending = submit(shard + 1)
-                for future in futures:
-                    progress.update(future.result())
-                open_shards.remove(fd)
-                os.close(fd)
-        except BaseException:
-            pool.shutdown(cancel_futures=True)  # a bad file stops the run without decoding the rest
-            raise
+        files = ShardFiles(staging)
+        writer.write(staging, on_started=lambda: index.to_parquet(files.index, index=False))
         write_json(
-            staging / "meta.json",
+            files.meta,
             {
                 "size": image_cfg.size,
                 "channels": image_cfg.channels,
                 "classes": list(recipe.data.classes),
-                "shards": [_shard_name(shard) for shard in range(n_shards)],
-                "images": len(paths),
+                "shards": [shard_name(shard) for shard in range(writer.n_shards)],
+                "images": len(writer.paths),
             },
         )
-    return PreprocessResult(Path(shards_dir), len(paths), n_shards)
+    return PreprocessResult(Path(shards_dir), len(writer.paths), writer.n_shards)
+
+
+class _ShardWriter:
+    """Decodes a table's images with a thread pool into ``shard-*.npy`` files.
+
+    Each task decodes :data:`_TASK_SIZE` images into a per-thread buffer and writes them at
+    their place in the shard file (``pwrite``): no shard-sized buffer, no page faults on a
+    memory map, and the tasks of one shard never wait for each other.
+    """
+
+    def __init__(self, table: pd.DataFrame, load: LoadImage, cfg: ImageConfig) -> None:
+        self.paths = absolute_paths(table)
+        self.widths, self.heights, self.channels = (
+            table[c].to_numpy(np.int64) for c in _HEADER_COLUMNS
+        )
+        self.load = load
+        self.shard_size = cfg.shard_size
+        self.n_shards = max(1, -(-len(self.paths) // cfg.shard_size))
+        self.workers = cfg.workers or os.cpu_count() or 1
+        self.shape = (cfg.size, cfg.size, cfg.channels)
+        self._buffers = threading.local()  # one task's images per thread, reused across tasks
+
+    def decode_task(self, fd: int, data_offset: int, start: int, rows: range) -> int:
+        batch = getattr(self._buffers, "batch", None)
+        if batch is None:
+            batch = self._buffers.batch = np.empty((_TASK_SIZE, *self.shape), dtype=np.uint8)
+        for i, k in enumerate(range(start + rows.start, start + rows.stop)):
+            self.load(self.paths[k], source_shape=(int(self.widths[k]), int(self.heights[k])),
+                      source_channels=int(self.channels[k]), out=batch[i])  # fmt: skip
+        _pwrite_all(fd, batch[: len(rows)], data_offset + rows.start * batch[0].nbytes)
+        return len(rows)
+
+    def write(self, staging: Path, *, on_started: Callable[[], object]) -> None:
+        """Write every shard into ``staging``; ``on_started`` runs while the pool decodes."""
+        open_shards: set[int] = set()  # file descriptors, closed when their shard is done
+        with ExitStack() as cleanup:
+            cleanup.callback(_close_all, open_shards)  # runs after the pool has stopped
+            pool = cleanup.enter_context(ThreadPoolExecutor(self.workers))
+            bar = tqdm(total=len(self.paths), desc="preprocess", unit="img", leave=False,
+                       disable=None)  # fmt: skip
+            progress = cleanup.enter_context(bar)
+
+            def submit(shard: int) -> tuple[int, list[Future[int]]]:
+                start = shard * self.shard_size
+                count = min(self.shard_size, len(self.paths) - start)
+                fd, offset = _open_npy(ShardFiles(staging).shard(shard), (count, *self.shape))
+                open_shards.add(fd)
+                tasks = [range(i, min(i + _TASK_SIZE, count)) for i in range(0, count, _TASK_SIZE)]
+                return fd, [pool.submit(self.decode_task, fd, offset, start, t) for t in tasks]
+
+            try:
+                # The next shard's tasks are queued before this one is awaited: no idle boundary.
+                pending = submit(0)
+                on_started()
+                for shard in range(self.n_shards):
+                    fd, futures = pending
+                    if shard + 1 < self.n_shards:
+                        pending = submit(shard + 1)
+                    for future in futures:
+                        progress.update(future.result())
+                    open_shards.remove(fd)
+                    os.close(fd)
+            except BaseException:
+                pool.shutdown(cancel_futures=True)  # a bad file stops without decoding the rest
+                raise
 
 
 def _close_all(fds: set[int]) -> None:
@@ -302,13 +335,9 @@ def _opencv_without_threads() -> Iterator[None]:
         cv2.setNumThreads(previous)
 
 
-def _shard_name(shard: int) -> str:
-    return f"shard-{shard:05d}.npy"
-
-
 def load_index(shards_dir: Path) -> pd.DataFrame:
     """The shard index (one row per image, in shard order)."""
-    return pd.read_parquet(Path(shards_dir) / "index.parquet")
+    return pd.read_parquet(ShardFiles(Path(shards_dir)).index)
 
 
 class ShardRows:
@@ -321,7 +350,7 @@ class ShardRows:
     """
 
     def __init__(self, shards_dir: Path, rows: pd.DataFrame) -> None:
-        meta = read_json(Path(shards_dir) / "meta.json")
+        meta = read_json(ShardFiles(Path(shards_dir)).meta)
         self.image_shape: tuple[int, int, int] = (meta["size"], meta["size"], meta["channels"])
         self._files = [Path(shards_dir) / name for name in meta["shards"]]
         self._arrays: dict[int, np.ndarray] = {}

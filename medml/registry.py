@@ -10,19 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medml.config import GateConfig, Recipe
+from medml.config import Recipe
+from medml.errors import RefusedError
 from medml.io import atomic_path, write_json
-from medml.tracking import MODEL_REQUIREMENTS, Tracking
+from medml.layout import RegistryFiles
+from medml.metrics import GateOutcome, HoldoutMetrics, check_gate
+from medml.tracking import MODEL_REQUIREMENTS, Tracking, alias_uri, version_uri
 
 MAX_TAG_CHARS = 5000
-
-
-@dataclass(frozen=True)
-class GateOutcome:
-    """Whether a model passed the registration gate, and why not."""
-
-    passed: bool
-    reasons: list[str]
+CHAMPION = "champion"
 
 
 @dataclass(frozen=True)
@@ -47,62 +43,14 @@ class Registration:
         }
 
 
-def check_gate(
-    metrics: dict[str, Any], gate: GateConfig, champion: dict[str, Any] | None = None
-) -> GateOutcome:
-    """Compare holdout metrics with the recipe's thresholds and, if given, the champion's.
+@dataclass(frozen=True)
+class ChampionScore:
+    """The current champion scored on this run's holdout (``metrics``), or why it could not
+    be (``error``: non-inferiority then cannot be shown and the gate fails)."""
 
-    Absolute thresholds go through MLflow's ``validate_evaluation_results`` with
-    ``MetricThreshold``; non-inferiority (a drop of at most a margin, which ``MetricThreshold``
-    cannot express) is checked here, per class.
-
-    Args:
-        metrics: the candidate's holdout metrics (``metrics.json``).
-        gate: thresholds and margins.
-        champion: the champion's metrics on the same holdout, or ``None``.
-    """
-    import mlflow
-    from mlflow.models import EvaluationResult, MetricThreshold
-    from mlflow.models.evaluation.validation import ModelValidationFailedException
-
-    overall = metrics["overall"]
-    sensitivities = {name: s["sensitivity"] for name, s in metrics["per_class"].items()
-                     if s["sensitivity"] is not None}  # fmt: skip
-    candidate = {
-        "balanced_accuracy": overall["balanced_accuracy"],
-        "macro_f1": overall["macro_f1"],
-        "min_class_sensitivity": min(sensitivities.values(), default=0.0),
-        "expected_calibration_error": overall["expected_calibration_error"],
-    }
-    thresholds = {
-        "balanced_accuracy": MetricThreshold(threshold=gate.min_balanced_accuracy,
-                                             greater_is_better=True),
-        "macro_f1": MetricThreshold(threshold=gate.min_macro_f1, greater_is_better=True),
-        "min_class_sensitivity": MetricThreshold(threshold=gate.min_class_sensitivity,
-                                                 greater_is_better=True),
-        "expected_calibration_error": MetricThreshold(threshold=gate.max_calibration_error,
-                                                      greater_is_better=False),
-    }  # fmt: skip
-    reasons: list[str] = []
-    try:
-        mlflow.validate_evaluation_results(thresholds, EvaluationResult(candidate, {}))
-    except ModelValidationFailedException as err:
-        reasons += [line.strip() for line in err.message.splitlines() if line.strip()]
-    if champion is not None:
-        for name, value in sensitivities.items():
-            best = champion["per_class"].get(name, {}).get("sensitivity")
-            if best is not None and value < best - gate.max_sensitivity_drop:
-                reasons.append(
-                    f"sensitivity of {name} {value:.3f} is more than "
-                    f"{gate.max_sensitivity_drop:.3f} below the champion's {best:.3f}"
-                )
-        champion_f1 = champion["overall"]["macro_f1"]
-        if overall["macro_f1"] < champion_f1 - gate.max_macro_f1_drop:
-            reasons.append(
-                f"macro-F1 {overall['macro_f1']:.3f} is below the champion's "
-                f"{champion_f1:.3f} on the same holdout"
-            )
-    return GateOutcome(passed=not reasons, reasons=reasons)
+    version: str
+    metrics: HoldoutMetrics | None = None
+    error: str | None = None
 
 
 def git_revision(start: Path | None = None) -> str:
@@ -123,16 +71,84 @@ def git_revision(start: Path | None = None) -> str:
         return "unknown"
 
 
+def gate_outcome(
+    metrics: HoldoutMetrics, recipe: Recipe, champion: ChampionScore | None
+) -> GateOutcome:
+    """The recipe's gate on the candidate, against the champion when there is one."""
+    gate = check_gate(metrics, recipe.registry.gate, champion.metrics if champion else None)
+    if champion is not None and champion.error:
+        return GateOutcome(False, [*gate.reasons, champion.error])
+    return gate
+
+
+def version_tags(
+    recipe: Recipe, metrics: HoldoutMetrics, gate: GateOutcome, *, folds: int,
+    champion: ChampionScore | None, revision: str, extra: dict[str, str],
+) -> dict[str, str]:  # fmt: skip
+    """The tags a registered version carries (lineage, gate, headline scores)."""
+    params_json = json.dumps(recipe.model_dump(mode="json"), sort_keys=True)
+    return {
+        **extra,
+        "recipe": recipe.name,
+        "git_revision": revision,
+        "params_hash": recipe.params_hash(),
+        "params": params_json if len(params_json) <= MAX_TAG_CHARS else "(see run params)",
+        "balance": recipe.train.balance,
+        "folds": str(folds),
+        "gate": "passed" if gate.passed else "failed",
+        "gate_reasons": "; ".join(gate.reasons)[:MAX_TAG_CHARS],
+        "compared_with_champion": champion.version if champion else "none",
+        "balanced_accuracy": f"{metrics.value('balanced_accuracy'):.4f}",
+        "macro_f1": f"{metrics.value('macro_f1'):.4f}",
+    }
+
+
+def save_ensemble(model_paths: Sequence[Path], path: Path) -> Any:
+    """Load the fold models, build their averaging ensemble and save it to ``path``."""
+    import keras
+
+    from medml.models import build_ensemble
+
+    ensemble = build_ensemble([keras.models.load_model(p, compile=False) for p in model_paths])
+    with atomic_path(path) as tmp:
+        ensemble.save(tmp)
+    return ensemble
+
+
+def log_ensemble(
+    tracking: Tracking, parent_run_id: str, ensemble: Any, recipe: Recipe,
+    card_paths: Sequence[Path], champion: ChampionScore | None,
+) -> str:  # fmt: skip
+    """Log the ensemble (registering a new version), the model card and the champion's scores
+    to the pipeline run; returns the new version."""
+    import mlflow
+
+    with tracking.run(run_id=parent_run_id):
+        info = mlflow.keras.log_model(
+            ensemble,
+            name="ensemble",
+            registered_model_name=recipe.registry.model_name,
+            pip_requirements=MODEL_REQUIREMENTS,
+            metadata={"classes": list(recipe.data.classes),
+                      "image": recipe.image.model_dump(mode="json")},
+        )  # fmt: skip
+        for path in card_paths:
+            mlflow.log_artifact(str(path), artifact_path="model_card")
+        if champion is not None and champion.metrics is not None:
+            mlflow.log_dict(champion.metrics.to_dict(), "evaluation/champion_on_this_holdout.json")
+    return str(info.registered_model_version)
+
+
 def register_ensemble(
     model_paths: Sequence[Path],
-    metrics: dict[str, Any],
+    metrics: HoldoutMetrics,
     out_dir: Path,
     recipe: Recipe,
     *,
     tracking: Tracking,
     parent_run_id: str,
     tags: dict[str, str],
-    champion: dict[str, Any] | None = None,
+    champion: ChampionScore | None = None,
     card_facts: dict[str, Any] | None = None,
 ) -> Registration:
     """Build the fold ensemble, log it to the pipeline run and register one model version.
@@ -143,50 +159,21 @@ def register_ensemble(
 
     Args:
         model_paths: the fold models (``.keras``).
-        metrics: the ensemble's holdout metrics (``metrics.json``).
-        out_dir: where ``ensemble.keras``, the model card and ``registration.json`` go.
+        metrics: the ensemble's holdout metrics.
+        out_dir: the registration folder (see :class:`~medml.layout.RegistryFiles`).
         recipe: the run's recipe (model name, alias, gate).
         tracking: the MLflow store.
         parent_run_id: the pipeline run the model is logged to.
         tags: extra version tags (data hash, logical date, ...).
-        champion: ``{"version": ..., "metrics": ...}`` of the current champion scored on the
-            same holdout, or ``None`` when there is no champion.
+        champion: the current champion scored on the same holdout, or ``None`` if there is none.
         card_facts: ``split_report`` and ``validation_report`` for the model card.
     """
-    import keras
-    import mlflow
-
     from medml.model_card import CardFacts, write_model_card
-    from medml.models import build_ensemble
 
-    members = [keras.models.load_model(path, compile=False) for path in model_paths]
-    ensemble = build_ensemble(members)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "ensemble.keras") as tmp:
-        ensemble.save(tmp)
-
-    gate = check_gate(metrics, recipe.registry.gate, champion["metrics"] if champion else None)
-    if champion and champion.get("error"):
-        gate = GateOutcome(False, [*gate.reasons, champion["error"]])
-    client = tracking.activate()
-    name = recipe.registry.model_name
-    revision = git_revision()
-    params_json = json.dumps(recipe.model_dump(mode="json"), sort_keys=True)
-    version_tags = {
-        **tags,
-        "recipe": recipe.name,
-        "git_revision": revision,
-        "params_hash": recipe.params_hash(),
-        "params": params_json if len(params_json) <= MAX_TAG_CHARS else "(see run params)",
-        "balance": recipe.train.balance,
-        "folds": str(len(model_paths)),
-        "gate": "passed" if gate.passed else "failed",
-        "gate_reasons": "; ".join(gate.reasons)[:MAX_TAG_CHARS],
-        "compared_with_champion": str(champion["version"]) if champion else "none",
-        "balanced_accuracy": f"{metrics['overall']['balanced_accuracy']:.4f}",
-        "macro_f1": f"{metrics['overall']['macro_f1']:.4f}",
-    }
+    files = RegistryFiles(Path(out_dir))
+    ensemble = save_ensemble(model_paths, files.ensemble)
+    gate = gate_outcome(metrics, recipe, champion)
+    name, revision = recipe.registry.model_name, git_revision()
     card = CardFacts(
         recipe=recipe, metrics=metrics, model_name=name,
         split_report=(card_facts or {}).get("split_report", {}),
@@ -194,40 +181,29 @@ def register_ensemble(
         logical_date=tags.get("logical_date", ""), data_hash=tags.get("data_hash", ""),
         git_revision=revision, gate_passed=gate.passed, gate_reasons=gate.reasons,
     )  # fmt: skip
-    card_paths = write_model_card(card, out_dir)
-    with mlflow.start_run(run_id=parent_run_id):
-        info = mlflow.keras.log_model(
-            ensemble,
-            name="ensemble",
-            registered_model_name=name,
-            pip_requirements=MODEL_REQUIREMENTS,
-            metadata={"classes": list(recipe.data.classes),
-                      "image": recipe.image.model_dump(mode="json")},
-        )  # fmt: skip
-        for path in card_paths:
-            mlflow.log_artifact(str(path), artifact_path="model_card")
-        if champion and champion.get("metrics"):
-            mlflow.log_dict(champion["metrics"], "evaluation/champion_on_this_holdout.json")
-    version = str(info.registered_model_version)
-    for key, value in version_tags.items():
+    card_paths = write_model_card(card, files)
+    version = log_ensemble(tracking, parent_run_id, ensemble, recipe, card_paths, champion)
+    client = tracking.activate()
+    tags = version_tags(recipe, metrics, gate, folds=len(model_paths), champion=champion,
+                        revision=revision, extra=tags)  # fmt: skip
+    for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
-    alias = None
-    if gate.passed:
-        alias = recipe.registry.alias
+    alias = recipe.registry.alias if gate.passed else None
+    if alias is not None:
         client.set_registered_model_alias(name, alias, version)
-    registration = Registration(name, version, alias, gate, f"models:/{name}/{version}")
-    write_json(out_dir / "registration.json", registration.as_dict())
+    registration = Registration(name, version, alias, gate, version_uri(name, version))
+    write_json(files.registration, registration.as_dict())
     return registration
 
 
 def champion_on_holdout(
     tracking: Tracking, model_name: str, images: Any, y_true: Any, classes: Sequence[str]
-) -> dict[str, Any] | None:
+) -> ChampionScore | None:
     """Score the current ``champion`` on this run's holdout, or ``None`` if there is none.
 
-    Returns ``{"version", "metrics"}``, or ``{"version", "error"}`` when the champion cannot be
-    scored on this holdout (e.g. it expects another image size) — the gate then fails, since
-    non-inferiority could not be shown.
+    When the champion cannot be scored on this holdout (e.g. it expects another image size) the
+    result carries the error instead: the gate then fails, since non-inferiority could not be
+    shown.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -236,29 +212,24 @@ def champion_on_holdout(
 
     client = tracking.activate()
     try:
-        version = client.get_model_version_by_alias(model_name, "champion")
+        version = str(client.get_model_version_by_alias(model_name, CHAMPION).version)
     except MlflowException:
         return None
     try:
-        model = mlflow.keras.load_model(f"models:/{model_name}@champion")
+        model = mlflow.keras.load_model(alias_uri(model_name, CHAMPION))
         proba = model.predict(images, batch_size=256, verbose=0)
-    except Exception as err:  # noqa: BLE001 - any failure means "not comparable"
-        return {
-            "version": version.version,
-            "error": f"champion v{version.version} could not be scored on this holdout: {err}",
-        }
-    return {
-        "version": version.version,
-        "metrics": clinical_metrics(y_true, proba, list(classes), bootstrap=0),
-    }
+    except Exception as err:  # any failure means "not comparable"
+        return ChampionScore(
+            version, error=f"champion v{version} could not be scored on this holdout: {err}"
+        )
+    return ChampionScore(version, clinical_metrics(y_true, proba, list(classes), bootstrap=0))
 
 
-CHAMPION = "champion"
 PREVIOUS_CHAMPION = "previous-champion"
 AUDIT_LOG_TAG = "audit.log"
 
 
-class PromotionError(RuntimeError):
+class PromotionError(RefusedError):
     """A promotion or rollback was refused; the message says why and what to do."""
 
 

@@ -10,12 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medml.errors import RefusedError
 from medml.io import atomic_path
+from medml.layout import METRICS_FILE, plot_file
+from medml.metrics import HoldoutMetrics
 from medml.registry import CHAMPION, alias_version
 from medml.tracking import Tracking
 
 
-class ReviewError(RuntimeError):
+class ReviewError(RefusedError):
     """The model or version to review does not exist."""
 
 
@@ -25,7 +28,7 @@ class Side:
 
     version: str
     tags: dict[str, str]
-    metrics: dict[str, Any]
+    metrics: HoldoutMetrics
     images: dict[str, str]  # name -> base64 PNG
 
 
@@ -34,13 +37,13 @@ def _load_side(client: Any, name: str, version: str) -> Side:
     run_id = model_version.run_id
     images: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        metrics_path = client.download_artifacts(run_id, "evaluation/metrics.json", tmp)
-        metrics = json.loads(Path(metrics_path).read_text())
+        metrics_path = client.download_artifacts(run_id, f"evaluation/{METRICS_FILE}", tmp)
+        metrics = HoldoutMetrics.read(Path(metrics_path))
         for picture in ("confusion_matrix", "reliability"):
             try:
-                png = client.download_artifacts(run_id, f"evaluation/{picture}.png", tmp)
+                png = client.download_artifacts(run_id, f"evaluation/{plot_file(picture)}", tmp)
                 images[picture] = base64.b64encode(Path(png).read_bytes()).decode()
-            except Exception:  # noqa: BLE001 - older versions may lack a plot
+            except Exception:  # older versions may lack a plot
                 pass
     return Side(str(version), dict(model_version.tags), metrics, images)
 
@@ -93,8 +96,8 @@ def review(
 def _sens(side: Side | None, cls: str) -> str:
     if side is None:
         return "-"
-    value = side.metrics["per_class"].get(cls, {}).get("sensitivity")
-    ci = side.metrics.get("ci95", {}).get("sensitivity", {}).get(cls)
+    value = side.metrics.per_class.get(cls, {}).get("sensitivity")
+    ci = side.metrics.interval("sensitivity", cls)
     if value is None:
         return "n/a"
     return f"{value:.3f}" + (f" [{ci[0]:.2f}-{ci[1]:.2f}]" if ci and ci[0] is not None else "")
@@ -103,14 +106,14 @@ def _sens(side: Side | None, cls: str) -> str:
 def _spec(side: Side | None, cls: str) -> str:
     if side is None:
         return "-"
-    value = side.metrics["per_class"].get(cls, {}).get("specificity")
+    value = side.metrics.per_class.get(cls, {}).get("specificity")
     return "n/a" if value is None else f"{value:.3f}"
 
 
 def _rows(candidate: Side, champion: Side | None) -> list[list[str]]:
     rows = [["", f"candidate v{candidate.version}",
              f"champion v{champion.version}" if champion else "champion (none)"]]  # fmt: skip
-    for cls in candidate.metrics["classes"]:
+    for cls in candidate.metrics.classes:
         rows.append([f"sensitivity {cls}", _sens(candidate, cls), _sens(champion, cls)])
         rows.append([f"specificity {cls}", _spec(candidate, cls), _spec(champion, cls)])
     for key, label in [("macro_f1", "macro-F1"), ("balanced_accuracy", "balanced accuracy"),
@@ -118,8 +121,8 @@ def _rows(candidate: Side, champion: Side | None) -> list[list[str]]:
         rows.append(
             [
                 label,
-                f"{candidate.metrics['overall'][key]:.3f}",
-                f"{champion.metrics['overall'][key]:.3f}" if champion else "-",
+                f"{candidate.metrics.value(key):.3f}",
+                f"{champion.metrics.value(key):.3f}" if champion else "-",
             ]
         )
     for tag in ("logical_date", "data_hash", "gate", "balance", "git_revision"):

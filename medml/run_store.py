@@ -25,6 +25,7 @@ from medml.data.sources import (
     s3_client,
     upload_dir,
 )
+from medml.errors import RunError
 from medml.io import medml_home
 
 
@@ -60,7 +61,7 @@ def pull(uri: str, local: Path, paths: Sequence[str]) -> None:
         try:
             fetch_s3_prefix(f"s3://{bucket}/{prefix}{rel}/", Path(local) / rel, client=client)
         except SourceError:
-            raise FileNotFoundError(
+            raise RunError(
                 f"{uri.rstrip('/')}/{rel} is missing from the remote run directory; "
                 "run the step that writes it first"
             ) from None

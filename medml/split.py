@@ -17,13 +17,15 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from medml.config import Recipe
+from medml.errors import MedmlError
 from medml.io import atomic_path, write_json
+from medml.layout import split_report_path
 
 TEST = "test"
 TRAIN = "train"
 
 
-class LeakageError(RuntimeError):
+class LeakageError(MedmlError):
     """The same image (by content hash) lands on both sides of the holdout split."""
 
 
@@ -189,7 +191,7 @@ def split(manifest_path: Path, splits_path: Path, recipe: Recipe) -> SplitResult
         },
         "leakage": audit,
     }
-    report_path = write_json(Path(splits_path).with_name("split_report.json"), report)
+    report_path = write_json(split_report_path(splits_path), report)
     if audit["exact_duplicates_across_holdout"]:
         raise LeakageError(
             f"{audit['exact_duplicates_across_holdout']} identical images are in both the training "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +19,21 @@ KIND_TAG = "medml.kind"
 # What the logged models need at serving time; given explicitly so MLflow does not spend
 # time inferring requirements (which also needs the network for some packages).
 MODEL_REQUIREMENTS = ["tensorflow-cpu", "keras>=3"]
+
+
+def version_uri(name: str, version: str | int) -> str:
+    """``models:/NAME/VERSION``."""
+    return f"models:/{name}/{version}"
+
+
+def alias_uri(name: str, alias: str) -> str:
+    """``models:/NAME@ALIAS``."""
+    return f"models:/{name}@{alias}"
+
+
+def models_uri(reference: str) -> str:
+    """A model reference as a ``models:/`` URI: ``NAME@alias``, ``NAME/version`` or a URI."""
+    return reference if reference.startswith("models:/") else f"models:/{reference}"
 
 
 @dataclass(frozen=True)
@@ -54,11 +71,44 @@ class Tracking:
         location = f"{self.artifact_root.rstrip('/')}/{name}"
         try:
             return client.create_experiment(name, artifact_location=location)
-        except Exception:  # noqa: BLE001 - created concurrently by another task
+        except Exception:  # created concurrently by another task: use theirs
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
                 raise
             return experiment.experiment_id
+
+    @contextmanager
+    def run(
+        self,
+        experiment: str = "",
+        *,
+        run_name: str | None = None,
+        tags: dict[str, str] | None = None,
+        parent_run_id: str | None = None,
+        run_id: str | None = None,
+    ) -> Iterator[str]:
+        """The one way medml opens an MLflow run: as the active run, yielding its id.
+
+        Starts a new run in ``experiment`` (a child of ``parent_run_id`` if given), or resumes
+        ``run_id``. The run ends ``FINISHED``, or ``FAILED`` when the block raises, so a
+        failed step never leaves a run ``RUNNING``.
+        """
+        import mlflow
+
+        self.activate()
+        if run_id is not None:
+            active = mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None)
+        else:
+            active = mlflow.start_run(
+                experiment_id=self.experiment_id(experiment), run_name=run_name,
+                parent_run_id=parent_run_id, tags=tags, nested=parent_run_id is not None,
+            )  # fmt: skip
+        try:
+            yield active.info.run_id
+        except BaseException:
+            mlflow.end_run("FAILED")
+            raise
+        mlflow.end_run()
 
     def pipeline_run(
         self, experiment: str, run_key: str, run_name: str, tags: dict[str, str]

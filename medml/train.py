@@ -6,6 +6,7 @@ The holdout test rows are never loaded here.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,14 +17,14 @@ from typing import Any
 import numpy as np
 
 from medml.augment import RandAugment
-from medml.balance import plan_balance
+from medml.balance import BalancePlan, plan_balance
 from medml.config import Recipe, TrainConfig
+from medml.errors import RunError
 from medml.io import atomic_path, write_json
+from medml.layout import FoldFiles
 from medml.preprocess import ShardRows, load_images, load_index
 from medml.split import TRAIN
 from medml.tracking import KIND_TAG, MODEL_REQUIREMENTS, RUN_KEY_TAG, Tracking
-
-MODEL_FILE = "model.keras"
 
 
 @dataclass(frozen=True)
@@ -96,12 +97,12 @@ def fold_rows(index: Any, fold: int) -> tuple[Any, Any]:
     """Training and validation rows of ``fold`` (holdout rows are in neither).
 
     Raises:
-        ValueError: ``fold`` does not exist in the split.
+        RunError: ``fold`` does not exist in the split.
     """
     train_part = index[index["split"] == TRAIN]
     folds = sorted(int(f) for f in train_part["fold"].unique())
     if fold not in folds:
-        raise ValueError(f"fold {fold} does not exist; this split has folds {folds}")
+        raise RunError(f"fold {fold} does not exist; this split has folds {folds}")
     return train_part[train_part["fold"] != fold], train_part[train_part["fold"] == fold]
 
 
@@ -169,6 +170,155 @@ def make_dataset(
     return data.with_options(options).prefetch(autotune)
 
 
+@dataclass
+class FoldData:
+    """One fold's training and validation inputs, after balancing the training part.
+
+    Attributes:
+        x_train: training images (memory-mapped rows, or an array after an array sampler).
+        y_train: training class indices (after balancing).
+        x_val: validation images (the fold's own rows; never balanced).
+        y_val: validation class indices.
+        plan: how the training part was balanced.
+    """
+
+    x_train: np.ndarray | ShardRows
+    y_train: np.ndarray
+    x_val: ShardRows
+    y_val: np.ndarray
+    plan: BalancePlan
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.x_val.image_shape
+
+
+def load_fold_data(shards_dir: Path, fold: int, recipe: Recipe) -> FoldData:
+    """Read a fold's rows and balance its training part (never the validation rows)."""
+    cfg = recipe.train
+    train_rows, val_rows = fold_rows(load_index(shards_dir), fold)
+    plan = plan_balance(
+        train_rows["label_index"].to_numpy(), len(recipe.data.classes), cfg, seed=cfg.seed + fold
+    )
+    train_rows = train_rows.iloc[plan.indices]
+    y_train = train_rows["label_index"].to_numpy(dtype=np.int64)
+    # Rows stay in the memory-mapped shards unless a sampler needs the pixels (SMOTE,
+    # augmentation oversampling): then this fold's training images are loaded and resampled.
+    x_train: np.ndarray | ShardRows = ShardRows(shards_dir, train_rows)
+    if plan.array_sampler is not None:
+        x_train, y_train = plan.array_sampler.fit_resample(
+            load_images(shards_dir, train_rows), y_train
+        )
+    y_val = val_rows["label_index"].to_numpy(dtype=np.int64)
+    return FoldData(x_train, y_train, ShardRows(shards_dir, val_rows), y_val, plan)
+
+
+def compile_model(
+    recipe: Recipe, input_shape: tuple[int, int, int], accelerator: Accelerator, *, name: str
+) -> Any:
+    """Build the recipe's model and compile it inside the accelerator's scope."""
+    import keras
+
+    from medml.models import build_model
+
+    cfg = recipe.train
+    with accelerator.scope():
+        model = build_model(input_shape, len(recipe.data.classes), cfg, name=name)
+        model.compile(
+            optimizer=keras.optimizers.Adam(cfg.learning_rate),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+            if cfg.label_smoothing > 0
+            else "sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+            jit_compile=accelerator.jit_compile,
+        )
+    return model
+
+
+def fit(
+    model: Any, data: FoldData, recipe: Recipe, accelerator: Accelerator, *, seed: int,
+    log_epochs: bool = False,
+) -> tuple[dict[str, list[float]], float]:  # fmt: skip
+    """Fit with early stopping on the fold's validation rows; returns history and seconds."""
+    import keras
+
+    cfg = recipe.train
+    n_classes = len(recipe.data.classes)
+    batch_size = cfg.batch_size * accelerator.replicas
+    steps = -(-len(data.y_train) // batch_size)
+    balanced = data.plan.balanced_batches
+    callbacks: list[keras.callbacks.Callback] = [
+        throughput_logger(steps * batch_size if balanced else len(data.y_train)),
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss",
+            patience=cfg.patience,
+            restore_best_weights=True,
+            start_from_epoch=min(cfg.min_epochs, cfg.epochs),  # small CNNs plateau at first
+        ),
+    ]
+    if log_epochs:
+        callbacks.append(_mlflow_epoch_logger())
+    one_hot = n_classes if cfg.label_smoothing > 0 else None
+    augment = RandAugment(cfg.augment, seed=seed) if cfg.augment_in_training else None
+    train_data = make_dataset(
+        data.x_train, data.y_train, batch_size=batch_size, training=True, seed=seed,
+        balanced_batches=balanced, augment=augment, one_hot=one_hot,
+    )  # fmt: skip
+    val_data = make_dataset(
+        data.x_val, data.y_val, batch_size=batch_size, training=False, one_hot=one_hot
+    )
+    started = time.perf_counter()
+    history = model.fit(
+        train_data,
+        validation_data=val_data,
+        epochs=cfg.epochs,
+        steps_per_epoch=steps if balanced else None,
+        class_weight=data.plan.class_weight,
+        callbacks=callbacks,
+        shuffle=False,  # the tf.data pipeline shuffles (seeded)
+        verbose=2,
+    )
+    return history.history, time.perf_counter() - started
+
+
+def save_fold(
+    model: Any, history: dict[str, list[float]], seconds: float, files: FoldFiles, fold: int
+) -> FoldResult:
+    """Write the model and the history (best epoch, scores) atomically."""
+    files.root.mkdir(parents=True, exist_ok=True)
+    with atomic_path(files.model) as tmp:
+        model.save(tmp)
+    best = int(np.argmin(history["val_loss"]))
+    summary = {
+        "fold": fold,
+        "epochs_run": len(history["loss"]),
+        "best_epoch": best + 1,
+        "val_loss": float(history["val_loss"][best]),
+        "val_accuracy": float(history["val_accuracy"][best]),
+        "train_seconds": round(seconds, 2),
+        "history": {k: [float(v) for v in vals] for k, vals in history.items()},
+    }
+    write_json(files.history, summary)
+    return FoldResult(fold, files.model, files.history, None, summary["epochs_run"],
+                      summary["val_loss"], summary["val_accuracy"])  # fmt: skip
+
+
+def fold_params(
+    recipe: Recipe, fold: int, data: FoldData, accelerator: Accelerator
+) -> dict[str, str]:
+    """What the fold's MLflow run records as params."""
+    n_classes = len(recipe.data.classes)
+    return {
+        **recipe.flat_params(),
+        "fold": str(fold),
+        "train_images": str(len(data.y_train)),
+        "val_images": str(len(data.y_val)),
+        "class_weight": str(data.plan.class_weight),
+        "train_class_counts": str(np.bincount(data.y_train, minlength=n_classes).tolist()),
+        **accelerator.as_params(),
+    }
+
+
 def train_fold(
     shards_dir: Path,
     fold: int,
@@ -180,7 +330,7 @@ def train_fold(
     run_key: str = "",
     accelerator: Accelerator | None = None,
 ) -> FoldResult:
-    """Train the model for one fold and save it to ``out_dir/model.keras``.
+    """Train the model for one fold and save it into ``out_dir`` (see :class:`FoldFiles`).
 
     Args:
         shards_dir: output of preprocess.
@@ -198,143 +348,27 @@ def train_fold(
     """
     import keras
 
-    cfg = recipe.train
-    n_classes = len(recipe.data.classes)
-    train_rows, val_rows = fold_rows(load_index(shards_dir), fold)
-    plan = plan_balance(
-        train_rows["label_index"].to_numpy(), n_classes, cfg.balance, seed=cfg.seed + fold,
-        augment=cfg.augment, smote_memory_mb=cfg.smote_memory_mb,
-    )  # fmt: skip
-    train_rows = train_rows.iloc[plan.indices]
-    y_train = train_rows["label_index"].to_numpy(dtype=np.int64)
-    # Rows stay in the memory-mapped shards unless a sampler needs the pixels (SMOTE,
-    # augmentation oversampling): then this fold's training images are loaded and resampled.
-    x_train: np.ndarray | ShardRows = ShardRows(shards_dir, train_rows)
-    if plan.array_sampler is not None:
-        x_train, y_train = plan.array_sampler.fit_resample(
-            load_images(shards_dir, train_rows), y_train
-        )
-    x_val = ShardRows(shards_dir, val_rows)
-    y_val = val_rows["label_index"].to_numpy(dtype=np.int64)
-    input_shape = x_val.image_shape
+    seed = recipe.train.seed + fold
+    data = load_fold_data(shards_dir, fold, recipe)
+    keras.utils.set_random_seed(seed)
+    accelerator = accelerator or Accelerator.detect(recipe.train)
+    model = compile_model(recipe, data.input_shape, accelerator, name=f"fold_{fold}")
+    if tracking is None:
+        history, seconds = fit(model, data, recipe, accelerator, seed=seed)
+        return save_fold(model, history, seconds, FoldFiles(Path(out_dir)), fold)
+    import mlflow
 
-    keras.utils.set_random_seed(cfg.seed + fold)
-    from medml.models import build_model
-
-    accelerator = accelerator or Accelerator.detect(cfg)
-    batch_size = cfg.batch_size * accelerator.replicas
-    smoothing = cfg.label_smoothing > 0
-    with accelerator.scope():
-        model = build_model(
-            cfg.model, input_shape, n_classes, dropout=cfg.dropout, name=f"fold_{fold}",
-            weights=cfg.weights, trainable_layers=cfg.trainable_layers,
-        )  # fmt: skip
-        model.compile(
-            optimizer=keras.optimizers.Adam(cfg.learning_rate),
-            loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
-            if smoothing
-            else "sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-            jit_compile=accelerator.jit_compile,
-        )
-    steps = -(-len(y_train) // batch_size)
-    callbacks: list[keras.callbacks.Callback] = [
-        throughput_logger(steps * batch_size if plan.balanced_batches else len(y_train)),
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss",
-            patience=cfg.patience,
-            restore_best_weights=True,
-            start_from_epoch=min(cfg.min_epochs, cfg.epochs),  # small CNNs plateau at first
-        ),
-    ]
-    one_hot = n_classes if smoothing else None
-    train_data = make_dataset(
-        x_train, y_train, batch_size=batch_size, training=True, seed=cfg.seed + fold,
-        balanced_batches=plan.balanced_batches,
-        augment=RandAugment(cfg.augment, seed=cfg.seed + fold) if cfg.augment_in_training else None,
-        one_hot=one_hot,
-    )  # fmt: skip
-    val_data = make_dataset(x_val, y_val, batch_size=batch_size, training=False, one_hot=one_hot)
-    counts_after = np.bincount(y_train, minlength=n_classes).tolist()
-    params = {
-        **recipe.flat_params(),
-        "fold": str(fold),
-        "train_images": str(len(y_train)),
-        "val_images": str(len(y_val)),
-        "class_weight": str(plan.class_weight),
-        "train_class_counts": str(counts_after),
-        **accelerator.as_params(),
-    }
-    run_id = None
-    mlflow_run = None
-    if tracking is not None:
-        import mlflow
-
-        tracking.activate()
-        mlflow_run = mlflow.start_run(
-            experiment_id=tracking.experiment_id(recipe.registry.experiment),
-            run_name=f"fold-{fold}",
-            parent_run_id=parent_run_id,
-            tags={RUN_KEY_TAG: run_key, KIND_TAG: "fold", "fold": str(fold)},
-        )
-        run_id = mlflow_run.info.run_id
-        mlflow.log_params(params)
-        callbacks.append(_mlflow_epoch_logger())
-    try:
-        started = time.perf_counter()
-        history = model.fit(
-            train_data,
-            validation_data=val_data,
-            epochs=cfg.epochs,
-            steps_per_epoch=steps if plan.balanced_batches else None,
-            class_weight=plan.class_weight,
-            callbacks=callbacks,
-            shuffle=False,  # the tf.data pipeline shuffles (seeded)
-            verbose=2,
-        )
-        seconds = time.perf_counter() - started
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        model_path = out_dir / MODEL_FILE
-        with atomic_path(model_path) as tmp:
-            model.save(tmp)
-        best = int(np.argmin(history.history["val_loss"]))
-        summary = {
-            "fold": fold,
-            "epochs_run": len(history.history["loss"]),
-            "best_epoch": best + 1,
-            "val_loss": float(history.history["val_loss"][best]),
-            "val_accuracy": float(history.history["val_accuracy"][best]),
-            "train_seconds": round(seconds, 2),
-            "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
-        }
-        history_path = write_json(out_dir / "history.json", summary)
-        if mlflow_run is not None:
-            import mlflow
-
-            mlflow.log_metrics(
-                {
-                    "best_val_loss": summary["val_loss"],
-                    "best_val_accuracy": summary["val_accuracy"],
-                    "train_seconds": seconds,
-                }
-            )
-            mlflow.log_artifact(str(history_path))
-            mlflow.keras.log_model(model, name="model", pip_requirements=MODEL_REQUIREMENTS)
-    finally:
-        if mlflow_run is not None:
-            import mlflow
-
-            mlflow.end_run()
-    return FoldResult(
-        fold,
-        model_path,
-        history_path,
-        run_id,
-        summary["epochs_run"],
-        summary["val_loss"],
-        summary["val_accuracy"],
-    )
+    tags = {RUN_KEY_TAG: run_key, KIND_TAG: "fold", "fold": str(fold)}
+    with tracking.run(recipe.registry.experiment, run_name=f"fold-{fold}", tags=tags,
+                      parent_run_id=parent_run_id) as run_id:  # fmt: skip
+        mlflow.log_params(fold_params(recipe, fold, data, accelerator))
+        history, seconds = fit(model, data, recipe, accelerator, seed=seed, log_epochs=True)
+        result = save_fold(model, history, seconds, FoldFiles(Path(out_dir)), fold)
+        best = {"best_val_loss": result.val_loss, "best_val_accuracy": result.val_accuracy}
+        mlflow.log_metrics({**best, "train_seconds": seconds})
+        mlflow.log_artifact(str(result.history_path))
+        mlflow.keras.log_model(model, name="model", pip_requirements=MODEL_REQUIREMENTS)
+    return dataclasses.replace(result, mlflow_run_id=run_id)
 
 
 def throughput_logger(images_per_epoch: int) -> Any:

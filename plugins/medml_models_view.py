@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import json
+from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import FastAPI, HTTPException
@@ -26,7 +27,8 @@ STYLE = (
 )
 
 
-def _tracking():  # noqa: ANN202 - medml.tracking.Tracking
+def _tracking() -> Any:
+    """The MLflow store (medml.tracking.Tracking; imported here, not at plugin load)."""
     from medml.tracking import Tracking
 
     return Tracking.from_env()

@@ -72,7 +72,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def moto_server():  # noqa: ANN201 - yields the endpoint URL
+def moto_server():
     """A real S3-compatible HTTP server (moto's server mode) on localhost."""
     import subprocess
     import time

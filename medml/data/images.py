@@ -50,7 +50,7 @@ def read_dicom(path: str | Path, *, center: float = 40.0, width: float = 400.0) 
     try:
         dataset = pydicom.dcmread(str(path))
         pixels = dataset.pixel_array
-    except Exception as err:  # noqa: BLE001 - pydicom raises many types for bad files
+    except Exception as err:
         raise ValueError(f"{path} is not a readable DICOM image: {err}") from None
     hu = apply_modality_lut(pixels, dataset)
     return window_hounsfield(np.asarray(hu), center, width)

@@ -21,6 +21,7 @@ from medml.config import Recipe
 from medml.data.images import dicom_header, is_dicom
 from medml.data.layouts import Item, LayoutError, discover
 from medml.data.synthetic import GROUPS_FILE
+from medml.errors import MedmlError
 from medml.io import atomic_path, parallel_map
 
 MANIFEST_COLUMNS = [
@@ -51,7 +52,7 @@ _MODE_CHANNELS = {
 }
 
 
-class IngestError(ValueError):
+class IngestError(MedmlError, ValueError):
     """The source cannot be ingested; the message names the path and what to do."""
 
 
@@ -129,11 +130,6 @@ def ingest(source: Path, manifest_path: Path, recipe: Recipe, *, workers: int = 
     )
 
 
-def read_manifest(path: Path) -> pd.DataFrame:
-    """Read a manifest (or any table derived from it) from parquet."""
-    return pd.read_parquet(path)
-
-
 def absolute_paths(table: pd.DataFrame) -> list[str]:
     """Absolute file paths of a manifest's rows (strings: a tenth of a ``Path``'s memory)."""
     return [os.path.join(root, rel) for root, rel in zip(table["root"], table["path"], strict=True)]
@@ -169,7 +165,7 @@ def _file_facts(path: Path) -> dict[str, int | str]:
                 channels = _MODE_CHANNELS.get(image.mode, len(image.getbands()))
     except Image.DecompressionBombError:
         issue = "image header declares a decompression-bomb size; not decoded"
-    except Exception:  # noqa: BLE001 - any header failure is recorded, validation explains it
+    except Exception:
         pass
     return {
         "sha256": digest.hexdigest(),

@@ -9,10 +9,12 @@
 - ``dicom``: class folders of ``.dcm`` slices (read with pydicom, rescaled to Hounsfield units
   and windowed; see :mod:`medml.data.images`).
 
-Every layout yields :class:`Item` rows. Problems that concern one file (a CSV path that escapes
-the root, a symlink pointing outside it, a listed file that does not exist) are recorded in
-``issue`` rather than raised, so validation quarantines them with the reason and the rest of
-the dataset goes on.
+A layout is a function ``(root, data) -> list[Item]`` registered with
+``@LAYOUTS.register(name)`` (:data:`medml.extensions.LAYOUTS`); ``data.layout`` names one, or
+``auto``. Every layout yields :class:`Item` rows. Problems that concern one file (a CSV path
+that escapes the root, a symlink pointing outside it, a listed file that does not exist) are
+recorded in ``issue`` rather than raised, so validation quarantines them with the reason and
+the rest of the dataset goes on.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from medml.config import DataConfig
+from medml.errors import MedmlError
+from medml.extensions import LAYOUTS
 
 SPLIT_DIRS = {"train": "train", "val": "train", "validation": "train", "test": "test"}
-LAYOUTS = ("class_folders", "split_folders", "csv", "dicom")
 
 
-class LayoutError(ValueError):
+class LayoutError(MedmlError, ValueError):
     """The dataset root does not match the layout; the message says what was expected."""
 
 
@@ -60,28 +63,45 @@ def discover(root: Path, data: DataConfig) -> tuple[str, list[Item]]:
 
     Raises:
         LayoutError: the root does not have the shape of the layout.
+        ConfigError: the recipe names an unknown layout ("did you mean …").
     """
     layout = detect_layout(root, data)
-    if layout == "class_folders":  # DICOM slices are welcome in class folders too
-        return layout, _class_folders(root, root, [*data.extensions, ".dcm"])
-    if layout == "dicom":
-        return layout, _class_folders(root, root, [".dcm"])
-    if layout == "split_folders":
-        items: list[Item] = []
-        found = False
-        for split_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-            split = SPLIT_DIRS.get(split_dir.name.lower())
-            if split is None:
-                continue
-            found = True
-            for item in _class_folders(split_dir, root, data.extensions):
-                items.append(Item(item.path, item.label, split, item.issue))
-        if not found:
-            raise LayoutError(f"{root} has none of the split folders {sorted(SPLIT_DIRS)}")
-        return layout, items
-    if layout == "csv":
-        return layout, _csv_manifest(root, data)
-    raise LayoutError(f"unknown layout {layout!r}; choose one of {LAYOUTS} or auto")
+    return layout, LAYOUTS.get(layout)(root, data)
+
+
+@LAYOUTS.register("class_folders")
+def class_folders(root: Path, data: DataConfig) -> list[Item]:
+    """``<root>/<Class>/…``; DICOM slices are welcome in class folders too."""
+    return _class_folders(root, root, [*data.extensions, ".dcm"])
+
+
+@LAYOUTS.register("split_folders")
+def split_folders(root: Path, data: DataConfig) -> list[Item]:
+    """``<root>/{train,val,validation,test}/<Class>/…``; ``test`` becomes the holdout."""
+    items: list[Item] = []
+    found = False
+    for split_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        split = SPLIT_DIRS.get(split_dir.name.lower())
+        if split is None:
+            continue
+        found = True
+        for item in _class_folders(split_dir, root, data.extensions):
+            items.append(Item(item.path, item.label, split, item.issue))
+    if not found:
+        raise LayoutError(f"{root} has none of the split folders {sorted(SPLIT_DIRS)}")
+    return items
+
+
+@LAYOUTS.register("csv")
+def csv_manifest(root: Path, data: DataConfig) -> list[Item]:
+    """A manifest CSV (``data.csv_file``) naming files under ``data.csv_image_dir``."""
+    return _csv_manifest(root, data)
+
+
+@LAYOUTS.register("dicom")
+def dicom_folders(root: Path, data: DataConfig) -> list[Item]:
+    """Class folders of ``.dcm`` slices."""
+    return _class_folders(root, root, [".dcm"])
 
 
 def _inside(root: Path, path: Path) -> bool:

@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from medml.errors import MedmlError
 from medml.io import parallel_map
 
 S3_SCHEME = "s3://"
 
 
-class SourceError(ValueError):
+class SourceError(MedmlError, ValueError):
     """A source URI is malformed or cannot be read; the message says what to check."""
 
 

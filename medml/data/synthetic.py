@@ -251,7 +251,6 @@ CAPSULE_COUNTS = {
 }  # fmt: skip
 # Chest X-ray (Kaggle, seed 002) class counts of the train split.
 CHEST_XRAY_COUNTS = {"NORMAL": 1341, "PNEUMONIA": 3875}
-LAYOUTS = ("class_folders", "split_folders", "csv", "dicom")
 
 
 def synth_capsule_csv(

@@ -19,15 +19,17 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from medml.config import Recipe
+from medml.config import DataConfig, Recipe
 from medml.data.images import read_image
 from medml.data.ingest import absolute_paths
+from medml.errors import DataGateFailed
 from medml.io import atomic_path, parallel_map, write_json
+from medml.layout import ValidationFiles
 
 MAX_PIXELS = 100_000_000  # refuse to decode headers that declare more (decompression bombs)
 
 
-class ValidationFailed(RuntimeError):
+class ValidationFailed(DataGateFailed):
     """A critical expectation failed; the message names the counts and the report path."""
 
 
@@ -50,7 +52,7 @@ def validate(
 
     Args:
         manifest_path: ``manifest.parquet`` from ingest.
-        out_dir: where ``validation.json``, ``quarantine.csv`` and ``clean_manifest.parquet`` go.
+        out_dir: the validation folder (see :class:`~medml.layout.ValidationFiles`).
         recipe: the run's recipe (known classes, minimum per class, quarantine budget).
         workers: decoding threads; 0 means one per core.
 
@@ -61,19 +63,67 @@ def validate(
         ValidationFailed: a critical expectation failed (outputs are still written, so the
             report can be read).
     """
-    out_dir = Path(out_dir)
+    files = ValidationFiles(Path(out_dir))
     manifest = pd.read_parquet(manifest_path)
-    data = recipe.data
+    checked = with_row_checks(manifest, recipe, workers)
+    context = _gx_context(files.data_docs)
+    reasons, row_results = quarantine_reasons(checked, recipe.data, context)
+    quarantine = checked.loc[sorted(reasons), ["path", "root", "label", "sha256", "bytes"]].copy()
+    quarantine["reason"] = ["; ".join(reasons[i]) for i in quarantine.index]
+    clean = checked.drop(index=list(reasons), columns=[*_CHECK_COLUMNS, "issue"])
+    clean = clean.reset_index(drop=True)
+    counts = clean["label"].value_counts().reindex(recipe.data.classes, fill_value=0)
+    critical, dataset_results = dataset_checks(counts, len(quarantine), len(manifest),
+                                               recipe.data, context)  # fmt: skip
+    report = {
+        "success": not critical,
+        "data_docs": str(files.data_docs / "index.html"),
+        "critical_failures": critical,
+        "images": len(manifest),
+        "quarantined": len(quarantine),
+        "quarantined_fraction": round(len(quarantine) / max(1, len(manifest)), 6),
+        "class_counts": {str(k): int(v) for k, v in counts.items()},
+        "imbalance_ratio": _imbalance_ratio(counts),
+        "expectations": _expectation_summary(row_results, dataset_results),
+    }
+    write_outputs(files, report, quarantine, clean)
+    if critical:
+        raise ValidationFailed(
+            "data validation failed: " + "; ".join(critical) + f". Report: {files.report} "
+            f"(Data Docs: {report['data_docs']}); "
+            f"quarantined files are listed in {files.quarantine} (nothing was deleted)."
+        )
+    return ValidationResult(
+        clean_manifest=files.clean_manifest,
+        report=files.report,
+        quarantine=files.quarantine,
+        images=len(clean),
+        quarantined=len(quarantine),
+        class_counts=report["class_counts"],
+    )
+
+
+_CHECK_COLUMNS = ["decodable", "short_side", "long_side", "label_conflict"]
+
+
+def with_row_checks(manifest: pd.DataFrame, recipe: Recipe, workers: int) -> pd.DataFrame:
+    """The manifest plus what the row expectations look at (decodes, sides, label conflicts)
+    and each file's perceptual hash (``dhash``, for the split's near-duplicate audit)."""
     hashes = _decode_and_hash(manifest, recipe, workers)
     labels_per_hash = manifest[manifest["sha256"] != ""].groupby("sha256")["label"].nunique()
-    checked = manifest.assign(
+    return manifest.assign(
         decodable=[h is not None for h in hashes],
         dhash=[h or "" for h in hashes],
         short_side=manifest[["width", "height"]].min(axis=1),
         long_side=manifest[["width", "height"]].max(axis=1),
         label_conflict=manifest["sha256"].map(labels_per_hash).fillna(0).gt(1),
     )
-    usable = checked["issue"] == ""
+
+
+def quarantine_reasons(
+    checked: pd.DataFrame, data: DataConfig, context: Any
+) -> tuple[dict[int, list[str]], list[dict[str, Any]]]:
+    """Run the row expectations; returns the reasons per quarantined row and the GX results."""
     row_suite: list[tuple[Callable[[pd.Series], str], Any]] = [
         (lambda row: row["issue"], _gx_in_set("issue", [""])),
         (lambda row: "file is empty (0 bytes)", _gx_between("bytes", min_value=1)),
@@ -89,99 +139,64 @@ def validate(
         (lambda row: "the same image (sha256) appears under different labels",
          _gx_in_set("label_conflict", [False])),
     ]  # fmt: skip
-    docs_dir = Path(out_dir) / "data_docs"
-    context = _gx_context(docs_dir)
-    row_results = _run_suite(
-        checked, [expectation for _, expectation in row_suite], "manifest_rows", context
-    )
+    results = _run_suite(checked, [e for _, e in row_suite], "manifest_rows", context)
+    usable = checked["issue"] == ""
     reasons: dict[int, list[str]] = {}
-    for (reason, _), result in zip(row_suite, row_results, strict=True):
+    for (reason, _), result in zip(row_suite, results, strict=True):
         for index in result["unexpected_index_list"]:
             index = int(index)
             if not usable[index] and reasons.get(index):
                 continue  # one reason is enough for a file that was never opened
             reasons.setdefault(index, []).append(reason(checked.loc[index]))
+    return reasons, results
 
-    quarantine = checked.loc[sorted(reasons), ["path", "root", "label", "sha256", "bytes"]].copy()
-    quarantine["reason"] = ["; ".join(reasons[i]) for i in quarantine.index]
-    clean = checked.drop(
-        index=list(reasons),
-        columns=["decodable", "short_side", "long_side", "label_conflict", "issue"],
-    )
-    clean = clean.reset_index(drop=True)
 
-    counts = clean["label"].value_counts().reindex(recipe.data.classes, fill_value=0)
-    counts_table = pd.DataFrame({"label": counts.index, "count": counts.to_numpy()})
-    fraction = len(quarantine) / max(1, len(manifest))
-    dataset_results = _run_suite(
-        counts_table,
-        [_gx_between("count", min_value=recipe.data.min_images_per_class)],
-        "class_counts",
-        context,
-    )
+def dataset_checks(
+    counts: pd.Series, quarantined: int, total: int, data: DataConfig, context: Any
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """The critical, dataset-level checks: enough images per class, not too many quarantined."""
+    table = pd.DataFrame({"label": counts.index, "count": counts.to_numpy()})
+    minimum = data.min_images_per_class
+    results = _run_suite(table, [_gx_between("count", min_value=minimum)], "class_counts", context)
     critical: list[str] = []
-    if not dataset_results[0]["success"]:
-        short = {
-            row.label: int(row.count)
-            for row in counts_table.itertuples()
-            if row.count < recipe.data.min_images_per_class
-        }
+    if not results[0]["success"]:
+        short = {row.label: int(row.count) for row in table.itertuples() if row.count < minimum}
+        critical.append(f"classes below the minimum of {minimum} images: {short}")
+    fraction = quarantined / max(1, total)
+    if fraction > data.max_quarantine_fraction:
         critical.append(
-            f"classes below the minimum of {recipe.data.min_images_per_class} images: {short}"
+            f"{quarantined} of {total} files quarantined ({fraction:.1%}), more than "
+            f"data.max_quarantine_fraction={data.max_quarantine_fraction:.1%}"
         )
-    if fraction > recipe.data.max_quarantine_fraction:
-        critical.append(
-            f"{len(quarantine)} of {len(manifest)} files quarantined ({fraction:.1%}), more than "
-            f"data.max_quarantine_fraction={recipe.data.max_quarantine_fraction:.1%}"
-        )
+    return critical, results
 
-    minority = counts[counts > 0].min() if (counts > 0).any() else 0
-    report = {
-        "success": not critical,
-        "data_docs": str(docs_dir / "index.html"),
-        "critical_failures": critical,
-        "images": len(manifest),
-        "quarantined": len(quarantine),
-        "quarantined_fraction": round(fraction, 6),
-        "class_counts": {str(k): int(v) for k, v in counts.items()},
-        "imbalance_ratio": float(counts.max() / minority) if minority else None,
-        "expectations": [
-            {
-                "expectation": r["type"],
-                "column": r["column"],
-                "success": r["success"],
-                "unexpected_count": r["unexpected_count"],
-                "meaning": meaning,
-            }
-            for meaning, r in zip(
-                [r["type"] + " " + r["column"] for r in row_results] + ["minimum images per class"],
-                row_results + dataset_results,
-                strict=True,
-            )
-        ],
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report_path = write_json(out_dir / "validation.json", report)
-    quarantine_path = out_dir / "quarantine.csv"
-    with atomic_path(quarantine_path) as tmp:
+
+def write_outputs(
+    files: ValidationFiles, report: dict[str, Any], quarantine: pd.DataFrame, clean: pd.DataFrame
+) -> None:
+    """Write the report, the quarantine list and the clean manifest, each atomically."""
+    files.root.mkdir(parents=True, exist_ok=True)
+    write_json(files.report, report)
+    with atomic_path(files.quarantine) as tmp:
         quarantine.to_csv(tmp, index=False)
-    clean_path = out_dir / "clean_manifest.parquet"
-    with atomic_path(clean_path) as tmp:
+    with atomic_path(files.clean_manifest) as tmp:
         clean.to_parquet(tmp, index=False)
-    if critical:
-        raise ValidationFailed(
-            "data validation failed: " + "; ".join(critical) + f". Report: {report_path} "
-            f"(Data Docs: {docs_dir / 'index.html'}); "
-            f"quarantined files are listed in {quarantine_path} (nothing was deleted)."
-        )
-    return ValidationResult(
-        clean_manifest=clean_path,
-        report=report_path,
-        quarantine=quarantine_path,
-        images=len(clean),
-        quarantined=len(quarantine),
-        class_counts=report["class_counts"],
-    )
+
+
+def _imbalance_ratio(counts: pd.Series) -> float | None:
+    minority = counts[counts > 0].min() if (counts > 0).any() else 0
+    return float(counts.max() / minority) if minority else None
+
+
+def _expectation_summary(
+    row_results: list[dict[str, Any]], dataset_results: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    meanings = [r["type"] + " " + r["column"] for r in row_results] + ["minimum images per class"]
+    return [
+        {"expectation": r["type"], "column": r["column"], "success": r["success"],
+         "unexpected_count": r["unexpected_count"], "meaning": meaning}
+        for meaning, r in zip(meanings, row_results + dataset_results, strict=True)
+    ]  # fmt: skip
 
 
 def difference_hash(image: np.ndarray) -> str:

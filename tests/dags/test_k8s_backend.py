@@ -11,7 +11,7 @@ from medml.k8s import fold_pod_kwargs
 
 
 @pytest.fixture(autouse=True)
-def _airflow_home(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+def _airflow_home(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("AIRFLOW_HOME", os.environ.get("AIRFLOW_HOME") or str(tmp_path / "af"))
 
 

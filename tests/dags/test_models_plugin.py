@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from medml import pipeline
-from medml.cli import airflow_env
+from medml.local_airflow import airflow_env
 from medml.registry import promote
 from medml.tracking import Tracking
 from tests.conftest import REPO_ROOT, TINY, venv_env
@@ -17,7 +17,7 @@ from tests.conftest import REPO_ROOT, TINY, venv_env
 PLUGIN = REPO_ROOT / "plugins" / "medml_models_view.py"
 
 
-def _plugin_module():  # noqa: ANN202
+def _plugin_module():
     spec = importlib.util.spec_from_file_location("medml_models_view", PLUGIN)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -40,7 +40,7 @@ def test_models_page_lists_versions_aliases_and_audit(phantom_dir: Path, tmp_pat
         tmp_path / "r",
         phantom_dir,
         "kidney-ct",
-        overrides=[*TINY, "registry.gate.min_balanced_accuracy=0"],
+        overrides=[*TINY, "registry.gate.thresholds.balanced_accuracy.min=0"],
     )
     tracking = Tracking.from_env()
     pipeline.run_all(ctx, tracking, echo=lambda _: None)

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from medml.cli import airflow_env
 from medml.data.synthetic import synth_kidney_ct
+from medml.local_airflow import airflow_env
 from medml.tracking import Tracking
 from tests.conftest import _free_port, venv_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DATES = ["2026-01-05", "2026-01-12", "2026-01-19"]  # Mondays: the DAG's weekly schedule
 FAST = ["image.size=32", "split.folds=2", "train.epochs=1", "data.min_images_per_class=2",
-        "registry.gate.min_balanced_accuracy=0"]  # fmt: skip
+        "registry.gate.thresholds.balanced_accuracy.min=0"]  # fmt: skip
 
 
 # Transient refusals: SQLite allows one writer (a busy scheduler can lock it briefly), and the
@@ -64,7 +64,7 @@ def _wait_for(env: dict[str, str], count: int, deadline: float) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def airflow_stack(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def airflow_stack(tmp_path_factory: pytest.TempPathFactory):
     workdir = tmp_path_factory.mktemp("airflow-stack")
     port = _free_port()
     env = {
@@ -106,7 +106,7 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
                 proc.kill()
 
 
-def test_backfill_three_dates_then_reprocess(airflow_stack, tmp_path: Path) -> None:  # noqa: ANN001
+def test_backfill_three_dates_then_reprocess(airflow_stack, tmp_path: Path) -> None:
     env, workdir, port = airflow_stack
     snapshots = tmp_path / "snapshots"
     for i, date in enumerate(DATES):
@@ -189,7 +189,7 @@ def _timestamp(value: str) -> float:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
-def test_reviewer_rejects_a_promotion_in_the_ui(airflow_stack) -> None:  # noqa: ANN001
+def test_reviewer_rejects_a_promotion_in_the_ui(airflow_stack) -> None:
     """Runs after the back-fill test (same stack, its registered versions)."""
     import urllib.request
 

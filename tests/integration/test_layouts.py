@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from medml.cli import airflow_env, app
+from medml.cli import app
 from medml.data.synthetic import synthesize
+from medml.local_airflow import airflow_env
 from tests.conftest import dags_test, venv_env
 
 pytestmark = pytest.mark.integration
@@ -22,7 +23,7 @@ CASES = [
     ("capsule-endoscopy", "csv"),
 ]
 FAST = ["image.size=32", "split.folds=2", "train.epochs=1", "data.min_images_per_class=2",
-        "registry.gate.min_balanced_accuracy=0"]  # fmt: skip
+        "registry.gate.thresholds.balanced_accuracy.min=0"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], 
 
 
 @pytest.mark.parametrize(("recipe", "layout"), CASES, ids=[f"{r}-{lay}" for r, lay in CASES])
-def test_medml_run(recipe: str, layout: str, datasets, tmp_path: Path) -> None:  # noqa: ANN001
+def test_medml_run(recipe: str, layout: str, datasets, tmp_path: Path) -> None:
     args = ["run", "--source", str(datasets[(recipe, layout)]), "--recipe", recipe,
             "--run-dir", str(tmp_path / "run")]  # fmt: skip
     for override in FAST:
@@ -63,7 +64,7 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("recipe", "layout"), CASES, ids=[f"{r}-{lay}" for r, lay in CASES])
-def test_dag(recipe: str, layout: str, datasets, airflow_home, tmp_path: Path) -> None:  # noqa: ANN001
+def test_dag(recipe: str, layout: str, datasets, airflow_home, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     conf = {"source": str(datasets[(recipe, layout)]), "recipe": recipe,
             "run_dir": str(run_dir), "overrides": FAST}  # fmt: skip
@@ -77,7 +78,7 @@ def test_dag_reads_the_s3_snapshot_of_its_logical_date(
     datasets,
     airflow_home,
     s3_env: str,
-    tmp_path: Path,  # noqa: ANN001
+    tmp_path: Path,
 ) -> None:
     from tests.conftest import upload_tree
 

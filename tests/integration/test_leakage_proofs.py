@@ -42,12 +42,12 @@ def pixels(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, np.nda
     return x, y, groups["group"].to_numpy()
 
 
-def _score(x_train, y_train, x_test, y_test) -> float:  # noqa: ANN001
+def _score(x_train, y_train, x_test, y_test) -> float:
     model = KNeighborsClassifier(n_neighbors=1).fit(x_train, y_train)
     return balanced_accuracy_score(y_test, model.predict(x_test))
 
 
-def test_smote_before_split_inflates_the_score(pixels) -> None:  # noqa: ANN001
+def test_smote_before_split_inflates_the_score(pixels) -> None:
     x, y, _ = pixels
     # Seed 000: SMOTE on everything, then split.
     x_all, y_all = SMOTE(random_state=0).fit_resample(x, y)
@@ -64,10 +64,10 @@ def test_smote_before_split_inflates_the_score(pixels) -> None:  # noqa: ANN001
     assert leaky > honest + 0.05
 
 
-def test_random_split_of_patients_inflates_the_score(pixels) -> None:  # noqa: ANN001
+def test_random_split_of_patients_inflates_the_score(pixels) -> None:
     x, y, groups = pixels
 
-    def cv_score(cv, use_groups: bool) -> float:  # noqa: ANN001
+    def cv_score(cv, use_groups: bool) -> float:
         scores = [
             _score(x[tr], y[tr], x[te], y[te])
             for tr, te in cv.split(x, y, groups if use_groups else None)

@@ -28,7 +28,7 @@ def test_gate_promotion_rollback_review_predict(phantom_dir: Path, tmp_path: Pat
     tracking = Tracking.from_env()
     client = tracking.activate()
 
-    first = _run(phantom_dir, tmp_path / "r1", "registry.gate.min_balanced_accuracy=0")
+    first = _run(phantom_dir, tmp_path / "r1", "registry.gate.thresholds.balanced_accuracy.min=0")
     assert (first["version"], first["alias"]) == ("1", "challenger")
     v1 = client.get_model_version(NAME, "1")
     assert v1.tags["compared_with_champion"] == "none"  # no champion: thresholds only
@@ -43,7 +43,8 @@ def test_gate_promotion_rollback_review_predict(phantom_dir: Path, tmp_path: Pat
     promote(tracking, NAME, 1, reviewer="alice", reason="first model")
     assert client.get_model_version_by_alias(NAME, "champion").version in (1, "1")
 
-    failed = _run(phantom_dir, tmp_path / "r2", "registry.gate.min_balanced_accuracy=0.99")
+    strict = "registry.gate.thresholds.balanced_accuracy.min=0.99"
+    failed = _run(phantom_dir, tmp_path / "r2", strict)
     assert failed["alias"] is None and not failed["gate_passed"]
     v2 = client.get_model_version(NAME, "2")
     assert v2.tags["gate"] == "failed" and "balanced_accuracy" in v2.tags["gate_reasons"]
@@ -108,4 +109,4 @@ def test_gate_promotion_rollback_review_predict(phantom_dir: Path, tmp_path: Pat
     result = runner.invoke(
         app, ["promote", NAME, "--version", "9", "--reviewer", "x", "--reason", "y"]
     )
-    assert result.exit_code == 1 and "has no version 9" in result.output
+    assert result.exit_code == 5 and "has no version 9" in result.output  # refused

@@ -14,6 +14,7 @@ import pytest
 
 from medml import pipeline
 from medml.data.sources import s3_client
+from medml.errors import RunError
 from medml.k8s import fold_pod_manifest
 from medml.run_store import open_run_dir
 from tests.conftest import TINY, venv_env
@@ -70,7 +71,7 @@ def test_pod_command_trains_a_fold_from_an_s3_run_dir(
 
 def test_missing_remote_input_names_the_path(s3_env: str) -> None:
     s3_client().create_bucket(Bucket="empty-runs")
-    with pytest.raises(FileNotFoundError, match=r"s3://empty-runs/r1/run.json is missing"):
+    with pytest.raises(RunError, match=r"s3://empty-runs/r1/run.json is missing"):
         with open_run_dir("s3://empty-runs/r1/", needs=["run.json"], produces=[]):
             pass
 
@@ -85,6 +86,6 @@ def test_unreachable_store_is_a_one_line_error(tmp_path: Path) -> None:
         ["medml", "train", "--run-dir", "s3://medml-runs/runs/x/", "--fold", "0"],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert result.returncode == 1
+    assert result.returncode == 3  # a medml error (docs/operations.md#exit-codes)
     assert "cannot reach s3://medml-runs/runs/x/run.json" in result.stderr
     assert "MEDML_S3_ENDPOINT_URL" in result.stderr and "Traceback" not in result.stderr

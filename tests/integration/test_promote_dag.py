@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from medml import pipeline
-from medml.cli import airflow_env
+from medml.local_airflow import airflow_env
 from medml.tracking import Tracking
 from tests.conftest import TINY, dags_test, venv_env
 
@@ -27,7 +27,7 @@ def test_approved_promotion_and_batch_prediction(phantom_dir: Path, tmp_path: Pa
         tmp_path / "r1",
         phantom_dir,
         "kidney-ct",
-        overrides=[*TINY, "registry.gate.min_balanced_accuracy=0"],
+        overrides=[*TINY, "registry.gate.thresholds.balanced_accuracy.min=0"],
     )
     pipeline.run_all(ctx, Tracking.from_env(home), echo=lambda _: None)
 

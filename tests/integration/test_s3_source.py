@@ -86,7 +86,7 @@ def test_medml_run_reads_s3(s3_env: str, phantom_dir: Path, tmp_path: Path) -> N
         "--run-dir",
         str(tmp_path / "run"),
         "--set",
-        "registry.gate.min_balanced_accuracy=0",
+        "registry.gate.thresholds.balanced_accuracy.min=0",
     ]
     for override in TINY:
         args += ["--set", override]

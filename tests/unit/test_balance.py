@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from medml.balance import (
-    STRATEGIES,
     AugmentOversampler,
     PixelSMOTE,
     inverse_frequency_weights,
     plan_balance,
 )
-from medml.config import AugmentConfig
+from medml.config import AugmentConfig, TrainConfig
+from medml.errors import ConfigError
 
 Y = np.array([0] * 60 + [1] * 30 + [2] * 10)
 
@@ -48,7 +48,7 @@ def test_missing_class_is_refused() -> None:
      ("oversample", [60, 60, 60]), ("balanced_batches", [60, 30, 10])],
 )  # fmt: skip
 def test_index_strategies(strategy: str, expected_counts: list[int]) -> None:
-    plan = plan_balance(Y, 3, strategy, seed=0)
+    plan = plan_balance(Y, 3, TrainConfig(balance=strategy), seed=0)
     assert np.bincount(Y[plan.indices], minlength=3).tolist() == expected_counts
     assert (plan.class_weight is not None) == (strategy == "class_weight")
     assert plan.balanced_batches == (strategy == "balanced_batches")
@@ -88,13 +88,16 @@ def test_samplers_keep_constructor_args_as_given() -> None:
 
 
 def test_plan_uses_array_samplers() -> None:
-    assert isinstance(plan_balance(Y, 3, "smote", seed=0).array_sampler, PixelSMOTE)
-    assert isinstance(
-        plan_balance(Y, 3, "augment_oversample", seed=0).array_sampler, AugmentOversampler
-    )
+    smote = plan_balance(Y, 3, TrainConfig(balance="smote", smote_memory_mb=7), seed=0)
+    assert isinstance(smote.array_sampler, PixelSMOTE)
+    assert smote.array_sampler.memory_budget_mb == 7
+    augment = plan_balance(Y, 3, TrainConfig(balance="augment_oversample"), seed=0)
+    assert isinstance(augment.array_sampler, AugmentOversampler)
 
 
-def test_unknown_strategy() -> None:
-    with pytest.raises(ValueError, match="unknown balance strategy 'smote2'"):
-        plan_balance(Y, 3, "smote2", seed=0)
-    assert len(STRATEGIES) == 7
+def test_unknown_strategy_suggests_the_closest_name() -> None:
+    from medml.config import load_recipe
+
+    with pytest.raises(ConfigError, match=r"unknown balancing strategy 'smote2'; did you mean "
+                                          r"'smote'\? available: none, class_weight"):  # fmt: skip
+        load_recipe("kidney-ct", overrides=["train.balance=smote2"])

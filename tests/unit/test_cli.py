@@ -20,15 +20,19 @@ def test_help_lists_every_step() -> None:
         assert step in result.output
 
 
-@pytest.mark.parametrize("step", [*STEPS, "synth", "run", "demo", "init"])
-def test_every_step_has_help(step: str) -> None:
+@pytest.mark.parametrize(
+    ("step", "option"),
+    [*[(step, "--run-dir") for step in STEPS], ("synth", "--out"), ("run", "--source"),
+     ("demo", "--workdir"), ("init", "--recipe")],
+)  # fmt: skip
+def test_every_step_has_help(step: str, option: str) -> None:
     result = runner.invoke(app, [step, "--help"])
     assert result.exit_code == 0, result.output
-    assert "--" in result.output
+    assert option in result.output
 
 
-def _assert_one_line_error(result, fragment: str) -> None:  # noqa: ANN001
-    assert result.exit_code == 1, result.output
+def _assert_one_line_error(result, fragment: str, code: int = 3) -> None:
+    assert result.exit_code == code, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1, result.output
     assert lines[0].startswith("error: ") and fragment in lines[0]
@@ -72,3 +76,29 @@ def test_step_out_of_order(phantom_dir: Path, tmp_path: Path) -> None:
     assert runner.invoke(app, init).exit_code == 0
     result = runner.invoke(app, ["split", "--run-dir", run_dir])
     _assert_one_line_error(result, "run the `validate` step first")
+
+
+def test_unknown_strategy_suggests_a_name(phantom_dir: Path) -> None:
+    result = runner.invoke(app, ["run", "--source", str(phantom_dir), "--recipe", "kidney-ct",
+                                 "--set", "train.balance=smot"])  # fmt: skip
+    _assert_one_line_error(result, "did you mean 'smote'?")
+
+
+def test_a_bug_keeps_its_traceback(
+    phantom_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only MedmlError becomes a one-line message; anything else is a bug and is not hidden."""
+    import medml.split
+
+    def broken(*args: object) -> None:
+        raise ValueError("a bug deep inside numpy")
+
+    run_dir = str(tmp_path / "run")
+    runner.invoke(app, ["init", "--run-dir", run_dir, "--source", str(phantom_dir),
+                        "--recipe", "kidney-ct"])  # fmt: skip
+    for step in ("ingest", "validate"):
+        assert runner.invoke(app, [step, "--run-dir", run_dir]).exit_code == 0
+    monkeypatch.setattr(medml.split, "split", broken)
+    result = runner.invoke(app, ["split", "--run-dir", run_dir])
+    assert isinstance(result.exception, ValueError) and result.exit_code == 1
+    assert "error: " not in result.output

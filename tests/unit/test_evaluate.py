@@ -28,16 +28,16 @@ def test_metrics_agree_with_sklearn() -> None:
     y, proba = _data()
     pred = proba.argmax(axis=1)
     m = clinical_metrics(y, proba, CLASSES, bootstrap=200)
-    assert np.isclose(m["overall"]["balanced_accuracy"], balanced_accuracy_score(y, pred))
-    assert np.isclose(m["overall"]["macro_f1"], f1_score(y, pred, average="macro"))
+    assert np.isclose(m.overall["balanced_accuracy"], balanced_accuracy_score(y, pred))
+    assert np.isclose(m.overall["macro_f1"], f1_score(y, pred, average="macro"))
     for i, name in enumerate(CLASSES):
-        assert np.isclose(m["per_class"][name]["sensitivity"], recall_score(y == i, pred == i))
-        assert np.isclose(m["per_class"][name]["ppv"], precision_score(y == i, pred == i))
+        assert np.isclose(m.per_class[name]["sensitivity"], recall_score(y == i, pred == i))
+        assert np.isclose(m.per_class[name]["ppv"], precision_score(y == i, pred == i))
         negatives = y != i
-        assert np.isclose(m["per_class"][name]["specificity"], (pred[negatives] != i).mean())
-    low, high = m["ci95"]["balanced_accuracy"]
-    assert low <= m["overall"]["balanced_accuracy"] <= high
-    assert 0.5 < m["overall"]["roc_auc_ovr_macro"] <= 1.0
+        assert np.isclose(m.per_class[name]["specificity"], (pred[negatives] != i).mean())
+    low, high = m.interval("balanced_accuracy")
+    assert low <= m.overall["balanced_accuracy"] <= high
+    assert 0.5 < m.overall["roc_auc_ovr_macro"] <= 1.0
 
 
 def test_confusion_rows_are_truth() -> None:

@@ -61,3 +61,52 @@ def test_snapshot_hash_is_the_one_dvc_records(phantom_dir: Path, tmp_path: Path)
         subprocess.run(cmd, cwd=repo, env=venv_env(), check=True)
     recorded = (repo / "snapshot.dvc").read_text()
     assert f"md5: {ingested['dvc_md5']}" in recorded
+
+
+def _dotted(tree: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        keys |= _dotted(value, f"{name}.") if isinstance(value, dict) else {name}
+    return keys
+
+
+def test_dvc_preprocess_stage_covers_what_the_cache_key_covers() -> None:
+    """dvc.yaml's preprocess stage and the shards' cache key depend on the same settings."""
+    import yaml
+
+    from medml.preprocess import PREPROCESS_SETTINGS
+    from tests.conftest import REPO_ROOT
+
+    stage = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]["preprocess"]
+    params = _dotted(yaml.safe_load((REPO_ROOT / "params.yaml").read_text()))
+    # The recipe file holds every setting; params.yaml's overrides of them are listed too.
+    assert "recipes/${recipe}.yaml" in stage["deps"]
+    overridden = {k for k in params if any(k.startswith(p) for p in PREPROCESS_SETTINGS)}
+    assert overridden <= set(stage["params"]), overridden - set(stage["params"])
+    assert set(stage["params"]) <= overridden | {"recipe"}
+
+
+def test_every_preprocess_setting_changes_the_cache_key(tmp_path: Path) -> None:
+    """A change to any image setting or to the class order gives another key (no stale shards)."""
+    import pandas as pd
+
+    from medml.config import ImageConfig, load_recipe
+
+    splits = tmp_path / "splits.parquet"
+    pd.DataFrame({"sha256": ["a", "b"], "label": ["Cyst", "Stone"], "split": ["train", "test"],
+                  "fold": [0, -1]}).to_parquet(splits)  # fmt: skip
+    base = load_recipe("kidney-ct")
+    changed = {
+        "size": 40, "channels": 3, "aspect": "letterbox", "clahe": True, "window_center": 50.0,
+        "window_width": 350.0, "shard_size": 64, "workers": 1,
+    }  # fmt: skip
+    assert set(changed) == set(ImageConfig.model_fields), "a new image setting needs a case here"
+    keys = {pipeline.shards_cache_key(splits, base)}
+    for field, value in changed.items():
+        recipe = load_recipe("kidney-ct", overrides=[f"image.{field}={value}"])
+        keys.add(pipeline.shards_cache_key(splits, recipe))
+    reordered = base.model_copy(update={"data": base.data.model_copy(
+        update={"classes": list(reversed(base.data.classes))})})  # fmt: skip
+    keys.add(pipeline.shards_cache_key(splits, reordered))
+    assert len(keys) == len(changed) + 2

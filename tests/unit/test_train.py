@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 import medml.train as train_module
-from medml.balance import STRATEGIES
 from medml.config import Recipe
 from medml.data.ingest import ingest
 from medml.data.validate import validate
+from medml.errors import RunError
+from medml.extensions import BALANCERS
 from medml.preprocess import load_index, preprocess
 from medml.split import split
 
@@ -30,7 +31,7 @@ def shards(phantom_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return preprocess(splits, work / "shards", recipe).shards_dir
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", BALANCERS.names())
 def test_balancing_sees_only_the_folds_training_rows(
     strategy: str, shards: Path, tiny_recipe: Recipe, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -38,7 +39,7 @@ def test_balancing_sees_only_the_folds_training_rows(
     seen: dict[str, np.ndarray] = {}
     real_plan = train_module.plan_balance
 
-    def recording_plan(y_train, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def recording_plan(y_train, *args, **kwargs):
         seen["y"] = np.asarray(y_train)
         return real_plan(y_train, *args, **kwargs)
 
@@ -57,7 +58,7 @@ def test_balancing_sees_only_the_folds_training_rows(
 
 
 def test_unknown_fold_is_a_clear_error(shards: Path, tiny_recipe: Recipe, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"fold 7 does not exist; this split has folds \[0, 1\]"):
+    with pytest.raises(RunError, match=r"fold 7 does not exist; this split has folds \[0, 1\]"):
         train_module.train_fold(shards, 7, tmp_path / "fold", tiny_recipe)
 
 
@@ -163,7 +164,7 @@ def test_batches_stream_from_the_shards_like_from_memory(shards: Path) -> None:
 def test_fold_images_stay_in_the_shards(
     shards: Path, tiny_recipe: Recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def refuse(*args, **kwargs):
         raise AssertionError("class_weight training must not load the fold's images")
 
     monkeypatch.setattr(train_module, "load_images", refuse)

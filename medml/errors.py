@@ -1,0 +1,45 @@
+"""One base class for every error medml raises on purpose.
+
+A :class:`MedmlError` means "the input, the configuration or the state is not what this step
+needs, and the message says what to do". The CLI prints such an error as one line and exits
+with its ``exit_code``; any other exception is a bug and keeps its traceback.
+
+Exit codes of the ``medml`` command (also in ``docs/operations.md``):
+
+====  =====================================================================================
+0     success
+1     an unexpected error (a bug, or a failure in a library): the traceback is printed
+2     the command line itself is wrong (unknown option, missing argument; typer's usage error)
+3     a medml error: bad config, missing input, unreadable source, refused operation …
+4     the data validation gate failed (report and quarantine list written; nothing deleted)
+5     a promotion, rollback or review was refused (audit rules, gate, unknown version)
+====  =====================================================================================
+"""
+
+from __future__ import annotations
+
+
+class MedmlError(Exception):
+    """Base of every deliberate medml error; the message names the file/field and the fix."""
+
+    exit_code = 3
+
+
+class ConfigError(MedmlError, ValueError):
+    """A recipe, params file or override is invalid; the message says which and why."""
+
+
+class RunError(MedmlError):
+    """A run directory is missing, or a step's inputs are not there yet."""
+
+
+class DataGateFailed(MedmlError):
+    """The data validation gate failed (exit code 4)."""
+
+    exit_code = 4
+
+
+class RefusedError(MedmlError):
+    """A lifecycle operation (promote, rollback, review) was refused (exit code 5)."""
+
+    exit_code = 5

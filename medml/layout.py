@@ -1,0 +1,221 @@
+"""Every file name of a run directory, in one place.
+
+A run directory holds one pipeline run's inputs and outputs. :class:`RunLayout` names each of
+them; the step functions that write into a sub-folder (a fold, the evaluation, validation,
+registration, the shards) receive that folder and take their file names from the small
+``*Files`` classes here, so no module joins a file name of its own.
+
+::
+
+    <run>/run.json  snapshot.json  remote.json  manifest.parquet  splits.parquet
+          split_report.json  preprocess.json  summary.txt
+          source/                      local copy of an S3 snapshot
+          validation/                  ValidationFiles
+          shards/                      ShardFiles
+          folds/fold_<k>/              FoldFiles
+          evaluation/                  EvaluationFiles
+          registry/                    RegistryFiles
+          compare/                     compare runs (one folder per setting set)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+METRICS_FILE = "metrics.json"
+"""Holdout metrics, in the evaluation folder and under ``evaluation/`` in the MLflow run."""
+
+
+def plot_file(name: str) -> str:
+    """File name of plot ``name`` (also its name among the MLflow run's artifacts)."""
+    return f"{name}.png"
+
+
+@dataclass(frozen=True)
+class ValidationFiles:
+    """What the validation gate writes."""
+
+    root: Path
+
+    @property
+    def report(self) -> Path:
+        return self.root / "validation.json"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine.csv"
+
+    @property
+    def clean_manifest(self) -> Path:
+        return self.root / "clean_manifest.parquet"
+
+    @property
+    def data_docs(self) -> Path:
+        return self.root / "data_docs"
+
+
+@dataclass(frozen=True)
+class ShardFiles:
+    """What preprocess writes: ``shard-*.npy`` plus an index and metadata."""
+
+    root: Path
+
+    @property
+    def index(self) -> Path:
+        return self.root / "index.parquet"
+
+    @property
+    def meta(self) -> Path:
+        return self.root / "meta.json"
+
+    def shard(self, number: int) -> Path:
+        return self.root / shard_name(number)
+
+
+@dataclass(frozen=True)
+class FoldFiles:
+    """What training one fold writes."""
+
+    root: Path
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model.keras"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.json"
+
+
+@dataclass(frozen=True)
+class EvaluationFiles:
+    """What the holdout evaluation writes."""
+
+    root: Path
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS_FILE
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions.parquet"
+
+    def plot(self, name: str) -> Path:
+        """A plot's PNG (``confusion_matrix``, ``roc_curves``, ``reliability``, …)."""
+        return self.root / plot_file(name)
+
+
+@dataclass(frozen=True)
+class RegistryFiles:
+    """What registration writes."""
+
+    root: Path
+
+    @property
+    def ensemble(self) -> Path:
+        return self.root / "ensemble.keras"
+
+    @property
+    def registration(self) -> Path:
+        return self.root / "registration.json"
+
+    @property
+    def model_card_md(self) -> Path:
+        return self.root / "model_card.md"
+
+    @property
+    def model_card_html(self) -> Path:
+        return self.root / "model_card.html"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where each step's inputs and outputs live inside a run directory."""
+
+    root: Path
+
+    @property
+    def run_json(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def source_copy(self) -> Path:
+        """Local copy of a remote (S3) source."""
+        return self.root / "source"
+
+    @property
+    def snapshot_json(self) -> Path:
+        """The snapshot's location and DVC hash, written by ingest."""
+        return self.root / "snapshot.json"
+
+    @property
+    def remote_json(self) -> Path:
+        """Where the run was shared for training pods (``{"uri": "s3://…"}``)."""
+        return self.root / "remote.json"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.parquet"
+
+    @property
+    def validation(self) -> ValidationFiles:
+        return ValidationFiles(self.root / "validation")
+
+    @property
+    def splits(self) -> Path:
+        return self.root / "splits.parquet"
+
+    @property
+    def split_report(self) -> Path:
+        return split_report_path(self.splits)
+
+    @property
+    def shards(self) -> Path:
+        return self.root / "shards"
+
+    @property
+    def preprocess_json(self) -> Path:
+        return self.root / "preprocess.json"
+
+    def fold(self, fold: int) -> FoldFiles:
+        return FoldFiles(self.root / "folds" / f"fold_{fold}")
+
+    def fold_models(self, folds: int) -> list[Path]:
+        return [self.fold(k).model for k in range(folds)]
+
+    @property
+    def evaluation(self) -> EvaluationFiles:
+        return EvaluationFiles(self.root / "evaluation")
+
+    @property
+    def registry(self) -> RegistryFiles:
+        return RegistryFiles(self.root / "registry")
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.txt"
+
+    @property
+    def compare(self) -> Path:
+        """One folder per compared setting set (fold models trained out-of-fold)."""
+        return self.root / "compare"
+
+    @property
+    def compare_table(self) -> Path:
+        return self.compare / "compare_balancing.csv"
+
+
+def shard_name(number: int) -> str:
+    """File name of shard ``number`` (listed in ``meta.json``)."""
+    return f"shard-{number:05d}.npy"
+
+
+def split_report_path(splits: Path) -> Path:
+    """The split step's report, next to ``splits.parquet``."""
+    return Path(splits).with_name("split_report.json")
+
+
+RELATIVE = RunLayout(Path())
+"""Paths relative to a run directory (S3 keys under a shared run)."""

@@ -1,0 +1,93 @@
+"""An embedded Airflow for the demo and the tests: SQLite metadata DB, medml's DAGs only.
+
+This module starts Airflow's own CLI in subprocesses (``airflow db migrate``, ``airflow dags
+test``); it does not import Airflow, so the library stays importable without it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from medml.errors import MedmlError
+from medml.tracking import Tracking
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_TASK_END = re.compile(r"\[DAG TEST\] end task task_id=(\S+) map_index=(-?\d+)")
+
+
+class AirflowRunFailed(MedmlError):
+    """An embedded Airflow command failed; the message names the log to read."""
+
+
+def airflow_env(workdir: Path) -> dict[str, str]:
+    """Environment for an embedded Airflow (SQLite metadata DB) and MLflow store under workdir."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "AIRFLOW_HOME": str(workdir / "airflow"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
+            "MEDML_HOME": str(workdir),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "GX_ANALYTICS_ENABLED": "false",
+            "MLFLOW_TRACKING_URI": Tracking.from_env(workdir).uri,
+        }
+    )
+    env.pop("MEDML_ARTIFACT_ROOT", None)
+    return env
+
+
+def airflow_executable() -> str:
+    """The ``airflow`` script of this interpreter's environment."""
+    return str(Path(sys.executable).with_name("airflow"))
+
+
+def dag_test_progress(line: str) -> str | None:
+    """One short line per finished or failed task of `airflow dags test` output."""
+    match = _TASK_END.search(line)
+    if match:
+        task, index = match.groups()
+        return f"  done: {task}" + (f" [fold {index}]" if index != "-1" else "")
+    if "[error" in line or "Traceback" in line:
+        return "  " + line.rstrip()[:240]
+    return None
+
+
+def run_logged(
+    cmd: list[str],
+    env: dict[str, str],
+    log: Path,
+    *,
+    mode: str,
+    progress: Callable[[str], str | None] | None = None,
+    echo: Callable[[str], object] = print,
+) -> None:
+    """Run ``cmd``, appending (``mode="a"``) or writing its output to ``log``.
+
+    Raises:
+        AirflowRunFailed: the command exited non-zero or reported a failed DAG run.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, mode) as handle:
+        process = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
+        assert process.stdout is not None
+        failed_run = False
+        for line in process.stdout:
+            handle.write(line)
+            if "DagRun failed" in line or "state:failed" in line:
+                failed_run = True
+            message = progress(line) if progress is not None else None
+            if message:
+                echo(message)
+        code = process.wait()
+    if code != 0 or failed_run:
+        raise AirflowRunFailed(f"`{' '.join(cmd[:3])} ...` failed (exit {code}); see {log}")

@@ -1,0 +1,222 @@
+"""Typed holdout metrics, the metric registry, and the declarative registration gate.
+
+:class:`HoldoutMetrics` is the one reader and writer of ``metrics.json``: everything else
+(the gate, the summary, the review, the model card, MLflow logging) asks it for values by
+metric name. Metric names live in :data:`medml.extensions.METRICS`; each is a small function
+of a :class:`HoldoutMetrics` registered with :func:`metric`. A recipe's gate is data keyed by
+those names, in the spirit of MLflow's ``MetricThreshold`` dict::
+
+    registry:
+      gate:
+        thresholds:                      # absolute bounds
+          balanced_accuracy: {min: 0.5}
+          class_sensitivity: {min: 0.3}  # a per-class metric: every class must pass
+          expected_calibration_error: {max: 0.2}
+        non_inferiority:                 # largest allowed drop vs the champion, same holdout
+          class_sensitivity: 0.05
+          macro_f1: 0.0
+
+Adding a gate metric = compute it (in :func:`medml.evaluate.clinical_metrics` if it is new),
+register a function here, and name it in a recipe.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medml.extensions import METRICS
+from medml.io import read_json, write_json
+
+if TYPE_CHECKING:
+    from medml.config import GateConfig
+
+Value = float | dict[str, float]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A registered metric: how to read it and which direction is better."""
+
+    name: str
+    read: Callable[[HoldoutMetrics], Value]
+    higher_is_better: bool = True
+    per_class: bool = False
+
+
+def metric(
+    name: str, *, higher_is_better: bool = True, per_class: bool = False
+) -> Callable[[Callable[[HoldoutMetrics], Value]], Callable[[HoldoutMetrics], Value]]:
+    """Decorator: register a function of :class:`HoldoutMetrics` as metric ``name``."""
+
+    def add(read: Callable[[HoldoutMetrics], Value]) -> Callable[[HoldoutMetrics], Value]:
+        METRICS.register(name)(MetricSpec(name, read, higher_is_better, per_class))
+        return read
+
+    return add
+
+
+@dataclass(frozen=True)
+class HoldoutMetrics:
+    """A model's clinical metrics on one set of images (the holdout, or out-of-fold).
+
+    Attributes:
+        classes: class names in index order.
+        overall: whole-set scores (accuracy, balanced accuracy, macro-F1, AUC, kappa, ECE, n, …).
+        per_class: per class: sensitivity, specificity, ppv, npv, f1, support (``None`` where
+            undefined, e.g. no positives).
+        confusion_matrix: rows = true class, columns = predicted class.
+        ci95: bootstrap 95% intervals (``balanced_accuracy``, ``macro_f1``, ``sensitivity``).
+        per_fold: each fold model's overall scores on the same images.
+    """
+
+    classes: list[str]
+    overall: dict[str, Any]
+    per_class: dict[str, dict[str, Any]]
+    confusion_matrix: list[list[int]]
+    ci95: dict[str, Any] = field(default_factory=dict)
+    per_fold: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HoldoutMetrics:
+        """From the JSON form (``metrics.json`` or an MLflow artifact)."""
+        return cls(
+            classes=list(data["classes"]),
+            overall=dict(data["overall"]),
+            per_class={k: dict(v) for k, v in data["per_class"].items()},
+            confusion_matrix=[list(row) for row in data["confusion_matrix"]],
+            ci95=dict(data.get("ci95") or {}),
+            per_fold=list(data.get("per_fold") or []),
+        )
+
+    @classmethod
+    def read(cls, path: Path) -> HoldoutMetrics:
+        """Read ``metrics.json``."""
+        return cls.from_dict(read_json(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        return {
+            "classes": self.classes,
+            "overall": self.overall,
+            "per_class": self.per_class,
+            "confusion_matrix": self.confusion_matrix,
+            "ci95": self.ci95,
+            "per_fold": self.per_fold,
+        }
+
+    def write(self, path: Path) -> Path:
+        """Write ``metrics.json`` atomically."""
+        return write_json(path, self.to_dict())
+
+    def with_folds(self, per_fold: list[dict[str, Any]]) -> HoldoutMetrics:
+        """A copy with each fold model's overall scores."""
+        return HoldoutMetrics(self.classes, self.overall, self.per_class,
+                              self.confusion_matrix, self.ci95, per_fold)  # fmt: skip
+
+    def value(self, name: str) -> Value:
+        """The value of registered metric ``name`` (a dict per class for per-class metrics).
+
+        Raises:
+            ConfigError: unknown metric name ("did you mean …").
+        """
+        return METRICS.get(name).read(self)
+
+    def interval(self, name: str, cls: str | None = None) -> list[float | None] | None:
+        """The bootstrap 95% interval of ``name`` (of class ``cls`` for ``sensitivity``)."""
+        found = self.ci95.get(name)
+        if cls is not None:
+            found = (found or {}).get(cls)
+        return found
+
+    def loggable(self, prefix: str = "test_") -> dict[str, float]:
+        """Every finite overall and per-class score and the per-fold scores, as flat names."""
+        flat = {f"{prefix}{k}": float(v) for k, v in self.overall.items()
+                if isinstance(v, float) and math.isfinite(v)}  # fmt: skip
+        for name, scores in self.per_class.items():
+            for key in ("sensitivity", "specificity", "ppv", "f1"):
+                if scores.get(key) is not None:
+                    flat[f"{prefix}{key}_{name}"] = float(scores[key])
+        for fold, scores in enumerate(self.per_fold):
+            for key in ("balanced_accuracy", "macro_f1"):
+                flat[f"{prefix}fold{fold}_{key}"] = float(scores[key])
+        return flat
+
+
+def _overall(key: str) -> Callable[[HoldoutMetrics], float]:
+    return lambda m: float(m.overall[key])
+
+
+def _per_class(key: str) -> Callable[[HoldoutMetrics], dict[str, float]]:
+    return lambda m: {c: float(s[key]) for c, s in m.per_class.items() if s.get(key) is not None}
+
+
+for _name in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr_macro", "cohen_kappa"):
+    metric(_name)(_overall(_name))
+metric("expected_calibration_error", higher_is_better=False)(_overall("expected_calibration_error"))
+for _name in ("sensitivity", "specificity", "ppv", "npv", "f1"):
+    metric(f"class_{_name}", per_class=True)(_per_class(_name))
+
+
+@metric("min_class_sensitivity")
+def min_class_sensitivity(m: HoldoutMetrics) -> float:
+    """The worst class's sensitivity (0 when no class has positives)."""
+    return min(_per_class("sensitivity")(m).values(), default=0.0)
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    """Whether a model passed the registration gate, and why not."""
+
+    passed: bool
+    reasons: list[str]
+
+
+def check_gate(
+    candidate: HoldoutMetrics, gate: GateConfig, champion: HoldoutMetrics | None = None
+) -> GateOutcome:
+    """Compare a candidate's holdout metrics with the gate's bounds and, if given, the champion.
+
+    Args:
+        candidate: the candidate's metrics.
+        gate: ``thresholds`` (absolute bounds) and ``non_inferiority`` (largest allowed drop
+            from the champion), keyed by metric name.
+        champion: the champion's metrics on the same holdout, or ``None``.
+    """
+    reasons: list[str] = []
+    for name, bound in gate.thresholds.items():
+        for label, value in _values(candidate, name):
+            if bound.min is not None and not value >= bound.min:
+                reasons.append(f"{label} {value:.3f} is below the minimum {bound.min:.3f}")
+            if bound.max is not None and not value <= bound.max:
+                reasons.append(f"{label} {value:.3f} is above the maximum {bound.max:.3f}")
+    if champion is not None:
+        for name, margin in gate.non_inferiority.items():
+            reasons += _inferior(candidate, champion, name, margin)
+    return GateOutcome(passed=not reasons, reasons=reasons)
+
+
+def _values(m: HoldoutMetrics, name: str) -> list[tuple[str, float]]:
+    value = m.value(name)
+    if isinstance(value, dict):
+        return [(f"{name} of {cls}", v) for cls, v in value.items()]
+    return [(name, value)]
+
+
+def _inferior(
+    candidate: HoldoutMetrics, champion: HoldoutMetrics, name: str, margin: float
+) -> list[str]:
+    spec = METRICS.get(name)
+    best = dict(_values(champion, name))
+    reasons = []
+    for label, value in _values(candidate, name):
+        if label not in best:
+            continue
+        drop = best[label] - value if spec.higher_is_better else value - best[label]
+        if drop > margin:
+            reasons.append(f"{label} {value:.3f} is more than {margin:.3f} worse than the "
+                           f"champion's {best[label]:.3f} on the same holdout")  # fmt: skip
+    return reasons

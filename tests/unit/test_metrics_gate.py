@@ -1,0 +1,74 @@
+"""Typed holdout metrics and the declarative gate (thresholds keyed by metric name)."""
+
+from __future__ import annotations
+
+import pytest
+
+from medml.config import GateConfig, load_recipe
+from medml.errors import ConfigError
+from medml.metrics import HoldoutMetrics, check_gate
+
+
+def _metrics(**overrides: float) -> HoldoutMetrics:
+    overall = {"balanced_accuracy": 0.7, "macro_f1": 0.65, "expected_calibration_error": 0.08,
+               "accuracy": 0.8, "roc_auc_ovr_macro": 0.9, "cohen_kappa": 0.5, "n": 20}  # fmt: skip
+    overall |= overrides
+    keys = ("sensitivity", "specificity", "ppv", "npv", "f1")
+    per_class = {"a": dict(zip(keys, (0.9, 0.5, 0.6, 0.9, 0.7), strict=True)),
+                 "b": dict(zip(keys, (0.5, 0.9, 0.8, 0.6, 0.6), strict=True))}  # fmt: skip
+    return HoldoutMetrics(["a", "b"], overall, per_class, [[9, 1], [5, 5]])
+
+
+def _gate(**sections: dict) -> GateConfig:
+    return GateConfig.model_validate(sections)
+
+
+def test_gate_passes_within_thresholds() -> None:
+    gate = _gate(thresholds={"balanced_accuracy": {"min": 0.6}, "macro_f1": {"min": 0.6}})
+    outcome = check_gate(_metrics(), gate)
+    assert outcome.passed and outcome.reasons == []
+
+
+def test_gate_names_every_failed_threshold_and_each_failing_class() -> None:
+    gate = _gate(thresholds={
+        "balanced_accuracy": {"min": 0.8}, "macro_f1": {"min": 0.7},
+        "min_class_sensitivity": {"min": 0.6}, "expected_calibration_error": {"max": 0.05},
+        "class_sensitivity": {"min": 0.6},
+    })  # fmt: skip
+    outcome = check_gate(_metrics(), gate)
+    assert outcome.reasons == [
+        "balanced_accuracy 0.700 is below the minimum 0.800",
+        "macro_f1 0.650 is below the minimum 0.700",
+        "min_class_sensitivity 0.500 is below the minimum 0.600",
+        "expected_calibration_error 0.080 is above the maximum 0.050",
+        "class_sensitivity of b 0.500 is below the minimum 0.600",
+    ]
+
+
+def test_non_inferiority_against_the_champion_uses_each_metrics_direction() -> None:
+    champion = _metrics(expected_calibration_error=0.02)
+    champion.per_class["b"]["sensitivity"] = 0.6
+    gate = _gate(non_inferiority={"class_sensitivity": 0.05, "expected_calibration_error": 0.05})
+    assert check_gate(_metrics(), gate, champion).reasons == [
+        "class_sensitivity of b 0.500 is more than 0.050 worse than the champion's 0.600 on the "
+        "same holdout",
+        "expected_calibration_error 0.080 is more than 0.050 worse than the champion's 0.020 on "
+        "the same holdout",
+    ]
+    relaxed = _gate(non_inferiority={"class_sensitivity": 0.2, "expected_calibration_error": 0.1})
+    assert check_gate(_metrics(), relaxed, champion).passed
+
+
+def test_unknown_gate_metric_suggests_a_name() -> None:
+    with pytest.raises(ConfigError, match=r"unknown metric 'balanced_acc'; did you mean "
+                                          r"'balanced_accuracy'\?"):  # fmt: skip
+        load_recipe("kidney-ct", overrides=["registry.gate.thresholds.balanced_acc.min=0.5"])
+    with pytest.raises(ConfigError, match="give min, max or both"):
+        load_recipe("kidney-ct", overrides=["registry.gate.thresholds.macro_f1={}"])
+
+
+def test_metrics_json_round_trip(tmp_path) -> None:
+    metrics = _metrics().with_folds([{"balanced_accuracy": 0.6, "macro_f1": 0.5}])
+    path = metrics.write(tmp_path / "metrics.json")
+    assert HoldoutMetrics.read(path) == metrics
+    assert metrics.loggable()["test_fold0_macro_f1"] == 0.5
