@@ -165,6 +165,7 @@ def _data_step(
             params_file=params,
             overrides=set_ or [],
             run_key=key,
+            replace=True,  # DVC's workspace run directory follows params.yaml
         )
     _echo_result(_guard(step, run_dir))
 

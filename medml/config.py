@@ -246,7 +246,7 @@ class Recipe(_Strict):
 
     def flat_params(self) -> dict[str, str]:
         """Settings as ``section.key -> value`` strings (MLflow params, tags)."""
-        return {key: str(value) for key, value in _flatten(self.model_dump(mode="json")).items()}
+        return {key: str(value) for key, value in flatten(self.model_dump(mode="json")).items()}
 
 
 def available_recipes(recipes_dir: Path = RECIPES_DIR) -> list[str]:
@@ -346,12 +346,13 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` as ``{"a.b": 1}``."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{name}."))
+            flat.update(flatten(value, f"{name}."))
         else:
             flat[name] = value
     return flat

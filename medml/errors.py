@@ -18,11 +18,26 @@ Exit codes of the ``medml`` command (also in ``docs/operations.md``):
 
 from __future__ import annotations
 
+import re
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the user-info of every URL (``scheme://user:password@``) masked."""
+    return _USERINFO.sub(r"\g<scheme>***@", str(text))
+
 
 class MedmlError(Exception):
-    """Base of every deliberate medml error; the message names the file/field and the fix."""
+    """Base of every deliberate medml error; the message names the file/field and the fix.
+
+    Credentials embedded in URLs are masked in the message (:func:`redact`).
+    """
 
     exit_code = 3
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(MedmlError, ValueError):

@@ -20,7 +20,7 @@ import pandas as pd
 
 from medml.config import Recipe
 from medml.errors import RunError
-from medml.io import atomic_path, read_json
+from medml.io import atomic_path, publish_dir, read_json
 from medml.layout import EvaluationFiles, FoldFiles
 from medml.metrics import HoldoutMetrics
 from medml.preprocess import load_images, load_index
@@ -331,10 +331,11 @@ def evaluate(
         for path, proba in zip(model_paths, per_model, strict=True)
     ])  # fmt: skip
     files = EvaluationFiles(Path(out_dir))
-    files.root.mkdir(parents=True, exist_ok=True)
-    metrics.write(files.metrics)
-    plots = write_plots(files, metrics, y_true, ensemble, model_paths)
-    write_predictions(files.predictions, holdout, ensemble, classes)
+    with publish_dir(files.root) as staging:
+        metrics.write(EvaluationFiles(staging).metrics)
+        plots = write_plots(EvaluationFiles(staging), metrics, y_true, ensemble, model_paths)
+        write_predictions(EvaluationFiles(staging).predictions, holdout, ensemble, classes)
+    plots = [files.root / plot.name for plot in plots]
     if tracking is not None and parent_run_id is not None:
         import mlflow
 

@@ -21,10 +21,18 @@ from typing import Any
 
 import pandas as pd
 
-from medml.config import Recipe, load_recipe
+from medml.config import Recipe, flatten, load_recipe
 from medml.data.sources import fetch_s3_prefix, is_s3, parse_s3_uri
 from medml.errors import RunError
-from medml.io import atomic_path, medml_home, read_json, safe_name, write_json
+from medml.io import (
+    atomic_path,
+    medml_home,
+    read_json,
+    require_complete,
+    safe_name,
+    write_json,
+    write_json_once,
+)
 from medml.layout import RELATIVE, RunLayout
 from medml.metrics import HoldoutMetrics
 from medml.tracking import Tracking
@@ -60,33 +68,62 @@ def init_run(
     overrides: list[str] | dict[str, Any] | None = None,
     logical_date: str | None = None,
     run_key: str | None = None,
+    replace: bool = False,
 ) -> RunContext:
     """Resolve the recipe with its overrides and pin it, with the source, in ``run.json``.
 
+    ``run.json`` is written once: initialising an existing run directory again with the same
+    settings returns it unchanged (a retried task), with other settings is an error naming the
+    differences. ``replace=True`` re-pins it on purpose (the DVC stages, whose one workspace run
+    directory follows ``params.yaml``).
+
     Raises:
         ConfigError: unknown recipe or invalid override.
-        RunError: the source directory does not exist.
+        RunError: the source directory does not exist, or the run directory was initialised
+            with other settings.
     """
     resolved = load_recipe(recipe, params_file=params_file, overrides=overrides)
-    if is_s3(source):
-        parse_s3_uri(str(source))  # fail early on a malformed URI; listing happens in ingest
-        source_ref = str(source)
-    else:
-        source_path = Path(source).expanduser()
-        if not source_path.is_dir():
-            raise RunError(f"source directory {source} does not exist or is not a directory")
-        source_ref = str(source_path.resolve())
     layout = RunLayout(Path(run_dir).resolve())
     now = datetime.now(UTC)
     context = {
         "recipe": resolved.model_dump(mode="json"),
-        "source": source_ref,
+        "source": _source_ref(source),
         "run_key": run_key or f"{resolved.name}-{now:%Y%m%dT%H%M%S}-{secrets.token_hex(4)}",
         "logical_date": logical_date or now.date().isoformat(),
     }
     layout.root.mkdir(parents=True, exist_ok=True)
-    write_json(layout.run_json, context)
+    if replace:
+        write_json(layout.run_json, context)
+    elif not write_json_once(layout.run_json, context):
+        compare = {"recipe", "source"}
+        compare |= {"run_key"} if run_key else set()
+        compare |= {"logical_date"} if logical_date else set()
+        _check_same_run(layout, context, compare=compare)
     return load_context(layout.root)
+
+
+def _source_ref(source: str | Path) -> str:
+    if is_s3(source):
+        parse_s3_uri(str(source))  # fail early on a malformed URI; listing happens in ingest
+        return str(source)
+    source_path = Path(source).expanduser()
+    if not source_path.is_dir():
+        raise RunError(f"source directory {source} does not exist or is not a directory")
+    return str(source_path.resolve())
+
+
+def _check_same_run(layout: RunLayout, wanted: dict[str, Any], *, compare: set[str]) -> None:
+    pinned = read_json(layout.run_json)
+    flat_pinned = flatten({k: pinned.get(k) for k in compare})
+    flat_wanted = flatten({k: wanted[k] for k in compare})
+    differences = [f"{key}: {flat_pinned.get(key)!r} in run.json, {flat_wanted.get(key)!r} asked"
+                   for key in sorted(set(flat_pinned) | set(flat_wanted))
+                   if flat_pinned.get(key) != flat_wanted.get(key)]  # fmt: skip
+    if differences:
+        raise RunError(
+            f"{layout.root} already holds a run with other settings ({'; '.join(differences[:5])}"
+            f"{' …' if len(differences) > 5 else ''}); use a new run directory"
+        )
 
 
 def new_run_dir(
@@ -195,7 +232,8 @@ def step_split(run_dir: Path) -> dict[str, Any]:
     from medml.split import split
 
     ctx = load_context(run_dir)
-    clean = _require(ctx.layout.validation.clean_manifest, "validate")
+    require_complete(ctx.layout.validation.root, "validate")
+    clean = ctx.layout.validation.clean_manifest
     result = split(clean, ctx.layout.splits, ctx.recipe)
     return {
         "grouped": result.grouped,
@@ -261,11 +299,12 @@ def step_train(run_dir: Path | str, fold: int, tracking: Tracking | None = None)
     from medml.train import train_fold
 
     produces = [RELATIVE.fold(fold).root.as_posix()]
-    with open_run_dir(run_dir, needs=_POD_INPUTS, produces=produces) as local:
+    with _tracking_guard(tracking), open_run_dir(run_dir, needs=_POD_INPUTS,
+                                                 produces=produces) as local:  # fmt: skip
         ctx = load_context(local)
         parent = pipeline_run_id(ctx, tracking) if tracking else None
         result = train_fold(
-            _require(ctx.layout.shards, "preprocess"),
+            require_complete(ctx.layout.shards, "preprocess"),
             fold,
             ctx.layout.fold(fold).root,
             ctx.recipe,
@@ -312,10 +351,17 @@ def step_collect_folds(run_dir: Path) -> dict[str, Any]:
 
 def step_evaluate(run_dir: Path, tracking: Tracking | None = None) -> dict[str, Any]:
     """Score the fold ensemble on the holdout."""
+    ctx = load_context(run_dir)
+    with _tracking_guard(tracking):
+        return _evaluate(ctx, tracking)
+
+
+def _evaluate(ctx: RunContext, tracking: Tracking | None) -> dict[str, Any]:
     from medml.evaluate import evaluate
 
-    ctx = load_context(run_dir)
-    models = [_require(p, "train") for p in ctx.layout.fold_models(ctx.recipe.split.folds)]
+    for fold in ctx.folds:
+        require_complete(ctx.layout.fold(fold).root, f"train --fold {fold}")
+    models = ctx.layout.fold_models(len(ctx.folds))
     parent = pipeline_run_id(ctx, tracking) if tracking else None
     result = evaluate(
         ctx.layout.shards, models, ctx.layout.evaluation.root, ctx.recipe,
@@ -328,12 +374,18 @@ def step_evaluate(run_dir: Path, tracking: Tracking | None = None) -> dict[str, 
 
 def step_register(run_dir: Path, tracking: Tracking) -> dict[str, Any]:
     """Gate (thresholds + non-inferiority to the champion), register, alias ``challenger``."""
+    ctx = load_context(run_dir)
+    with _tracking_guard(tracking):
+        return _register(ctx, tracking)
+
+
+def _register(ctx: RunContext, tracking: Tracking) -> dict[str, Any]:
     from medml.registry import champion_on_holdout, register_ensemble
 
-    ctx = load_context(run_dir)
     layout = ctx.layout
-    metrics = HoldoutMetrics.read(_require(layout.evaluation.metrics, "evaluate"))
-    images, labels = holdout_images(layout.shards)
+    require_complete(layout.evaluation.root, "evaluate")
+    metrics = HoldoutMetrics.read(layout.evaluation.metrics)
+    images, labels = holdout_images(require_complete(layout.shards, "preprocess"))
     champion = champion_on_holdout(
         tracking, ctx.recipe.registry.model_name, images, labels, ctx.recipe.data.classes
     )
@@ -359,6 +411,14 @@ def holdout_images(shards_dir: Path) -> tuple[Any, Any]:
     index = load_index(shards_dir)
     holdout = index[index["split"] == TEST]
     return load_images(shards_dir, holdout), holdout["label_index"].to_numpy(dtype=np.int64)
+
+
+def _tracking_guard(tracking: Tracking | None) -> Any:
+    from contextlib import nullcontext
+
+    from medml.tracking import tracking_errors
+
+    return tracking_errors(tracking) if tracking is not None else nullcontext()
 
 
 def _snapshot_hash(layout: RunLayout) -> str:

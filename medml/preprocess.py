@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from medml.config import ImageConfig, Recipe
 from medml.data.images import read_image
 from medml.data.ingest import absolute_paths
-from medml.io import atomic_path, read_json, write_json
+from medml.io import publish_dir, read_json, write_json
 from medml.layout import ShardFiles, shard_name
 
 PREPROCESS_SETTINGS = ("image", "data.classes")
@@ -205,8 +205,9 @@ _REDUCED_COLOR = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
 def preprocess(splits_path: Path, shards_dir: Path, recipe: Recipe) -> PreprocessResult:
     """Decode every image in ``splits.parquet`` into shards under ``shards_dir``.
 
-    The shards are built in a staging folder beside ``shards_dir`` and renamed onto it when
-    complete; a file that fails to decode stops the step naming the file and leaves nothing.
+    The shards are built in a staging folder beside ``shards_dir``, marked complete and
+    swapped in (:func:`~medml.io.publish_dir`); a file that fails to decode stops the step
+    naming the file and leaves nothing.
     """
     table = pd.read_parquet(splits_path, columns=[*_INDEX_COLUMNS, "root", *_HEADER_COLUMNS])
     image_cfg: ImageConfig = recipe.image
@@ -214,8 +215,7 @@ def preprocess(splits_path: Path, shards_dir: Path, recipe: Recipe) -> Preproces
     index = table[list(_INDEX_COLUMNS)].copy()
     index["shard"] = np.arange(len(index)) // image_cfg.shard_size
     index["offset"] = np.arange(len(index)) % image_cfg.shard_size
-    with _opencv_without_threads(), atomic_path(Path(shards_dir)) as staging:
-        staging.mkdir(parents=True)
+    with _opencv_without_threads(), publish_dir(Path(shards_dir)) as staging:
         files = ShardFiles(staging)
         writer.write(staging, on_started=lambda: index.to_parquet(files.index, index=False))
         write_json(

@@ -12,13 +12,15 @@ from typing import Any
 
 from medml.config import Recipe
 from medml.errors import RefusedError
-from medml.io import atomic_path, write_json
+from medml.faults import failpoint
+from medml.io import atomic_path, publish_dir, write_json
 from medml.layout import RegistryFiles
 from medml.metrics import GateOutcome, HoldoutMetrics, check_gate
 from medml.tracking import MODEL_REQUIREMENTS, Tracking, alias_uri, version_uri
 
 MAX_TAG_CHARS = 5000
 CHAMPION = "champion"
+COMPLETE_TAG = "medml.complete"
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,10 @@ def register_ensemble(
     otherwise it is tagged ``gate=failed`` with the reasons and no alias moves. A model card
     (Markdown and HTML) is logged with the run.
 
+    Registration is idempotent per pipeline run: a retry finds the version this run created
+    (by its run id) and completes its tags and alias instead of creating another. The tag
+    ``medml.complete=true`` is written last; readers (review, promote) require it.
+
     Args:
         model_paths: the fold models (``.keras``).
         metrics: the ensemble's holdout metrics.
@@ -170,8 +176,6 @@ def register_ensemble(
     """
     from medml.model_card import CardFacts, write_model_card
 
-    files = RegistryFiles(Path(out_dir))
-    ensemble = save_ensemble(model_paths, files.ensemble)
     gate = gate_outcome(metrics, recipe, champion)
     name, revision = recipe.registry.model_name, git_revision()
     card = CardFacts(
@@ -181,19 +185,63 @@ def register_ensemble(
         logical_date=tags.get("logical_date", ""), data_hash=tags.get("data_hash", ""),
         git_revision=revision, gate_passed=gate.passed, gate_reasons=gate.reasons,
     )  # fmt: skip
-    card_paths = write_model_card(card, files)
-    version = log_ensemble(tracking, parent_run_id, ensemble, recipe, card_paths, champion)
-    client = tracking.activate()
     tags = version_tags(recipe, metrics, gate, folds=len(model_paths), champion=champion,
                         revision=revision, extra=tags)  # fmt: skip
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
     alias = recipe.registry.alias if gate.passed else None
+    with publish_dir(Path(out_dir)) as staging:
+        files = RegistryFiles(staging)
+        version = version_of_run(tracking, name, parent_run_id)
+        if version is None:
+            ensemble = save_ensemble(model_paths, files.ensemble)
+            card_paths = write_model_card(card, files)
+            version = log_ensemble(tracking, parent_run_id, ensemble, recipe, card_paths, champion)
+        else:  # a retry: the version exists; rebuild the local copy only
+            save_ensemble(model_paths, files.ensemble)
+            write_model_card(card, files)
+        failpoint("register:version-created")
+        complete_version(tracking, name, version, tags, alias)
+        registration = Registration(name, version, alias, gate, version_uri(name, version))
+        write_json(files.registration, registration.as_dict())
+    return registration
+
+
+def version_of_run(tracking: Tracking, name: str, run_id: str) -> str | None:
+    """The version of ``name`` that pipeline run ``run_id`` registered, if any."""
+    from mlflow.exceptions import MlflowException
+
+    client = tracking.activate()
+    try:
+        found = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    except MlflowException:
+        return None  # no such registered model yet
+    return str(min(int(v.version) for v in found)) if found else None
+
+
+def complete_version(
+    tracking: Tracking, name: str, version: str, tags: dict[str, str], alias: str | None
+) -> None:
+    """Write the tags that are missing or differ, move the alias, then mark it complete."""
+    client = tracking.activate()
+    current = client.get_model_version(name, version).tags
+    for key, value in tags.items():
+        if current.get(key) != value:
+            client.set_model_version_tag(name, version, key, value)
     if alias is not None:
         client.set_registered_model_alias(name, alias, version)
-    registration = Registration(name, version, alias, gate, version_uri(name, version))
-    write_json(files.registration, registration.as_dict())
-    return registration
+    client.set_model_version_tag(name, version, COMPLETE_TAG, "true")
+
+
+def require_complete_version(model_version: Any) -> None:
+    """Refuse a version whose registration was interrupted (no ``medml.complete`` tag).
+
+    Raises:
+        PromotionError: the version is incomplete.
+    """
+    if model_version.tags.get(COMPLETE_TAG) != "true":
+        raise PromotionError(
+            f"{model_version.name} v{model_version.version} is incomplete (its registration was "
+            "interrupted before it was tagged); re-run the `register` step of its run"
+        )
 
 
 def champion_on_holdout(
@@ -288,6 +336,7 @@ def promote(
         model_version = client.get_model_version(name, version)
     except MlflowException:
         raise PromotionError(f"model {name!r} has no version {version}") from None
+    require_complete_version(model_version)
     gate = model_version.tags.get("gate", "unknown")
     if gate != "passed" and not (override_gate and override_gate.strip()):
         raise PromotionError(

@@ -14,7 +14,7 @@ from medml.errors import RefusedError
 from medml.io import atomic_path
 from medml.layout import METRICS_FILE, plot_file
 from medml.metrics import HoldoutMetrics
-from medml.registry import CHAMPION, alias_version
+from medml.registry import CHAMPION, COMPLETE_TAG, alias_version
 from medml.tracking import Tracking
 
 
@@ -34,6 +34,9 @@ class Side:
 
 def _load_side(client: Any, name: str, version: str) -> Side:
     model_version = client.get_model_version(name, version)
+    if model_version.tags.get(COMPLETE_TAG) != "true":
+        raise ReviewError(f"{name} v{version} is incomplete (its registration was interrupted); "
+                          "re-run the `register` step of its run")  # fmt: skip
     run_id = model_version.run_id
     images: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -49,10 +52,10 @@ def _load_side(client: Any, name: str, version: str) -> Side:
 
 
 def _flat_params(tags: dict[str, str]) -> dict[str, Any]:
-    from medml.config import _flatten
+    from medml.config import flatten
 
     try:
-        return _flatten(json.loads(tags.get("params", "{}")))
+        return flatten(json.loads(tags.get("params", "{}")))
     except json.JSONDecodeError:
         return {}
 

@@ -26,7 +26,7 @@ from medml.data.sources import (
     upload_dir,
 )
 from medml.errors import RunError
-from medml.io import medml_home
+from medml.io import atomic_path, medml_home
 
 
 def mirror_dir(uri: str) -> Path:
@@ -54,9 +54,8 @@ def pull(uri: str, local: Path, paths: Sequence[str]) -> None:
         rel = rel.strip("/")
         head = _head(client, bucket, prefix + rel)
         if head is not None:  # a single file
-            target = Path(local) / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(bucket, prefix + rel, str(target))
+            with atomic_path(Path(local) / rel) as target:
+                client.download_file(bucket, prefix + rel, str(target))
             continue
         try:
             fetch_s3_prefix(f"s3://{bucket}/{prefix}{rel}/", Path(local) / rel, client=client)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -9,16 +10,102 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from medml.errors import MedmlError, redact
 from medml.io import medml_home
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+
+logger = logging.getLogger(__name__)
 
 RUN_KEY_TAG = "medml.run_key"
 KIND_TAG = "medml.kind"
 # What the logged models need at serving time; given explicitly so MLflow does not spend
 # time inferring requirements (which also needs the network for some packages).
 MODEL_REQUIREMENTS = ["tensorflow-cpu", "keras>=3"]
+
+
+class TrackingUnavailable(MedmlError):
+    """The MLflow tracking store cannot be reached; the message names the (redacted) URI."""
+
+
+_READY: set[str] = set()
+REACH_ATTEMPTS = 4
+
+
+def _prepare_store(uri: str) -> None:
+    if uri in _READY:
+        return
+    if uri.startswith(("http://", "https://")):
+        _wait_for_server(uri)
+        # MLflow's own retries (7 with factor 2: ~250 s) become a few seconds.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+    elif uri.startswith("sqlite:///"):
+        _create_sqlite_store(Path(uri.removeprefix("sqlite:///")), uri)
+    _READY.add(uri)
+
+
+def _wait_for_server(uri: str) -> None:
+    import time
+    import urllib.error
+    import urllib.request
+
+    error = ""
+    for attempt in range(1, REACH_ATTEMPTS + 1):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers (a server without /health, or behind auth): reachable
+        except (urllib.error.URLError, OSError) as err:
+            error = str(getattr(err, "reason", err))
+        if attempt < REACH_ATTEMPTS:
+            delay = 2 ** (attempt - 1)
+            logger.warning(
+                "MLflow tracking server %s unreachable (%s), attempt %d/%d; retrying in %d s",
+                redact(uri), error, attempt, REACH_ATTEMPTS, delay,
+            )  # fmt: skip
+            time.sleep(delay)
+    raise TrackingUnavailable(
+        f"cannot reach the MLflow tracking server at {uri} after {REACH_ATTEMPTS} attempts "
+        f"({error}); check MLFLOW_TRACKING_URI and that the server is running"
+    )
+
+
+def _create_sqlite_store(path: Path, uri: str) -> None:
+    import fcntl
+
+    import mlflow
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one process creates/migrates the tables at a time
+        mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
+
+
+@contextmanager
+def tracking_errors(tracking: Tracking) -> Iterator[None]:
+    """Turn a lost tracking server (after MLflow's bounded retries) into
+    :class:`TrackingUnavailable` naming the URI, instead of a library traceback."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as err:
+        raise TrackingUnavailable(_lost(tracking, err)) from None
+    except MlflowException as err:
+        if "API request to" in str(err) and "failed with exception" in str(err):
+            raise TrackingUnavailable(_lost(tracking, err)) from None
+        raise
+
+
+def _lost(tracking: Tracking, err: Exception) -> str:
+    return (f"lost the MLflow tracking server at {tracking.uri} ({type(err).__name__}); the step "
+            "left nothing half-registered that a re-run does not finish: re-run it when the "
+            "server is back")  # fmt: skip
 
 
 def version_uri(name: str, version: str | int) -> str:
@@ -50,17 +137,34 @@ class Tracking:
         home = Path(home).resolve() if home is not None else medml_home()
         uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
         artifacts = os.environ.get("MEDML_ARTIFACT_ROOT") or (home / "mlartifacts").as_uri()
-        if uri.startswith("sqlite:///"):
-            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         return cls(uri=uri, artifact_root=artifacts)
 
     def activate(self) -> MlflowClient:
-        """Point the mlflow module at this store and return a client for it."""
+        """Point the mlflow module at this store and return a client for it.
+
+        The first call per store checks that it can be reached (a tracking server: a few
+        logged attempts with backoff, then :class:`TrackingUnavailable` naming the URI; a
+        SQLite file: created under a file lock, so two processes starting on a fresh store do
+        not both create its tables).
+        """
         import mlflow
 
+        _prepare_store(self.uri)
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)
         return mlflow.MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+
+    def close_orphans(self, experiment: str, tags: dict[str, str]) -> list[str]:
+        """Mark ``FAILED`` the runs still ``RUNNING`` with these tags (left by a killed process
+        that was retried); returns their ids."""
+        client = self.activate()
+        matches = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        running = f"{matches} and attributes.status = 'RUNNING'"
+        found = client.search_runs([self.experiment_id(experiment)], filter_string=running)
+        for run in found:
+            client.set_tag(run.info.run_id, "medml.orphaned", "killed before it ended; retried")
+            client.set_terminated(run.info.run_id, "FAILED")
+        return [run.info.run_id for run in found]
 
     def experiment_id(self, name: str) -> str:
         """Id of experiment ``name``, created (with artifacts under ``artifact_root``) if new."""

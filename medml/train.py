@@ -20,7 +20,7 @@ from medml.augment import RandAugment
 from medml.balance import BalancePlan, plan_balance
 from medml.config import Recipe, TrainConfig
 from medml.errors import RunError
-from medml.io import atomic_path, write_json
+from medml.io import publish_dir, write_json
 from medml.layout import FoldFiles
 from medml.preprocess import ShardRows, load_images, load_index
 from medml.split import TRAIN
@@ -284,10 +284,7 @@ def fit(
 def save_fold(
     model: Any, history: dict[str, list[float]], seconds: float, files: FoldFiles, fold: int
 ) -> FoldResult:
-    """Write the model and the history (best epoch, scores) atomically."""
-    files.root.mkdir(parents=True, exist_ok=True)
-    with atomic_path(files.model) as tmp:
-        model.save(tmp)
+    """Publish the fold folder: the model and the history (best epoch, scores), marked complete."""
     best = int(np.argmin(history["val_loss"]))
     summary = {
         "fold": fold,
@@ -298,7 +295,9 @@ def save_fold(
         "train_seconds": round(seconds, 2),
         "history": {k: [float(v) for v in vals] for k, vals in history.items()},
     }
-    write_json(files.history, summary)
+    with publish_dir(files.root) as staging:
+        model.save(FoldFiles(staging).model)
+        write_json(FoldFiles(staging).history, summary)
     return FoldResult(fold, files.model, files.history, None, summary["epochs_run"],
                       summary["val_loss"], summary["val_accuracy"])  # fmt: skip
 
@@ -359,6 +358,7 @@ def train_fold(
     import mlflow
 
     tags = {RUN_KEY_TAG: run_key, KIND_TAG: "fold", "fold": str(fold)}
+    tracking.close_orphans(recipe.registry.experiment, tags)  # a killed earlier attempt
     with tracking.run(recipe.registry.experiment, run_name=f"fold-{fold}", tags=tags,
                       parent_run_id=parent_run_id) as run_id:  # fmt: skip
         mlflow.log_params(fold_params(recipe, fold, data, accelerator))

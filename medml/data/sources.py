@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -72,16 +73,56 @@ def s3_client() -> Any:
 
 
 def fetch_s3_prefix(uri: str, dest: Path, *, workers: int = 8, client: Any = None) -> FetchResult:
-    """Download every object under an S3 prefix into ``dest``, keeping relative paths.
+    """Mirror every object under an S3 prefix into ``dest``, keeping relative paths.
+
+    ``dest`` becomes exactly the snapshot: objects are downloaded under temporary names in a
+    folder beside ``dest`` (never inside the tree that is hashed) and renamed into place, files
+    up to date are kept, and files that are no longer in the snapshot are removed. A download
+    killed half-way leaves nothing that changes the snapshot's hash.
 
     Raises:
         SourceError: the bucket or prefix does not exist, is empty, or cannot be read.
     """
-    from botocore.exceptions import BotoCoreError, ClientError
-
     bucket, prefix = parse_s3_uri(uri)
     client = client or s3_client()
     dest = Path(dest)
+    objects = _list_objects(client, bucket, prefix, uri)
+    if not objects:
+        raise SourceError(f"no objects under {uri}; is the snapshot for this date uploaded?")
+    incoming = dest.with_name(f".{dest.name}.downloading")
+    shutil.rmtree(incoming, ignore_errors=True)  # what a killed download left
+    incoming.mkdir(parents=True)
+    wanted = set()
+
+    def fetch(obj: dict[str, Any]) -> tuple[bool, int]:
+        rel = PurePosixPath(obj["Key"][len(prefix) :])
+        if rel.is_absolute() or ".." in rel.parts:
+            raise SourceError(f"refusing S3 key {obj['Key']!r}: it would escape {dest}")
+        target = dest / rel
+        wanted.add(target)
+        if _up_to_date(target, obj):
+            return False, 0
+        partial = incoming / hashlib.sha256(obj["Key"].encode()).hexdigest()
+        client.download_file(bucket, obj["Key"], str(partial))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(partial, target)
+        return True, int(obj["Size"])
+
+    try:
+        done = parallel_map(fetch, objects, total=len(objects), desc="download", unit="file",
+                            workers=workers)  # fmt: skip
+    finally:
+        shutil.rmtree(incoming, ignore_errors=True)
+    _remove_extra_files(dest, wanted)
+    downloaded = sum(1 for fetched, _ in done if fetched)
+    return FetchResult(
+        dest, len(objects), downloaded, len(objects) - downloaded, sum(size for _, size in done)
+    )
+
+
+def _list_objects(client: Any, bucket: str, prefix: str, uri: str) -> list[dict[str, Any]]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
     objects = []
     try:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
@@ -91,28 +132,18 @@ def fetch_s3_prefix(uri: str, dest: Path, *, workers: int = 8, client: Any = Non
             f"cannot list {uri}: {err}; check the bucket, the endpoint "
             "(MEDML_S3_ENDPOINT_URL) and the credentials"
         ) from None
-    if not objects:
-        raise SourceError(f"no objects under {uri}; is the snapshot for this date uploaded?")
+    return objects
 
-    def fetch(obj: dict[str, Any]) -> tuple[bool, int]:
-        rel = PurePosixPath(obj["Key"][len(prefix) :])
-        if rel.is_absolute() or ".." in rel.parts:
-            raise SourceError(f"refusing S3 key {obj['Key']!r}: it would escape {dest}")
-        target = dest / rel
-        if _up_to_date(target, obj):
-            return False, 0
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.partial")
-        client.download_file(bucket, obj["Key"], str(partial))
-        os.replace(partial, target)
-        return True, int(obj["Size"])
 
-    done = parallel_map(fetch, objects, total=len(objects), desc="download", unit="file",
-                        workers=workers)  # fmt: skip
-    downloaded = sum(1 for fetched, _ in done if fetched)
-    return FetchResult(
-        dest, len(objects), downloaded, len(objects) - downloaded, sum(size for _, size in done)
-    )
+def _remove_extra_files(dest: Path, wanted: set[Path]) -> None:
+    """Delete what is under ``dest`` but not in the snapshot (the mirror is not the source:
+    removing from it loses nothing), then the folders left empty."""
+    for path in sorted(dest.rglob("*"), reverse=True):
+        if path.is_file() or path.is_symlink():
+            if path not in wanted:
+                path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
 
 
 def upload_dir(local: Path, uri: str, *, workers: int = 8, client: Any = None) -> int:

@@ -23,7 +23,7 @@ from medml.config import DataConfig, Recipe
 from medml.data.images import read_image
 from medml.data.ingest import absolute_paths
 from medml.errors import DataGateFailed
-from medml.io import atomic_path, parallel_map, write_json
+from medml.io import parallel_map, publish_dir, write_json
 from medml.layout import ValidationFiles
 
 MAX_PIXELS = 100_000_000  # refuse to decode headers that declare more (decompression bombs)
@@ -66,27 +66,28 @@ def validate(
     files = ValidationFiles(Path(out_dir))
     manifest = pd.read_parquet(manifest_path)
     checked = with_row_checks(manifest, recipe, workers)
-    context = _gx_context(files.data_docs)
-    reasons, row_results = quarantine_reasons(checked, recipe.data, context)
-    quarantine = checked.loc[sorted(reasons), ["path", "root", "label", "sha256", "bytes"]].copy()
-    quarantine["reason"] = ["; ".join(reasons[i]) for i in quarantine.index]
-    clean = checked.drop(index=list(reasons), columns=[*_CHECK_COLUMNS, "issue"])
-    clean = clean.reset_index(drop=True)
-    counts = clean["label"].value_counts().reindex(recipe.data.classes, fill_value=0)
-    critical, dataset_results = dataset_checks(counts, len(quarantine), len(manifest),
-                                               recipe.data, context)  # fmt: skip
-    report = {
-        "success": not critical,
-        "data_docs": str(files.data_docs / "index.html"),
-        "critical_failures": critical,
-        "images": len(manifest),
-        "quarantined": len(quarantine),
-        "quarantined_fraction": round(len(quarantine) / max(1, len(manifest)), 6),
-        "class_counts": {str(k): int(v) for k, v in counts.items()},
-        "imbalance_ratio": _imbalance_ratio(counts),
-        "expectations": _expectation_summary(row_results, dataset_results),
-    }
-    write_outputs(files, report, quarantine, clean)
+    with publish_dir(files.root) as staging:  # the folder appears whole, or not at all
+        context = _gx_context(ValidationFiles(staging).data_docs)
+        reasons, row_results = quarantine_reasons(checked, recipe.data, context)
+        quarantine = checked.loc[sorted(reasons), ["path", "root", "label", "sha256", "bytes"]]
+        quarantine = quarantine.assign(reason=["; ".join(reasons[i]) for i in quarantine.index])
+        clean = checked.drop(index=list(reasons), columns=[*_CHECK_COLUMNS, "issue"])
+        clean = clean.reset_index(drop=True)
+        counts = clean["label"].value_counts().reindex(recipe.data.classes, fill_value=0)
+        critical, dataset_results = dataset_checks(counts, len(quarantine), len(manifest),
+                                                   recipe.data, context)  # fmt: skip
+        report = {
+            "success": not critical,
+            "data_docs": str(files.data_docs / "index.html"),
+            "critical_failures": critical,
+            "images": len(manifest),
+            "quarantined": len(quarantine),
+            "quarantined_fraction": round(len(quarantine) / max(1, len(manifest)), 6),
+            "class_counts": {str(k): int(v) for k, v in counts.items()},
+            "imbalance_ratio": _imbalance_ratio(counts),
+            "expectations": _expectation_summary(row_results, dataset_results),
+        }
+        write_outputs(ValidationFiles(staging), report, quarantine, clean)
     if critical:
         raise ValidationFailed(
             "data validation failed: " + "; ".join(critical) + f". Report: {files.report} "
@@ -174,13 +175,10 @@ def dataset_checks(
 def write_outputs(
     files: ValidationFiles, report: dict[str, Any], quarantine: pd.DataFrame, clean: pd.DataFrame
 ) -> None:
-    """Write the report, the quarantine list and the clean manifest, each atomically."""
-    files.root.mkdir(parents=True, exist_ok=True)
+    """Write the report, the quarantine list and the clean manifest."""
     write_json(files.report, report)
-    with atomic_path(files.quarantine) as tmp:
-        quarantine.to_csv(tmp, index=False)
-    with atomic_path(files.clean_manifest) as tmp:
-        clean.to_parquet(tmp, index=False)
+    quarantine.to_csv(files.quarantine, index=False)
+    clean.to_parquet(files.clean_manifest, index=False)
 
 
 def _imbalance_ratio(counts: pd.Series) -> float | None:
