@@ -80,23 +80,18 @@ def child_decode_ceiling(splits: str, size: int) -> dict[str, float]:
     from concurrent.futures import ThreadPoolExecutor
 
     import cv2
-    import numpy as np
 
     from medml.data.ingest import absolute_paths
     from medml.preprocess import LoadImage
 
     table = pd.read_parquet(splits)
     paths = absolute_paths(table)
-    widths, heights, channels = (
-        table[c].to_numpy(np.int64) for c in ("width", "height", "channels")
-    )
     load = LoadImage(size, 3)
     cv2.setNumThreads(0)
 
     def decode(rows: range) -> None:
         for k in rows:
-            load.decode(paths[k], source_shape=(int(widths[k]), int(heights[k])),
-                        source_channels=int(channels[k]))  # fmt: skip
+            load.decode(paths[k])
 
     started = time.perf_counter()
     with ThreadPoolExecutor(os.cpu_count()) as pool:

@@ -71,6 +71,22 @@ def _tracking() -> Tracking:
     return Tracking.from_env()
 
 
+TrackingUri = Annotated[
+    str | None,
+    typer.Option("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else "
+                 "$MEDML_HOME/mlflow.db).", envvar="MLFLOW_TRACKING_URI"),
+]  # fmt: skip
+
+
+def _existing_store(uri: str | None) -> Tracking:
+    """The store the lifecycle commands read; refuses to create an empty one by accident."""
+    tracking = (
+        Tracking.from_env() if uri is None else Tracking(uri, Tracking.from_env().artifact_root)
+    )
+    _guard(tracking.require_existing)
+    return tracking
+
+
 def _echo_result(result: dict[str, Any]) -> None:
     typer.echo(json.dumps(result, indent=2, default=str))
 
@@ -305,11 +321,12 @@ def review_cmd(
         str | None, typer.Option(help="Version to review (default: challenger).")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="HTML report path.")] = None,
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """Compare a version (default: the challenger) with the champion; write an HTML report."""
     from medml.review import review
 
-    text, path = _guard(review, _tracking(), model, version, out)
+    text, path = _guard(review, _existing_store(tracking_uri), model, version, out)
     typer.echo(text)
     typer.echo(f"\nreport: {path}")
 
@@ -323,13 +340,14 @@ def promote_cmd(
     override_gate: Annotated[
         str | None, typer.Option(help="Promote although the gate failed; give the reason.")
     ] = None,
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """Move alias `champion` to a version (the old one stays as `previous-champion`), audited."""
     from medml.registry import promote
 
     event = _guard(
         promote,
-        _tracking(),
+        _existing_store(tracking_uri),
         model,
         version,
         reviewer=reviewer,
@@ -343,11 +361,14 @@ def promote_cmd(
 
 
 @app.command("rollback")
-def rollback_cmd(model: ModelName, reviewer: Reviewer, reason: Reason) -> None:
+def rollback_cmd(
+    model: ModelName, reviewer: Reviewer, reason: Reason, tracking_uri: TrackingUri = None
+) -> None:
     """Restore the previous champion, audited."""
     from medml.registry import rollback
 
-    event = _guard(rollback, _tracking(), model, reviewer=reviewer, reason=reason)
+    tracking = _existing_store(tracking_uri)
+    event = _guard(rollback, tracking, model, reviewer=reviewer, reason=reason)
     typer.echo(f"{model}: champion -> v{event['version']} (rolled back from v{event['demoted']})")
 
 
@@ -359,13 +380,14 @@ def predict_cmd(
         "predictions.csv"
     ),
     image_dir: Annotated[Path | None, typer.Option(help="Where a CSV's files are.")] = None,
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """Predict with a registered model: class and probabilities per image, as CSV."""
     from medml.predict import predict
 
-    result = _guard(
-        predict, models_uri(model), source, out, tracking=_tracking(), image_dir=image_dir
-    )
+    tracking = _existing_store(tracking_uri)
+    result = _guard(predict, models_uri(model), source, out, tracking=tracking,
+                    image_dir=image_dir)  # fmt: skip
     typer.echo(
         f"wrote {result.images} predictions to {result.out}"
         + (

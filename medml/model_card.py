@@ -140,29 +140,21 @@ def render_markdown(facts: CardFacts) -> str:
 
 
 def render_html(facts: CardFacts) -> str:
-    """The model card as a standalone HTML page."""
-    parts = [
-        f"<h1>Model card: {html.escape(facts.model_name)} ({html.escape(facts.recipe.name)})</h1>"
-    ]
-    for title, body in _sections(facts):
-        parts.append(f"<h2>{html.escape(title)}</h2>")
-        if body and isinstance(body[0], list):
-            header, *rows = body
-            parts.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header)
-                         + "</tr>" + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>"
-                                                              for c in row) + "</tr>"
-                                             for row in rows) + "</table>")  # fmt: skip
-        else:
-            parts.append(
-                "<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in body) + "</ul>"
-            )
+    """The model card as a standalone HTML page, rendered from its Markdown (CommonMark with
+    tables, by markdown-it-py), so code spans and emphasis show as such; raw HTML in the text is
+    escaped, not rendered."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(render_markdown(facts))
     style = (
         "body{font-family:sans-serif;max-width:60em;margin:2em auto}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
+        "code{background:#f3f3f3;padding:0 3px}"
     )
+    title = html.escape(f"Model card: {facts.model_name}")
     return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>Model card</title>"
-        f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+        f"<style>{style}</style></head><body>{body}</body></html>"
     )
 
 

@@ -184,6 +184,7 @@ def pipeline_run_id(ctx: RunContext, tracking: Tracking) -> str:
             "source": ctx.source,
             "run_dir": str(ctx.layout.root),
         },
+        params=ctx.recipe.flat_params(),
     )
 
 
@@ -312,6 +313,9 @@ def step_train(run_dir: Path | str, fold: int, tracking: Tracking | None = None)
             parent_run_id=parent,
             run_key=ctx.run_key,
         )
+        if tracking is not None and result.mlflow_run_id and ctx.layout.snapshot_json.is_file():
+            with tracking.run(run_id=result.mlflow_run_id):
+                log_datasets(ctx, {"train": "training"})
     return result.as_dict()
 
 
@@ -369,6 +373,8 @@ def _evaluate(ctx: RunContext, tracking: Tracking | None) -> dict[str, Any]:
     )  # fmt: skip
     if tracking is not None and parent is not None:  # the data gate's report travels with the run
         tracking.activate().log_artifacts(parent, str(ctx.layout.validation.root), "validation")
+        with tracking.run(run_id=parent):
+            log_datasets(ctx, {"train": "training", "test": "holdout"})
     return {"metrics": str(result.metrics_path), **result.metrics.overall}
 
 
@@ -385,9 +391,9 @@ def _register(ctx: RunContext, tracking: Tracking) -> dict[str, Any]:
     layout = ctx.layout
     require_complete(layout.evaluation.root, "evaluate")
     metrics = HoldoutMetrics.read(layout.evaluation.metrics)
-    images, labels = holdout_images(require_complete(layout.shards, "preprocess"))
+    paths, labels = holdout_files(_require(layout.splits, "split"))
     champion = champion_on_holdout(
-        tracking, ctx.recipe.registry.model_name, images, labels, ctx.recipe.data.classes
+        tracking, ctx.recipe.registry.model_name, paths, labels, ctx.recipe.data.classes
     )
     registration = register_ensemble(
         layout.fold_models(ctx.recipe.split.folds), metrics, layout.registry.root, ctx.recipe,
@@ -401,16 +407,35 @@ def _register(ctx: RunContext, tracking: Tracking) -> dict[str, Any]:
     return registration.as_dict()
 
 
-def holdout_images(shards_dir: Path) -> tuple[Any, Any]:
-    """The holdout's uint8 images and class indices, from the shards."""
+def holdout_files(splits_path: Path) -> tuple[list[str], Any]:
+    """The holdout's image files (absolute paths) and class indices, in split order."""
     import numpy as np
 
-    from medml.preprocess import load_images, load_index
+    from medml.data.ingest import absolute_paths
     from medml.split import TEST
 
-    index = load_index(shards_dir)
-    holdout = index[index["split"] == TEST]
-    return load_images(shards_dir, holdout), holdout["label_index"].to_numpy(dtype=np.int64)
+    table = pd.read_parquet(splits_path, columns=["root", "path", "label_index", "split"])
+    holdout = table[table["split"] == TEST]
+    return absolute_paths(holdout), holdout["label_index"].to_numpy(dtype=np.int64)
+
+
+def log_datasets(ctx: RunContext, parts: dict[str, str]) -> None:
+    """Log parts of the split (``train``/``test`` → MLflow context) as MLflow datasets of the
+    active run: their rows (path, label, fold, sha256), the snapshot URI as source and the
+    snapshot's data hash as digest."""
+    import warnings
+
+    import mlflow
+
+    table = pd.read_parquet(ctx.layout.splits, columns=["path", "label", "split", "fold", "sha256"])
+    digest = _snapshot_hash(ctx.layout)[:36]
+    for part, context in parts.items():
+        rows = table[table["split"] == part].reset_index(drop=True)
+        with warnings.catch_warnings():  # "source can be interpreted in multiple ways"
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(rows, source=ctx.source, digest=digest,
+                                              name=f"{ctx.recipe.name}-{part}")  # fmt: skip
+        mlflow.log_input(dataset, context=context)
 
 
 def _tracking_guard(tracking: Tracking | None) -> Any:

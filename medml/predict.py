@@ -15,10 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medml.config import ImageConfig
 from medml.errors import MedmlError
 from medml.io import atomic_path
-from medml.preprocess import LoadImage
 from medml.tracking import Tracking
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm"}
@@ -67,50 +65,35 @@ def predict(
     model_uri: str, source: Path, out: Path, *, tracking: Tracking, image_dir: Path | None = None,
     batch_size: int = 128,
 ) -> PredictResult:  # fmt: skip
-    """Predict every image of ``source`` with ``model_uri`` and write ``out`` (CSV).
+    """Predict every image of ``source`` with the registered model and write ``out`` (CSV).
+
+    The model is the pyfunc of :mod:`medml.serving`: its own preprocessing reads the files, so
+    this gives exactly what ``mlflow models serve`` answers for the same images.
 
     Raises:
-        PredictError: the model cannot be loaded or has no medml metadata.
+        PredictError: the model cannot be loaded or is not a medml classifier.
     """
-    import mlflow
     from mlflow.exceptions import MlflowException
+
+    from medml.serving import PATH_COLUMN, load_classifier
 
     tracking.activate()
     try:
-        info = mlflow.models.get_model_info(model_uri)
-        model = mlflow.keras.load_model(model_uri)
-    except (MlflowException, OSError) as err:
-        raise PredictError(f"cannot load {model_uri}: {err}") from None
-    metadata = info.metadata or {}
-    if "classes" not in metadata or "image" not in metadata:
-        raise PredictError(f"{model_uri} was not registered by medml (no classes/image metadata)")
-    classes = list(metadata["classes"])
-    load = LoadImage.from_config(ImageConfig.model_validate(metadata["image"]))
+        model = load_classifier(model_uri)
+    except (MlflowException, OSError, ValueError) as err:
+        raise PredictError(f"cannot load {model_uri} from {tracking.uri}: {err}") from None
     inputs = list_inputs(source, image_dir)
-    rows: list[dict[str, object]] = []
+    tables = []
     for start in range(0, len(inputs), batch_size):
         chunk = inputs[start : start + batch_size]
-        images, ok = [], []
-        for name, path in chunk:
-            try:
-                images.append(load(path))
-                ok.append(name)
-            except (ValueError, OSError) as err:
-                rows.append({"filename": name, "label": "", "error": str(err)})
-        if images:
-            proba = model.predict(np.stack(images), verbose=0)
-            for name, p in zip(ok, proba, strict=True):
-                rows.append(
-                    {
-                        "filename": name,
-                        "label": classes[int(p.argmax())],
-                        "error": "",
-                        **{f"p_{c}": float(v) for c, v in zip(classes, p, strict=True)},
-                    }
-                )
-    order = {name: i for i, (name, _) in enumerate(inputs)}
-    table = pd.DataFrame(rows, columns=["filename", "label", *[f"p_{c}" for c in classes], "error"])
-    table = table.sort_values("filename", key=lambda s: s.map(order)).reset_index(drop=True)
+        answer = model.predict(None, pd.DataFrame({PATH_COLUMN: [str(p) for _, p in chunk]}))
+        answer.insert(0, "filename", [name for name, _ in chunk])
+        tables.append(answer)
+    table = pd.concat(tables, ignore_index=True) if tables else model.table(
+        np.empty((0, len(model.classes))), []
+    ).assign(filename=[])  # fmt: skip
+    columns = ["filename", "label", *[f"p_{c}" for c in model.classes], "error"]
+    table = table[columns]
     with atomic_path(Path(out)) as tmp:
         table.to_csv(tmp, index=False)
     return PredictResult(Path(out), len(table), int((table["error"] != "").sum()))

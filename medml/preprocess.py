@@ -27,7 +27,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from medml.config import ImageConfig, Recipe
-from medml.data.images import read_image
+from medml.data.images import ImageSource, jpeg_header, read_image, source_bytes
 from medml.data.ingest import absolute_paths
 from medml.io import publish_dir, read_json, write_json
 from medml.layout import ShardFiles, shard_name
@@ -106,24 +106,24 @@ class LoadImage:
             window_width=config.window_width,
         )
 
-    def __call__(
-        self, path: str | Path, *, source_shape: tuple[int, int] | None = None,
-        source_channels: int = 0, out: np.ndarray | None = None,
-    ) -> np.ndarray:  # fmt: skip
+    def __call__(self, source: ImageSource | np.ndarray, *, out: np.ndarray | None = None,
+                 name: str = "") -> np.ndarray:  # fmt: skip
         """Return an array of shape ``(size, size, channels)``.
 
+        The one preprocessing of medml: shards, evaluation, ``medml predict`` and the served
+        model all call it, and the result depends only on the bytes (never on the file name or
+        on who calls), so the same file gives the same array everywhere. A large JPEG is
+        decoded directly at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, several times faster
+        than decoding in full and resizing), chosen from its own frame header.
+
         Args:
-            path: the image file.
-            source_shape: ``(width, height)`` from the manifest, if known. Large JPEGs are then
-                decoded directly at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling), which is
-                several times faster than decoding full size and resizing.
-            source_channels: the file's channels from the manifest (0: unknown). A grayscale
-                JPEG is decoded as grayscale and converted once, not through libjpeg's colour
-                conversion and then again.
+            source: an image file, its encoded bytes, or already decoded pixels (any size;
+                uint8, 16-bit or float; gray, BGR or BGRA as OpenCV decodes).
             out: write the result here (shape ``(size, size, channels)``, uint8) and return it.
+            name: the file name for messages when ``source`` is bytes.
 
         Raises:
-            ValueError: the file cannot be decoded, or ``out`` is not a C-contiguous uint8
+            ValueError: the image cannot be decoded, or ``out`` is not a C-contiguous uint8
                 array of the output shape.
         """
         shape = (self.size, self.size, self.channels)
@@ -134,9 +134,8 @@ class LoadImage:
                 f"out must be a C-contiguous uint8 array of shape {shape}, "
                 f"got {out.dtype} {out.shape}"
             )
-        image = _to_uint8(
-            self.decode(path, source_shape=source_shape, source_channels=source_channels)
-        )
+        decoded = source if isinstance(source, np.ndarray) else self.decode(source, name=name)
+        image = _to_uint8(decoded)
         out = np.empty(shape, dtype=np.uint8) if out is None else out
         if not self.clahe and self.aspect == "resize" and image.shape[:2] == shape[:2]:
             _convert_channels(image, self.channels, out=out)  # the usual case: one pass
@@ -156,46 +155,38 @@ class LoadImage:
         np.copyto(out, image.reshape(shape))
         return out
 
-    def decode(
-        self, path: str | Path, *, source_shape: tuple[int, int] | None = None,
-        source_channels: int = 0,
-    ) -> np.ndarray:  # fmt: skip
-        """The file's pixels as decoded, before channel conversion and resizing: a large JPEG
-        at the reduced scale :meth:`__call__` uses (same arguments), anything else through
+    def decode(self, source: ImageSource, *, name: str = "") -> np.ndarray:
+        """The image's pixels as decoded, before channel conversion and resizing: a large JPEG
+        at the reduced scale :meth:`__call__` uses, anything else through
         :func:`~medml.data.images.read_image`.
 
         Raises:
-            ValueError: the file cannot be decoded.
+            ValueError: the image cannot be read or decoded.
         """
-        image = self._reduced_jpeg(path, source_shape, source_channels)
+        name = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
+        data = source_bytes(source)
+        image = self._reduced_jpeg(data)
         if image is None:
-            image = read_image(
-                path, window_center=self.window_center, window_width=self.window_width
-            )
+            image = read_image(data, window_center=self.window_center,
+                               window_width=self.window_width, name=name)  # fmt: skip
         return image
 
-    def _reduced_jpeg(
-        self, path: str | Path, source_shape: tuple[int, int] | None, source_channels: int
-    ) -> np.ndarray | None:
-        if source_shape is None or os.path.splitext(path)[1].lower() not in _JPEG_SUFFIXES:
+    def _reduced_jpeg(self, data: bytes) -> np.ndarray | None:
+        header = jpeg_header(data)
+        if header is None:
             return None
-        factor = next((f for f in (8, 4, 2) if min(source_shape) // f >= self.size), 1)
+        width, height, components = header
+        factor = next((f for f in (8, 4, 2) if min(width, height) // f >= self.size), 1)
         if factor == 1:
             return None
-        gray = self.channels == 1 or source_channels == 1
+        gray = self.channels == 1 or components == 1
         flag = (_REDUCED_GRAY if gray else _REDUCED_COLOR)[factor]
-        try:
-            with open(path, "rb", buffering=0) as handle:  # unbuffered: one read, no copy
-                data = handle.read()
-        except OSError:
-            return None  # read_image names the problem
-        return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag) if data else None
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
+        return image if image is not None and image.size > 0 else None
 
 
 _TASK_SIZE = 32  # images per thread-pool task: amortises scheduling over cheap decodes
 _INDEX_COLUMNS = ("path", "label", "label_index", "group", "sha256", "split", "fold")
-_HEADER_COLUMNS = ("width", "height", "channels")  # from the manifest: no header re-read
-_JPEG_SUFFIXES = {".jpg", ".jpeg"}
 _REDUCED_GRAY = {2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
                  8: cv2.IMREAD_REDUCED_GRAYSCALE_8}  # fmt: skip
 _REDUCED_COLOR = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
@@ -209,7 +200,7 @@ def preprocess(splits_path: Path, shards_dir: Path, recipe: Recipe) -> Preproces
     swapped in (:func:`~medml.io.publish_dir`); a file that fails to decode stops the step
     naming the file and leaves nothing.
     """
-    table = pd.read_parquet(splits_path, columns=[*_INDEX_COLUMNS, "root", *_HEADER_COLUMNS])
+    table = pd.read_parquet(splits_path, columns=[*_INDEX_COLUMNS, "root"])
     image_cfg: ImageConfig = recipe.image
     writer = _ShardWriter(table, LoadImage.from_config(image_cfg), image_cfg)
     index = table[list(_INDEX_COLUMNS)].copy()
@@ -241,9 +232,6 @@ class _ShardWriter:
 
     def __init__(self, table: pd.DataFrame, load: LoadImage, cfg: ImageConfig) -> None:
         self.paths = absolute_paths(table)
-        self.widths, self.heights, self.channels = (
-            table[c].to_numpy(np.int64) for c in _HEADER_COLUMNS
-        )
         self.load = load
         self.shard_size = cfg.shard_size
         self.n_shards = max(1, -(-len(self.paths) // cfg.shard_size))
@@ -256,8 +244,7 @@ class _ShardWriter:
         if batch is None:
             batch = self._buffers.batch = np.empty((_TASK_SIZE, *self.shape), dtype=np.uint8)
         for i, k in enumerate(range(start + rows.start, start + rows.stop)):
-            self.load(self.paths[k], source_shape=(int(self.widths[k]), int(self.heights[k])),
-                      source_channels=int(self.channels[k]), out=batch[i])  # fmt: skip
+            self.load(self.paths[k], out=batch[i])
         _pwrite_all(fd, batch[: len(rows)], data_offset + rows.start * batch[0].nbytes)
         return len(rows)
 

@@ -10,13 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from medml.config import Recipe
 from medml.errors import RefusedError
 from medml.faults import failpoint
 from medml.io import atomic_path, publish_dir, write_json
 from medml.layout import RegistryFiles
 from medml.metrics import GateOutcome, HoldoutMetrics, check_gate
-from medml.tracking import MODEL_REQUIREMENTS, Tracking, alias_uri, version_uri
+from medml.tracking import Tracking, alias_uri, version_uri
 
 MAX_TAG_CHARS = 5000
 CHAMPION = "champion"
@@ -105,7 +107,7 @@ def version_tags(
     }
 
 
-def save_ensemble(model_paths: Sequence[Path], path: Path) -> Any:
+def save_ensemble(model_paths: Sequence[Path], path: Path) -> Path:
     """Load the fold models, build their averaging ensemble and save it to ``path``."""
     import keras
 
@@ -114,25 +116,25 @@ def save_ensemble(model_paths: Sequence[Path], path: Path) -> Any:
     ensemble = build_ensemble([keras.models.load_model(p, compile=False) for p in model_paths])
     with atomic_path(path) as tmp:
         ensemble.save(tmp)
-    return ensemble
+    return path
 
 
 def log_ensemble(
-    tracking: Tracking, parent_run_id: str, ensemble: Any, recipe: Recipe,
+    tracking: Tracking, parent_run_id: str, ensemble_path: Path, recipe: Recipe,
     card_paths: Sequence[Path], champion: ChampionScore | None,
 ) -> str:  # fmt: skip
-    """Log the ensemble (registering a new version), the model card and the champion's scores
-    to the pipeline run; returns the new version."""
+    """Log the servable model (ensemble + preprocessing, :mod:`medml.serving`), registering a
+    new version, with the model card and the champion's scores, to the pipeline run; returns
+    the new version."""
     import mlflow
 
+    from medml.serving import log_classifier
+
     with tracking.run(run_id=parent_run_id):
-        info = mlflow.keras.log_model(
-            ensemble,
-            name="ensemble",
-            registered_model_name=recipe.registry.model_name,
-            pip_requirements=MODEL_REQUIREMENTS,
-            metadata={"classes": list(recipe.data.classes),
-                      "image": recipe.image.model_dump(mode="json")},
+        info = log_classifier(
+            ensemble_path, recipe.data.classes, recipe.image.model_dump(mode="json"),
+            name="model", registered_model_name=recipe.registry.model_name,
+            scratch=ensemble_path.parent,
         )  # fmt: skip
         for path in card_paths:
             mlflow.log_artifact(str(path), artifact_path="model_card")
@@ -174,7 +176,7 @@ def register_ensemble(
         champion: the current champion scored on the same holdout, or ``None`` if there is none.
         card_facts: ``split_report`` and ``validation_report`` for the model card.
     """
-    from medml.model_card import CardFacts, write_model_card
+    from medml.model_card import CardFacts, render_markdown, write_model_card
 
     gate = gate_outcome(metrics, recipe, champion)
     name, revision = recipe.registry.model_name, git_revision()
@@ -195,14 +197,33 @@ def register_ensemble(
             ensemble = save_ensemble(model_paths, files.ensemble)
             card_paths = write_model_card(card, files)
             version = log_ensemble(tracking, parent_run_id, ensemble, recipe, card_paths, champion)
+            (staging / "preprocessing.json").unlink(missing_ok=True)  # logged with the model
         else:  # a retry: the version exists; rebuild the local copy only
             save_ensemble(model_paths, files.ensemble)
             write_model_card(card, files)
         failpoint("register:version-created")
+        describe(tracking, recipe, version, render_markdown(card))
         complete_version(tracking, name, version, tags, alias)
         registration = Registration(name, version, alias, gate, version_uri(name, version))
         write_json(files.registration, registration.as_dict())
     return registration
+
+
+def describe(tracking: Tracking, recipe: Recipe, version: str, card: str) -> None:
+    """The model card as the version's description; the model's own description if it has none
+    (what the MLflow UI shows on the model and version pages)."""
+    client = tracking.activate()
+    name = recipe.registry.model_name
+    if len(card) > MAX_TAG_CHARS:  # MLflow keeps 5,000 characters of a description
+        card = card[: MAX_TAG_CHARS - 80] + "\n\n… (full card: artifact model_card/model_card.md)"
+    if client.get_model_version(name, version).description != card:
+        client.update_model_version(name, version, description=card)
+    if not client.get_registered_model(name).description:
+        client.update_registered_model(name, description=(
+            f"{recipe.description or recipe.name}. Fold ensemble with medml's preprocessing "
+            "inside (raw images in, class probabilities out); trained, gated and registered by "
+            "medml. Each version's description is its model card."
+        ))  # fmt: skip
 
 
 def version_of_run(tracking: Tracking, name: str, run_id: str) -> str | None:
@@ -245,18 +266,20 @@ def require_complete_version(model_version: Any) -> None:
 
 
 def champion_on_holdout(
-    tracking: Tracking, model_name: str, images: Any, y_true: Any, classes: Sequence[str]
-) -> ChampionScore | None:
-    """Score the current ``champion`` on this run's holdout, or ``None`` if there is none.
+    tracking: Tracking, model_name: str, paths: Sequence[str], y_true: Any,
+    classes: Sequence[str],
+) -> ChampionScore | None:  # fmt: skip
+    """Score the current ``champion`` on this run's holdout files, or ``None`` if there is none.
 
-    When the champion cannot be scored on this holdout (e.g. it expects another image size) the
-    result carries the error instead: the gate then fails, since non-inferiority could not be
-    shown.
+    The champion reads the raw files through its own preprocessing, so a champion trained with
+    other image settings is still comparable. When it cannot be scored (other classes, an old
+    model without preprocessing) the result carries the error instead: the gate then fails,
+    since non-inferiority could not be shown.
     """
-    import mlflow
     from mlflow.exceptions import MlflowException
 
     from medml.evaluate import clinical_metrics
+    from medml.serving import load_classifier
 
     client = tracking.activate()
     try:
@@ -264,8 +287,11 @@ def champion_on_holdout(
     except MlflowException:
         return None
     try:
-        model = mlflow.keras.load_model(alias_uri(model_name, CHAMPION))
-        proba = model.predict(images, batch_size=256, verbose=0)
+        model = load_classifier(alias_uri(model_name, CHAMPION))
+        if list(model.classes) != list(classes):
+            raise ValueError(f"it predicts {model.classes}, this run's classes are {list(classes)}")
+        proba = model.predict(None, pd.DataFrame({"path": list(paths)}))
+        proba = proba[[f"p_{c}" for c in classes]].to_numpy(dtype=float)
     except Exception as err:  # any failure means "not comparable"
         return ChampionScore(
             version, error=f"champion v{version} could not be scored on this holdout: {err}"

@@ -18,6 +18,17 @@ from medml.registry import CHAMPION, COMPLETE_TAG, alias_version
 from medml.tracking import Tracking
 
 
+def no_such_model(tracking: Tracking, name: str) -> str:
+    """'no model NAME in STORE; did you mean …? available: …'."""
+    import difflib
+
+    known = tracking.model_names()
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return (f"no model {name!r} in {tracking.uri}{hint} available: "
+            f"{', '.join(known) or 'none'}")  # fmt: skip
+
+
 class ReviewError(RefusedError):
     """The model or version to review does not exist."""
 
@@ -77,7 +88,7 @@ def review(
     try:
         client.get_registered_model(name)
     except MlflowException:
-        raise ReviewError(f"no registered model named {name!r}") from None
+        raise ReviewError(no_such_model(tracking, name)) from None
     candidate_version = (
         str(version) if version is not None else alias_version(client, name, "challenger")
     )

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from medml.errors import MedmlError, redact
 from medml.io import medml_home
@@ -20,9 +20,6 @@ logger = logging.getLogger(__name__)
 
 RUN_KEY_TAG = "medml.run_key"
 KIND_TAG = "medml.kind"
-# What the logged models need at serving time; given explicitly so MLflow does not spend
-# time inferring requirements (which also needs the network for some packages).
-MODEL_REQUIREMENTS = ["tensorflow-cpu", "keras>=3"]
 
 
 class TrackingUnavailable(MedmlError):
@@ -108,6 +105,18 @@ def _lost(tracking: Tracking, err: Exception) -> str:
             "server is back")  # fmt: skip
 
 
+def _earliest(runs: list[Any]) -> str:
+    return min(runs, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
+
+
+def _log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(key, str(value)[:6000]) for key, value in sorted(params.items())]
+    for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run_id, params=items[start : start + 100])
+
+
 def version_uri(name: str, version: str | int) -> str:
     """``models:/NAME/VERSION``."""
     return f"models:/{name}/{version}"
@@ -153,6 +162,25 @@ class Tracking:
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)
         return mlflow.MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+
+    def require_existing(self) -> None:
+        """Refuse to read from a store that does not exist (instead of creating an empty one).
+
+        Raises:
+            TrackingUnavailable: a SQLite store's file is missing.
+        """
+        if self.uri.startswith("sqlite:///"):
+            path = Path(self.uri.removeprefix("sqlite:///"))
+            if not path.is_file():
+                raise TrackingUnavailable(
+                    f"no MLflow store at {path}; give --tracking-uri (e.g. "
+                    "sqlite:///.medml/demo/mlflow.db after `make demo`), or set "
+                    "MLFLOW_TRACKING_URI or MEDML_HOME"
+                )
+
+    def model_names(self) -> list[str]:
+        """The registered model names in this store."""
+        return sorted(m.name for m in self.activate().search_registered_models())
 
     def close_orphans(self, experiment: str, tags: dict[str, str]) -> list[str]:
         """Mark ``FAILED`` the runs still ``RUNNING`` with these tags (left by a killed process
@@ -215,25 +243,29 @@ class Tracking:
         mlflow.end_run()
 
     def pipeline_run(
-        self, experiment: str, run_key: str, run_name: str, tags: dict[str, str]
-    ) -> str:
-        """Id of the parent run for one pipeline run, created on first use.
+        self, experiment: str, run_key: str, run_name: str, tags: dict[str, str],
+        params: dict[str, str] | None = None,
+    ) -> str:  # fmt: skip
+        """Id of the parent run for one pipeline run, created on first use (with ``params``).
 
         Every step of one run (folds, evaluation, registration) logs under this parent, looked up
         by the ``medml.run_key`` tag, so retried tasks and separate processes find the same run.
+        Two tasks creating it at once converge on the earliest one; the other is deleted.
         """
         client = self.activate()
         experiment_id = self.experiment_id(experiment)
-        found = client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}' and tags.`{KIND_TAG}` = 'pipeline'",
-            max_results=1,
-        )
+        query = f"tags.`{RUN_KEY_TAG}` = '{run_key}' and tags.`{KIND_TAG}` = 'pipeline'"
+        found = client.search_runs([experiment_id], filter_string=query)
         if found:
-            return found[0].info.run_id
+            return _earliest(found)
         run = client.create_run(
             experiment_id,
             run_name=run_name,
             tags={**tags, RUN_KEY_TAG: run_key, KIND_TAG: "pipeline"},
         )
-        return run.info.run_id
+        winner = _earliest(client.search_runs([experiment_id], filter_string=query))
+        if winner != run.info.run_id:
+            client.delete_run(run.info.run_id)  # another task created it first
+            return winner
+        _log_params(client, winner, params or {})
+        return winner

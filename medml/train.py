@@ -24,7 +24,7 @@ from medml.io import publish_dir, write_json
 from medml.layout import FoldFiles
 from medml.preprocess import ShardRows, load_images, load_index
 from medml.split import TRAIN
-from medml.tracking import KIND_TAG, MODEL_REQUIREMENTS, RUN_KEY_TAG, Tracking
+from medml.tracking import KIND_TAG, RUN_KEY_TAG, Tracking
 
 
 @dataclass(frozen=True)
@@ -367,7 +367,9 @@ def train_fold(
         best = {"best_val_loss": result.val_loss, "best_val_accuracy": result.val_accuracy}
         mlflow.log_metrics({**best, "train_seconds": seconds})
         mlflow.log_artifact(str(result.history_path))
-        mlflow.keras.log_model(model, name="model", pip_requirements=MODEL_REQUIREMENTS)
+        from medml.serving import pinned_requirements
+
+        mlflow.keras.log_model(model, name="model", pip_requirements=pinned_requirements())
     return dataclasses.replace(result, mlflow_run_id=run_id)
 
 

@@ -54,8 +54,25 @@ def test_medml_run_registers_a_challenger_that_beats_chance(tmp_path: Path) -> N
 
     import mlflow
     import numpy as np
+    import pandas as pd
 
     model = mlflow.pyfunc.load_model("models:/kidney-ct-classifier@challenger")
-    proba = np.asarray(model.predict(np.zeros((2, 64, 64, 1), dtype="float32")))
-    assert proba.shape == (2, 4)
-    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-4)
+    files = [str(p) for p in sorted(data.rglob("*.jpg"))[:3]]
+    answer = model.predict(pd.DataFrame({"path": files}))  # raw files in: preprocessing inside
+    probabilities = answer[[f"p_{c}" for c in ("Normal", "Cyst", "Stone", "Tumor")]].to_numpy()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-4)
+    assert set(answer["label"]) <= {"Normal", "Cyst", "Stone", "Tumor"}
+
+    # Lineage: signature + input example, the card as description, datasets, recipe params.
+    info = mlflow.models.get_model_info("models:/kidney-ct-classifier@challenger")
+    assert info.signature.inputs.input_names() == ["image", "path"]
+    assert info.saved_input_example_info is not None
+    assert version.description.startswith("# Model card: kidney-ct-classifier")
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(info.model_uri)).read_text()
+    assert all("==" in line for line in requirements.split() if not line.startswith("-"))
+    parent = client.get_run(version.run_id)
+    contexts = {d.tags[0].value for d in parent.inputs.dataset_inputs}
+    assert contexts == {"training", "holdout"}
+    assert {d.dataset.digest for d in parent.inputs.dataset_inputs} == {version.tags["data_hash"]}
+    assert parent.data.params["train.balance"] == "class_weight"
+    assert parent.info.status == "FINISHED"

@@ -1,0 +1,188 @@
+"""The registered model: the fold ensemble *and* medml's preprocessing, as one MLflow pyfunc.
+
+Raw images in, a table out. Input is a DataFrame with one of the columns
+
+- ``image``: the encoded file (JPEG, PNG, BMP, TIFF, DICOM …) as base64 text (what
+  ``mlflow models serve`` receives as JSON) or as raw ``bytes``;
+- ``path``: a file path readable where the model runs;
+
+and the output has one row per input: ``label`` (the predicted class), ``p_<class>`` for every
+class, and ``error`` (empty, or why that image could not be read; its probabilities are then
+empty). Every image goes through :class:`~medml.preprocess.LoadImage` with the image settings
+the model was trained with, so serving sees exactly the pixels training saw.
+
+Serve it with MLflow's own server::
+
+    mlflow models serve -m "models:/kidney-ct-classifier@champion" --env-manager local -p 5001
+    printf '{"dataframe_split": {"columns": ["image"], "data": [["%s"]]}}' \\
+      "$(base64 -w0 x.png)" | curl -s 127.0.0.1:5001/invocations \\
+      -H 'Content-Type: application/json' -d @-
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import importlib.metadata
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+IMAGE_COLUMN = "image"
+PATH_COLUMN = "path"
+ERROR_COLUMN = "error"
+LABEL_COLUMN = "label"
+PREDICT_BATCH = 64
+
+# What the served model imports; pinned to the versions installed from uv.lock.
+_SERVING_DISTRIBUTIONS = ("mlflow", "keras", "numpy", "pandas", "opencv-python-headless",
+                          "pydicom", "pillow", "pydantic", "pyyaml", "tqdm")  # fmt: skip
+
+
+def probability_column(name: str) -> str:
+    """The output column of class ``name``'s probability."""
+    return f"p_{name}"
+
+
+def pinned_requirements() -> list[str]:
+    """``name==version`` of what serving needs, as installed here (from ``uv.lock``)."""
+    tensorflow = "tensorflow-cpu" if _installed("tensorflow-cpu") else "tensorflow"
+    names = [*_SERVING_DISTRIBUTIONS, tensorflow]
+    return [f"{name}=={_installed(name)}" for name in names if _installed(name)]
+
+
+def _installed(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+class MedmlClassifier(mlflow.pyfunc.PythonModel):
+    """MLflow ``PythonModel``: decode + preprocess each image, average the fold models."""
+
+    def load_context(self, context: Any) -> None:
+        """Load the ensemble and the preprocessing settings from the model's artifacts."""
+        import keras
+
+        from medml.config import ImageConfig
+        from medml.preprocess import LoadImage
+
+        settings = json.loads(Path(context.artifacts["preprocessing"]).read_text())
+        self.classes: list[str] = list(settings["classes"])
+        self.load = LoadImage.from_config(ImageConfig.model_validate(settings["image"]))
+        self.ensemble = keras.models.load_model(context.artifacts["ensemble"], compile=False)
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
+        """One output row per input row (see the module docstring)."""
+        sources, names = _sources(model_input)
+        pixels: list[np.ndarray] = []
+        decoded: list[int] = []
+        errors = [""] * len(sources)
+        for i, (source, name) in enumerate(zip(sources, names, strict=True)):
+            try:
+                pixels.append(self.load(source, name=name))
+                decoded.append(i)
+            except ValueError as err:
+                errors[i] = str(err)
+        proba = np.full((len(sources), len(self.classes)), np.nan)
+        if pixels:
+            proba[decoded] = self.predict_pixels(np.stack(pixels))
+        return self.table(proba, errors)
+
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Class probabilities of already preprocessed uint8 images ``(n, size, size, c)``."""
+        return np.asarray(self.ensemble.predict(pixels, batch_size=PREDICT_BATCH, verbose=0))
+
+    def table(self, proba: np.ndarray, errors: Sequence[str]) -> pd.DataFrame:
+        """The output table for these probabilities (rows with an error get no label)."""
+        labels = [self.classes[int(row.argmax())] if not error else ""
+                  for row, error in zip(proba, errors, strict=True)]  # fmt: skip
+        table = pd.DataFrame({LABEL_COLUMN: labels})
+        for k, name in enumerate(self.classes):
+            table[probability_column(name)] = proba[:, k]
+        table[ERROR_COLUMN] = list(errors)
+        return table
+
+
+def _sources(frame: pd.DataFrame) -> tuple[list[bytes | str], list[str]]:
+    """The images of the input table: decoded base64/bytes, or paths."""
+    if IMAGE_COLUMN in frame and frame[IMAGE_COLUMN].notna().any():
+        sources: list[bytes | str] = []
+        for value in frame[IMAGE_COLUMN]:
+            sources.append(value if isinstance(value, bytes) else _b64(value))
+        return sources, [f"row {i}" for i in range(len(sources))]
+    if PATH_COLUMN in frame:
+        paths = [str(p) for p in frame[PATH_COLUMN]]
+        return list(paths), paths
+    raise ValueError(f"input needs a column {IMAGE_COLUMN!r} (base64 or bytes) or "
+                     f"{PATH_COLUMN!r} (file paths); got {list(frame.columns)}")  # fmt: skip
+
+
+def _b64(value: Any) -> bytes:
+    try:
+        return base64.b64decode(str(value), validate=True)
+    except (binascii.Error, ValueError):
+        return b""  # LoadImage reports it as undecodable, for this row only
+
+
+def signature(classes: Sequence[str]) -> Any:
+    """The model signature: ``image`` or ``path`` in; label, probabilities and error out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, Schema
+
+    inputs = Schema([ColSpec(DataType.string, IMAGE_COLUMN, required=False),
+                     ColSpec(DataType.string, PATH_COLUMN, required=False)])  # fmt: skip
+    outputs = Schema([ColSpec(DataType.string, LABEL_COLUMN),
+                      *[ColSpec(DataType.double, probability_column(c)) for c in classes],
+                      ColSpec(DataType.string, ERROR_COLUMN)])  # fmt: skip
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def input_example(size: int = 32) -> pd.DataFrame:
+    """One small gray PNG, base64-encoded, as the logged input example."""
+    import cv2
+
+    ramp = np.tile(np.linspace(0, 255, size, dtype=np.uint8), (size, 1))
+    ok, encoded = cv2.imencode(".png", ramp)
+    assert ok
+    return pd.DataFrame({IMAGE_COLUMN: [base64.b64encode(encoded.tobytes()).decode()]})
+
+
+def log_classifier(
+    ensemble_path: Path, classes: Sequence[str], image: dict[str, Any], *, name: str,
+    registered_model_name: str | None, scratch: Path,
+) -> Any:  # fmt: skip
+    """Log the pyfunc model into the active MLflow run (registering a version if a registered
+    name is given); returns MLflow's ``ModelInfo``."""
+    settings = scratch / "preprocessing.json"
+    settings.write_text(json.dumps({"classes": list(classes), "image": image}, indent=2))
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=MedmlClassifier(),
+        artifacts={"ensemble": str(ensemble_path), "preprocessing": str(settings)},
+        code_paths=[str(Path(__file__).resolve().parent)],
+        signature=signature(classes),
+        input_example=input_example(),
+        pip_requirements=pinned_requirements(),
+        registered_model_name=registered_model_name,
+        metadata={"classes": list(classes), "image": image},
+    )
+
+
+def load_classifier(model_uri: str) -> MedmlClassifier:
+    """The registered model's :class:`MedmlClassifier` (its Python object, for in-process use).
+
+    Raises:
+        ValueError: the model is not a medml classifier.
+    """
+    model = mlflow.pyfunc.load_model(model_uri)
+    inner = model.unwrap_python_model()
+    if type(inner).__name__ != MedmlClassifier.__name__:  # the model bundles its own copy
+        raise ValueError(f"{model_uri} is not a medml classifier (no preprocessing inside)")
+    return inner
