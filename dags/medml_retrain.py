@@ -31,10 +31,14 @@ import os
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk.exceptions import AirflowSkipException
 from airflow.timetables.assets import AssetOrTimeSchedule
 from airflow.timetables.trigger import CronTriggerTimetable
 from medml_common import DEFAULT_ARGS, START_DATE, export_s3_connection
 
+# Updated whenever a run registers a model version (extra: model, version, alias, gate), so
+# downstream DAGs (e.g. batch prediction or a deployment) can be scheduled on new models.
+MODELS = Asset(name="medml_models", uri="medml://registry/models")
 # The data producer marks this asset updated when a new snapshot lands (see docs/operations.md);
 # each update triggers a retraining run, on top of the weekly schedule.
 SNAPSHOTS = Asset(
@@ -75,8 +79,11 @@ def medml_retrain() -> None:
 
         ds = ds or dag_run.run_after.date().isoformat()  # asset-triggered runs have no ds
         source = (params["source"] or os.environ.get("MEDML_SOURCE", "")).format(ds=ds)
-        if not source:
-            raise ValueError("no dataset source: set the `source` param or $MEDML_SOURCE")
+        if not source:  # e.g. the run Airflow starts on unpausing, before MEDML_SOURCE is set
+            raise AirflowSkipException(
+                "no dataset source: set $MEDML_SOURCE on the workers (e.g. "
+                "s3://bucket/prefix/{ds}/) or pass conf {'source': ...}; skipping this run"
+            )
         run_dir = params["run_dir"] or pipeline.new_run_dir("medml_retrain", ds, run_id)
         ctx = pipeline.init_run(
             run_dir,
@@ -158,12 +165,16 @@ def medml_retrain() -> None:
 
         return pipeline.step_evaluate(run_dir, Tracking.from_env())
 
-    @task
-    def register(run_dir: str) -> dict:
+    @task(outlets=[MODELS])
+    def register(run_dir: str, outlet_events=None) -> dict:
         from medml import pipeline
         from medml.tracking import Tracking
 
-        return pipeline.step_register(run_dir, Tracking.from_env())
+        registration = pipeline.step_register(run_dir, Tracking.from_env())
+        outlet_events[MODELS].extra = {
+            key: registration[key] for key in ("model_name", "version", "alias", "gate_passed")
+        }
+        return registration
 
     @task
     def report(run_dir: str) -> str:

@@ -138,3 +138,19 @@ def test_medml_library_never_imports_airflow() -> None:
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             assert not any(n.split(".")[0] == "airflow" for n in names), path
+
+
+def test_a_run_without_source_is_skipped_not_failed(dagbag, monkeypatch) -> None:
+    """The run Airflow starts on unpausing, before MEDML_SOURCE is set, skips with the reason."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    monkeypatch.delenv("MEDML_SOURCE", raising=False)
+    prepare = dagbag.dags["medml_retrain"].get_task("prepare").python_callable
+    params = {"source": "", "recipe": "kidney-ct", "overrides": [], "run_dir": ""}
+    with pytest.raises(AirflowSkipException, match=r"set \$MEDML_SOURCE"):
+        prepare(params=params, ds="2026-01-05", run_id="scheduled__2026-01-05")
+
+
+def test_register_publishes_the_models_asset(dagbag) -> None:
+    register = dagbag.dags["medml_retrain"].get_task("register")
+    assert [asset.name for asset in register.outlets] == ["medml_models"]
