@@ -159,6 +159,38 @@ OptRecipe = Annotated[
 ]
 
 
+def _pin_for_dvc(
+    run_dir: Path, source: str | None, recipe: str | None, params: Path | None,
+    set_: list[str] | None,
+) -> None:  # fmt: skip
+    """With --source/--recipe (how dvc.yaml calls every step), re-pin run.json to the current
+    params.yaml first, so a stage re-run by `dvc repro`/`dvc exp run` uses the new settings."""
+    if (source is None) != (recipe is None):
+        raise _fail("--source and --recipe go together (or give neither to use run.json)")
+    if source is None or recipe is None:
+        return
+    from medml.config import load_recipe
+
+    wanted = _guard(load_recipe, recipe, params_file=params, overrides=set_ or [])
+    existing = pipeline.RunLayout(Path(run_dir)).run_json
+    pinned = _guard(pipeline.load_context, run_dir) if existing.is_file() else None
+    # Same settings: the same run (its MLflow run and version); other settings: a new run.
+    same = pinned is not None and pinned.recipe == wanted
+    key = (
+        pinned.run_key if same else f"dvc-{datetime.now(UTC):%Y%m%dT%H%M%S}-{wanted.params_hash()}"
+    )
+    _guard(
+        pipeline.init_run,
+        run_dir,
+        source,
+        recipe,
+        params_file=params,
+        overrides=set_ or [],
+        run_key=key,
+        replace=True,  # DVC's workspace run directory follows params.yaml
+    )
+
+
 def _data_step(
     step: Any,
     run_dir: Path,
@@ -168,21 +200,7 @@ def _data_step(
     set_: list[str] | None,
 ) -> None:
     """Run a data step, first pinning the config when --source/--recipe are given (DVC)."""
-    if (source is None) != (recipe is None):
-        raise _fail("--source and --recipe go together (or give neither to use run.json)")
-    if source is not None and recipe is not None:
-        existing = pipeline.RunLayout(run_dir).run_json
-        key = _guard(pipeline.load_context, run_dir).run_key if existing.is_file() else "dvc"
-        _guard(
-            pipeline.init_run,
-            run_dir,
-            source,
-            recipe,
-            params_file=params,
-            overrides=set_ or [],
-            run_key=key,
-            replace=True,  # DVC's workspace run directory follows params.yaml
-        )
+    _pin_for_dvc(run_dir, source, recipe, params, set_)
     _echo_result(_guard(step, run_dir))
 
 
@@ -227,22 +245,44 @@ _data_command(
 @app.command()
 def train(
     run_dir: SharedRunDir,
-    fold: Annotated[int, typer.Option("--fold", help="Fold to hold out for validation.", min=0)],
+    fold: Annotated[
+        int | None,
+        typer.Option(
+            "--fold", help="Fold to hold out for validation (default: every fold).", min=0
+        ),
+    ] = None,
     no_tracking: Annotated[bool, typer.Option(help="Do not log to MLflow.")] = False,
+    source: OptSource = None,
+    recipe: OptRecipe = None,
+    params: ParamsFile = None,
+    set_: Sets = None,
 ) -> None:
-    """Train one fold (balanced inside the fold) and log it to MLflow."""
-    _echo_result(_guard(pipeline.step_train, run_dir, fold, None if no_tracking else _tracking()))
+    """Train one fold (balanced inside the fold), or every fold in turn, and log to MLflow."""
+    if not str(run_dir).startswith("s3://"):
+        _pin_for_dvc(Path(run_dir), source, recipe, params, set_)
+    tracking = None if no_tracking else _tracking()
+    folds = [fold] if fold is not None else _guard(pipeline.load_context, run_dir).folds
+    for k in folds:
+        _echo_result(_guard(pipeline.step_train, run_dir, k, tracking))
 
 
 @app.command()
-def evaluate(run_dir: RunDir) -> None:
+def evaluate(
+    run_dir: RunDir, source: OptSource = None, recipe: OptRecipe = None,
+    params: ParamsFile = None, set_: Sets = None,
+) -> None:  # fmt: skip
     """Score the fold ensemble on the untouched holdout (clinical metrics, plots)."""
+    _pin_for_dvc(run_dir, source, recipe, params, set_)
     _echo_result(_guard(pipeline.step_evaluate, run_dir, _tracking()))
 
 
 @app.command()
-def register(run_dir: RunDir) -> None:
+def register(
+    run_dir: RunDir, source: OptSource = None, recipe: OptRecipe = None,
+    params: ParamsFile = None, set_: Sets = None,
+) -> None:  # fmt: skip
     """Register the fold ensemble in MLflow; alias `challenger` if it passes the gate."""
+    _pin_for_dvc(run_dir, source, recipe, params, set_)
     _echo_result(_guard(pipeline.step_register, run_dir, _tracking()))
 
 

@@ -192,7 +192,7 @@ def register_ensemble(
     alias = recipe.registry.alias if gate.passed else None
     with publish_dir(Path(out_dir)) as staging:
         files = RegistryFiles(staging)
-        version = version_of_run(tracking, name, parent_run_id)
+        version = version_of_run(tracking, name, parent_run_id, tags["data_hash"])
         if version is None:
             ensemble = save_ensemble(model_paths, files.ensemble)
             card_paths = write_model_card(card, files)
@@ -226,8 +226,12 @@ def describe(tracking: Tracking, recipe: Recipe, version: str, card: str) -> Non
         ))  # fmt: skip
 
 
-def version_of_run(tracking: Tracking, name: str, run_id: str) -> str | None:
-    """The version of ``name`` that pipeline run ``run_id`` registered, if any."""
+def version_of_run(
+    tracking: Tracking, name: str, run_id: str, data_hash: str | None = None
+) -> str | None:
+    """The version of ``name`` that pipeline run ``run_id`` registered for this data, if any
+    (a complete version of other data — a DVC workspace run whose snapshot changed — is not
+    this registration)."""
     from mlflow.exceptions import MlflowException
 
     client = tracking.activate()
@@ -235,7 +239,10 @@ def version_of_run(tracking: Tracking, name: str, run_id: str) -> str | None:
         found = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
     except MlflowException:
         return None  # no such registered model yet
-    return str(min(int(v.version) for v in found)) if found else None
+    ours = [
+        v for v in found if data_hash is None or v.tags.get("data_hash", data_hash) == data_hash
+    ]
+    return str(max(int(v.version) for v in ours)) if ours else None
 
 
 def complete_version(
