@@ -92,6 +92,7 @@ def _rename_exchange(a: Path, b: Path) -> bool:
 
 COMPLETE_MARKER = ".medml-complete.json"
 """Written last into every published output directory: its files with sizes and SHA-256."""
+_NOT_CONTENT = {COMPLETE_MARKER, ".gitignore"}  # the marker, and what DVC/git tools add beside
 
 
 def directory_listing(root: Path) -> dict[str, dict[str, Any]]:
@@ -101,7 +102,7 @@ def directory_listing(root: Path) -> dict[str, dict[str, Any]]:
     listing = {}
     for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
         rel = path.relative_to(root).as_posix()
-        if rel == COMPLETE_MARKER:
+        if path.name in _NOT_CONTENT:
             continue
         with open(path, "rb") as handle:
             digest = hashlib.file_digest(handle, "sha256").hexdigest()
@@ -144,8 +145,7 @@ def require_complete(directory: Path, step: str, *, deep: bool = False) -> Path:
     if _listing_digest(recorded["files"]) != recorded["digest"]:
         raise RunError(f"{marker} does not match its own digest; run the `{step}` step again")
     actual = {p.relative_to(directory).as_posix(): p.stat().st_size
-              for p in directory.rglob("*") if p.is_file()}  # fmt: skip
-    actual.pop(COMPLETE_MARKER)
+              for p in directory.rglob("*") if p.is_file() and p.name not in _NOT_CONTENT}  # fmt: skip
     expected = {rel: entry["bytes"] for rel, entry in recorded["files"].items()}
     if actual != expected:
         changed = sorted(set(actual.items()) ^ set(expected.items()))[:3]
