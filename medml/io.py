@@ -144,8 +144,8 @@ def require_complete(directory: Path, step: str, *, deep: bool = False) -> Path:
     recorded = json.loads(marker.read_text())
     if _listing_digest(recorded["files"]) != recorded["digest"]:
         raise RunError(f"{marker} does not match its own digest; run the `{step}` step again")
-    actual = {p.relative_to(directory).as_posix(): p.stat().st_size
-              for p in directory.rglob("*") if p.is_file() and p.name not in _NOT_CONTENT}  # fmt: skip
+    files = [p for p in directory.rglob("*") if p.is_file() and p.name not in _NOT_CONTENT]
+    actual = {p.relative_to(directory).as_posix(): p.stat().st_size for p in files}
     expected = {rel: entry["bytes"] for rel, entry in recorded["files"].items()}
     if actual != expected:
         changed = sorted(set(actual.items()) ^ set(expected.items()))[:3]
