@@ -15,7 +15,7 @@ import pandas as pd
 from medml.config import Recipe
 from medml.errors import RefusedError
 from medml.faults import failpoint
-from medml.io import atomic_path, publish_dir, write_json
+from medml.io import COMPLETE_MARKER, atomic_path, publish_dir, write_json
 from medml.layout import RegistryFiles
 from medml.metrics import GateOutcome, HoldoutMetrics, check_gate
 from medml.tracking import Tracking, alias_uri, version_uri
@@ -23,6 +23,7 @@ from medml.tracking import Tracking, alias_uri, version_uri
 MAX_TAG_CHARS = 5000
 CHAMPION = "champion"
 COMPLETE_TAG = "medml.complete"
+MODELS_DIGEST_TAG = "medml.models_digest"
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ def save_ensemble(model_paths: Sequence[Path], path: Path) -> Path:
 
 def log_ensemble(
     tracking: Tracking, parent_run_id: str, ensemble_path: Path, recipe: Recipe,
-    card_paths: Sequence[Path], champion: ChampionScore | None,
+    card_paths: Sequence[Path], champion: ChampionScore | None, digest: str,
 ) -> str:  # fmt: skip
     """Log the servable model (ensemble + preprocessing, :mod:`medml.serving`), registering a
     new version, with the model card and the champion's scores, to the pipeline run; returns
@@ -134,7 +135,7 @@ def log_ensemble(
         info = log_classifier(
             ensemble_path, recipe.data.classes, recipe.image.model_dump(mode="json"),
             name="model", registered_model_name=recipe.registry.model_name,
-            scratch=ensemble_path.parent,
+            scratch=ensemble_path.parent, tags={MODELS_DIGEST_TAG: digest},
         )  # fmt: skip
         for path in card_paths:
             mlflow.log_artifact(str(path), artifact_path="model_card")
@@ -192,11 +193,13 @@ def register_ensemble(
     alias = recipe.registry.alias if gate.passed else None
     with publish_dir(Path(out_dir)) as staging:
         files = RegistryFiles(staging)
-        version = version_of_run(tracking, name, parent_run_id, tags["data_hash"])
+        digest = models_digest([Path(p).parent for p in model_paths])
+        version = version_of_run(tracking, name, parent_run_id, digest)
         if version is None:
             ensemble = save_ensemble(model_paths, files.ensemble)
             card_paths = write_model_card(card, files)
-            version = log_ensemble(tracking, parent_run_id, ensemble, recipe, card_paths, champion)
+            version = log_ensemble(tracking, parent_run_id, ensemble, recipe, card_paths, champion,
+                                   digest)  # fmt: skip
             (staging / "preprocessing.json").unlink(missing_ok=True)  # logged with the model
         else:  # a retry: the version exists; rebuild the local copy only
             save_ensemble(model_paths, files.ensemble)
@@ -226,12 +229,10 @@ def describe(tracking: Tracking, recipe: Recipe, version: str, card: str) -> Non
         ))  # fmt: skip
 
 
-def version_of_run(
-    tracking: Tracking, name: str, run_id: str, data_hash: str | None = None
-) -> str | None:
-    """The version of ``name`` that pipeline run ``run_id`` registered for this data, if any
-    (a complete version of other data — a DVC workspace run whose snapshot changed — is not
-    this registration)."""
+def version_of_run(tracking: Tracking, name: str, run_id: str, models_digest: str) -> str | None:
+    """The version of ``name`` that pipeline run ``run_id`` registered from exactly these fold
+    models (their digest is a tag of the logged model, set when the version is created), if
+    any: a retry adopts it; a re-run that retrained the folds registers a new version."""
     from mlflow.exceptions import MlflowException
 
     client = tracking.activate()
@@ -239,10 +240,23 @@ def version_of_run(
         found = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
     except MlflowException:
         return None  # no such registered model yet
-    ours = [
-        v for v in found if data_hash is None or v.tags.get("data_hash", data_hash) == data_hash
-    ]
-    return str(max(int(v.version) for v in ours)) if ours else None
+    for version in sorted(found, key=lambda v: int(v.version), reverse=True):
+        model_id = version.model_id or str(version.source).removeprefix("models:/")
+        try:
+            tags = client.get_logged_model(model_id).tags
+        except MlflowException:
+            continue
+        if tags.get(MODELS_DIGEST_TAG) == models_digest:
+            return str(version.version)
+    return None
+
+
+def models_digest(fold_dirs: Sequence[Path]) -> str:
+    """One digest of the fold models, from their folders' completion markers."""
+    import hashlib
+
+    digests = [json.loads((Path(d) / COMPLETE_MARKER).read_text())["digest"] for d in fold_dirs]
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
 
 
 def complete_version(

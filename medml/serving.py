@@ -156,7 +156,7 @@ def input_example(size: int = 32) -> pd.DataFrame:
 
 def log_classifier(
     ensemble_path: Path, classes: Sequence[str], image: dict[str, Any], *, name: str,
-    registered_model_name: str | None, scratch: Path,
+    registered_model_name: str | None, scratch: Path, tags: dict[str, str] | None = None,
 ) -> Any:  # fmt: skip
     """Log the pyfunc model into the active MLflow run (registering a version if a registered
     name is given); returns MLflow's ``ModelInfo``."""
@@ -171,6 +171,7 @@ def log_classifier(
         input_example=input_example(),
         pip_requirements=pinned_requirements(),
         registered_model_name=registered_model_name,
+        tags=tags,
         metadata={"classes": list(classes), "image": image},
     )
 
