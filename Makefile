@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help setup demo test test-slow test-all lint format clean dvc-remote
+.PHONY: help setup demo airflow-ui test test-slow test-all lint format clean dvc-remote
 
 help:  ## Show this help.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -23,6 +23,9 @@ setup: $(VENV)/.installed  ## Create .venv and install medml + the pinned stack 
 
 demo: setup  ## Synthesise a kidney-CT phantom set and run the medml_retrain DAG end to end.
 	$(VENV)/bin/medml demo
+
+airflow-ui: setup  ## Open the demo's Airflow UI (medml's DAGs, Models view, run logs) on :8080.
+	$(VENV)/bin/medml airflow-ui
 
 test: setup  ## Run the test suite (unit, data, DAG integrity, integration; ~5 min on 2 cores).
 	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)

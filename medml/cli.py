@@ -457,30 +457,50 @@ def demo(
         shutil.rmtree(data)
     result = _guard(synth_kidney_ct, data, n=n, seed=seed)
     typer.echo(f"[demo] phantom dataset: {result.counts} ({result.patients} patients) in {data}")
-    logical_date = datetime.now(UTC).date().isoformat()
+    now = datetime.now(UTC).replace(microsecond=0)
+    logical_date = now.isoformat()  # a timestamp: the run's duration is its real duration
     env = local_airflow.airflow_env(workdir)
-    run_dir = pipeline.new_run_dir("demo", logical_date, home=workdir)
+    run_dir = pipeline.new_run_dir("demo", now.date().isoformat(), home=workdir)
     airflow = local_airflow.airflow_executable()
     log = workdir / "airflow-dags-test.log"
     typer.echo(f"[demo] airflow db migrate (AIRFLOW_HOME={env['AIRFLOW_HOME']})")
     _guard(local_airflow.run_logged, [airflow, "db", "migrate"], env, log, mode="w")
     conf = {"source": str(data), "recipe": "kidney-ct", "run_dir": str(run_dir),
             "overrides": list(set_ or [])}  # fmt: skip
-    typer.echo(f"[demo] airflow dags test medml_retrain {logical_date} (log: {log})")
-    _guard(
-        local_airflow.run_logged,
-        [airflow, "dags", "test", "medml_retrain", logical_date, "-c", json.dumps(conf)],
-        env, log, mode="a", progress=local_airflow.dag_test_progress, echo=typer.echo,
-    )  # fmt: skip
+    typer.echo(f"[demo] airflow dags test medml_retrain {logical_date} --use-executor (log: {log})")
+    with local_airflow.api_server(env) as executor_env:  # tasks run (and log) as in production
+        _guard(
+            local_airflow.run_logged,
+            [airflow, "dags", "test", "medml_retrain", logical_date, "--use-executor",
+             "-c", json.dumps(conf)],
+            executor_env, log, mode="a", progress=local_airflow.dag_test_progress, echo=typer.echo,
+        )  # fmt: skip
     if not pipeline.RunLayout(run_dir).registry.registration.is_file():
         raise _fail(f"the DAG run did not register a model; see {log}")
     typer.echo("")
     typer.echo(pipeline.summary(run_dir))
     typer.echo(f"\nMLflow UI:  mlflow ui --backend-store-uri {env['MLFLOW_TRACKING_URI']}")
-    typer.echo(
-        f"Airflow UI: AIRFLOW_HOME={env['AIRFLOW_HOME']} "
-        f"AIRFLOW__CORE__DAGS_FOLDER={env['AIRFLOW__CORE__DAGS_FOLDER']} airflow standalone"
-    )
+    typer.echo(f"Airflow UI: make airflow-ui   (or: medml airflow-ui --workdir {workdir})")
+
+
+@app.command("airflow-ui")
+def airflow_ui(
+    workdir: Annotated[Path, typer.Option(help="The demo's workdir.")] = Path(".medml/demo"),
+    port: Annotated[int, typer.Option(help="Port of the UI on 127.0.0.1.")] = 8080,
+) -> None:
+    """Open the demo's Airflow: medml's DAGs, the Models view, the demo runs and their logs."""
+    from medml import local_airflow
+
+    workdir = workdir.resolve()
+    if not (workdir / "airflow" / "airflow.db").is_file():
+        raise _fail(f"no demo Airflow in {workdir}; run `make demo` first")
+    env = local_airflow.airflow_env(workdir)
+    env |= {"AIRFLOW__API__PORT": str(port), "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+            "PATH": local_airflow.with_venv_on_path(env.get("PATH", ""))}  # fmt: skip
+    typer.echo(f"Airflow UI on http://127.0.0.1:{port} (login: admin; the password is printed by "
+               f"`airflow standalone` and kept in {workdir}/airflow/"
+               "simple_auth_manager_passwords.json.generated). Ctrl-C stops it.")  # fmt: skip
+    os.execvpe(local_airflow.airflow_executable(), ["airflow", "standalone"], env)
 
 
 def main() -> None:

@@ -10,7 +10,8 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from medml.errors import MedmlError
@@ -18,6 +19,10 @@ from medml.tracking import Tracking
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _TASK_END = re.compile(r"\[DAG TEST\] end task task_id=(\S+) map_index=(-?\d+)")
+_TI_FINISHED = re.compile(
+    r"TaskInstance Finished: dag_id=\S+, task_id=([^,]+), run_id=[^,]+, map_index=(-?\d+),"
+    r".*?, state=(\w+),"
+)
 
 
 class AirflowRunFailed(MedmlError):
@@ -44,6 +49,53 @@ def airflow_env(workdir: Path) -> dict[str, str]:
     return env
 
 
+@contextmanager
+def api_server(env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """An Airflow API server on a free loopback port for the duration of the block; yields the
+    environment in which `airflow dags test --use-executor` runs each task through the
+    LocalExecutor, so every task writes its log where the UI shows it."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**env, "AIRFLOW__CORE__EXECUTOR": "LocalExecutor", "AIRFLOW__CORE__PARALLELISM": "2",
+           "AIRFLOW__API__PORT": str(port), "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+           "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+           "PATH": with_venv_on_path(env.get("PATH", ""))}  # fmt: skip
+    log = Path(env["AIRFLOW_HOME"]) / "api-server.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        server = subprocess.Popen([airflow_executable(), "api-server", "--port", str(port)],
+                                  env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise AirflowRunFailed(
+                        f"the Airflow API server did not start; see {log}"
+                    ) from None
+                time.sleep(1)
+        yield env
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def with_venv_on_path(path: str) -> str:
+    """``PATH`` with this environment's ``bin`` first (Airflow starts uvicorn and friends)."""
+    return f"{Path(airflow_executable()).parent}{os.pathsep}{path}"
+
+
 def airflow_executable() -> str:
     """The ``airflow`` script of this interpreter's environment."""
     return str(Path(sys.executable).with_name("airflow"))
@@ -52,10 +104,13 @@ def airflow_executable() -> str:
 def dag_test_progress(line: str) -> str | None:
     """One short line per finished or failed task of `airflow dags test` output."""
     match = _TASK_END.search(line)
-    if match:
-        task, index = match.groups()
-        return f"  done: {task}" + (f" [fold {index}]" if index != "-1" else "")
-    if "[error" in line or "Traceback" in line:
+    finished = _TI_FINISHED.search(line)
+    if match or finished:
+        task, index = (match or finished).groups()[:2]
+        state = finished.group(3) if finished else "success"
+        label = "done" if state == "success" else state
+        return f"  {label}: {task}" + (f" [fold {index}]" if index != "-1" else "")
+    if ("[error" in line and "[task.stderr]" not in line) or "Traceback" in line:
         return "  " + line.rstrip()[:240]
     return None
 

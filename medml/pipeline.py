@@ -431,11 +431,11 @@ def log_datasets(ctx: RunContext, parts: dict[str, str]) -> None:
     digest = _snapshot_hash(ctx.layout)[:36]
     for part, context in parts.items():
         rows = table[table["split"] == part].reset_index(drop=True)
-        with warnings.catch_warnings():  # "source can be interpreted in multiple ways"
+        with warnings.catch_warnings():  # source ambiguity; integer columns in the schema
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_pandas(rows, source=ctx.source, digest=digest,
                                               name=f"{ctx.recipe.name}-{part}")  # fmt: skip
-        mlflow.log_input(dataset, context=context)
+            mlflow.log_input(dataset, context=context)
 
 
 def _tracking_guard(tracking: Tracking | None) -> Any:
