@@ -18,23 +18,29 @@ S3_CONNECTION_ID = "medml_s3"
 
 
 def export_s3_connection() -> None:
-    """Put the `medml_s3` Airflow connection (if defined) into this task's environment.
+    """Hand the `medml_s3` Airflow connection (type `aws`, if defined) to medml's S3 client.
 
-    Every task that talks to S3 calls this first. medml reads S3 settings from the environment
-    only; this keeps credentials in Airflow's connection store, out of DAG code, params and
-    logs. Extra `endpoint_url` and `region_name` are honoured (S3-compatible servers).
+    Every task that talks to S3 calls this first. The Amazon provider's `AwsBaseHook` resolves
+    the connection (keys in login/password, or a role, profile or web identity in its extra;
+    `endpoint_url` and `region_name` in the extra for S3-compatible servers) into credentials;
+    medml reads S3 settings from the environment only, so they are put there for this task's
+    process, never into DAG code, params or logs. Without the connection, the worker's own
+    environment and boto3's credential chain apply.
     """
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
     from airflow.sdk import Connection
 
     try:
-        conn = Connection.get(S3_CONNECTION_ID)
+        Connection.get(S3_CONNECTION_ID)
     except Exception:  # no such connection: use the worker's environment
         return
-    extra = conn.extra_dejson
+    hook = AwsBaseHook(aws_conn_id=S3_CONNECTION_ID, client_type="s3")
+    credentials = hook.get_credentials()
     values = {
-        "AWS_ACCESS_KEY_ID": conn.login,
-        "AWS_SECRET_ACCESS_KEY": conn.password,
-        "MEDML_S3_ENDPOINT_URL": extra.get("endpoint_url"),
-        "AWS_DEFAULT_REGION": extra.get("region_name"),
+        "AWS_ACCESS_KEY_ID": credentials.access_key,
+        "AWS_SECRET_ACCESS_KEY": credentials.secret_key,
+        "AWS_SESSION_TOKEN": credentials.token,
+        "MEDML_S3_ENDPOINT_URL": hook.conn_config.endpoint_url,
+        "AWS_DEFAULT_REGION": hook.conn_region_name,
     }
     os.environ.update({key: value for key, value in values.items() if value})

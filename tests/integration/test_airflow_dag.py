@@ -41,6 +41,8 @@ def test_dags_test_runs_every_step_and_registers(tmp_path: Path) -> None:
         assert f"done: {task}\n" in result.stdout, task
     assert "done: train [fold 0]" in result.stdout and "done: train [fold 1]" in result.stdout
     assert "challenger -> version 1" in result.stdout
+    logs = list((workdir / "airflow" / "logs").rglob("task_id=register/**/*.log"))
+    assert logs and logs[0].stat().st_size > 0  # task logs where the UI shows them
     finished = [line for line in log.splitlines() if "DagRun Finished" in line]
     assert len(finished) == 1 and "state=success" in finished[0]
     runs = list((workdir / "runs").glob("*/*/registry/registration.json"))

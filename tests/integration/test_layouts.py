@@ -86,13 +86,14 @@ def test_dag_reads_the_s3_snapshot_of_its_logical_date(
     run_dir = tmp_path / "run"
     conf = {"source": "s3://medml-snapshots/ct/{ds}/", "recipe": "kidney-ct",
             "run_dir": str(run_dir), "overrides": FAST}  # fmt: skip
-    env = {
-        **airflow_home,
-        "MEDML_S3_ENDPOINT_URL": s3_env,
-        "AWS_ACCESS_KEY_ID": "testing-key-id",
-        "AWS_SECRET_ACCESS_KEY": "testing-secret-do-not-log",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
+    # Credentials only through the Airflow connection (type aws, resolved by AwsBaseHook):
+    # nothing S3-related in the worker's environment.
+    env = {k: v for k, v in airflow_home.items()
+           if not k.startswith("AWS_") and k != "MEDML_S3_ENDPOINT_URL"}  # fmt: skip
+    env["AIRFLOW_CONN_MEDML_S3"] = json.dumps({
+        "conn_type": "aws", "login": "testing-key-id", "password": "testing-secret-do-not-log",
+        "extra": {"endpoint_url": s3_env, "region_name": "us-east-1"},
+    })  # fmt: skip
     result = dags_test(env, "medml_retrain", "2026-03-02", conf)
     pinned = json.loads((run_dir / "run.json").read_text())
     assert pinned["source"] == "s3://medml-snapshots/ct/2026-03-02/"
