@@ -479,7 +479,11 @@ def demo(
         raise _fail(f"the DAG run did not register a model; see {log}")
     typer.echo("")
     typer.echo(pipeline.summary(run_dir))
-    typer.echo(f"\nMLflow UI:  mlflow ui --backend-store-uri {env['MLFLOW_TRACKING_URI']}")
+    bin_dir = Path(local_airflow.airflow_executable()).parent
+    typer.echo(f"\nMLflow UI:  PATH={bin_dir}:$PATH mlflow ui --backend-store-uri "
+               f"{env['MLFLOW_TRACKING_URI']}")  # fmt: skip
+    typer.echo(f"Review:     {bin_dir}/medml review kidney-ct-classifier --tracking-uri "
+               f"{env['MLFLOW_TRACKING_URI']}")  # fmt: skip
     typer.echo(f"Airflow UI: make airflow-ui   (or: medml airflow-ui --workdir {workdir})")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import html
 import json
 import tempfile
 from dataclasses import dataclass
@@ -168,32 +167,15 @@ def _table(name: str, candidate: Side, champion: Side | None) -> str:
 
 
 def _html(name: str, candidate: Side, champion: Side | None) -> str:
-    rows = _rows(candidate, champion)
-    cells = []
-    for i, row in enumerate(rows):
-        tag = "th" if i == 0 else "td"
-        cells.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row) + "</tr>")
-    table = "<table>" + "".join(cells) + "</table>"
-    pictures = ""
-    for picture in ("confusion_matrix", "reliability"):
-        cells = []
-        for side in (candidate, champion):
-            if side is not None and picture in side.images:
-                cells.append(
-                    f"<td><img alt='{picture} v{side.version}' style='max-width:100%' "
-                    f"src='data:image/png;base64,{side.images[picture]}'></td>"
-                )
-        pictures += f"<h2>{picture.replace('_', ' ')}</h2><table><tr>{''.join(cells)}</tr></table>"
-    changes = _param_changes(candidate, champion)
-    changed = ("<ul>" + "".join(f"<li>{html.escape(c)}</li>" for c in changes) + "</ul>"
-               if changes else "<p>none</p>")  # fmt: skip
-    style = (
-        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}"
+    """The report, rendered from ``templates/review.html.j2`` (jinja2, autoescaped)."""
+    import jinja2
+
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=True,
     )
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>Review {html.escape(name)}"
-        f"</title><style>{style}</style></head><body><h1>Review: {html.escape(name)} "
-        f"v{candidate.version} vs champion</h1>{table}<h2>Params changed</h2>{changed}"
-        f"{pictures}</body></html>"
-    )
+    return environment.get_template("review.html.j2").render(
+        name=name, candidate=candidate, rows=_rows(candidate, champion),
+        changes=_param_changes(candidate, champion), sides=(candidate, champion),
+        pictures=("confusion_matrix", "reliability"),
+    )  # fmt: skip

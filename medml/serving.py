@@ -3,7 +3,8 @@
 Raw images in, a table out. Input is a DataFrame with one of the columns
 
 - ``image``: the encoded file (JPEG, PNG, BMP, TIFF, DICOM …) as base64 text (what
-  ``mlflow models serve`` receives as JSON) or as raw ``bytes``;
+  ``mlflow models serve`` receives as JSON) or as raw ``bytes``; in Python
+  (``MedmlClassifier.predict``), also decoded pixel arrays of any size;
 - ``path``: a file path readable where the model runs;
 
 and the output has one row per input: ``label`` (the predicted class), ``p_<class>`` for every
@@ -110,12 +111,13 @@ class MedmlClassifier(mlflow.pyfunc.PythonModel):
         return table
 
 
-def _sources(frame: pd.DataFrame) -> tuple[list[bytes | str], list[str]]:
-    """The images of the input table: decoded base64/bytes, or paths."""
+def _sources(frame: pd.DataFrame) -> tuple[list[bytes | str | np.ndarray], list[str]]:
+    """The images of the input table: base64 text, bytes or decoded pixel arrays (any size;
+    the Python API), or paths."""
     if IMAGE_COLUMN in frame and frame[IMAGE_COLUMN].notna().any():
-        sources: list[bytes | str] = []
+        sources: list[bytes | str | np.ndarray] = []
         for value in frame[IMAGE_COLUMN]:
-            sources.append(value if isinstance(value, bytes) else _b64(value))
+            sources.append(value if isinstance(value, bytes | np.ndarray) else _b64(value))
         return sources, [f"row {i}" for i in range(len(sources))]
     if PATH_COLUMN in frame:
         paths = [str(p) for p in frame[PATH_COLUMN]]

@@ -256,8 +256,10 @@ def fit(
             start_from_epoch=min(cfg.min_epochs, cfg.epochs),  # small CNNs plateau at first
         ),
     ]
-    if log_epochs:
-        callbacks.append(_mlflow_epoch_logger())
+    if log_epochs:  # per-epoch metrics (throughput included), optimizer params, model summary
+        import mlflow
+
+        callbacks.append(mlflow.keras.MlflowCallback())
     one_hot = n_classes if cfg.label_smoothing > 0 else None
     augment = RandAugment(cfg.augment, seed=seed) if cfg.augment_in_training else None
     train_data = make_dataset(
@@ -395,16 +397,3 @@ def throughput_logger(images_per_epoch: int) -> Any:
                 logs["images_per_second"] = images_per_epoch / max(seconds, 1e-9)
 
     return ThroughputLogger()
-
-
-def _mlflow_epoch_logger() -> Any:
-    """A Keras callback that logs every epoch's metrics to the active MLflow run."""
-    import keras
-    import mlflow
-
-    class MlflowEpochLogger(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            if logs:
-                mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch)
-
-    return MlflowEpochLogger()
