@@ -133,10 +133,12 @@ def _dvc_ratio(workdir: Path, n: int) -> tuple[float, float]:
     (repo / "params.yaml").write_text(params)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    os.symlink(REPO / ".venv", repo / ".venv")  # the stages call .venv/bin/medml
     timings = []
-    for _ in range(2):
+    for _ in range(2):  # the data stages: up to preprocess (training is not measured here)
         started = time.perf_counter()
-        subprocess.run(["dvc", "repro", "-q"], cwd=repo, env=env, check=True, capture_output=True)
+        subprocess.run(["dvc", "repro", "-q", "preprocess"], cwd=repo, env=env, check=True,
+                       capture_output=True)  # fmt: skip
         timings.append(time.perf_counter() - started)
     return timings[0], timings[1]
 
