@@ -75,7 +75,13 @@ def predict(
     """
     from mlflow.exceptions import MlflowException
 
-    from medml.serving import PATH_COLUMN, load_classifier
+    from medml.serving import (
+        ERROR_COLUMN,
+        LABEL_COLUMN,
+        PATH_COLUMN,
+        load_classifier,
+        probability_column,
+    )
 
     tracking.activate()
     try:
@@ -92,8 +98,8 @@ def predict(
     table = pd.concat(tables, ignore_index=True) if tables else model.table(
         np.empty((0, len(model.classes))), []
     ).assign(filename=[])  # fmt: skip
-    columns = ["filename", "label", *[f"p_{c}" for c in model.classes], "error"]
+    columns = ["filename", LABEL_COLUMN, *map(probability_column, model.classes), ERROR_COLUMN]
     table = table[columns]
     with atomic_path(Path(out)) as tmp:
         table.to_csv(tmp, index=False)
-    return PredictResult(Path(out), len(table), int((table["error"] != "").sum()))
+    return PredictResult(Path(out), len(table), int((table[ERROR_COLUMN] != "").sum()))

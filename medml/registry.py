@@ -135,7 +135,7 @@ def log_ensemble(
         info = log_classifier(
             ensemble_path, recipe.data.classes, recipe.image.model_dump(mode="json"),
             name="model", registered_model_name=recipe.registry.model_name,
-            scratch=ensemble_path.parent, tags={MODELS_DIGEST_TAG: digest},
+            tags={MODELS_DIGEST_TAG: digest},
         )  # fmt: skip
         for path in card_paths:
             mlflow.log_artifact(str(path), artifact_path="model_card")
@@ -195,15 +195,11 @@ def register_ensemble(
         files = RegistryFiles(staging)
         digest = models_digest([Path(p).parent for p in model_paths])
         version = version_of_run(tracking, name, parent_run_id, digest)
-        if version is None:
-            ensemble = save_ensemble(model_paths, files.ensemble)
-            card_paths = write_model_card(card, files)
+        ensemble = save_ensemble(model_paths, files.ensemble)
+        card_paths = write_model_card(card, files)
+        if version is None:  # else a retry: the version exists, only the local copy is rebuilt
             version = log_ensemble(tracking, parent_run_id, ensemble, recipe, card_paths, champion,
                                    digest)  # fmt: skip
-            (staging / "preprocessing.json").unlink(missing_ok=True)  # logged with the model
-        else:  # a retry: the version exists; rebuild the local copy only
-            save_ensemble(model_paths, files.ensemble)
-            write_model_card(card, files)
         failpoint("register:version-created")
         describe(tracking, recipe, version, render_markdown(card))
         complete_version(tracking, name, version, tags, alias)
@@ -300,7 +296,7 @@ def champion_on_holdout(
     from mlflow.exceptions import MlflowException
 
     from medml.evaluate import clinical_metrics
-    from medml.serving import load_classifier
+    from medml.serving import load_classifier, probability_column
 
     client = tracking.activate()
     try:
@@ -312,7 +308,7 @@ def champion_on_holdout(
         if list(model.classes) != list(classes):
             raise ValueError(f"it predicts {model.classes}, this run's classes are {list(classes)}")
         proba = model.predict(None, pd.DataFrame({"path": list(paths)}))
-        proba = proba[[f"p_{c}" for c in classes]].to_numpy(dtype=float)
+        proba = proba[[probability_column(c) for c in classes]].to_numpy(dtype=float)
     except Exception as err:  # any failure means "not comparable"
         return ChampionScore(
             version, error=f"champion v{version} could not be scored on this holdout: {err}"

@@ -158,24 +158,27 @@ def input_example(size: int = 32) -> pd.DataFrame:
 
 def log_classifier(
     ensemble_path: Path, classes: Sequence[str], image: dict[str, Any], *, name: str,
-    registered_model_name: str | None, scratch: Path, tags: dict[str, str] | None = None,
+    registered_model_name: str | None, tags: dict[str, str] | None = None,
 ) -> Any:  # fmt: skip
     """Log the pyfunc model into the active MLflow run (registering a version if a registered
     name is given); returns MLflow's ``ModelInfo``."""
-    settings = scratch / "preprocessing.json"
-    settings.write_text(json.dumps({"classes": list(classes), "image": image}, indent=2))
-    return mlflow.pyfunc.log_model(
-        name=name,
-        python_model=MedmlClassifier(),
-        artifacts={"ensemble": str(ensemble_path), "preprocessing": str(settings)},
-        code_paths=[str(Path(__file__).resolve().parent)],
-        signature=signature(classes),
-        input_example=input_example(),
-        pip_requirements=pinned_requirements(),
-        registered_model_name=registered_model_name,
-        tags=tags,
-        metadata={"classes": list(classes), "image": image},
-    )
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        settings = Path(scratch) / "preprocessing.json"
+        settings.write_text(json.dumps({"classes": list(classes), "image": image}, indent=2))
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=MedmlClassifier(),
+            artifacts={"ensemble": str(ensemble_path), "preprocessing": str(settings)},
+            code_paths=[str(Path(__file__).resolve().parent)],
+            signature=signature(classes),
+            input_example=input_example(),
+            pip_requirements=pinned_requirements(),
+            registered_model_name=registered_model_name,
+            tags=tags,
+            metadata={"classes": list(classes), "image": image},
+        )
 
 
 def load_classifier(model_uri: str) -> MedmlClassifier:
