@@ -63,6 +63,31 @@ class DataConfig(_Strict):
     max_quarantine_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
     min_image_side: int = Field(default=16, ge=1, description="smaller images are quarantined")
     max_image_side: int = Field(default=16384, ge=1, description="larger images are quarantined")
+    multi_frame: Literal["all", "first", "middle"] = Field(
+        default="all",
+        description="which frames of a multi-frame DICOM / multi-page image "
+        "become images: every frame (one group per file), or one chosen frame",
+    )
+    dicom_group_tags: list[str] = Field(
+        default=["PatientID", "StudyInstanceUID"],
+        description="DICOM tags that name a "
+        "file's patient group, first present wins (else the file); stored pseudonymised",
+    )
+    groups_missing: Literal["error", "own_group"] = Field(
+        default="error",
+        description="files not listed in groups.csv: stop, or give each "
+        "its own group (counted in the validation report)",
+    )
+
+    @field_validator("dicom_group_tags")
+    @classmethod
+    def _dicom_keywords(cls, value: list[str]) -> list[str]:
+        from pydicom.datadict import tag_for_keyword
+
+        unknown = [tag for tag in value if tag_for_keyword(tag) is None]
+        if unknown:
+            raise ValueError(f"{unknown} are not DICOM keywords (e.g. PatientID, StudyInstanceUID)")
+        return value
 
     @field_validator("classes")
     @classmethod
@@ -81,10 +106,32 @@ class ImageConfig(_Strict):
         default="resize", description="stretch to a square, or pad to keep the aspect ratio"
     )
     clahe: bool = Field(default=False, description="contrast-limited histogram equalisation")
-    window_center: float = Field(default=40.0, description="CT window centre (HU) for DICOM")
-    window_width: float = Field(default=400.0, gt=0.0, description="CT window width (HU)")
+    ct_windows: list[str] = Field(
+        default=["abdomen"],
+        min_length=1,
+        max_length=3,
+        description="CT window(s) for DICOM: presets (abdomen, soft_tissue, lung, bone, brain, "
+        "liver) or 'center/width' in HU; three windows become the three channels",
+    )
     shard_size: int = Field(default=1024, ge=16)
     workers: int = Field(default=0, ge=0, description="decode threads; 0 = one per core")
+
+    @field_validator("ct_windows")
+    @classmethod
+    def _known_windows(cls, value: list[str]) -> list[str]:
+        from medml.data.images import parse_window
+
+        for spec in value:
+            parse_window(spec)
+        if len(value) == 2:
+            raise ValueError("give one CT window (grey) or three (stacked as R, G, B), not two")
+        return value
+
+    @model_validator(mode="after")
+    def _windows_fit_channels(self) -> ImageConfig:
+        if len(self.ct_windows) == 3 and self.channels != 3:
+            raise ValueError("three ct_windows are stacked as colour channels: set channels: 3")
+        return self
 
 
 class SplitConfig(_Strict):

@@ -391,9 +391,9 @@ def _register(ctx: RunContext, tracking: Tracking) -> dict[str, Any]:
     layout = ctx.layout
     require_complete(layout.evaluation.root, "evaluate")
     metrics = HoldoutMetrics.read(layout.evaluation.metrics)
-    paths, labels = holdout_files(_require(layout.splits, "split"))
+    files, labels = holdout_files(_require(layout.splits, "split"))
     champion = champion_on_holdout(
-        tracking, ctx.recipe.registry.model_name, paths, labels, ctx.recipe.data.classes
+        tracking, ctx.recipe.registry.model_name, files, labels, ctx.recipe.data.classes
     )
     registration = register_ensemble(
         layout.fold_models(ctx.recipe.split.folds), metrics, layout.registry.root, ctx.recipe,
@@ -407,16 +407,19 @@ def _register(ctx: RunContext, tracking: Tracking) -> dict[str, Any]:
     return registration.as_dict()
 
 
-def holdout_files(splits_path: Path) -> tuple[list[str], Any]:
-    """The holdout's image files (absolute paths) and class indices, in split order."""
+def holdout_files(splits_path: Path) -> tuple[pd.DataFrame, Any]:
+    """The holdout's images as the served model's input (``path``: absolute, ``frame``) and
+    their class indices, in split order."""
     import numpy as np
 
-    from medml.data.ingest import absolute_paths
+    from medml.data.ingest import absolute_paths, frames_of
+    from medml.serving import FRAME_COLUMN, PATH_COLUMN
     from medml.split import TEST
 
-    table = pd.read_parquet(splits_path, columns=["root", "path", "label_index", "split"])
+    table = pd.read_parquet(splits_path)
     holdout = table[table["split"] == TEST]
-    return absolute_paths(holdout), holdout["label_index"].to_numpy(dtype=np.int64)
+    files = pd.DataFrame({PATH_COLUMN: absolute_paths(holdout), FRAME_COLUMN: frames_of(holdout)})
+    return files, holdout["label_index"].to_numpy(dtype=np.int64)
 
 
 def log_datasets(ctx: RunContext, parts: dict[str, str]) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from medml.config import ImageConfig, Recipe
 from medml.data.images import ImageSource, jpeg_header, read_image, source_bytes
-from medml.data.ingest import absolute_paths
+from medml.data.ingest import absolute_paths, frames_of
 from medml.io import publish_dir, read_json, write_json
 from medml.layout import ShardFiles, shard_name
 
@@ -70,8 +70,8 @@ class LoadImage:
         aspect: ``resize`` stretches to the square; ``letterbox`` keeps the aspect ratio and
             pads the short side with black.
         clahe: apply contrast-limited adaptive histogram equalisation (per channel).
-        window_center: CT window centre in HU, for DICOM.
-        window_width: CT window width in HU, for DICOM.
+        ct_windows: CT window(s) for DICOM (presets or ``center/width``; three become the
+            channels), see :func:`~medml.data.images.read_dicom`.
 
     Raises:
         ValueError: bad ``size``, ``channels`` or ``aspect``.
@@ -79,7 +79,7 @@ class LoadImage:
 
     def __init__(
         self, size: int, channels: int, *, aspect: str = "resize", clahe: bool = False,
-        window_center: float = 40.0, window_width: float = 400.0,
+        ct_windows: Sequence[str] = ("abdomen",),
     ) -> None:  # fmt: skip
         if size < 1:
             raise ValueError(f"size must be positive, got {size}")
@@ -91,8 +91,7 @@ class LoadImage:
         self.channels = channels
         self.aspect = aspect
         self.clahe = clahe
-        self.window_center = window_center
-        self.window_width = window_width
+        self.ct_windows = tuple(ct_windows)
 
     @classmethod
     def from_config(cls, config: ImageConfig) -> LoadImage:
@@ -102,12 +101,11 @@ class LoadImage:
             config.channels,
             aspect=config.aspect,
             clahe=config.clahe,
-            window_center=config.window_center,
-            window_width=config.window_width,
+            ct_windows=config.ct_windows,
         )
 
     def __call__(self, source: ImageSource | np.ndarray, *, out: np.ndarray | None = None,
-                 name: str = "") -> np.ndarray:  # fmt: skip
+                 name: str = "", frame: int = 0) -> np.ndarray:  # fmt: skip
         """Return an array of shape ``(size, size, channels)``.
 
         The one preprocessing of medml: shards, evaluation, ``medml predict`` and the served
@@ -121,6 +119,7 @@ class LoadImage:
                 uint8, 16-bit or float; gray, BGR or BGRA as OpenCV decodes).
             out: write the result here (shape ``(size, size, channels)``, uint8) and return it.
             name: the file name for messages when ``source`` is bytes.
+            frame: the frame (page) of a multi-frame file.
 
         Raises:
             ValueError: the image cannot be decoded, or ``out`` is not a C-contiguous uint8
@@ -134,7 +133,10 @@ class LoadImage:
                 f"out must be a C-contiguous uint8 array of shape {shape}, "
                 f"got {out.dtype} {out.shape}"
             )
-        decoded = source if isinstance(source, np.ndarray) else self.decode(source, name=name)
+        decoded = (
+            source if isinstance(source, np.ndarray)
+            else self.decode(source, name=name, frame=frame)
+        )  # fmt: skip
         image = _to_uint8(decoded)
         out = np.empty(shape, dtype=np.uint8) if out is None else out
         if not self.clahe and self.aspect == "resize" and image.shape[:2] == shape[:2]:
@@ -155,7 +157,7 @@ class LoadImage:
         np.copyto(out, image.reshape(shape))
         return out
 
-    def decode(self, source: ImageSource, *, name: str = "") -> np.ndarray:
+    def decode(self, source: ImageSource, *, name: str = "", frame: int = 0) -> np.ndarray:
         """The image's pixels as decoded, before channel conversion and resizing: a large JPEG
         at the reduced scale :meth:`__call__` uses, anything else through
         :func:`~medml.data.images.read_image`.
@@ -165,10 +167,9 @@ class LoadImage:
         """
         name = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
         data = source_bytes(source)
-        image = self._reduced_jpeg(data)
+        image = self._reduced_jpeg(data) if frame == 0 else None
         if image is None:
-            image = read_image(data, window_center=self.window_center,
-                               window_width=self.window_width, name=name)  # fmt: skip
+            image = read_image(data, ct_windows=self.ct_windows, frame=frame, name=name)
         return image
 
     def _reduced_jpeg(self, data: bytes) -> np.ndarray | None:
@@ -186,7 +187,7 @@ class LoadImage:
 
 
 _TASK_SIZE = 32  # images per thread-pool task: amortises scheduling over cheap decodes
-_INDEX_COLUMNS = ("path", "label", "label_index", "group", "sha256", "split", "fold")
+_INDEX_COLUMNS = ("path", "frame", "label", "label_index", "group", "sha256", "split", "fold")
 _REDUCED_GRAY = {2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
                  8: cv2.IMREAD_REDUCED_GRAYSCALE_8}  # fmt: skip
 _REDUCED_COLOR = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
@@ -200,7 +201,8 @@ def preprocess(splits_path: Path, shards_dir: Path, recipe: Recipe) -> Preproces
     swapped in (:func:`~medml.io.publish_dir`); a file that fails to decode stops the step
     naming the file and leaves nothing.
     """
-    table = pd.read_parquet(splits_path, columns=[*_INDEX_COLUMNS, "root"])
+    table = pd.read_parquet(splits_path)
+    table["frame"] = frames_of(table)  # tables from before multi-frame support read frame 0
     image_cfg: ImageConfig = recipe.image
     writer = _ShardWriter(table, LoadImage.from_config(image_cfg), image_cfg)
     index = table[list(_INDEX_COLUMNS)].copy()
@@ -232,6 +234,7 @@ class _ShardWriter:
 
     def __init__(self, table: pd.DataFrame, load: LoadImage, cfg: ImageConfig) -> None:
         self.paths = absolute_paths(table)
+        self.frames = frames_of(table)
         self.load = load
         self.shard_size = cfg.shard_size
         self.n_shards = max(1, -(-len(self.paths) // cfg.shard_size))
@@ -244,7 +247,7 @@ class _ShardWriter:
         if batch is None:
             batch = self._buffers.batch = np.empty((_TASK_SIZE, *self.shape), dtype=np.uint8)
         for i, k in enumerate(range(start + rows.start, start + rows.stop)):
-            self.load(self.paths[k], out=batch[i])
+            self.load(self.paths[k], out=batch[i], frame=self.frames[k])
         _pwrite_all(fd, batch[: len(rows)], data_offset + rows.start * batch[0].nbytes)
         return len(rows)
 
@@ -371,6 +374,8 @@ def load_images(shards_dir: Path, rows: pd.DataFrame) -> np.ndarray:
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     if image.dtype == np.uint8:
         return image
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        raise ValueError("the image has NaN or infinite pixel values")
     scaled = cv2.normalize(image.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX)
     return scaled.astype(np.uint8)
 

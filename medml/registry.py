@@ -283,10 +283,11 @@ def require_complete_version(model_version: Any) -> None:
 
 
 def champion_on_holdout(
-    tracking: Tracking, model_name: str, paths: Sequence[str], y_true: Any,
+    tracking: Tracking, model_name: str, files: pd.DataFrame, y_true: Any,
     classes: Sequence[str],
 ) -> ChampionScore | None:  # fmt: skip
-    """Score the current ``champion`` on this run's holdout files, or ``None`` if there is none.
+    """Score the current ``champion`` on this run's holdout files (the served model's input:
+    ``path`` and ``frame``), or ``None`` if there is none.
 
     The champion reads the raw files through its own preprocessing, so a champion trained with
     other image settings is still comparable. When it cannot be scored (other classes, an old
@@ -307,7 +308,7 @@ def champion_on_holdout(
         model = load_classifier(alias_uri(model_name, CHAMPION))
         if list(model.classes) != list(classes):
             raise ValueError(f"it predicts {model.classes}, this run's classes are {list(classes)}")
-        proba = model.predict(None, pd.DataFrame({"path": list(paths)}))
+        proba = model.predict(None, files)
         proba = proba[[probability_column(c) for c in classes]].to_numpy(dtype=float)
     except Exception as err:  # any failure means "not comparable"
         return ChampionScore(

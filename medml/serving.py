@@ -7,6 +7,8 @@ Raw images in, a table out. Input is a DataFrame with one of the columns
   (``MedmlClassifier.predict``), also decoded pixel arrays of any size;
 - ``path``: a file path readable where the model runs;
 
+and optionally ``frame``: which frame of a multi-frame DICOM / multi-page TIFF (default 0);
+
 and the output has one row per input: ``label`` (the predicted class), ``p_<class>`` for every
 class, and ``error`` (empty, or why that image could not be read; its probabilities are then
 empty). Every image goes through :class:`~medml.preprocess.LoadImage` with the image settings
@@ -36,13 +38,15 @@ import pandas as pd
 
 IMAGE_COLUMN = "image"
 PATH_COLUMN = "path"
+FRAME_COLUMN = "frame"
 ERROR_COLUMN = "error"
 LABEL_COLUMN = "label"
 PREDICT_BATCH = 64
 
 # What the served model imports; pinned to the versions installed from uv.lock.
 _SERVING_DISTRIBUTIONS = ("mlflow", "keras", "numpy", "pandas", "opencv-python-headless",
-                          "pydicom", "pillow", "pydantic", "pyyaml", "tqdm")  # fmt: skip
+                          "pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg",
+                          "pylibjpeg-rle", "pillow", "pydantic", "pyyaml", "tqdm")  # fmt: skip
 
 
 def probability_column(name: str) -> str:
@@ -82,12 +86,13 @@ class MedmlClassifier(mlflow.pyfunc.PythonModel):
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
         """One output row per input row (see the module docstring)."""
         sources, names = _sources(model_input)
+        frames = _frames(model_input)
         pixels: list[np.ndarray] = []
         decoded: list[int] = []
         errors = [""] * len(sources)
-        for i, (source, name) in enumerate(zip(sources, names, strict=True)):
+        for i, (source, name, frame) in enumerate(zip(sources, names, frames, strict=True)):
             try:
-                pixels.append(self.load(source, name=name))
+                pixels.append(self.load(source, name=name, frame=frame))
                 decoded.append(i)
             except ValueError as err:
                 errors[i] = str(err)
@@ -126,6 +131,12 @@ def _sources(frame: pd.DataFrame) -> tuple[list[bytes | str | np.ndarray], list[
                      f"{PATH_COLUMN!r} (file paths); got {list(frame.columns)}")  # fmt: skip
 
 
+def _frames(frame: pd.DataFrame) -> list[int]:
+    if FRAME_COLUMN not in frame:
+        return [0] * len(frame)
+    return [int(v) if pd.notna(v) else 0 for v in frame[FRAME_COLUMN]]
+
+
 def _b64(value: Any) -> bytes:
     try:
         return base64.b64decode(str(value), validate=True)
@@ -139,7 +150,8 @@ def signature(classes: Sequence[str]) -> Any:
     from mlflow.types import ColSpec, DataType, Schema
 
     inputs = Schema([ColSpec(DataType.string, IMAGE_COLUMN, required=False),
-                     ColSpec(DataType.string, PATH_COLUMN, required=False)])  # fmt: skip
+                     ColSpec(DataType.string, PATH_COLUMN, required=False),
+                     ColSpec(DataType.long, FRAME_COLUMN, required=False)])  # fmt: skip
     outputs = Schema([ColSpec(DataType.string, LABEL_COLUMN),
                       *[ColSpec(DataType.double, probability_column(c)) for c in classes],
                       ColSpec(DataType.string, ERROR_COLUMN)])  # fmt: skip

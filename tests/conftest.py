@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import stat
 import subprocess
 from pathlib import Path
 
@@ -47,13 +49,24 @@ def tiny_recipe() -> Recipe:
     return load_recipe("kidney-ct", overrides=TINY)
 
 
-def tree_snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    """(size, mtime_ns) of every file under root, to prove inputs were not touched."""
-    return {
-        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
+def tree_snapshot(root: Path) -> dict[str, tuple[str, int, str]]:
+    """Every entry under root (links not followed): kind, size and sha256 of each regular file,
+    the target of each link, the mode of anything else: proves inputs were not touched."""
+    snapshot: dict[str, tuple[str, int, str]] = {}
+    for folder, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            path = Path(folder) / name
+            info = path.lstat()
+            rel = str(path.relative_to(root))
+            if stat.S_ISLNK(info.st_mode):
+                snapshot[rel] = ("link", 0, os.readlink(path))
+            elif stat.S_ISREG(info.st_mode):
+                readable = info.st_mode & 0o444
+                digest = hashlib.sha256(path.read_bytes()).hexdigest() if readable else ""
+                snapshot[rel] = ("file", info.st_size, digest or str(info.st_mtime_ns))
+            else:
+                snapshot[rel] = ("other", 0, oct(info.st_mode))
+    return snapshot
 
 
 def venv_env() -> dict[str, str]:

@@ -1,55 +1,46 @@
 """Ingest: a dataset directory becomes ``manifest.parquet``.
 
-One row per image file: ``path`` (relative to ``root``), ``root``, ``label``, ``group``,
-``sha256``, ``bytes``, ``width``, ``height``, ``channels``. Only file headers are read here
-(dimensions); full decoding is the validation step's job. Unreadable headers are recorded with
-zero dimensions rather than dropped, so validation can quarantine them with a reason.
+One row per image (a file, or one frame of a multi-frame file): ``path`` (relative to
+``root``), ``root``, ``label``, ``group`` (and where it came from: ``group_source``),
+``sha256``, ``bytes``, ``width``, ``height``, ``channels``, ``frame``/``frames``. Only headers
+are read here (dimensions, frame count, DICOM grouping tags); full decoding is the validation
+step's job.
+
+Nothing a file can be makes ingest crash or hang: special files (pipes, devices, sockets),
+broken, looping or escaping symlinks, unreadable files and names that are not UTF-8 are never
+opened and get an ``issue`` (validation quarantines them with it), files whose extension the
+recipe does not list are kept as ``ignored`` rows (counted in the validation report, never
+read), and an unparseable CSV stops the step naming its line.
+
+Groups (patients) come from ``groups.csv`` when the dataset has one (every file must be in it,
+or ``data.groups_missing: own_group``), else from DICOM headers (``data.dicom_group_tags``,
+``PatientID`` first), else each file is its own group. DICOM identifiers are stored only as a
+keyed hash (:func:`pseudonym`): no patient name or ID reaches the manifest, logs or MLflow.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
+import hmac
 import os
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image
 
-from medml.config import Recipe
-from medml.data.images import dicom_header, is_dicom
-from medml.data.layouts import Item, LayoutError, discover
+from medml.config import DataConfig, Recipe
+from medml.data.images import ImageHeader, open_regular_file, read_header
+from medml.data.layouts import Item, LayoutError, discover, read_csv_rows
 from medml.data.synthetic import GROUPS_FILE
 from medml.errors import MedmlError
-from medml.io import atomic_path, parallel_map
+from medml.io import atomic_path, medml_home, parallel_map
 
 MANIFEST_COLUMNS = [
-    "path",
-    "root",
-    "label",
-    "group",
-    "sha256",
-    "bytes",
-    "width",
-    "height",
-    "channels",
-    "source_split",
-    "issue",
-]
-_MODE_CHANNELS = {
-    "1": 1,
-    "L": 1,
-    "P": 1,
-    "I": 1,
-    "I;16": 1,
-    "F": 1,
-    "LA": 2,
-    "RGB": 3,
-    "YCbCr": 3,
-    "CMYK": 4,
-    "RGBA": 4,
-}
+    "path", "root", "label", "group", "group_source", "sha256", "bytes", "width", "height",
+    "channels", "frame", "frames", "source_split", "issue", "ignored",
+]  # fmt: skip
+PSEUDONYM_KEY_ENV = "MEDML_PSEUDONYM_KEY"
 
 
 class IngestError(MedmlError, ValueError):
@@ -63,6 +54,7 @@ class IngestResult:
     manifest: Path
     images: int
     class_counts: dict[str, int]
+    ignored: dict[str, int] = field(default_factory=dict)
 
 
 def ingest(source: Path, manifest_path: Path, recipe: Recipe, *, workers: int = 0) -> IngestResult:
@@ -71,14 +63,16 @@ def ingest(source: Path, manifest_path: Path, recipe: Recipe, *, workers: int = 
     Args:
         source: dataset root in any layout of :mod:`medml.data.layouts`.
         manifest_path: where to write ``manifest.parquet``.
-        recipe: the run's recipe (layout, extensions).
+        recipe: the run's recipe (layout, extensions, multi-frame and grouping policies).
         workers: hashing threads; 0 means one per core.
 
     Returns:
-        The manifest path, the number of images and the per-label counts.
+        The manifest path, the number of images, the per-label counts and the ignored files
+        by extension.
 
     Raises:
-        IngestError: the source is missing, is not a directory, or holds no images.
+        IngestError: the source is missing, is not a directory, holds no images, has a CSV
+            that cannot be parsed, or files missing from ``groups.csv``.
     """
     root = Path(source).expanduser().resolve()
     if not root.exists():
@@ -87,47 +81,43 @@ def ingest(source: Path, manifest_path: Path, recipe: Recipe, *, workers: int = 
         raise IngestError(f"source {source} is not a directory; point --source at the dataset root")
     try:
         layout, items = discover(root, recipe.data)
+        groups = _read_groups(root)
     except LayoutError as err:
         raise IngestError(str(err)) from None
-    if not items:
+    wanted = [item for item in items if not item.ignored]
+    if not wanted:
         raise IngestError(
             f"no images ({', '.join(recipe.data.extensions)}) found under {root} "
             f"(layout {layout}); expected e.g. {root}/{recipe.data.classes[0]}/image.jpg"
         )
-    groups = _read_groups(root)
+    tags = recipe.data.dicom_group_tags
 
-    def facts(item: Item) -> dict[str, int | str]:
-        if item.issue:  # never open a file that escapes the root or is missing
-            return {
-                "sha256": "",
-                "bytes": 0,
-                "width": 0,
-                "height": 0,
-                "channels": 0,
-                "issue": item.issue,
-            }
-        return _file_facts(root / item.path)
+    def facts(item: Item) -> dict[str, object]:
+        if item.issue or item.ignored:  # never open what must not be read
+            return _no_facts(item.issue)
+        return _file_facts(root / item.path, tags)
 
-    found = parallel_map(facts, items, total=len(items), desc="ingest", unit="img",
+    found = parallel_map(facts, items, total=len(items), desc="ingest", unit="file",
                          workers=workers)  # fmt: skip
-    rows = [
-        {
-            "path": item.path,
-            "root": str(root),
-            "label": item.label,
-            "group": groups.get(item.path, item.path),
-            **fact,
-            "source_split": item.source_split,
-        }
-        for item, fact in zip(items, found, strict=True)
-    ]
+    _check_groups_cover(groups, wanted, recipe.data, root)
+    rows = [row for item, fact in zip(items, found, strict=True)
+            for row in _rows(item, fact, str(root), groups, recipe.data)]  # fmt: skip
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     with atomic_path(Path(manifest_path)) as tmp:
         manifest.to_parquet(tmp, index=False)
-    counts = manifest["label"].value_counts().sort_index()
+    images = manifest[~manifest["ignored"]]
+    counts = images["label"].value_counts().sort_index()
     return IngestResult(
-        Path(manifest_path), len(manifest), {str(k): int(v) for k, v in counts.items()}
-    )
+        Path(manifest_path), len(images), {str(k): int(v) for k, v in counts.items()},
+        ignored_by_extension(manifest),
+    )  # fmt: skip
+
+
+def ignored_by_extension(manifest: pd.DataFrame) -> dict[str, int]:
+    """How many files of each extension the recipe does not list (``"(none)"`` for none)."""
+    ignored = manifest.loc[manifest["ignored"], "path"]
+    suffixes = [Path(p).suffix.lower() or "(none)" for p in ignored]
+    return dict(sorted(pd.Series(suffixes, dtype=str).value_counts().to_dict().items()))
 
 
 def absolute_paths(table: pd.DataFrame) -> list[str]:
@@ -135,43 +125,113 @@ def absolute_paths(table: pd.DataFrame) -> list[str]:
     return [os.path.join(root, rel) for root, rel in zip(table["root"], table["path"], strict=True)]
 
 
+def frames_of(table: pd.DataFrame) -> list[int]:
+    """The frame each row reads (0 for single-frame files and tables without the column)."""
+    if "frame" not in table.columns:
+        return [0] * len(table)
+    return table["frame"].fillna(0).astype("int64").tolist()
+
+
+def pseudonym(tag: str, value: str) -> str:
+    """A keyed hash of a DICOM identifier: equal values give equal pseudonyms, and nobody
+    without the key can tell the value (or test a guess).
+
+    The key is ``$MEDML_PSEUDONYM_KEY``, else a random key created once in
+    ``$MEDML_HOME/pseudonym.key`` (mode 600). Machines that must reproduce the same split of a
+    DICOM dataset share the key.
+    """
+    digest = hmac.new(_pseudonym_key(), f"{tag}\0{value}".encode(), hashlib.sha256)
+    return f"{tag}:{digest.hexdigest()[:20]}"
+
+
+def _pseudonym_key() -> bytes:
+    if os.environ.get(PSEUDONYM_KEY_ENV):
+        return os.environ[PSEUDONYM_KEY_ENV].encode()
+    path = medml_home() / "pseudonym.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another process made it first: use theirs
+        else:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
 def _read_groups(root: Path) -> dict[str, str]:
     sidecar = root / GROUPS_FILE
     if not sidecar.is_file():
         return {}
-    with open(sidecar, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or not {"path", "group"} <= set(reader.fieldnames):
-            raise IngestError(f"{sidecar} must have the columns 'path,group'")
-        return {row["path"]: row["group"] for row in reader}
+    rows = read_csv_rows(sidecar, ["path", "group"], hint="it must have the columns 'path,group'")
+    return {row["path"]: row["group"] for _, row in rows}
 
 
-def _file_facts(path: Path) -> dict[str, int | str]:
-    """Hash, size and header dimensions of one file; ``issue`` says why it must not be decoded."""
+def _check_groups_cover(
+    groups: dict[str, str], items: list[Item], data: DataConfig, root: Path
+) -> None:
+    if not groups or data.groups_missing == "own_group":
+        return
+    missing = [item.path for item in items if item.path not in groups]
+    if missing:
+        raise IngestError(
+            f"{len(missing)} of {len(items)} files are not in {root / GROUPS_FILE} "
+            f"(e.g. {', '.join(missing[:3])}); add them with their patient group, or set "
+            "data.groups_missing=own_group to give each its own group (counted in the "
+            "validation report)"
+        )
+
+
+def _rows(
+    item: Item, fact: dict[str, object], root: str, groups: dict[str, str], data: DataConfig
+) -> list[dict[str, object]]:
+    """The manifest rows of one file: one per frame the recipe's policy keeps."""
+    header = fact.pop("header", None)
+    frames = header.frames if isinstance(header, ImageHeader) else 1
+    group, source = _group_of(item.path, header, groups)
+    base = {"path": item.path, "root": root, "label": item.label, "group": group,
+            "group_source": source, **fact, "frames": frames, "source_split": item.source_split,
+            "ignored": item.ignored}  # fmt: skip
+    return [{**base, "frame": frame} for frame in chosen_frames(frames, data.multi_frame)]
+
+
+def chosen_frames(frames: int, policy: str) -> list[int]:
+    """The frames ``data.multi_frame`` keeps of a file with ``frames`` frames."""
+    if frames <= 1 or policy == "first":
+        return [0]
+    return [frames // 2] if policy == "middle" else list(range(frames))
+
+
+def _group_of(path: str, header: object, groups: dict[str, str]) -> tuple[str, str]:
+    if path in groups:
+        return groups[path], GROUPS_FILE
+    if isinstance(header, ImageHeader):
+        for tag, value in header.tags.items():  # in data.dicom_group_tags order
+            return pseudonym(tag, value), tag
+    return path, "file"
+
+
+def _no_facts(issue: str) -> dict[str, object]:
+    return {"sha256": "", "bytes": 0, "width": 0, "height": 0, "channels": 0, "issue": issue}
+
+
+def _file_facts(path: Path, tags: list[str]) -> dict[str, object]:
+    """Hash, size and header of one file; ``issue`` says why it must not be decoded."""
     digest = hashlib.sha256()
     size = 0
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-            size += len(chunk)
-    width = height = channels = 0
-    issue = ""
     try:
-        if is_dicom(path):
-            width, height, channels = dicom_header(path)
-        else:
-            with Image.open(path) as image:  # header only; no pixel decoding
-                width, height = image.size
-                channels = _MODE_CHANNELS.get(image.mode, len(image.getbands()))
-    except Image.DecompressionBombError:
-        issue = "image header declares a decompression-bomb size; not decoded"
-    except Exception:
-        pass
-    return {
-        "sha256": digest.hexdigest(),
-        "bytes": size,
-        "width": width,
-        "height": height,
-        "channels": channels,
-        "issue": issue,
-    }
+        with os.fdopen(open_regular_file(path), "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+                size += len(chunk)
+    except (ValueError, OSError) as err:
+        return _no_facts(str(err).replace(f"{path}", "the file") or "file cannot be read")
+    try:
+        header = read_header(path, tags=tags)
+    except ValueError as err:
+        return {**_no_facts(str(err).replace(f"{path}", "the file")), "sha256": digest.hexdigest(),
+                "bytes": size}  # fmt: skip
+    return {"sha256": digest.hexdigest(), "bytes": size, "width": header.width,
+            "height": header.height, "channels": header.channels, "issue": "",
+            "header": header}  # fmt: skip

@@ -319,49 +319,87 @@ def synth_chest_xray_splits(
 def synth_kidney_ct_dicom(
     out_dir: Path, *, n: int = 200, seed: int = 0, image_size: int = 128
 ) -> SynthResult:
-    """The kidney-CT phantom as DICOM slices (``<Class>/*.dcm``, int16 with rescale intercept
-    −1024, so pixel values are Hounsfield units after rescaling; window 40/400 shows them)."""
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    """The kidney-CT phantom as a hospital-style DICOM export (``<Class>/*.dcm``).
 
+    Patients come from ``PatientID`` (no ``groups.csv``; every file carries the canary
+    ``PatientName`` :data:`CANARY_PATIENT_NAME`, which must never leave the files). The files
+    mix what PACS exports hold: CT slices in Hounsfield units (int16, rescale intercept −1024;
+    window 40/400 shows them) as explicit/implicit VR little endian, RLE lossless and JPEG 2000
+    lossless; every seventh slice as a 12-bit MONOCHROME1 radiograph (``DX``) with its own
+    window in the header; and every fifth patient's slices as one multi-frame CT file.
+    """
     out_dir = _fresh(out_dir)
     jpeg_root = out_dir.parent / f".{out_dir.name}-jpeg-staging"
     result = synth_kidney_ct(jpeg_root, n=n, seed=seed, image_size=image_size)
     try:
         with atomic_path(out_dir) as staging:
+            by_patient: dict[tuple[str, str], list[Path]] = {}
             for jpeg in sorted(jpeg_root.rglob("*.jpg")):
-                pixels = cv2.imread(str(jpeg), cv2.IMREAD_GRAYSCALE).astype(np.float32)
-                hu = pixels / 255.0 * 400.0 - 160.0  # inverse of the 40/400 window
-                meta = FileMetaDataset()
-                meta.MediaStorageSOPClassUID = CTImageStorage
-                meta.MediaStorageSOPInstanceUID = generate_uid()
-                meta.TransferSyntaxUID = ExplicitVRLittleEndian
-                ds = pydicom.Dataset()
-                ds.file_meta = meta
-                ds.SOPClassUID = CTImageStorage
-                ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-                ds.Modality = "CT"
-                ds.PatientID = jpeg.stem.split("_")[0]
-                ds.Rows, ds.Columns = pixels.shape
-                ds.SamplesPerPixel = 1
-                ds.PhotometricInterpretation = "MONOCHROME2"
-                ds.BitsAllocated = ds.BitsStored = 16
-                ds.HighBit = 15
-                ds.PixelRepresentation = 1
-                ds.RescaleIntercept = -1024
-                ds.RescaleSlope = 1
-                ds.PixelData = (np.rint(hu) + 1024).astype(np.int16).tobytes()
-                target = staging / jpeg.relative_to(jpeg_root).with_suffix(".dcm")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                ds.save_as(target, enforce_file_format=True)
-            groups = (jpeg_root / GROUPS_FILE).read_text().replace(".jpg", ".dcm")
-            (staging / GROUPS_FILE).write_text(groups)
+                by_patient.setdefault((jpeg.parent.name, jpeg.stem.split("_")[0]), []).append(jpeg)
+            for number, ((label, patient), slices) in enumerate(sorted(by_patient.items())):
+                pixels = [cv2.imread(str(j), cv2.IMREAD_GRAYSCALE) for j in slices]
+                if number % 5 == 0 and len(slices) > 1:
+                    _write_dicom(staging / label / f"{patient}_series.dcm", pixels, patient, 0)
+                    continue
+                for k, (jpeg, image) in enumerate(zip(slices, pixels, strict=True)):
+                    _write_dicom(staging / label / f"{jpeg.stem}.dcm", [image], patient, number + k)
     finally:
         import shutil
 
         shutil.rmtree(jpeg_root, ignore_errors=True)
     return SynthResult(root=out_dir, counts=result.counts, patients=result.patients)
+
+
+CANARY_PATIENT_NAME = "CANARY^NEVER^LOGGED"
+"""The patient name every DICOM phantom carries: a test proves it is never written out."""
+
+
+def _write_dicom(target: Path, images: list[np.ndarray], patient: str, variant: int) -> None:
+    """One DICOM file of uint8 phantom ``images`` (one frame each), in the ``variant``'s form."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import (
+        CTImageStorage,
+        DigitalXRayImageStorageForPresentation,
+        JPEG2000Lossless,
+        RLELossless,
+        generate_uid,
+    )
+    from pydicom.uid import ExplicitVRLittleEndian as EXPLICIT
+    from pydicom.uid import ImplicitVRLittleEndian as IMPLICIT
+
+    radiograph = len(images) == 1 and variant % 7 == 6
+    sop = DigitalXRayImageStorageForPresentation if radiograph else CTImageStorage
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = sop
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = EXPLICIT
+    ds.PatientID, ds.PatientName = patient, CANARY_PATIENT_NAME
+    ds.Rows, ds.Columns = images[0].shape
+    ds.SamplesPerPixel = 1
+    ds.BitsAllocated = 16
+    if radiograph:  # high is dark, 12 bit, shown through the header's own window
+        ds.Modality, ds.PhotometricInterpretation = "DX", "MONOCHROME1"
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, 0
+        ds.WindowCenter, ds.WindowWidth = 2048, 4096
+        stored = [((255 - image.astype(np.uint16)) * 16).astype(np.uint16) for image in images]
+    else:
+        ds.Modality, ds.PhotometricInterpretation = "CT", "MONOCHROME2"
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        hu = [image.astype(np.float32) / 255.0 * 400.0 - 160.0 for image in images]  # 40/400
+        stored = [(np.rint(h) + 1024).astype(np.int16) for h in hu]
+    if len(images) > 1:
+        ds.NumberOfFrames = len(images)
+    ds.PixelData = np.stack(stored).tobytes()
+    syntax = [EXPLICIT, IMPLICIT, RLELossless, JPEG2000Lossless][variant % 4]
+    if syntax in (RLELossless, JPEG2000Lossless):
+        ds.compress(syntax, np.stack(stored) if len(images) > 1 else stored[0])
+    elif syntax == IMPLICIT:
+        ds.file_meta.TransferSyntaxUID = syntax
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(target, enforce_file_format=True)
 
 
 def _fresh(out_dir: Path) -> Path:

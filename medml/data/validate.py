@@ -20,13 +20,11 @@ import numpy as np
 import pandas as pd
 
 from medml.config import DataConfig, Recipe
-from medml.data.images import read_image
-from medml.data.ingest import absolute_paths
+from medml.data.images import MAX_PIXELS, read_image
+from medml.data.ingest import absolute_paths, frames_of, ignored_by_extension
 from medml.errors import DataGateFailed
 from medml.io import parallel_map, publish_dir, write_json
 from medml.layout import ValidationFiles
-
-MAX_PIXELS = 100_000_000  # refuse to decode headers that declare more (decompression bombs)
 
 
 class ValidationFailed(DataGateFailed):
@@ -65,13 +63,17 @@ def validate(
     """
     files = ValidationFiles(Path(out_dir))
     manifest = pd.read_parquet(manifest_path)
+    ignored = ignored_by_extension(manifest)
+    manifest = manifest[~manifest["ignored"]].drop(columns="ignored").reset_index(drop=True)
     checked = with_row_checks(manifest, recipe, workers)
     with publish_dir(files.root) as staging:  # the folder appears whole, or not at all
         context = _gx_context(ValidationFiles(staging).data_docs)
         reasons, row_results = quarantine_reasons(checked, recipe.data, context)
         quarantine = checked.loc[sorted(reasons), ["path", "root", "label", "sha256", "bytes"]]
         quarantine = quarantine.assign(reason=["; ".join(reasons[i]) for i in quarantine.index])
-        clean = checked.drop(index=list(reasons), columns=[*_CHECK_COLUMNS, "issue"])
+        clean = checked.drop(
+            index=list(reasons), columns=[*_CHECK_COLUMNS, "issue", "decode_error"]
+        )
         clean = clean.reset_index(drop=True)
         counts = clean["label"].value_counts().reindex(recipe.data.classes, fill_value=0)
         critical, dataset_results = dataset_checks(counts, len(quarantine), len(manifest),
@@ -85,6 +87,13 @@ def validate(
             "quarantined_fraction": round(len(quarantine) / max(1, len(manifest)), 6),
             "class_counts": {str(k): int(v) for k, v in counts.items()},
             "imbalance_ratio": _imbalance_ratio(counts),
+            "ignored": ignored,
+            "ignored_summary": ignored_summary(ignored),
+            "group_sources": clean["group_source"].value_counts().to_dict(),
+            "multi_frame": {
+                "policy": recipe.data.multi_frame,
+                "files": int(clean.loc[clean["frames"] > 1, "path"].nunique()),
+            },
             "expectations": _expectation_summary(row_results, dataset_results),
         }
         write_outputs(ValidationFiles(staging), report, quarantine, clean)
@@ -110,11 +119,15 @@ _CHECK_COLUMNS = ["decodable", "short_side", "long_side", "label_conflict"]
 def with_row_checks(manifest: pd.DataFrame, recipe: Recipe, workers: int) -> pd.DataFrame:
     """The manifest plus what the row expectations look at (decodes, sides, label conflicts)
     and each file's perceptual hash (``dhash``, for the split's near-duplicate audit)."""
-    hashes = _decode_and_hash(manifest, recipe, workers)
+    decoded = _decode_and_hash(manifest, recipe, workers)
     labels_per_hash = manifest[manifest["sha256"] != ""].groupby("sha256")["label"].nunique()
+    width = [w or d.width for w, d in zip(manifest["width"], decoded, strict=True)]
+    height = [h or d.height for h, d in zip(manifest["height"], decoded, strict=True)]
+    manifest = manifest.assign(width=width, height=height)
     return manifest.assign(
-        decodable=[h is not None for h in hashes],
-        dhash=[h or "" for h in hashes],
+        decodable=[d.error == "" for d in decoded],
+        decode_error=[d.error for d in decoded],
+        dhash=[d.dhash for d in decoded],
         short_side=manifest[["width", "height"]].min(axis=1),
         long_side=manifest[["width", "height"]].max(axis=1),
         label_conflict=manifest["sha256"].map(labels_per_hash).fillna(0).gt(1),
@@ -128,7 +141,7 @@ def quarantine_reasons(
     row_suite: list[tuple[Callable[[pd.Series], str], Any]] = [
         (lambda row: row["issue"], _gx_in_set("issue", [""])),
         (lambda row: "file is empty (0 bytes)", _gx_between("bytes", min_value=1)),
-        (lambda row: "file does not decode as an image", _gx_in_set("decodable", [True])),
+        (lambda row: row["decode_error"], _gx_in_set("decodable", [True])),
         (lambda row: f"label {row['label']!r} is not one of {data.classes}",
          _gx_in_set("label", data.classes)),
         (lambda row: f"image is {row['width']}x{row['height']}, smaller than "
@@ -141,13 +154,13 @@ def quarantine_reasons(
          _gx_in_set("label_conflict", [False])),
     ]  # fmt: skip
     results = _run_suite(checked, [e for _, e in row_suite], "manifest_rows", context)
-    usable = checked["issue"] == ""
+    usable = (checked["issue"] == "") & checked["decodable"]  # else its first reason says it
     reasons: dict[int, list[str]] = {}
     for (reason, _), result in zip(row_suite, results, strict=True):
         for index in result["unexpected_index_list"]:
             index = int(index)
             if not usable[index] and reasons.get(index):
-                continue  # one reason is enough for a file that was never opened
+                continue  # one reason is enough for a file that was never (fully) read
             reasons.setdefault(index, []).append(reason(checked.loc[index]))
     return reasons, results
 
@@ -206,32 +219,47 @@ def difference_hash(image: np.ndarray) -> str:
     return f"{int(np.packbits(bits).view('>u8')[0]):016x}"
 
 
-def _decode_and_hash(manifest: pd.DataFrame, recipe: Recipe, workers: int) -> list[str | None]:
-    """dHash of every decodable file, ``None`` for files that do not decode.
+@dataclass(frozen=True)
+class _Decoded:
+    dhash: str = ""
+    error: str = ""
+    width: int = 0
+    height: int = 0
 
-    Files with an ingest issue (outside the root, missing, bomb header) are never opened, and
+
+def _decode_and_hash(manifest: pd.DataFrame, recipe: Recipe, workers: int) -> list[_Decoded]:
+    """Decode every row's image (its frame); the dHash and decoded size, or why it does not
+    decode.
+
+    Files with an ingest issue (outside the root, special, bomb header) are never opened, and
     neither are files whose header declares more than :data:`MAX_PIXELS`.
     """
     declared = (manifest["width"].astype("int64") * manifest["height"].astype("int64")).tolist()
-    issues = manifest["issue"].tolist()
+    windows = recipe.image.ct_windows
 
-    def check(item: tuple[str, int, str]) -> str | None:
-        path, pixels, issue = item
-        if issue or pixels > MAX_PIXELS or not os.path.isfile(path):
-            return None
+    def check(item: tuple[str, str, int, int, str]) -> _Decoded:
+        path, rel, frame, pixels, issue = item
+        if issue:
+            return _Decoded(error="not decoded (see the other reason)")
+        if pixels > MAX_PIXELS:
+            return _Decoded(error=f"header declares {pixels:,} pixels, more than {MAX_PIXELS:,}")
         try:
-            image = read_image(
-                path,
-                window_center=recipe.image.window_center,
-                window_width=recipe.image.window_width,
-            )
-        except ValueError:
-            return None
-        return difference_hash(image)
+            image = read_image(path, ct_windows=windows, frame=frame, name=rel)
+        except ValueError as err:
+            return _Decoded(error=str(err) or "file does not decode as an image")
+        return _Decoded(difference_hash(image), "", image.shape[1], image.shape[0])
 
-    checks = zip(absolute_paths(manifest), declared, issues, strict=True)
+    checks = zip(absolute_paths(manifest), manifest["path"], frames_of(manifest), declared,
+                 manifest["issue"], strict=True)  # fmt: skip
     return parallel_map(check, checks, total=len(manifest), desc="validate", unit="img",
                         workers=workers)  # fmt: skip
+
+
+def ignored_summary(ignored: dict[str, int]) -> str:
+    """``"ignored: 3 .gif, 1 .webp"`` (empty when nothing was ignored)."""
+    if not ignored:
+        return ""
+    return "ignored: " + ", ".join(f"{count} {suffix}" for suffix, count in ignored.items())
 
 
 def _gx_in_set(column: str, values: list[Any]) -> Any:

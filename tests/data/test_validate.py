@@ -23,6 +23,9 @@ def dirty_dataset(phantom_dir: Path, tmp_path: Path) -> Path:
     (root / "Stone" / "truncated.jpg").write_bytes(good[: len(good) // 3][:40])
     (root / "Alien").mkdir()
     (root / "Alien" / "x.jpg").write_bytes(good)
+    added = ["Normal/empty.jpg", "Cyst/not-an-image.jpg", "Stone/truncated.jpg", "Alien/x.jpg"]
+    with open(root / "groups.csv", "a") as groups:  # a user adding files lists their patients
+        groups.writelines(f"{path},added-{i}\n" for i, path in enumerate(added))
     return root
 
 

@@ -90,4 +90,4 @@ def test_mlflow_models_serve_answers_raw_jpeg_png_and_dicom(
     assert (answer["error"] == "").all() and list(answer["label"]) == list(expected["label"])
     for column in [f"p_{c}" for c in classes]:
         assert (answer[column] - expected[column]).abs().max() < 1e-5, column
-    assert broken["label"].tolist() == [""] and "cannot decode image" in broken["error"][0]
+    assert broken["label"].tolist() == [""] and "does not decode as an image" in broken["error"][0]

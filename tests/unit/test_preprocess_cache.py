@@ -98,8 +98,8 @@ def test_every_preprocess_setting_changes_the_cache_key(tmp_path: Path) -> None:
                   "fold": [0, -1]}).to_parquet(splits)  # fmt: skip
     base = load_recipe("kidney-ct")
     changed = {
-        "size": 40, "channels": 3, "aspect": "letterbox", "clahe": True, "window_center": 50.0,
-        "window_width": 350.0, "shard_size": 64, "workers": 1,
+        "size": 40, "channels": 3, "aspect": "letterbox", "clahe": True, "ct_windows": ["lung"],
+        "shard_size": 64, "workers": 1,
     }  # fmt: skip
     assert set(changed) == set(ImageConfig.model_fields), "a new image setting needs a case here"
     keys = {pipeline.shards_cache_key(splits, base)}
