@@ -8,13 +8,13 @@ per class, and ``error`` for files that could not be read (they are not skipped 
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from medml.data.layouts import LayoutError, read_csv_rows
 from medml.errors import MedmlError
 from medml.io import atomic_path
 from medml.tracking import Tracking
@@ -50,11 +50,11 @@ def list_inputs(source: Path, image_dir: Path | None = None) -> list[tuple[str, 
                        and p.suffix.lower() in IMAGE_SUFFIXES)  # fmt: skip
         return [(p.relative_to(source).as_posix(), p) for p in files]
     if source.is_file() and source.suffix.lower() == ".csv":
-        with open(source, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            if "filename" not in (reader.fieldnames or []):
-                raise PredictError(f"{source} has no 'filename' column (found {reader.fieldnames})")
-            names = [row["filename"].strip() for row in reader]
+        try:
+            rows = read_csv_rows(source, ["filename"], hint="list the images to predict there")
+        except LayoutError as err:
+            raise PredictError(str(err)) from None
+        names = [row["filename"].strip() for _, row in rows]
         base = image_dir or (source.parent / "test" if (source.parent / "test").is_dir()
                              else source.parent)  # fmt: skip
         return [(name, base / name) for name in names]

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medml.cli import app
-from medml.data.synthetic import synthesize
+from medml.data.synthetic import CANARY_PATIENT_NAME, synthesize
 from medml.local_airflow import airflow_env
 from tests.conftest import dags_test, venv_env
 
@@ -49,7 +49,16 @@ def test_medml_run(recipe: str, layout: str, datasets, tmp_path: Path) -> None:
     if layout == "split_folders":
         assert report["holdout"] == "dataset's own test split"
     if recipe == "kidney-ct":
-        assert report["grouped"]  # patient groups from groups.csv
+        assert report["grouped"]  # patient groups: groups.csv, or the DICOM headers' PatientID
+    if layout == "dicom":  # a hospital-style export: mixed modalities, syntaxes, multi-frame
+        validation = json.loads((tmp_path / "run" / "validation" / "validation.json").read_text())
+        assert validation["quarantined"] == 0
+        assert set(validation["group_sources"]) == {"PatientID"}
+        assert validation["multi_frame"]["files"] > 0
+        canary = CANARY_PATIENT_NAME.encode()
+        outputs = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".py"]
+        assert [p for p in outputs if canary in p.read_bytes()] == []  # (medml's own code has
+        # the canary's definition) the name reached no output, log, model, MLflow record
 
 
 @pytest.fixture(scope="module")
