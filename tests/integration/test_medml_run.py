@@ -65,7 +65,7 @@ def test_medml_run_registers_a_challenger_that_beats_chance(tmp_path: Path) -> N
 
     # Lineage: signature + input example, the card as description, datasets, recipe params.
     info = mlflow.models.get_model_info("models:/kidney-ct-classifier@challenger")
-    assert info.signature.inputs.input_names() == ["image", "path"]
+    assert info.signature.inputs.input_names() == ["image", "path", "frame"]
     assert info.saved_input_example_info is not None
     assert version.description.startswith("# Model card: kidney-ct-classifier")
     requirements = Path(mlflow.pyfunc.get_model_dependencies(info.model_uri)).read_text()
