@@ -248,12 +248,19 @@ class Bound(_Strict):
 class GateConfig(_Strict):
     """What a model must pass to get the ``challenger`` alias, keyed by metric name.
 
-    ``thresholds`` are absolute bounds on the holdout metrics (a per-class metric such as
-    ``class_sensitivity`` must hold for every class). When a ``champion`` exists, it is scored
-    on the same holdout and ``non_inferiority`` gives the largest allowed drop per metric.
+    Every model must first be better than chance with confidence
+    (:func:`medml.metrics.chance_reasons`); ``thresholds`` add absolute bounds on the holdout
+    metrics (a per-class metric such as ``class_sensitivity`` must hold for every class). When
+    a ``champion`` exists, it is scored on the same holdout and ``non_inferiority`` gives the
+    largest allowed drop per metric.
     Names are those of :data:`medml.extensions.METRICS` (see :mod:`medml.metrics`).
     """
 
+    require_better_than_chance: bool = Field(
+        default=True,
+        description="the lower 95% bound of balanced accuracy above 1/k and every class's "
+        "sensitivity above 1/k; on for every recipe (switch off only for smoke tests)",
+    )
     thresholds: dict[MetricName, Bound] = {}
     non_inferiority: dict[MetricName, Annotated[float, Field(ge=0.0, le=1.0)]] = {
         "class_sensitivity": 0.05,

@@ -186,7 +186,7 @@ def check_gate(
             from the champion), keyed by metric name.
         champion: the champion's metrics on the same holdout, or ``None``.
     """
-    reasons: list[str] = []
+    reasons = chance_reasons(candidate) if gate.require_better_than_chance else []
     for name, bound in gate.thresholds.items():
         for label, value in _values(candidate, name):
             if bound.min is not None and not value >= bound.min:
@@ -197,6 +197,24 @@ def check_gate(
         for name, margin in gate.non_inferiority.items():
             reasons += _inferior(candidate, champion, name, margin)
     return GateOutcome(passed=not reasons, reasons=reasons)
+
+
+def chance_reasons(m: HoldoutMetrics) -> list[str]:
+    """Why ``m`` is not "better than chance, with confidence": the lower bound of balanced
+    accuracy's bootstrap 95% interval (the point estimate when there is none) must exceed 1/k,
+    and every class's sensitivity must exceed 1/k (what guessing achieves)."""
+    chance = 1.0 / len(m.classes)
+    point = float(m.value("balanced_accuracy"))
+    low = (m.interval("balanced_accuracy") or [None])[0]
+    bound, what = (point, "") if low is None else (float(low), f" (95% CI lower bound {low:.3f})")
+    reasons = []
+    if not bound > chance:
+        reasons.append(f"balanced_accuracy {point:.3f}{what} is not above chance "
+                       f"({chance:.3f} for {len(m.classes)} classes)")  # fmt: skip
+    for label, value in _values(m, "class_sensitivity"):
+        if not value > chance:
+            reasons.append(f"{label} {value:.3f} is at or below chance ({chance:.3f})")
+    return reasons
 
 
 def _values(m: HoldoutMetrics, name: str) -> list[tuple[str, float]]:

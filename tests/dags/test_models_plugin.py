@@ -40,7 +40,11 @@ def test_models_page_lists_versions_aliases_and_audit(phantom_dir: Path, tmp_pat
         tmp_path / "r",
         phantom_dir,
         "kidney-ct",
-        overrides=[*TINY, "registry.gate.thresholds.balanced_accuracy.min=0"],
+        overrides=[
+            *TINY,
+            "registry.gate.require_better_than_chance=false",
+            "registry.gate.thresholds.balanced_accuracy.min=0",
+        ],
     )
     tracking = Tracking.from_env()
     pipeline.run_all(ctx, tracking, echo=lambda _: None)

@@ -19,6 +19,7 @@ def test_dags_test_runs_every_step_and_registers(tmp_path: Path) -> None:
         "--set", "image.size=32", "--set", "split.folds=2", "--set", "train.epochs=2",
         "--set", "data.min_images_per_class=2",
         "--set", "registry.gate.thresholds.balanced_accuracy.min=0",
+        "--set", "registry.gate.require_better_than_chance=false",
     ]  # fmt: skip
     result = subprocess.run(cmd, env=venv_env(), capture_output=True, text=True, timeout=900)
     log = (

@@ -24,7 +24,10 @@ from medml.tracking import Tracking
 from tests.conftest import TINY, upload_tree, venv_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-GATE_OFF = "registry.gate.thresholds.balanced_accuracy.min=0"
+GATE_OFF = (
+    "registry.gate.require_better_than_chance=false",
+    "registry.gate.thresholds.balanced_accuracy.min=0",
+)
 
 
 def _medml(*args: str, env: dict[str, str] | None = None, timeout: int = 600):
@@ -49,7 +52,7 @@ def _kill_after(args: list[str], delay: float, env: dict[str, str] | None = None
 
 
 def _data_steps(run_dir: Path, source: Path, *overrides: str) -> pipeline.RunContext:
-    ctx = pipeline.init_run(run_dir, source, "kidney-ct", overrides=[*TINY, GATE_OFF, *overrides])
+    ctx = pipeline.init_run(run_dir, source, "kidney-ct", overrides=[*TINY, *GATE_OFF, *overrides])
     pipeline.run_data_steps(ctx, echo=lambda _: None)
     return ctx
 
@@ -72,7 +75,7 @@ def test_preprocess_killed_during_first_write_and_replacement(
 ) -> None:
     """Wherever preprocess dies, the shards folder is the old complete one, the new complete
     one, or absent — never partial; a re-run gives the clean run's bytes."""
-    settings = [*TINY, GATE_OFF, "image.size=96", "image.workers=1"]
+    settings = [*TINY, *GATE_OFF, "image.size=96", "image.workers=1"]
     run_dir = tmp_path / "run"
     ctx = pipeline.init_run(run_dir, larger_phantom, "kidney-ct", overrides=settings)
     for step in (pipeline.step_ingest, pipeline.step_validate, pipeline.step_split):
@@ -213,7 +216,7 @@ def test_two_runs_started_together_keep_their_own_settings(
     sizes = (32, 40)
     processes = [
         subprocess.Popen(["medml", "run", "--source", str(phantom_dir), "--recipe", "kidney-ct",
-                          *[a for s in [*TINY, GATE_OFF] for a in ("--set", s)],
+                          *[a for s in [*TINY, *GATE_OFF] for a in ("--set", s)],
                           "--set", f"image.size={size}"],
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for size in sizes

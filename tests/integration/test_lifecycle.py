@@ -28,7 +28,12 @@ def test_gate_promotion_rollback_review_predict(phantom_dir: Path, tmp_path: Pat
     tracking = Tracking.from_env()
     client = tracking.activate()
 
-    first = _run(phantom_dir, tmp_path / "r1", "registry.gate.thresholds.balanced_accuracy.min=0")
+    first = _run(
+        phantom_dir,
+        tmp_path / "r1",
+        "registry.gate.require_better_than_chance=false",
+        "registry.gate.thresholds.balanced_accuracy.min=0",
+    )
     assert (first["version"], first["alias"]) == ("1", "challenger")
     v1 = client.get_model_version(NAME, "1")
     assert v1.tags["compared_with_champion"] == "none"  # no champion: thresholds only

@@ -76,3 +76,34 @@ def test_medml_run_registers_a_challenger_that_beats_chance(tmp_path: Path) -> N
     assert {d.dataset.digest for d in parent.inputs.dataset_inputs} == {version.tags["data_hash"]}
     assert parent.data.params["train.balance"] == "class_weight"
     assert parent.info.status == "FINISHED"
+
+
+def test_a_useless_model_is_registered_without_alias_by_the_default_gate(
+    phantom_dir: Path, tmp_path: Path
+) -> None:
+    """Labels shuffled across the class folders: nothing can be learned. The recipe's own
+    thresholds are switched off, so only the default "better than chance" gate stands."""
+    import random
+    import shutil
+
+    from medml import pipeline
+    from medml.tracking import Tracking
+    from tests.conftest import TINY
+
+    shuffled = tmp_path / "shuffled"
+    files = sorted(phantom_dir.rglob("*.jpg"))
+    labels = [f.parent.name for f in files]
+    random.Random(0).shuffle(labels)
+    for file, label in zip(files, labels, strict=True):
+        (shuffled / label).mkdir(parents=True, exist_ok=True)
+        shutil.copy(file, shuffled / label / file.name)
+    settings = [*TINY, "train.epochs=1", "registry.gate.thresholds={}"]
+    ctx = pipeline.init_run(tmp_path / "run", shuffled, "kidney-ct", overrides=settings)
+    result = pipeline.run_all(ctx, Tracking.from_env(), echo=lambda _: None)
+
+    assert result["version"] == "1" and result["alias"] is None and not result["gate_passed"]
+    client = Tracking.from_env().activate()
+    version = client.get_model_version("kidney-ct-classifier", "1")
+    assert version.tags["gate"] == "failed"
+    assert "is not above chance (0.250 for 4 classes)" in version.tags["gate_reasons"]
+    assert not client.get_registered_model("kidney-ct-classifier").aliases

@@ -27,7 +27,11 @@ def test_approved_promotion_and_batch_prediction(phantom_dir: Path, tmp_path: Pa
         tmp_path / "r1",
         phantom_dir,
         "kidney-ct",
-        overrides=[*TINY, "registry.gate.thresholds.balanced_accuracy.min=0"],
+        overrides=[
+            *TINY,
+            "registry.gate.require_better_than_chance=false",
+            "registry.gate.thresholds.balanced_accuracy.min=0",
+        ],
     )
     pipeline.run_all(ctx, Tracking.from_env(home), echo=lambda _: None)
 

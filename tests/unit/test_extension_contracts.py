@@ -95,7 +95,8 @@ def test_layout_reads_its_phantom_and_reports_bad_rows_by_file(layout: str, tmp_
     used, items = discover(root, recipe.data)
     assert used == layout
     good = [item for item in items if not item.issue]
-    assert len(good) >= 200 and {item.label for item in good} <= set(recipe.data.classes)
+    assert len(good) >= 150  # files: 200 images, some of them frames of one DICOM series file
+    assert {item.label for item in good} <= set(recipe.data.classes)
     flagged = [item for item in items if item.issue]
     assert len(flagged) == 1 and bad in flagged[0].path + flagged[0].issue
 
@@ -129,5 +130,6 @@ def test_metric_is_computed_for_every_evaluation_and_usable_in_a_gate(name: str)
     values = list(value.values()) if isinstance(value, dict) else [value]
     assert values and all(np.isfinite(v) for v in values)
     gate = GateConfig.model_validate({"thresholds": {name: {"min": -1.0, "max": 2.0}},
-                                      "non_inferiority": {name: 0.0}})  # fmt: skip
+                                      "non_inferiority": {name: 0.0},
+                                      "require_better_than_chance": False})  # fmt: skip
     assert check_gate(metrics, gate, metrics).passed

@@ -20,7 +20,33 @@ def _metrics(**overrides: float) -> HoldoutMetrics:
 
 
 def _gate(**sections: dict) -> GateConfig:
-    return GateConfig.model_validate(sections)
+    """A gate of these sections only (the chance rule has its own tests below)."""
+    return GateConfig.model_validate({"require_better_than_chance": False, **sections})
+
+
+def test_the_default_gate_requires_better_than_chance_with_confidence() -> None:
+    gate = GateConfig()  # what a recipe without a gate section gets
+    assert check_gate(_metrics(), gate).reasons == [
+        "class_sensitivity of b 0.500 is at or below chance (0.500)"
+    ]
+    confident = _metrics()
+    confident.per_class["b"]["sensitivity"] = 0.6
+    assert check_gate(confident, gate).passed  # no interval: the point estimate decides
+    unsure = HoldoutMetrics(
+        confident.classes,
+        confident.overall,
+        confident.per_class,
+        confident.confusion_matrix,
+        ci95={"balanced_accuracy": [0.48, 0.9]},
+    )
+    assert check_gate(unsure, gate).reasons == [
+        "balanced_accuracy 0.700 (95% CI lower bound 0.480) is not above chance "
+        "(0.500 for 2 classes)"
+    ]
+    recipe_thresholds = GateConfig.model_validate({"thresholds": {"macro_f1": {"min": 0.7}}})
+    assert check_gate(unsure, recipe_thresholds).reasons[1:] == [
+        "macro_f1 0.650 is below the minimum 0.700"  # recipe thresholds add to the chance rule
+    ]
 
 
 def test_gate_passes_within_thresholds() -> None:
