@@ -350,7 +350,6 @@ def compare_balancing_cmd(
 
 
 ModelName = Annotated[str, typer.Argument(help="Registered model name, e.g. kidney-ct-classifier.")]
-Reviewer = Annotated[str, typer.Option("--reviewer", help="Who decides (recorded in the audit).")]
 Reason = Annotated[str, typer.Option("--reason", help="Why (recorded in the audit).")]
 
 
@@ -371,45 +370,76 @@ def review_cmd(
     typer.echo(f"\nreport: {path}")
 
 
+def _os_user() -> str:
+    """Who runs this command, from the operating system (not a free-text option)."""
+    import getpass
+
+    return getpass.getuser()
+
+
 @app.command("promote")
 def promote_cmd(
     model: ModelName,
     version: Annotated[str, typer.Option("--version", help="Version to make champion.")],
-    reviewer: Reviewer,
     reason: Reason,
     override_gate: Annotated[
-        str | None, typer.Option(help="Promote although the gate failed; give the reason.")
+        str | None,
+        typer.Option(help="Promote although the gate failed; the reason (allowed users only)."),
     ] = None,
     tracking_uri: TrackingUri = None,
 ) -> None:
-    """Move alias `champion` to a version (the old one stays as `previous-champion`), audited."""
+    """Move alias `champion` to a version (the old one stays as `previous-champion`), audited
+    with your OS user name."""
     from medml.registry import promote
 
     event = _guard(
-        promote,
-        _existing_store(tracking_uri),
-        model,
-        version,
-        reviewer=reviewer,
-        reason=reason,
-        override_gate=override_gate,
-    )
+        promote, _existing_store(tracking_uri), model, version, reviewer=_os_user(),
+        reason=reason, override_gate=override_gate, identity="os-user",
+    )  # fmt: skip
     typer.echo(
         f"{model}: champion -> v{event['version']} (previous: {event['previous_champion']}) "
-        f"by {reviewer} at {event['at']}"
+        f"by {event['reviewer']} at {event['at']} (audit event #{event['seq']})"
     )
 
 
 @app.command("rollback")
-def rollback_cmd(
-    model: ModelName, reviewer: Reviewer, reason: Reason, tracking_uri: TrackingUri = None
-) -> None:
-    """Restore the previous champion, audited."""
+def rollback_cmd(model: ModelName, reason: Reason, tracking_uri: TrackingUri = None) -> None:
+    """Restore the previous champion, audited with your OS user name."""
     from medml.registry import rollback
 
     tracking = _existing_store(tracking_uri)
-    event = _guard(rollback, tracking, model, reviewer=reviewer, reason=reason)
+    event = _guard(rollback, tracking, model, reviewer=_os_user(), reason=reason)
     typer.echo(f"{model}: champion -> v{event['version']} (rolled back from v{event['demoted']})")
+
+
+audit_app = typer.Typer(help="The registry's append-only, hash-chained audit trail.",
+                        no_args_is_help=True)  # fmt: skip
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("log")
+def audit_log_cmd(model: ModelName, tracking_uri: TrackingUri = None) -> None:
+    """Print a model's audit events, oldest first."""
+    from medml.registry import audit_log
+
+    for event in _guard(audit_log, _existing_store(tracking_uri), model):
+        typer.echo(f"#{event['seq']} {event['at']} {event['event']} v{event['version']} "
+                   f"by {event['reviewer']}: {event['reason']}")  # fmt: skip
+
+
+@audit_app.command("verify")
+def audit_verify_cmd(model: ModelName, tracking_uri: TrackingUri = None) -> None:
+    """Recompute the hash chain; exit 6 naming each edited, deleted or reordered event."""
+    from medml.audit import verify
+    from medml.errors import AuditBroken
+
+    def check() -> str:
+        report = verify(_existing_store(tracking_uri), model)
+        if not report.intact:
+            raise AuditBroken(f"{model}: the audit trail is broken: " + "; ".join(report.problems))
+        return f"{model}: {report.events} audit events, hash chain intact"
+
+    typer.echo(_guard(check))
 
 
 @app.command("predict")

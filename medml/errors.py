@@ -54,6 +54,12 @@ class DataGateFailed(MedmlError):
     exit_code = 4
 
 
+class AuditBroken(MedmlError):
+    """The audit trail's hash chain is broken: an event was edited, deleted or reordered."""
+
+    exit_code = 6
+
+
 class RefusedError(MedmlError):
     """A lifecycle operation (promote, rollback, review) was refused (exit code 5)."""
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from medml.config import Recipe
+from medml.config import GateConfig, Recipe, parse_overrides
 from medml.errors import RefusedError
 from medml.faults import failpoint
 from medml.io import COMPLETE_MARKER, atomic_path, publish_dir, write_json
@@ -318,7 +318,8 @@ def champion_on_holdout(
 
 
 PREVIOUS_CHAMPION = "previous-champion"
-AUDIT_LOG_TAG = "audit.log"
+OVERRIDERS_ENV = "MEDML_GATE_OVERRIDERS"
+FOUR_EYES_ENV = "MEDML_FOUR_EYES"
 
 
 class PromotionError(RefusedError):
@@ -341,39 +342,117 @@ def alias_version(client: Any, name: str, alias: str) -> str | None:
         return None
 
 
-def _append_audit(client: Any, name: str, event: dict[str, Any]) -> None:
-    """Append an event to the registered model's audit log tag (newest kept within the limit)."""
-    model = client.get_registered_model(name)
-    log = json.loads(model.tags.get(AUDIT_LOG_TAG, "[]"))
-    log.append(event)
-    while len(json.dumps(log)) > MAX_TAG_CHARS and len(log) > 1:
-        log.pop(0)
-    client.set_registered_model_tag(name, AUDIT_LOG_TAG, json.dumps(log))
-
-
 def audit_log(tracking: Tracking, name: str) -> list[dict[str, Any]]:
-    """The promotion/rollback/decision events recorded on a registered model, oldest first."""
+    """The promotion/rollback/decision events of a registered model, oldest first."""
+    from medml import audit
+
+    return audit.events(tracking, name)
+
+
+def recorded_gate(tracking: Tracking, model_version: Any) -> GateOutcome:
+    """The version's gate, recomputed from what its run logged and MLflow never lets a client
+    change: the holdout metrics artifact, the champion's scores on the same holdout, and the
+    recipe's gate settings as run params — never from the (editable) ``gate`` tag.
+
+    Raises:
+        PromotionError: the run lacks its metrics or gate settings.
+    """
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line output
     client = tracking.activate()
-    return json.loads(client.get_registered_model(name).tags.get(AUDIT_LOG_TAG, "[]"))
+    run_id = model_version.run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            metrics = HoldoutMetrics.read(Path(client.download_artifacts(
+                run_id, "evaluation/metrics.json", tmp)))  # fmt: skip
+        except (MlflowException, OSError) as err:
+            raise PromotionError(
+                f"{model_version.name} v{model_version.version}: its run {run_id} has no "
+                f"evaluation/metrics.json ({err}); the gate cannot be checked"
+            ) from None
+        try:
+            champion: HoldoutMetrics | None = HoldoutMetrics.read(Path(client.download_artifacts(
+                run_id, "evaluation/champion_on_this_holdout.json", tmp)))  # fmt: skip
+        except (MlflowException, OSError):
+            champion = None
+    gate = gate_from_params(client.get_run(run_id).data.params)
+    return check_gate(metrics, gate, champion)
+
+
+def gate_from_params(params: dict[str, str]) -> GateConfig:
+    """The ``registry.gate`` settings from a pipeline run's (immutable) flat params."""
+    prefix = "registry.gate."
+    pairs = [f"{key.removeprefix(prefix)}={'null' if value == 'None' else value}"
+             for key, value in params.items() if key.startswith(prefix)]  # fmt: skip
+    if not pairs:
+        raise PromotionError("the version's run has no registry.gate params to check its gate")
+    return GateConfig.model_validate(parse_overrides(pairs))
+
+
+def _identity_checks(reviewer: str, reason: str, requested_by: str | None) -> None:
+    if not reviewer.strip():
+        raise PromotionError("no authenticated reviewer: the identity comes from the OS user "
+                             "(CLI) or the Airflow user who answered the approval")  # fmt: skip
+    if not reason.strip():
+        raise PromotionError("a promotion needs --reason (recorded in the audit trail)")
+    four_eyes = os.environ.get(FOUR_EYES_ENV, "true").lower() not in ("0", "false", "no")
+    if four_eyes and requested_by and requested_by == reviewer:
+        raise PromotionError(
+            f"{reviewer} requested this promotion and cannot also approve it (four-eyes rule; "
+            f"another reviewer must approve, or the deployment sets {FOUR_EYES_ENV}=false)"
+        )
+
+
+def _override_checks(name: str, version: str, gate: GateOutcome, reviewer: str,
+                     override_gate: str | None) -> None:  # fmt: skip
+    if gate.passed:
+        return
+    why = "; ".join(gate.reasons)
+    if not (override_gate and override_gate.strip()):
+        raise PromotionError(
+            f"{name} v{version} did not pass its gate (recomputed from its logged metrics: "
+            f"{why}); pass --override-gate REASON to promote it anyway (allowed roles only)"
+        )
+    allowed = {u.strip() for u in os.environ.get(OVERRIDERS_ENV, "").split(",") if u.strip()}
+    if reviewer not in allowed:
+        raise PromotionError(
+            f"{reviewer} may not override a failed gate ({why}); the deployment lists who "
+            f"may in {OVERRIDERS_ENV} (now: {', '.join(sorted(allowed)) or 'nobody'})"
+        )
 
 
 def promote(
     tracking: Tracking, name: str, version: str | int, *, reviewer: str, reason: str,
-    override_gate: str | None = None,
+    override_gate: str | None = None, requested_by: str | None = None, identity: str = "os-user",
 ) -> dict[str, Any]:  # fmt: skip
-    """Move alias ``champion`` to ``version`` and keep the old champion as ``previous-champion``.
+    """Move alias ``champion`` to ``version``, keep the old champion as ``previous-champion``
+    and clear ``challenger`` if it pointed at this version (a review never compares a version
+    with itself).
 
-    Writes the audit trail (who, when, why, previous champion, gate override) on the version and
-    on the registered model.
+    Args:
+        tracking: the MLflow store.
+        name: the registered model.
+        version: the version to promote.
+        reviewer: the authenticated identity who decides (OS user, or the Airflow approver).
+        reason: why (required; audited).
+        override_gate: why to promote a version whose gate failed; only users listed in
+            ``$MEDML_GATE_OVERRIDERS`` may.
+        requested_by: who asked for the promotion (the Airflow user who triggered it): with
+            the four-eyes rule (``$MEDML_FOUR_EYES``, on by default) they cannot approve it.
+        identity: where ``reviewer`` comes from (``os-user`` or ``airflow``), for the audit.
 
     Raises:
-        PromotionError: unknown version, missing reviewer/reason, already champion, or a
-            failed gate without ``override_gate``.
+        PromotionError: unknown or incomplete version, no identity or reason, requester =
+            approver, already champion, or a failed gate without an allowed override.
     """
     from mlflow.exceptions import MlflowException
 
-    if not reviewer.strip() or not reason.strip():
-        raise PromotionError("a promotion needs --reviewer and --reason")
+    from medml import audit
+
+    _identity_checks(reviewer, reason, requested_by)
     client = tracking.activate()
     version = str(version)
     try:
@@ -381,36 +460,37 @@ def promote(
     except MlflowException:
         raise PromotionError(f"model {name!r} has no version {version}") from None
     require_complete_version(model_version)
-    gate = model_version.tags.get("gate", "unknown")
-    if gate != "passed" and not (override_gate and override_gate.strip()):
-        raise PromotionError(
-            f"{name} v{version} did not pass the registration gate ({gate}: "
-            f"{model_version.tags.get('gate_reasons', 'no reasons recorded')}); pass "
-            "--override-gate REASON to promote it anyway"
-        )
+    gate = recorded_gate(tracking, model_version)
+    _override_checks(name, version, gate, reviewer, override_gate)
     previous = alias_version(client, name, CHAMPION)
     if previous == version:
         raise PromotionError(f"{name} v{version} is already the champion")
+    event = {"event": "promote", "version": version, "reviewer": reviewer, "identity": identity,
+             "requested_by": requested_by or reviewer, "reason": reason, "at": _now(),
+             "previous_champion": previous or "none", "gate_reasons": gate.reasons,
+             "gate": "passed" if gate.passed else "failed",
+             "gate_override": override_gate or ""}  # fmt: skip
+    recorded = audit.append(tracking, name, event)  # first: a refused write moves nothing
     client.set_registered_model_alias(name, CHAMPION, version)
     if previous is not None:
         client.set_registered_model_alias(name, PREVIOUS_CHAMPION, previous)
-    event = {"event": "promote", "version": version, "reviewer": reviewer, "reason": reason,
-             "at": _now(), "previous_champion": previous or "none",
-             "gate": gate, "gate_override": override_gate or ""}  # fmt: skip
+    for alias in set(model_version.aliases or []) - {CHAMPION, PREVIOUS_CHAMPION}:
+        client.delete_registered_model_alias(name, alias)  # challenger: now the champion
     for key in ("reviewer", "reason", "at", "previous_champion", "gate_override"):
         client.set_model_version_tag(name, version, f"audit.promoted.{key}", event[key])
-    _append_audit(client, name, event)
-    return event
+    return recorded
 
 
-def rollback(tracking: Tracking, name: str, *, reviewer: str, reason: str) -> dict[str, Any]:
+def rollback(tracking: Tracking, name: str, *, reviewer: str, reason: str,
+             identity: str = "os-user") -> dict[str, Any]:  # fmt: skip
     """Restore the previous champion; the demoted version becomes ``previous-champion``.
 
     Raises:
-        PromotionError: no champion or no previous champion to restore.
+        PromotionError: no identity or reason, or no champion / previous champion.
     """
-    if not reviewer.strip() or not reason.strip():
-        raise PromotionError("a rollback needs --reviewer and --reason")
+    from medml import audit
+
+    _identity_checks(reviewer, reason, None)
     client = tracking.activate()
     current = alias_version(client, name, CHAMPION)
     previous = alias_version(client, name, PREVIOUS_CHAMPION)
@@ -419,25 +499,26 @@ def rollback(tracking: Tracking, name: str, *, reviewer: str, reason: str) -> di
             f"{name} has no {'champion' if current is None else 'previous champion'}"
             " to roll back from/to"
         )
+    event = {"event": "rollback", "version": previous, "demoted": current, "reviewer": reviewer,
+             "identity": identity, "reason": reason, "at": _now()}  # fmt: skip
+    recorded = audit.append(tracking, name, event)
     client.set_registered_model_alias(name, CHAMPION, previous)
     client.set_registered_model_alias(name, PREVIOUS_CHAMPION, current)
-    event = {"event": "rollback", "version": previous, "demoted": current, "reviewer": reviewer,
-             "reason": reason, "at": _now()}  # fmt: skip
     for key in ("reviewer", "reason", "at"):
         client.set_model_version_tag(name, previous, f"audit.restored.{key}", event[key])
         client.set_model_version_tag(name, current, f"audit.rolled_back.{key}", event[key])
-    _append_audit(client, name, event)
-    return event
+    return recorded
 
 
 def record_decision(
     tracking: Tracking, name: str, version: str | int, *, reviewer: str, decision: str, reason: str
 ) -> dict[str, Any]:
     """Record a reviewer's decision (e.g. a rejection) without moving any alias."""
+    from medml import audit
+
     client = tracking.activate()
     event = {"event": decision, "version": str(version), "reviewer": reviewer, "reason": reason,
              "at": _now()}  # fmt: skip
     for key in ("reviewer", "reason", "at"):
         client.set_model_version_tag(name, str(version), f"audit.{decision}.{key}", event[key])
-    _append_audit(client, name, event)
-    return event
+    return audit.append(tracking, name, event)

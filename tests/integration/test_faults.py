@@ -149,7 +149,7 @@ def test_register_killed_between_version_and_tags_completes_on_retry(
     name = ctx.recipe.registry.model_name
     [half] = client.search_model_versions(f"name='{name}'")
     assert "medml.complete" not in half.tags
-    refused = _medml("promote", name, "--version", "1", "--reviewer", "a", "--reason", "b",
+    refused = _medml("promote", name, "--version", "1", "--reason", "b",
                      env=_env(MLFLOW_TRACKING_URI=tracking.uri))  # fmt: skip
     assert refused.returncode == 5 and "incomplete" in refused.stderr
 

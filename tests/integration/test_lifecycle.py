@@ -24,7 +24,9 @@ def _run(source: Path, run_dir: Path, *extra: str) -> dict:
     return pipeline.run_all(ctx, Tracking.from_env(), echo=lambda _: None)
 
 
-def test_gate_promotion_rollback_review_predict(phantom_dir: Path, tmp_path: Path) -> None:
+def test_gate_promotion_rollback_review_predict(
+    phantom_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tracking = Tracking.from_env()
     client = tracking.activate()
 
@@ -47,6 +49,7 @@ def test_gate_promotion_rollback_review_predict(phantom_dir: Path, tmp_path: Pat
 
     promote(tracking, NAME, 1, reviewer="alice", reason="first model")
     assert client.get_model_version_by_alias(NAME, "champion").version in (1, "1")
+    assert "challenger" not in client.get_registered_model(NAME).aliases  # no self-comparison
 
     strict = "registry.gate.thresholds.balanced_accuracy.min=0.99"
     failed = _run(phantom_dir, tmp_path / "r2", strict)
@@ -54,10 +57,14 @@ def test_gate_promotion_rollback_review_predict(phantom_dir: Path, tmp_path: Pat
     v2 = client.get_model_version(NAME, "2")
     assert v2.tags["gate"] == "failed" and "balanced_accuracy" in v2.tags["gate_reasons"]
     assert v2.tags["compared_with_champion"] == "1"  # scored the champion on the same holdout
-    assert str(client.get_model_version_by_alias(NAME, "challenger").version) == "1"  # unmoved
+    assert "challenger" not in client.get_registered_model(NAME).aliases  # a failed gate: none
 
-    with pytest.raises(PromotionError, match="did not pass the registration gate"):
+    client.set_model_version_tag(NAME, "2", "gate", "passed")  # a forged tag changes nothing
+    with pytest.raises(PromotionError, match="did not pass its gate .recomputed from its logged"):
         promote(tracking, NAME, 2, reviewer="bob", reason="looks fine")
+    with pytest.raises(PromotionError, match="bob may not override a failed gate"):
+        promote(tracking, NAME, 2, reviewer="bob", reason="urgent", override_gate="known issue")
+    monkeypatch.setenv("MEDML_GATE_OVERRIDERS", "bob,erin")
     promote(tracking, NAME, 2, reviewer="bob", reason="urgent fix", override_gate="known issue")
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"
     assert str(client.get_model_version_by_alias(NAME, "previous-champion").version) == "1"
@@ -111,7 +118,5 @@ def test_gate_promotion_rollback_review_predict(phantom_dir: Path, tmp_path: Pat
     probabilities = predictions[[f"p_{c}" for c in ("Normal", "Cyst", "Stone", "Tumor")]]
     assert ((probabilities.sum(axis=1) - 1).abs() < 1e-4).all()
 
-    result = runner.invoke(
-        app, ["promote", NAME, "--version", "9", "--reviewer", "x", "--reason", "y"]
-    )
+    result = runner.invoke(app, ["promote", NAME, "--version", "9", "--reason", "y"])
     assert result.exit_code == 5 and "has no version 9" in result.output  # refused

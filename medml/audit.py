@@ -1,0 +1,227 @@
+"""The audit trail of the registry: append-only, complete and tamper-evident.
+
+Every promotion, rollback and review decision is one MLflow run in the experiment
+:data:`AUDIT_EXPERIMENT`, tagged with the registered model. The event is logged as run
+*params*, which MLflow never lets a client change, together with its sequence number, the hash
+of the event before it and its own hash (SHA-256 of the previous hash and the event's canonical
+JSON). The newest ``seq:hash`` is also kept on the registered model (:data:`HEAD_TAG`).
+
+- **Complete**: one run per event, nothing is cut (an event longer than an MLflow param is
+  refused before anything moves); events are appended under a lock (an MLflow registered model
+  named ``<model>.audit-lock``, whose creation is atomic in every MLflow store), so concurrent
+  promotions each get their own sequence number.
+- **Tamper-evident**: :func:`verify` recomputes the chain. An edited event (its params changed
+  in the database), a deleted event (a run deleted or missing), a reordered or inserted event,
+  or removed newest events (the head tag disagrees) are each reported by sequence number.
+  ``medml audit verify MODEL`` runs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from medml.errors import MedmlError
+from medml.tracking import Tracking
+
+AUDIT_EXPERIMENT = "medml-audit"
+HEAD_TAG = "medml.audit.head"
+MODEL_TAG = "medml.audit.model"
+LOCK_SUFFIX = ".audit-lock"
+GENESIS = "0" * 64
+MAX_EVENT_CHARS = 6000  # an MLflow param's limit
+LOCK_TIMEOUT_S = 120.0
+STALE_LOCK_S = 60.0  # a lock older than this was left by a process that died
+
+
+class AuditError(MedmlError):
+    """The audit trail cannot be written (the message says why; nothing was changed)."""
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    """What :func:`verify` found."""
+
+    model: str
+    events: int
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def intact(self) -> bool:
+        """True when the chain is complete and unedited."""
+        return not self.problems
+
+
+def event_hash(previous: str, event: dict[str, Any]) -> str:
+    """SHA-256 of the previous event's hash and this event's canonical JSON."""
+    canonical = json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(f"{previous}\n{canonical}".encode()).hexdigest()
+
+
+def append(tracking: Tracking, model: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Append ``event`` to ``model``'s trail; returns it with ``seq``, ``prev_hash``, ``hash``.
+
+    Raises:
+        AuditError: the event is too long to be stored whole, or the lock could not be taken.
+    """
+    text = json.dumps(event, sort_keys=True, ensure_ascii=False)
+    if len(text) > MAX_EVENT_CHARS - 200:
+        raise AuditError(
+            f"the audit event is {len(text)} characters; at most {MAX_EVENT_CHARS - 200} are "
+            "stored whole: shorten the reason"
+        )
+    client = tracking.activate()
+    experiment_id = _experiment_id(client)
+    with _lock(client, model):
+        records = [r for r in _records(client, experiment_id, model) if r["deleted"] is False]
+        last = max(records, key=lambda r: r["seq"], default=None)
+        seq = 1 if last is None else last["seq"] + 1
+        previous = GENESIS if last is None else last["hash"]
+        record = {**event, "model": model, "seq": seq}
+        digest = event_hash(previous, record)
+        _write(client, experiment_id, model, record, previous, digest)
+        client.set_registered_model_tag(model, HEAD_TAG, f"{seq}:{digest}")
+    return {**record, "prev_hash": previous, "hash": digest}
+
+
+def events(tracking: Tracking, model: str) -> list[dict[str, Any]]:
+    """``model``'s events, oldest first (deleted ones left out; :func:`verify` reports them)."""
+    client = tracking.activate()
+    experiment = client.get_experiment_by_name(AUDIT_EXPERIMENT)
+    if experiment is None:
+        return []
+    records = _records(client, experiment.experiment_id, model)
+    return [r["event"] for r in sorted(records, key=lambda r: r["seq"]) if not r["deleted"]]
+
+
+def verify(tracking: Tracking, model: str) -> AuditReport:
+    """Recompute ``model``'s hash chain and report every break by sequence number."""
+    client = tracking.activate()
+    experiment = client.get_experiment_by_name(AUDIT_EXPERIMENT)
+    records = [] if experiment is None else _records(client, experiment.experiment_id, model)
+    problems = [f"event #{r['seq']} was deleted (MLflow run {r['run_id']})"
+                for r in records if r["deleted"]]  # fmt: skip
+    alive = sorted((r for r in records if not r["deleted"]), key=lambda r: r["seq"])
+    previous = GENESIS
+    for expected, record in enumerate(alive, start=1):
+        if record["seq"] != expected:
+            problems.append(f"event #{expected} is missing (the next one is #{record['seq']})")
+        if record["prev_hash"] != previous:
+            problems.append(f"event #{record['seq']} does not follow the event before it "
+                            "(one was removed, inserted or reordered)")  # fmt: skip
+        if event_hash(record["prev_hash"], record["event"]) != record["hash"]:
+            problems.append(f"event #{record['seq']} was edited after it was written")
+        previous = record["hash"]
+    head = _head(client, model)
+    newest = f"{alive[-1]['seq']}:{alive[-1]['hash']}" if alive else None
+    if head != newest:
+        problems.append(f"the newest event should be {head or 'none'}, found {newest or 'none'} "
+                        "(the newest events were removed, or the head was changed)")  # fmt: skip
+    return AuditReport(model, len(alive), problems)
+
+
+def _experiment_id(client: Any) -> str:
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(AUDIT_EXPERIMENT)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    try:
+        return str(client.create_experiment(AUDIT_EXPERIMENT, tags={"medml.kind": "audit"}))
+    except MlflowException:  # created by a concurrent writer
+        return str(client.get_experiment_by_name(AUDIT_EXPERIMENT).experiment_id)
+
+
+def _write(client: Any, experiment_id: str, model: str, record: dict[str, Any], previous: str,
+           digest: str) -> None:  # fmt: skip
+    from mlflow.entities import Param
+
+    run = client.create_run(experiment_id, run_name=f"{model} #{record['seq']}",
+                            tags={MODEL_TAG: model, "medml.kind": "audit"})  # fmt: skip
+    event = json.dumps(record, sort_keys=True, ensure_ascii=False)
+    params = {"event": event, "seq": str(record["seq"]), "prev_hash": previous, "hash": digest}
+    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
+    client.set_terminated(run.info.run_id)
+
+
+def _records(client: Any, experiment_id: str, model: str) -> list[dict[str, Any]]:
+    from mlflow.entities import ViewType
+
+    found: list[dict[str, Any]] = []
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=f"tags.`{MODEL_TAG}` = '{model}'",
+                                  run_view_type=ViewType.ALL, max_results=1000,
+                                  page_token=token)  # fmt: skip
+        for run in page:
+            params = run.data.params
+            try:
+                event = json.loads(params["event"])
+                seq = int(params["seq"])
+            except (KeyError, ValueError):
+                continue  # a run being written right now (its params are not there yet)
+            found.append({"seq": seq, "event": event, "prev_hash": params.get("prev_hash", ""),
+                          "hash": params.get("hash", ""), "run_id": run.info.run_id,
+                          "deleted": run.info.lifecycle_stage == "deleted"})  # fmt: skip
+        token = page.token
+        if not token:
+            return found
+
+
+def _head(client: Any, model: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(model).tags.get(HEAD_TAG)
+    except MlflowException:
+        return None
+
+
+@contextmanager
+def _lock(client: Any, model: str) -> Iterator[None]:
+    """Hold ``<model>.audit-lock`` (a registered model: creating one is atomic) while appending."""
+    from mlflow.exceptions import MlflowException
+
+    name = f"{model}{LOCK_SUFFIX}"
+    deadline = time.monotonic() + LOCK_TIMEOUT_S
+    while True:
+        try:
+            client.create_registered_model(
+                name, tags={"medml.kind": "audit-lock"},
+                description=f"held while an event is appended to {model}'s audit trail",
+            )  # fmt: skip
+            break
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        _break_if_stale(client, name)
+        if time.monotonic() > deadline:
+            raise AuditError(
+                f"could not take {name} within {LOCK_TIMEOUT_S:.0f} s; nothing was changed. "
+                "If no promotion is running, delete that registered model and retry"
+            )
+        time.sleep(random.uniform(0.02, 0.2))
+    try:
+        yield
+    finally:
+        try:
+            client.delete_registered_model(name)
+        except MlflowException:
+            pass  # broken as stale by another process: nothing left to release
+
+
+def _break_if_stale(client: Any, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        created = client.get_registered_model(name).creation_timestamp or 0
+        if time.time() * 1000 - created > STALE_LOCK_S * 1000:
+            client.delete_registered_model(name)
+    except MlflowException:
+        pass  # released meanwhile
