@@ -1,14 +1,17 @@
 """
 ### medml_promote: a reviewer approves (or rejects) a model version in the Airflow UI
 
-Trigger manually with params `model`, `version`, `reviewer`, `reason` (and `override_gate` to
-promote a version whose gate failed, with the reason). The DAG
+Trigger manually with params `model`, `version`, `reason` (and `override_gate` to promote a
+version whose gate failed, with the reason). Identities come from Airflow's authentication,
+never from a parameter: the **requester** is the user who triggered the run, the **approver**
+the user who answered the approval. The DAG
 
 1. renders the review report (candidate vs champion) and shows it in the approval request;
 2. waits for a human decision with Airflow's human-in-the-loop `ApprovalOperator`;
-3. on **Approve**, moves alias `champion` to the version (old champion → `previous-champion`)
-   and writes the audit trail; on **Reject**, leaves every alias as it is and records the
-   rejection in the audit trail.
+3. on **Approve**, promotes as the approver (refused when the approver is the requester —
+   four-eyes — or the gate failed without an override the deployment allows them), moving
+   `champion` (old one → `previous-champion`, `challenger` cleared) and appending to the
+   audit trail; on **Reject**, leaves every alias as it is and records the rejection.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ from medml_common import DEFAULT_ARGS, START_DATE
     params={
         "model": Param("kidney-ct-classifier", type="string", description="Registered model."),
         "version": Param("1", type="string", description="Version to promote."),
-        "reviewer": Param("", type="string", minLength=1, description="Who asks (audited)."),
         "reason": Param("", type="string", minLength=1, description="Why (audited)."),
         "override_gate": Param("", type="string", description="Reason to ignore a failed gate."),
     },
@@ -54,38 +56,45 @@ def medml_promote() -> None:
     approve = ApprovalOperator(
         task_id="approve",
         subject="Promote {{ params.model }} v{{ params.version }} to champion?",
-        body="Requested by {{ params.reviewer }}: {{ params.reason }}\n\n"
+        body="Requested by {{ dag_run.triggering_user_name }}: {{ params.reason }}\n\n"
         "```\n{{ ti.xcom_pull(task_ids='render_review') }}\n```",
         response_timeout=timedelta(days=3),
         retries=0,
     )
 
     @task
-    def promote(params: dict | None = None) -> dict:
+    def promote(params: dict | None = None, ti=None, dag_run=None) -> dict:
         from medml.registry import promote as promote_version
         from medml.tracking import Tracking
 
         return promote_version(
             Tracking.from_env(), params["model"], params["version"],
-            reviewer=params["reviewer"], reason=params["reason"],
+            reviewer=_responder(ti), reason=params["reason"],
             override_gate=params["override_gate"] or None,
+            requested_by=dag_run.triggering_user_name, identity="airflow",
         )  # fmt: skip
 
     @task(trigger_rule="all_skipped")
-    def record_rejection(params: dict | None = None, ti=None) -> dict:
+    def record_rejection(params: dict | None = None, ti=None, dag_run=None) -> dict:
         from medml.registry import record_decision
         from medml.tracking import Tracking
 
-        response = ti.xcom_pull(task_ids="approve") or {}
-        who = response.get("responded_by_user", {}) or {}
         return record_decision(
             Tracking.from_env(), params["model"], params["version"],
-            reviewer=who.get("name") or params["reviewer"], decision="rejected",
-            reason=f"rejected in the Airflow UI (requested: {params['reason']})",
+            reviewer=_responder(ti), decision="rejected",
+            reason=f"rejected in the Airflow UI (requested by {dag_run.triggering_user_name}: "
+            f"{params['reason']})",
         )  # fmt: skip
 
     promoted = promote()
     render_review() >> approve >> promoted >> record_rejection()
+
+
+def _responder(ti) -> str:
+    """The authenticated user who answered the approval (empty when nobody did)."""
+    response = ti.xcom_pull(task_ids="approve") or {}
+    user = response.get("responded_by_user") or {}
+    return str(user.get("name") or user.get("id") or "")
 
 
 medml_promote()

@@ -11,14 +11,17 @@ handlers, so the API server starts without TensorFlow).
 from __future__ import annotations
 
 import html
-import json
 from typing import Any
 
+from airflow.api_fastapi.core_api.security import get_user
 from airflow.plugins_manager import AirflowPlugin
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import HTMLResponse
 
-app = FastAPI(title="medml models", description="Registered models for review")
+# Every page needs an authenticated Airflow session (the UI's cookie, or a bearer token), the
+# same as Airflow's own API: anonymous requests get 401.
+app = FastAPI(title="medml models", description="Registered models for review",
+              dependencies=[Depends(get_user)])  # fmt: skip
 
 STYLE = (
     "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin:.5em 0}"
@@ -36,9 +39,14 @@ def _tracking() -> Any:
 
 def models_page() -> str:
     """The Models page as HTML (used by the route and by tests)."""
-    client = _tracking().activate()
+    from medml.audit import LOCK_SUFFIX, events
+
+    tracking = _tracking()
+    client = tracking.activate()
     sections = []
     for model in client.search_registered_models():
+        if model.name.endswith(LOCK_SUFFIX):
+            continue  # an audit append in progress, not a model
         aliases: dict[str, list[str]] = {}
         for alias, version in (model.aliases or {}).items():
             aliases.setdefault(str(version), []).append(alias)
@@ -60,18 +68,21 @@ def models_page() -> str:
                 f"<td>{html.escape(tags.get('audit.promoted.reviewer', ''))}</td>"
                 f"<td><a href='{link}'>review</a></td></tr>"
             )
-        audit = json.loads(model.tags.get("audit.log", "[]"))
         audit_rows = "".join(
-            f"<tr><td>{html.escape(e.get('at', ''))}</td><td>{html.escape(e.get('event', ''))}</td>"
+            f"<tr><td>#{e.get('seq', '')}</td><td>{html.escape(e.get('at', ''))}</td>"
+            f"<td>{html.escape(e.get('event', ''))}</td>"
             f"<td>v{html.escape(str(e.get('version', '')))}</td>"
-            f"<td>{html.escape(e.get('reviewer', ''))}</td><td>{html.escape(e.get('reason', ''))}"
-            f"</td></tr>" for e in reversed(audit))  # fmt: skip
+            f"<td>{html.escape(e.get('reviewer', ''))}</td>"
+            f"<td>{html.escape(e.get('requested_by', ''))}</td>"
+            f"<td>{html.escape(e.get('reason', ''))}</td></tr>"
+            for e in reversed(events(tracking, model.name)))  # fmt: skip
         sections.append(
             f"<h2>{html.escape(model.name)}</h2><table><tr><th>version</th><th>snapshot</th>"
             "<th>gate</th><th>balanced acc.</th><th>macro-F1</th><th>gate reasons</th>"
             f"<th>promoted by</th><th></th></tr>{''.join(rows)}</table>"
-            "<h3>Audit trail</h3><table><tr><th>when</th><th>event</th><th>version</th>"
-            f"<th>who</th><th>why</th></tr>{audit_rows}</table>"
+            "<h3>Audit trail</h3><table><tr><th>#</th><th>when</th><th>event</th>"
+            "<th>version</th><th>approved by</th><th>requested by</th><th>why</th></tr>"
+            f"{audit_rows}</table>"
         )
     body = "".join(sections) or "<p>No registered models yet.</p>"
     return (

@@ -50,7 +50,12 @@ def test_models_page_lists_versions_aliases_and_audit(phantom_dir: Path, tmp_pat
     pipeline.run_all(ctx, tracking, echo=lambda _: None)
     promote(tracking, "kidney-ct-classifier", 1, reviewer="alice", reason="first model")
 
-    client = TestClient(_plugin_module().app)
+    plugin = _plugin_module()
+    client = TestClient(plugin.app)
+    assert client.get("/").status_code == 401  # anonymous: refused, like Airflow's own API
+    assert client.get("/review/kidney-ct-classifier/1").status_code == 401
+    # Signed in (the real sign-in through Airflow's API server is in test_promote_dag.py):
+    plugin.app.dependency_overrides[plugin.get_user] = lambda: "alice"
     page = client.get("/")
     assert page.status_code == 200
     text = page.text
@@ -58,13 +63,13 @@ def test_models_page_lists_versions_aliases_and_audit(phantom_dir: Path, tmp_pat
         "kidney-ct-classifier",
         "v1",
         "champion",
-        "challenger",
         "passed",
         "alice",
         "first model",
         "review/kidney-ct-classifier/1",
     ):
         assert fragment in text, fragment
+    assert "challenger" not in text  # promotion cleared it: no version is reviewed against itself
     report = client.get("/review/kidney-ct-classifier/1")
     assert report.status_code == 200 and "sensitivity Stone" in report.text
     assert client.get("/review/no-such-model/1").status_code == 404
