@@ -277,6 +277,20 @@ class RegistryConfig(_Strict):
     gate: GateConfig = GateConfig()
 
 
+class EvaluateConfig(_Strict):
+    """What evaluation fits on the out-of-fold predictions (never on the holdout)."""
+
+    calibrate: bool = Field(
+        default=True, description="temperature scaling fitted out-of-fold, applied in the model"
+    )
+    positive_class: str | None = Field(
+        default=None, description="binary recipes: the class the operating point is chosen for"
+    )
+    target_sensitivity: float = Field(
+        default=0.95, gt=0.0, le=1.0, description="sensitivity the operating point reaches OOF"
+    )
+
+
 class Recipe(_Strict):
     """Everything that defines one dataset/system's training run."""
 
@@ -286,7 +300,19 @@ class Recipe(_Strict):
     image: ImageConfig = ImageConfig()
     split: SplitConfig = SplitConfig()
     train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     registry: RegistryConfig
+
+    @model_validator(mode="after")
+    def _operating_point_fits(self) -> Recipe:
+        positive = self.evaluate.positive_class
+        binary = len(self.data.classes) == 2
+        if positive is not None and (not binary or positive not in self.data.classes):
+            raise ValueError(
+                f"evaluate.positive_class={positive!r} needs a binary recipe with that class; "
+                f"the classes are {self.data.classes}"
+            )
+        return self
 
     @property
     def chance_balanced_accuracy(self) -> float:

@@ -18,9 +18,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medml.calibration import (
+    ServingCalibration,
+    apply_temperature,
+    at_threshold,
+    fit_temperature,
+    operating_threshold,
+)
 from medml.config import Recipe
 from medml.errors import RunError
-from medml.io import atomic_path, publish_dir, read_json
+from medml.io import atomic_path, publish_dir, read_json, write_json
 from medml.layout import EvaluationFiles, FoldFiles
 from medml.metrics import HoldoutMetrics
 from medml.preprocess import load_images, load_index
@@ -244,7 +251,9 @@ def plot_roc_curves(
     return _save(fig, path)
 
 
-def plot_reliability(y_true: np.ndarray, proba: np.ndarray, path: Path, bins: int = 10) -> Path:
+def plot_reliability(
+    y_true: np.ndarray, proba: np.ndarray, path: Path, bins: int = 10, *, title: str = ""
+) -> Path:
     """Reliability diagram: accuracy vs confidence of the top class, per confidence bin."""
     plt = _pyplot()
     confidence = proba.max(axis=1)
@@ -258,7 +267,8 @@ def plot_reliability(y_true: np.ndarray, proba: np.ndarray, path: Path, bins: in
     ax.bar(centres, accuracy, width=1 / bins, edgecolor="black", alpha=0.7, label="accuracy")
     ax.plot([0, 1], [0, 1], "k--", linewidth=0.8, label="perfect calibration")
     ece = expected_calibration_error(y_true, proba, bins)
-    ax.set(ylabel="accuracy", title=f"Reliability (ECE {ece:.3f})", ylim=(0, 1))
+    label = f"Reliability{' ' + title if title else ''} (ECE {ece:.3f})"
+    ax.set(ylabel="accuracy", title=label, ylim=(0, 1))
     ax.legend(loc="upper left")
     hist.bar(centres, counts, width=1 / bins, edgecolor="black")
     hist.set(xlabel="confidence", ylabel="images")
@@ -304,6 +314,36 @@ def predict_proba(
     )
 
 
+@dataclass(frozen=True)
+class OutOfFold:
+    """Each training image scored by the fold model that did not train on it."""
+
+    rows: pd.DataFrame
+    y: np.ndarray
+    proba: np.ndarray  # uncalibrated softmax outputs
+
+
+def out_of_fold(shards_dir: Path, index: pd.DataFrame, model_paths: Sequence[Path]) -> OutOfFold:
+    """Out-of-fold predictions: ``model_paths[k]`` (fold ``k``'s model) scores fold ``k``'s
+    validation images, in bounded batches."""
+    from medml.preprocess import ShardRows
+
+    train = index[index["split"] != TEST]
+    rows, probas = [], []
+    for fold, path in enumerate(model_paths):
+        part = train[train["fold"] == fold]
+        reader = ShardRows(shards_dir, part)
+        batches = [predict_proba([path], reader.gather(np.arange(i, min(i + 2048, len(part)))))[0]
+                   for i in range(0, len(part), 2048)]  # fmt: skip
+        rows.append(part)
+        probas.append(np.concatenate(batches) if batches else np.empty((0, 0)))
+    table = pd.concat(rows) if rows else train.iloc[:0]
+    proba = np.concatenate([p for p in probas if p.size]) if any(p.size for p in probas) else (
+        np.empty((0, 0))
+    )  # fmt: skip
+    return OutOfFold(table, table["label_index"].to_numpy(dtype=np.int64), proba)
+
+
 def evaluate(
     shards_dir: Path,
     model_paths: Sequence[Path],
@@ -313,7 +353,9 @@ def evaluate(
     tracking: Tracking | None = None,
     parent_run_id: str | None = None,
 ) -> EvaluationResult:
-    """Score the fold ensemble (and each fold) on the holdout; write metrics, plots, predictions.
+    """Score the fold ensemble (and each fold) on the holdout, and every training image
+    out-of-fold; fit the temperature (and, for binary recipes, the operating point) on the
+    out-of-fold predictions only; write metrics, plots and predictions.
 
     Raises:
         RunError: no fold models were given.
@@ -322,28 +364,109 @@ def evaluate(
         raise RunError("no fold models to evaluate; run the train step for every fold first")
     classes = recipe.data.classes
     index = load_index(shards_dir)
+    oof = out_of_fold(shards_dir, index, model_paths)
+    temperature = fit_temperature(oof.proba, oof.y) if recipe.evaluate.calibrate else 1.0
     holdout = index[index["split"] == TEST]
     y_true = holdout["label_index"].to_numpy(dtype=np.int64)
-    per_model = predict_proba(model_paths, load_images(shards_dir, holdout))
+    raw = predict_proba(model_paths, load_images(shards_dir, holdout))
+    per_model = np.stack([apply_temperature(p, temperature) for p in raw])
     ensemble = per_model.mean(axis=0)
     metrics = clinical_metrics(y_true, ensemble, classes, seed=recipe.split.seed).with_folds([
         {"model": str(path), **clinical_metrics(y_true, proba, classes, bootstrap=0).overall}
         for path, proba in zip(model_paths, per_model, strict=True)
     ])  # fmt: skip
+    oof_calibrated = apply_temperature(oof.proba, temperature)
+    extras = {
+        "calibration": calibration_report(temperature, oof, oof_calibrated, y_true,
+                                          raw.mean(axis=0), ensemble),
+        "operating_point": operating_point(recipe, oof, oof_calibrated, y_true, ensemble),
+    }  # fmt: skip
+    oof_metrics = clinical_metrics(oof.y, oof_calibrated, classes, seed=recipe.split.seed)
     files = EvaluationFiles(Path(out_dir))
     with publish_dir(files.root) as staging:
-        metrics.write(EvaluationFiles(staging).metrics)
-        plots = write_plots(EvaluationFiles(staging), metrics, y_true, ensemble, model_paths)
+        written = write_evaluation(EvaluationFiles(staging), metrics, oof_metrics, extras)
+        plots = write_plots(EvaluationFiles(staging), metrics, y_true, ensemble, model_paths,
+                            uncalibrated=raw.mean(axis=0))  # fmt: skip
         write_predictions(EvaluationFiles(staging).predictions, holdout, ensemble, classes)
-    plots = [files.root / plot.name for plot in plots]
+        write_predictions(EvaluationFiles(staging).oof_predictions, oof.rows, oof_calibrated,
+                          classes)  # fmt: skip
     if tracking is not None and parent_run_id is not None:
-        import mlflow
-
-        with tracking.run(run_id=parent_run_id):
-            mlflow.log_metrics(metrics.loggable("test_"))
-            for artifact in (files.metrics, *plots):
-                mlflow.log_artifact(str(artifact), artifact_path="evaluation")
+        artifacts = [files.root / p.name for p in [*written, *plots]]
+        log_evaluation(tracking, parent_run_id, metrics, oof_metrics, temperature, artifacts)
     return EvaluationResult(files.metrics, metrics)
+
+
+def serving_calibration(out_dir: Path) -> ServingCalibration:
+    """The temperature and operating point an evaluation folder chose, for the served model."""
+    files = EvaluationFiles(Path(out_dir))
+    temperature = float(read_json(files.calibration)["temperature"])
+    point = read_json(files.operating_point) if files.operating_point.is_file() else None
+    if point is not None:
+        point = {"positive_class": point["positive_class"], "threshold": point["threshold"]}
+    return ServingCalibration(temperature, point)
+
+
+def calibration_report(
+    temperature: float, oof: OutOfFold, oof_calibrated: np.ndarray, y_true: np.ndarray,
+    holdout_raw: np.ndarray, holdout_calibrated: np.ndarray,
+) -> dict[str, Any]:  # fmt: skip
+    """The temperature, where it was fitted, and the ECE before/after (OOF and holdout)."""
+    return {
+        "temperature": temperature,
+        "fitted_on": f"out-of-fold predictions of {len(oof.y)} training images (not the holdout)",
+        "oof_ece_before": expected_calibration_error(oof.y, oof.proba),
+        "oof_ece_after": expected_calibration_error(oof.y, oof_calibrated),
+        "holdout_ece_before": expected_calibration_error(y_true, holdout_raw),
+        "holdout_ece_after": expected_calibration_error(y_true, holdout_calibrated),
+    }
+
+
+def operating_point(
+    recipe: Recipe, oof: OutOfFold, oof_calibrated: np.ndarray, y_true: np.ndarray,
+    holdout: np.ndarray,
+) -> dict[str, Any] | None:  # fmt: skip
+    """Binary recipes with ``evaluate.positive_class``: the threshold reaching the target
+    sensitivity out-of-fold, and the rates at it on both sets (holdout with 95% intervals)."""
+    positive = recipe.evaluate.positive_class
+    if positive is None:
+        return None
+    k = recipe.data.classes.index(positive)
+    target = recipe.evaluate.target_sensitivity
+    threshold = operating_threshold(oof_calibrated[:, k], oof.y == k, target)
+    return {
+        "positive_class": positive,
+        "target_sensitivity": target,
+        "threshold": threshold,
+        "chosen_on": "out-of-fold predictions (not the holdout)",
+        "oof": at_threshold(oof_calibrated[:, k], oof.y == k, threshold, bootstrap=0),
+        "holdout": at_threshold(holdout[:, k], y_true == k, threshold, seed=recipe.split.seed),
+    }
+
+
+def write_evaluation(
+    files: EvaluationFiles, metrics: HoldoutMetrics, oof_metrics: HoldoutMetrics,
+    extras: dict[str, Any],
+) -> list[Path]:  # fmt: skip
+    """The holdout and OOF metrics, the calibration and (binary) operating point files."""
+    written = [metrics.write(files.metrics), oof_metrics.write(files.oof_metrics),
+               write_json(files.calibration, extras["calibration"])]  # fmt: skip
+    if extras["operating_point"] is not None:
+        written.append(write_json(files.operating_point, extras["operating_point"]))
+    return written
+
+
+def log_evaluation(
+    tracking: Tracking, parent_run_id: str, metrics: HoldoutMetrics, oof_metrics: HoldoutMetrics,
+    temperature: float, artifacts: Sequence[Path],
+) -> None:  # fmt: skip
+    """Holdout (``test_*``) and out-of-fold (``oof_*``) scores and the files, to the run."""
+    import mlflow
+
+    with tracking.run(run_id=parent_run_id):
+        mlflow.log_metrics({**metrics.loggable("test_"), **oof_metrics.loggable("oof_"),
+                            "calibration_temperature": temperature})  # fmt: skip
+        for artifact in artifacts:
+            mlflow.log_artifact(str(artifact), artifact_path="evaluation")
 
 
 def write_plots(
@@ -352,8 +475,11 @@ def write_plots(
     y_true: np.ndarray,
     proba: np.ndarray,
     model_paths: Sequence[Path],
+    *,
+    uncalibrated: np.ndarray | None = None,
 ) -> list[Path]:
-    """Confusion matrix, ROC curves, reliability and (when histories exist) learning curves."""
+    """Confusion matrix, ROC curves, reliability (after, and before calibration) and (when
+    histories exist) learning curves."""
     classes = metrics.classes
     plots = [
         plot_confusion_matrix(
@@ -362,6 +488,9 @@ def write_plots(
         plot_roc_curves(y_true, proba, classes, files.plot("roc_curves")),
         plot_reliability(y_true, proba, files.plot("reliability")),
     ]
+    if uncalibrated is not None:
+        plots.append(plot_reliability(y_true, uncalibrated, files.plot("reliability_uncalibrated"),
+                                      title="before calibration"))  # fmt: skip
     histories = [FoldFiles(Path(p).parent).history for p in model_paths]
     if all(h.is_file() for h in histories):
         curves = [read_json(h)["history"] for h in histories]

@@ -102,6 +102,26 @@ class EvaluationFiles:
     def predictions(self) -> Path:
         return self.root / "predictions.parquet"
 
+    @property
+    def oof_metrics(self) -> Path:
+        """Out-of-fold metrics: each training image scored by the fold model that did not
+        train on it."""
+        return self.root / "oof_metrics.json"
+
+    @property
+    def oof_predictions(self) -> Path:
+        return self.root / "oof_predictions.parquet"
+
+    @property
+    def calibration(self) -> Path:
+        """The temperature (fitted out-of-fold) and the ECE before/after."""
+        return self.root / "calibration.json"
+
+    @property
+    def operating_point(self) -> Path:
+        """Binary recipes: the OOF-chosen threshold and the holdout's rates at it."""
+        return self.root / "operating_point.json"
+
     def plot(self, name: str) -> Path:
         """A plot's PNG (``confusion_matrix``, ``roc_curves``, ``reliability``, …)."""
         return self.root / plot_file(name)

@@ -208,8 +208,11 @@ densenet121 = MODELS.register("densenet121")(_backbone_builder("densenet121"))
 efficientnet_b0 = MODELS.register("efficientnet_b0")(_backbone_builder("efficientnet_b0"))
 
 
-def build_ensemble(members: list[keras.Model], *, name: str = "fold_ensemble") -> keras.Model:
-    """One model that averages the members' softmax outputs (seed 001's fold averaging).
+def build_ensemble(
+    members: list[keras.Model], *, name: str = "fold_ensemble", temperature: float = 1.0
+) -> keras.Model:
+    """One model that averages the members' softmax outputs (seed 001's fold averaging), each
+    member's first calibrated by ``temperature`` (:mod:`medml.calibration`; 1 leaves it as is).
 
     Raises:
         ValueError: no members, or members with different input shapes.
@@ -224,7 +227,47 @@ def build_ensemble(members: list[keras.Model], *, name: str = "fold_ensemble") -
         raise ValueError(f"ensemble members have different input shapes: {sorted(shapes)}")
     inputs = keras.Input(shape=shapes.pop(), name="pixels")
     outputs = [member(inputs) for member in members]
+    if temperature != 1.0:
+        scale = temperature_layer()
+        outputs = [scale(temperature, name=f"calibrated_{i}")(out) for i, out in enumerate(outputs)]
     averaged = (
         outputs[0] if len(outputs) == 1 else layers.Average(name="mean_probabilities")(outputs)
     )
     return keras.Model(inputs, averaged, name=name)
+
+
+def load_ensemble(path: Path) -> keras.Model:
+    """Load a saved :func:`build_ensemble` model (its calibration layer included)."""
+    import keras
+
+    custom = {"TemperatureScaling": temperature_layer()}
+    return keras.models.load_model(path, compile=False, custom_objects=custom)
+
+
+_TEMPERATURE_LAYER: list[type] = []
+
+
+def temperature_layer() -> type:
+    """The Keras layer ``softmax(log(p) / T)`` (defined on first use: Keras loads lazily)."""
+    if _TEMPERATURE_LAYER:
+        return _TEMPERATURE_LAYER[0]
+    import keras
+    from keras import ops
+
+    @keras.saving.register_keras_serializable(package="medml")
+    class TemperatureScaling(keras.layers.Layer):
+        """Divide log-probabilities by a fitted temperature and re-normalise."""
+
+        def __init__(self, temperature: float = 1.0, **kwargs: object) -> None:
+            super().__init__(**kwargs)
+            self.temperature = float(temperature)
+
+        def call(self, probabilities: object) -> object:
+            logits = ops.log(ops.clip(probabilities, 1e-12, 1.0)) / self.temperature
+            return ops.softmax(logits, axis=-1)
+
+        def get_config(self) -> dict[str, object]:
+            return {**super().get_config(), "temperature": self.temperature}
+
+    _TEMPERATURE_LAYER.append(TemperatureScaling)
+    return TemperatureScaling

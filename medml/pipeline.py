@@ -386,6 +386,7 @@ def step_register(run_dir: Path, tracking: Tracking) -> dict[str, Any]:
 
 
 def _register(ctx: RunContext, tracking: Tracking) -> dict[str, Any]:
+    from medml.evaluate import serving_calibration
     from medml.registry import champion_on_holdout, register_ensemble
 
     layout = ctx.layout
@@ -400,7 +401,7 @@ def _register(ctx: RunContext, tracking: Tracking) -> dict[str, Any]:
         tracking=tracking, parent_run_id=pipeline_run_id(ctx, tracking),
         tags={"data_hash": _snapshot_hash(layout), "logical_date": ctx.logical_date,
               "run_key": ctx.run_key, "run_dir": str(layout.root)},
-        champion=champion,
+        champion=champion, calibration=serving_calibration(layout.evaluation.root),
         card_facts={"split_report": read_json(layout.split_report),
                     "validation_report": read_json(layout.validation.report)},
     )  # fmt: skip

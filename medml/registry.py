@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from medml.calibration import ServingCalibration
 from medml.config import GateConfig, Recipe, parse_overrides
 from medml.errors import RefusedError
 from medml.faults import failpoint
@@ -108,13 +109,14 @@ def version_tags(
     }
 
 
-def save_ensemble(model_paths: Sequence[Path], path: Path) -> Path:
-    """Load the fold models, build their averaging ensemble and save it to ``path``."""
+def save_ensemble(model_paths: Sequence[Path], path: Path, temperature: float = 1.0) -> Path:
+    """Load the fold models, build their (calibrated) averaging ensemble, save it to ``path``."""
     import keras
 
     from medml.models import build_ensemble
 
-    ensemble = build_ensemble([keras.models.load_model(p, compile=False) for p in model_paths])
+    members = [keras.models.load_model(p, compile=False) for p in model_paths]
+    ensemble = build_ensemble(members, temperature=temperature)
     with atomic_path(path) as tmp:
         ensemble.save(tmp)
     return path
@@ -123,6 +125,7 @@ def save_ensemble(model_paths: Sequence[Path], path: Path) -> Path:
 def log_ensemble(
     tracking: Tracking, parent_run_id: str, ensemble_path: Path, recipe: Recipe,
     card_paths: Sequence[Path], champion: ChampionScore | None, digest: str,
+    operating_point: dict[str, Any] | None = None,
 ) -> str:  # fmt: skip
     """Log the servable model (ensemble + preprocessing, :mod:`medml.serving`), registering a
     new version, with the model card and the champion's scores, to the pipeline run; returns
@@ -135,7 +138,7 @@ def log_ensemble(
         info = log_classifier(
             ensemble_path, recipe.data.classes, recipe.image.model_dump(mode="json"),
             name="model", registered_model_name=recipe.registry.model_name,
-            tags={MODELS_DIGEST_TAG: digest},
+            tags={MODELS_DIGEST_TAG: digest}, operating_point=operating_point,
         )  # fmt: skip
         for path in card_paths:
             mlflow.log_artifact(str(path), artifact_path="model_card")
@@ -155,6 +158,7 @@ def register_ensemble(
     tags: dict[str, str],
     champion: ChampionScore | None = None,
     card_facts: dict[str, Any] | None = None,
+    calibration: ServingCalibration | None = None,
 ) -> Registration:
     """Build the fold ensemble, log it to the pipeline run and register one model version.
 
@@ -176,6 +180,8 @@ def register_ensemble(
         tags: extra version tags (data hash, logical date, ...).
         champion: the current champion scored on the same holdout, or ``None`` if there is none.
         card_facts: ``split_report`` and ``validation_report`` for the model card.
+        calibration: the temperature (inside the ensemble) and operating point (returned by
+            the served model) that evaluation fitted out-of-fold.
     """
     from medml.model_card import CardFacts, render_markdown, write_model_card
 
@@ -195,11 +201,12 @@ def register_ensemble(
         files = RegistryFiles(staging)
         digest = models_digest([Path(p).parent for p in model_paths])
         version = version_of_run(tracking, name, parent_run_id, digest)
-        ensemble = save_ensemble(model_paths, files.ensemble)
+        calibration = calibration or ServingCalibration()
+        ensemble = save_ensemble(model_paths, files.ensemble, calibration.temperature)
         card_paths = write_model_card(card, files)
         if version is None:  # else a retry: the version exists, only the local copy is rebuilt
             version = log_ensemble(tracking, parent_run_id, ensemble, recipe, card_paths, champion,
-                                   digest)  # fmt: skip
+                                   digest, calibration.operating_point)  # fmt: skip
         failpoint("register:version-created")
         describe(tracking, recipe, version, render_markdown(card))
         complete_version(tracking, name, version, tags, alias)

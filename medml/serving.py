@@ -10,9 +10,12 @@ Raw images in, a table out. Input is a DataFrame with one of the columns
 and optionally ``frame``: which frame of a multi-frame DICOM / multi-page TIFF (default 0);
 
 and the output has one row per input: ``label`` (the predicted class), ``p_<class>`` for every
-class, and ``error`` (empty, or why that image could not be read; its probabilities are then
-empty). Every image goes through :class:`~medml.preprocess.LoadImage` with the image settings
-the model was trained with, so serving sees exactly the pixels training saw.
+class (calibrated: the fold models' temperature scaling is inside the ensemble), for binary
+recipes with an operating point ``decision`` (the class decided at the threshold chosen for the
+recipe's target sensitivity), and ``error`` (empty, or why that image could not be read; its
+probabilities are then empty). Every image goes through :class:`~medml.preprocess.LoadImage`
+with the image settings the model was trained with, so serving sees exactly the pixels training
+saw.
 
 Serve it with MLflow's own server::
 
@@ -40,6 +43,7 @@ IMAGE_COLUMN = "image"
 PATH_COLUMN = "path"
 FRAME_COLUMN = "frame"
 ERROR_COLUMN = "error"
+DECISION_COLUMN = "decision"
 LABEL_COLUMN = "label"
 PREDICT_BATCH = 64
 
@@ -73,15 +77,15 @@ class MedmlClassifier(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         """Load the ensemble and the preprocessing settings from the model's artifacts."""
-        import keras
-
         from medml.config import ImageConfig
+        from medml.models import load_ensemble
         from medml.preprocess import LoadImage
 
         settings = json.loads(Path(context.artifacts["preprocessing"]).read_text())
         self.classes: list[str] = list(settings["classes"])
         self.load = LoadImage.from_config(ImageConfig.model_validate(settings["image"]))
-        self.ensemble = keras.models.load_model(context.artifacts["ensemble"], compile=False)
+        self.ensemble = load_ensemble(Path(context.artifacts["ensemble"]))
+        self.operating_point: dict[str, Any] | None = settings.get("operating_point")
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
         """One output row per input row (see the module docstring)."""
@@ -112,6 +116,15 @@ class MedmlClassifier(mlflow.pyfunc.PythonModel):
         table = pd.DataFrame({LABEL_COLUMN: labels})
         for k, name in enumerate(self.classes):
             table[probability_column(name)] = proba[:, k]
+        point = getattr(self, "operating_point", None)
+        if point:  # binary recipes: the decision at the clinical operating point
+            positive = point["positive_class"]
+            negative = next(c for c in self.classes if c != positive)
+            p_positive = proba[:, self.classes.index(positive)]
+            table[DECISION_COLUMN] = [
+                "" if error else (positive if p >= point["threshold"] else negative)
+                for p, error in zip(p_positive, errors, strict=True)
+            ]
         table[ERROR_COLUMN] = list(errors)
         return table
 
@@ -144,8 +157,9 @@ def _b64(value: Any) -> bytes:
         return b""  # LoadImage reports it as undecodable, for this row only
 
 
-def signature(classes: Sequence[str]) -> Any:
-    """The model signature: ``image`` or ``path`` in; label, probabilities and error out."""
+def signature(classes: Sequence[str], *, decision: bool = False) -> Any:
+    """The model signature: ``image`` or ``path`` in; label, probabilities (and, with an
+    operating point, the decision at it) and error out."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, DataType, Schema
 
@@ -154,6 +168,7 @@ def signature(classes: Sequence[str]) -> Any:
                      ColSpec(DataType.long, FRAME_COLUMN, required=False)])  # fmt: skip
     outputs = Schema([ColSpec(DataType.string, LABEL_COLUMN),
                       *[ColSpec(DataType.double, probability_column(c)) for c in classes],
+                      *([ColSpec(DataType.string, DECISION_COLUMN)] if decision else []),
                       ColSpec(DataType.string, ERROR_COLUMN)])  # fmt: skip
     return ModelSignature(inputs=inputs, outputs=outputs)
 
@@ -171,20 +186,27 @@ def input_example(size: int = 32) -> pd.DataFrame:
 def log_classifier(
     ensemble_path: Path, classes: Sequence[str], image: dict[str, Any], *, name: str,
     registered_model_name: str | None, tags: dict[str, str] | None = None,
+    operating_point: dict[str, Any] | None = None,
 ) -> Any:  # fmt: skip
     """Log the pyfunc model into the active MLflow run (registering a version if a registered
-    name is given); returns MLflow's ``ModelInfo``."""
+    name is given); returns MLflow's ``ModelInfo``.
+
+    Args:
+        operating_point: ``{"positive_class", "threshold"}`` of a binary recipe: the model then
+            also returns the ``decision`` at that threshold.
+    """
     import tempfile
 
     with tempfile.TemporaryDirectory() as scratch:
         settings = Path(scratch) / "preprocessing.json"
-        settings.write_text(json.dumps({"classes": list(classes), "image": image}, indent=2))
+        content = {"classes": list(classes), "image": image, "operating_point": operating_point}
+        settings.write_text(json.dumps(content, indent=2))
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=MedmlClassifier(),
             artifacts={"ensemble": str(ensemble_path), "preprocessing": str(settings)},
             code_paths=[str(Path(__file__).resolve().parent)],
-            signature=signature(classes),
+            signature=signature(classes, decision=operating_point is not None),
             input_example=input_example(),
             pip_requirements=pinned_requirements(),
             registered_model_name=registered_model_name,

@@ -6,6 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -49,6 +50,18 @@ def test_medml_run(recipe: str, layout: str, datasets, tmp_path: Path) -> None:
     report = json.loads((tmp_path / "run" / "split_report.json").read_text())
     if layout == "split_folders":
         assert report["holdout"] == "dataset's own test split"
+    if recipe == "chest-xray":  # binary: the operating point, chosen out-of-fold, is served
+        point = json.loads((tmp_path / "run" / "evaluation" / "operating_point.json").read_text())
+        assert point["positive_class"] == "PNEUMONIA" and point["oof"]["sensitivity"] >= 0.95
+        assert set(point["holdout"]) >= {"sensitivity", "specificity", "ppv", "specificity_ci95"}
+        from medml.serving import load_classifier
+
+        model = load_classifier("models:/chest-xray-classifier@challenger")
+        files = [str(p) for p in sorted(datasets[(recipe, layout)].rglob("*.jp*g"))[:4]]
+        answer = model.predict(None, pd.DataFrame({"path": files}))
+        p = answer["p_PNEUMONIA"].to_numpy()
+        expected = ["PNEUMONIA" if x >= point["threshold"] else "NORMAL" for x in p]
+        assert answer["decision"].tolist() == expected
     if recipe == "kidney-ct":
         assert report["grouped"]  # patient groups: groups.csv, or the DICOM headers' PatientID
     if layout == "dicom":  # a hospital-style export: mixed modalities, syntaxes, multi-frame

@@ -20,7 +20,7 @@ def test_medml_run_registers_a_challenger_that_beats_chance(tmp_path: Path) -> N
     env = venv_env()
     cmd = [
         "medml", "run", "--source", str(data), "--recipe", "kidney-ct", "--run-dir", str(run_dir),
-        "--set", "split.folds=2", "--set", "train.epochs=30",
+        "--set", "split.folds=3", "--set", "train.epochs=30",
     ]  # fmt: skip
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -31,6 +31,13 @@ def test_medml_run_registers_a_challenger_that_beats_chance(tmp_path: Path) -> N
     metrics = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
     assert metrics["overall"]["balanced_accuracy"] > 0.25 + 0.2  # chance is 0.25
     assert (run_dir / "evaluation" / "confusion_matrix.png").stat().st_size > 1000
+    # Out-of-fold predictions for every training image; the temperature fitted on them only.
+    oof = json.loads((run_dir / "evaluation" / "oof_metrics.json").read_text())
+    holdout_size = metrics["overall"]["n"]
+    assert oof["overall"]["n"] + holdout_size == 800 and oof["overall"]["balanced_accuracy"] > 0.45
+    calibration = json.loads((run_dir / "evaluation" / "calibration.json").read_text())
+    assert calibration["holdout_ece_after"] < calibration["holdout_ece_before"]
+    assert "not the holdout" in calibration["fitted_on"]
     for fold in (0, 1):
         history = json.loads((run_dir / "folds" / f"fold_{fold}" / "history.json").read_text())
         losses = history["history"]["loss"]
@@ -48,7 +55,7 @@ def test_medml_run_registers_a_challenger_that_beats_chance(tmp_path: Path) -> N
         [client.get_experiment_by_name("medml-kidney-ct").experiment_id],
         filter_string="tags.`medml.kind` = 'fold'",
     )
-    assert len(runs) == 2
+    assert len(runs) == 3
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {version.run_id}
     assert "val_loss" in client.get_metric_history(runs[0].info.run_id, "val_loss")[0].key
 
