@@ -7,7 +7,7 @@ holdout metrics with 95% confidence intervals per class, limitations, and how to
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ class CardFacts:
     git_revision: str
     gate_passed: bool
     gate_reasons: list[str]
+    evaluation: dict[str, Any] = field(default_factory=dict)  # calibration, oof, operating point
 
 
 def _sections(facts: CardFacts) -> list[tuple[str, list[str] | list[list[str]]]]:
@@ -101,6 +102,7 @@ def _sections(facts: CardFacts) -> list[tuple[str, list[str] | list[list[str]]]]
                 + ("passed." if facts.gate_passed else "FAILED — " + "; ".join(facts.gate_reasons)),
             ],
         ),
+        ("Calibration, out-of-fold estimate, operating point", _evaluation_lines(facts)),
         (
             "Limitations",
             [
@@ -108,7 +110,8 @@ def _sections(facts: CardFacts) -> list[tuple[str, list[str] | list[list[str]]]]
                 "they do not show performance on other sites or devices.",
                 "Small classes have wide confidence intervals; read the per-class intervals, not the "
                 "overall accuracy.",
-                "Probabilities are not calibrated beyond what the calibration error above shows.",
+                "Calibration was fitted on out-of-fold predictions of the training images; the "
+                "holdout's calibration error above is what remains.",
             ],
         ),
         (
@@ -121,6 +124,45 @@ def _sections(facts: CardFacts) -> list[tuple[str, list[str] | list[list[str]]]]
             ],
         ),
     ]
+
+
+def _evaluation_lines(facts: CardFacts) -> list[str]:
+    calibration = facts.evaluation.get("calibration") or {}
+    oof = (facts.evaluation.get("oof_metrics") or {}).get("overall") or {}
+    point = facts.evaluation.get("operating_point")
+    lines = []
+    if calibration:
+        lines.append(
+            f"Temperature scaling T = {calibration['temperature']:.3f}, fitted on "
+            f"{calibration['fitted_on']}, applied inside the model. Expected calibration error on "
+            f"the holdout: {calibration['holdout_ece_before']:.3f} before, "
+            f"{calibration['holdout_ece_after']:.3f} after (out-of-fold: "
+            f"{calibration['oof_ece_before']:.3f} → {calibration['oof_ece_after']:.3f})."
+        )
+    if oof:
+        lines.append(
+            f"Out-of-fold estimate ({oof['n']} training images, each scored by the fold model "
+            f"that did not train on it): balanced accuracy {oof['balanced_accuracy']:.3f}, "
+            f"macro-F1 {oof['macro_f1']:.3f}."
+        )
+    if point:
+        held = point["holdout"]
+        lines.append(
+            f"Operating point for {point['positive_class']}: threshold {point['threshold']:.3f} on "
+            f"its probability, chosen out-of-fold for sensitivity ≥ {point['target_sensitivity']:.2f}. "
+            f"On the holdout: sensitivity {_rate(held, 'sensitivity')}, specificity "
+            f"{_rate(held, 'specificity')}, PPV {_rate(held, 'ppv')}. The model returns this "
+            "decision in its `decision` column."
+        )
+    return lines or ["Not computed for this version."]
+
+
+def _rate(values: dict[str, Any], name: str) -> str:
+    value, interval = values.get(name), values.get(f"{name}_ci95") or [None, None]
+    if value is None:
+        return "n/a"
+    bounds = f" (95% CI {interval[0]:.3f}–{interval[1]:.3f})" if interval[0] is not None else ""
+    return f"{value:.3f}{bounds}"
 
 
 def render_markdown(facts: CardFacts) -> str:

@@ -33,7 +33,7 @@ from medml.io import (
     write_json,
     write_json_once,
 )
-from medml.layout import RELATIVE, RunLayout
+from medml.layout import RELATIVE, EvaluationFiles, RunLayout
 from medml.metrics import HoldoutMetrics
 from medml.tracking import Tracking
 
@@ -403,9 +403,40 @@ def _register(ctx: RunContext, tracking: Tracking) -> dict[str, Any]:
               "run_key": ctx.run_key, "run_dir": str(layout.root)},
         champion=champion, calibration=serving_calibration(layout.evaluation.root),
         card_facts={"split_report": read_json(layout.split_report),
+                    "evaluation": evaluation_facts(layout.evaluation),
                     "validation_report": read_json(layout.validation.report)},
     )  # fmt: skip
     return registration.as_dict()
+
+
+def _evaluation_summary(files: EvaluationFiles) -> list[str]:
+    if not files.calibration.is_file():
+        return []
+    facts = evaluation_facts(files)
+    oof, calibration = facts["oof_metrics"]["overall"], facts["calibration"]
+    lines = [
+        f"  out-of-fold (n={oof['n']}, training images): balanced accuracy "
+        f"{oof['balanced_accuracy']:.3f} | macro-F1 {oof['macro_f1']:.3f}",
+        f"  calibration: T={calibration['temperature']:.3f} (fitted out-of-fold) | holdout "
+        f"ECE {calibration['holdout_ece_before']:.3f} -> {calibration['holdout_ece_after']:.3f}",
+    ]
+    point = facts.get("operating_point")
+    if point:
+        held = point["holdout"]
+        lines.append(f"  operating point {point['positive_class']} >= {point['threshold']:.3f} "
+                     f"(OOF sensitivity >= {point['target_sensitivity']:.2f}): holdout sensitivity "
+                     f"{_fmt(held['sensitivity'])} specificity {_fmt(held['specificity'])} "
+                     f"PPV {_fmt(held['ppv'])}")  # fmt: skip
+    return lines
+
+
+def evaluation_facts(files: EvaluationFiles) -> dict[str, Any]:
+    """Calibration, out-of-fold metrics and (binary) operating point of an evaluation folder."""
+    facts = {"calibration": read_json(files.calibration),
+             "oof_metrics": read_json(files.oof_metrics)}  # fmt: skip
+    if files.operating_point.is_file():
+        facts["operating_point"] = read_json(files.operating_point)
+    return facts
 
 
 def holdout_files(splits_path: Path) -> tuple[pd.DataFrame, Any]:
@@ -515,6 +546,7 @@ def summary(run_dir: Path) -> str:
         f" {_ci(metrics.interval('macro_f1'))} | AUC {overall['roc_auc_ovr_macro']:.3f}"
         f" | chance {ctx.recipe.chance_balanced_accuracy:.3f}",
     ]
+    lines += _evaluation_summary(ctx.layout.evaluation)
     registration_path = ctx.layout.registry.registration
     if registration_path.is_file():
         reg = read_json(registration_path)

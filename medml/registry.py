@@ -179,7 +179,8 @@ def register_ensemble(
         parent_run_id: the pipeline run the model is logged to.
         tags: extra version tags (data hash, logical date, ...).
         champion: the current champion scored on the same holdout, or ``None`` if there is none.
-        card_facts: ``split_report`` and ``validation_report`` for the model card.
+        card_facts: ``split_report``, ``validation_report`` and ``evaluation`` (calibration,
+            out-of-fold metrics, operating point) for the model card.
         calibration: the temperature (inside the ensemble) and operating point (returned by
             the served model) that evaluation fitted out-of-fold.
     """
@@ -193,6 +194,7 @@ def register_ensemble(
         validation_report=(card_facts or {}).get("validation_report", {}),
         logical_date=tags.get("logical_date", ""), data_hash=tags.get("data_hash", ""),
         git_revision=revision, gate_passed=gate.passed, gate_reasons=gate.reasons,
+        evaluation=(card_facts or {}).get("evaluation", {}),
     )  # fmt: skip
     tags = version_tags(recipe, metrics, gate, folds=len(model_paths), champion=champion,
                         revision=revision, extra=tags)  # fmt: skip
