@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from medml.errors import MedmlError
-from medml.tracking import Tracking
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _TASK_END = re.compile(r"\[DAG TEST\] end task task_id=(\S+) map_index=(-?\d+)")
@@ -42,7 +41,9 @@ def airflow_env(workdir: Path) -> dict[str, str]:
             "MEDML_HOME": str(workdir),
             "TF_CPP_MIN_LOG_LEVEL": "2",
             "GX_ANALYTICS_ENABLED": "false",
-            "MLFLOW_TRACKING_URI": Tracking.from_env(workdir).uri,
+            # Its own store under workdir, never one inherited from the calling process
+            # (mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI to os.environ).
+            "MLFLOW_TRACKING_URI": f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}",
         }
     )
     env.pop("MEDML_ARTIFACT_ROOT", None)
