@@ -79,7 +79,7 @@ def append(tracking: Tracking, model: str, event: dict[str, Any]) -> dict[str, A
     client = tracking.activate()
     experiment_id = _experiment_id(client)
     with _lock(client, model):
-        records = [r for r in _records(client, experiment_id, model) if r["deleted"] is False]
+        records = [r for r in _records(client, experiment_id, model) if not r["deleted"]]
         last = max(records, key=lambda r: r["seq"], default=None)
         seq = 1 if last is None else last["seq"] + 1
         previous = GENESIS if last is None else last["hash"]

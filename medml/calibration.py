@@ -32,6 +32,14 @@ class ServingCalibration:
     temperature: float = 1.0
     operating_point: dict[str, Any] | None = None
 
+    @classmethod
+    def from_evaluation(cls, facts: dict[str, Any]) -> ServingCalibration:
+        """From an evaluation's ``calibration`` and (binary) ``operating_point`` reports."""
+        point = facts.get("operating_point")
+        if point is not None:
+            point = {"positive_class": point["positive_class"], "threshold": point["threshold"]}
+        return cls(float(facts["calibration"]["temperature"]), point)
+
 
 def apply_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
     """``softmax(log(proba) / T)``, row by row."""

@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 
 from medml.calibration import (
-    ServingCalibration,
     apply_temperature,
     at_threshold,
     fit_temperature,
@@ -323,25 +322,38 @@ class OutOfFold:
     proba: np.ndarray  # uncalibrated softmax outputs
 
 
-def out_of_fold(shards_dir: Path, index: pd.DataFrame, model_paths: Sequence[Path]) -> OutOfFold:
-    """Out-of-fold predictions: ``model_paths[k]`` (fold ``k``'s model) scores fold ``k``'s
-    validation images, in bounded batches."""
+_PREDICT_ROWS = 2048  # images gathered from the shards per prediction batch (bounded memory)
+
+
+def fold_predictions(
+    shards_dir: Path, index: pd.DataFrame, model_paths: Sequence[Path]
+) -> tuple[OutOfFold, np.ndarray]:
+    """Load each fold model once and score both its own validation fold (out-of-fold) and the
+    holdout; ``model_paths[k]`` is fold ``k``'s model.
+
+    Returns:
+        The out-of-fold predictions and the holdout's, shape ``(n_models, n_holdout, k)``.
+    """
+    import keras
+
     from medml.preprocess import ShardRows
 
+    holdout = load_images(shards_dir, index[index["split"] == TEST])
     train = index[index["split"] != TEST]
-    rows, probas = [], []
+    parts, oof, per_model = [], [], []
     for fold, path in enumerate(model_paths):
+        model = keras.models.load_model(path, compile=False)
+        per_model.append(model.predict(holdout, batch_size=256, verbose=0))
         part = train[train["fold"] == fold]
         reader = ShardRows(shards_dir, part)
-        batches = [predict_proba([path], reader.gather(np.arange(i, min(i + 2048, len(part)))))[0]
-                   for i in range(0, len(part), 2048)]  # fmt: skip
-        rows.append(part)
-        probas.append(np.concatenate(batches) if batches else np.empty((0, 0)))
-    table = pd.concat(rows) if rows else train.iloc[:0]
-    proba = np.concatenate([p for p in probas if p.size]) if any(p.size for p in probas) else (
-        np.empty((0, 0))
-    )  # fmt: skip
-    return OutOfFold(table, table["label_index"].to_numpy(dtype=np.int64), proba)
+        for start in range(0, len(part), _PREDICT_ROWS):
+            batch = reader.gather(np.arange(start, min(start + _PREDICT_ROWS, len(part))))
+            oof.append(model.predict(batch, batch_size=256, verbose=0))
+        parts.append(part)
+    rows = pd.concat(parts)
+    classes = per_model[0].shape[1]
+    proba = np.concatenate(oof) if oof else np.empty((0, classes))
+    return OutOfFold(rows, rows["label_index"].to_numpy(dtype=np.int64), proba), np.stack(per_model)
 
 
 def evaluate(
@@ -364,11 +376,10 @@ def evaluate(
         raise RunError("no fold models to evaluate; run the train step for every fold first")
     classes = recipe.data.classes
     index = load_index(shards_dir)
-    oof = out_of_fold(shards_dir, index, model_paths)
+    oof, raw = fold_predictions(shards_dir, index, model_paths)
     temperature = fit_temperature(oof.proba, oof.y) if recipe.evaluate.calibrate else 1.0
     holdout = index[index["split"] == TEST]
     y_true = holdout["label_index"].to_numpy(dtype=np.int64)
-    raw = predict_proba(model_paths, load_images(shards_dir, holdout))
     per_model = np.stack([apply_temperature(p, temperature) for p in raw])
     ensemble = per_model.mean(axis=0)
     metrics = clinical_metrics(y_true, ensemble, classes, seed=recipe.split.seed).with_folds([
@@ -394,16 +405,6 @@ def evaluate(
         artifacts = [files.root / p.name for p in [*written, *plots]]
         log_evaluation(tracking, parent_run_id, metrics, oof_metrics, temperature, artifacts)
     return EvaluationResult(files.metrics, metrics)
-
-
-def serving_calibration(out_dir: Path) -> ServingCalibration:
-    """The temperature and operating point an evaluation folder chose, for the served model."""
-    files = EvaluationFiles(Path(out_dir))
-    temperature = float(read_json(files.calibration)["temperature"])
-    point = read_json(files.operating_point) if files.operating_point.is_file() else None
-    if point is not None:
-        point = {"positive_class": point["positive_class"], "threshold": point["threshold"]}
-    return ServingCalibration(temperature, point)
 
 
 def calibration_report(

@@ -386,12 +386,13 @@ def step_register(run_dir: Path, tracking: Tracking) -> dict[str, Any]:
 
 
 def _register(ctx: RunContext, tracking: Tracking) -> dict[str, Any]:
-    from medml.evaluate import serving_calibration
+    from medml.calibration import ServingCalibration
     from medml.registry import champion_on_holdout, register_ensemble
 
     layout = ctx.layout
     require_complete(layout.evaluation.root, "evaluate")
     metrics = HoldoutMetrics.read(layout.evaluation.metrics)
+    evaluation = evaluation_facts(layout.evaluation)
     files, labels = holdout_files(_require(layout.splits, "split"))
     champion = champion_on_holdout(
         tracking, ctx.recipe.registry.model_name, files, labels, ctx.recipe.data.classes
@@ -401,9 +402,8 @@ def _register(ctx: RunContext, tracking: Tracking) -> dict[str, Any]:
         tracking=tracking, parent_run_id=pipeline_run_id(ctx, tracking),
         tags={"data_hash": _snapshot_hash(layout), "logical_date": ctx.logical_date,
               "run_key": ctx.run_key, "run_dir": str(layout.root)},
-        champion=champion, calibration=serving_calibration(layout.evaluation.root),
-        card_facts={"split_report": read_json(layout.split_report),
-                    "evaluation": evaluation_facts(layout.evaluation),
+        champion=champion, calibration=ServingCalibration.from_evaluation(evaluation),
+        card_facts={"split_report": read_json(layout.split_report), "evaluation": evaluation,
                     "validation_report": read_json(layout.validation.report)},
     )  # fmt: skip
     return registration.as_dict()
@@ -444,11 +444,11 @@ def holdout_files(splits_path: Path) -> tuple[pd.DataFrame, Any]:
     their class indices, in split order."""
     import numpy as np
 
-    from medml.data.ingest import absolute_paths, frames_of
+    from medml.data.ingest import absolute_paths, frames_of, read_rows
     from medml.serving import FRAME_COLUMN, PATH_COLUMN
     from medml.split import TEST
 
-    table = pd.read_parquet(splits_path)
+    table = read_rows(splits_path, ["root", "path", "frame", "label_index", "split"])
     holdout = table[table["split"] == TEST]
     files = pd.DataFrame({PATH_COLUMN: absolute_paths(holdout), FRAME_COLUMN: frames_of(holdout)})
     return files, holdout["label_index"].to_numpy(dtype=np.int64)

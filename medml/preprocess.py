@@ -27,8 +27,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from medml.config import ImageConfig, Recipe
-from medml.data.images import ImageSource, jpeg_header, read_image, source_bytes
-from medml.data.ingest import absolute_paths, frames_of
+from medml.data.images import ImageSource, jpeg_header, read_image, require_finite, source_bytes
+from medml.data.ingest import absolute_paths, frames_of, read_rows
 from medml.io import publish_dir, read_json, write_json
 from medml.layout import ShardFiles, shard_name
 
@@ -201,8 +201,7 @@ def preprocess(splits_path: Path, shards_dir: Path, recipe: Recipe) -> Preproces
     swapped in (:func:`~medml.io.publish_dir`); a file that fails to decode stops the step
     naming the file and leaves nothing.
     """
-    table = pd.read_parquet(splits_path)
-    table["frame"] = frames_of(table)  # tables from before multi-frame support read frame 0
+    table = read_rows(splits_path, [*_INDEX_COLUMNS, "root"])
     image_cfg: ImageConfig = recipe.image
     writer = _ShardWriter(table, LoadImage.from_config(image_cfg), image_cfg)
     index = table[list(_INDEX_COLUMNS)].copy()
@@ -374,8 +373,7 @@ def load_images(shards_dir: Path, rows: pd.DataFrame) -> np.ndarray:
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     if image.dtype == np.uint8:
         return image
-    if image.dtype.kind == "f" and not np.isfinite(image).all():
-        raise ValueError("the image has NaN or infinite pixel values")
+    require_finite(image, "the image")
     scaled = cv2.normalize(image.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX)
     return scaled.astype(np.uint8)
 

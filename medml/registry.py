@@ -370,7 +370,6 @@ def recorded_gate(tracking: Tracking, model_version: Any) -> GateOutcome:
 
     from mlflow.exceptions import MlflowException
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line output
     client = tracking.activate()
     run_id = model_version.run_id
     with tempfile.TemporaryDirectory() as tmp:

@@ -75,6 +75,8 @@ def _installed(name: str) -> str | None:
 class MedmlClassifier(mlflow.pyfunc.PythonModel):
     """MLflow ``PythonModel``: decode + preprocess each image, average the fold models."""
 
+    operating_point: dict[str, Any] | None = None  # binary recipes: set by load_context
+
     def load_context(self, context: Any) -> None:
         """Load the ensemble and the preprocessing settings from the model's artifacts."""
         from medml.config import ImageConfig
@@ -85,7 +87,7 @@ class MedmlClassifier(mlflow.pyfunc.PythonModel):
         self.classes: list[str] = list(settings["classes"])
         self.load = LoadImage.from_config(ImageConfig.model_validate(settings["image"]))
         self.ensemble = load_ensemble(Path(context.artifacts["ensemble"]))
-        self.operating_point: dict[str, Any] | None = settings.get("operating_point")
+        self.operating_point = settings.get("operating_point")
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
         """One output row per input row (see the module docstring)."""
@@ -116,7 +118,7 @@ class MedmlClassifier(mlflow.pyfunc.PythonModel):
         table = pd.DataFrame({LABEL_COLUMN: labels})
         for k, name in enumerate(self.classes):
             table[probability_column(name)] = proba[:, k]
-        point = getattr(self, "operating_point", None)
+        point = self.operating_point
         if point:  # binary recipes: the decision at the clinical operating point
             positive = point["positive_class"]
             negative = next(c for c in self.classes if c != positive)

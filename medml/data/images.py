@@ -187,32 +187,32 @@ class ImageHeader:
     height: int
     channels: int
     frames: int = 1
-    kind: str = "raster"  # "raster" or "dicom"
     tags: dict[str, str] = field(default_factory=dict)  # DICOM grouping tags, raw: never store
 
 
-def read_header(path: str | Path, *, tags: Sequence[str] = ()) -> ImageHeader:
-    """Dimensions, channels and frame count from the header only (no pixel decoding).
+def header_of(handle: Any, name: str, *, tags: Sequence[str] = ()) -> ImageHeader:
+    """Dimensions, channels and frame count from the header of a file open for reading (read
+    from its start; no pixel decoding).
 
     Args:
-        path: the file (a regular file; see :func:`open_regular_file`).
+        handle: the open file (see :func:`open_regular_file`).
+        name: the file name, for messages and the ``.dcm`` suffix.
         tags: DICOM keywords whose values to return (for grouping; pseudonymise them before
             they are written anywhere).
 
     Raises:
         ValueError: the header cannot be read, or declares more than :data:`MAX_PIXELS` pixels.
     """
-    fd = open_regular_file(path)
-    with os.fdopen(fd, "rb") as handle:
-        head = handle.read(132)
-        handle.seek(0)
-        if is_dicom_bytes(head):
-            header = _dicom_header(handle, str(path), tags)
-        else:
-            header = _raster_header(handle, str(path))
-            if header.width == 0 and is_dicom(path):  # named .dcm, neither raster nor Part 10
-                handle.seek(0)
-                header = _dicom_header(handle, str(path), tags)
+    handle.seek(0)
+    head = handle.read(132)
+    handle.seek(0)
+    if is_dicom_bytes(head):
+        header = _dicom_header(handle, name, tags)
+    else:
+        header = _raster_header(handle, name)
+        if header.width == 0 and is_dicom(name):  # named .dcm, neither raster nor Part 10
+            handle.seek(0)
+            header = _dicom_header(handle, name, tags)
     if header.width * header.height > MAX_PIXELS:
         raise ValueError(
             f"image header declares {header.width}x{header.height} pixels, more than "
@@ -235,10 +235,9 @@ def _raster_header(handle: Any, name: str) -> ImageHeader:
             frames = int(getattr(image, "n_frames", 1) or 1)
     except Image.DecompressionBombError as err:
         raise ValueError(f"image header declares a decompression-bomb size ({err})") from None
-    except Exception as err:
+    except Exception:
         # Pillow cannot parse every header OpenCV reads; the decode (with OpenCV's own pixel
         # limit) decides. Dimensions stay 0 until then.
-        del err
         return ImageHeader(0, 0, 0)
     return ImageHeader(width, height, channels, frames)
 
@@ -255,7 +254,7 @@ def _dicom_header(handle: Any, name: str, tags: Sequence[str]) -> ImageHeader:
     values = {tag: str(dataset.get(tag, "") or "").strip() for tag in tags}
     return ImageHeader(
         columns, rows, int(dataset.get("SamplesPerPixel", 1) or 1),
-        _frame_count(dataset), "dicom", {k: v for k, v in values.items() if v},
+        _frame_count(dataset), {k: v for k, v in values.items() if v},
     )  # fmt: skip
 
 
@@ -322,9 +321,7 @@ def read_dicom(
         raise ValueError(f"{name} declares {columns}x{rows} pixels, more than {MAX_PIXELS:,}")
     if not 0 <= frame < frames:
         raise ValueError(f"{name} has {frames} frame(s); frame {frame} does not exist")
-    pixels = _dicom_pixels(dataset, frame if frames > 1 else None, name)
-    if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
-        raise ValueError(f"{name} has NaN or infinite pixel values; not used")
+    pixels = require_finite(_dicom_pixels(dataset, frame if frames > 1 else None, name), name)
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
@@ -460,6 +457,16 @@ def read_image(
             f"{name} does not decode as an image (damaged, truncated or not an image, or more "
             f"than {MAX_PIXELS:,} pixels)"
         )
+    return require_finite(image, name)
+
+
+def require_finite(image: np.ndarray, name: str) -> np.ndarray:
+    """``image`` itself; float pixels that are NaN or infinite are refused, never mapped to
+    black.
+
+    Raises:
+        ValueError: a pixel is NaN or infinite.
+    """
     if image.dtype.kind == "f" and not np.isfinite(image).all():
         raise ValueError(f"{name} has NaN or infinite pixel values; not used")
     return image

@@ -20,6 +20,7 @@ keyed hash (:func:`pseudonym`): no patient name or ID reaches the manifest, logs
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -30,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from medml.config import DataConfig, Recipe
-from medml.data.images import ImageHeader, open_regular_file, read_header
+from medml.data.images import ImageHeader, header_of, open_regular_file
 from medml.data.layouts import Item, LayoutError, discover, read_csv_rows
 from medml.data.synthetic import GROUPS_FILE
 from medml.errors import MedmlError
@@ -125,6 +126,18 @@ def absolute_paths(table: pd.DataFrame) -> list[str]:
     return [os.path.join(root, rel) for root, rel in zip(table["root"], table["path"], strict=True)]
 
 
+def read_rows(path: Path, columns: list[str]) -> pd.DataFrame:
+    """Only ``columns`` of a manifest/splits parquet (they can be wide: hashes, reasons);
+    ``frame`` is 0 in tables written before multi-frame support."""
+    import pyarrow.parquet as pq
+
+    present = set(pq.read_schema(path).names)
+    table = pd.read_parquet(path, columns=[c for c in columns if c in present])
+    if "frame" in columns and "frame" not in present:
+        table["frame"] = 0
+    return table
+
+
 def frames_of(table: pd.DataFrame) -> list[int]:
     """The frame each row reads (0 for single-frame files and tables without the column)."""
     if "frame" not in table.columns:
@@ -147,7 +160,12 @@ def pseudonym(tag: str, value: str) -> str:
 def _pseudonym_key() -> bytes:
     if os.environ.get(PSEUDONYM_KEY_ENV):
         return os.environ[PSEUDONYM_KEY_ENV].encode()
-    path = medml_home() / "pseudonym.key"
+    return _key_file(medml_home() / "pseudonym.key")
+
+
+@functools.cache
+def _key_file(path: Path) -> bytes:
+    """The key in ``path``, created once (read once per process, not once per file)."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -206,9 +224,10 @@ def chosen_frames(frames: int, policy: str) -> list[int]:
 def _group_of(path: str, header: object, groups: dict[str, str]) -> tuple[str, str]:
     if path in groups:
         return groups[path], GROUPS_FILE
-    if isinstance(header, ImageHeader):
-        for tag, value in header.tags.items():  # in data.dicom_group_tags order
-            return pseudonym(tag, value), tag
+    tagged = next(iter(header.tags.items()), None) if isinstance(header, ImageHeader) else None
+    if tagged is not None:  # the first of data.dicom_group_tags the header has
+        tag, value = tagged
+        return pseudonym(tag, value), tag
     return path, "file"
 
 
@@ -217,7 +236,8 @@ def _no_facts(issue: str) -> dict[str, object]:
 
 
 def _file_facts(path: Path, tags: list[str]) -> dict[str, object]:
-    """Hash, size and header of one file; ``issue`` says why it must not be decoded."""
+    """Hash, size and header of one file (opened once); ``issue`` says why it must not be
+    decoded."""
     digest = hashlib.sha256()
     size = 0
     try:
@@ -225,13 +245,13 @@ def _file_facts(path: Path, tags: list[str]) -> dict[str, object]:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
                 size += len(chunk)
+            try:
+                header = header_of(handle, str(path), tags=tags)
+            except ValueError as err:
+                return {**_no_facts(str(err).replace(f"{path}", "the file")),
+                        "sha256": digest.hexdigest(), "bytes": size}  # fmt: skip
     except (ValueError, OSError) as err:
         return _no_facts(str(err).replace(f"{path}", "the file") or "file cannot be read")
-    try:
-        header = read_header(path, tags=tags)
-    except ValueError as err:
-        return {**_no_facts(str(err).replace(f"{path}", "the file")), "sha256": digest.hexdigest(),
-                "bytes": size}  # fmt: skip
     return {"sha256": digest.hexdigest(), "bytes": size, "width": header.width,
             "height": header.height, "channels": header.channels, "issue": "",
             "header": header}  # fmt: skip

@@ -3,8 +3,6 @@ test_hostile_corpus.py."""
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
 import cv2
@@ -22,18 +20,6 @@ RECIPE = load_recipe(
     overrides=["data.min_images_per_class=1", "data.max_quarantine_fraction=1.0", "split.folds=2",
                "data.min_image_side=8"],
 )  # fmt: skip
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header declares width x height but carries no real pixel data."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
 def _good(seed: int, size: int = 32) -> np.ndarray:

@@ -40,14 +40,17 @@ CANARY = "CANARY^SECRET^NAME"
 AS_ROOT = os.geteuid() == 0  # root reads a mode-000 file: then "unreadable" is accepted
 
 
-def _png_header_only(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
+def _png_bytes(width: int, height: int, pixel_data: bytes = b"") -> bytes:
+    """A greyscale PNG of this declared size (its IDAT chunk only when ``pixel_data`` is given)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
         return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
         )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+    idat = chunk(b"IDAT", pixel_data) if pixel_data else b""
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + idat + chunk(b"IEND", b"")
 
 
 def _gray(seed: int, size: int = 32) -> np.ndarray:
@@ -113,15 +116,7 @@ def _declared_bomb(path: Path) -> None:
     row = b"\x00" * (side + 1)
     packer = zlib.compressobj(9)
     data = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-        )
-
-    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
-    path.write_bytes(png)
+    path.write_bytes(_png_bytes(side, side, data))
 
 
 # name under Normal/ -> (how to make it, expected outcome). Outcomes: "accepted" (one image),
@@ -154,7 +149,7 @@ KINDS: dict[str, tuple[Callable[[Path], None], str]] = {
         "smaller than data.min_image_side=8",
     ),
     "huge-header.png": (
-        lambda p: p.write_bytes(_png_header_only(100_000, 100_000)),
+        lambda p: p.write_bytes(_png_bytes(100_000, 100_000)),
         "decompression-bomb",
     ),
     "real-bomb.png": (_declared_bomb, f"more than {MAX_PIXELS:,}"),
