@@ -498,13 +498,18 @@ def demo(
     conf = {"source": str(data), "recipe": "kidney-ct", "run_dir": str(run_dir),
             "overrides": list(set_ or [])}  # fmt: skip
     typer.echo(f"[demo] airflow dags test medml_retrain {logical_date} --use-executor (log: {log})")
+    progress = local_airflow.DagTestProgress()
     with local_airflow.api_server(env) as executor_env:  # tasks run (and log) as in production
-        _guard(
-            local_airflow.run_logged,
-            [airflow, "dags", "test", "medml_retrain", logical_date, "--use-executor",
-             "-c", json.dumps(conf)],
-            executor_env, log, mode="a", progress=local_airflow.dag_test_progress, echo=typer.echo,
-        )  # fmt: skip
+        try:
+            _guard(
+                local_airflow.run_logged,
+                [airflow, "dags", "test", "medml_retrain", logical_date, "--use-executor",
+                 "-c", json.dumps(conf)],
+                executor_env, log, mode="a", progress=progress, echo=typer.echo,
+            )  # fmt: skip
+        finally:
+            for line in progress.unreported(executor_env, "medml_retrain"):
+                typer.echo(line)
     if not pipeline.RunLayout(run_dir).registry.registration.is_file():
         raise _fail(f"the DAG run did not register a model; see {log}")
     typer.echo("")

@@ -102,18 +102,66 @@ def airflow_executable() -> str:
     return str(Path(sys.executable).with_name("airflow"))
 
 
-def dag_test_progress(line: str) -> str | None:
-    """One short line per finished or failed task of `airflow dags test` output."""
-    match = _TASK_END.search(line)
-    finished = _TI_FINISHED.search(line)
-    if match or finished:
-        task, index = (match or finished).groups()[:2]
-        state = finished.group(3) if finished else "success"
+_RUN_ID = re.compile(r"run_id=(\S+?)[,\s]")
+
+
+class DagTestProgress:
+    """One short line per finished or failed task of `airflow dags test` output.
+
+    Airflow logs a task's end from executor events, and under load it can skip a task's
+    "TaskInstance Finished" line; :meth:`unreported` fills the gaps from Airflow's own records
+    once the run is over, so every task is reported exactly once.
+    """
+
+    def __init__(self) -> None:
+        self.reported: set[tuple[str, str]] = set()
+        self.run_id: str | None = None
+
+    def __call__(self, line: str) -> str | None:
+        """The progress line for one line of `airflow dags test` output, if it has one."""
+        if self.run_id is None and (found := _RUN_ID.search(line)):
+            self.run_id = found.group(1)
+        match = _TASK_END.search(line)
+        finished = _TI_FINISHED.search(line)
+        if match or finished:
+            task, index = (match or finished).groups()[:2]
+            state = finished.group(3) if finished else "success"
+            return self._line(task, "" if index == "-1" else index, state)
+        if ("[error" in line and "[task.stderr]" not in line) or "Traceback" in line:
+            return "  " + line.rstrip()[:240]
+        return None
+
+    def unreported(self, env: dict[str, str], dag_id: str) -> list[str]:
+        """Progress lines for the run's tasks that the live output did not report.
+
+        Reads ``airflow tasks states-for-dag-run``; an unreadable answer yields no lines (the
+        live lines and the log remain).
+        """
+        if self.run_id is None:
+            return []
+        import json
+
+        result = subprocess.run(
+            [airflow_executable(), "tasks", "states-for-dag-run", dag_id, self.run_id,
+             "--output", "json"],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        start = result.stdout.find("[")
+        try:
+            states = json.loads(result.stdout[start:]) if start >= 0 else []
+        except json.JSONDecodeError:
+            return []
+        lines = []
+        for row in sorted(states, key=lambda row: (row.get("end_date") or "", row["task_id"])):
+            index = str(row.get("map_index") or "")
+            if (row["task_id"], index) not in self.reported and row.get("state"):
+                lines.append(self._line(row["task_id"], index, row["state"]))
+        return lines
+
+    def _line(self, task: str, index: str, state: str) -> str:
+        self.reported.add((task, index))
         label = "done" if state == "success" else state
-        return f"  {label}: {task}" + (f" [fold {index}]" if index != "-1" else "")
-    if ("[error" in line and "[task.stderr]" not in line) or "Traceback" in line:
-        return "  " + line.rstrip()[:240]
-    return None
+        return f"  {label}: {task}" + (f" [fold {index}]" if index not in ("", "-1") else "")
 
 
 def run_logged(
