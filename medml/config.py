@@ -137,9 +137,31 @@ class ImageConfig(_Strict):
 class SplitConfig(_Strict):
     """Holdout and k-fold settings."""
 
-    test_size: float = Field(default=0.2, gt=0.0, lt=0.5)
+    test_size: float = Field(
+        default=0.2,
+        ge=0.0,
+        lt=0.5,
+        description="share of images (by group) held out untouched for the final estimate; 0: "
+        "cross-validation only, the out-of-fold predictions are the estimate (small sets)",
+    )
     folds: int = Field(default=3, ge=2, le=20)
     seed: int = 42
+    near_duplicates: Literal["group", "report", "fail"] = Field(
+        default="group",
+        description="images with no patient group: link look-alikes into pseudo-patient groups "
+        "(group), only count those across the holdout (report), or stop if any cross it (fail)",
+    )
+    near_duplicate_similarity: float = Field(
+        default=0.98,
+        gt=0.0,
+        le=1.0,
+        description="least correlation of two 16x16 grey thumbnails that makes a near-duplicate",
+    )
+    near_duplicate_max_group: int = Field(
+        default=0,
+        ge=0,
+        description="largest pseudo-patient group; 0: the smallest class / (folds + 1)",
+    )
 
 
 class AugmentConfig(_Strict):

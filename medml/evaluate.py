@@ -10,6 +10,7 @@ each class's sensitivity.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from medml.config import Recipe
 from medml.errors import RunError
 from medml.io import atomic_path, publish_dir, read_json, write_json
 from medml.layout import EvaluationFiles, FoldFiles
-from medml.metrics import HoldoutMetrics
+from medml.metrics import OUT_OF_FOLD, HoldoutMetrics
 from medml.preprocess import load_images, load_index
 from medml.split import TEST
 from medml.tracking import Tracking
@@ -338,12 +339,18 @@ def fold_predictions(
 
     from medml.preprocess import ShardRows
 
-    holdout = load_images(shards_dir, index[index["split"] == TEST])
+    holdout_rows = index[index["split"] == TEST]
+    holdout = load_images(shards_dir, holdout_rows) if len(holdout_rows) else None
     train = index[index["split"] != TEST]
     parts, oof, per_model = [], [], []
     for fold, path in enumerate(model_paths):
         model = keras.models.load_model(path, compile=False)
-        per_model.append(model.predict(holdout, batch_size=256, verbose=0))
+        classes = int(model.output_shape[-1])
+        per_model.append(
+            model.predict(holdout, batch_size=256, verbose=0)
+            if holdout is not None
+            else np.empty((0, classes), np.float32)
+        )
         part = train[train["fold"] == fold]
         reader = ShardRows(shards_dir, part)
         for start in range(0, len(part), _PREDICT_ROWS):
@@ -378,26 +385,35 @@ def evaluate(
     index = load_index(shards_dir)
     oof, raw = fold_predictions(shards_dir, index, model_paths)
     temperature = fit_temperature(oof.proba, oof.y) if recipe.evaluate.calibrate else 1.0
-    holdout = index[index["split"] == TEST]
-    y_true = holdout["label_index"].to_numpy(dtype=np.int64)
-    per_model = np.stack([apply_temperature(p, temperature) for p in raw])
-    ensemble = per_model.mean(axis=0)
-    metrics = clinical_metrics(y_true, ensemble, classes, seed=recipe.split.seed).with_folds([
-        {"model": str(path), **clinical_metrics(y_true, proba, classes, bootstrap=0).overall}
-        for path, proba in zip(model_paths, per_model, strict=True)
-    ])  # fmt: skip
     oof_calibrated = apply_temperature(oof.proba, temperature)
-    extras = {
-        "calibration": calibration_report(temperature, oof, oof_calibrated, y_true,
-                                          raw.mean(axis=0), ensemble),
-        "operating_point": operating_point(recipe, oof, oof_calibrated, y_true, ensemble),
-    }  # fmt: skip
     oof_metrics = clinical_metrics(oof.y, oof_calibrated, classes, seed=recipe.split.seed)
+    holdout = index[index["split"] == TEST]
+    if len(holdout):
+        y_true = holdout["label_index"].to_numpy(dtype=np.int64)
+        per_model = np.stack([apply_temperature(p, temperature) for p in raw])
+        ensemble, uncalibrated = per_model.mean(axis=0), raw.mean(axis=0)
+        metrics = clinical_metrics(y_true, ensemble, classes, seed=recipe.split.seed).with_folds([
+            {"model": str(path), **clinical_metrics(y_true, proba, classes, bootstrap=0).overall}
+            for path, proba in zip(model_paths, per_model, strict=True)
+        ])  # fmt: skip
+    else:  # cross-validation only: the out-of-fold predictions are the estimate
+        holdout, y_true, ensemble, uncalibrated = oof.rows, oof.y, oof_calibrated, oof.proba
+        folds = oof.rows["fold"].to_numpy()
+        metrics = dataclasses.replace(oof_metrics, estimate=OUT_OF_FOLD).with_folds([
+            {"model": str(path), **clinical_metrics(
+                oof.y[folds == k], oof_calibrated[folds == k], classes, bootstrap=0).overall}
+            for k, path in enumerate(model_paths)
+        ])  # fmt: skip
+    scored = (y_true, uncalibrated, ensemble) if metrics.estimate != OUT_OF_FOLD else None
+    extras = {
+        "calibration": calibration_report(temperature, oof, oof_calibrated, scored),
+        "operating_point": operating_point(recipe, oof, oof_calibrated, scored),
+    }
     files = EvaluationFiles(Path(out_dir))
     with publish_dir(files.root) as staging:
         written = write_evaluation(EvaluationFiles(staging), metrics, oof_metrics, extras)
         plots = write_plots(EvaluationFiles(staging), metrics, y_true, ensemble, model_paths,
-                            uncalibrated=raw.mean(axis=0))  # fmt: skip
+                            uncalibrated=uncalibrated)  # fmt: skip
         write_predictions(EvaluationFiles(staging).predictions, holdout, ensemble, classes)
         write_predictions(EvaluationFiles(staging).oof_predictions, oof.rows, oof_calibrated,
                           classes)  # fmt: skip
@@ -408,40 +424,55 @@ def evaluate(
 
 
 def calibration_report(
-    temperature: float, oof: OutOfFold, oof_calibrated: np.ndarray, y_true: np.ndarray,
-    holdout_raw: np.ndarray, holdout_calibrated: np.ndarray,
-) -> dict[str, Any]:  # fmt: skip
-    """The temperature, where it was fitted, and the ECE before/after (OOF and holdout)."""
+    temperature: float,
+    oof: OutOfFold,
+    oof_calibrated: np.ndarray,
+    holdout: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+) -> dict[str, Any]:
+    """The temperature, where it was fitted, and the ECE before/after out-of-fold and (given
+    ``(y_true, uncalibrated, calibrated)``) on the holdout; ``None`` without a holdout."""
+    y_true, raw, calibrated = holdout if holdout is not None else (None, None, None)
     return {
         "temperature": temperature,
         "fitted_on": f"out-of-fold predictions of {len(oof.y)} training images (not the holdout)",
         "oof_ece_before": expected_calibration_error(oof.y, oof.proba),
         "oof_ece_after": expected_calibration_error(oof.y, oof_calibrated),
-        "holdout_ece_before": expected_calibration_error(y_true, holdout_raw),
-        "holdout_ece_after": expected_calibration_error(y_true, holdout_calibrated),
+        "holdout_ece_before": None if y_true is None else expected_calibration_error(y_true, raw),
+        "holdout_ece_after": None
+        if y_true is None
+        else expected_calibration_error(y_true, calibrated),
     }
 
 
 def operating_point(
-    recipe: Recipe, oof: OutOfFold, oof_calibrated: np.ndarray, y_true: np.ndarray,
-    holdout: np.ndarray,
-) -> dict[str, Any] | None:  # fmt: skip
+    recipe: Recipe,
+    oof: OutOfFold,
+    oof_calibrated: np.ndarray,
+    holdout: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+) -> dict[str, Any] | None:
     """Binary recipes with ``evaluate.positive_class``: the threshold reaching the target
-    sensitivity out-of-fold, and the rates at it on both sets (holdout with 95% intervals)."""
+    sensitivity out-of-fold, and the rates at it out-of-fold and on the holdout (95% intervals
+    on the estimate: the holdout, or out-of-fold when there is none)."""
     positive = recipe.evaluate.positive_class
     if positive is None:
         return None
     k = recipe.data.classes.index(positive)
     target = recipe.evaluate.target_sensitivity
     threshold = operating_threshold(oof_calibrated[:, k], oof.y == k, target)
-    return {
+    seed = recipe.split.seed
+    point = {
         "positive_class": positive,
         "target_sensitivity": target,
         "threshold": threshold,
         "chosen_on": "out-of-fold predictions (not the holdout)",
-        "oof": at_threshold(oof_calibrated[:, k], oof.y == k, threshold, bootstrap=0),
-        "holdout": at_threshold(holdout[:, k], y_true == k, threshold, seed=recipe.split.seed),
-    }
+        "oof": at_threshold(oof_calibrated[:, k], oof.y == k, threshold,
+                            bootstrap=0 if holdout is not None else 1000, seed=seed),
+        "holdout": None,
+    }  # fmt: skip
+    if holdout is not None:
+        y_true, _, calibrated = holdout
+        point["holdout"] = at_threshold(calibrated[:, k], y_true == k, threshold, seed=seed)
+    return point
 
 
 def write_evaluation(

@@ -22,6 +22,7 @@ register a function here, and name it in a recipe.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 from medml.extensions import METRICS
 from medml.io import read_json, write_json
+
+HOLDOUT = "holdout"
+OUT_OF_FOLD = "out-of-fold"
 
 if TYPE_CHECKING:
     from medml.config import GateConfig
@@ -71,6 +75,9 @@ class HoldoutMetrics:
         confusion_matrix: rows = true class, columns = predicted class.
         ci95: bootstrap 95% intervals (``balanced_accuracy``, ``macro_f1``, ``sensitivity``).
         per_fold: each fold model's overall scores on the same images.
+        estimate: what the scores estimate from: ``holdout`` (the untouched test set) or
+            ``out-of-fold`` (cross-validation only, ``split.test_size: 0``: every image scored
+            by the fold model that did not train on it).
     """
 
     classes: list[str]
@@ -79,6 +86,7 @@ class HoldoutMetrics:
     confusion_matrix: list[list[int]]
     ci95: dict[str, Any] = field(default_factory=dict)
     per_fold: list[dict[str, Any]] = field(default_factory=list)
+    estimate: str = HOLDOUT
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HoldoutMetrics:
@@ -90,6 +98,7 @@ class HoldoutMetrics:
             confusion_matrix=[list(row) for row in data["confusion_matrix"]],
             ci95=dict(data.get("ci95") or {}),
             per_fold=list(data.get("per_fold") or []),
+            estimate=str(data.get("estimate", HOLDOUT)),
         )
 
     @classmethod
@@ -106,6 +115,7 @@ class HoldoutMetrics:
             "confusion_matrix": self.confusion_matrix,
             "ci95": self.ci95,
             "per_fold": self.per_fold,
+            "estimate": self.estimate,
         }
 
     def write(self, path: Path) -> Path:
@@ -114,8 +124,15 @@ class HoldoutMetrics:
 
     def with_folds(self, per_fold: list[dict[str, Any]]) -> HoldoutMetrics:
         """A copy with each fold model's overall scores."""
-        return HoldoutMetrics(self.classes, self.overall, self.per_class,
-                              self.confusion_matrix, self.ci95, per_fold)  # fmt: skip
+        return dataclasses.replace(self, per_fold=per_fold)
+
+    @property
+    def label(self) -> str:
+        """What the scores were measured on, for reports."""
+        n = self.overall.get("n", "?")
+        if self.estimate == OUT_OF_FOLD:
+            return f"Out-of-fold estimate (cross-validation only, no holdout; n={n})"
+        return f"Holdout test set (n={n})"
 
     def value(self, name: str) -> Value:
         """The value of registered metric ``name`` (a dict per class for per-class metrics).

@@ -14,7 +14,7 @@ from typing import Any
 from medml.config import Recipe
 from medml.io import atomic_path
 from medml.layout import RegistryFiles
-from medml.metrics import HoldoutMetrics
+from medml.metrics import OUT_OF_FOLD, HoldoutMetrics
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,12 @@ def _sections(facts: CardFacts) -> list[tuple[str, list[str] | list[list[str]]]]
                 f"`{recipe.train.balance}` inside each fold's training part only.",
             ],
         ),
-        ("Holdout metrics (fold ensemble)", metric_rows),
+        (
+            "Holdout metrics (fold ensemble)"
+            if metrics.estimate != OUT_OF_FOLD
+            else "Out-of-fold metrics (cross-validation only: there is no holdout)",
+            metric_rows,
+        ),
         (
             "Overall",
             [
@@ -106,8 +111,15 @@ def _sections(facts: CardFacts) -> list[tuple[str, list[str] | list[list[str]]]]
         (
             "Limitations",
             [
-                "Metrics come from one holdout drawn from the same source as the training data; "
-                "they do not show performance on other sites or devices.",
+                (
+                    "Metrics come from one holdout drawn from the same source as the training data; "
+                    "they do not show performance on other sites or devices."
+                    if metrics.estimate != OUT_OF_FOLD
+                    else "Cross-validation only (split.test_size=0): the metrics are out-of-fold "
+                    "predictions of the fold models, each on the images it did not train on, not a "
+                    "held-out test of the registered ensemble; the temperature was fitted on the "
+                    "same predictions. They do not show performance on other sites or devices."
+                ),
                 "Small classes have wide confidence intervals; read the per-class intervals, not the "
                 "overall accuracy.",
                 "Calibration was fitted on out-of-fold predictions of the training images; the "
@@ -132,12 +144,17 @@ def _evaluation_lines(facts: CardFacts) -> list[str]:
     point = facts.evaluation.get("operating_point")
     lines = []
     if calibration:
+        held_out = (
+            f"the holdout: {calibration['holdout_ece_before']:.3f} before, "
+            f"{calibration['holdout_ece_after']:.3f} after (out-of-fold: "
+            if calibration["holdout_ece_before"] is not None
+            else "(no holdout) out-of-fold: "
+        )
         lines.append(
             f"Temperature scaling T = {calibration['temperature']:.3f}, fitted on "
             f"{calibration['fitted_on']}, applied inside the model. Expected calibration error on "
-            f"the holdout: {calibration['holdout_ece_before']:.3f} before, "
-            f"{calibration['holdout_ece_after']:.3f} after (out-of-fold: "
-            f"{calibration['oof_ece_before']:.3f} → {calibration['oof_ece_after']:.3f})."
+            f"{held_out}{calibration['oof_ece_before']:.3f} → {calibration['oof_ece_after']:.3f}"
+            + (")." if calibration["holdout_ece_before"] is not None else ".")
         )
     if oof:
         lines.append(
@@ -146,11 +163,12 @@ def _evaluation_lines(facts: CardFacts) -> list[str]:
             f"macro-F1 {oof['macro_f1']:.3f}."
         )
     if point:
-        held = point["holdout"]
+        held = point["holdout"] or point["oof"]
+        where = "the holdout" if point["holdout"] else "out-of-fold predictions (no holdout)"
         lines.append(
             f"Operating point for {point['positive_class']}: threshold {point['threshold']:.3f} on "
             f"its probability, chosen out-of-fold for sensitivity ≥ {point['target_sensitivity']:.2f}. "
-            f"On the holdout: sensitivity {_rate(held, 'sensitivity')}, specificity "
+            f"On {where}: sensitivity {_rate(held, 'sensitivity')}, specificity "
             f"{_rate(held, 'specificity')}, PPV {_rate(held, 'ppv')}. The model returns this "
             "decision in its `decision` column."
         )

@@ -34,7 +34,7 @@ from medml.io import (
     write_json_once,
 )
 from medml.layout import RELATIVE, EvaluationFiles, RunLayout
-from medml.metrics import HoldoutMetrics
+from medml.metrics import OUT_OF_FOLD, HoldoutMetrics
 from medml.tracking import Tracking
 
 STEPS = ("ingest", "validate", "split", "preprocess", "train", "evaluate", "register")
@@ -394,8 +394,12 @@ def _register(ctx: RunContext, tracking: Tracking) -> dict[str, Any]:
     metrics = HoldoutMetrics.read(layout.evaluation.metrics)
     evaluation = evaluation_facts(layout.evaluation)
     files, labels = holdout_files(_require(layout.splits, "split"))
-    champion = champion_on_holdout(
-        tracking, ctx.recipe.registry.model_name, files, labels, ctx.recipe.data.classes
+    champion = (  # cross-validation only: no images the champion could be scored on fairly
+        champion_on_holdout(
+            tracking, ctx.recipe.registry.model_name, files, labels, ctx.recipe.data.classes
+        )
+        if len(labels)
+        else None
     )
     registration = register_ensemble(
         layout.fold_models(ctx.recipe.split.folds), metrics, layout.registry.root, ctx.recipe,
@@ -414,19 +418,26 @@ def _evaluation_summary(files: EvaluationFiles) -> list[str]:
         return []
     facts = evaluation_facts(files)
     oof, calibration = facts["oof_metrics"]["overall"], facts["calibration"]
+    held_out = calibration["holdout_ece_before"] is not None
+    where = "holdout" if held_out else "out-of-fold"
+    ece = "holdout_ece" if held_out else "oof_ece"
     lines = [
-        f"  out-of-fold (n={oof['n']}, training images): balanced accuracy "
-        f"{oof['balanced_accuracy']:.3f} | macro-F1 {oof['macro_f1']:.3f}",
-        f"  calibration: T={calibration['temperature']:.3f} (fitted out-of-fold) | holdout "
-        f"ECE {calibration['holdout_ece_before']:.3f} -> {calibration['holdout_ece_after']:.3f}",
+        f"  calibration: T={calibration['temperature']:.3f} (fitted out-of-fold) | {where} "
+        f"ECE {calibration[f'{ece}_before']:.3f} -> {calibration[f'{ece}_after']:.3f}",
     ]
+    if held_out:
+        lines.insert(
+            0,
+            f"  out-of-fold (n={oof['n']}, training images): balanced accuracy "
+            f"{oof['balanced_accuracy']:.3f} | macro-F1 {oof['macro_f1']:.3f}",
+        )
     point = facts.get("operating_point")
     if point:
-        held = point["holdout"]
+        rates = point["holdout"] or point["oof"]
         lines.append(f"  operating point {point['positive_class']} >= {point['threshold']:.3f} "
-                     f"(OOF sensitivity >= {point['target_sensitivity']:.2f}): holdout sensitivity "
-                     f"{_fmt(held['sensitivity'])} specificity {_fmt(held['specificity'])} "
-                     f"PPV {_fmt(held['ppv'])}")  # fmt: skip
+                     f"(OOF sensitivity >= {point['target_sensitivity']:.2f}): {where} sensitivity "
+                     f"{_fmt(rates['sensitivity'])} specificity {_fmt(rates['specificity'])} "
+                     f"PPV {_fmt(rates['ppv'])}")  # fmt: skip
     return lines
 
 
@@ -527,8 +538,12 @@ def summary(run_dir: Path) -> str:
         f"medml run {ctx.run_key}  recipe={ctx.recipe.name}  logical date={ctx.logical_date}",
         f"run directory: {ctx.layout.root}",
         "",
-        f"Holdout test set (n={metrics.overall['n']}), fold ensemble of "
-        f"{ctx.recipe.split.folds} models:",
+        f"{metrics.label}, "
+        + (
+            "each image scored by the fold model that did not train on it:"
+            if metrics.estimate == OUT_OF_FOLD
+            else f"fold ensemble of {ctx.recipe.split.folds} models:"
+        ),
         f"  {'class':<14}{'sensitivity':>12}{'specificity':>12}{'PPV':>8}{'F1':>8}{'support':>9}",
     ]
     for name in metrics.classes:

@@ -138,6 +138,8 @@ def _rows(candidate: Side, champion: Side | None) -> list[list[str]]:
                 f"{champion.metrics.value(key):.3f}" if champion else "-",
             ]
         )
+    rows.append(["measured on", candidate.metrics.estimate,
+                 champion.metrics.estimate if champion else "-"])  # fmt: skip
     for tag in ("logical_date", "data_hash", "gate", "balance", "git_revision"):
         rows.append(
             [

@@ -2,8 +2,10 @@
 
 The holdout test set is cut first and never touched again until evaluation; the k folds are
 cut from the rest. When rows carry a group (patient, video) that repeats, every split keeps a
-group on one side (StratifiedGroupKFold); otherwise StratifiedKFold. The assignment is seeded
-and written to ``splits.parquet`` so every runner (CLI, DVC, Airflow, a Kubernetes pod) trains
+group on one side (StratifiedGroupKFold); otherwise StratifiedKFold. Images with no patient
+group are first linked to their near-duplicates (``split.near_duplicates: group``), so the
+slices of one scan stay together even without ``groups.csv``. The assignment is seeded and
+written to ``splits.parquet`` so every runner (CLI, DVC, Airflow, a Kubernetes pod) trains
 on exactly the same folds.
 """
 
@@ -20,6 +22,7 @@ from medml.config import Recipe
 from medml.errors import MedmlError
 from medml.io import atomic_path, write_json
 from medml.layout import split_report_path
+from medml.near_duplicates import cluster, signatures, similar_pairs
 
 TEST = "test"
 TRAIN = "train"
@@ -70,11 +73,13 @@ def assign_splits(table: pd.DataFrame, recipe: Recipe) -> pd.DataFrame:
 
     unit = "patients/groups" if grouped else "images"
     units = out.groupby("label")["group"].nunique() if grouped else out["label"].value_counts()
-    if units.min() < cfg.folds + 1:
-        short = {str(k): int(v) for k, v in units.items() if v < cfg.folds + 1}
+    needed = cfg.folds + (1 if cfg.test_size > 0 else 0)
+    if units.min() < needed:
+        short = {str(k): int(v) for k, v in units.items() if v < needed}
+        holdout = "a holdout plus " if cfg.test_size > 0 else ""
         raise ValueError(
-            f"too few {unit} per class for a holdout plus split.folds={cfg.folds}: {short}; "
-            f"need at least {cfg.folds + 1} per class; add data or lower split.folds"
+            f"too few {unit} per class for {holdout}split.folds={cfg.folds}: {short}; "
+            f"need at least {needed} per class; add data or lower split.folds"
         )
     given_test = (
         out["source_split"].eq("test").to_numpy()
@@ -83,6 +88,8 @@ def assign_splits(table: pd.DataFrame, recipe: Recipe) -> pd.DataFrame:
     )
     if given_test.any():  # the dataset's own test split is the holdout
         test_idx = np.flatnonzero(given_test)
+    elif cfg.test_size == 0:  # cross-validation only
+        test_idx = np.zeros(0, np.int64)
     else:
         n_holdout_splits = max(2, int(round(1.0 / cfg.test_size)))
         holdout_cv = _make_cv(grouped, n_holdout_splits, cfg.seed)
@@ -113,12 +120,12 @@ def assign_splits(table: pd.DataFrame, recipe: Recipe) -> pd.DataFrame:
     return out
 
 
-def audit_leakage(splits: pd.DataFrame, *, max_hamming_bits: int = 4) -> dict[str, object]:
-    """Report identical (sha256) and near-identical (dHash) images across the holdout boundary.
+def audit_leakage(splits: pd.DataFrame, *, similarity: float) -> dict[str, object]:
+    """Report identical (sha256) and near-identical (thumbnail correlation) images across the
+    holdout boundary.
 
-    Exact duplicates across folds are counted too. Only exact duplicates across the holdout
-    fail the split; near-duplicates are reported for a person to judge (neighbouring CT slices
-    of different patients can look alike).
+    Exact duplicates across folds are counted too. Exact duplicates across the holdout always
+    fail the split; near-duplicates fail it only under ``split.near_duplicates: fail``.
     """
     train = splits[splits["split"] == TRAIN]
     test = splits[splits["split"] == TEST]
@@ -133,33 +140,68 @@ def audit_leakage(splits: pd.DataFrame, *, max_hamming_bits: int = 4) -> dict[st
         "exact_duplicates_across_folds": cross_fold,
         "groups_across_holdout": len(group_overlap),
     }
-    if "dhash" in splits.columns:
-        pairs = near_duplicate_pairs(train, test, max_bits=max_hamming_bits)
+    if "thumbnail" in splits.columns:
+        pairs = near_duplicates_across(test, train, similarity=similarity)
         audit["near_duplicates_across_holdout"] = len(pairs)
         audit["near_duplicate_examples"] = pairs[:20]
-        audit["near_duplicate_max_bits"] = max_hamming_bits
+        audit["near_duplicate_similarity"] = similarity
     return audit
 
 
-def near_duplicate_pairs(
-    left: pd.DataFrame, right: pd.DataFrame, *, max_bits: int
-) -> list[tuple[str, str, int]]:
-    """Pairs (left path, right path, differing bits) whose dHashes differ by <= ``max_bits``."""
+def near_duplicates_across(
+    left: pd.DataFrame, right: pd.DataFrame, *, similarity: float
+) -> list[tuple[str, str, float]]:
+    """Each ``left`` image's most similar ``right`` image where that is a near-duplicate, as
+    (left path, right path, correlation), most similar first."""
+    i, j, sims = similar_pairs(
+        signatures(left["thumbnail"].tolist()),
+        signatures(right["thumbnail"].tolist()),
+        similarity=similarity,
+        neighbours=1,
+    )
+    left_paths, right_paths = left["path"].to_numpy(), right["path"].to_numpy()
+    order = np.argsort(-sims, kind="stable")
+    return [
+        (str(left_paths[i[k]]), str(right_paths[j[k]]), round(float(sims[k]), 4)) for k in order
+    ]
 
-    def as_ints(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        valid = frame[frame["dhash"].astype(bool)]
-        return valid["dhash"].map(lambda h: int(h, 16)).to_numpy(np.uint64), valid[
-            "path"
-        ].to_numpy()
 
-    a, a_paths = as_ints(left)
-    b, b_paths = as_ints(right)
-    pairs: list[tuple[str, str, int]] = []
-    for start in range(0, len(a), 2048):  # bounded memory: 2048 x len(b) at a time
-        bits = np.bitwise_count(a[start : start + 2048, None] ^ b[None, :])
-        for i, j in zip(*np.nonzero(bits <= max_bits), strict=True):
-            pairs.append((str(a_paths[start + i]), str(b_paths[j]), int(bits[i, j])))
-    return sorted(pairs, key=lambda p: p[2])
+def near_duplicate_groups(
+    table: pd.DataFrame, recipe: Recipe
+) -> tuple[pd.DataFrame, dict[str, object] | None]:
+    """Pseudo-patient groups for the images that have no patient group.
+
+    Rows whose group came from ``groups.csv`` or a DICOM tag keep it; the rest (grouped only by
+    their own file) are linked to their near-duplicates (:mod:`medml.near_duplicates`) and get
+    the group ``near-duplicates/<n>`` and ``group_source`` ``near-duplicates``. Under
+    ``split.near_duplicates`` other than ``group``, or when no row lacks a group, the table is
+    returned as it is.
+
+    Returns:
+        The table, and the clusters' summary for the split report (None when not clustered).
+    """
+    cfg = recipe.split
+    sources = table["group_source"] if "group_source" in table.columns else None
+    if cfg.near_duplicates != "group" or "thumbnail" not in table.columns or sources is None:
+        return table, None
+    ungrouped = sources.eq("file").to_numpy()
+    if not ungrouped.any():
+        return table, None
+    smallest_class = int(table["label"].value_counts().min())
+    max_group = cfg.near_duplicate_max_group or max(2, smallest_class // (cfg.folds + 1))
+    rows = table[ungrouped]
+    found = cluster(
+        signatures(rows["thumbnail"].tolist()),
+        similarity=cfg.near_duplicate_similarity,
+        max_group=max_group,
+        start=rows["group"].to_numpy(),
+    )
+    linked = found.sizes[found.labels] > rows.groupby("group")["group"].transform("size").to_numpy()
+    out = table.copy()
+    where = rows.index[linked]
+    out.loc[where, "group"] = [f"near-duplicates/{label}" for label in found.labels[linked]]
+    out.loc[where, "group_source"] = "near-duplicates"
+    return out, found.summary()
 
 
 def split(manifest_path: Path, splits_path: Path, recipe: Recipe) -> SplitResult:
@@ -169,15 +211,13 @@ def split(manifest_path: Path, splits_path: Path, recipe: Recipe) -> SplitResult
         LeakageError: identical images fall on both sides of the holdout split.
         ValueError: too few images per class for the folds.
     """
-    table = pd.read_parquet(manifest_path)
+    table, clusters = near_duplicate_groups(pd.read_parquet(manifest_path), recipe)
     splits = assign_splits(table, recipe)
-    audit = audit_leakage(splits)
+    audit = audit_leakage(splits, similarity=recipe.split.near_duplicate_similarity)
     grouped = has_groups(splits["group"])
     fold_sizes = [int((splits["fold"] == k).sum()) for k in range(recipe.split.folds)]
     report = {
-        "holdout": "dataset's own test split"
-        if splits.get("source_split", pd.Series(dtype=str)).eq("test").any()
-        else f"stratified {recipe.split.test_size:.0%}",
+        "holdout": holdout_description(splits, recipe),
         "grouped": grouped,
         "strategy": "StratifiedGroupKFold" if grouped else "StratifiedKFold",
         "test_size": int((splits["split"] == TEST).sum()),
@@ -189,6 +229,7 @@ def split(manifest_path: Path, splits_path: Path, recipe: Recipe) -> SplitResult
                 ("test", splits[splits["split"] == TEST]),
             ]
         },
+        "near_duplicates": {"policy": recipe.split.near_duplicates, **(clusters or {})},
         "leakage": audit,
     }
     report_path = write_json(split_report_path(splits_path), report)
@@ -198,9 +239,27 @@ def split(manifest_path: Path, splits_path: Path, recipe: Recipe) -> SplitResult
             f"data and the holdout (e.g. {audit['exact_duplicate_paths'][:3]}); remove the copies "
             f"or give them the same group. Report: {report_path}"
         )
+    crossing = audit.get("near_duplicates_across_holdout", 0)
+    if recipe.split.near_duplicates == "fail" and crossing:
+        example = audit["near_duplicate_examples"][0]
+        raise LeakageError(
+            f"{crossing} holdout images have a near-duplicate (correlation >= "
+            f"{recipe.split.near_duplicate_similarity}) in the training part (e.g. "
+            f"{example[0]} ~ {example[1]}); give them a patient group in groups.csv, or set "
+            f"split.near_duplicates=group to group them by likeness. Report: {report_path}"
+        )
     with atomic_path(Path(splits_path)) as tmp:
         splits.to_parquet(tmp, index=False)
     return SplitResult(Path(splits_path), report_path, grouped, report["test_size"], fold_sizes)
+
+
+def holdout_description(splits: pd.DataFrame, recipe: Recipe) -> str:
+    """Where the holdout came from, for reports."""
+    if splits.get("source_split", pd.Series(dtype=str)).eq("test").any():
+        return "dataset's own test split"
+    if not splits["split"].eq(TEST).any():
+        return "none: cross-validation only (split.test_size=0); out-of-fold is the estimate"
+    return f"stratified {recipe.split.test_size:.0%}"
 
 
 def _make_cv(grouped: bool, n_splits: int, seed: int) -> StratifiedKFold | StratifiedGroupKFold:

@@ -75,6 +75,7 @@ def synth_kidney_ct(
     image_size: int = 128,
     slices_per_patient: tuple[int, int] = (2, 6),
     classes: Sequence[str] = KIDNEY_CT_CLASSES,
+    series: bool = False,
 ) -> SynthResult:
     """Write a folder-per-class kidney-CT phantom dataset (``<Class>/*.jpg``).
 
@@ -85,6 +86,10 @@ def synth_kidney_ct(
         image_size: side of the square slices in pixels.
         slices_per_patient: inclusive range of slices per synthetic patient.
         classes: which classes to write (a subset of Normal, Cyst, Stone, Tumor).
+        series: a patient's slices are consecutive sections of one scan, as in a real CT
+            export: the anatomy, the bowel gas and the position change smoothly from slice to
+            slice, so each slice's nearest neighbours are its own patient's (the case the
+            split's near-duplicate grouping exists for). Off: every slice is drawn afresh.
 
     Returns:
         The root, per-class image counts and the number of synthetic patients.
@@ -115,9 +120,9 @@ def synth_kidney_ct(
             while remaining > 0:
                 patient += 1
                 n_slices = min(remaining, int(rng.integers(low, high + 1)))
-                anatomy = _Anatomy.sample(rng, image_size, label)
+                anatomy = _Anatomy.sample(rng, image_size, label, series=series)
                 for slice_index in range(n_slices):
-                    image = anatomy.render(rng, slice_index)
+                    image = anatomy.render(rng, slice_index, series=series)
                     group = f"P{patient:05d}"
                     rel = f"{label}/{group}_s{slice_index:02d}.jpg"
                     cv2.imwrite(str(staging / rel), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
@@ -146,9 +151,14 @@ class _Anatomy:
     lesion_pos: tuple[float, float]
     lesion_radius: float
     lesion_contrast: float
+    phase: float
+    gas: tuple[tuple[float, float, float], ...]
+    organs: tuple[tuple[float, ...], ...]
 
     @classmethod
-    def sample(cls, rng: np.random.Generator, size: int, label: str) -> _Anatomy:
+    def sample(
+        cls, rng: np.random.Generator, size: int, label: str, *, series: bool = False
+    ) -> _Anatomy:
         s = size
         faint = rng.random() < 0.15  # some findings are subtle, as in real scans
         radius = {
@@ -170,14 +180,41 @@ class _Anatomy:
             lesion_pos=(rng.uniform(-0.4, 0.4), rng.uniform(-0.5, 0.5)),
             lesion_radius=radius,
             lesion_contrast=contrast,
+            # Only a series draws these, so other phantoms stay byte-identical to earlier ones.
+            phase=float(rng.uniform(0, 2 * np.pi)) if series else 0.0,
+            gas=tuple(
+                (
+                    rng.uniform(-0.2, 0.2) * s,
+                    rng.uniform(-0.22, -0.02) * s,
+                    rng.uniform(0.015, 0.04) * s,
+                )
+                for _ in range(int(rng.integers(1, 4)) if series else 0)
+            ),
+            organs=tuple(  # liver, spleen, bowel loops: each body's own layout
+                (
+                    rng.uniform(-0.25, 0.25) * s,
+                    rng.uniform(-0.2, 0.05) * s,
+                    rng.uniform(0.05, 0.13) * s,
+                    rng.uniform(0.04, 0.1) * s,
+                    rng.uniform(0, 180),
+                    rng.uniform(60, 200),
+                )
+                for _ in range(int(rng.integers(3, 6)) if series else 0)
+            ),
         )
 
-    def render(self, rng: np.random.Generator, slice_index: int) -> np.ndarray:
+    def render(
+        self, rng: np.random.Generator, slice_index: int, *, series: bool = False
+    ) -> np.ndarray:
         s = self.size
         centre = np.array([s / 2, s / 2 + 0.03 * s])
-        # Neighbouring slices: anatomy drifts a little and the kidneys change size.
-        drift = rng.normal(0, 0.01 * s, size=2)
-        kidney_scale = 1.0 + 0.08 * np.sin(slice_index * 0.9) + rng.normal(0, 0.03)
+        if series:  # one scan: every change is a smooth function of the slice position
+            z = self.phase + 0.25 * slice_index
+            drift = 0.01 * s * np.array([np.sin(z), np.cos(z)])
+            kidney_scale = 1.0 + 0.08 * np.sin(z)
+        else:  # neighbouring slices: anatomy drifts a little and the kidneys change size
+            drift = rng.normal(0, 0.01 * s, size=2)
+            kidney_scale = 1.0 + 0.08 * np.sin(slice_index * 0.9) + rng.normal(0, 0.03)
         img = np.full((s, s), 8.0, dtype=np.float32)
         axes_body = (int(self.body_axes[0]), int(self.body_axes[1]))
         cv2.ellipse(img, _pt(centre + drift), axes_body, 0, 0, 360, 70, -1)  # subcutaneous fat
@@ -186,9 +223,17 @@ class _Anatomy:
         spine = centre + drift + np.array([0, 0.17 * s])
         cv2.circle(img, _pt(spine), int(0.05 * s), 235, -1)  # vertebral body
         cv2.circle(img, _pt(spine), int(0.025 * s), 150, -1)
-        for _ in range(int(rng.integers(1, 4))):  # bowel gas, a dark distractor
-            gas = centre + drift + rng.uniform([-0.2 * s, -0.22 * s], [0.2 * s, -0.02 * s])
-            cv2.circle(img, _pt(gas), int(rng.uniform(0.015, 0.04) * s), 15, -1)
+        if series:  # organs and bowel gas: the patient's own, moving with the anatomy
+            for k, (x, y, a, b, angle, value) in enumerate(self.organs):
+                scale = 1.0 + 0.15 * np.sin(z + k)
+                where = _pt(centre + drift * 2 + np.array([x, y]))
+                cv2.ellipse(img, where, _axes(np.array([a, b]) * scale), angle, 0, 360, value, -1)
+            for x, y, radius in self.gas:
+                cv2.circle(img, _pt(centre + drift * 2 + np.array([x, y])), int(radius), 15, -1)
+        else:
+            for _ in range(int(rng.integers(1, 4))):
+                gas = centre + drift + rng.uniform([-0.2 * s, -0.22 * s], [0.2 * s, -0.02 * s])
+                cv2.circle(img, _pt(gas), int(rng.uniform(0.015, 0.04) * s), 15, -1)
         kidney_centres = []
         for side in (-1, 1):
             kc = centre + drift + np.array([side * self.kidney_offset[0], self.kidney_offset[1]])

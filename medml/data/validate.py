@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
 import pandas as pd
 
 from medml.config import DataConfig, Recipe
@@ -25,6 +23,7 @@ from medml.data.ingest import absolute_paths, frames_of, ignored_by_extension
 from medml.errors import DataGateFailed
 from medml.io import parallel_map, publish_dir, write_json
 from medml.layout import ValidationFiles
+from medml.near_duplicates import thumbnail
 
 
 class ValidationFailed(DataGateFailed):
@@ -118,7 +117,7 @@ _CHECK_COLUMNS = ["decodable", "short_side", "long_side", "label_conflict"]
 
 def with_row_checks(manifest: pd.DataFrame, recipe: Recipe, workers: int) -> pd.DataFrame:
     """The manifest plus what the row expectations look at (decodes, sides, label conflicts)
-    and each file's perceptual hash (``dhash``, for the split's near-duplicate audit)."""
+    and each image's near-duplicate signature (``thumbnail``, for the split)."""
     decoded = _decode_and_hash(manifest, recipe, workers)
     labels_per_hash = manifest[manifest["sha256"] != ""].groupby("sha256")["label"].nunique()
     width = [w or d.width for w, d in zip(manifest["width"], decoded, strict=True)]
@@ -127,7 +126,7 @@ def with_row_checks(manifest: pd.DataFrame, recipe: Recipe, workers: int) -> pd.
     return manifest.assign(
         decodable=[d.error == "" for d in decoded],
         decode_error=[d.error for d in decoded],
-        dhash=[d.dhash for d in decoded],
+        thumbnail=[d.thumbnail for d in decoded],
         short_side=manifest[["width", "height"]].min(axis=1),
         long_side=manifest[["width", "height"]].max(axis=1),
         label_conflict=manifest["sha256"].map(labels_per_hash).fillna(0).gt(1),
@@ -210,26 +209,17 @@ def _expectation_summary(
     ]  # fmt: skip
 
 
-def difference_hash(image: np.ndarray) -> str:
-    """64-bit perceptual difference hash (dHash) as 16 hex digits; robust to resizing/JPEG."""
-    if image.ndim == 3:
-        image = image[:, :, :3].mean(axis=2) if image.shape[2] >= 3 else image[:, :, 0]
-    small = cv2.resize(image.astype(np.float32), (9, 8), interpolation=cv2.INTER_AREA)
-    bits = (small[:, 1:] > small[:, :-1]).ravel()
-    return f"{int(np.packbits(bits).view('>u8')[0]):016x}"
-
-
 @dataclass(frozen=True)
 class _Decoded:
-    dhash: str = ""
+    thumbnail: bytes = b""
     error: str = ""
     width: int = 0
     height: int = 0
 
 
 def _decode_and_hash(manifest: pd.DataFrame, recipe: Recipe, workers: int) -> list[_Decoded]:
-    """Decode every row's image (its frame); the dHash and decoded size, or why it does not
-    decode.
+    """Decode every row's image (its frame); its near-duplicate signature and decoded size, or
+    why it does not decode.
 
     Files with an ingest issue (outside the root, special, bomb header) are never opened, and
     neither are files whose header declares more than :data:`MAX_PIXELS`.
@@ -247,7 +237,7 @@ def _decode_and_hash(manifest: pd.DataFrame, recipe: Recipe, workers: int) -> li
             image = read_image(path, ct_windows=windows, frame=frame, name=rel)
         except ValueError as err:
             return _Decoded(error=str(err) or "file does not decode as an image")
-        return _Decoded(difference_hash(image), "", image.shape[1], image.shape[0])
+        return _Decoded(thumbnail(image), "", image.shape[1], image.shape[0])
 
     checks = zip(absolute_paths(manifest), manifest["path"], frames_of(manifest), declared,
                  manifest["issue"], strict=True)  # fmt: skip

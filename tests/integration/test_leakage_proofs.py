@@ -5,12 +5,15 @@
    set. The same data, split first and SMOTE'd inside the training part only, scores lower.
 2. Several slices per patient: a split that ignores patients puts sibling slices on both sides;
    the score rises relative to the patient-grouped split, which is what medml uses.
+3. The same without any patient ids: medml's near-duplicate pseudo-patient groups bring the
+   estimate back to within 2 points of the true patient split.
 
 A 1-nearest-neighbour classifier on pixels makes both effects plain and runs in seconds.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,8 @@ from sklearn.neighbors import KNeighborsClassifier
 from medml.balance import PixelSMOTE
 from medml.config import load_recipe
 from medml.data.synthetic import synth_kidney_ct
+from medml.layout import split_report_path
+from medml.pipeline import init_run, step_ingest, step_split, step_validate
 from medml.preprocess import LoadImage
 from medml.split import assign_splits, has_groups
 
@@ -91,3 +96,59 @@ def test_random_split_of_patients_inflates_the_score(pixels) -> None:
     out = assign_splits(table, load_recipe("kidney-ct"))
     assert out.groupby("group")["split"].nunique().max() == 1  # medml keeps patients together
     assert out.groupby("group")["fold"].nunique().max() == 1
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
+    """Scan-like phantom patients (each patient's slices look alike), without ``groups.csv``."""
+    root = synth_kidney_ct(tmp_path_factory.mktemp("scans") / "ct", n=4000, seed=21,
+                           image_size=64, slices_per_patient=(4, 12), series=True).root  # fmt: skip
+    truth = pd.read_csv(root / "groups.csv")
+    (root / "groups.csv").unlink()  # what users bring: no patient ids at all
+    return root, truth
+
+
+def _medml_split(root: Path, work: Path, overrides: list[str]) -> tuple[pd.DataFrame, dict]:
+    """medml's own ingest, validate and split steps; the splits and the split report."""
+    ctx = init_run(work, root, "kidney-ct", overrides=["split.folds=5", *overrides])
+    for step in (step_ingest, step_validate, step_split):
+        step(ctx.layout.root)
+    report = json.loads(split_report_path(ctx.layout.splits).read_text())
+    return pd.read_parquet(ctx.layout.splits), report
+
+
+def _out_of_fold_1nn(root: Path, splits: pd.DataFrame) -> float:
+    """Balanced accuracy of a memorising 1-NN over the training part's folds."""
+    train = splits[splits["split"] == "train"].reset_index(drop=True)
+    load = LoadImage(28, 1)
+    x = np.stack([load(root / p).ravel() for p in train["path"]]).astype(np.float32)
+    y, fold = train["label_index"].to_numpy(), train["fold"].to_numpy()
+    scores = [_score(x[fold != k], y[fold != k], x[fold == k], y[fold == k])
+              for k in sorted(set(fold))]  # fmt: skip
+    return float(np.mean(scores))
+
+
+def test_pseudo_patient_groups_bring_the_estimate_to_the_patient_split(scans, tmp_path) -> None:
+    root, truth = scans
+    by_image, _ = _medml_split(root, tmp_path / "report", ["split.near_duplicates=report"])
+    pseudo, report = _medml_split(root, tmp_path / "group", [])  # the default
+    # The patient split: the same steps, given the true patients as a groups.csv.
+    truth.to_csv(root / "groups.csv", index=False)
+    try:
+        patient, _ = _medml_split(root, tmp_path / "truth", [])
+    finally:
+        (root / "groups.csv").unlink()
+
+    estimates = {name: _out_of_fold_1nn(root, splits) for name, splits in
+                 [("random", by_image), ("pseudo", pseudo), ("patient", patient)]}  # fmt: skip
+    clusters = report["near_duplicates"]
+    print(f"1-NN out-of-fold balanced accuracy: {estimates}; clusters: {clusters}")
+    assert estimates["random"] > estimates["patient"] + 0.3  # a random split inflates
+    assert abs(estimates["pseudo"] - estimates["patient"]) <= 0.02
+    assert clusters["policy"] == "group" and clusters["similarity"] == 0.98
+    assert clusters["clusters"] > 100 and clusters["largest"] <= clusters["max_group"]
+    assert pseudo["group_source"].eq("near-duplicates").mean() > 0.9
+    sides = pseudo.merge(truth, on="path", suffixes=("", "_true"))
+    straddling = sides.groupby("group_true")["split"].nunique().gt(1).mean()
+    print(f"patients with slices on both sides of the holdout: {straddling:.1%}")
+    assert straddling <= 0.02

@@ -114,3 +114,33 @@ def test_a_useless_model_is_registered_without_alias_by_the_default_gate(
     assert version.tags["gate"] == "failed"
     assert "is not above chance (0.250 for 4 classes)" in version.tags["gate_reasons"]
     assert not client.get_registered_model("kidney-ct-classifier").aliases
+
+
+def test_cross_validation_only_reports_out_of_fold_as_the_estimate(
+    phantom_dir: Path, tmp_path: Path
+) -> None:
+    """``split.test_size: 0`` (small sets; the capsule write-up's protocol): no holdout, every
+    image scored out-of-fold, and every report says so."""
+    from medml import pipeline
+    from medml.tracking import Tracking
+    from tests.conftest import TINY
+
+    settings = [*TINY, "split.test_size=0", "registry.gate.thresholds.balanced_accuracy.min=0",
+                "registry.gate.require_better_than_chance=false"]  # fmt: skip
+    ctx = pipeline.init_run(tmp_path / "run", phantom_dir, "kidney-ct", overrides=settings)
+    result = pipeline.run_all(ctx, Tracking.from_env(), echo=lambda _: None)
+
+    splits = json.loads(ctx.layout.split_report.read_text())
+    assert splits["test_size"] == 0 and splits["holdout"].startswith("none: cross-validation only")
+    metrics = json.loads(ctx.layout.evaluation.metrics.read_text())
+    images = sum(1 for _ in phantom_dir.rglob("*.jpg"))
+    assert metrics["estimate"] == "out-of-fold" and metrics["overall"]["n"] == images
+    assert len(metrics["per_fold"]) == 2 and metrics["ci95"]["balanced_accuracy"][0] is not None
+    calibration = json.loads(ctx.layout.evaluation.calibration.read_text())
+    assert calibration["holdout_ece_before"] is None and calibration["oof_ece_after"] >= 0
+    summary = pipeline.summary(ctx.layout.root)
+    assert f"Out-of-fold estimate (cross-validation only, no holdout; n={images})" in summary
+    assert "out-of-fold ECE" in summary and "Holdout" not in summary
+    assert result["version"] == "1" and result["alias"] == "challenger", result["gate_reasons"]
+    card = next((ctx.layout.registry.root).rglob("model_card.md")).read_text()
+    assert "Out-of-fold metrics (cross-validation only: there is no holdout)" in card
