@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from medml.config import AugmentConfig
 from medml.extensions import AUGMENT_OPS
 
@@ -51,12 +53,25 @@ class RandAugment:
         return self._model
 
     def __call__(self, images: Any) -> Any:
-        """Augment a batch ``(n, h, w, c)`` with values in [0, 255]; returns float32 in [0, 255]."""
+        """Augment a batch ``(n, h, w, c)`` with values in [0, 255]; returns float32 in [0, 255].
+
+        Under ``policy: one_of`` each image gets one of the enabled ops, drawn uniformly.
+        """
         import keras
 
+        x = keras.ops.cast(images, "float32")
         if not self.enabled:
-            return keras.ops.cast(images, "float32")
-        out = self.layers()(keras.ops.cast(images, "float32"), training=True)
+            return x
+        if self.config.policy == "all":
+            return keras.ops.clip(self.layers()(x, training=True), 0.0, 255.0)
+        import tensorflow as tf
+
+        ops = self.layers().layers
+        choice = tf.random.uniform([tf.shape(x)[0]], 0, len(ops), dtype=tf.int32, seed=self.seed)
+        out = x
+        for k, op in enumerate(ops):
+            chosen = tf.reshape(tf.equal(choice, k), [-1, 1, 1, 1])
+            out = tf.where(chosen, op(x, training=True), out)
         return keras.ops.clip(out, 0.0, 255.0)
 
 
@@ -75,6 +90,20 @@ def _build(config: AugmentConfig, seed: int) -> keras.Sequential:
     return keras.Sequential(stack, name="rand_augment")
 
 
+def copy_sources(
+    members: np.ndarray, copies: int, rng: np.random.Generator, *, replace: bool
+) -> np.ndarray:
+    """Which of a class's ``members`` each of ``copies`` augmented copies is made from.
+
+    Without replacement every member is used once before any is used twice (a fresh shuffle
+    per round); with replacement they are drawn uniformly.
+    """
+    if replace:
+        return rng.choice(members, size=copies, replace=True)
+    rounds = -(-copies // len(members))
+    return np.concatenate([rng.permutation(members) for _ in range(rounds)])[:copies]
+
+
 @AUGMENT_OPS.register("horizontal_flip")
 def horizontal_flip(config: AugmentConfig, seed: int) -> keras.layers.Layer | None:
     """Mirror left-right with probability 1/2."""
@@ -91,7 +120,7 @@ def rotation(config: AugmentConfig, seed: int) -> keras.layers.Layer | None:
     if not config.rotation_degrees:
         return None
     factor = config.rotation_degrees / 360.0
-    return layers.RandomRotation(factor, fill_mode="constant", seed=seed)
+    return layers.RandomRotation(factor, fill_mode=config.fill_mode, seed=seed)
 
 
 @AUGMENT_OPS.register("translate")
@@ -102,7 +131,7 @@ def translate(config: AugmentConfig, seed: int) -> keras.layers.Layer | None:
     if not config.translate:
         return None
     shift = config.translate
-    return layers.RandomTranslation(shift, shift, fill_mode="constant", seed=seed)
+    return layers.RandomTranslation(shift, shift, fill_mode=config.fill_mode, seed=seed)
 
 
 @AUGMENT_OPS.register("zoom")
@@ -110,7 +139,9 @@ def zoom(config: AugmentConfig, seed: int) -> keras.layers.Layer | None:
     """Zoom in or out by up to ``zoom``."""
     from keras import layers
 
-    return layers.RandomZoom(config.zoom, fill_mode="constant", seed=seed) if config.zoom else None
+    if not config.zoom:
+        return None
+    return layers.RandomZoom(config.zoom, fill_mode=config.fill_mode, seed=seed)
 
 
 @AUGMENT_OPS.register("blur")
@@ -132,3 +163,20 @@ def brightness(config: AugmentConfig, seed: int) -> keras.layers.Layer | None:
     if not config.brightness:
         return None
     return layers.RandomBrightness(config.brightness, value_range=(0, 255), seed=seed)
+
+
+@AUGMENT_OPS.register("brightness_factor")
+def brightness_factor(config: AugmentConfig, seed: int) -> keras.layers.Layer | None:
+    """Multiply by a factor drawn per image from ``brightness_factor`` ([low, high])."""
+    if config.brightness_factor is None:
+        return None
+    import keras
+    import tensorflow as tf
+
+    low, high = config.brightness_factor
+
+    def scale(images: Any) -> Any:
+        factors = tf.random.uniform([tf.shape(images)[0], 1, 1, 1], low, high, seed=seed)
+        return tf.clip_by_value(images * factors, 0.0, 255.0)
+
+    return keras.layers.Lambda(scale, name="brightness_factor")

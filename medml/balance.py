@@ -58,8 +58,9 @@ def inverse_frequency_weights(y: np.ndarray, n_classes: int) -> dict[int, float]
 class AugmentOversampler:
     """Top every minority class up to the majority count with augmented copies.
 
-    Copies are drawn uniformly (with replacement) from the class's own images and passed
-    through :class:`medml.augment.RandAugment`; the original images are kept unchanged.
+    Copies are made from the class's own images — each used as evenly as possible, or drawn
+    uniformly (``augment.sources``) — and passed through :class:`medml.augment.RandAugment`;
+    the original images are kept unchanged.
 
     Args:
         augment: the augmentations to apply to the copies.
@@ -81,12 +82,13 @@ class AugmentOversampler:
         Raises:
             ValueError: ``X`` is not a batch of images or does not match ``y``.
         """
-        from medml.augment import RandAugment
+        from medml.augment import RandAugment, copy_sources
 
         X, y = _check_images(X, y)
         seed = 0 if self.random_state is None else int(self.random_state)
         rng = np.random.default_rng(seed)
-        augmenter = RandAugment(self.augment or AugmentConfig(), seed=seed)
+        config = self.augment or AugmentConfig()
+        augmenter = RandAugment(config, seed=seed)
         classes, counts = np.unique(y, return_counts=True)
         target = counts.max()
         self.sampling_strategy_ = {
@@ -96,7 +98,8 @@ class AugmentOversampler:
         for cls, missing in self.sampling_strategy_.items():
             if missing == 0:
                 continue
-            sources = rng.choice(np.flatnonzero(y == cls), size=missing, replace=True)
+            sources = copy_sources(np.flatnonzero(y == cls), missing, rng,
+                                   replace=config.sources == "with_replacement")  # fmt: skip
             for start in range(0, missing, self.batch_size):
                 chosen = sources[start : start + self.batch_size]
                 augmented = np.asarray(augmenter(X[chosen]))

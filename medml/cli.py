@@ -326,6 +326,38 @@ def run(
     typer.echo(pipeline.write_run_summary(ctx.layout.root).read_text())
 
 
+@app.command("compare")
+def compare_cmd(
+    source: Source,
+    recipe: RecipeName,
+    experiments: Annotated[
+        Path | None,
+        typer.Option(help="YAML with an 'experiments:' mapping: name -> {setting: value}."),
+    ] = None,
+    grid: Annotated[
+        list[str] | None,
+        typer.Option(help="key=v1,v2,... (repeat for a grid); each combination is one experiment."),
+    ] = None,
+    params: ParamsFile = None,
+    set_: Sets = None,
+    run_dir: NewRunDir = None,
+) -> None:
+    """Train named setting sets on the same folds; print and plot their out-of-fold scores."""
+    from medml.compare import compare, format_table, grid_experiments, read_experiments
+
+    chosen = {**(read_experiments(experiments) if experiments else {}),
+              **grid_experiments(grid or [])}  # fmt: skip
+    if not chosen:
+        raise _fail("give --experiments FILE and/or --grid key=v1,v2")
+    ctx = _new_run("compare", run_dir, source, recipe, params, set_)
+    _guard(pipeline.run_data_steps, ctx, echo=lambda _: None)
+    table = _guard(compare, ctx, chosen, tracking=_tracking(), echo=typer.echo)
+    typer.echo("\nOut-of-fold scores on the same folds (holdout not used):")
+    typer.echo(format_table(table, "experiment"))
+    csv, png = ctx.layout.compare_outputs("compare")
+    typer.echo(f"\nsaved {csv} and {png}")
+
+
 @app.command("compare-balancing")
 def compare_balancing_cmd(
     source: Source,

@@ -1,23 +1,31 @@
-"""Compare balancing strategies on the same folds, with out-of-fold scores.
+"""Compare named setting sets on the same folds, with out-of-fold scores.
 
-Every strategy trains the same k folds; each fold model scores its own validation fold, and
-the out-of-fold predictions of all folds are scored together. The holdout is not used here:
-choosing a strategy by its holdout score would leak the holdout into model selection.
+An experiment is a name and a few settings (``{"train.augment.zoom": 0}``) applied to the
+run's recipe. Every experiment trains the same k folds; each fold model scores its own
+validation fold, and the out-of-fold predictions of all folds are scored together. The holdout
+is not used here: choosing settings by their holdout score would leak the holdout into model
+selection. Balancing strategies (``medml compare-balancing``) are one case: one experiment per
+``train.balance``.
+
+Experiments change training only: settings of ``data``, ``image`` or ``split`` would need other
+shards or folds, so they are refused (run those as separate ``medml run``s).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from medml.balance import PixelSMOTE
-from medml.config import Recipe
+from medml.config import Recipe, with_settings
+from medml.errors import ConfigError
 from medml.evaluate import clinical_metrics, predict_proba
 from medml.extensions import BALANCERS
 from medml.io import atomic_path
@@ -29,14 +37,64 @@ from medml.tracking import KIND_TAG, RUN_KEY_TAG, Tracking
 from medml.train import fold_rows, train_fold
 
 SCORES = ("macro_f1", "balanced_accuracy", "min_class_sensitivity")
-COLUMNS = [
-    "strategy",
-    "macro_f1",
-    "balanced_accuracy",
-    "min_class_sensitivity",
-    "train_seconds",
-    "note",
-]
+FIXED_SECTIONS = ("data", "image", "split")
+Experiments = Mapping[str, Mapping[str, Any]]
+
+
+def read_experiments(path: Path) -> dict[str, dict[str, Any]]:
+    """The ``experiments:`` mapping of a YAML file (name → dotted settings).
+
+    Raises:
+        ConfigError: the file has no ``experiments`` mapping, or one is not a mapping.
+    """
+    try:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read experiments from {path}: {err}") from None
+    experiments = loaded.get("experiments") if isinstance(loaded, dict) else None
+    if not isinstance(experiments, dict) or not experiments:
+        raise ConfigError(f"{path} needs an 'experiments:' mapping of name -> settings")
+    for name, settings in experiments.items():
+        if not isinstance(settings, dict):
+            raise ConfigError(f"{path}: experiment {name!r} must map settings to values")
+    return {str(name): dict(settings) for name, settings in experiments.items()}
+
+
+def grid_experiments(grid: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["train.balance=none,smote", "train.epochs=5,10"]`` → one experiment per combination,
+    named ``train.balance=none, train.epochs=5`` and so on.
+
+    Raises:
+        ConfigError: an item is not ``key=v1,v2,...``.
+    """
+    import itertools
+
+    axes = []
+    for item in grid:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip() or not raw.strip():
+            raise ConfigError(
+                f"--grid expects key=v1,v2,... (e.g. train.balance=none,smote), got {item!r}"
+            )
+        axes.append([(key.strip(), yaml.safe_load(v)) for v in raw.split(",")])
+    return {
+        ", ".join(f"{k}={v}" for k, v in combo): dict(combo) for combo in itertools.product(*axes)
+    }
+
+
+def experiment_recipe(recipe: Recipe, name: str, settings: Mapping[str, Any]) -> Recipe:
+    """The run's recipe with one experiment's settings.
+
+    Raises:
+        ConfigError: a setting is unknown/invalid, or changes data, image or split.
+    """
+    fixed = sorted(k for k in settings if str(k).split(".")[0] in FIXED_SECTIONS)
+    if fixed:
+        raise ConfigError(
+            f"experiment {name!r} changes {fixed}: experiments share the run's shards and folds, "
+            "so only train/evaluate/registry settings may differ; compare those as separate runs"
+        )
+    return with_settings(recipe, settings, source=f"experiment {name!r}")
 
 
 def applicable(strategy: str, ctx: RunContext) -> str | None:
@@ -55,6 +113,57 @@ def applicable(strategy: str, ctx: RunContext) -> str | None:
     return None
 
 
+def compare(
+    ctx: RunContext,
+    experiments: Experiments,
+    *,
+    tracking: Tracking | None = None,
+    echo: Callable[[str], Any] = print,
+    kind: str = "compare",
+    label: str = "experiment",
+) -> pd.DataFrame:
+    """Train every experiment on the run's folds and score out-of-fold predictions.
+
+    Args:
+        ctx: a run whose data steps (through preprocess) are done.
+        experiments: name → dotted settings applied to the run's recipe.
+        tracking: log one parent MLflow run with a child run per experiment.
+        echo: progress output.
+        kind: names the outputs (``compare/<kind>.csv``, ``.png``) and the parent run's kind.
+        label: what an experiment is called in the table and the child runs' tags.
+
+    Returns:
+        One row per experiment: its settings, macro-F1, balanced accuracy, minimum per-class
+        sensitivity, training seconds (all folds), and a note when it was skipped.
+
+    Raises:
+        ConfigError: an experiment's settings are invalid (checked before anything trains).
+    """
+    recipes = {name: experiment_recipe(ctx.recipe, name, settings)
+               for name, settings in experiments.items()}  # fmt: skip
+    table_path, plot_path = ctx.layout.compare_outputs(kind)
+    with _parent_run(tracking, ctx, kind) as parent:
+        rows = []
+        for name, recipe in recipes.items():
+            row = compare_one(ctx, name, recipe, ctx.layout.compare / _folder(name), echo)
+            row["settings"] = "; ".join(f"{k}={v}" for k, v in experiments[name].items())
+            rows.append(row)
+            if parent is not None and not row["note"]:
+                _log_child(tracking, ctx, parent, row, experiments[name], label)
+        columns = ["experiment", "settings", *SCORES, "train_seconds", "note"]
+        table = pd.DataFrame(rows, columns=columns).rename(columns={"experiment": label})
+        ctx.layout.compare.mkdir(parents=True, exist_ok=True)
+        with atomic_path(table_path) as tmp:
+            table.to_csv(tmp, index=False)
+        plot_comparison(table, label, plot_path)
+        if parent is not None:
+            import mlflow
+
+            mlflow.log_artifact(str(table_path))
+            mlflow.log_artifact(str(plot_path))
+    return table
+
+
 def compare_balancing(
     ctx: RunContext,
     *,
@@ -62,62 +171,49 @@ def compare_balancing(
     tracking: Tracking | None = None,
     echo: Callable[[str], Any] = print,
 ) -> pd.DataFrame:
-    """Train every strategy on the run's folds and score out-of-fold predictions.
-
-    Args:
-        ctx: a run whose data steps (through preprocess) are done.
-        strategies: which strategies to compare (default: every registered one).
-        tracking: log one parent MLflow run with a child run per strategy.
-        echo: progress output.
-
-    Returns:
-        One row per strategy: macro-F1, balanced accuracy, minimum per-class sensitivity,
-        training seconds (all folds), and a note when a strategy was skipped.
+    """:func:`compare` with one experiment per balancing strategy (default: every registered
+    one).
 
     Raises:
         ConfigError: an unknown strategy name ("did you mean …").
     """
     chosen = [BALANCERS.check(s) for s in (strategies or BALANCERS.names())]
-    out_root = ctx.layout.compare
-    with _parent_run(tracking, ctx) as parent:
-        rows = []
-        for strategy in chosen:
-            row = compare_one(ctx, strategy, out_root / strategy, echo)
-            rows.append(row)
-            if parent is not None and not row["note"]:
-                _log_child(tracking, ctx, parent, row)
-        table = pd.DataFrame(rows, columns=COLUMNS)
-        out_root.mkdir(parents=True, exist_ok=True)
-        path = ctx.layout.compare_table
-        with atomic_path(path) as tmp:
-            table.to_csv(tmp, index=False)
-        if parent is not None:
-            import mlflow
-
-            mlflow.log_artifact(str(path))
-    return table
+    return compare(ctx, {s: {"train.balance": s} for s in chosen}, tracking=tracking,
+                   echo=echo, kind="compare_balancing", label="strategy")  # fmt: skip
 
 
 def compare_one(
-    ctx: RunContext, strategy: str, out_dir: Path, echo: Callable[[str], Any]
+    ctx: RunContext, name: str, recipe: Recipe, out_dir: Path, echo: Callable[[str], Any]
 ) -> dict[str, Any]:
-    """One strategy's row: its out-of-fold scores and training time, or why it was skipped."""
-    note = applicable(strategy, ctx)
+    """One experiment's row: its out-of-fold scores and training time, or why it was skipped."""
+    note = applicable(recipe.train.balance, ctx)
     if note:
-        echo(f"[{strategy}] {note}")
-        return {"strategy": strategy, "note": note}
-    train = ctx.recipe.train.model_copy(update={"balance": strategy})
+        echo(f"[{name}] {note}")
+        return {"experiment": name, "note": note}
     started = time.perf_counter()
-    scores = out_of_fold_metrics(ctx, ctx.recipe.model_copy(update={"train": train}), out_dir)
+    scores = out_of_fold_metrics(ctx, recipe, out_dir)
     seconds = time.perf_counter() - started
-    row = {"strategy": strategy, "note": "", "train_seconds": round(seconds, 1)}
+    row = {"experiment": name, "note": "", "train_seconds": round(seconds, 1)}
     row |= {key: float(scores.value(key)) for key in SCORES}
     echo(
-        f"[{strategy}] macro-F1 {row['macro_f1']:.3f}  balanced accuracy "
+        f"[{name}] macro-F1 {row['macro_f1']:.3f}  balanced accuracy "
         f"{row['balanced_accuracy']:.3f}  min sensitivity {row['min_class_sensitivity']:.3f}"
         f"  {seconds:.0f}s"
     )
     return row
+
+
+def plot_comparison(table: pd.DataFrame, label: str, path: Path) -> Path:
+    """Grouped bars of the out-of-fold scores per experiment (skipped ones left out)."""
+    from medml.evaluate import plot_scores
+
+    trained = table[table["note"].fillna("").eq("")]
+    return plot_scores(trained[label].tolist(), {key: trained[key].tolist() for key in SCORES},
+                       path, title="out-of-fold scores, same folds")  # fmt: skip
+
+
+def _folder(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:80]
 
 
 def out_of_fold_metrics(ctx: RunContext, recipe: Recipe, out_dir: Path) -> HoldoutMetrics:
@@ -136,38 +232,43 @@ def out_of_fold_metrics(ctx: RunContext, recipe: Recipe, out_dir: Path) -> Holdo
     )
 
 
-def format_table(table: pd.DataFrame) -> str:
+def format_table(table: pd.DataFrame, label: str = "strategy") -> str:
     """Plain-text table, best macro-F1 first."""
     ordered = table.sort_values("macro_f1", ascending=False, na_position="last")
-    lines = [f"{'strategy':<20}{'macro-F1':>10}{'bal. acc.':>11}{'min sens.':>11}{'train s':>9}"]
-    for row in ordered.itertuples():
-        if isinstance(row.note, str) and row.note:
-            lines.append(f"{row.strategy:<20}{row.note}")
+    width = max(20, *(len(str(name)) + 2 for name in ordered[label]))
+    lines = [f"{label:<{width}}{'macro-F1':>10}{'bal. acc.':>11}{'min sens.':>11}{'train s':>9}"]
+    for row in ordered.to_dict("records"):
+        if isinstance(row["note"], str) and row["note"]:
+            lines.append(f"{row[label]:<{width}}{row['note']}")
             continue
         lines.append(
-            f"{row.strategy:<20}{row.macro_f1:>10.3f}{row.balanced_accuracy:>11.3f}"
-            f"{row.min_class_sensitivity:>11.3f}{row.train_seconds:>9.1f}"
+            f"{row[label]:<{width}}{row['macro_f1']:>10.3f}{row['balanced_accuracy']:>11.3f}"
+            f"{row['min_class_sensitivity']:>11.3f}{row['train_seconds']:>9.1f}"
         )
     return "\n".join(lines)
 
 
 @contextmanager
-def _parent_run(tracking: Tracking | None, ctx: RunContext) -> Iterator[str | None]:
+def _parent_run(tracking: Tracking | None, ctx: RunContext, kind: str) -> Iterator[str | None]:
     if tracking is None:
         yield None
         return
-    tags = {RUN_KEY_TAG: ctx.run_key, KIND_TAG: "compare-balancing"}
+    kind = kind.replace("_", "-")
+    tags = {RUN_KEY_TAG: ctx.run_key, KIND_TAG: kind}
     with tracking.run(ctx.recipe.registry.experiment, tags=tags,
-                      run_name=f"compare-balancing {ctx.recipe.name}") as parent:  # fmt: skip
+                      run_name=f"{kind} {ctx.recipe.name}") as parent:  # fmt: skip
         yield parent
 
 
-def _log_child(tracking: Tracking, ctx: RunContext, parent: str, row: dict[str, Any]) -> None:
+def _log_child(
+    tracking: Tracking, ctx: RunContext, parent: str, row: dict[str, Any],
+    settings: Mapping[str, Any], label: str,
+) -> None:  # fmt: skip
     import mlflow
 
-    strategy = row["strategy"]
-    tags = {RUN_KEY_TAG: ctx.run_key, KIND_TAG: "strategy", "strategy": strategy}
-    with tracking.run(ctx.recipe.registry.experiment, run_name=f"balance={strategy}",
+    name = row["experiment"]
+    tags = {RUN_KEY_TAG: ctx.run_key, KIND_TAG: label, label: name}
+    with tracking.run(ctx.recipe.registry.experiment, run_name=f"{label}={name}",
                       tags=tags, parent_run_id=parent):  # fmt: skip
-        mlflow.log_param("train.balance", strategy)
+        mlflow.log_params({str(k): str(v)[:500] for k, v in settings.items()})
         mlflow.log_metrics({f"oof_{key}": float(row[key]) for key in (*SCORES, "train_seconds")})

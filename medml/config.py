@@ -144,8 +144,15 @@ class SplitConfig(_Strict):
         description="share of images (by group) held out untouched for the final estimate; 0: "
         "cross-validation only, the out-of-fold predictions are the estimate (small sets)",
     )
-    folds: int = Field(default=3, ge=2, le=20)
+    folds: int = Field(
+        default=3, ge=1, le=20, description="fold models; 1 only with validation: dataset"
+    )
     seed: int = 42
+    validation: Literal["folds", "dataset"] = Field(
+        default="folds",
+        description="folds: k-fold cross-validation; dataset: the dataset's own val/ or "
+        "validation/ folder validates one model (split.folds=1) trained on the rest",
+    )
     near_duplicates: Literal["group", "report", "fail"] = Field(
         default="group",
         description="images with no patient group: link look-alikes into pseudo-patient groups "
@@ -163,6 +170,17 @@ class SplitConfig(_Strict):
         description="largest pseudo-patient group; 0: the smallest class / (folds + 1)",
     )
 
+    @model_validator(mode="after")
+    def _folds_match_validation(self) -> SplitConfig:
+        if self.validation == "dataset" and self.folds != 1:
+            raise ValueError(
+                f"split.validation=dataset trains one model on the dataset's validation folder; "
+                f"set split.folds=1 (got {self.folds})"
+            )
+        if self.validation == "folds" and self.folds < 2:
+            raise ValueError("cross-validation needs split.folds >= 2")
+        return self
+
 
 class AugmentConfig(_Strict):
     """Random augmentations (Keras preprocessing layers); 0/false switches one off.
@@ -176,7 +194,75 @@ class AugmentConfig(_Strict):
     translate: float = Field(default=0.1, ge=0.0, lt=1.0)
     zoom: float = Field(default=0.2, ge=0.0, lt=1.0)
     blur_sigma: float = Field(default=1.0, ge=0.0, le=10.0)
-    brightness: float = Field(default=0.3, ge=0.0, lt=1.0)
+    brightness: float = Field(
+        default=0.3, ge=0.0, lt=1.0, description="add up to ± this share of the value range"
+    )
+    brightness_factor: tuple[float, float] | None = Field(
+        default=None,
+        description="multiply by a factor drawn from [low, high] (Keras 2's brightness_range, "
+        "e.g. [0.7, 1.3]); null: off",
+    )
+    fill_mode: Literal["constant", "nearest", "reflect", "wrap"] = Field(
+        default="constant",
+        description="what rotation, translation and zoom put where the image moved away from "
+        "(Keras 2's ImageDataGenerator used nearest)",
+    )
+    policy: Literal["all", "one_of"] = Field(
+        default="all",
+        description="all: every enabled op, stacked; one_of: one enabled op per image, at random",
+    )
+    sources: Literal["without_replacement", "with_replacement"] = Field(
+        default="without_replacement",
+        description="augment_oversample: which originals are copied — each as evenly as possible "
+        "(without replacement, repeating only when a class needs more copies than it has), or "
+        "uniformly at random",
+    )
+
+    @field_validator("brightness_factor")
+    @classmethod
+    def _factor_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0.0 <= value[0] <= value[1]:
+            raise ValueError(f"give [low, high] with 0 <= low <= high, got {list(value)}")
+        return value
+
+
+class ReduceLROnPlateauConfig(_Strict):
+    """Keras' ReduceLROnPlateau on ``val_loss``."""
+
+    factor: float = Field(default=0.1, gt=0.0, lt=1.0)
+    patience: int = Field(default=5, ge=1)
+    min_lr: float = Field(default=0.0, ge=0.0)
+
+
+class ConvBlock(_Strict):
+    """One convolution block of ``train.model: cnn``: Conv2D (ReLU), then pooling, then dropout."""
+
+    filters: int = Field(ge=1)
+    kernel: int = Field(default=3, ge=1)
+    padding: Literal["same", "valid"] = "same"
+    pool: Literal["max", "average"] | None = Field(default="max", description="null: none")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="after the pooling")
+
+
+class CNNConfig(_Strict):
+    """The architecture of ``train.model: cnn``, declared as data.
+
+    The defaults are medml's ``small_cnn``. Seed 002's network, for example, is four valid-padded
+    blocks of 32/64/128/128 filters with max pooling, ``head: flatten``, ``dropout: 0.5``,
+    ``dense: [512]``, ``dense_dropout: 0``.
+    """
+
+    blocks: list[ConvBlock] = Field(
+        default_factory=lambda: [ConvBlock(filters=f) for f in (16, 32, 64, 64)], min_length=1
+    )
+    head: Literal["flatten", "global_max", "global_average"] = Field(
+        default="global_max", description="how the feature maps become a vector"
+    )
+    dropout: float = Field(default=0.3, ge=0.0, lt=1.0, description="after the head, before dense")
+    dense: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [64], description="hidden dense widths (ReLU)"
+    )
+    dense_dropout: float = Field(default=0.3, ge=0.0, lt=1.0, description="after each dense")
 
 
 class KubernetesConfig(_Strict):
@@ -212,6 +298,9 @@ class TrainConfig(_Strict):
     kubernetes: KubernetesConfig = KubernetesConfig()
 
     model: ModelName = "small_cnn"
+    cnn: CNNConfig = Field(
+        default_factory=CNNConfig, description="the architecture when model is cnn"
+    )
     weights: str | None = Field(
         default=None,
         description="local path of the backbone's notop Keras weights file (never downloaded); "
@@ -230,6 +319,18 @@ class TrainConfig(_Strict):
     epochs: int = Field(default=30, ge=1)
     batch_size: int = Field(default=32, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0.0)
+    learning_rate_decay: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Keras 2's Adam(decay=…): the rate at step t is learning_rate / (1 + decay·t)",
+    )
+    reduce_lr_on_plateau: ReduceLROnPlateauConfig | None = Field(
+        default=None, description="multiply the rate by factor when val_loss stalls (null: off)"
+    )
+    extra_metrics: list[Literal["f1", "auc", "precision", "recall"]] = Field(
+        default_factory=list,
+        description="training-time metrics besides accuracy (macro-F1, AUC, …), in the history",
+    )
     dropout: float = Field(default=0.3, ge=0.0, lt=1.0)
     patience: int = Field(default=6, ge=1)
     min_epochs: int = Field(
@@ -382,6 +483,32 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
     return nested
 
 
+def _nested_items(settings: Mapping[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in settings.items():
+        node = nested
+        parts = str(key).split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"setting {key!r} conflicts with another setting of {part!r}")
+        node[parts[-1]] = value
+    return nested
+
+
+def with_settings(recipe: Recipe, settings: Mapping[str, Any], *, source: str) -> Recipe:
+    """``recipe`` with dotted ``settings`` (``{"train.epochs": 2}``) applied and validated.
+
+    Raises:
+        ConfigError: a setting is unknown or invalid; the message names ``source``.
+    """
+    merged = _deep_merge(recipe.model_dump(mode="json"), _nested_items(settings))
+    try:
+        return Recipe.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(source, err)) from None
+
+
 def load_recipe(
     name_or_path: str | Path,
     *,
@@ -423,7 +550,8 @@ def load_recipe(
     try:
         return Recipe.model_validate(merged)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(path, err)) from None
+        where = f"recipe {path.name} + overrides"
+        raise ConfigError(_format_validation_error(where, err)) from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -460,7 +588,7 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _format_validation_error(path: Path, err: ValidationError) -> str:
+def _format_validation_error(where: str, err: ValidationError) -> str:
     problems = []
     for item in err.errors():
         key = ".".join(str(part) for part in item["loc"]) or "<root>"
@@ -468,4 +596,4 @@ def _format_validation_error(path: Path, err: ValidationError) -> str:
             problems.append(f"unknown key {key!r}")
         else:
             problems.append(f"{key}: {item['msg'].removeprefix('Value error, ')}")
-    return f"invalid config (recipe {path.name} + overrides): " + "; ".join(problems)
+    return f"invalid config ({where}): " + "; ".join(problems)

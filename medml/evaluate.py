@@ -275,6 +275,24 @@ def plot_reliability(
     return _save(fig, path)
 
 
+def plot_scores(
+    names: Sequence[str], scores: dict[str, Sequence[float]], path: Path, *, title: str = ""
+) -> Path:
+    """Grouped horizontal bars: one group per name, one bar per score (0-1)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.6 + 0.55 * max(1, len(names)) * max(1, len(scores)) / 2))
+    height = 0.8 / max(1, len(scores))
+    rows = np.arange(len(names))
+    for k, (score, values) in enumerate(scores.items()):
+        bars = ax.barh(rows + k * height, values, height=height, label=score.replace("_", " "))
+        ax.bar_label(bars, fmt="%.3f", padding=2, fontsize=7)
+    ax.set_yticks(rows + height * (len(scores) - 1) / 2, list(names))
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 1.08), xlabel="score", title=title)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
 def plot_learning_curves(histories: Sequence[dict[str, Any]], path: Path) -> Path:
     """Loss and accuracy per epoch, train (solid) vs validation (dashed), one colour per fold."""
     plt = _pyplot()

@@ -224,7 +224,11 @@ class RunLayout:
 
     @property
     def compare_table(self) -> Path:
-        return self.compare / "compare_balancing.csv"
+        return self.compare_outputs("compare_balancing")[0]
+
+    def compare_outputs(self, kind: str) -> tuple[Path, Path]:
+        """The table (CSV) and plot (PNG) of a comparison."""
+        return self.compare / f"{kind}.csv", self.compare / f"{kind}.png"
 
 
 def shard_name(number: int) -> str:

@@ -17,7 +17,7 @@ from medml.extensions import MODELS
 if TYPE_CHECKING:
     import keras
 
-    from medml.config import TrainConfig
+    from medml.config import CNNConfig, TrainConfig
 
 # Seed 001's head on DenseNet121: max pooling, BatchNorm, Dense(2048, relu, L1L2(0.01)),
 # BatchNorm, softmax.
@@ -35,34 +35,68 @@ def build_small_cnn(
     filters: tuple[int, ...] = (16, 32, 64, 64),
     name: str = "small_cnn",
 ) -> keras.Model:
-    """The small CNN of seeds 002/004: conv blocks with max pooling, dropout, softmax head.
+    """medml's small CNN: same-padded conv blocks with max pooling, global max pooling (small
+    lesions: keep the strongest response), dropout, Dense 64, dropout, softmax.
 
     Args:
         input_shape: ``(height, width, channels)`` of the uint8 input.
         n_classes: number of output classes.
-        dropout: dropout rate before the dense layers.
+        dropout: dropout rate before and after the dense layer.
         filters: filters per conv block (one block per entry).
         name: model name (fold models need distinct names inside an ensemble).
 
     Raises:
         ValueError: bad ``n_classes`` or ``dropout``.
     """
+    from medml.config import CNNConfig, ConvBlock
+
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    spec = CNNConfig(blocks=[ConvBlock(filters=f) for f in filters], head="global_max",
+                     dropout=dropout, dense=[64], dense_dropout=dropout)  # fmt: skip
+    return build_cnn(input_shape, n_classes, spec, name=name)
+
+
+def build_cnn(
+    input_shape: tuple[int, int, int], n_classes: int, spec: CNNConfig, *, name: str = "cnn"
+) -> keras.Model:
+    """A plain CNN from its declaration (:class:`~medml.config.CNNConfig`): per block Conv2D
+    (ReLU) → pooling → dropout; then flatten or global pooling → dropout → dense layers (ReLU,
+    each followed by dropout) → softmax.
+
+    Raises:
+        ValueError: fewer than 2 classes, or the blocks shrink the image below 1 pixel.
+    """
     import keras
     from keras import layers
 
     if n_classes < 2:
         raise ValueError(f"n_classes must be at least 2, got {n_classes}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    pools = {"max": layers.MaxPooling2D, "average": layers.AveragePooling2D}
     inputs = keras.Input(shape=input_shape, name="pixels")
     x = layers.Rescaling(1.0 / 255.0)(inputs)
-    for i, n_filters in enumerate(filters):
-        x = layers.Conv2D(n_filters, 3, padding="same", activation="relu", name=f"conv{i}")(x)
-        x = layers.MaxPooling2D(name=f"pool{i}")(x)
-    x = layers.GlobalMaxPooling2D()(x)  # small lesions: keep the strongest response
-    x = layers.Dropout(dropout)(x)
-    x = layers.Dense(64, activation="relu")(x)
-    x = layers.Dropout(dropout)(x)
+    for i, block in enumerate(spec.blocks):
+        if min(x.shape[1], x.shape[2]) < (block.kernel if block.padding == "valid" else 1):
+            raise ValueError(
+                f"train.cnn.blocks[{i}]: the feature map is {x.shape[1]}x{x.shape[2]}, too small "
+                f"for a valid {block.kernel}x{block.kernel} convolution; use a larger "
+                "image.size, fewer blocks or padding: same"
+            )
+        x = layers.Conv2D(block.filters, block.kernel, padding=block.padding,
+                          activation="relu", name=f"conv{i}")(x)  # fmt: skip
+        if block.pool is not None:
+            x = pools[block.pool](name=f"pool{i}")(x)
+        if block.dropout:
+            x = layers.Dropout(block.dropout, name=f"dropout{i}")(x)
+    heads = {"flatten": layers.Flatten, "global_max": layers.GlobalMaxPooling2D,
+             "global_average": layers.GlobalAveragePooling2D}  # fmt: skip
+    x = heads[spec.head](name=spec.head)(x)
+    if spec.dropout:
+        x = layers.Dropout(spec.dropout, name="head_dropout")(x)
+    for k, units in enumerate(spec.dense):
+        x = layers.Dense(units, activation="relu", name=f"dense{k}")(x)
+        if spec.dense_dropout:
+            x = layers.Dropout(spec.dense_dropout, name=f"dense_dropout{k}")(x)
     outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(
         x
     )
@@ -191,6 +225,14 @@ def small_cnn(
 ) -> keras.Model:
     """:func:`build_small_cnn` with the recipe's dropout."""
     return build_small_cnn(input_shape, n_classes, dropout=cfg.dropout, name=name)
+
+
+@MODELS.register("cnn")
+def cnn(
+    input_shape: tuple[int, int, int], n_classes: int, cfg: TrainConfig, *, name: str
+) -> keras.Model:
+    """:func:`build_cnn` with the recipe's declared architecture (``train.cnn``)."""
+    return build_cnn(input_shape, n_classes, cfg.cnn, name=name)
 
 
 def _backbone_builder(kind: str) -> Callable[..., keras.Model]:

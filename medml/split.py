@@ -26,6 +26,8 @@ from medml.near_duplicates import cluster, signatures, similar_pairs
 
 TEST = "test"
 TRAIN = "train"
+FIT_ONLY = -2
+"""``fold`` of training rows that no fold model validates on (``split.validation: dataset``)."""
 
 
 class LeakageError(MedmlError):
@@ -81,27 +83,20 @@ def assign_splits(table: pd.DataFrame, recipe: Recipe) -> pd.DataFrame:
             f"too few {unit} per class for {holdout}split.folds={cfg.folds}: {short}; "
             f"need at least {needed} per class; add data or lower split.folds"
         )
-    given_test = (
-        out["source_split"].eq("test").to_numpy()
-        if "source_split" in out.columns
-        else np.zeros(len(out), bool)
-    )
-    if given_test.any():  # the dataset's own test split is the holdout
-        test_idx = np.flatnonzero(given_test)
-    elif cfg.test_size == 0:  # cross-validation only
-        test_idx = np.zeros(0, np.int64)
-    else:
-        n_holdout_splits = max(2, int(round(1.0 / cfg.test_size)))
-        holdout_cv = _make_cv(grouped, n_holdout_splits, cfg.seed)
-        try:
-            _, test_idx = next(iter(holdout_cv.split(np.zeros(len(y)), y, groups)))
-        except ValueError as err:
-            raise ValueError(
-                f"cannot cut a stratified holdout of test_size={cfg.test_size}: {err}"
-            ) from None
+    source = out["source_split"] if "source_split" in out.columns else pd.Series("", out.index)
+    given_test = source.eq("test").to_numpy()
+    given_val = source.eq("validation").to_numpy() & (cfg.validation == "dataset")
+    if cfg.validation == "dataset" and not given_val.any():
+        raise ValueError(
+            "split.validation=dataset, but the dataset has no val/ or validation/ folder; "
+            "use split.validation=folds (with split.folds >= 2)"
+        )
+    test_idx = _holdout_rows(given_test, given_val, y, groups, recipe)
     out["split"] = TRAIN
     out.loc[test_idx, "split"] = TEST
     out["fold"] = -1
+    if cfg.validation == "dataset":
+        return _dataset_validation(out, given_val, recipe)
 
     train_idx = np.flatnonzero(out["split"].to_numpy() == TRAIN)
     per_class = np.bincount(y[train_idx], minlength=len(recipe.data.classes))
@@ -117,6 +112,45 @@ def assign_splits(table: pd.DataFrame, recipe: Recipe) -> pd.DataFrame:
         fold_cv.split(np.zeros(len(train_idx)), y[train_idx], train_groups)
     ):
         out.loc[train_idx[val_local], "fold"] = fold
+    return out
+
+
+def _holdout_rows(
+    given_test: np.ndarray, given_val: np.ndarray, y: np.ndarray, groups: np.ndarray | None,
+    recipe: Recipe,
+) -> np.ndarray:  # fmt: skip
+    """Row indices of the holdout: the dataset's own test split, none (cross-validation only),
+    or a stratified (group-aware) cut of the rows outside the dataset's validation folder."""
+    cfg = recipe.split
+    if given_test.any():
+        return np.flatnonzero(given_test)
+    if cfg.test_size == 0:
+        return np.zeros(0, np.int64)
+    pool = np.flatnonzero(~given_val)
+    n_holdout_splits = max(2, int(round(1.0 / cfg.test_size)))
+    holdout_cv = _make_cv(groups is not None, n_holdout_splits, cfg.seed)
+    try:
+        _, local = next(iter(holdout_cv.split(
+            np.zeros(len(pool)), y[pool], None if groups is None else groups[pool]
+        )))  # fmt: skip
+    except ValueError as err:
+        raise ValueError(
+            f"cannot cut a stratified holdout of test_size={cfg.test_size}: {err}"
+        ) from None
+    return pool[local]
+
+
+def _dataset_validation(out: pd.DataFrame, given_val: np.ndarray, recipe: Recipe) -> pd.DataFrame:
+    """One model: the dataset's validation folder is fold 0; the other training rows are
+    :data:`FIT_ONLY`."""
+    training = out["split"].eq(TRAIN).to_numpy()
+    out.loc[training & given_val, "fold"] = 0
+    out.loc[training & ~given_val, "fold"] = FIT_ONLY
+    for name, rows in (("validation folder", out[training & given_val]),
+                       ("training part", out[training & ~given_val])):  # fmt: skip
+        missing = sorted(set(recipe.data.classes) - set(rows["label"]))
+        if missing:
+            raise ValueError(f"the {name} has no images of {missing}; every class needs some")
     return out
 
 
@@ -219,7 +253,11 @@ def split(manifest_path: Path, splits_path: Path, recipe: Recipe) -> SplitResult
     report = {
         "holdout": holdout_description(splits, recipe),
         "grouped": grouped,
-        "strategy": "StratifiedGroupKFold" if grouped else "StratifiedKFold",
+        "strategy": "the dataset's validation folder (one model)"
+        if recipe.split.validation == "dataset"
+        else "StratifiedGroupKFold"
+        if grouped
+        else "StratifiedKFold",
         "test_size": int((splits["split"] == TEST).sum()),
         "fold_sizes": fold_sizes,
         "class_counts": {

@@ -229,10 +229,94 @@ def compile_model(
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
             if cfg.label_smoothing > 0
             else "sparse_categorical_crossentropy",
-            metrics=["accuracy"],
+            metrics=["accuracy", *training_metrics(cfg, len(recipe.data.classes))],
             jit_compile=accelerator.jit_compile,
         )
     return model
+
+
+def learning_rate_control(cfg: TrainConfig) -> Any:
+    """A callback for ``train.learning_rate_decay`` and ``train.reduce_lr_on_plateau`` (None
+    when neither is set).
+
+    Both act on one base rate, as Keras 2's ``Adam(decay=…)`` with ``ReduceLROnPlateau`` did
+    (seed 001): the plateau rule multiplies the base by ``factor`` after ``patience`` epochs
+    without a ``val_loss`` improvement of 1e-4; every step uses base / (1 + decay · step).
+    """
+    import keras
+
+    if not cfg.learning_rate_decay and cfg.reduce_lr_on_plateau is None:
+        return None
+    decay, plateau = cfg.learning_rate_decay, cfg.reduce_lr_on_plateau
+
+    class LearningRateControl(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.base, self.best, self.wait = cfg.learning_rate, float("inf"), 0
+
+        def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+            step = float(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+            self.model.optimizer.learning_rate = self.base / (1.0 + decay * step)
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            logs = logs if logs is not None else {}
+            logs["learning_rate"] = float(
+                keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+            )
+            loss = logs.get("val_loss")
+            if plateau is None or loss is None:
+                return
+            if loss < self.best - 1e-4:
+                self.best, self.wait = loss, 0
+                return
+            self.wait += 1
+            if self.wait >= plateau.patience:
+                self.base, self.wait = max(self.base * plateau.factor, plateau.min_lr), 0
+
+    return LearningRateControl()
+
+
+def training_metrics(cfg: TrainConfig, n_classes: int) -> list[Any]:
+    """Keras metrics for ``train.extra_metrics`` (labels are sparse unless label smoothing
+    one-hot encodes them, so class-wise metrics get one-hot labels through a thin wrapper)."""
+    import keras
+
+    one_hot_labels = cfg.label_smoothing > 0
+    made = []
+    for name in cfg.extra_metrics:
+        if name == "f1":
+            metric = keras.metrics.F1Score(average="macro", name="f1")
+        elif name == "auc":
+            metric = keras.metrics.AUC(multi_label=True, num_labels=n_classes, name="auc")
+        elif name == "precision":
+            metric = keras.metrics.Precision(name="precision")
+        else:
+            metric = keras.metrics.Recall(name="recall")
+        made.append(metric if one_hot_labels else _one_hot_labels()(metric, n_classes))
+    return made
+
+
+def _one_hot_labels() -> type:
+    """A metric wrapper that one-hot encodes sparse labels for a class-wise Keras metric."""
+    import keras
+
+    class OneHotLabels(keras.metrics.Metric):
+        def __init__(self, inner: Any, n_classes: int, **kwargs: Any) -> None:
+            super().__init__(name=inner.name, **kwargs)
+            self.inner, self.n_classes = inner, n_classes
+
+        def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+            labels = keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32")
+            self.inner.update_state(keras.ops.one_hot(labels, self.n_classes), y_pred,
+                                    sample_weight)  # fmt: skip
+
+        def result(self) -> Any:
+            return self.inner.result()
+
+        def reset_state(self) -> None:
+            self.inner.reset_state()
+
+    return OneHotLabels
 
 
 def fit(
@@ -256,6 +340,8 @@ def fit(
             start_from_epoch=min(cfg.min_epochs, cfg.epochs),  # small CNNs plateau at first
         ),
     ]
+    if (control := learning_rate_control(cfg)) is not None:
+        callbacks.append(control)
     if log_epochs:  # per-epoch metrics (throughput included), optimizer params, model summary
         import mlflow
 

@@ -31,7 +31,7 @@ from medml.data.images import file_kind
 from medml.errors import MedmlError
 from medml.extensions import LAYOUTS
 
-SPLIT_DIRS = {"train": "train", "val": "train", "validation": "train", "test": "test"}
+SPLIT_DIRS = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
 
 
 class LayoutError(MedmlError, ValueError):
@@ -44,7 +44,7 @@ class Item:
 
     path: str  # relative to the root, POSIX separators
     label: str
-    source_split: str = ""  # "train"/"test" when the dataset fixes it, else ""
+    source_split: str = ""  # "train"/"validation"/"test" when the dataset fixes it, else ""
     issue: str = ""  # why this file cannot be used (quarantined by validation)
     ignored: bool = False  # an extension outside data.extensions (counted, never read)
 
@@ -82,7 +82,9 @@ def class_folders(root: Path, data: DataConfig) -> list[Item]:
 
 @LAYOUTS.register("split_folders")
 def split_folders(root: Path, data: DataConfig) -> list[Item]:
-    """``<root>/{train,val,validation,test}/<Class>/…``; ``test`` becomes the holdout."""
+    """``<root>/{train,val,validation,test}/<Class>/…``; ``test`` becomes the holdout;
+    ``val``/``validation`` is the validation set under ``split.validation: dataset`` and
+    ordinary training data otherwise."""
     items: list[Item] = []
     found = False
     for split_dir in sorted(p for p in root.iterdir() if p.is_dir()):

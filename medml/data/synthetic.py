@@ -506,14 +506,64 @@ def _chest_xray(rng: np.random.Generator, size: int, *, pneumonia: bool) -> np.n
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
+def synth_cats_dogs(
+    out_dir: Path, *, n: int = 300, seed: int = 0, image_size: int = 96
+) -> SynthResult:
+    """Write a ``cats_and_dogs_filtered``-shaped dataset: ``train/`` and ``validation/`` of
+    ``cats/ dogs/`` (2:1, balanced classes, as the filtered Kaggle set). A cat is a round face
+    with pointed ears, a dog a longer face with drooping ears, on cluttered backgrounds."""
+    out_dir = _fresh(out_dir)
+    counts = {"cats": n // 2, "dogs": n - n // 2}
+    rng = np.random.default_rng(seed)
+    with atomic_path(out_dir) as staging:
+        for label, total in counts.items():
+            for i in range(total):
+                split = "train" if i < round(total * 2 / 3) else "validation"
+                folder = staging / split / label
+                folder.mkdir(parents=True, exist_ok=True)
+                image = _pet(rng, image_size, dog=label == "dogs")
+                cv2.imwrite(str(folder / f"{label[:-1]}.{i}.jpg"), image)
+    return SynthResult(root=out_dir, counts=counts, patients=0)
+
+
+def _pet(rng: np.random.Generator, size: int, *, dog: bool) -> np.ndarray:
+    image = rng.integers(40, 200, size=3).astype(np.float32) * np.ones((size, size, 3), np.float32)
+    for _ in range(6):  # background clutter
+        centre = tuple(int(v) for v in rng.integers(0, size, 2))
+        colour = tuple(float(v) for v in rng.integers(0, 255, 3))
+        cv2.circle(image, centre, int(rng.uniform(0.05, 0.15) * size), colour, -1)
+    fur = tuple(float(v) for v in rng.integers(60, 230, 3))
+    cx, cy = (int(v) for v in rng.uniform(0.4, 0.6, 2) * size)
+    scale = rng.uniform(0.18, 0.26) * size
+    face = (int(scale), int(scale * (1.35 if dog else 1.0)))
+    cv2.ellipse(image, (cx, cy), face, 0, 0, 360, fur, -1)
+    for side in (-1, 1):
+        if dog:  # drooping ears along the sides of the face
+            ear = (cx + side * int(scale * 0.95), cy + int(scale * 0.2))
+            axes = (int(scale * 0.3), int(scale * 0.8))
+            cv2.ellipse(image, ear, axes, side * 15, 0, 360, fur, -1)
+        else:  # pointed ears on top
+            tip = (cx + side * int(scale * 0.7), cy - int(scale * 1.6))
+            inner = (cx + side * int(scale * 0.2), cy - int(scale * 0.7))
+            outer = (cx + side * int(scale * 0.95), cy - int(scale * 0.4))
+            cv2.fillPoly(image, [np.array([inner, outer, tip], np.int32)], fur)
+        eye = (cx + side * int(scale * 0.4), cy - int(scale * 0.15))
+        cv2.circle(image, eye, max(1, int(scale * 0.1)), (20.0, 20.0, 20.0), -1)
+    image += rng.normal(0, 6, image.shape).astype(np.float32)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
 SYNTHESIZERS = {
     ("kidney-ct", "class_folders"): synth_kidney_ct,
     ("kidney-ct", "dicom"): synth_kidney_ct_dicom,
     ("chest-xray", "split_folders"): synth_chest_xray_splits,
+    ("chest-xray-seed002", "split_folders"): synth_chest_xray_splits,
     ("capsule-endoscopy", "csv"): synth_capsule_csv,
+    ("cats-dogs-seed004", "split_folders"): synth_cats_dogs,
 }
 DEFAULT_LAYOUT = {"kidney-ct": "class_folders", "chest-xray": "split_folders",
-                  "capsule-endoscopy": "csv"}  # fmt: skip
+                  "chest-xray-seed002": "split_folders", "capsule-endoscopy": "csv",
+                  "cats-dogs-seed004": "split_folders"}  # fmt: skip
 
 
 def synthesize(recipe: str, out_dir: Path, *, layout: str | None = None, n: int, seed: int,

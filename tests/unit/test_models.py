@@ -63,3 +63,62 @@ def test_backbone_refuses_downloads_and_missing_files(tmp_path) -> None:
         load_recipe("capsule-endoscopy", overrides=["train.weights=imagenet"])
     with pytest.raises(ValueError, match="at least 32x32"):
         build_pretrainable("densenet121", (24, 24, 3), 2)
+
+
+# The seeds' networks as their write-ups build them (Keras Sequential), softmax over 2 classes:
+# seed 002 is Chollet's cats-vs-dogs network (3,453,121 parameters with a 1-unit sigmoid head);
+# seed 004 is TensorFlow's image-classification tutorial's network with dropout (10,641,441).
+SEED_NETWORKS = {
+    "chest-xray-seed002": (
+        [("Conv2D", 32, "valid"), ("MaxPooling2D",), ("Conv2D", 64, "valid"), ("MaxPooling2D",),
+         ("Conv2D", 128, "valid"), ("MaxPooling2D",), ("Conv2D", 128, "valid"), ("MaxPooling2D",),
+         ("Flatten",), ("Dropout", 0.5), ("Dense", 512), ("Dense", 2)],
+        3_453_121 + 513,
+    ),
+    "cats-dogs-seed004": (
+        [("Conv2D", 16, "same"), ("MaxPooling2D",), ("Dropout", 0.2), ("Conv2D", 32, "same"),
+         ("MaxPooling2D",), ("Conv2D", 64, "same"), ("MaxPooling2D",), ("Dropout", 0.2),
+         ("Flatten",), ("Dense", 512), ("Dense", 2)],
+        10_641_441 + 513,
+    ),
+}  # fmt: skip
+
+
+def _layer_list(model) -> list[tuple]:
+    described = []
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind in ("InputLayer", "Rescaling"):
+            continue
+        if kind == "Conv2D":
+            described.append((kind, layer.filters, layer.padding))
+        elif kind == "Dense":
+            described.append((kind, layer.units))
+        elif kind == "Dropout":
+            described.append((kind, layer.rate))
+        else:
+            described.append((kind,))
+    return described
+
+
+@pytest.mark.parametrize("recipe_name", sorted(SEED_NETWORKS))
+def test_the_seeds_networks_are_recipe_data(recipe_name: str) -> None:
+    from medml.config import load_recipe
+    from medml.models import build_model
+
+    recipe = load_recipe(recipe_name)
+    layers, parameters = SEED_NETWORKS[recipe_name]
+    size, channels = recipe.image.size, recipe.image.channels
+    model = build_model((size, size, channels), len(recipe.data.classes), recipe.train, name="m")
+    assert (size, channels) == (150, 3)
+    assert _layer_list(model) == layers
+    assert model.count_params() == parameters
+
+
+def test_a_declared_cnn_that_shrinks_below_one_pixel_is_refused() -> None:
+    from medml.config import CNNConfig, ConvBlock
+    from medml.models import build_cnn
+
+    spec = CNNConfig(blocks=[ConvBlock(filters=8, padding="valid")] * 5, head="flatten")
+    with pytest.raises(ValueError, match=r"train.cnn.blocks\[3\]: the feature map is 2x2"):
+        build_cnn((32, 32, 1), 2, spec)

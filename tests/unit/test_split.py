@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medml.config import Recipe
+from medml.config import Recipe, load_recipe
 from medml.split import LeakageError, assign_splits, split
 
 
@@ -88,3 +88,24 @@ def test_near_duplicates_across_holdout_are_reported(tiny_recipe: Recipe) -> Non
     ((left, right, similarity),) = audit["near_duplicate_examples"]
     assert (left, right) == (table.loc[test_row, "path"], table.loc[train_row, "path"])
     assert similarity > 0.99
+
+
+def test_the_datasets_validation_folder_validates_one_model(tiny_recipe: Recipe) -> None:
+    from medml.errors import ConfigError
+    from medml.split import FIT_ONLY
+
+    table = _table(per_group=1, n_groups=90)
+    table["source_split"] = ["validation" if i % 3 == 0 else "train" for i in range(len(table))]
+    split_cfg = tiny_recipe.split.model_copy(update={"validation": "dataset", "folds": 1})
+    recipe = tiny_recipe.model_copy(update={"split": split_cfg})
+    out = assign_splits(table, recipe)
+    from_val = out["source_split"].eq("validation")
+    assert out.loc[from_val, "split"].eq("train").all() and out.loc[from_val, "fold"].eq(0).all()
+    train_rows = out[~from_val & out["split"].eq("train")]
+    assert train_rows["fold"].eq(FIT_ONLY).all() and out["split"].eq("test").sum() > 0
+
+    with pytest.raises(ConfigError, match="set split.folds=1"):
+        load_recipe("kidney-ct", overrides=["split.validation=dataset"])
+    no_folder = table.assign(source_split="train")
+    with pytest.raises(ValueError, match="has no val/ or validation/ folder"):
+        assign_splits(no_folder, recipe)

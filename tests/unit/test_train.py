@@ -172,3 +172,33 @@ def test_fold_images_stay_in_the_shards(
         update={"train": tiny_recipe.train.model_copy(update={"epochs": 1})}
     )
     assert train_module.train_fold(shards, 0, tmp_path / "fold", recipe).model_path.is_file()
+
+
+def test_learning_rate_decay_and_plateau_act_on_one_base_rate() -> None:
+    """Keras 2's Adam(decay=…) with ReduceLROnPlateau (seed 001), and F1 in the history."""
+    import keras
+
+    from medml.config import load_recipe
+    from medml.train import Accelerator, compile_model, learning_rate_control
+
+    recipe = load_recipe("kidney-ct", overrides=[
+        "train.extra_metrics=[f1]", "train.learning_rate_decay=0.01",
+        "train.reduce_lr_on_plateau={factor: 0.1, patience: 1}",
+    ])  # fmt: skip
+    keras.utils.set_random_seed(0)
+    model = compile_model(recipe, (16, 16, 1), Accelerator.detect(recipe.train), name="lr")
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 255, (64, 16, 16, 1)).astype("uint8"), rng.integers(0, 4, 64)
+    val = (rng.integers(0, 255, (32, 16, 16, 1)).astype("uint8"), rng.integers(0, 4, 32))
+    control = learning_rate_control(recipe.train)
+    history = model.fit(x, y, batch_size=16, validation_data=val, epochs=4, verbose=0,
+                        callbacks=[control]).history  # fmt: skip
+    assert "f1" in history and "val_f1" in history
+    rates, losses = history["learning_rate"], history["val_loss"]
+    steps = 4 * np.arange(1, 5) - 1  # the step of each epoch's last batch
+    base = 1e-3
+    for epoch in range(4):
+        assert rates[epoch] == pytest.approx(base / (1 + 0.01 * steps[epoch]), rel=1e-4)
+        if epoch and losses[epoch] >= min(losses[:epoch]) - 1e-4:
+            base *= 0.1  # patience 1: one epoch without improvement cuts the base rate
+    assert learning_rate_control(load_recipe("kidney-ct").train) is None
