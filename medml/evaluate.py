@@ -182,7 +182,7 @@ def _bootstrap_ci(
     }
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     """matplotlib.pyplot with a file-only backend."""
     import matplotlib
 
@@ -192,17 +192,18 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write ``fig`` as a PNG (atomically) and close it."""
     fig.tight_layout()
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return Path(path)
 
 
 def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: Path) -> Path:
     """Save counts and row-normalised confusion matrices side by side as a PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     cm = np.asarray(cm)
     with np.errstate(invalid="ignore", divide="ignore"):
         normalised = np.nan_to_num(cm / cm.sum(axis=1, keepdims=True))
@@ -228,7 +229,7 @@ def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: Path) ->
                 va="center",
                 color="white" if value > threshold else "black",
             )
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_roc_curves(
@@ -237,7 +238,7 @@ def plot_roc_curves(
     """One-vs-rest ROC curve per class, with its AUC in the legend."""
     from sklearn.metrics import auc, roc_curve
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for i, name in enumerate(classes):
         positives = y_true == i
@@ -248,14 +249,14 @@ def plot_roc_curves(
     ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC, one vs rest")
     ax.legend(loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_reliability(
     y_true: np.ndarray, proba: np.ndarray, path: Path, bins: int = 10, *, title: str = ""
 ) -> Path:
     """Reliability diagram: accuracy vs confidence of the top class, per confidence bin."""
-    plt = _pyplot()
+    plt = pyplot()
     confidence = proba.max(axis=1)
     correct = proba.argmax(axis=1) == y_true
     edges = np.linspace(0, 1, bins + 1)
@@ -272,14 +273,14 @@ def plot_reliability(
     ax.legend(loc="upper left")
     hist.bar(centres, counts, width=1 / bins, edgecolor="black")
     hist.set(xlabel="confidence", ylabel="images")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_scores(
     names: Sequence[str], scores: dict[str, Sequence[float]], path: Path, *, title: str = ""
 ) -> Path:
     """Grouped horizontal bars: one group per name, one bar per score (0-1)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 0.6 + 0.55 * max(1, len(names)) * max(1, len(scores)) / 2))
     height = 0.8 / max(1, len(scores))
     rows = np.arange(len(names))
@@ -290,12 +291,12 @@ def plot_scores(
     ax.invert_yaxis()
     ax.set(xlim=(0, 1.08), xlabel="score", title=title)
     ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_learning_curves(histories: Sequence[dict[str, Any]], path: Path) -> Path:
     """Loss and accuracy per epoch, train (solid) vs validation (dashed), one colour per fold."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for fold, history in enumerate(histories):
         colour = f"C{fold}"
@@ -313,7 +314,7 @@ def plot_learning_curves(histories: Sequence[dict[str, Any]], path: Path) -> Pat
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         ax.set(xlabel="epoch", ylabel=metric, title=metric)
     axes[0].legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def predict_proba(

@@ -15,6 +15,7 @@ registration, the shards) receive that folder and take their file names from the
           folds/fold_<k>/              FoldFiles
           evaluation/                  EvaluationFiles
           registry/                    RegistryFiles
+          overview/                    class counts, samples, augmented samples (PNG)
           compare/                     compare runs (one folder per setting set)
 """
 
@@ -216,6 +217,11 @@ class RunLayout:
     @property
     def summary(self) -> Path:
         return self.root / "summary.txt"
+
+    @property
+    def overview(self) -> Path:
+        """Class counts, samples per class and augmented samples (:mod:`medml.overview`)."""
+        return self.root / "overview"
 
     @property
     def compare(self) -> Path:

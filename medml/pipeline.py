@@ -268,6 +268,7 @@ def step_preprocess(run_dir: Path, cache_dir: Path | None = None) -> dict[str, A
     snapshot decode the images once; later runs check the shards out of the cache (hard links).
     """
     from medml.dvc_cache import DvcCache
+    from medml.overview import write_overview
     from medml.preprocess import preprocess
 
     ctx = load_context(run_dir)
@@ -286,6 +287,7 @@ def step_preprocess(run_dir: Path, cache_dir: Path | None = None) -> dict[str, A
         )
         outcome = {"images": result.images, "shards": result.shards, "cache": "miss"}
     outcome |= {"shards_dir": str(ctx.layout.shards), "cache_key": key, "dvc_md5": digest}
+    write_overview(ctx.layout.shards, ctx.layout.overview, ctx.recipe)
     write_json(ctx.layout.preprocess_json, outcome)
     return outcome
 
@@ -372,7 +374,10 @@ def _evaluate(ctx: RunContext, tracking: Tracking | None) -> dict[str, Any]:
         tracking=tracking, parent_run_id=parent,
     )  # fmt: skip
     if tracking is not None and parent is not None:  # the data gate's report travels with the run
-        tracking.activate().log_artifacts(parent, str(ctx.layout.validation.root), "validation")
+        client = tracking.activate()
+        client.log_artifacts(parent, str(ctx.layout.validation.root), "validation")
+        if ctx.layout.overview.is_dir():
+            client.log_artifacts(parent, str(ctx.layout.overview), "overview")
         with tracking.run(run_id=parent):
             log_datasets(ctx, {"train": "training", "test": "holdout"})
     return {"metrics": str(result.metrics_path), **result.metrics.overall}
@@ -562,6 +567,9 @@ def summary(run_dir: Path) -> str:
         f" | chance {ctx.recipe.chance_balanced_accuracy:.3f}",
     ]
     lines += _evaluation_summary(ctx.layout.evaluation)
+    if ctx.layout.overview.is_dir():
+        lines.append(f"  dataset overview: {ctx.layout.overview}/ (class_counts, samples, "
+                     "augmented .png)")  # fmt: skip
     registration_path = ctx.layout.registry.registration
     if registration_path.is_file():
         reg = read_json(registration_path)

@@ -46,4 +46,11 @@ def test_the_recipe_runs_end_to_end_on_its_phantom(name: str, tmp_path: Path) ->
     assert all(path.is_file() for path in models)
     if recipe.split.validation == "dataset":
         assert report["strategy"] == "the dataset's validation folder (one model)"
-    assert recipe.name in pipeline.summary(ctx.layout.root)
+    summary = pipeline.summary(ctx.layout.root)
+    assert recipe.name in summary and f"dataset overview: {ctx.layout.overview}" in summary
+    for figure in ("class_counts", "samples", "augmented"):
+        assert (ctx.layout.overview / f"{figure}.png").stat().st_size > 5000
+    client = Tracking.from_env().activate()
+    run_id = client.get_model_version(recipe.registry.model_name, "1").run_id
+    logged = {Path(item.path).name for item in client.list_artifacts(run_id, "overview")}
+    assert logged == {"class_counts.png", "samples.png", "augmented.png"}

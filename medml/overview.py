@@ -1,0 +1,109 @@
+"""A picture of the dataset in every run: class counts, samples per class, augmented samples.
+
+Written by the preprocess step from the shards (the pixels exactly as the model sees them) into
+``<run>/overview/`` and logged to the pipeline's MLflow run under ``overview/``; the summary
+points at them. The write-ups show the same three figures before training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medml.config import Recipe
+from medml.evaluate import pyplot, save_figure
+from medml.layout import plot_file
+from medml.preprocess import ShardRows, load_index
+from medml.split import TEST
+
+SAMPLES_PER_CLASS = 6
+AUGMENTED_COPIES = 5
+
+
+def write_overview(shards_dir: Path, out_dir: Path, recipe: Recipe) -> list[Path]:
+    """Write ``class_counts.png``, ``samples.png`` and ``augmented.png`` into ``out_dir``.
+
+    Returns:
+        The files written.
+    """
+    index = load_index(shards_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(recipe.split.seed)
+    training = index[index["split"] != TEST]
+    picks = {
+        name: rows.iloc[np.sort(rng.permutation(len(rows))[:SAMPLES_PER_CLASS])]
+        for name in recipe.data.classes
+        if len(rows := training[training["label"] == name])
+    }
+    images = {name: ShardRows(shards_dir, rows).gather(np.arange(len(rows)))
+              for name, rows in picks.items()}  # fmt: skip
+    return [
+        plot_class_counts(index, recipe.data.classes, out_dir / plot_file("class_counts")),
+        plot_grid(images, out_dir / plot_file("samples"), title="training images per class"),
+        plot_grid(augmented_copies(images, recipe), out_dir / plot_file("augmented"),
+                  title=f"augmented copies (first column: original; {_augment_label(recipe)})"),
+    ]  # fmt: skip
+
+
+def augmented_copies(images: dict[str, np.ndarray], recipe: Recipe) -> dict[str, np.ndarray]:
+    """Each class's first sample, then :data:`AUGMENTED_COPIES` augmentations of it."""
+    from medml.augment import RandAugment
+
+    augment = RandAugment(recipe.train.augment, seed=recipe.train.seed)
+    out = {}
+    for name, batch in images.items():
+        repeated = np.repeat(batch[:1], AUGMENTED_COPIES, axis=0)
+        changed = np.rint(np.asarray(augment(repeated))).astype(np.uint8)
+        out[name] = np.concatenate([batch[:1], changed])
+    return out
+
+
+def plot_class_counts(index: pd.DataFrame, classes: list[str], path: Path) -> Path:
+    """Images per class, training part and holdout stacked."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(classes) + 2), 3.6))
+    train = index[index["split"] != TEST]["label"].value_counts().reindex(classes, fill_value=0)
+    test = index[index["split"] == TEST]["label"].value_counts().reindex(classes, fill_value=0)
+    ax.bar(classes, train.to_numpy(), label="training (folds)")
+    ax.bar(classes, test.to_numpy(), bottom=train.to_numpy(), label="holdout")
+    for k, total in enumerate(train.to_numpy() + test.to_numpy()):
+        ax.annotate(str(int(total)), (k, total), ha="center", va="bottom", fontsize=8)
+    ax.set(ylabel="images", title="images per class")
+    ax.tick_params(axis="x", labelrotation=30 if len(classes) > 4 else 0)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_grid(images: dict[str, np.ndarray], path: Path, *, title: str) -> Path:
+    """One row per class, its images left to right."""
+    plt = pyplot()
+    columns = max((len(batch) for batch in images.values()), default=1)
+    rows = max(1, len(images))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns + 1.2, 1.6 * rows + 0.4),
+                             squeeze=False)  # fmt: skip
+    for row, (name, batch) in enumerate(images.items()):
+        for column in range(columns):
+            ax = axes[row][column]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if column < len(batch):
+                image = batch[column]
+                if image.shape[-1] == 1:
+                    ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255)
+                else:
+                    ax.imshow(image[..., ::-1])  # OpenCV order (BGR) to RGB
+            else:
+                ax.axis("off")
+        axes[row][0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    return save_figure(fig, path)
+
+
+def _augment_label(recipe: Recipe) -> str:
+    cfg = recipe.train.augment
+    used = "every training batch" if recipe.train.augment_in_training else "oversampling only"
+    if recipe.train.balance != "augment_oversample" and not recipe.train.augment_in_training:
+        used = "not used by this recipe"
+    return f"policy {cfg.policy}, {used}"
