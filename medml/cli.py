@@ -110,7 +110,7 @@ def synth(
         typer.Option(help="class_folders | split_folders | csv | dicom (default: the recipe's)."),
     ] = None,
 ) -> None:
-    """Write a synthetic phantom dataset (kidney-ct, chest-xray or capsule-endoscopy shaped)."""
+    """Write a synthetic phantom dataset shaped like the recipe's dataset (any shipped recipe)."""
     from medml.data.synthetic import synthesize
 
     result = _guard(synthesize, recipe, out, layout=layout, n=n, seed=seed, image_size=size)

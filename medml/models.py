@@ -196,16 +196,23 @@ def refuse_download(weights: str | Path | None) -> None:
 
 
 def _local_weights(weights: str | Path | None) -> str | None:
+    """The weights file: a path as given, or a bare file name under ``$MEDML_HOME/weights/``."""
     if weights is None:
         return None
     refuse_download(weights)
-    path = Path(weights).expanduser()
-    if not path.is_file():
+    from medml.io import medml_home
+
+    given = Path(weights).expanduser()
+    candidates = [given] if given.is_absolute() else [given, medml_home() / "weights" / given]
+    found = next((path for path in candidates if path.is_file()), None)
+    if found is None:
+        tried = " or ".join(str(path) for path in candidates)
         raise ConfigError(
-            f"pretrained weights file {path} not found; copy the Keras application's notop "
-            "weights there (medml never downloads weights) or set train.weights: null"
+            f"pretrained weights file {tried} not found; medml never downloads weights: make "
+            "the Keras application's notop weights file once on a connected machine (see "
+            "docs/recipes.md) and copy it there, or set train.weights: null"
         )
-    return str(path)
+    return str(found)
 
 
 def build_model(

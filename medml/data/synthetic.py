@@ -553,6 +553,44 @@ def _pet(rng: np.random.Generator, size: int, *, dog: bool) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
+XRAY3_COUNTS = {"1_NORMAL": 1341, "2_BACTERIA": 2530, "3_VIRUS": 1345}
+
+
+def synth_xray3_splits(
+    out_dir: Path, *, n: int = 300, seed: int = 0, image_size: int = 96
+) -> SynthResult:
+    """Write seed 003's three-class chest X-ray set: ``train/`` of ``1_NORMAL/ 2_BACTERIA/
+    3_VIRUS/`` in the real proportions. Bacterial pneumonia is one dense lobar opacity; viral
+    pneumonia many faint patches in both lungs."""
+    out_dir = _fresh(out_dir)
+    counts = proportional_counts(n, XRAY3_COUNTS)
+    rng = np.random.default_rng(seed)
+    with atomic_path(out_dir) as staging:
+        for label, total in counts.items():
+            folder = staging / "train" / label
+            folder.mkdir(parents=True)
+            for i in range(total):
+                image = _chest_xray(rng, image_size, pneumonia=False).astype(np.float32)
+                size = image_size
+                if label == "2_BACTERIA":
+                    centre = (
+                        int(size * rng.choice([0.3, 0.7])),
+                        int(size * rng.uniform(0.45, 0.7)),
+                    )
+                    cv2.circle(image, centre, int(size * rng.uniform(0.1, 0.15)), 235.0, -1)
+                elif label == "3_VIRUS":
+                    for _ in range(14):
+                        spot = (
+                            int(size * rng.uniform(0.2, 0.8)),
+                            int(size * rng.uniform(0.3, 0.75)),
+                        )
+                        cv2.circle(image, spot, max(1, int(size * 0.03)), 205.0, -1)
+                image = cv2.GaussianBlur(image, (3, 3), 1)
+                cv2.imwrite(str(folder / f"{label[2:].lower()}_{i:05d}.jpeg"),
+                            np.clip(image, 0, 255).astype(np.uint8))  # fmt: skip
+    return SynthResult(root=out_dir, counts=counts, patients=0)
+
+
 SYNTHESIZERS = {
     ("kidney-ct", "class_folders"): synth_kidney_ct,
     ("kidney-ct", "dicom"): synth_kidney_ct_dicom,
@@ -560,10 +598,14 @@ SYNTHESIZERS = {
     ("chest-xray-seed002", "split_folders"): synth_chest_xray_splits,
     ("capsule-endoscopy", "csv"): synth_capsule_csv,
     ("cats-dogs-seed004", "split_folders"): synth_cats_dogs,
+    ("kidney-ct-seed000", "class_folders"): synth_kidney_ct,
+    ("capsule-endoscopy-seed001", "csv"): synth_capsule_csv,
+    ("xray3-seed003", "split_folders"): synth_xray3_splits,
 }
 DEFAULT_LAYOUT = {"kidney-ct": "class_folders", "chest-xray": "split_folders",
                   "chest-xray-seed002": "split_folders", "capsule-endoscopy": "csv",
-                  "cats-dogs-seed004": "split_folders"}  # fmt: skip
+                  "cats-dogs-seed004": "split_folders", "kidney-ct-seed000": "class_folders",
+                  "capsule-endoscopy-seed001": "csv", "xray3-seed003": "split_folders"}  # fmt: skip
 
 
 def synthesize(recipe: str, out_dir: Path, *, layout: str | None = None, n: int, seed: int,

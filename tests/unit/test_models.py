@@ -41,6 +41,14 @@ def test_backbones_load_weights_only_from_a_local_file(kind: str, tmp_path) -> N
 
     model = build_pretrainable(kind, (32, 32, 1), 4, weights=weights, trainable_layers=5)
     inner = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    if kind == "densenet121":  # a bare file name is looked up in $MEDML_HOME/weights/
+        from medml.io import medml_home
+
+        (medml_home() / "weights").mkdir(parents=True)
+        weights.rename(medml_home() / "weights" / weights.name)
+        by_name = build_pretrainable(kind, (32, 32, 1), 4, weights=weights.name)
+        named_inner = next(layer for layer in by_name.layers if isinstance(layer, keras.Model))
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(named_inner.weights[0]), 0.125)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(inner.weights[0]), 0.125)
     assert [layer.trainable for layer in inner.layers[-5:]] == [True] * 5
     assert not any(layer.trainable for layer in inner.layers[:-5])
@@ -57,7 +65,7 @@ def test_backbone_refuses_downloads_and_missing_files(tmp_path) -> None:
 
     with pytest.raises(ValueError, match="never does"):
         build_pretrainable("densenet121", (32, 32, 3), 2, weights="imagenet")
-    with pytest.raises(ConfigError, match=r"missing\.h5 not found"):
+    with pytest.raises(ConfigError, match=r"missing\.h5 not found; medml never downloads"):
         build_pretrainable("densenet121", (32, 32, 3), 2, weights=tmp_path / "missing.h5")
     with pytest.raises(ConfigError, match="train.weights"):
         load_recipe("capsule-endoscopy", overrides=["train.weights=imagenet"])
