@@ -12,7 +12,8 @@ Runs the medml lifecycle for one data snapshot (the run's logical date):
   `run_dir` (empty: `$MEDML_HOME/runs/<ds>/<run_id>`).
 * Training is mapped over the folds: each fold is its own task instance — in the worker
   (`train.backend: local`, default) or one GPU pod per fold (`train.backend: kubernetes`,
-  `KubernetesPodOperator` with the pod spec from `medml.k8s`, running
+  `KubernetesPodOperator` — imported only when a pod task runs, so parsing stays fast — with
+  the pod spec from `medml.k8s`, running
   `medml train --run-dir s3://… --fold K`: the run's shards are shared with the pods through
   the S3 run store `train.kubernetes.run_store` / `$MEDML_RUN_STORE`, and `collect_folds`
   brings the fold models back for `evaluate`).
@@ -29,12 +30,11 @@ from __future__ import annotations
 
 import os
 
-from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.sdk import Asset, Param, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 from airflow.timetables.assets import AssetOrTimeSchedule
 from airflow.timetables.trigger import CronTriggerTimetable
-from medml_common import DEFAULT_ARGS, START_DATE, export_s3_connection
+from medml_common import DEFAULT_ARGS, START_DATE, FoldPodOperator, export_s3_connection
 
 # Updated whenever a run registers a model version (extra: model, version, alias, gate), so
 # downstream DAGs (e.g. batch prediction or a deployment) can be scheduled on new models.
@@ -192,13 +192,9 @@ def medml_retrain() -> None:
     trained = train.partial(run_dir=run_dir).expand(fold=fold_ids)
     pods = fold_pods(run_dir)
     backend >> [trained, pods]
-    trained_in_pods = KubernetesPodOperator.partial(
-        task_id="train_pod",
-        get_logs=True,
-        on_finish_action="delete_pod",
-        startup_timeout_seconds=600,
-        retries=2,
-    ).expand_kwargs(pods)
+    trained_in_pods = FoldPodOperator.partial(task_id="train_pod", retries=2).expand(
+        pod_kwargs=pods
+    )
     registered = register(run_dir)
     evaluated = evaluate(run_dir)
     trained_in_pods >> collect_folds(run_dir) >> evaluated
