@@ -24,7 +24,7 @@ split.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -109,12 +109,13 @@ class AugmentOversampler:
 
 
 class PixelSMOTE:
-    """SMOTE on flattened pixels (seed 000's method), bounded by a memory budget.
+    """imbalanced-learn's SMOTE on flattened pixels (seed 000's method), in memory.
 
     SMOTE interpolates between a minority image and one of its ``k_neighbors`` nearest
     neighbours in pixel space. Its working set is the full float64 feature matrix of the
-    resampled data, so it is refused — with the numbers — when that exceeds the budget; use a
-    smaller ``image.size`` or another strategy (``augment_oversample``, ``class_weight``).
+    resampled data, so it is refused — with the numbers — when that exceeds the budget. The
+    pipeline's ``smote`` strategy runs :class:`StreamingSMOTE` instead; this class is the
+    in-memory reference it is checked against.
 
     Args:
         k_neighbors: neighbours used for interpolation (lowered for tiny classes).
@@ -150,8 +151,8 @@ class PixelSMOTE:
         if needed > self.memory_budget_mb:
             raise BalanceError(
                 f"SMOTE on {n_features} pixel features x {len(y)} images needs about "
-                f"{needed:.0f} MiB, over the budget train.smote_memory_mb={self.memory_budget_mb}; "
-                "use a smaller image.size, raise the budget, or use augment_oversample"
+                f"{needed:.0f} MiB, over the budget of {self.memory_budget_mb} MiB; use "
+                "StreamingSMOTE (what train.balance: smote runs), which needs O(batch) memory"
             )
         smallest = int(np.bincount(y)[np.bincount(y) > 0].min())
         if smallest < 2:
@@ -166,6 +167,158 @@ class PixelSMOTE:
         return images, y_res.astype(y.dtype)
 
 
+class Rows(Protocol):
+    """Random access to images by position (:class:`~medml.preprocess.ShardRows` and friends)."""
+
+    image_shape: tuple[int, int, int]
+
+    def __len__(self) -> int: ...
+
+    def gather(self, positions: np.ndarray) -> np.ndarray: ...
+
+
+class StreamingSMOTE:
+    """SMOTE in O(batch) memory: plan on the shards, interpolate each batch as it is read.
+
+    imbalanced-learn's SMOTE holds every training image as float64 features; at 20,000 images of
+    224×224×3 that is 24 GB. Here nothing is held but small per-image vectors:
+
+    1. **fit** reads the rows in chunks, shrinks each image to at most 32×32 (area average),
+       projects it to ``components`` dimensions (incremental PCA, fitted chunk by chunk) and
+       finds each minority image's ``k_neighbors`` nearest same-class neighbours there;
+    2. the **plan** is SMOTE's own: each synthetic image takes a base image drawn uniformly from
+       its class, one of the base's k neighbours drawn uniformly, and a gap drawn from [0, 1);
+       every class is topped up to the largest;
+    3. :meth:`rows` returns the originals followed by the synthetic images; a synthetic image is
+       ``base + gap · (neighbour − base)`` in full resolution, computed when its batch is read.
+
+    Args:
+        k_neighbors: neighbours to interpolate towards (lowered for tiny classes).
+        components: dimensions of the projection the neighbours are found in.
+        chunk: images read at once while fitting.
+        random_state: seed of the plan.
+    """
+
+    def __init__(
+        self, *, k_neighbors: int = 5, components: int = 64, chunk: int = 1024,
+        random_state: int | None = None,
+    ) -> None:  # fmt: skip
+        self.k_neighbors = k_neighbors
+        self.components = components
+        self.chunk = chunk
+        self.random_state = random_state
+
+    def fit(self, rows: Rows, y: np.ndarray) -> StreamingSMOTE:
+        """Project the images chunk by chunk, find neighbours per class and plan the synthetics.
+
+        Raises:
+            BalanceError: ``y`` does not match ``rows``, or a minority class has one image.
+        """
+        y = np.asarray(y, dtype=np.int64)
+        if len(y) != len(rows):
+            raise BalanceError(f"{len(rows)} images but {len(y)} labels")
+        counts = np.bincount(y)
+        present = np.flatnonzero(counts)
+        missing = {int(c): int(counts.max() - counts[c]) for c in present}
+        if any(counts[c] < 2 for c, m in missing.items() if m):
+            raise BalanceError("SMOTE needs at least 2 images in every class of the training fold")
+        projected = self._project(rows)
+        rng = np.random.default_rng(self.random_state)
+        base, neighbour, gap, labels = [], [], [], []
+        for cls, m in missing.items():
+            if m == 0:
+                continue
+            members = np.flatnonzero(y == cls)
+            k = min(self.k_neighbors, len(members) - 1)
+            near = _class_neighbours(projected[members], k)
+            picks = rng.integers(0, len(members) * k, size=m)  # as imbalanced-learn draws
+            base.append(members[picks // k])
+            neighbour.append(members[near[picks // k, picks % k]])
+            gap.append(rng.random(m).astype(np.float32))
+            labels.append(np.full(m, cls, dtype=np.int64))
+        cat = np.concatenate
+        self.base_ = cat(base) if base else np.zeros(0, np.int64)
+        self.neighbour_ = cat(neighbour) if neighbour else np.zeros(0, np.int64)
+        self.gap_ = cat(gap) if gap else np.zeros(0, np.float32)
+        self.y_ = cat([y, *labels])
+        self.sampling_strategy_ = {c: m for c, m in missing.items() if m}
+        return self
+
+    def rows(self, originals: Rows) -> SyntheticRows:
+        """The originals followed by the planned synthetic images (interpolated on read)."""
+        return SyntheticRows(originals, self.base_, self.neighbour_, self.gap_)
+
+    def _project(self, rows: Rows) -> np.ndarray:
+        from sklearn.decomposition import IncrementalPCA
+
+        n = len(rows)
+        dims = min(self.components, n, int(np.prod(_small_shape(rows.image_shape))))
+        chunk = max(self.chunk, dims)
+        pca = IncrementalPCA(n_components=dims)
+        starts = range(0, n, chunk)
+        for start in starts:
+            batch = _small(rows.gather(np.arange(start, min(start + chunk, n))))
+            if len(batch) >= dims:  # a short last chunk is only transformed
+                pca.partial_fit(batch)
+        return np.concatenate(
+            [pca.transform(_small(rows.gather(np.arange(s, min(s + chunk, n))))) for s in starts]
+        ).astype(np.float32)
+
+
+class SyntheticRows:
+    """Originals, then synthetic images ``base + gap · (neighbour − base)`` made on read."""
+
+    def __init__(
+        self, originals: Rows, base: np.ndarray, neighbour: np.ndarray, gap: np.ndarray
+    ) -> None:
+        self.originals = originals
+        self.image_shape = originals.image_shape
+        self._base, self._neighbour, self._gap = base, neighbour, gap
+
+    def __len__(self) -> int:
+        return len(self.originals) + len(self._base)
+
+    def gather(self, positions: np.ndarray) -> np.ndarray:
+        """The uint8 images at ``positions`` (synthetic ones interpolated now)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        n = len(self.originals)
+        out = np.empty((len(positions), *self.image_shape), dtype=np.uint8)
+        real = positions < n
+        if real.any():
+            out[real] = self.originals.gather(positions[real])
+        if (~real).any():
+            which = positions[~real] - n
+            a = self.originals.gather(self._base[which]).astype(np.float32)
+            b = self.originals.gather(self._neighbour[which]).astype(np.float32)
+            gap = self._gap[which].reshape(-1, 1, 1, 1)
+            out[~real] = np.clip(np.rint(a + gap * (b - a)), 0, 255).astype(np.uint8)
+        return out
+
+
+def _small_shape(shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    side = min(32, shape[0])
+    return side, side, shape[2]
+
+
+def _small(images: np.ndarray) -> np.ndarray:
+    """Images shrunk to at most 32×32 (area average), flattened to float32 rows."""
+    import cv2
+
+    side = min(32, images.shape[1])
+    if side == images.shape[1]:
+        return images.reshape(len(images), -1).astype(np.float32)
+    small = [cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA) for image in images]
+    return np.asarray(small, dtype=np.float32).reshape(len(images), -1)
+
+
+def _class_neighbours(points: np.ndarray, k: int) -> np.ndarray:
+    """Each point's ``k`` nearest other points of the same class (indices into ``points``)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    search = NearestNeighbors(n_neighbors=k + 1).fit(points)
+    return search.kneighbors(points, return_distance=False)[:, 1:]
+
+
 @dataclass
 class BalancePlan:
     """How to balance one fold's training rows.
@@ -174,12 +327,15 @@ class BalancePlan:
         indices: positions into the fold's training rows to load (repeats allowed).
         class_weight: loss weights, or ``None``.
         array_sampler: a sampler to run on the loaded images (``fit_resample``), or ``None``.
+        rows_sampler: a sampler fitted on the fold's rows without loading them, whose
+            ``rows(originals)`` adds images made on read (:class:`StreamingSMOTE`), or ``None``.
         balanced_batches: draw class-balanced batches in the input pipeline.
     """
 
     indices: np.ndarray
     class_weight: dict[int, float] | None = None
     array_sampler: Any | None = None
+    rows_sampler: StreamingSMOTE | None = None
     balanced_batches: bool = False
 
 
@@ -251,9 +407,8 @@ def plan_augment_oversample(
 
 @BALANCERS.register("smote")
 def plan_smote(y: np.ndarray, n_classes: int, cfg: TrainConfig, seed: int) -> BalancePlan:
-    """SMOTE on flattened pixels (:class:`PixelSMOTE`), within ``train.smote_memory_mb``."""
-    sampler = PixelSMOTE(memory_budget_mb=cfg.smote_memory_mb, random_state=seed)
-    return BalancePlan(_all_rows(y), array_sampler=sampler)
+    """SMOTE streamed from the shards (:class:`StreamingSMOTE`): O(batch) memory."""
+    return BalancePlan(_all_rows(y), rows_sampler=StreamingSMOTE(random_state=seed))
 
 
 @BALANCERS.register("balanced_batches")

@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from medml.balance import PixelSMOTE
 from medml.config import Recipe, with_settings
 from medml.errors import ConfigError
 from medml.evaluate import clinical_metrics, predict_proba
@@ -32,7 +31,6 @@ from medml.io import atomic_path
 from medml.metrics import HoldoutMetrics
 from medml.pipeline import RunContext
 from medml.preprocess import load_images, load_index
-from medml.split import TRAIN
 from medml.tracking import KIND_TAG, RUN_KEY_TAG, Tracking
 from medml.train import fold_rows, train_fold
 
@@ -95,22 +93,6 @@ def experiment_recipe(recipe: Recipe, name: str, settings: Mapping[str, Any]) ->
             "so only train/evaluate/registry settings may differ; compare those as separate runs"
         )
     return with_settings(recipe, settings, source=f"experiment {name!r}")
-
-
-def applicable(strategy: str, ctx: RunContext) -> str | None:
-    """``None`` if the strategy can run on this data, else why not."""
-    if strategy != "smote":
-        return None
-    meta_index = load_index(ctx.layout.shards)
-    train_part = meta_index[meta_index["split"] == TRAIN]
-    size, channels = ctx.recipe.image.size, ctx.recipe.image.channels
-    budget = ctx.recipe.train.smote_memory_mb
-    needed = PixelSMOTE(memory_budget_mb=budget).estimate_mb(
-        train_part["label_index"].to_numpy(), size * size * channels
-    )
-    if needed > budget:
-        return f"skipped: needs ~{needed:.0f} MiB > train.smote_memory_mb={budget}"
-    return None
 
 
 def compare(
@@ -186,10 +168,6 @@ def compare_one(
     ctx: RunContext, name: str, recipe: Recipe, out_dir: Path, echo: Callable[[str], Any]
 ) -> dict[str, Any]:
     """One experiment's row: its out-of-fold scores and training time, or why it was skipped."""
-    note = applicable(recipe.train.balance, ctx)
-    if note:
-        echo(f"[{name}] {note}")
-        return {"experiment": name, "note": note}
     started = time.perf_counter()
     scores = out_of_fold_metrics(ctx, recipe, out_dir)
     seconds = time.perf_counter() - started

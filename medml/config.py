@@ -341,7 +341,6 @@ class TrainConfig(_Strict):
     augment_in_training: bool = Field(
         default=False, description="also augment every training batch (not only oversampling)"
     )
-    smote_memory_mb: int = Field(default=1024, ge=1, description="SMOTE refuses above this")
     seed: int = 42
 
     @field_validator("weights")

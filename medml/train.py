@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from medml.augment import RandAugment
-from medml.balance import BalancePlan, plan_balance
+from medml.balance import BalancePlan, SyntheticRows, plan_balance
 from medml.config import Recipe, TrainConfig
 from medml.errors import RunError
 from medml.io import publish_dir, write_json
@@ -107,7 +107,7 @@ def fold_rows(index: Any, fold: int) -> tuple[Any, Any]:
 
 
 def make_dataset(
-    images: np.ndarray | ShardRows,
+    images: np.ndarray | ShardRows | SyntheticRows,
     labels: np.ndarray,
     *,
     batch_size: int,
@@ -145,7 +145,7 @@ def make_dataset(
         data = tf.data.Dataset.from_tensor_slices(positions)
         if training:
             data = data.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    if isinstance(images, ShardRows):
+    if isinstance(images, ShardRows | SyntheticRows):
         gather, shape = images.gather, images.image_shape
     else:
         gather, shape = images.__getitem__, images.shape[1:]
@@ -175,14 +175,15 @@ class FoldData:
     """One fold's training and validation inputs, after balancing the training part.
 
     Attributes:
-        x_train: training images (memory-mapped rows, or an array after an array sampler).
+        x_train: training images: memory-mapped rows (plus synthetic rows made on read), or
+            an array after an array sampler.
         y_train: training class indices (after balancing).
         x_val: validation images (the fold's own rows; never balanced).
         y_val: validation class indices.
         plan: how the training part was balanced.
     """
 
-    x_train: np.ndarray | ShardRows
+    x_train: np.ndarray | ShardRows | SyntheticRows
     y_train: np.ndarray
     x_val: ShardRows
     y_val: np.ndarray
@@ -204,8 +205,11 @@ def load_fold_data(shards_dir: Path, fold: int, recipe: Recipe) -> FoldData:
     y_train = train_rows["label_index"].to_numpy(dtype=np.int64)
     # Rows stay in the memory-mapped shards unless a sampler needs the pixels (SMOTE,
     # augmentation oversampling): then this fold's training images are loaded and resampled.
-    x_train: np.ndarray | ShardRows = ShardRows(shards_dir, train_rows)
-    if plan.array_sampler is not None:
+    x_train: np.ndarray | ShardRows | SyntheticRows = ShardRows(shards_dir, train_rows)
+    if plan.rows_sampler is not None:  # synthetic images made per batch, never all in memory
+        x_train = plan.rows_sampler.fit(x_train, y_train).rows(x_train)
+        y_train = plan.rows_sampler.y_
+    elif plan.array_sampler is not None:
         x_train, y_train = plan.array_sampler.fit_resample(
             load_images(shards_dir, train_rows), y_train
         )

@@ -8,6 +8,7 @@ import pytest
 from medml.balance import (
     AugmentOversampler,
     PixelSMOTE,
+    StreamingSMOTE,
     inverse_frequency_weights,
     plan_balance,
 )
@@ -76,7 +77,7 @@ def test_smote_balances_and_synthesises_new_images() -> None:
 
 def test_smote_refuses_over_budget_naming_it() -> None:
     x = np.zeros((100, 64, 64, 3), np.uint8)
-    with pytest.raises(ValueError, match=r"over the budget train.smote_memory_mb=1;"):
+    with pytest.raises(ValueError, match=r"over the budget of 1 MiB; use StreamingSMOTE"):
         PixelSMOTE(memory_budget_mb=1).fit_resample(x, Y)
 
 
@@ -87,10 +88,9 @@ def test_samplers_keep_constructor_args_as_given() -> None:
         PixelSMOTE(3)  # type: ignore[misc]  # keyword-only, as in imbalanced-learn
 
 
-def test_plan_uses_array_samplers() -> None:
-    smote = plan_balance(Y, 3, TrainConfig(balance="smote", smote_memory_mb=7), seed=0)
-    assert isinstance(smote.array_sampler, PixelSMOTE)
-    assert smote.array_sampler.memory_budget_mb == 7
+def test_plan_uses_the_streaming_and_array_samplers() -> None:
+    smote = plan_balance(Y, 3, TrainConfig(balance="smote"), seed=0)
+    assert isinstance(smote.rows_sampler, StreamingSMOTE) and smote.array_sampler is None
     augment = plan_balance(Y, 3, TrainConfig(balance="augment_oversample"), seed=0)
     assert isinstance(augment.array_sampler, AugmentOversampler)
 
@@ -101,3 +101,76 @@ def test_unknown_strategy_suggests_the_closest_name() -> None:
     with pytest.raises(ConfigError, match=r"unknown balancing strategy 'smote2'; did you mean "
                                           r"'smote'\? available: none, class_weight"):  # fmt: skip
         load_recipe("kidney-ct", overrides=["train.balance=smote2"])
+
+
+class _CountingRows:
+    """Images by position, recording the largest read (StreamingSMOTE must read in chunks)."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.images, self.image_shape, self.largest_read = images, images.shape[1:], 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def gather(self, positions: np.ndarray) -> np.ndarray:
+        self.largest_read = max(self.largest_read, len(positions))
+        return self.images[positions]
+
+
+def _blobs(y: np.ndarray, side: int = 16) -> np.ndarray:
+    """Class-shaped images: a bright square whose place and size depend on the class."""
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 60, size=(len(y), side, side, 1)).astype(np.uint8)
+    for i, label in enumerate(y):
+        top = 2 + 3 * int(label) + int(rng.integers(0, 3))
+        images[i, top : top + 4 + int(label), 3:11] = 200 + int(rng.integers(0, 40))
+    return images
+
+
+def test_streaming_smote_plans_like_imbalanced_learn_and_reads_in_chunks() -> None:
+    y = np.repeat([0, 1, 2], [60, 14, 25])
+    images = _blobs(y)
+    rows = _CountingRows(images)
+    sampler = StreamingSMOTE(random_state=0, chunk=64).fit(rows, y)
+    assert rows.largest_read <= 64
+    assert np.bincount(sampler.y_).tolist() == [60, 60, 60]
+    assert sampler.sampling_strategy_ == {1: 46, 2: 35}
+    synthetic = sampler.rows(rows)
+    assert len(synthetic) == len(sampler.y_) and synthetic.image_shape == images.shape[1:]
+    made = synthetic.gather(np.arange(len(y), len(synthetic)))
+    base, other, gap = images[sampler.base_], images[sampler.neighbour_], sampler.gap_
+    expected = np.rint(base + gap[:, None, None, None] * (other.astype(np.float32) - base))
+    np.testing.assert_array_equal(made, np.clip(expected, 0, 255).astype(np.uint8))
+    same_class = y[sampler.base_] == y[sampler.neighbour_]
+    assert same_class.all() and (sampler.base_ != sampler.neighbour_).all()
+    np.testing.assert_array_equal(synthetic.gather(np.arange(len(y))), images)
+
+
+def test_streaming_smote_matches_imbalanced_learn_in_distribution() -> None:
+    """Same data, both SMOTEs: streamed synthetic images differ from imbalanced-learn's no more
+    than two imbalanced-learn runs with different seeds differ from each other (mean image,
+    distance to the nearest real image of the class)."""
+    from scipy.stats import ks_2samp
+
+    y = np.repeat([0, 1, 2], [120, 30, 45])
+    images = _blobs(y)
+
+    def new_images(resampled: np.ndarray, labels: np.ndarray, cls: int) -> np.ndarray:
+        return resampled[len(y) :][labels[len(y) :] == cls].reshape(-1, 256).astype(np.float32)
+
+    runs = [PixelSMOTE(random_state=seed).fit_resample(images, y) for seed in (0, 1)]
+    sampler = StreamingSMOTE(random_state=2).fit(_CountingRows(images), y)
+    streamed = sampler.rows(_CountingRows(images)).gather(np.arange(len(sampler.y_)))
+    for cls in (1, 2):
+        ref, other = (new_images(x, labels, cls) for x, labels in runs)
+        ours = new_images(streamed, sampler.y_, cls)
+        assert len(ours) == len(ref)
+        seed_noise = np.abs(ref.mean(axis=0) - other.mean(axis=0)).mean()
+        assert np.abs(ref.mean(axis=0) - ours.mean(axis=0)).mean() < 1.5 * seed_noise + 0.5
+        originals = images[y == cls].reshape(-1, 256).astype(np.float32)
+
+        def nearest(points: np.ndarray, originals: np.ndarray = originals) -> np.ndarray:
+            gaps = ((points[:, None, :] - originals[None]) ** 2).sum(-1)
+            return np.sqrt(gaps.min(axis=1))
+
+        assert ks_2samp(nearest(ref), nearest(ours)).pvalue > 0.01
