@@ -9,13 +9,15 @@ filled by the ``@BALANCERS.register`` planners below):
   They resample *row indices*, so images are gathered once, after resampling;
 - ``augment_oversample``: top minority classes up to the majority count with randomly
   augmented copies (:class:`AugmentOversampler`);
-- ``smote``: SMOTE on flattened pixels, as seed 000 does (:class:`PixelSMOTE`), refused when
-  the data would not fit ``train.smote_memory_mb``;
+- ``smote``: SMOTE, as seed 000 does, streamed from the shards (:class:`StreamingSMOTE`):
+  planned on small projections, each synthetic image made when its batch is read (O(batch)
+  memory); :class:`PixelSMOTE` is imbalanced-learn's in-memory SMOTE, the reference;
 - ``balanced_batches``: no resampling here; the tf.data pipeline draws every batch with equal
   class probabilities (O(batch) memory, see :func:`medml.train.make_dataset`).
 
 Samplers follow imbalanced-learn's contract: keyword-only constructor arguments stored as
-given, ``fit_resample(X, y)``, fitted attributes ending in ``_``. :func:`plan_balance` is the
+given, ``fit_resample(X, y)`` (``fit(rows, y)`` for the streaming one), fitted attributes ending
+in ``_``. :func:`plan_balance` is the
 trainer's only entry point and it receives only the fold's training labels, so validation
 folds and the holdout cannot be resampled: there is no code path that balances before the
 split.
