@@ -338,17 +338,27 @@ def compare_cmd(
         list[str] | None,
         typer.Option(help="key=v1,v2,... (repeat for a grid); each combination is one experiment."),
     ] = None,
+    override_all: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="key=value applied to every experiment after its own settings (e.g. "
+            "train.epochs=3 for a quick look); shown in the table."
+        ),
+    ] = None,
     params: ParamsFile = None,
     set_: Sets = None,
     run_dir: NewRunDir = None,
 ) -> None:
     """Train named setting sets on the same folds; print and plot their out-of-fold scores."""
     from medml.compare import compare, format_table, grid_experiments, read_experiments
+    from medml.config import flatten, parse_overrides
 
     chosen = {**(read_experiments(experiments) if experiments else {}),
               **grid_experiments(grid or [])}  # fmt: skip
     if not chosen:
         raise _fail("give --experiments FILE and/or --grid key=v1,v2")
+    forced = flatten(_guard(parse_overrides, override_all or []))
+    chosen = {name: {**settings, **forced} for name, settings in chosen.items()}
     ctx = _new_run("compare", run_dir, source, recipe, params, set_)
     _guard(pipeline.run_data_steps, ctx, echo=lambda _: None)
     table = _guard(compare, ctx, chosen, tracking=_tracking(), echo=typer.echo)

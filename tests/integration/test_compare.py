@@ -26,16 +26,17 @@ def test_compare_experiments_and_a_grid(phantom_dir: Path, tmp_path: Path) -> No
     run_dir = tmp_path / "cmp"
     args = ["compare", "--source", str(phantom_dir), "--recipe", "kidney-ct",
             "--run-dir", str(run_dir), "--experiments", str(experiments),
-            "--grid", "train.learning_rate=0.001,0.003"]  # fmt: skip
+            "--grid", "train.learning_rate=0.001,0.003",
+            "--override-all", "train.batch_size=8"]  # fmt: skip
     for override in TINY:
         args += ["--set", override]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     table = pd.read_csv(run_dir / "compare" / "compare.csv")
-    grid = ["train.learning_rate=0.001", "train.learning_rate=0.003"]
+    grid = ["train.learning_rate=0.001", "train.learning_rate=0.003"]  # names: own settings
     assert list(table["experiment"]) == ["weighted", "one-of augmentation", *grid]
     assert table["macro_f1"].between(0, 1).all() and table["note"].isna().all()
-    settings = "train.balance=augment_oversample; train.augment.policy=one_of"
+    settings = "train.balance=augment_oversample; train.augment.policy=one_of; train.batch_size=8"
     assert table.loc[1, "settings"] == settings
     assert (run_dir / "compare" / "compare.png").stat().st_size > 5000
 
@@ -47,7 +48,7 @@ def test_compare_experiments_and_a_grid(phantom_dir: Path, tmp_path: Path) -> No
     children = client.search_runs([experiment], "tags.`medml.kind` = 'experiment'")
     assert len(parent) == 1 and len(children) == 4
     grid_child = next(c for c in children if c.data.tags["experiment"].endswith("0.003"))
-    assert grid_child.data.params == {"train.learning_rate": "0.003"}
+    assert grid_child.data.params == {"train.learning_rate": "0.003", "train.batch_size": "8"}
 
 
 def test_experiments_may_not_change_the_data_and_are_checked_before_training() -> None:
