@@ -67,6 +67,8 @@ def grid_experiments(grid: Sequence[str]) -> dict[str, dict[str, Any]]:
     """
     import itertools
 
+    if not grid:
+        return {}
     axes = []
     for item in grid:
         key, sep, raw = item.partition("=")

@@ -52,7 +52,10 @@ def test_compare_experiments_and_a_grid(phantom_dir: Path, tmp_path: Path) -> No
 
 
 def test_experiments_may_not_change_the_data_and_are_checked_before_training() -> None:
-    from medml.compare import experiment_recipe, read_experiments
+    from medml.compare import experiment_recipe, grid_experiments, read_experiments
+
+    assert grid_experiments([]) == {}  # no grid adds no experiment
+    assert list(grid_experiments(["a.b=1,2", "c=x"])) == ["a.b=1, c=x", "a.b=2, c=x"]
 
     recipe = load_recipe("kidney-ct")
     with pytest.raises(ConfigError, match=r"changes \['image.size'\]"):
