@@ -1,8 +1,9 @@
 """A picture of the dataset in every run: class counts, samples per class, augmented samples.
 
-Written by the preprocess step from the shards (the pixels exactly as the model sees them) into
-``<run>/overview/`` and logged to the pipeline's MLflow run under ``overview/``; the summary
-points at them. The write-ups show the same three figures before training.
+Written by the evaluate step (TensorFlow is loaded there already; the augmented copies need it)
+from the shards — the pixels exactly as the model sees them — into ``<run>/overview/``, and
+logged to the pipeline's MLflow run under ``overview/``; the summary points at them. The
+write-ups show the same three figures before training.
 """
 
 from __future__ import annotations

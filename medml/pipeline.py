@@ -268,7 +268,6 @@ def step_preprocess(run_dir: Path, cache_dir: Path | None = None) -> dict[str, A
     snapshot decode the images once; later runs check the shards out of the cache (hard links).
     """
     from medml.dvc_cache import DvcCache
-    from medml.overview import write_overview
     from medml.preprocess import preprocess
 
     ctx = load_context(run_dir)
@@ -287,7 +286,6 @@ def step_preprocess(run_dir: Path, cache_dir: Path | None = None) -> dict[str, A
         )
         outcome = {"images": result.images, "shards": result.shards, "cache": "miss"}
     outcome |= {"shards_dir": str(ctx.layout.shards), "cache_key": key, "dvc_md5": digest}
-    write_overview(ctx.layout.shards, ctx.layout.overview, ctx.recipe)
     write_json(ctx.layout.preprocess_json, outcome)
     return outcome
 
@@ -364,6 +362,7 @@ def step_evaluate(run_dir: Path, tracking: Tracking | None = None) -> dict[str, 
 
 def _evaluate(ctx: RunContext, tracking: Tracking | None) -> dict[str, Any]:
     from medml.evaluate import evaluate
+    from medml.overview import write_overview
 
     for fold in ctx.folds:
         require_complete(ctx.layout.fold(fold).root, f"train --fold {fold}")
@@ -373,6 +372,7 @@ def _evaluate(ctx: RunContext, tracking: Tracking | None) -> dict[str, Any]:
         ctx.layout.shards, models, ctx.layout.evaluation.root, ctx.recipe,
         tracking=tracking, parent_run_id=parent,
     )  # fmt: skip
+    write_overview(ctx.layout.shards, ctx.layout.overview, ctx.recipe)  # TF is loaded by now
     if tracking is not None and parent is not None:  # the data gate's report travels with the run
         client = tracking.activate()
         client.log_artifacts(parent, str(ctx.layout.validation.root), "validation")

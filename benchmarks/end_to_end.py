@@ -1,0 +1,93 @@
+"""A whole `medml run` at the real datasets' sizes: time, images/s and peak RSS per step.
+
+Phantom sets shaped like the real ones (generated once and cached under ``--cache``):
+
+- ``kidney-ct``: 12,446 slices at 512×512 (folder per class);
+- ``capsule-endoscopy``: 47,238 frames at 336×336 (CSV manifest);
+- ``chest-xray``: 5,856 radiographs at 1,500×1,500 (train/val/test folders).
+
+Each step runs as its own ``medml`` process (``init``, ``ingest``, ``validate``, ``split``,
+``preprocess``, ``train``, ``evaluate``, ``register``), so its peak RSS is its own (from
+``wait4``). Training is the recipe's model for ``--epochs`` (default 1: the figure of interest is
+the data path and memory, not accuracy). Prints a table and the ratio of
+ingest + validate + split to preprocess (issue 17's target: ≤ 1).
+
+    .venv/bin/python benchmarks/end_to_end.py [--dataset kidney-ct] [--n N] [--epochs 1]
+        [--cache ~/.cache/medml-bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SIZES = {"kidney-ct": (12446, 512), "capsule-endoscopy": (47238, 336), "chest-xray": (5856, 1500)}
+STEPS = ("ingest", "validate", "split", "preprocess", "train", "evaluate", "register")
+MEDML = str(Path(sys.executable).with_name("medml"))
+
+
+def phantom(dataset: str, n: int, side: int, cache: Path) -> Path:
+    """The cached phantom set (generated on first use)."""
+    root = cache / f"{dataset}-{n}-{side}"
+    if not (root / ".complete").is_file():
+        if root.exists():
+            shutil.rmtree(root)
+        started = time.perf_counter()
+        subprocess.run([MEDML, "synth", "--recipe", dataset, "--out", str(root), "--n", str(n),
+                        "--size", str(side)], check=True)  # fmt: skip
+        (root / ".complete").write_text("")
+        print(f"generated {n} images at {side}px in {time.perf_counter() - started:.0f}s")
+    return root
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Run ``cmd``; its wall seconds and peak RSS in MB."""
+    started = time.perf_counter()
+    process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(cmd[:3])} failed:\n{process.stderr.read().decode()[-3000:]}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=sorted(SIZES), default="kidney-ct")
+    parser.add_argument("--n", type=int, help="images (default: the real dataset's count)")
+    parser.add_argument("--side", type=int, help="image side (default: the real dataset's)")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "medml-bench")
+    args = parser.parse_args()
+    n, side = args.n or SIZES[args.dataset][0], args.side or SIZES[args.dataset][1]
+    source = phantom(args.dataset, n, side, args.cache)
+    with tempfile.TemporaryDirectory() as home:
+        env = {**os.environ, "MEDML_HOME": home, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        run = Path(home) / "run"
+        subprocess.run([MEDML, "init", "--run-dir", str(run), "--source", str(source),
+                        "--recipe", args.dataset, "--set", f"train.epochs={args.epochs}",
+                        "--set", "registry.gate.require_better_than_chance=false"],
+                       env=env, check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+        print(f"cores: {os.cpu_count()}  dataset: {args.dataset}  images: {n} at {side}px  "
+              f"epochs: {args.epochs}")  # fmt: skip
+        print(f"{'step':<12}{'seconds':>9}{'images/s':>10}{'peak RSS MB':>13}")
+        seconds = {}
+        for step in STEPS:
+            seconds[step], peak = timed([MEDML, step, "--run-dir", str(run)], env)
+            print(f"{step:<12}{seconds[step]:>9.1f}{n / seconds[step]:>10.0f}{peak:>13.0f}",
+                  flush=True)  # fmt: skip
+        data = seconds["ingest"] + seconds["validate"] + seconds["split"]
+        print(
+            f"ingest+validate+split : preprocess = {data / seconds['preprocess']:.2f} (target <= 1)"
+        )
+
+
+if __name__ == "__main__":
+    main()
