@@ -18,12 +18,13 @@ from typing import Any
 import pandas as pd
 
 from medml.config import DataConfig, Recipe
-from medml.data.images import MAX_PIXELS, read_image
+from medml.data.images import MAX_PIXELS
 from medml.data.ingest import absolute_paths, frames_of, ignored_by_extension
 from medml.errors import DataGateFailed
 from medml.io import parallel_map, publish_dir, write_json
 from medml.layout import ValidationFiles
 from medml.near_duplicates import thumbnail
+from medml.preprocess import LoadImage
 
 
 class ValidationFailed(DataGateFailed):
@@ -225,7 +226,9 @@ def _decode_and_hash(manifest: pd.DataFrame, recipe: Recipe, workers: int) -> li
     neither are files whose header declares more than :data:`MAX_PIXELS`.
     """
     declared = (manifest["width"].astype("int64") * manifest["height"].astype("int64")).tolist()
-    windows = recipe.image.ct_windows
+    # The decoder preprocess uses: a large JPEG decoded at its reduced scale (the verdict is the
+    # preprocess step's own), anything else in full.
+    loader = LoadImage.from_config(recipe.image)
 
     def check(item: tuple[str, str, int, int, str]) -> _Decoded:
         path, rel, frame, pixels, issue = item
@@ -234,7 +237,7 @@ def _decode_and_hash(manifest: pd.DataFrame, recipe: Recipe, workers: int) -> li
         if pixels > MAX_PIXELS:
             return _Decoded(error=f"header declares {pixels:,} pixels, more than {MAX_PIXELS:,}")
         try:
-            image = read_image(path, ct_windows=windows, frame=frame, name=rel)
+            image = loader.decode(path, name=rel, frame=frame)
         except ValueError as err:
             return _Decoded(error=str(err) or "file does not decode as an image")
         return _Decoded(thumbnail(image), "", image.shape[1], image.shape[0])
