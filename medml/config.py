@@ -465,24 +465,23 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
     Raises:
         ConfigError: a pair has no ``=`` or an empty key.
     """
-    nested: dict[str, Any] = {}
+    dotted: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         key = key.strip()
         if not sep or not key or any(not part for part in key.split(".")):
             raise ConfigError(f"--set expects key=value (e.g. train.epochs=2), got {pair!r}")
-        value = yaml.safe_load(raw) if raw.strip() else ""
-        node = nested
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {pair!r} conflicts with another override of {part!r}")
-        node[parts[-1]] = value
-    return nested
+        dotted.pop(key, None)  # a repeated key: the last one wins, in its own place
+        dotted[key] = yaml.safe_load(raw) if raw.strip() else ""
+    return _nested_items(dotted)
 
 
 def _nested_items(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"train.epochs": 2}`` as ``{"train": {"epochs": 2}}``, in order (later keys win).
+
+    Raises:
+        ConfigError: a key and a key below it are both set (``a=1`` with ``a.b=2``).
+    """
     nested: dict[str, Any] = {}
     for key, value in settings.items():
         node = nested
