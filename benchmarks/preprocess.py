@@ -85,7 +85,7 @@ def child_decode_ceiling(splits: str, size: int) -> dict[str, float]:
     from medml.preprocess import LoadImage
 
     table = pd.read_parquet(splits)
-    paths = absolute_paths(table)
+    paths = absolute_paths(table, Path(splits).parent)
     load = LoadImage(size, 3)
     cv2.setNumThreads(0)
 

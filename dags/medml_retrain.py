@@ -9,7 +9,10 @@ Runs the medml lifecycle for one data snapshot (the run's logical date):
 * **Params / conf**: `source` (dataset root or `s3://bucket/prefix/{ds}/`; `{ds}` is replaced
   by the logical date, so each run reads its own snapshot; empty means `$MEDML_SOURCE`),
   `recipe` (e.g. `kidney-ct`), `overrides` (list of `key=value`, e.g. `["train.epochs=2"]`),
-  `run_dir` (empty: `$MEDML_HOME/runs/<ds>/<run_id>`).
+  `run_dir` (empty: `$MEDML_RUN_ROOT/<ds>/<run_id>`, default root `$MEDML_HOME/runs`).
+* Workers that share no disk (Celery workers, each with its own `MEDML_HOME`): set
+  `MEDML_RUN_ROOT=s3://bucket/runs/` and every task works on a local mirror of the S3 run
+  directory, downloading what its step reads and uploading what it writes (`medml.run_store`).
 * Training is mapped over the folds: each fold is its own task instance — in the worker
   (`train.backend: local`, default) or one GPU pod per fold (`train.backend: kubernetes`,
   `KubernetesPodOperator` — imported only when a pod task runs, so parsing stays fast — with
@@ -93,7 +96,7 @@ def medml_retrain() -> None:
             logical_date=ds,
             run_key=pipeline.run_key_for("medml_retrain", run_id),
         )
-        return str(ctx.layout.root)
+        return ctx.location
 
     @task
     def ingest(run_dir: str) -> dict:

@@ -80,9 +80,7 @@ TrackingUri = Annotated[
 
 def _existing_store(uri: str | None) -> Tracking:
     """The store the lifecycle commands read; refuses to create an empty one by accident."""
-    tracking = (
-        Tracking.from_env() if uri is None else Tracking(uri, Tracking.from_env().artifact_root)
-    )
+    tracking = Tracking.from_env(uri=uri)
     _guard(tracking.require_existing)
     return tracking
 

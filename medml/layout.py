@@ -249,3 +249,49 @@ def split_report_path(splits: Path) -> Path:
 
 RELATIVE = RunLayout(Path())
 """Paths relative to a run directory (S3 keys under a shared run)."""
+
+
+@dataclass(frozen=True)
+class StepFiles:
+    """What one step reads from and writes to a run directory (paths relative to it).
+
+    A step that runs on a mirror of an S3 run directory (another worker, a training pod)
+    downloads ``needs`` first and uploads ``produces`` when it succeeds; ``optional`` ones may
+    be absent. ``reads_source`` steps also need the dataset's files (fetched again from an S3
+    source, never copied into the run).
+    """
+
+    needs: tuple[str, ...]
+    produces: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+    reads_source: bool = False
+
+
+def step_files(step: str, fold: int | None = None) -> StepFiles:
+    """The :class:`StepFiles` of ``step`` (``train`` needs its ``fold``)."""
+    rel = RELATIVE
+    run, validation, folds = rel.run_json, rel.validation.root, rel.root / "folds"
+    evaluated = (run, rel.snapshot_json, rel.splits, rel.split_report, validation,
+                 rel.evaluation.root, folds)  # fmt: skip
+    table: dict[str, tuple[tuple[Path, ...], tuple[Path, ...], bool]] = {
+        "init": ((), (run,), False),
+        "ingest": ((run,), (rel.manifest, rel.snapshot_json), False),
+        "validate": ((run, rel.manifest), (validation,), True),
+        "split": ((run, validation), (rel.splits, rel.split_report), False),
+        "preprocess": ((run, rel.splits), (rel.shards, rel.preprocess_json), True),
+        "train": ((run, rel.shards), (rel.fold(fold).root,) if fold is not None else (), False),
+        "evaluate": (
+            (run, rel.snapshot_json, rel.splits, validation, rel.shards, folds),
+            (rel.evaluation.root, rel.overview),
+            False,
+        ),
+        "register": (evaluated, (rel.registry.root,), True),
+        "summary": ((*evaluated, rel.registry.root, rel.overview), (rel.summary,), False),
+    }
+    needs, produces, reads_source = table[step]
+    return StepFiles(
+        needs=tuple(path.as_posix() for path in needs),
+        produces=tuple(path.as_posix() for path in produces),
+        optional=(rel.overview.as_posix(), rel.registry.root.as_posix()),
+        reads_source=reads_source,
+    )

@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,15 +35,11 @@ from medml.io import (
     write_json,
     write_json_once,
 )
-from medml.layout import RELATIVE, EvaluationFiles, RunLayout
+from medml.layout import RELATIVE, EvaluationFiles, RunLayout, step_files
 from medml.metrics import OUT_OF_FOLD, HoldoutMetrics
 from medml.tracking import Tracking
 
 STEPS = ("ingest", "validate", "split", "preprocess", "train", "evaluate", "register")
-
-
-# What a fold (pod) reads from a shared run directory.
-_POD_INPUTS = [RELATIVE.run_json.as_posix(), RELATIVE.shards.as_posix()]
 
 
 @dataclass(frozen=True)
@@ -57,6 +55,13 @@ class RunContext:
     @property
     def folds(self) -> list[int]:
         return list(range(self.recipe.split.folds))
+
+    @property
+    def location(self) -> str:
+        """The run directory as every task names it: its ``s3://`` URI when this is a mirror."""
+        from medml.run_store import remote_of
+
+        return remote_of(self.layout.root) or str(self.layout.root)
 
 
 def init_run(
@@ -82,6 +87,15 @@ def init_run(
         RunError: the source directory does not exist, or the run directory was initialised
             with other settings.
     """
+    if is_s3(run_dir):  # pin on the mirror, then publish run.json (kept when already there)
+        from medml.run_store import open_run_dir, pull
+
+        with open_run_dir(run_dir, step_files("init")) as local:
+            run_json = RELATIVE.run_json.as_posix()
+            pull(str(run_dir), local, [run_json], optional=[run_json])
+            return init_run(local, source, recipe, params_file=params_file,
+                            overrides=overrides, logical_date=logical_date, run_key=run_key,
+                            replace=replace)  # fmt: skip
     resolved = load_recipe(recipe, params_file=params_file, overrides=overrides)
     layout = RunLayout(Path(run_dir).resolve())
     now = datetime.now(UTC)
@@ -128,15 +142,24 @@ def _check_same_run(layout: RunLayout, wanted: dict[str, Any], *, compare: set[s
 
 def new_run_dir(
     kind: str, logical_date: str, run_id: str | None = None, *, home: Path | None = None
-) -> Path:
-    """Default run directory: ``<home>/runs/<logical date>/<run id>`` (home: ``$MEDML_HOME``).
+) -> Path | str:
+    """Default run directory: ``<runs root>/<logical date>/<run id>``.
 
-    Every runner names its runs here: the Airflow DAG passes its run id; the CLI none, and
-    gets ``<kind>__<UTC time>_<random>`` (unique even for two runs started in one second).
+    The runs root is ``$MEDML_RUN_ROOT`` — a directory, or ``s3://bucket/prefix/`` when the
+    workers running a run's tasks share no disk (each task then works on a mirror; see
+    :mod:`medml.run_store`) — else ``<home>/runs`` (home: ``$MEDML_HOME``; an explicit
+    ``home`` wins over both). Every runner names its runs here: the Airflow DAG passes its run
+    id; the CLI none, and gets ``<kind>__<UTC time>_<random>`` (unique even for two runs
+    started in one second).
     """
     if run_id is None:
         run_id = f"{kind}__{datetime.now(UTC):%Y%m%dT%H%M%S}_{secrets.token_hex(3)}"
-    return (home or medml_home()) / "runs" / logical_date / safe_name(run_id)
+    root = os.environ.get("MEDML_RUN_ROOT", "") if home is None else ""
+    if is_s3(root):
+        bucket, prefix = parse_s3_uri(root)
+        return f"s3://{bucket}/{prefix}{logical_date}/{safe_name(run_id)}/"
+    base = Path(root).expanduser() if root else (home or medml_home()) / "runs"
+    return base / logical_date / safe_name(run_id)
 
 
 def run_key_for(kind: str, run_id: str) -> str:
@@ -144,12 +167,17 @@ def run_key_for(kind: str, run_id: str) -> str:
     return f"{kind}/{safe_name(run_id)}"
 
 
-def load_context(run_dir: Path) -> RunContext:
-    """Read a run directory's pinned configuration.
+def load_context(run_dir: Path | str) -> RunContext:
+    """Read a run directory's pinned configuration (of an S3 run directory: on its mirror).
 
     Raises:
         RunError: ``run.json`` is missing (the run was not initialised).
     """
+    if is_s3(run_dir):
+        from medml.run_store import mirror_dir, pull
+
+        pull(str(run_dir), mirror_dir(str(run_dir)), [RELATIVE.run_json.as_posix()])
+        run_dir = mirror_dir(str(run_dir))
     layout = RunLayout(Path(run_dir).resolve())
     if not layout.run_json.is_file():
         raise RunError(
@@ -164,6 +192,21 @@ def load_context(run_dir: Path) -> RunContext:
         run_key=data["run_key"],
         logical_date=data["logical_date"],
     )
+
+
+@contextmanager
+def opened_run(run_dir: Path | str, step: str, *, fold: int | None = None) -> Iterator[RunContext]:
+    """The run's context for one step; for an ``s3://`` run directory, on the local mirror:
+    the step's inputs downloaded first (the dataset too, when the step reads it and the
+    source is on S3), its outputs uploaded when it succeeds (:mod:`medml.run_store`)."""
+    from medml.run_store import open_run_dir
+
+    files = step_files(step, fold)
+    with open_run_dir(run_dir, files) as local:
+        ctx = load_context(local)
+        if files.reads_source and is_s3(run_dir) and is_s3(ctx.source):
+            fetch_s3_prefix(ctx.source, ctx.layout.source_copy)
+        yield ctx
 
 
 def _require(path: Path, step: str) -> Path:
@@ -182,18 +225,22 @@ def pipeline_run_id(ctx: RunContext, tracking: Tracking) -> str:
             "recipe": ctx.recipe.name,
             "logical_date": ctx.logical_date,
             "source": ctx.source,
-            "run_dir": str(ctx.layout.root),
+            "run_dir": ctx.location,
         },
         params=ctx.recipe.flat_params(),
     )
 
 
-def step_ingest(run_dir: Path) -> dict[str, Any]:
+def step_ingest(run_dir: Path | str) -> dict[str, Any]:
     """Scan the source into ``manifest.parquet``."""
+    with opened_run(run_dir, "ingest") as ctx:
+        return _ingest(ctx)
+
+
+def _ingest(ctx: RunContext) -> dict[str, Any]:
     from medml.data.ingest import ingest
     from medml.dvc_cache import dvc_md5
 
-    ctx = load_context(run_dir)
     source = Path(ctx.source)
     fetched: dict[str, Any] = {}
     if is_s3(ctx.source):
@@ -212,14 +259,14 @@ def step_ingest(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def step_validate(run_dir: Path) -> dict[str, Any]:
+def step_validate(run_dir: Path | str) -> dict[str, Any]:
     """Run the validation gate; quarantine bad files."""
     from medml.data.validate import validate
 
-    ctx = load_context(run_dir)
-    result = validate(
-        _require(ctx.layout.manifest, "ingest"), ctx.layout.validation.root, ctx.recipe
-    )
+    with opened_run(run_dir, "validate") as ctx:
+        result = validate(
+            _require(ctx.layout.manifest, "ingest"), ctx.layout.validation.root, ctx.recipe
+        )
     return {
         "images": result.images,
         "quarantined": result.quarantined,
@@ -228,14 +275,14 @@ def step_validate(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def step_split(run_dir: Path) -> dict[str, Any]:
+def step_split(run_dir: Path | str) -> dict[str, Any]:
     """Assign holdout and folds."""
     from medml.split import split
 
-    ctx = load_context(run_dir)
-    require_complete(ctx.layout.validation.root, "validate")
-    clean = ctx.layout.validation.clean_manifest
-    result = split(clean, ctx.layout.splits, ctx.recipe)
+    with opened_run(run_dir, "split") as ctx:
+        require_complete(ctx.layout.validation.root, "validate")
+        clean = ctx.layout.validation.clean_manifest
+        result = split(clean, ctx.layout.splits, ctx.recipe)
     return {
         "grouped": result.grouped,
         "test_images": result.test_size,
@@ -259,7 +306,7 @@ def shards_cache_key(splits_path: Path, recipe: Recipe) -> str:
     return digest.hexdigest()
 
 
-def step_preprocess(run_dir: Path, cache_dir: Path | None = None) -> dict[str, Any]:
+def step_preprocess(run_dir: Path | str, cache_dir: Path | None = None) -> dict[str, Any]:
     """Decode and resize into shards, restored from DVC's cache when the inputs are unchanged.
 
     The shards are saved as DVC objects in a DVC cache (default ``$MEDML_DVC_CACHE`` or
@@ -267,10 +314,14 @@ def step_preprocess(run_dir: Path, cache_dir: Path | None = None) -> dict[str, A
     :func:`shards_cache_key`, so re-running a date, back-filling again or two runs on the same
     snapshot decode the images once; later runs check the shards out of the cache (hard links).
     """
+    with opened_run(run_dir, "preprocess") as ctx:
+        return _preprocess(ctx, cache_dir)
+
+
+def _preprocess(ctx: RunContext, cache_dir: Path | None) -> dict[str, Any]:
     from medml.dvc_cache import DvcCache
     from medml.preprocess import preprocess
 
-    ctx = load_context(run_dir)
     splits = _require(ctx.layout.splits, "split")
     key = shards_cache_key(splits, ctx.recipe)
     cache = DvcCache(cache_dir)
@@ -296,13 +347,9 @@ def step_train(run_dir: Path | str, fold: int, tracking: Tracking | None = None)
     ``run_dir`` may be an ``s3://`` run directory (a training pod's view): the run's
     ``run.json`` and shards are mirrored locally first and the fold's outputs uploaded after.
     """
-    from medml.run_store import open_run_dir
     from medml.train import train_fold
 
-    produces = [RELATIVE.fold(fold).root.as_posix()]
-    with _tracking_guard(tracking), open_run_dir(run_dir, needs=_POD_INPUTS,
-                                                 produces=produces) as local:  # fmt: skip
-        ctx = load_context(local)
+    with _tracking_guard(tracking), opened_run(run_dir, "train", fold=fold) as ctx:
         parent = pipeline_run_id(ctx, tracking) if tracking else None
         result = train_fold(
             require_complete(ctx.layout.shards, "preprocess"),
@@ -319,17 +366,20 @@ def step_train(run_dir: Path | str, fold: int, tracking: Tracking | None = None)
     return result.as_dict()
 
 
-def step_share_with_pods(run_dir: Path) -> str:
+def step_share_with_pods(run_dir: Path | str) -> str:
     """Upload what the fold pods need (``run.json`` and the shards) to the S3 run store.
 
     The store is ``train.kubernetes.run_store`` or ``$MEDML_RUN_STORE``; the run lands at
     ``<store>/runs/<logical date>/<run key>/`` and its URI is remembered in ``remote.json``.
+    A run directory already on S3 is shared as it is.
 
     Raises:
         RunError: no run store is configured.
     """
     from medml.run_store import push, run_uri
 
+    if is_s3(run_dir):
+        return str(run_dir)
     ctx = load_context(run_dir)
     store = ctx.recipe.train.kubernetes.run_store or os.environ.get("MEDML_RUN_STORE")
     if not store:
@@ -338,25 +388,27 @@ def step_share_with_pods(run_dir: Path) -> str:
             "train.kubernetes.run_store (e.g. s3://medml-runs/) or $MEDML_RUN_STORE"
         )
     uri = run_uri(store, ctx.logical_date, safe_name(ctx.run_key))
-    push(ctx.layout.root, uri, _POD_INPUTS)
+    push(ctx.layout.root, uri, step_files("train").needs)
     write_json(ctx.layout.remote_json, {"uri": uri})
     return uri
 
 
-def step_collect_folds(run_dir: Path) -> dict[str, Any]:
-    """Download the fold models the pods wrote to the S3 run directory into ``run_dir``."""
+def step_collect_folds(run_dir: Path | str) -> dict[str, Any]:
+    """Download the fold models the pods wrote to the S3 run directory into ``run_dir`` (a run
+    directory on S3 already has them: evaluate downloads them)."""
     from medml.run_store import pull
 
     ctx = load_context(run_dir)
+    if is_s3(run_dir):
+        return {"uri": str(run_dir), "folds": [RELATIVE.fold(k).root.as_posix() for k in ctx.folds]}
     uri = read_json(_require(ctx.layout.remote_json, "share_with_pods"))["uri"]
     pull(uri, ctx.layout.root, [RELATIVE.fold(k).root.as_posix() for k in ctx.folds])
     return {"uri": uri, "folds": [str(p) for p in ctx.layout.fold_models(len(ctx.folds))]}
 
 
-def step_evaluate(run_dir: Path, tracking: Tracking | None = None) -> dict[str, Any]:
+def step_evaluate(run_dir: Path | str, tracking: Tracking | None = None) -> dict[str, Any]:
     """Score the fold ensemble on the holdout."""
-    ctx = load_context(run_dir)
-    with _tracking_guard(tracking):
+    with _tracking_guard(tracking), opened_run(run_dir, "evaluate") as ctx:
         return _evaluate(ctx, tracking)
 
 
@@ -383,10 +435,9 @@ def _evaluate(ctx: RunContext, tracking: Tracking | None) -> dict[str, Any]:
     return {"metrics": str(result.metrics_path), **result.metrics.overall}
 
 
-def step_register(run_dir: Path, tracking: Tracking) -> dict[str, Any]:
+def step_register(run_dir: Path | str, tracking: Tracking) -> dict[str, Any]:
     """Gate (thresholds + non-inferiority to the champion), register, alias ``challenger``."""
-    ctx = load_context(run_dir)
-    with _tracking_guard(tracking):
+    with _tracking_guard(tracking), opened_run(run_dir, "register") as ctx:
         return _register(ctx, tracking)
 
 
@@ -410,7 +461,7 @@ def _register(ctx: RunContext, tracking: Tracking) -> dict[str, Any]:
         layout.fold_models(ctx.recipe.split.folds), metrics, layout.registry.root, ctx.recipe,
         tracking=tracking, parent_run_id=pipeline_run_id(ctx, tracking),
         tags={"data_hash": _snapshot_hash(layout), "logical_date": ctx.logical_date,
-              "run_key": ctx.run_key, "run_dir": str(layout.root)},
+              "run_key": ctx.run_key, "run_dir": ctx.location},
         champion=champion, calibration=ServingCalibration.from_evaluation(evaluation),
         card_facts={"split_report": read_json(layout.split_report), "evaluation": evaluation,
                     "validation_report": read_json(layout.validation.report)},
@@ -466,7 +517,8 @@ def holdout_files(splits_path: Path) -> tuple[pd.DataFrame, Any]:
 
     table = read_rows(splits_path, ["root", "path", "frame", "label_index", "split"])
     holdout = table[table["split"] == TEST]
-    files = pd.DataFrame({PATH_COLUMN: absolute_paths(holdout), FRAME_COLUMN: frames_of(holdout)})
+    paths = absolute_paths(holdout, Path(splits_path).parent)
+    files = pd.DataFrame({PATH_COLUMN: paths, FRAME_COLUMN: frames_of(holdout)})
     return files, holdout["label_index"].to_numpy(dtype=np.int64)
 
 
@@ -509,12 +561,12 @@ def run_data_steps(ctx: RunContext, *, echo: Any = print) -> None:
         ("split", step_split),
         ("preprocess", step_preprocess),
     ]:
-        echo(f"[{name}] {step(ctx.layout.root)}")
+        echo(f"[{name}] {step(ctx.location)}")
 
 
 def run_all(ctx: RunContext, tracking: Tracking, *, echo: Any = print) -> dict[str, Any]:
     """Run every step in this process, in order; return the registration."""
-    root = ctx.layout.root
+    root = ctx.location
     run_data_steps(ctx, echo=echo)
     for fold in ctx.folds:
         result = step_train(root, fold, tracking)
@@ -535,13 +587,17 @@ def run_all(ctx: RunContext, tracking: Tracking, *, echo: Any = print) -> dict[s
     return registration
 
 
-def summary(run_dir: Path) -> str:
+def summary(run_dir: Path | str) -> str:
     """Human-readable summary: holdout metrics per class and the registered version."""
-    ctx = load_context(run_dir)
+    with opened_run(run_dir, "summary") as ctx:
+        return _summary(ctx)
+
+
+def _summary(ctx: RunContext) -> str:
     metrics = HoldoutMetrics.read(_require(ctx.layout.evaluation.metrics, "evaluate"))
     lines = [
         f"medml run {ctx.run_key}  recipe={ctx.recipe.name}  logical date={ctx.logical_date}",
-        f"run directory: {ctx.layout.root}",
+        f"run directory: {ctx.location}",
         "",
         f"{metrics.label}, "
         + (
@@ -596,9 +652,10 @@ def _ci(interval: list[float | None] | None) -> str:
     return f"[95% CI {interval[0]:.3f}-{interval[1]:.3f}]"
 
 
-def write_run_summary(run_dir: Path) -> Path:
-    """Write :func:`summary` to ``summary.txt`` in the run directory."""
-    path = RunLayout(Path(run_dir).resolve()).summary
-    with atomic_path(path) as tmp:
-        tmp.write_text(summary(run_dir) + "\n")
-    return path
+def write_run_summary(run_dir: Path | str) -> Path:
+    """Write :func:`summary` to ``summary.txt`` in the run directory (on its mirror, and
+    uploaded, for an S3 run directory); return the local file."""
+    with opened_run(run_dir, "summary") as ctx:
+        with atomic_path(ctx.layout.summary) as tmp:
+            tmp.write_text(_summary(ctx) + "\n")
+    return ctx.layout.summary

@@ -203,7 +203,8 @@ def preprocess(splits_path: Path, shards_dir: Path, recipe: Recipe) -> Preproces
     """
     table = read_rows(splits_path, [*_INDEX_COLUMNS, "root"])
     image_cfg: ImageConfig = recipe.image
-    writer = _ShardWriter(table, LoadImage.from_config(image_cfg), image_cfg)
+    writer = _ShardWriter(absolute_paths(table, Path(splits_path).parent), frames_of(table),
+                         LoadImage.from_config(image_cfg), image_cfg)  # fmt: skip
     index = table[list(_INDEX_COLUMNS)].copy()
     index["shard"] = np.arange(len(index)) // image_cfg.shard_size
     index["offset"] = np.arange(len(index)) % image_cfg.shard_size
@@ -231,9 +232,11 @@ class _ShardWriter:
     memory map, and the tasks of one shard never wait for each other.
     """
 
-    def __init__(self, table: pd.DataFrame, load: LoadImage, cfg: ImageConfig) -> None:
-        self.paths = absolute_paths(table)
-        self.frames = frames_of(table)
+    def __init__(
+        self, paths: list[str], frames: list[int], load: LoadImage, cfg: ImageConfig
+    ) -> None:
+        self.paths = paths
+        self.frames = frames
         self.load = load
         self.shard_size = cfg.shard_size
         self.n_shards = max(1, -(-len(self.paths) // cfg.shard_size))

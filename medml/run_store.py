@@ -1,11 +1,13 @@
-"""Run directories on S3, shared by the Airflow worker and the training pods.
+"""Run directories on S3, shared by workers and training pods that share no disk.
 
-With the Kubernetes backend each fold trains in its own pod, on another machine, so the run
-directory lives on S3 (``s3://bucket/prefix/runs/<ds>/<run id>/``). A step given such a URI
-works on a local mirror: :func:`open_run_dir` downloads the files the step needs, yields the
-mirror (an ordinary run directory), and uploads what the step produced when it succeeds. The
-step code itself only ever sees local paths, so the pod's ``medml train --run-dir s3://…`` and
-the worker's local training are one code path.
+A run's tasks may run on different machines: Celery workers with their own ``MEDML_HOME``
+(``$MEDML_RUN_ROOT=s3://…``: every run directory lives on S3), or one training pod per fold
+(the Kubernetes backend shares the run through ``$MEDML_RUN_STORE``). A step given an
+``s3://bucket/prefix/runs/<ds>/<run id>/`` run directory works on a local mirror:
+:func:`open_run_dir` downloads the files the step needs (:func:`medml.layout.step_files`),
+yields the mirror (an ordinary run directory), and uploads what the step produced when it
+succeeds. The step code itself only ever sees local paths, so a pod's ``medml train --run-dir
+s3://…``, a Celery worker's task and a local run are one code path.
 
 Mirrors live under ``$MEDML_HOME/run-mirrors/<bucket>/<prefix>``; downloads and uploads skip
 files that are already up to date, so a retried pod does not transfer the shards twice.
@@ -27,6 +29,7 @@ from medml.data.sources import (
 )
 from medml.errors import RunError
 from medml.io import atomic_path, medml_home
+from medml.layout import StepFiles
 
 
 def mirror_dir(uri: str) -> Path:
@@ -35,18 +38,27 @@ def mirror_dir(uri: str) -> Path:
     return medml_home() / "run-mirrors" / bucket / prefix.rstrip("/")
 
 
+def remote_of(local: Path) -> str | None:
+    """The S3 run directory that ``local`` mirrors (None: ``local`` is not a mirror)."""
+    try:
+        parts = Path(local).resolve().relative_to((medml_home() / "run-mirrors").resolve()).parts
+    except ValueError:
+        return None
+    return f"s3://{parts[0]}/{'/'.join(parts[1:])}/" if len(parts) > 1 else None
+
+
 def run_uri(store: str, logical_date: str, run_name: str) -> str:
     """``<store>/runs/<logical date>/<run name>/`` for an ``s3://`` run store."""
     bucket, prefix = parse_s3_uri(store)
     return f"s3://{bucket}/{prefix}runs/{logical_date}/{run_name}/"
 
 
-def pull(uri: str, local: Path, paths: Sequence[str]) -> None:
+def pull(uri: str, local: Path, paths: Sequence[str], *, optional: Sequence[str] = ()) -> None:
     """Download ``paths`` (files or directories, relative to the run) from ``uri`` to ``local``.
 
     Raises:
-        FileNotFoundError: a path is not in the remote run directory (names it and the step
-            that writes it is expected to have run).
+        RunError: a path not in ``optional`` is not in the remote run directory (names it; the
+            step that writes it is expected to have run).
     """
     client = s3_client()
     bucket, prefix = parse_s3_uri(uri)
@@ -60,14 +72,20 @@ def pull(uri: str, local: Path, paths: Sequence[str]) -> None:
         try:
             fetch_s3_prefix(f"s3://{bucket}/{prefix}{rel}/", Path(local) / rel, client=client)
         except SourceError:
+            if rel in optional:
+                continue
             raise RunError(
                 f"{uri.rstrip('/')}/{rel} is missing from the remote run directory; "
                 "run the step that writes it first"
             ) from None
 
 
-def push(local: Path, uri: str, paths: Sequence[str]) -> int:
-    """Upload ``paths`` (relative to the run) from ``local`` to ``uri``; return files sent."""
+def push(local: Path, uri: str, paths: Sequence[str], *, optional: Sequence[str] = ()) -> int:
+    """Upload ``paths`` (relative to the run) from ``local`` to ``uri``; return files sent.
+
+    Raises:
+        FileNotFoundError: a path not in ``optional`` was not produced.
+    """
     client = s3_client()
     bucket, prefix = parse_s3_uri(uri)
     sent = 0
@@ -79,19 +97,18 @@ def push(local: Path, uri: str, paths: Sequence[str]) -> int:
             sent += 1
         elif path.is_dir():
             sent += upload_dir(path, f"s3://{bucket}/{prefix}{rel}/", client=client)
-        else:
+        elif rel not in optional:
             raise FileNotFoundError(f"{path} was not produced; nothing to upload")
     return sent
 
 
 @contextmanager
-def open_run_dir(
-    run_dir: str | Path, *, needs: Sequence[str], produces: Sequence[str]
-) -> Iterator[Path]:
+def open_run_dir(run_dir: str | Path, files: StepFiles) -> Iterator[Path]:
     """A local run directory for ``run_dir``: itself, or the mirror of an S3 run directory.
 
-    For an S3 URI, ``needs`` are downloaded before the step and ``produces`` uploaded after it
-    (only when it succeeds, so a failed step never overwrites good remote outputs).
+    For an S3 URI, ``files.needs`` are downloaded before the step and ``files.produces``
+    uploaded after it (only when it succeeds, so a failed step never overwrites good remote
+    outputs).
     """
     if not is_s3(run_dir):
         yield Path(run_dir)
@@ -99,9 +116,9 @@ def open_run_dir(
     uri = str(run_dir).rstrip("/") + "/"
     local = mirror_dir(uri)
     local.mkdir(parents=True, exist_ok=True)
-    pull(uri, local, needs)
+    pull(uri, local, files.needs, optional=files.optional)
     yield local
-    push(local, uri, produces)
+    push(local, uri, files.produces, optional=files.optional)
 
 
 def _head(client: object, bucket: str, key: str) -> dict | None:

@@ -137,15 +137,21 @@ class Tracking:
     """Where MLflow runs, artifacts and registered models live."""
 
     uri: str
-    artifact_root: str
+    artifact_root: str | None
+    """Where new experiments keep their artifacts; None: where the tracking server says."""
 
     @classmethod
-    def from_env(cls, home: Path | None = None) -> Tracking:
-        """``MLFLOW_TRACKING_URI`` / ``MEDML_ARTIFACT_ROOT`` if set, else SQLite under ``home``
-        (default :func:`~medml.io.medml_home`)."""
+    def from_env(cls, home: Path | None = None, *, uri: str | None = None) -> Tracking:
+        """``uri`` or ``MLFLOW_TRACKING_URI`` if set, else SQLite under ``home`` (default
+        :func:`~medml.io.medml_home`); artifacts under ``MEDML_ARTIFACT_ROOT`` if set, else
+        where a tracking server keeps them (its ``--artifacts-destination``, reachable from
+        every worker), else beside the SQLite store."""
         home = Path(home).resolve() if home is not None else medml_home()
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
-        artifacts = os.environ.get("MEDML_ARTIFACT_ROOT") or (home / "mlartifacts").as_uri()
+        uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+        served = uri.startswith(("http://", "https://", "databricks"))
+        artifacts = os.environ.get("MEDML_ARTIFACT_ROOT") or (
+            None if served else (home / "mlartifacts").as_uri()
+        )
         return cls(uri=uri, artifact_root=artifacts)
 
     def activate(self) -> MlflowClient:
@@ -200,7 +206,7 @@ class Tracking:
         experiment = client.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id
-        location = f"{self.artifact_root.rstrip('/')}/{name}"
+        location = f"{self.artifact_root.rstrip('/')}/{name}" if self.artifact_root else None
         try:
             return client.create_experiment(name, artifact_location=location)
         except Exception:  # created concurrently by another task: use theirs

@@ -101,8 +101,9 @@ def ingest(source: Path, manifest_path: Path, recipe: Recipe, *, workers: int = 
     found = parallel_map(facts, items, total=len(items), desc="ingest", unit="file",
                          workers=workers)  # fmt: skip
     _check_groups_cover(groups, wanted, recipe.data, root)
+    recorded_root = _recorded_root(root, Path(manifest_path).resolve().parent)
     rows = [row for item, fact in zip(items, found, strict=True)
-            for row in _rows(item, fact, str(root), groups, recipe.data)]  # fmt: skip
+            for row in _rows(item, fact, recorded_root, groups, recipe.data)]  # fmt: skip
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     with atomic_path(Path(manifest_path)) as tmp:
         manifest.to_parquet(tmp, index=False)
@@ -121,9 +122,20 @@ def ignored_by_extension(manifest: pd.DataFrame) -> dict[str, int]:
     return dict(sorted(pd.Series(suffixes, dtype=str).value_counts().to_dict().items()))
 
 
-def absolute_paths(table: pd.DataFrame) -> list[str]:
-    """Absolute file paths of a manifest's rows (strings: a tenth of a ``Path``'s memory)."""
-    return [os.path.join(root, rel) for root, rel in zip(table["root"], table["path"], strict=True)]
+def _recorded_root(root: Path, table_dir: Path) -> str:
+    """The ``root`` a manifest records: relative to the manifest's own folder when the dataset
+    lies inside it (a run's copy of an S3 snapshot, so the run directory can move: a mirror on
+    another worker), else absolute."""
+    return os.path.relpath(root, table_dir) if root.is_relative_to(table_dir) else str(root)
+
+
+def absolute_paths(table: pd.DataFrame, table_dir: Path) -> list[str]:
+    """Absolute file paths of a manifest's (or splits table's) rows; relative roots are
+    relative to ``table_dir``, the folder of the table file (strings: a tenth of a ``Path``'s
+    memory)."""
+    base = str(Path(table_dir).resolve())
+    return [os.path.join(base, root, rel)
+            for root, rel in zip(table["root"], table["path"], strict=True)]  # fmt: skip
 
 
 def read_rows(path: Path, columns: list[str]) -> pd.DataFrame:

@@ -65,7 +65,7 @@ def validate(
     manifest = pd.read_parquet(manifest_path)
     ignored = ignored_by_extension(manifest)
     manifest = manifest[~manifest["ignored"]].drop(columns="ignored").reset_index(drop=True)
-    checked = with_row_checks(manifest, recipe, workers)
+    checked = with_row_checks(manifest, Path(manifest_path).parent, recipe, workers)
     with publish_dir(files.root) as staging:  # the folder appears whole, or not at all
         context = _gx_context(ValidationFiles(staging).data_docs)
         reasons, row_results = quarantine_reasons(checked, recipe.data, context)
@@ -116,10 +116,12 @@ def validate(
 _CHECK_COLUMNS = ["decodable", "short_side", "long_side", "label_conflict"]
 
 
-def with_row_checks(manifest: pd.DataFrame, recipe: Recipe, workers: int) -> pd.DataFrame:
+def with_row_checks(
+    manifest: pd.DataFrame, manifest_dir: Path, recipe: Recipe, workers: int
+) -> pd.DataFrame:
     """The manifest plus what the row expectations look at (decodes, sides, label conflicts)
     and each image's near-duplicate signature (``thumbnail``, for the split)."""
-    decoded = _decode_and_hash(manifest, recipe, workers)
+    decoded = _decode_and_hash(manifest, manifest_dir, recipe, workers)
     labels_per_hash = manifest[manifest["sha256"] != ""].groupby("sha256")["label"].nunique()
     width = [w or d.width for w, d in zip(manifest["width"], decoded, strict=True)]
     height = [h or d.height for h, d in zip(manifest["height"], decoded, strict=True)]
@@ -218,7 +220,9 @@ class _Decoded:
     height: int = 0
 
 
-def _decode_and_hash(manifest: pd.DataFrame, recipe: Recipe, workers: int) -> list[_Decoded]:
+def _decode_and_hash(
+    manifest: pd.DataFrame, manifest_dir: Path, recipe: Recipe, workers: int
+) -> list[_Decoded]:
     """Decode every row's image (its frame); its near-duplicate signature and decoded size, or
     why it does not decode.
 
@@ -242,8 +246,9 @@ def _decode_and_hash(manifest: pd.DataFrame, recipe: Recipe, workers: int) -> li
             return _Decoded(error=str(err) or "file does not decode as an image")
         return _Decoded(thumbnail(image), "", image.shape[1], image.shape[0])
 
-    checks = zip(absolute_paths(manifest), manifest["path"], frames_of(manifest), declared,
-                 manifest["issue"], strict=True)  # fmt: skip
+    paths = absolute_paths(manifest, manifest_dir)
+    checks = zip(paths, manifest["path"], frames_of(manifest), declared, manifest["issue"],
+                 strict=True)  # fmt: skip
     return parallel_map(check, checks, total=len(manifest), desc="validate", unit="img",
                         workers=workers)  # fmt: skip
 

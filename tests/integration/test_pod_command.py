@@ -16,6 +16,7 @@ from medml import pipeline
 from medml.data.sources import s3_client
 from medml.errors import RunError
 from medml.k8s import fold_pod_manifest
+from medml.layout import StepFiles
 from medml.run_store import open_run_dir
 from tests.conftest import TINY, venv_env
 
@@ -72,7 +73,7 @@ def test_pod_command_trains_a_fold_from_an_s3_run_dir(
 def test_missing_remote_input_names_the_path(s3_env: str) -> None:
     s3_client().create_bucket(Bucket="empty-runs")
     with pytest.raises(RunError, match=r"s3://empty-runs/r1/run.json is missing"):
-        with open_run_dir("s3://empty-runs/r1/", needs=["run.json"], produces=[]):
+        with open_run_dir("s3://empty-runs/r1/", StepFiles(needs=("run.json",), produces=())):
             pass
 
 

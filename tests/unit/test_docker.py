@@ -81,3 +81,41 @@ def test_helm_values_match_the_images_the_lock_and_medml() -> None:
     for name in ("values-kubernetes-executor.yaml", "values-celery-executor.yaml"):
         executors[name] = yaml.safe_load((helm / name).read_text())["executor"]
     assert sorted(executors.values()) == ["CeleryExecutor", "KubernetesExecutor"]
+
+
+def test_celery_topology_is_the_one_the_deployment_test_runs() -> None:
+    """Compose's Celery overlay and the Helm Celery values describe what
+    tests/deploy/test_celery_deployment.py runs: Redis broker, two workers with their own
+    MEDML_HOME, run directories on S3 (MEDML_RUN_ROOT), an MLflow tracking server."""
+    overlay = yaml.safe_load((DOCKER / "compose.celery.yaml").read_text())
+    services = overlay["services"]
+    workers = {name: s for name, s in services.items() if "celery" in s.get("command", [])}
+    assert len(workers) == 2 and "redis" in services
+    homes = set()
+    for worker in workers.values():
+        env = worker["environment"]
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+        assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://redis:")
+        assert env["MEDML_RUN_ROOT"].startswith("s3://")
+        assert env["MLFLOW_TRACKING_URI"].startswith("http://mlflow:")
+        homes |= {v.split(":")[0] for v in worker["volumes"] if v.endswith(env["MEDML_HOME"])}
+    assert len(homes) == 2  # nothing shared between the workers but S3 and MLflow
+    base = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]
+    for name in ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor"):
+        assert name in base and services[name]["environment"]["AIRFLOW__CORE__EXECUTOR"] == (
+            "CeleryExecutor"
+        )
+    assert "--artifacts-destination=s3://medml-mlflow/artifacts" in base["mlflow"]["command"]
+
+    celery = yaml.safe_load((REPO_ROOT / "deploy" / "helm" / "values-celery-executor.yaml")
+                            .read_text())  # fmt: skip
+    assert celery["executor"] == "CeleryExecutor" and celery["redis"]["enabled"]
+    assert celery["workers"]["replicas"] == 2
+    env = {item["name"]: item["value"] for item in celery["env"]}
+    assert env["MEDML_RUN_ROOT"].startswith("s3://")
+    common = yaml.safe_load((REPO_ROOT / "deploy" / "helm" / "values-common.yaml").read_text())
+    assert {item["name"] for item in common["env"]} <= set(env)  # Helm replaces the list
+    assert all("emptyDir" in volume for volume in celery["workers"]["extraVolumes"])
+    test = (REPO_ROOT / "tests" / "deploy" / "test_celery_deployment.py").read_text()
+    assert all(f'"{key}"' in test for key in ("MEDML_RUN_ROOT", "AIRFLOW__CELERY__BROKER_URL",
+                                              "MLFLOW_TRACKING_URI"))  # fmt: skip

@@ -1,0 +1,80 @@
+"""A run whose every step runs on another worker: the workers share nothing but S3.
+
+With ``$MEDML_RUN_ROOT=s3://…`` each run directory lives on S3 and each step works on a mirror
+in its own worker's ``MEDML_HOME``: it downloads what it reads and uploads what it writes
+(:func:`medml.layout.step_files`). Here the steps alternate between two homes, against a real
+S3 server (moto over HTTP); the Celery deployment test does the same with real workers.
+"""
+
+from __future__ import annotations
+
+from itertools import cycle
+from pathlib import Path
+
+import pytest
+
+from medml import pipeline
+from medml.data.sources import s3_client
+from medml.tracking import Tracking
+from tests.conftest import TINY, upload_tree
+
+pytestmark = pytest.mark.integration
+
+
+def _keys(bucket: str) -> set[str]:
+    pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return {obj["Key"] for page in pages for obj in page.get("Contents", [])}
+
+
+def test_every_step_on_another_worker_sharing_only_s3(
+    s3_env: str, phantom_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upload_tree(phantom_dir, "medml-data", "kidney-ct/2026-01-05")
+    s3_client().create_bucket(Bucket="medml-shared-runs")
+    monkeypatch.setenv("MEDML_RUN_ROOT", "s3://medml-shared-runs/runs/")
+    homes = cycle([tmp_path / "worker-a", tmp_path / "worker-b"])
+
+    def next_worker() -> None:
+        monkeypatch.setenv("MEDML_HOME", str(next(homes)))
+
+    # one tracking server stands for `mlflow server`: every worker logs to the same store
+    tracking = Tracking(uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                        artifact_root=(tmp_path / "artifacts").as_uri())  # fmt: skip
+    run_dir = pipeline.new_run_dir("medml_retrain", "2026-01-05", "manual__1")
+    assert run_dir == "s3://medml-shared-runs/runs/2026-01-05/manual__1/"
+    next_worker()
+    ctx = pipeline.init_run(run_dir, "s3://medml-data/kidney-ct/2026-01-05/", "kidney-ct",
+                            overrides=TINY, logical_date="2026-01-05")  # fmt: skip
+    assert ctx.location == run_dir
+    for step in (pipeline.step_ingest, pipeline.step_validate, pipeline.step_split,
+                 pipeline.step_preprocess):  # fmt: skip
+        next_worker()
+        step(run_dir)
+    for fold in ctx.folds:
+        next_worker()
+        pipeline.step_train(run_dir, fold, tracking)
+    next_worker()
+    assert pipeline.step_collect_folds(run_dir)["uri"] == run_dir  # already on S3
+    evaluation = pipeline.step_evaluate(run_dir, tracking)
+    next_worker()
+    registration = pipeline.step_register(run_dir, tracking)
+    next_worker()
+    summary = pipeline.write_run_summary(run_dir).read_text()
+
+    assert 0.0 <= evaluation["balanced_accuracy"] <= 1.0
+    assert registration["version"] == "1"
+    assert f"run directory: {run_dir}" in summary
+    run = "runs/2026-01-05/manual__1/"
+    expected = ["run.json", "manifest.parquet", "validation/validation.json", "splits.parquet",
+                "shards/meta.json", "folds/fold_0/model.keras", "folds/fold_1/model.keras",
+                "evaluation/metrics.json", "registry/registration.json", "summary.txt"]  # fmt: skip
+    keys = _keys("medml-shared-runs")
+    assert {run + name for name in expected} <= keys
+    assert not any("/source/" in key for key in keys)  # the snapshot is read from its source
+    # the manifest's dataset root is relative to the run, so any worker's mirror resolves it
+    import pandas as pd
+
+    mirror = tmp_path / "worker-a" / "run-mirrors" / "medml-shared-runs" / run.rstrip("/")
+    assert set(pd.read_parquet(mirror / "splits.parquet")["root"]) == {"source"}
+    version = tracking.activate().get_model_version(registration["model_name"], "1")
+    assert version.tags["run_dir"] == run_dir
