@@ -22,6 +22,7 @@ cache if you garbage-collect).
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,49 @@ def dvc_md5(path: Path) -> str:
     scratch = get_odb(fs, str(default_cache_dir() / "files" / "md5"))
     _, _, obj = build(scratch, str(path), fs, "md5", dry_run=True)
     return str(obj.hash_info.value)
+
+
+def directory_md5(root: Path, known: dict[str, str]) -> str:
+    """:func:`dvc_md5` of directory ``root``, from file md5s already computed.
+
+    ``known`` maps paths relative to ``root`` (POSIX) to the md5 of their bytes (ingest reads
+    each file once for both its sha256 and this); files not in it are read here. The listing
+    is built exactly as DVC builds a ``.dir`` object. A tree holding anything but directories
+    and regular files (links, sockets, …) is left to DVC itself.
+    """
+    import hashlib
+    import json
+
+    root = Path(root)
+    entries = []
+    for folder, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            path = os.path.join(folder, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode) or not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                return dvc_md5(root)
+        for name in files:
+            rel = Path(folder, name).relative_to(root).as_posix()
+            try:
+                md5 = known.get(rel) or _file_md5(Path(folder, name))
+            except OSError:  # unreadable: DVC says what it says of it
+                return dvc_md5(root)
+            entries.append({"md5": md5, "relpath": rel})
+    if not entries:
+        return dvc_md5(root)
+    entries.sort(key=lambda entry: entry["relpath"])
+    listing = json.dumps(entries, sort_keys=True).encode("utf-8")
+    return f"{hashlib.md5(listing).hexdigest()}.dir"
+
+
+def _file_md5(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class DvcCache:

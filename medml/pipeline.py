@@ -238,8 +238,8 @@ def step_ingest(run_dir: Path | str) -> dict[str, Any]:
 
 
 def _ingest(ctx: RunContext) -> dict[str, Any]:
-    from medml.data.ingest import ingest
-    from medml.dvc_cache import dvc_md5
+    from medml.data.ingest import ingest, read_rows
+    from medml.dvc_cache import directory_md5
 
     source = Path(ctx.source)
     fetched: dict[str, Any] = {}
@@ -248,7 +248,9 @@ def _ingest(ctx: RunContext) -> dict[str, Any]:
         source = fetch.local_dir
         fetched = {"downloaded": fetch.downloaded, "already_present": fetch.skipped}
     result = ingest(source, ctx.layout.manifest, ctx.recipe)
-    snapshot = {"source": ctx.source, "dvc_md5": dvc_md5(source)}
+    hashed = read_rows(result.manifest, ["path", "md5"])
+    known = dict(zip(hashed["path"], hashed["md5"], strict=True))
+    snapshot = {"source": ctx.source, "dvc_md5": directory_md5(source, known)}
     write_json(ctx.layout.snapshot_json, snapshot)
     return {
         **fetched,

@@ -38,7 +38,7 @@ from medml.errors import MedmlError
 from medml.io import atomic_path, medml_home, parallel_map
 
 MANIFEST_COLUMNS = [
-    "path", "root", "label", "group", "group_source", "sha256", "bytes", "width", "height",
+    "path", "root", "label", "group", "group_source", "sha256", "md5", "bytes", "width", "height",
     "channels", "frame", "frames", "source_split", "issue", "ignored",
 ]  # fmt: skip
 PSEUDONYM_KEY_ENV = "MEDML_PSEUDONYM_KEY"
@@ -244,26 +244,37 @@ def _group_of(path: str, header: object, groups: dict[str, str]) -> tuple[str, s
 
 
 def _no_facts(issue: str) -> dict[str, object]:
-    return {"sha256": "", "bytes": 0, "width": 0, "height": 0, "channels": 0, "issue": issue}
+    return {
+        "sha256": "",
+        "md5": "",
+        "bytes": 0,
+        "width": 0,
+        "height": 0,
+        "channels": 0,
+        "issue": issue,
+    }
 
 
 def _file_facts(path: Path, tags: list[str]) -> dict[str, object]:
-    """Hash, size and header of one file (opened once); ``issue`` says why it must not be
-    decoded."""
-    digest = hashlib.sha256()
+    """Hashes, size and header of one file (read once: sha256 for medml, md5 for DVC's
+    snapshot hash); ``issue`` says why it must not be decoded."""
+    digest, md5 = hashlib.sha256(), hashlib.md5()
     size = 0
     try:
         with os.fdopen(open_regular_file(path), "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
+                md5.update(chunk)
                 size += len(chunk)
             try:
                 header = header_of(handle, str(path), tags=tags)
             except ValueError as err:
                 return {**_no_facts(str(err).replace(f"{path}", "the file")),
-                        "sha256": digest.hexdigest(), "bytes": size}  # fmt: skip
+                        "sha256": digest.hexdigest(), "md5": md5.hexdigest(),
+                        "bytes": size}  # fmt: skip
     except (ValueError, OSError) as err:
         return _no_facts(str(err).replace(f"{path}", "the file") or "file cannot be read")
-    return {"sha256": digest.hexdigest(), "bytes": size, "width": header.width,
+    return {"sha256": digest.hexdigest(), "md5": md5.hexdigest(), "bytes": size,
+            "width": header.width,
             "height": header.height, "channels": header.channels, "issue": "",
             "header": header}  # fmt: skip

@@ -47,3 +47,32 @@ def test_empty_source_is_a_clear_error(tmp_path: Path, tiny_recipe: Recipe) -> N
     with pytest.raises(IngestError, match="no images"):
         ingest(tmp_path / "ds", tmp_path / "m.parquet", tiny_recipe)
     assert not (tmp_path / "m.parquet").exists()
+
+
+@pytest.mark.parametrize(
+    ("recipe", "layout"),
+    [("kidney-ct", "class_folders"), ("kidney-ct", "dicom"), ("capsule-endoscopy", "csv"),
+     ("chest-xray", "split_folders")],
+)  # fmt: skip
+def test_one_read_gives_dvcs_own_snapshot_hash(recipe: str, layout: str, tmp_path: Path) -> None:
+    """Ingest reads each file once for sha256 and md5; the snapshot hash built from those md5s
+    is the one DVC computes itself, extra files (not images, hidden, nested) included."""
+    import os
+
+    from medml.config import load_recipe
+    from medml.data.synthetic import synthesize
+    from medml.dvc_cache import directory_md5, dvc_md5
+
+    source = tmp_path / "data"
+    synthesize(recipe, source, layout=layout, n=200, seed=1, image_size=32)
+    (source / ".hidden").write_text("x")
+    (source / "notes" / "deep").mkdir(parents=True)
+    (source / "notes" / "deep" / "README.txt").write_text("not an image")
+    manifest = ingest(source, tmp_path / "manifest.parquet", load_recipe(recipe)).manifest
+    table = pd.read_parquet(manifest, columns=["path", "md5", "ignored"])
+    known = dict(zip(table["path"], table["md5"], strict=True))
+    assert sum(bool(v) for v in known.values()) >= 24
+    assert directory_md5(source, known) == dvc_md5(source)
+    assert directory_md5(source, {}) == dvc_md5(source)  # nothing known: every file read here
+    os.symlink(source / ".hidden", source / "link")  # a link: left to DVC itself
+    assert directory_md5(source, known) == dvc_md5(source)
