@@ -13,7 +13,7 @@ the data path and memory, not accuracy). Prints a table and the ratio of
 ingest + validate + split to preprocess (issue 17's target: ≤ 1).
 
     .venv/bin/python benchmarks/end_to_end.py [--dataset kidney-ct] [--n N] [--epochs 1]
-        [--cache ~/.cache/medml-bench]
+        [--cache ~/.cache/medml-bench] [--until preprocess]
 """
 
 from __future__ import annotations
@@ -63,6 +63,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, help="images (default: the real dataset's count)")
     parser.add_argument("--side", type=int, help="image side (default: the real dataset's)")
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument(
+        "--until",
+        choices=STEPS,
+        default=STEPS[-1],
+        help="last step to run (e.g. preprocess: the data steps only)",
+    )
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "medml-bench")
     args = parser.parse_args()
     n, side = args.n or SIZES[args.dataset][0], args.side or SIZES[args.dataset][1]
@@ -79,7 +85,7 @@ def main() -> None:
               f"epochs: {args.epochs}")  # fmt: skip
         print(f"{'step':<12}{'seconds':>9}{'images/s':>10}{'peak RSS MB':>13}")
         seconds = {}
-        for step in STEPS:
+        for step in STEPS[: STEPS.index(args.until) + 1]:
             seconds[step], peak = timed([MEDML, step, "--run-dir", str(run)], env)
             print(f"{step:<12}{seconds[step]:>9.1f}{n / seconds[step]:>10.0f}{peak:>13.0f}",
                   flush=True)  # fmt: skip

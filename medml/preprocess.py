@@ -13,6 +13,7 @@ Output layout (deterministic bytes for the same inputs and settings, so DVC cach
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -364,8 +365,18 @@ class ShardRows:
 
     def _array(self, shard: int) -> np.ndarray:
         if shard not in self._arrays:  # a dict insert is atomic: concurrent readers are fine
-            self._arrays[shard] = np.load(self._files[shard], mmap_mode="r")
+            path = self._files[shard]
+            identity = path.stat()
+            self._arrays[shard] = _mapped(str(path), identity.st_ino, identity.st_mtime_ns)
         return self._arrays[shard]
+
+
+@functools.lru_cache(maxsize=1024)
+def _mapped(path: str, inode: int, mtime_ns: int) -> np.ndarray:
+    """One memory map per shard file per process (keyed by its identity, so a re-published
+    file is mapped anew): the training and validation rows of every fold read the same
+    pages, which a process's RSS then counts once, not once per fold and part."""
+    return np.load(path, mmap_mode="r")
 
 
 def load_images(shards_dir: Path, rows: pd.DataFrame) -> np.ndarray:
