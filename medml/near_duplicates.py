@@ -74,18 +74,17 @@ def similar_pairs(
         rows = np.arange(len(sims))
         if right is None:
             sims[rows, start + rows] = -np.inf
-        if neighbours and neighbours < sims.shape[1]:
-            keep = np.argpartition(-sims, neighbours, axis=1)[:, :neighbours]
-            values = np.take_along_axis(sims, keep, axis=1)
-            hit = values >= similarity
-            found_i.append(np.broadcast_to(start + rows[:, None], keep.shape)[hit])
-            found_j.append(keep[hit])
-            found_s.append(values[hit])
-        else:
-            i, j = np.nonzero(sims >= similarity)
-            found_i.append(start + i)
-            found_j.append(j)
-            found_s.append(sims[i, j])
+        i, j = np.nonzero(sims >= similarity)  # few: one pass, no sort of whole rows
+        values = sims[i, j]
+        if neighbours and len(i):  # each row's `neighbours` most similar of its hits
+            order = np.lexsort((-values, i))
+            i, j, values = i[order], j[order], values[order]
+            first_of_row = np.searchsorted(i, i, side="left")
+            keep = np.arange(len(i)) - first_of_row < neighbours
+            i, j, values = i[keep], j[keep], values[keep]
+        found_i.append(start + i)
+        found_j.append(j)
+        found_s.append(values)
     if not found_i:
         empty = np.zeros(0, np.int64)
         return empty, empty, np.zeros(0, np.float32)
