@@ -8,7 +8,9 @@ filled by the ``@BALANCERS.register`` planners below):
 - ``undersample`` / ``oversample``: imbalanced-learn's RandomUnderSampler / RandomOverSampler.
   They resample *row indices*, so images are gathered once, after resampling;
 - ``augment_oversample``: top minority classes up to the majority count with randomly
-  augmented copies (:class:`AugmentOversampler`);
+  augmented copies, each augmented when its batch is read
+  (:class:`StreamingAugmentOversampler`, O(batch) memory; :class:`AugmentOversampler` makes
+  them all in memory, the reference);
 - ``smote``: SMOTE, as seed 000 does, streamed from the shards (:class:`StreamingSMOTE`):
   planned on small projections, each synthetic image made when its batch is read (O(batch)
   memory); :class:`PixelSMOTE` is imbalanced-learn's in-memory SMOTE, the reference;
@@ -84,30 +86,104 @@ class AugmentOversampler:
         Raises:
             ValueError: ``X`` is not a batch of images or does not match ``y``.
         """
-        from medml.augment import RandAugment, copy_sources
+        from medml.augment import RandAugment
 
         X, y = _check_images(X, y)
         seed = 0 if self.random_state is None else int(self.random_state)
-        rng = np.random.default_rng(seed)
         config = self.augment or AugmentConfig()
         augmenter = RandAugment(config, seed=seed)
-        classes, counts = np.unique(y, return_counts=True)
-        target = counts.max()
-        self.sampling_strategy_ = {
-            int(c): int(target - n) for c, n in zip(classes, counts, strict=True)
-        }
+        self.sampling_strategy_, sources, labels = _plan_copies(y, config, seed)
         new_x, new_y = [X], [y]
-        for cls, missing in self.sampling_strategy_.items():
-            if missing == 0:
-                continue
-            sources = copy_sources(np.flatnonzero(y == cls), missing, rng,
-                                   replace=config.sources == "with_replacement")  # fmt: skip
-            for start in range(0, missing, self.batch_size):
-                chosen = sources[start : start + self.batch_size]
-                augmented = np.asarray(augmenter(X[chosen]))
-                new_x.append(np.rint(augmented).astype(X.dtype))
-                new_y.append(np.full(len(chosen), cls, dtype=y.dtype))
+        for start in range(0, len(sources), self.batch_size):
+            chosen = sources[start : start + self.batch_size]
+            augmented = np.asarray(augmenter(X[chosen]))
+            new_x.append(np.rint(augmented).astype(X.dtype))
+            new_y.append(labels[start : start + self.batch_size].astype(y.dtype))
         return np.concatenate(new_x), np.concatenate(new_y)
+
+
+class StreamingAugmentOversampler:
+    """Augmentation oversampling in O(batch) memory: copies planned on the labels, each
+    augmented when its batch is read.
+
+    :meth:`fit` chooses the original every copy is made from exactly as
+    :class:`AugmentOversampler` does (same seed, same sources); :meth:`rows` returns the
+    originals followed by the copies' source images (:class:`CopiedRows`), and the input
+    pipeline passes only the copies through ``augment`` as each batch is read
+    (:func:`medml.train.make_dataset`). Nothing is held but one source index per copy; unlike
+    the in-memory sampler, a copy is augmented afresh every epoch.
+
+    Args:
+        augment: the augmentations the copies get.
+        random_state: seed for choosing the copies' sources.
+    """
+
+    def __init__(
+        self, *, augment: AugmentConfig | None = None, random_state: int | None = None
+    ) -> None:
+        self.augment = augment
+        self.random_state = random_state
+
+    def fit(self, rows: Rows, y: np.ndarray) -> StreamingAugmentOversampler:
+        """Plan the copies (no image is read).
+
+        Raises:
+            BalanceError: ``y`` does not match ``rows``.
+        """
+        y = np.asarray(y, dtype=np.int64)
+        if len(y) != len(rows):
+            raise BalanceError(f"{len(rows)} images but {len(y)} labels")
+        seed = 0 if self.random_state is None else int(self.random_state)
+        self.sampling_strategy_, self.sources_, labels = _plan_copies(
+            y, self.augment or AugmentConfig(), seed
+        )
+        self.y_ = np.concatenate([y, labels])
+        return self
+
+    def rows(self, originals: Rows) -> CopiedRows:
+        """The originals followed by the planned copies (their sources; augmented on read)."""
+        return CopiedRows(originals, self.sources_)
+
+
+def _plan_copies(
+    y: np.ndarray, config: AugmentConfig, seed: int
+) -> tuple[dict[int, int], np.ndarray, np.ndarray]:
+    """Copies per class (up to the majority), each copy's source and its class."""
+    from medml.augment import copy_sources
+
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(y, return_counts=True)
+    target = counts.max()
+    strategy = {int(c): int(target - n) for c, n in zip(classes, counts, strict=True)}
+    sources, labels = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for cls, missing in strategy.items():
+        if missing:
+            sources.append(copy_sources(np.flatnonzero(y == cls), missing, rng,
+                                        replace=config.sources == "with_replacement"))  # fmt: skip
+            labels.append(np.full(missing, cls, dtype=np.int64))
+    return strategy, np.concatenate(sources).astype(np.int64), np.concatenate(labels)
+
+
+class CopiedRows:
+    """Originals, then copies of some of them: position ``copies_from + i`` reads the original
+    ``sources[i]`` (the input pipeline augments it)."""
+
+    def __init__(self, originals: Rows, sources: np.ndarray) -> None:
+        self.originals = originals
+        self.image_shape = originals.image_shape
+        self.copies_from = len(originals)
+        self._sources = np.asarray(sources, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self.copies_from + len(self._sources)
+
+    def gather(self, positions: np.ndarray) -> np.ndarray:
+        """The uint8 images at ``positions`` (a copy: its source, not yet augmented)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        copied = positions >= self.copies_from
+        sources = np.where(copied, self._sources[np.where(copied, positions - self.copies_from,
+                                                          0)], positions)  # fmt: skip
+        return self.originals.gather(sources)
 
 
 class PixelSMOTE:
@@ -330,14 +406,15 @@ class BalancePlan:
         class_weight: loss weights, or ``None``.
         array_sampler: a sampler to run on the loaded images (``fit_resample``), or ``None``.
         rows_sampler: a sampler fitted on the fold's rows without loading them, whose
-            ``rows(originals)`` adds images made on read (:class:`StreamingSMOTE`), or ``None``.
+            ``rows(originals)`` adds images made on read (:class:`StreamingSMOTE`,
+            :class:`StreamingAugmentOversampler`), or ``None``.
         balanced_batches: draw class-balanced batches in the input pipeline.
     """
 
     indices: np.ndarray
     class_weight: dict[int, float] | None = None
     array_sampler: Any | None = None
-    rows_sampler: StreamingSMOTE | None = None
+    rows_sampler: StreamingSMOTE | StreamingAugmentOversampler | None = None
     balanced_batches: bool = False
 
 
@@ -401,10 +478,10 @@ def plan_oversample(y: np.ndarray, n_classes: int, cfg: TrainConfig, seed: int) 
 def plan_augment_oversample(
     y: np.ndarray, n_classes: int, cfg: TrainConfig, seed: int
 ) -> BalancePlan:
-    """Top minority classes up with augmented copies (:class:`AugmentOversampler`)."""
-    return BalancePlan(
-        _all_rows(y), array_sampler=AugmentOversampler(augment=cfg.augment, random_state=seed)
-    )
+    """Top minority classes up with augmented copies, each augmented as its batch is read
+    (:class:`StreamingAugmentOversampler`): O(batch) memory."""
+    sampler = StreamingAugmentOversampler(augment=cfg.augment, random_state=seed)
+    return BalancePlan(_all_rows(y), rows_sampler=sampler)
 
 
 @BALANCERS.register("smote")

@@ -74,17 +74,20 @@ def similar_pairs(
         rows = np.arange(len(sims))
         if right is None:
             sims[rows, start + rows] = -np.inf
-        i, j = np.nonzero(sims >= similarity)  # few: one pass, no sort of whole rows
-        values = sims[i, j]
-        if neighbours and len(i):  # each row's `neighbours` most similar of its hits
-            order = np.lexsort((-values, i))
-            i, j, values = i[order], j[order], values[order]
-            first_of_row = np.searchsorted(i, i, side="left")
-            keep = np.arange(len(i)) - first_of_row < neighbours
-            i, j, values = i[keep], j[keep], values[keep]
+        hits = sims >= similarity
+        if neighbours:  # rows with more hits than that: their `neighbours` most similar
+            crowded = np.flatnonzero(hits.sum(axis=1) > neighbours)
+            if len(crowded):
+                keep = np.argpartition(-sims[crowded], neighbours, axis=1)[:, :neighbours]
+                values = np.take_along_axis(sims[crowded], keep, axis=1)
+                found_i.append(np.repeat(start + crowded, neighbours))
+                found_j.append(keep.ravel())
+                found_s.append(values.ravel())
+                hits[crowded] = False
+        i, j = np.nonzero(hits)  # the other rows: every hit (few), without sorting rows
         found_i.append(start + i)
         found_j.append(j)
-        found_s.append(values)
+        found_s.append(sims[i, j])
     if not found_i:
         empty = np.zeros(0, np.int64)
         return empty, empty, np.zeros(0, np.float32)

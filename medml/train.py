@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from medml.augment import RandAugment
-from medml.balance import BalancePlan, SyntheticRows, plan_balance
+from medml.balance import BalancePlan, CopiedRows, SyntheticRows, plan_balance
 from medml.config import Recipe, TrainConfig
 from medml.errors import RunError
 from medml.io import publish_dir, write_json
@@ -115,6 +115,7 @@ def make_dataset(
     seed: int = 0,
     balanced_batches: bool = False,
     augment: RandAugment | None = None,
+    augment_copies: RandAugment | None = None,
     one_hot: int | None = None,
 ) -> Any:
     """A tf.data pipeline of uint8 image batches, read from the shards or from an array.
@@ -125,7 +126,9 @@ def make_dataset(
     :class:`~medml.preprocess.ShardRows` the images stay in the memory-mapped shards, so memory
     is O(batch) whatever the dataset size. ``augment`` runs per batch in parallel; evaluation
     batches are cached after the first epoch; the order is deterministic for a given seed;
-    ``one_hot=n`` yields one-hot labels (for label smoothing).
+    ``one_hot=n`` yields one-hot labels (for label smoothing). With
+    :class:`~medml.balance.CopiedRows` (augmentation oversampling), ``augment_copies`` runs on
+    the copies of each training batch only, before ``augment``.
     """
     import tensorflow as tf
 
@@ -145,20 +148,29 @@ def make_dataset(
         data = tf.data.Dataset.from_tensor_slices(positions)
         if training:
             data = data.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    if isinstance(images, ShardRows | SyntheticRows):
+    if isinstance(images, ShardRows | SyntheticRows | CopiedRows):
         gather, shape = images.gather, images.image_shape
     else:
         gather, shape = images.__getitem__, images.shape[1:]
 
-    def fetch(batch: Any) -> tuple[Any, Any]:
+    copies_from = getattr(images, "copies_from", None)
+    with_copies = training and copies_from is not None and augment_copies is not None
+
+    def fetch(batch: Any) -> tuple[Any, ...]:
         x, y = tf.numpy_function(
             lambda p: (gather(p), labels[p]), [batch], (tf.uint8, tf.int64), stateful=False
         )
         x.set_shape((None, *shape))
         y.set_shape((None,))
-        return x, y
+        return (x, y, batch) if with_copies else (x, y)
+
+    def augment_the_copies(x: Any, y: Any, positions: Any) -> tuple[Any, Any]:
+        made = tf.cast(tf.clip_by_value(tf.round(augment_copies(x)), 0, 255), tf.uint8)
+        return tf.where(tf.reshape(positions >= copies_from, (-1, 1, 1, 1)), made, x), y
 
     data = data.batch(batch_size).map(fetch, num_parallel_calls=autotune)
+    if with_copies:
+        data = data.map(augment_the_copies, num_parallel_calls=autotune)
     if training and augment is not None and augment.enabled:
         data = data.map(lambda x, y: (augment(x), y), num_parallel_calls=autotune)
     if one_hot is not None:
@@ -183,7 +195,7 @@ class FoldData:
         plan: how the training part was balanced.
     """
 
-    x_train: np.ndarray | ShardRows | SyntheticRows
+    x_train: np.ndarray | ShardRows | SyntheticRows | CopiedRows
     y_train: np.ndarray
     x_val: ShardRows
     y_val: np.ndarray
@@ -203,9 +215,10 @@ def load_fold_data(shards_dir: Path, fold: int, recipe: Recipe) -> FoldData:
     )
     train_rows = train_rows.iloc[plan.indices]
     y_train = train_rows["label_index"].to_numpy(dtype=np.int64)
-    # Rows stay in the memory-mapped shards unless a sampler needs the pixels (SMOTE,
-    # augmentation oversampling): then this fold's training images are loaded and resampled.
-    x_train: np.ndarray | ShardRows | SyntheticRows = ShardRows(shards_dir, train_rows)
+    # Rows stay in the memory-mapped shards; the streaming samplers (SMOTE, augmentation
+    # oversampling) add images made per batch. Only an array sampler (a custom strategy's
+    # fit_resample) loads this fold's training images.
+    x_train: np.ndarray | ShardRows | SyntheticRows | CopiedRows = ShardRows(shards_dir, train_rows)
     if plan.rows_sampler is not None:  # synthetic images made per batch, never all in memory
         x_train = plan.rows_sampler.fit(x_train, y_train).rows(x_train)
         y_train = plan.rows_sampler.y_
@@ -352,9 +365,11 @@ def fit(
         callbacks.append(mlflow.keras.MlflowCallback())
     one_hot = n_classes if cfg.label_smoothing > 0 else None
     augment = RandAugment(cfg.augment, seed=seed) if cfg.augment_in_training else None
+    copied = isinstance(data.x_train, CopiedRows)
+    copies = RandAugment(cfg.augment, seed=seed + 1) if copied else None
     train_data = make_dataset(
         data.x_train, data.y_train, batch_size=batch_size, training=True, seed=seed,
-        balanced_batches=balanced, augment=augment, one_hot=one_hot,
+        balanced_batches=balanced, augment=augment, augment_copies=copies, one_hot=one_hot,
     )  # fmt: skip
     val_data = make_dataset(
         data.x_val, data.y_val, batch_size=batch_size, training=False, one_hot=one_hot

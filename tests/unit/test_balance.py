@@ -8,6 +8,7 @@ import pytest
 from medml.balance import (
     AugmentOversampler,
     PixelSMOTE,
+    StreamingAugmentOversampler,
     StreamingSMOTE,
     inverse_frequency_weights,
     plan_balance,
@@ -92,7 +93,36 @@ def test_plan_uses_the_streaming_and_array_samplers() -> None:
     smote = plan_balance(Y, 3, TrainConfig(balance="smote"), seed=0)
     assert isinstance(smote.rows_sampler, StreamingSMOTE) and smote.array_sampler is None
     augment = plan_balance(Y, 3, TrainConfig(balance="augment_oversample"), seed=0)
-    assert isinstance(augment.array_sampler, AugmentOversampler)
+    assert isinstance(augment.rows_sampler, StreamingAugmentOversampler)
+    assert augment.array_sampler is None
+
+
+def test_streaming_augment_oversample_plans_what_the_in_memory_one_makes() -> None:
+    """Same copies (sources and labels) as AugmentOversampler; no image read when fitting;
+    in the input pipeline only the copies are augmented, originals come out unchanged."""
+    from medml.augment import RandAugment
+    from medml.train import make_dataset
+
+    x = _images(Y)
+    rows = _CountingRows(x)
+    streaming = StreamingAugmentOversampler(augment=AugmentConfig(), random_state=0).fit(rows, Y)
+    _, y_memory = AugmentOversampler(augment=AugmentConfig(), random_state=0).fit_resample(x, Y)
+    assert rows.largest_read == 0  # planned on the labels alone
+    np.testing.assert_array_equal(streaming.y_, y_memory)
+    assert streaming.sampling_strategy_ == {0: 0, 1: 30, 2: 50}
+    copied = streaming.rows(rows)
+    assert len(copied) == 180 and copied.copies_from == len(x)
+    sources = streaming.sources_
+    assert all(Y[s] == label for s, label in zip(sources, streaming.y_[len(x) :], strict=True))
+    np.testing.assert_array_equal(copied.gather(np.array([0, 99, 100])), x[[0, 99, sources[0]]])
+
+    data = make_dataset(copied, streaming.y_, batch_size=32, training=True, seed=0,
+                        augment_copies=RandAugment(AugmentConfig(), seed=1))  # fmt: skip
+    assert rows.largest_read <= 32  # one batch at a time
+    seen = {tuple(img.ravel()) for xb, _ in data for img in np.asarray(xb)}
+    originals = {tuple(img.ravel()) for img in x}
+    assert originals <= seen  # every original, untouched
+    assert len(seen - originals) > 0.9 * 80  # the 80 copies come out augmented
 
 
 def test_unknown_strategy_suggests_the_closest_name() -> None:
