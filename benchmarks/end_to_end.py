@@ -12,8 +12,14 @@ Each step runs as its own ``medml`` process (``init``, ``ingest``, ``validate``,
 the data path and memory, not accuracy). Prints a table and the ratio of
 ingest + validate + split to preprocess (issue 17's target: ≤ 1).
 
+``--dvc`` runs the data stages through ``dvc repro`` instead, as a user of the repository would:
+a ``git clone`` of this repository (the project's ``.venv`` linked in), ``params.yaml`` set to
+the dataset's recipe with its own settings, the phantom hard-linked where ``pipeline.source``
+points, and ``dvc repro --single-item <stage>`` timed per stage (DVC's own work included:
+hashing the dependencies, caching the outputs).
+
     .venv/bin/python benchmarks/end_to_end.py [--dataset kidney-ct] [--n N] [--epochs 1]
-        [--cache ~/.cache/medml-bench] [--until preprocess]
+        [--cache ~/.cache/medml-bench] [--until preprocess] [--dvc]
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ from pathlib import Path
 
 SIZES = {"kidney-ct": (12446, 512), "capsule-endoscopy": (47238, 336), "chest-xray": (5856, 1500)}
 STEPS = ("ingest", "validate", "split", "preprocess", "train", "evaluate", "register")
+DATA_STEPS = STEPS[:4]
 MEDML = str(Path(sys.executable).with_name("medml"))
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def phantom(dataset: str, n: int, side: int, cache: Path) -> Path:
@@ -46,15 +54,42 @@ def phantom(dataset: str, n: int, side: int, cache: Path) -> Path:
     return root
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """Run ``cmd``; its wall seconds and peak RSS in MB."""
+def timed(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[float, float]:
+    """Run ``cmd``; its wall seconds and peak RSS in MB (its largest process: wait4 counts
+    the descendants it waited for)."""
     started = time.perf_counter()
-    process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)  # fmt: skip
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(cmd[:3])} failed:\n{process.stderr.read().decode()[-3000:]}")
     return seconds, usage.ru_maxrss / 1024
+
+
+def dvc_clone(dataset: str, source: Path, work: Path, epochs: int) -> Path:
+    """A clone of this repository whose params.yaml runs ``dataset``'s recipe on ``source``."""
+    import yaml
+
+    from medml.config import flatten, load_recipe
+
+    repo = work / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO_ROOT), str(repo)], check=True)
+    (repo / ".venv").symlink_to(REPO_ROOT / ".venv")
+    params_path = repo / "params.yaml"
+    params = yaml.safe_load(params_path.read_text())
+    own = flatten(load_recipe(dataset).model_dump(mode="json"))
+    for section in ("data", "image", "split", "train", "registry"):
+        for key in list(params.get(section, {})):
+            if f"{section}.{key}" in own:
+                params[section][key] = own[f"{section}.{key}"]
+    params["recipe"] = dataset
+    params["train"]["epochs"] = epochs
+    target = repo / params["pipeline"]["source"]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "-al", str(source), str(target)], check=True)  # hard links: no copy
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return repo
 
 
 def main() -> None:
@@ -70,25 +105,40 @@ def main() -> None:
         help="last step to run (e.g. preprocess: the data steps only)",
     )
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "medml-bench")
+    parser.add_argument("--dvc", action="store_true", help="the data stages through dvc repro")
     args = parser.parse_args()
     n, side = args.n or SIZES[args.dataset][0], args.side or SIZES[args.dataset][1]
     source = phantom(args.dataset, n, side, args.cache)
     with tempfile.TemporaryDirectory() as home:
         env = {**os.environ, "MEDML_HOME": home, "TF_CPP_MIN_LOG_LEVEL": "3"}
         env.pop("MLFLOW_TRACKING_URI", None)
+        print(f"cores: {os.cpu_count()}  dataset: {args.dataset}  images: {n} at {side}px  "
+              f"epochs: {args.epochs}{'  (dvc repro)' if args.dvc else ''}")  # fmt: skip
+        print(f"{'step':<12}{'seconds':>9}{'images/s':>10}{'peak RSS MB':>13}")
+        seconds = {}
+        if args.dvc:
+            repo = dvc_clone(args.dataset, source, Path(home), args.epochs)
+            dvc = str(REPO_ROOT / ".venv" / "bin" / "dvc")
+            for step in DATA_STEPS:
+                seconds[step], peak = timed([dvc, "repro", "--single-item", step], env, repo)
+                print(f"{step:<12}{seconds[step]:>9.1f}{n / seconds[step]:>10.0f}{peak:>13.0f}",
+                      flush=True)  # fmt: skip
+            _ratio(seconds)
+            return
         run = Path(home) / "run"
         subprocess.run([MEDML, "init", "--run-dir", str(run), "--source", str(source),
                         "--recipe", args.dataset, "--set", f"train.epochs={args.epochs}",
                         "--set", "registry.gate.require_better_than_chance=false"],
                        env=env, check=True, stdout=subprocess.DEVNULL)  # fmt: skip
-        print(f"cores: {os.cpu_count()}  dataset: {args.dataset}  images: {n} at {side}px  "
-              f"epochs: {args.epochs}")  # fmt: skip
-        print(f"{'step':<12}{'seconds':>9}{'images/s':>10}{'peak RSS MB':>13}")
-        seconds = {}
         for step in STEPS[: STEPS.index(args.until) + 1]:
             seconds[step], peak = timed([MEDML, step, "--run-dir", str(run)], env)
             print(f"{step:<12}{seconds[step]:>9.1f}{n / seconds[step]:>10.0f}{peak:>13.0f}",
                   flush=True)  # fmt: skip
+        _ratio(seconds)
+
+
+def _ratio(seconds: dict[str, float]) -> None:
+    if "preprocess" in seconds:
         data = seconds["ingest"] + seconds["validate"] + seconds["split"]
         print(
             f"ingest+validate+split : preprocess = {data / seconds['preprocess']:.2f} (target <= 1)"

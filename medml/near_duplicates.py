@@ -75,16 +75,13 @@ def similar_pairs(
         if right is None:
             sims[rows, start + rows] = -np.inf
         hits = sims >= similarity
-        if neighbours:  # rows with more hits than that: their `neighbours` most similar
+        if neighbours:  # rows with more hits than that: only their `neighbours` most similar
             crowded = np.flatnonzero(hits.sum(axis=1) > neighbours)
             if len(crowded):
-                keep = np.argpartition(-sims[crowded], neighbours, axis=1)[:, :neighbours]
-                values = np.take_along_axis(sims[crowded], keep, axis=1)
-                found_i.append(np.repeat(start + crowded, neighbours))
-                found_j.append(keep.ravel())
-                found_s.append(values.ravel())
-                hits[crowded] = False
-        i, j = np.nonzero(hits)  # the other rows: every hit (few), without sorting rows
+                rows_sims = sims[crowded]
+                kth = np.partition(rows_sims, -neighbours, axis=1)[:, -neighbours]
+                hits[crowded] &= rows_sims >= kth[:, None]  # (a tie at the k-th keeps both)
+        i, j = np.nonzero(hits)
         found_i.append(start + i)
         found_j.append(j)
         found_s.append(sims[i, j])
