@@ -30,7 +30,7 @@ from medml.errors import RunError
 from medml.io import atomic_path, publish_dir, read_json, write_json
 from medml.layout import EvaluationFiles, FoldFiles
 from medml.metrics import OUT_OF_FOLD, HoldoutMetrics
-from medml.preprocess import load_images, load_index
+from medml.preprocess import load_index
 from medml.split import TEST
 from medml.tracking import Tracking
 
@@ -358,28 +358,27 @@ def fold_predictions(
 
     from medml.preprocess import ShardRows
 
-    holdout_rows = index[index["split"] == TEST]
-    holdout = load_images(shards_dir, holdout_rows) if len(holdout_rows) else None
+    holdout = ShardRows(shards_dir, index[index["split"] == TEST])
     train = index[index["split"] != TEST]
     parts, oof, per_model = [], [], []
     for fold, path in enumerate(model_paths):
         model = keras.models.load_model(path, compile=False)
-        classes = int(model.output_shape[-1])
-        per_model.append(
-            model.predict(holdout, batch_size=256, verbose=0)
-            if holdout is not None
-            else np.empty((0, classes), np.float32)
-        )
+        per_model.append(_predict_rows(model, holdout))
         part = train[train["fold"] == fold]
-        reader = ShardRows(shards_dir, part)
-        for start in range(0, len(part), _PREDICT_ROWS):
-            batch = reader.gather(np.arange(start, min(start + _PREDICT_ROWS, len(part))))
-            oof.append(model.predict(batch, batch_size=256, verbose=0))
+        oof.append(_predict_rows(model, ShardRows(shards_dir, part)))
         parts.append(part)
     rows = pd.concat(parts)
     classes = per_model[0].shape[1]
     proba = np.concatenate(oof) if oof else np.empty((0, classes))
     return OutOfFold(rows, rows["label_index"].to_numpy(dtype=np.int64), proba), np.stack(per_model)
+
+
+def _predict_rows(model: Any, rows: Any) -> np.ndarray:
+    """``model``'s softmax outputs for every row, read :data:`_PREDICT_ROWS` at a time."""
+    out = [model.predict(rows.gather(np.arange(start, min(start + _PREDICT_ROWS, len(rows)))),
+                         batch_size=256, verbose=0)
+           for start in range(0, len(rows), _PREDICT_ROWS)]  # fmt: skip
+    return np.concatenate(out) if out else np.empty((0, int(model.output_shape[-1])), np.float32)
 
 
 def evaluate(

@@ -334,7 +334,11 @@ def load_index(shards_dir: Path) -> pd.DataFrame:
 
 
 class ShardRows:
-    """Random access to some rows of the shards without loading them (memory-mapped).
+    """Random access to some rows of the shards without loading them.
+
+    Rows are read with ``pread`` into each batch's buffer: the kernel's page cache keeps the
+    shards warm, but nothing is mapped into the process, so its RSS does not grow with the
+    dataset (a memory map of the shards would count every page it touched).
 
     Args:
         shards_dir: output of :func:`preprocess`.
@@ -346,9 +350,9 @@ class ShardRows:
         meta = read_json(ShardFiles(Path(shards_dir)).meta)
         self.image_shape: tuple[int, int, int] = (meta["size"], meta["size"], meta["channels"])
         self._files = [Path(shards_dir) / name for name in meta["shards"]]
-        self._arrays: dict[int, np.ndarray] = {}
         self._shard = rows["shard"].to_numpy(dtype=np.int64)
         self._offset = rows["offset"].to_numpy(dtype=np.int64)
+        self._readers: dict[int, _ShardReader] = {}
 
     def __len__(self) -> int:
         return len(self._shard)
@@ -357,26 +361,57 @@ class ShardRows:
         """The uint8 images at ``positions``, shape ``(len(positions), *image_shape)``."""
         positions = np.asarray(positions, dtype=np.int64)
         out = np.empty((len(positions), *self.image_shape), dtype=np.uint8)
-        shards = self._shard[positions]
-        for shard in np.unique(shards):
-            where = np.flatnonzero(shards == shard)
-            out[where] = self._array(int(shard))[self._offset[positions[where]]]
+        readers = [self._reader(shard) for shard in self._shard[positions].tolist()]
+        for target, (reader, row) in enumerate(zip(readers, self._offset[positions].tolist(),
+                                                   strict=True)):  # fmt: skip
+            reader.read_into(row, out[target])
         return out
 
-    def _array(self, shard: int) -> np.ndarray:
-        if shard not in self._arrays:  # a dict insert is atomic: concurrent readers are fine
+    def _reader(self, shard: int) -> _ShardReader:
+        reader = self._readers.get(shard)
+        if reader is None:  # a dict insert is atomic: concurrent readers are fine
             path = self._files[shard]
             identity = path.stat()
-            self._arrays[shard] = _mapped(str(path), identity.st_ino, identity.st_mtime_ns)
-        return self._arrays[shard]
+            reader = _shard_reader(str(path), identity.st_ino, identity.st_mtime_ns)
+            self._readers[shard] = reader
+        return reader
 
 
-@functools.lru_cache(maxsize=1024)
-def _mapped(path: str, inode: int, mtime_ns: int) -> np.ndarray:
-    """One memory map per shard file per process (keyed by its identity, so a re-published
-    file is mapped anew): the training and validation rows of every fold read the same
-    pages, which a process's RSS then counts once, not once per fold and part."""
-    return np.load(path, mmap_mode="r")
+class _ShardReader:
+    """Reads rows of one ``.npy`` shard by offset (thread-safe: positional reads)."""
+
+    def __init__(self, path: str) -> None:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)  # fmt: skip
+            shape, _, dtype = read_header(handle)
+            self.data_start = handle.tell()
+        if dtype != np.uint8:
+            raise ValueError(f"{path} holds {dtype}, not uint8 images; run preprocess again")
+        self.rows = shape[0]
+        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64))
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def read_into(self, row: int, out: np.ndarray) -> None:
+        """Row ``row`` of the shard into ``out`` (one image's C-contiguous buffer)."""
+        if not 0 <= row < self.rows:
+            raise IndexError(f"row {row} is outside {self.path} ({self.rows} rows)")
+        if os.preadv(self.fd, [out.data], self.data_start + row * self.row_bytes) != out.nbytes:
+            raise ValueError(f"{self.path} is truncated; run preprocess again")
+
+    def __del__(self) -> None:
+        fd = getattr(self, "fd", None)
+        if fd is not None:
+            os.close(fd)
+
+
+@functools.lru_cache(maxsize=256)
+def _shard_reader(path: str, inode: int, mtime_ns: int) -> _ShardReader:
+    """One reader (one open file) per shard file per process, keyed by the file's identity so
+    a re-published shard is opened anew."""
+    return _ShardReader(path)
 
 
 def load_images(shards_dir: Path, rows: pd.DataFrame) -> np.ndarray:
