@@ -30,7 +30,7 @@ airflow-ui: setup  ## Open the demo's Airflow UI (medml's DAGs, Models view, run
 test: setup  ## Run the test suite (unit, data, DAG integrity, integration; ~5 min on 2 cores).
 	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
 
-test-slow: setup  ## Run the slow tests: real Airflow runs (dags test per layout, back-fill).
+test-slow: setup  ## Run the slow tests: real Airflow runs (dags test per layout, back-fill, Celery workers).
 	$(VENV)/bin/pytest -m slow $(PYTEST_ARGS)
 
 test-all: setup  ## Run every test.
