@@ -373,11 +373,18 @@ def fold_predictions(
     return OutOfFold(rows, rows["label_index"].to_numpy(dtype=np.int64), proba), np.stack(per_model)
 
 
-def _predict_rows(model: Any, rows: Any) -> np.ndarray:
-    """``model``'s softmax outputs for every row, read :data:`_PREDICT_ROWS` at a time."""
-    out = [model.predict(rows.gather(np.arange(start, min(start + _PREDICT_ROWS, len(rows)))),
-                         batch_size=256, verbose=0)
-           for start in range(0, len(rows), _PREDICT_ROWS)]  # fmt: skip
+def _predict_rows(model: Any, rows: Any, batch_size: int = 256) -> np.ndarray:
+    """``model``'s softmax outputs for every row, read :data:`_PREDICT_ROWS` at a time.
+
+    ``predict_on_batch`` reuses one compiled function; ``model.predict`` in a loop builds an
+    input pipeline per call, and its memory grew with the number of calls (0.9 GB more at
+    the capsule size than at 6,000 images).
+    """
+    out = []
+    for start in range(0, len(rows), _PREDICT_ROWS):
+        images = rows.gather(np.arange(start, min(start + _PREDICT_ROWS, len(rows))))
+        out += [np.asarray(model.predict_on_batch(images[k : k + batch_size]))
+                for k in range(0, len(images), batch_size)]  # fmt: skip
     return np.concatenate(out) if out else np.empty((0, int(model.output_shape[-1])), np.float32)
 
 
