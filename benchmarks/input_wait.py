@@ -82,10 +82,10 @@ def measure(run: Path, mode: str, epochs: int) -> dict[str, float]:
 
     keras.utils.set_random_seed(0)
     model = compile_model(recipe, data.input_shape, accelerator, name="probe")
-    model.fit(pipeline, epochs=1, verbose=0)  # warm-up
+    model.fit(pipeline, epochs=1, verbose=0, shuffle=False)  # warm-up
     training = _images_per_second(model, pipeline, epochs, images)
     cached = pipeline.cache()
-    model.fit(cached, epochs=1, verbose=0)  # fills the cache (and warms up)
+    model.fit(cached, epochs=1, verbose=0, shuffle=False)  # fills the cache (and warms up)
     ideal = _images_per_second(model, cached, epochs, images)
     keras.backend.clear_session()
     return {"images": images, "alone": alone, "training": training, "ideal": ideal}

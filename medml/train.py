@@ -165,8 +165,14 @@ def make_dataset(
         return (x, y, batch) if with_copies else (x, y)
 
     def augment_the_copies(x: Any, y: Any, positions: Any) -> tuple[Any, Any]:
-        made = tf.cast(tf.clip_by_value(tf.round(augment_copies(x)), 0, 255), tf.uint8)
-        return tf.where(tf.reshape(positions >= copies_from, (-1, 1, 1, 1)), made, x), y
+        where = tf.where(positions >= copies_from)  # only the copies are augmented
+
+        def augmented() -> Any:
+            made = augment_copies(tf.gather_nd(x, where))
+            made = tf.cast(tf.clip_by_value(tf.round(made), 0, 255), tf.uint8)
+            return tf.tensor_scatter_nd_update(x, where, made)
+
+        return tf.cond(tf.size(where) > 0, augmented, lambda: x), y
 
     data = data.batch(batch_size).map(fetch, num_parallel_calls=autotune)
     if with_copies:
