@@ -151,16 +151,22 @@ def clinical_metrics(
     return HoldoutMetrics(list(classes), overall, per_class, cm.tolist(), ci95)
 
 
+_BOOTSTRAP_DRAWS = 4_000_000  # resampled indices held at once (32 MB)
+
+
 def _bootstrap_ci(
     y_true: np.ndarray, y_pred: np.ndarray, k: int, classes: list[str], rounds: int, seed: int
 ) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     n = len(y_true)
-    draws = rng.integers(0, n, size=(rounds, n))
-    flat = y_true[draws] * k + y_pred[draws]
-    offsets = (np.arange(rounds) * k * k)[:, None]
-    cms = np.bincount((flat + offsets).ravel(), minlength=rounds * k * k).reshape(rounds, k, k)
-    rates = _rates(cms)
+    pairs = y_true * k + y_pred
+    chunk = max(1, _BOOTSTRAP_DRAWS // max(n, 1))  # rounds per draw: memory O(chunk · n)
+    cms = []
+    for start in range(0, rounds, chunk):  # the same draws as one (rounds, n) draw
+        size = min(chunk, rounds - start)
+        flat = pairs[rng.integers(0, n, size=(size, n))] + (np.arange(size) * k * k)[:, None]
+        cms.append(np.bincount(flat.ravel(), minlength=size * k * k).reshape(size, k, k))
+    rates = _rates(np.concatenate(cms))
     with np.errstate(invalid="ignore"):
         balanced = np.nanmean(rates["sensitivity"], axis=1)
     macro_f1 = rates["f1"].mean(axis=1)
