@@ -5,7 +5,7 @@ training images/s for
 
 - (a) seed-style: float32 NumPy batches from a Python generator (what ``ImageDataGenerator``
   ``.flow`` hands Keras), float32 compute, no XLA;
-- (b) medml: ``medml.train.make_dataset`` (uint8 rows gathered per batch — from the memory-mapped
+- (b) medml: ``medml.train.make_dataset`` (uint8 rows gathered per batch — read from the
   shards in training, from an in-memory array here —, mapped with ``AUTOTUNE``, prefetched;
   the model casts and rescales on the device), with mixed precision and XLA when a GPU is
   visible (``medml.train.Accelerator``: ``auto`` settings),

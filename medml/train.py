@@ -107,7 +107,7 @@ def fold_rows(index: Any, fold: int) -> tuple[Any, Any]:
 
 
 def make_dataset(
-    images: np.ndarray | ShardRows | SyntheticRows,
+    images: np.ndarray | ShardRows | SyntheticRows | CopiedRows,
     labels: np.ndarray,
     *,
     batch_size: int,
@@ -123,9 +123,9 @@ def make_dataset(
     The pipeline runs over row positions: positions are shuffled (seeded) or, with
     ``balanced_batches``, drawn from one repeating stream per class with equal probability;
     each batch of positions is then gathered from ``images`` in parallel (``AUTOTUNE``). With
-    :class:`~medml.preprocess.ShardRows` the images stay in the memory-mapped shards, so memory
-    is O(batch) whatever the dataset size. ``augment`` runs per batch in parallel; evaluation
-    batches are cached after the first epoch; the order is deterministic for a given seed;
+    :class:`~medml.preprocess.ShardRows` the images stay in the shards (read per batch, the
+    validation rows too), so memory is O(batch) whatever the dataset size. ``augment`` runs per
+    batch in parallel; the order is deterministic for a given seed;
     ``one_hot=n`` yields one-hot labels (for label smoothing). With
     :class:`~medml.balance.CopiedRows` (augmentation oversampling), ``augment_copies`` runs on
     the copies of each training batch only, before ``augment``.
@@ -134,20 +134,7 @@ def make_dataset(
 
     autotune = tf.data.AUTOTUNE
     labels = np.asarray(labels, dtype=np.int64)
-    positions = np.arange(len(labels), dtype=np.int64)
-    if training and balanced_batches:
-        streams = [
-            tf.data.Dataset.from_tensor_slices(positions[labels == c])
-            .shuffle(int((labels == c).sum()), seed=seed + int(c), reshuffle_each_iteration=True)
-            .repeat()
-            for c in np.unique(labels)
-        ]
-        weights = [1.0 / len(streams)] * len(streams)
-        data = tf.data.Dataset.sample_from_datasets(streams, weights=weights, seed=seed)
-    else:
-        data = tf.data.Dataset.from_tensor_slices(positions)
-        if training:
-            data = data.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    data = _positions(labels, training=training, balanced_batches=balanced_batches, seed=seed)
     if isinstance(images, ShardRows | SyntheticRows | CopiedRows):
         gather, shape = images.gather, images.image_shape
     else:
@@ -164,28 +151,55 @@ def make_dataset(
         y.set_shape((None,))
         return (x, y, batch) if with_copies else (x, y)
 
+    data = data.batch(batch_size).map(fetch, num_parallel_calls=autotune)
+    if with_copies:
+        data = data.map(_copies_augmented(copies_from, augment_copies), num_parallel_calls=autotune)
+    if training and augment is not None and augment.enabled:
+        data = data.map(lambda x, y: (augment(x), y), num_parallel_calls=autotune)
+    if one_hot is not None:
+        data = data.map(lambda x, y: (x, tf.one_hot(y, one_hot)), num_parallel_calls=autotune)
+    options = tf.data.Options()
+    options.deterministic = True  # parallel maps keep the seeded order
+    return data.with_options(options).prefetch(autotune)
+
+
+def _positions(labels: np.ndarray, *, training: bool, balanced_batches: bool, seed: int) -> Any:
+    """The row positions a pipeline reads: in order, shuffled (seeded) or, with
+    ``balanced_batches``, drawn from one repeating shuffled stream per class, equally."""
+    import tensorflow as tf
+
+    positions = np.arange(len(labels), dtype=np.int64)
+    if training and balanced_batches:
+        streams = [
+            tf.data.Dataset.from_tensor_slices(positions[labels == c])
+            .shuffle(int((labels == c).sum()), seed=seed + int(c), reshuffle_each_iteration=True)
+            .repeat()
+            for c in np.unique(labels)
+        ]
+        weights = [1.0 / len(streams)] * len(streams)
+        return tf.data.Dataset.sample_from_datasets(streams, weights=weights, seed=seed)
+    data = tf.data.Dataset.from_tensor_slices(positions)
+    if training:
+        data = data.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    return data
+
+
+def _copies_augmented(copies_from: int, augment: RandAugment) -> Any:
+    """A batch map that augments only the copies (positions from ``copies_from`` on):
+    gathered, augmented, rounded back to uint8 and scattered into the batch."""
+    import tensorflow as tf
+
     def augment_the_copies(x: Any, y: Any, positions: Any) -> tuple[Any, Any]:
-        where = tf.where(positions >= copies_from)  # only the copies are augmented
+        where = tf.where(positions >= copies_from)
 
         def augmented() -> Any:
-            made = augment_copies(tf.gather_nd(x, where))
+            made = augment(tf.gather_nd(x, where))
             made = tf.cast(tf.clip_by_value(tf.round(made), 0, 255), tf.uint8)
             return tf.tensor_scatter_nd_update(x, where, made)
 
         return tf.cond(tf.size(where) > 0, augmented, lambda: x), y
 
-    data = data.batch(batch_size).map(fetch, num_parallel_calls=autotune)
-    if with_copies:
-        data = data.map(augment_the_copies, num_parallel_calls=autotune)
-    if training and augment is not None and augment.enabled:
-        data = data.map(lambda x, y: (augment(x), y), num_parallel_calls=autotune)
-    if one_hot is not None:
-        data = data.map(lambda x, y: (x, tf.one_hot(y, one_hot)), num_parallel_calls=autotune)
-    if not training:
-        data = data.cache()
-    options = tf.data.Options()
-    options.deterministic = True  # parallel maps keep the seeded order
-    return data.with_options(options).prefetch(autotune)
+    return augment_the_copies
 
 
 @dataclass
@@ -193,7 +207,7 @@ class FoldData:
     """One fold's training and validation inputs, after balancing the training part.
 
     Attributes:
-        x_train: training images: memory-mapped rows (plus synthetic rows made on read), or
+        x_train: training images: rows read from the shards (plus synthetic rows made on read), or
             an array after an array sampler.
         y_train: training class indices (after balancing).
         x_val: validation images (the fold's own rows; never balanced).
@@ -221,7 +235,7 @@ def load_fold_data(shards_dir: Path, fold: int, recipe: Recipe) -> FoldData:
     )
     train_rows = train_rows.iloc[plan.indices]
     y_train = train_rows["label_index"].to_numpy(dtype=np.int64)
-    # Rows stay in the memory-mapped shards; the streaming samplers (SMOTE, augmentation
+    # Rows stay in the shards (read per batch); the streaming samplers (SMOTE, augmentation
     # oversampling) add images made per batch. Only an array sampler (a custom strategy's
     # fit_resample) loads this fold's training images.
     x_train: np.ndarray | ShardRows | SyntheticRows | CopiedRows = ShardRows(shards_dir, train_rows)
