@@ -279,7 +279,11 @@ def step_files(step: str, fold: int | None = None) -> StepFiles:
         "validate": ((run, rel.manifest), (validation,), True),
         "split": ((run, validation), (rel.splits, rel.split_report), False),
         "preprocess": ((run, rel.splits), (rel.shards, rel.preprocess_json), True),
-        "train": ((run, rel.shards), (rel.fold(fold).root,) if fold is not None else (), False),
+        "train": (
+            (run, rel.shards, rel.snapshot_json, rel.splits),  # splits: MLflow dataset
+            (rel.fold(fold).root,) if fold is not None else (),
+            False,
+        ),
         "evaluate": (
             (run, rel.snapshot_json, rel.splits, validation, rel.shards, folds),
             (rel.evaluation.root, rel.overview),

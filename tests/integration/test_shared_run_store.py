@@ -2,13 +2,14 @@
 
 With ``$MEDML_RUN_ROOT=s3://…`` each run directory lives on S3 and each step works on a mirror
 in its own worker's ``MEDML_HOME``: it downloads what it reads and uploads what it writes
-(:func:`medml.layout.step_files`). Here the steps alternate between two homes, against a real
-S3 server (moto over HTTP); the Celery deployment test does the same with real workers.
+(:func:`medml.layout.step_files`). Here every step runs in a fresh home (a worker that has
+seen nothing of the run), against a real S3 server (moto over HTTP); the Celery deployment
+test does the same with real workers.
 """
 
 from __future__ import annotations
 
-from itertools import cycle
+from itertools import count
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ def test_every_step_on_another_worker_sharing_only_s3(
     upload_tree(phantom_dir, "medml-data", "kidney-ct/2026-01-05")
     s3_client().create_bucket(Bucket="medml-shared-runs")
     monkeypatch.setenv("MEDML_RUN_ROOT", "s3://medml-shared-runs/runs/")
-    homes = cycle([tmp_path / "worker-a", tmp_path / "worker-b"])
+    homes = (tmp_path / f"worker-{k}" for k in count())
 
     def next_worker() -> None:
         monkeypatch.setenv("MEDML_HOME", str(next(homes)))
@@ -50,9 +51,10 @@ def test_every_step_on_another_worker_sharing_only_s3(
                  pipeline.step_preprocess):  # fmt: skip
         next_worker()
         step(run_dir)
+    fold_runs = []
     for fold in ctx.folds:
         next_worker()
-        pipeline.step_train(run_dir, fold, tracking)
+        fold_runs.append(pipeline.step_train(run_dir, fold, tracking)["mlflow_run_id"])
     next_worker()
     assert pipeline.step_collect_folds(run_dir)["uri"] == run_dir  # already on S3
     evaluation = pipeline.step_evaluate(run_dir, tracking)
@@ -74,7 +76,9 @@ def test_every_step_on_another_worker_sharing_only_s3(
     # the manifest's dataset root is relative to the run, so any worker's mirror resolves it
     import pandas as pd
 
-    mirror = tmp_path / "worker-a" / "run-mirrors" / "medml-shared-runs" / run.rstrip("/")
+    mirror = tmp_path / "worker-4" / "run-mirrors" / "medml-shared-runs" / run.rstrip("/")
     assert set(pd.read_parquet(mirror / "splits.parquet")["root"]) == {"source"}
+    for run_id in fold_runs:  # each fold logged its training rows as an MLflow dataset
+        assert tracking.activate().get_run(run_id).inputs.dataset_inputs
     version = tracking.activate().get_model_version(registration["model_name"], "1")
     assert version.tags["run_dir"] == run_dir
