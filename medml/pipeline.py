@@ -247,7 +247,7 @@ def _ingest(ctx: RunContext) -> dict[str, Any]:
         fetch = fetch_s3_prefix(ctx.source, ctx.layout.source_copy)
         source = fetch.local_dir
         fetched = {"downloaded": fetch.downloaded, "already_present": fetch.skipped}
-    result = ingest(source, ctx.layout.manifest, ctx.recipe)
+    result = ingest(source, ctx.layout.manifest, ctx.recipe, reuse=not is_s3(ctx.source))
     hashed = read_rows(result.manifest, ["path", "md5"])
     known = dict(zip(hashed["path"], hashed["md5"], strict=True))
     snapshot = {"source": ctx.source, "dvc_md5": directory_md5(source, known)}

@@ -33,6 +33,7 @@ import pandas as pd
 from medml.config import DataConfig, Recipe
 from medml.data.images import ImageHeader, header_of, open_regular_file
 from medml.data.layouts import Item, LayoutError, discover, read_csv_rows
+from medml.data.reuse import ReuseTable, matches, stat_identity
 from medml.data.synthetic import GROUPS_FILE
 from medml.errors import MedmlError
 from medml.io import atomic_path, medml_home, parallel_map
@@ -58,7 +59,9 @@ class IngestResult:
     ignored: dict[str, int] = field(default_factory=dict)
 
 
-def ingest(source: Path, manifest_path: Path, recipe: Recipe, *, workers: int = 0) -> IngestResult:
+def ingest(
+    source: Path, manifest_path: Path, recipe: Recipe, *, workers: int = 0, reuse: bool = True
+) -> IngestResult:
     """Scan a dataset directory and write its manifest.
 
     Args:
@@ -66,6 +69,9 @@ def ingest(source: Path, manifest_path: Path, recipe: Recipe, *, workers: int = 
         manifest_path: where to write ``manifest.parquet``.
         recipe: the run's recipe (layout, extensions, multi-frame and grouping policies).
         workers: hashing threads; 0 means one per core.
+        reuse: keep each file's hashes and header for the next ingest of ``source``, and use
+            the last one's for files that are the same files (:mod:`medml.data.reuse`); off
+            for a folder made for this run alone (a download of an S3 snapshot).
 
     Returns:
         The manifest path, the number of images, the per-label counts and the ignored files
@@ -92,14 +98,16 @@ def ingest(source: Path, manifest_path: Path, recipe: Recipe, *, workers: int = 
             f"(layout {layout}); expected e.g. {root}/{recipe.data.classes[0]}/image.jpg"
         )
     tags = recipe.data.dicom_group_tags
+    kept = ReuseTable("ingest", {"root": str(root), "tags": tags}, key=["path"], enabled=reuse)
 
     def facts(item: Item) -> dict[str, object]:
         if item.issue or item.ignored:  # never open what must not be read
             return _no_facts(item.issue)
-        return _file_facts(root / item.path, tags)
+        return _reused_facts(root, item.path, tags, kept)
 
     found = parallel_map(facts, items, total=len(items), desc="ingest", unit="file",
                          workers=workers)  # fmt: skip
+    kept.save()
     _check_groups_cover(groups, wanted, recipe.data, root)
     recorded_root = _recorded_root(root, Path(manifest_path).resolve().parent)
     rows = [row for item, fact in zip(items, found, strict=True)
@@ -253,6 +261,29 @@ def _no_facts(issue: str) -> dict[str, object]:
         "channels": 0,
         "issue": issue,
     }
+
+
+_KEPT_FACTS = ["sha256", "md5", "bytes", "width", "height", "channels"]
+
+
+def _reused_facts(root: Path, rel: str, tags: list[str], kept: ReuseTable) -> dict[str, object]:
+    """:func:`_file_facts`, or what the last ingest of this folder found when the file is the
+    same one (see :mod:`medml.data.reuse`). Headers with DICOM identifiers are never kept."""
+    path = root / rel
+    identity = stat_identity(path, kept.started_ns)
+    row = kept.get(rel)
+    if matches(row, identity):
+        assert row is not None
+        sides = (int(row["width"]), int(row["height"]), int(row["channels"]), int(row["frames"]))
+        fact: dict[str, object] = {c: row[c] for c in _KEPT_FACTS}
+        fact.update(issue="", header=ImageHeader(*sides))
+    else:
+        fact = _file_facts(path, tags)
+    header = fact.get("header")
+    if identity is not None and isinstance(header, ImageHeader) and not header.tags:
+        kept.keep({"path": rel, **identity, **{c: fact[c] for c in _KEPT_FACTS},
+                   "frames": header.frames})  # fmt: skip
+    return fact
 
 
 def _file_facts(path: Path, tags: list[str]) -> dict[str, object]:

@@ -20,6 +20,7 @@ import pandas as pd
 from medml.config import DataConfig, Recipe
 from medml.data.images import MAX_PIXELS
 from medml.data.ingest import absolute_paths, frames_of, ignored_by_extension
+from medml.data.reuse import ReuseTable, code_identity
 from medml.errors import DataGateFailed
 from medml.io import parallel_map, publish_dir, write_json
 from medml.layout import ValidationFiles
@@ -233,24 +234,52 @@ def _decode_and_hash(
     # The decoder preprocess uses: a large JPEG decoded at its reduced scale (the verdict is the
     # preprocess step's own), anything else in full.
     loader = LoadImage.from_config(recipe.image)
+    paths = absolute_paths(manifest, manifest_dir)
+    kept = _decode_table(loader)
 
-    def check(item: tuple[str, str, int, int, str]) -> _Decoded:
-        path, rel, frame, pixels, issue = item
+    def check(item: tuple[str, str, int, int, str, str]) -> _Decoded:
+        path, rel, frame, pixels, issue, sha256 = item
         if issue:
             return _Decoded(error="not decoded (see the other reason)")
         if pixels > MAX_PIXELS:
             return _Decoded(error=f"header declares {pixels:,} pixels, more than {MAX_PIXELS:,}")
-        try:
-            image = loader.decode(path, name=rel, frame=frame)
-        except ValueError as err:
-            return _Decoded(error=str(err) or "file does not decode as an image")
-        return _Decoded(thumbnail(image), "", image.shape[1], image.shape[0])
+        row = kept.get(sha256, frame)
+        if row is not None:
+            decoded = _Decoded(row["thumbnail"], "", int(row["width"]), int(row["height"]))
+        else:
+            try:
+                image = loader.decode(path, name=rel, frame=frame)
+            except ValueError as err:
+                return _Decoded(error=str(err) or "file does not decode as an image")
+            decoded = _Decoded(thumbnail(image), "", image.shape[1], image.shape[0])
+        kept.keep({"sha256": sha256, "frame": frame, "thumbnail": decoded.thumbnail,
+                   "width": decoded.width, "height": decoded.height})  # fmt: skip
+        return decoded
 
-    paths = absolute_paths(manifest, manifest_dir)
     checks = zip(paths, manifest["path"], frames_of(manifest), declared, manifest["issue"],
-                 strict=True)  # fmt: skip
-    return parallel_map(check, checks, total=len(manifest), desc="validate", unit="img",
-                        workers=workers)  # fmt: skip
+                 manifest["sha256"], strict=True)  # fmt: skip
+    decoded = parallel_map(check, checks, total=len(manifest), desc="validate", unit="img",
+                           workers=workers)  # fmt: skip
+    kept.save()
+    return decoded
+
+
+def _decode_table(loader: LoadImage) -> ReuseTable:
+    """Verdicts on images that decoded, kept from earlier validations with the same decoder
+    (by content: any dataset, any folder; see :mod:`medml.data.reuse`)."""
+    from medml import near_duplicates, preprocess
+    from medml.data import images
+
+    identity = {
+        "decoder": vars(loader),
+        "max_pixels": MAX_PIXELS,
+        **code_identity(images, preprocess, near_duplicates,
+                        libraries=["opencv-python-headless", "pydicom", "pillow", "numpy"]),
+    }  # fmt: skip
+    return ReuseTable("decode", identity, key=["sha256", "frame"], carry_over=_DECODES_KEPT)
+
+
+_DECODES_KEPT = 100_000  # verdicts kept for images the last run did not see (~30 MB)
 
 
 def ignored_summary(ignored: dict[str, int]) -> str:

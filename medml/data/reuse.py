@@ -1,0 +1,133 @@
+"""Per-file results kept between runs, so a scheduled retrain or a backfill over the same
+dataset reads and decodes only the files that changed.
+
+Two tables under ``$MEDML_HOME/cache/``, one per dataset folder (and settings):
+
+- ``ingest/``: a file's hashes and header, keyed by its path and ``os.stat`` identity (inode,
+  size, modification *and* change time in ns). Any write to a file changes its change time,
+  which no user-space call can set back, so a file rewritten with its old size and ``mtime``
+  restored is still read again. A file changed less than :data:`SETTLE_SECONDS` before the
+  step began is never kept (a later write in the same timestamp tick could not be told apart;
+  git calls this "racily clean").
+- ``decode/``: validation's verdict on an image that decoded (its decoded size and
+  near-duplicate signature), keyed by the file's sha256 and frame, under a fingerprint of
+  everything the verdict depends on (the decoder settings, medml's and OpenCV's versions).
+  Failures are never kept: a read error may be transient.
+
+A table holds the rows of the last run that used it (files gone from the dataset drop out).
+Concurrent runs each replace it whole (last writer wins); an unreadable table is treated as
+empty. Deleting ``$MEDML_HOME/cache`` is always safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from medml.io import atomic_path, medml_home
+
+SETTLE_SECONDS = 2.0
+STAT_COLUMNS = ["ino", "size", "mtime_ns", "ctime_ns"]
+
+
+class ReuseTable:
+    """Rows kept between runs in one parquet file, looked up by a key of some columns.
+
+    Args:
+        kind: the cache folder (``ingest`` or ``decode``).
+        identity: what the table is for (a dataset folder, settings); hashed into its name.
+        key: the columns that identify a row.
+        carry_over: how many rows this run did not use stay in the table (for a table shared
+            by datasets: a content-keyed one); the rest are dropped on :meth:`save`.
+        enabled: ``False`` gives a table that finds nothing and writes nothing.
+    """
+
+    def __init__(
+        self, kind: str, identity: object, key: Sequence[str], *, carry_over: int = 0,
+        enabled: bool = True,
+    ) -> None:  # fmt: skip
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
+        self.path = medml_home() / "cache" / kind / f"{digest.hexdigest()[:24]}.parquet"
+        self.key = list(key)
+        self.carry_over = carry_over
+        self.enabled = enabled
+        self.started_ns = time.time_ns()
+        self._kept: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._fresh: dict[tuple[Any, ...], dict[str, Any]] = {}
+        if not enabled:
+            return
+        try:
+            rows = pd.read_parquet(self.path).to_dict("records")
+            self._kept = {tuple(row[c] for c in self.key): row for row in rows}
+        except Exception:  # missing, unreadable or of another layout: start empty
+            self._kept = {}
+
+    def get(self, *key: Any) -> dict[str, Any] | None:
+        """The kept row for ``key``, if any."""
+        return self._kept.get(key)
+
+    def keep(self, row: dict[str, Any]) -> None:
+        """Keep ``row`` for the next run (written by :meth:`save`)."""
+        if self.enabled:
+            self._fresh[tuple(row[c] for c in self.key)] = row
+
+    def save(self) -> None:
+        """Replace the table with this run's rows (and up to ``carry_over`` others); never
+        fails the step."""
+        if not self.enabled:
+            return
+        others = (row for key, row in self._kept.items() if key not in self._fresh)
+        rows = [*self._fresh.values(), *itertools.islice(others, self.carry_over)]
+        try:
+            with atomic_path(self.path) as tmp:
+                pd.DataFrame(rows).to_parquet(tmp, index=False)
+        except OSError:
+            pass  # a read-only MEDML_HOME: the next run reads the files again
+
+
+def stat_identity(path: Path, started_ns: int) -> dict[str, int] | None:
+    """The ``os.stat`` fields a kept row must match, or ``None`` when the file is missing or
+    changed too recently to be kept (see :data:`SETTLE_SECONDS`)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    if info.st_ctime_ns > started_ns - int(SETTLE_SECONDS * 1e9):
+        return None
+    return {"ino": info.st_ino, "size": info.st_size, "mtime_ns": info.st_mtime_ns,
+            "ctime_ns": info.st_ctime_ns}  # fmt: skip
+
+
+def matches(row: dict[str, Any] | None, identity: dict[str, int] | None) -> bool:
+    """Whether a kept row is still the file's (same stat identity)."""
+    return (
+        row is not None
+        and identity is not None
+        and all(int(row[c]) == identity[c] for c in STAT_COLUMNS)
+    )
+
+
+def code_identity(*modules: Any, libraries: Sequence[str] = ()) -> dict[str, str]:
+    """What a kept result computed by ``modules`` depends on besides its inputs: a hash of
+    their source files and the installed versions of ``libraries`` (a changed decoder makes
+    a new table, never a stale hit)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update(Path(module.__file__).read_bytes())
+    identity = {"code": digest.hexdigest()}
+    for name in libraries:
+        try:
+            identity[name] = version(name)
+        except PackageNotFoundError:
+            identity[name] = ""
+    return identity
