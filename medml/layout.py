@@ -268,13 +268,15 @@ class StepFiles:
 
 
 def step_files(step: str, fold: int | None = None) -> StepFiles:
-    """The :class:`StepFiles` of ``step`` (``train`` needs its ``fold``)."""
+    """The :class:`StepFiles` of ``step`` (``train`` needs its ``fold``; ``context`` is
+    reading the pinned configuration alone)."""
     rel = RELATIVE
     run, validation, folds = rel.run_json, rel.validation.root, rel.root / "folds"
     evaluated = (run, rel.snapshot_json, rel.splits, rel.split_report, validation,
                  rel.evaluation.root, folds)  # fmt: skip
     table: dict[str, tuple[tuple[Path, ...], tuple[Path, ...], bool]] = {
-        "init": ((), (run,), False),
+        "init": ((run,), (run,), False),  # pulled when there: a retried task keeps its pin
+        "context": ((run,), (), False),
         "ingest": ((run,), (rel.manifest, rel.snapshot_json), False),
         "validate": ((run, rel.manifest), (validation,), True),
         "split": ((run, validation), (rel.splits, rel.split_report), False),
@@ -293,9 +295,10 @@ def step_files(step: str, fold: int | None = None) -> StepFiles:
         "summary": ((*evaluated, rel.registry.root, rel.overview), (rel.summary,), False),
     }
     needs, produces, reads_source = table[step]
+    optional = (rel.overview, rel.registry.root, *((run,) if step == "init" else ()))
     return StepFiles(
         needs=tuple(path.as_posix() for path in needs),
         produces=tuple(path.as_posix() for path in produces),
-        optional=(rel.overview.as_posix(), rel.registry.root.as_posix()),
+        optional=tuple(path.as_posix() for path in optional),
         reads_source=reads_source,
     )

@@ -88,11 +88,9 @@ def init_run(
             with other settings.
     """
     if is_s3(run_dir):  # pin on the mirror, then publish run.json (kept when already there)
-        from medml.run_store import open_run_dir, pull
+        from medml.run_store import open_run_dir
 
         with open_run_dir(run_dir, step_files("init")) as local:
-            run_json = RELATIVE.run_json.as_posix()
-            pull(str(run_dir), local, [run_json], optional=[run_json])
             return init_run(local, source, recipe, params_file=params_file,
                             overrides=overrides, logical_date=logical_date, run_key=run_key,
                             replace=replace)  # fmt: skip
@@ -174,10 +172,10 @@ def load_context(run_dir: Path | str) -> RunContext:
         RunError: ``run.json`` is missing (the run was not initialised).
     """
     if is_s3(run_dir):
-        from medml.run_store import mirror_dir, pull
+        from medml.run_store import open_run_dir
 
-        pull(str(run_dir), mirror_dir(str(run_dir)), [RELATIVE.run_json.as_posix()])
-        run_dir = mirror_dir(str(run_dir))
+        with open_run_dir(run_dir, step_files("context")) as local:
+            return load_context(local)
     layout = RunLayout(Path(run_dir).resolve())
     if not layout.run_json.is_file():
         raise RunError(
