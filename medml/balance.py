@@ -179,10 +179,9 @@ class CopiedRows:
 
     def gather(self, positions: np.ndarray) -> np.ndarray:
         """The uint8 images at ``positions`` (a copy: its source, not yet augmented)."""
-        positions = np.asarray(positions, dtype=np.int64)
-        copied = positions >= self.copies_from
-        sources = np.where(copied, self._sources[np.where(copied, positions - self.copies_from,
-                                                          0)], positions)  # fmt: skip
+        sources = np.array(positions, dtype=np.int64)  # a copy: rewritten below
+        copied = sources >= self.copies_from
+        sources[copied] = self._sources[sources[copied] - self.copies_from]
         return self.originals.gather(sources)
 
 
