@@ -109,3 +109,28 @@ def test_the_datasets_validation_folder_validates_one_model(tiny_recipe: Recipe)
     no_folder = table.assign(source_split="train")
     with pytest.raises(ValueError, match="has no val/ or validation/ folder"):
         assign_splits(no_folder, recipe)
+
+
+@pytest.mark.filterwarnings("ignore:The least populated class")
+@pytest.mark.parametrize("seed", range(12))
+def test_fast_group_kfold_chooses_exactly_as_scikit_learn(seed: int) -> None:
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from medml.split import FastStratifiedGroupKFold
+
+    rng = np.random.default_rng(seed)
+    n_classes = int(rng.integers(2, 15))
+    n_groups = int(rng.integers(30, 400))
+    sizes = rng.integers(1, 6, size=n_groups) if seed % 3 else np.ones(n_groups, int)
+    groups = np.repeat(np.arange(n_groups), sizes)
+    weights = rng.dirichlet(np.full(n_classes, 0.5))
+    y = rng.choice(n_classes, size=len(groups), p=weights)
+    y[:n_classes] = np.arange(n_classes)  # every class present
+    # patients mostly of one class, some mixed: ties and near-ties between folds
+    y = np.where(rng.random(len(y)) < 0.8, y[np.searchsorted(groups, groups)], y)
+    n_splits = int(rng.integers(2, 6))
+    ours = FastStratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    theirs = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    expected = [list(test) for _, test in theirs.split(y, y, groups)]
+    got = [list(test) for _, test in ours.split(y, y, groups)]
+    assert got == expected
