@@ -1,8 +1,9 @@
 """SMOTE memory at size: medml's StreamingSMOTE on 20,000 images of 224x224x3.
 
-Writes an imbalanced set of uint8 images to a memory-mapped file (the shards' format: one
-``.npy`` read with ``mmap_mode="r"``), then, in a fresh process, fits ``StreamingSMOTE`` on it and
-reads every synthetic image once in training-sized batches, printing seconds and peak RSS.
+Writes an imbalanced set of uint8 images as preprocess's shards (``shard-*.npy`` and
+``meta.json``), then, in a fresh process, reads them as training does (``ShardRows``: ``pread``
+into each batch, nothing memory-mapped), fits ``StreamingSMOTE`` and reads every synthetic image
+once in training-sized batches, printing seconds and peak RSS.
 imbalanced-learn's in-memory SMOTE on the same data is not run — its working set is printed
 from ``PixelSMOTE.estimate_mb`` (the float64 input copy plus the resampled output).
 
@@ -24,40 +25,41 @@ import numpy as np
 COUNTS = (0.55, 0.25, 0.12, 0.08)  # kidney-CT-like imbalance over 4 classes
 
 
-class MemmapRows:
-    """Rows of a memory-mapped ``(n, size, size, 3)`` uint8 array."""
-
-    def __init__(self, path: Path) -> None:
-        self.array = np.load(path, mmap_mode="r")
-        self.image_shape = self.array.shape[1:]
-
-    def __len__(self) -> int:
-        return len(self.array)
-
-    def gather(self, positions: np.ndarray) -> np.ndarray:
-        return np.asarray(self.array[np.sort(positions)])[np.argsort(np.argsort(positions))]
+SHARD_ROWS = 2048
 
 
-def write_images(path: Path, n: int, size: int) -> np.ndarray:
-    """Class-shaped images written chunk by chunk; returns the labels."""
+def write_shards(shards: Path, n: int, size: int) -> np.ndarray:
+    """Class-shaped images written as preprocess's shards, chunk by chunk; returns the labels."""
+    from medml.io import write_json
+    from medml.layout import ShardFiles, shard_name
+
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(len(COUNTS)), [int(n * c) for c in COUNTS])[:n]
     y = np.concatenate([y, np.zeros(n - len(y), np.int64)])
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
-    for start in range(0, n, 512):
-        stop = min(start + 512, n)
-        chunk = rng.integers(0, 80, size=(stop - start, size, size, 3), dtype=np.uint8)
-        for i, label in enumerate(y[start:stop]):
-            top = size // 8 + int(label) * size // 6 + int(rng.integers(0, size // 16))
-            chunk[i, top : top + size // 5, size // 4 : size // 2] = 200
-        out[start:stop] = chunk
-    out.flush()
+    files = ShardFiles(shards)
+    shards.mkdir(parents=True)
+    names = []
+    for number, first in enumerate(range(0, n, SHARD_ROWS)):
+        last = min(first + SHARD_ROWS, n)
+        out = np.lib.format.open_memmap(files.shard(number), mode="w+", dtype=np.uint8,
+                                        shape=(last - first, size, size, 3))  # fmt: skip
+        for start in range(first, last, 512):
+            stop = min(start + 512, last)
+            chunk = rng.integers(0, 80, size=(stop - start, size, size, 3), dtype=np.uint8)
+            for i, label in enumerate(y[start:stop]):
+                top = size // 8 + int(label) * size // 6 + int(rng.integers(0, size // 16))
+                chunk[i, top : top + size // 5, size // 4 : size // 2] = 200
+            out[start - first : stop - first] = chunk
+        out.flush()
+        del out
+        names.append(shard_name(number))
+    write_json(files.meta, {"size": size, "channels": 3, "shards": names, "images": n})
     return y
 
 
 class AnonymousPeak:
-    """Peak of the process's anonymous resident memory (``RssAnon``: heap and arrays, not the
-    memory-mapped image pages, which the kernel can drop at will), sampled every 20 ms."""
+    """Peak of the process's anonymous resident memory (``RssAnon``: heap and arrays, without
+    the libraries' mapped code), sampled every 20 ms."""
 
     def __init__(self) -> None:
         import threading
@@ -81,10 +83,16 @@ class AnonymousPeak:
 
 def measure(path: Path, labels: Path, batch: int) -> None:
     """In this process: fit, read every synthetic image once, print seconds and peak memory."""
+    import pandas as pd
+
     from medml.balance import PixelSMOTE, StreamingSMOTE
+    from medml.preprocess import ShardRows
 
     anonymous = AnonymousPeak()
-    rows, y = MemmapRows(path), np.load(labels)
+    y = np.load(labels)
+    positions = np.arange(len(y))
+    index = pd.DataFrame({"shard": positions // SHARD_ROWS, "offset": positions % SHARD_ROWS})
+    rows = ShardRows(path, index)
     started = time.perf_counter()
     sampler = StreamingSMOTE(random_state=0).fit(rows, y)
     fitted = time.perf_counter() - started
@@ -100,8 +108,7 @@ def measure(path: Path, labels: Path, batch: int) -> None:
           f"{np.bincount(y).tolist()} -> {np.bincount(sampler.y_).tolist()}")  # fmt: skip
     print(f"StreamingSMOTE fit {fitted:.1f}s, fit + every synthetic image read once "
           f"(batches of {batch}) {total:.1f}s")  # fmt: skip
-    print(f"peak memory: {heap:.0f} MB anonymous (heap, arrays); {peak:.0f} MB RSS including "
-          "the memory-mapped image pages it touched (page cache, reclaimable)")  # fmt: skip
+    print(f"peak RSS {peak:.0f} MB ({heap:.0f} MB of it anonymous: heap and arrays)")
     needed = PixelSMOTE().estimate_mb(y, features)
     print(f"imbalanced-learn SMOTE on the same data would need ~{needed / 1024:.1f} GiB")
 
@@ -117,12 +124,11 @@ def main() -> None:
         measure(Path(args.measure[0]), Path(args.measure[1]), args.batch)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        images, labels = Path(tmp) / "images.npy", Path(tmp) / "labels.npy"
+        images, labels = Path(tmp) / "shards", Path(tmp) / "labels.npy"
         started = time.perf_counter()
-        np.save(labels, write_images(images, args.n, args.size))
-        print(
-            f"wrote {images.stat().st_size / 2**30:.2f} GiB in {time.perf_counter() - started:.0f}s"
-        )
+        np.save(labels, write_shards(images, args.n, args.size))
+        written = sum(f.stat().st_size for f in images.glob("*.npy"))
+        print(f"wrote {written / 2**30:.2f} GiB of shards in {time.perf_counter() - started:.0f}s")
         subprocess.run([sys.executable, __file__, "--batch", str(args.batch), "--measure",
                         str(images), str(labels)], check=True)  # fmt: skip
 
