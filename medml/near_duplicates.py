@@ -79,9 +79,9 @@ def similar_pairs(
             crowded = np.flatnonzero(hits.sum(axis=1) > neighbours)
             if len(crowded):
                 rows_sims = sims[crowded]
-                kth = np.partition(rows_sims, -neighbours, axis=1)[:, -neighbours]
+                kth = kth_largest(rows_sims, neighbours)
                 hits[crowded] &= rows_sims >= kth[:, None]  # (a tie at the k-th keeps both)
-        i, j = np.nonzero(hits)
+        i, j = _nonzero(hits)
         found_i.append(start + i)
         found_j.append(j)
         found_s.append(sims[i, j])
@@ -94,6 +94,36 @@ def similar_pairs(
         _, first = np.unique(i.astype(np.int64) * len(left) + j, return_index=True)
         i, j, s = i[first], j[first], s[first]
     return i.astype(np.int64), j.astype(np.int64), s.astype(np.float32)
+
+
+def kth_largest(rows: np.ndarray, k: int) -> np.ndarray:
+    """Each row's ``k``-th largest value (``np.partition``'s), partitioning only the values
+    that can be among the ``k`` largest.
+
+    The ``k``-th largest of a strided sample of the row is a lower bound of the row's own (``k``
+    of the row's values are at least that large), so the values below it are dropped before
+    partitioning: a few hundred per row instead of every image's.
+    """
+    width = rows.shape[1]
+    stride = width // max(_SAMPLE_PER_ROW, 4 * k)
+    if len(rows) == 0 or stride < 2:
+        return np.partition(rows, -k, axis=1)[:, -k]
+    bound = np.partition(rows[:, ::stride], -k, axis=1)[:, -k]
+    above = rows >= bound[:, None]
+    counts = above.sum(axis=1)
+    r, c = _nonzero(above)
+    within = np.arange(len(r)) - np.repeat(np.cumsum(counts) - counts, counts)
+    candidates = np.full((len(rows), int(counts.max())), -np.inf, rows.dtype)
+    candidates[r, within] = rows[r, c]
+    return np.partition(candidates, -k, axis=1)[:, -k]
+
+
+_SAMPLE_PER_ROW = 1024
+
+
+def _nonzero(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.nonzero`` of a 2-d mask, in its order (4× faster: flat indices, then divmod)."""
+    return np.divmod(np.flatnonzero(mask), mask.shape[1])
 
 
 @dataclass(frozen=True)

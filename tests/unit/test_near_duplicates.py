@@ -112,3 +112,18 @@ def test_only_rows_without_a_patient_group_get_pseudo_groups(tiny_recipe: Recipe
     )
     unchanged, none = near_duplicate_groups(table, report_only)
     assert none is None and unchanged is table
+
+
+@pytest.mark.parametrize("width", [5, 64, 4096, 50_000])
+def test_kth_largest_is_partitions_answer_on_any_rows(width: int) -> None:
+    from medml.near_duplicates import kth_largest
+
+    rng = np.random.default_rng(width)
+    rows = rng.normal(size=(40, width)).astype(np.float32)
+    rows[1] = np.sort(rows[1])  # the largest values bunched where a strided sample misses them
+    rows[2] = 0.5  # all tied
+    rows[3, : width // 2] = -np.inf
+    rows[4] = np.round(rows[4], 1)  # many ties around the k-th
+    for k in sorted({1, 2, min(16, width), width}):
+        expected = np.partition(rows, -k, axis=1)[:, -k]
+        np.testing.assert_array_equal(kth_largest(rows, k), expected)
