@@ -30,7 +30,7 @@ def _keys(bucket: str) -> set[str]:
 def test_every_step_on_another_worker_sharing_only_s3(
     s3_env: str, phantom_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    upload_tree(phantom_dir, "medml-data", "kidney-ct/2026-01-05")
+    upload_tree(phantom_dir, "medml-shared-data", "kidney-ct/2026-01-05")
     s3_client().create_bucket(Bucket="medml-shared-runs")
     monkeypatch.setenv("MEDML_RUN_ROOT", "s3://medml-shared-runs/runs/")
     homes = (tmp_path / f"worker-{k}" for k in count())
@@ -44,7 +44,7 @@ def test_every_step_on_another_worker_sharing_only_s3(
     run_dir = pipeline.new_run_dir("medml_retrain", "2026-01-05", "manual__1")
     assert run_dir == "s3://medml-shared-runs/runs/2026-01-05/manual__1/"
     next_worker()
-    ctx = pipeline.init_run(run_dir, "s3://medml-data/kidney-ct/2026-01-05/", "kidney-ct",
+    ctx = pipeline.init_run(run_dir, "s3://medml-shared-data/kidney-ct/2026-01-05/", "kidney-ct",
                             overrides=TINY, logical_date="2026-01-05")  # fmt: skip
     assert ctx.location == run_dir
     for step in (pipeline.step_ingest, pipeline.step_validate, pipeline.step_split,
