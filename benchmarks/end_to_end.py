@@ -131,8 +131,7 @@ def main() -> None:
             dvc = str(REPO_ROOT / ".venv" / "bin" / "dvc")
             for step in DATA_STEPS:
                 seconds[step], peak = timed([dvc, "repro", "--single-item", step], env, repo)
-                print(f"{step:<12}{seconds[step]:>9.1f}{n / seconds[step]:>10.0f}{peak:>13.0f}",
-                      flush=True)  # fmt: skip
+                _row(step, seconds[step], n, peak)
             _ratio(seconds)
             return
         steps = STEPS[: STEPS.index(args.until) + 1]
@@ -153,9 +152,12 @@ def _run_steps(
     seconds = {}
     for step in steps:
         seconds[step], peak = timed([MEDML, step, "--run-dir", str(run)], env)
-        print(f"{step:<12}{seconds[step]:>9.1f}{n / seconds[step]:>10.0f}{peak:>13.0f}",
-              flush=True)  # fmt: skip
+        _row(step, seconds[step], n, peak)
     _ratio(seconds)
+
+
+def _row(step: str, seconds: float, images: int, peak_mb: float) -> None:
+    print(f"{step:<12}{seconds:>9.1f}{images / seconds:>10.0f}{peak_mb:>13.0f}", flush=True)
 
 
 def _ratio(seconds: dict[str, float]) -> None:

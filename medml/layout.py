@@ -275,7 +275,7 @@ def step_files(step: str, fold: int | None = None) -> StepFiles:
     evaluated = (run, rel.snapshot_json, rel.splits, rel.split_report, validation,
                  rel.evaluation.root, folds)  # fmt: skip
     table: dict[str, tuple[tuple[Path, ...], tuple[Path, ...], bool]] = {
-        "init": ((run,), (run,), False),  # pulled when there: a retried task keeps its pin
+        "init": ((run,), (run,), False),  # a retried task keeps its pin
         "context": ((run,), (), False),
         "ingest": ((run,), (rel.manifest, rel.snapshot_json), False),
         "validate": ((run, rel.manifest), (validation,), True),
@@ -295,7 +295,8 @@ def step_files(step: str, fold: int | None = None) -> StepFiles:
         "summary": ((*evaluated, rel.registry.root, rel.overview), (rel.summary,), False),
     }
     needs, produces, reads_source = table[step]
-    optional = (rel.overview, rel.registry.root, *((run,) if step == "init" else ()))
+    # what a step both needs and produces may not exist yet: it is pulled only to be kept
+    optional = (rel.overview, rel.registry.root, *(path for path in needs if path in produces))
     return StepFiles(
         needs=tuple(path.as_posix() for path in needs),
         produces=tuple(path.as_posix() for path in produces),

@@ -33,7 +33,7 @@ import pandas as pd
 from medml.config import DataConfig, Recipe
 from medml.data.images import ImageHeader, header_of, open_regular_file
 from medml.data.layouts import Item, LayoutError, discover, read_csv_rows
-from medml.data.reuse import ReuseTable, matches, stat_identity
+from medml.data.reuse import STAT_COLUMNS, ReuseTable, stat_identity
 from medml.data.synthetic import GROUPS_FILE
 from medml.errors import MedmlError
 from medml.io import atomic_path, medml_home, parallel_map
@@ -98,7 +98,8 @@ def ingest(
             f"(layout {layout}); expected e.g. {root}/{recipe.data.classes[0]}/image.jpg"
         )
     tags = recipe.data.dicom_group_tags
-    kept = ReuseTable("ingest", {"root": str(root), "tags": tags}, key=["path"], enabled=reuse)
+    kept = ReuseTable("ingest", {"root": str(root), "tags": tags}, key=["path", *STAT_COLUMNS],
+                      enabled=reuse)  # fmt: skip
 
     def facts(item: Item) -> dict[str, object]:
         if item.issue or item.ignored:  # never open what must not be read
@@ -271,9 +272,8 @@ def _reused_facts(root: Path, rel: str, tags: list[str], kept: ReuseTable) -> di
     same one (see :mod:`medml.data.reuse`). Headers with DICOM identifiers are never kept."""
     path = root / rel
     identity = stat_identity(path, kept.started_ns)
-    row = kept.get(rel)
-    if matches(row, identity):
-        assert row is not None
+    row = kept.get(rel, *identity) if identity is not None else None
+    if row is not None:
         sides = (int(row["width"]), int(row["height"]), int(row["channels"]), int(row["frames"]))
         fact: dict[str, object] = {c: row[c] for c in _KEPT_FACTS}
         fact.update(issue="", header=ImageHeader(*sides))
@@ -281,8 +281,8 @@ def _reused_facts(root: Path, rel: str, tags: list[str], kept: ReuseTable) -> di
         fact = _file_facts(path, tags)
     header = fact.get("header")
     if identity is not None and isinstance(header, ImageHeader) and not header.tags:
-        kept.keep({"path": rel, **identity, **{c: fact[c] for c in _KEPT_FACTS},
-                   "frames": header.frames})  # fmt: skip
+        kept.keep({"path": rel, **dict(zip(STAT_COLUMNS, identity, strict=True)),
+                   **{c: fact[c] for c in _KEPT_FACTS}, "frames": header.frames})  # fmt: skip
     return fact
 
 

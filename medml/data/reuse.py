@@ -1,22 +1,23 @@
 """Per-file results kept between runs, so a scheduled retrain or a backfill over the same
 dataset reads and decodes only the files that changed.
 
-Two tables under ``$MEDML_HOME/cache/``, one per dataset folder (and settings):
+Two kinds of table under ``$MEDML_HOME/cache/``:
 
-- ``ingest/``: a file's hashes and header, keyed by its path and ``os.stat`` identity (inode,
-  size, modification *and* change time in ns). Any write to a file changes its change time,
-  which no user-space call can set back, so a file rewritten with its old size and ``mtime``
-  restored is still read again. A file changed less than :data:`SETTLE_SECONDS` before the
-  step began is never kept (a later write in the same timestamp tick could not be told apart;
-  git calls this "racily clean").
-- ``decode/``: validation's verdict on an image that decoded (its decoded size and
-  near-duplicate signature), keyed by the file's sha256 and frame, under a fingerprint of
-  everything the verdict depends on (the decoder settings, medml's and OpenCV's versions).
-  Failures are never kept: a read error may be transient.
+- ``ingest/``, one per dataset folder: a file's hashes and header, keyed by its path and
+  ``os.stat`` identity (inode, size, modification *and* change time in ns). Any write to a file
+  changes its change time, which no user-space call can set back, so a file rewritten with its
+  old size and ``mtime`` restored is read again. A file changed less than
+  :data:`SETTLE_SECONDS` before the step began is never kept (a later write in the same
+  timestamp tick could not be told apart; git calls this "racily clean"). It holds the rows of
+  the last ingest of that folder (files gone from the dataset drop out).
+- ``decode/``, one per decoder: validation's verdict on an image that decoded (its decoded size
+  and near-duplicate signature), keyed by the file's sha256 and frame, under a fingerprint of
+  everything the verdict depends on (the decoder's settings, the decoding code, the image
+  libraries' versions). Keyed by content, it serves any folder; failures are never kept (a read
+  error may be transient).
 
-A table holds the rows of the last run that used it (files gone from the dataset drop out).
-Concurrent runs each replace it whole (last writer wins); an unreadable table is treated as
-empty. Deleting ``$MEDML_HOME/cache`` is always safe.
+Concurrent runs each replace a table whole (last writer wins); an unreadable table is treated
+as empty. Deleting ``$MEDML_HOME/cache`` is always safe.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import pandas as pd
 from medml.io import atomic_path, medml_home
 
 SETTLE_SECONDS = 2.0
-STAT_COLUMNS = ["ino", "size", "mtime_ns", "ctime_ns"]
+STAT_COLUMNS = ("ino", "size", "mtime_ns", "ctime_ns")
 
 
 class ReuseTable:
@@ -93,26 +94,17 @@ class ReuseTable:
             pass  # a read-only MEDML_HOME: the next run reads the files again
 
 
-def stat_identity(path: Path, started_ns: int) -> dict[str, int] | None:
-    """The ``os.stat`` fields a kept row must match, or ``None`` when the file is missing or
-    changed too recently to be kept (see :data:`SETTLE_SECONDS`)."""
+def stat_identity(path: Path, started_ns: int) -> tuple[int, ...] | None:
+    """The file's :data:`STAT_COLUMNS`, the part of a kept row's key that says it is the same
+    file; ``None`` when it is missing or changed too recently to be kept (see
+    :data:`SETTLE_SECONDS`)."""
     try:
         info = os.stat(path)
     except OSError:
         return None
     if info.st_ctime_ns > started_ns - int(SETTLE_SECONDS * 1e9):
         return None
-    return {"ino": info.st_ino, "size": info.st_size, "mtime_ns": info.st_mtime_ns,
-            "ctime_ns": info.st_ctime_ns}  # fmt: skip
-
-
-def matches(row: dict[str, Any] | None, identity: dict[str, int] | None) -> bool:
-    """Whether a kept row is still the file's (same stat identity)."""
-    return (
-        row is not None
-        and identity is not None
-        and all(int(row[c]) == identity[c] for c in STAT_COLUMNS)
-    )
+    return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
 def code_identity(*modules: Any, libraries: Sequence[str] = ()) -> dict[str, str]:
