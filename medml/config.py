@@ -42,6 +42,20 @@ def _layout_name(name: str) -> str:
     return name if name == "auto" else LAYOUTS.check(name)
 
 
+def refuse_download(weights: str | Path | None) -> None:
+    """Raise if ``weights`` names weights Keras would download (``imagenet``).
+
+    Raises:
+        ConfigError: ``weights`` is ``"imagenet"``.
+    """
+    if str(weights) == "imagenet":
+        raise ConfigError(
+            "weights='imagenet' would download at run time, which medml never does: download "
+            "the backbone's notop weights file once and give its local path in train.weights "
+            "(or null to train from scratch)"
+        )
+
+
 # Names checked against their registry (medml.extensions): the registry is the only list.
 LayoutName = Annotated[str, AfterValidator(_layout_name)]
 ModelName = Annotated[str, AfterValidator(MODELS.check)]
@@ -346,8 +360,6 @@ class TrainConfig(_Strict):
     @field_validator("weights")
     @classmethod
     def _no_downloads(cls, value: str | None) -> str | None:
-        from medml.models import refuse_download  # light: Keras is imported only to build
-
         refuse_download(value)
         return value
 

@@ -11,13 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from medml.config import CNNConfig, ConvBlock, TrainConfig, refuse_download
 from medml.errors import ConfigError
 from medml.extensions import MODELS
 
 if TYPE_CHECKING:
     import keras
-
-    from medml.config import CNNConfig, TrainConfig
 
 # Seed 001's head on DenseNet121: max pooling, BatchNorm, Dense(2048, relu, L1L2(0.01)),
 # BatchNorm, softmax.
@@ -48,8 +47,6 @@ def build_small_cnn(
     Raises:
         ValueError: bad ``n_classes`` or ``dropout``.
     """
-    from medml.config import CNNConfig, ConvBlock
-
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     spec = CNNConfig(blocks=[ConvBlock(filters=f) for f in filters], head="global_max",
@@ -179,20 +176,6 @@ def build_pretrainable(
         x
     )
     return keras.Model(inputs, outputs, name=name)
-
-
-def refuse_download(weights: str | Path | None) -> None:
-    """Raise if ``weights`` names weights Keras would download (``imagenet``).
-
-    Raises:
-        ConfigError: ``weights`` is ``"imagenet"``.
-    """
-    if str(weights) == "imagenet":
-        raise ConfigError(
-            "weights='imagenet' would download at run time, which medml never does: download "
-            "the backbone's notop weights file once and give its local path in train.weights "
-            "(or null to train from scratch)"
-        )
 
 
 def _local_weights(weights: str | Path | None) -> str | None:

@@ -35,6 +35,46 @@ def test_functions_are_sized_to_one_phase(path: Path) -> None:
     assert not too_long, f"split into named phases: {too_long}"
 
 
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO_ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(path): path for path in LIBRARY}
+
+
+def _imported(path: Path) -> set[str]:
+    """The other medml modules ``path`` imports anywhere: at module level, deferred inside a
+    function, or under ``TYPE_CHECKING``."""
+    module = _module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the package, one level up per extra dot
+                anchor = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+                base = f"{anchor}.{base}" if base else anchor
+            found |= {f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base
+                      for a in node.names}  # fmt: skip
+    return (found & MODULES.keys()) - {module}
+
+
+def test_config_does_not_import_models() -> None:
+    """The config is what the model builders read: ``medml.models`` may import
+    ``medml.config``, never the other way (not even deferred inside a function)."""
+    assert "medml.models" not in _imported(MODULES["medml.config"])
+
+
+def test_no_two_modules_import_each_other() -> None:
+    """Dependencies go one way: no pair of medml modules imports each other, however deferred."""
+    imports = {module: _imported(path) for module, path in MODULES.items()}
+    cycles = sorted({tuple(sorted((a, b))) for a in imports for b in imports[a] if a in imports[b]})
+    assert not cycles, f"modules that import each other: {cycles}"
+
+
 RUN_FILES = {"run.json", "snapshot.json", "remote.json", "manifest.parquet", "splits.parquet",
              "split_report.json", "preprocess.json", "validation.json", "quarantine.csv",
              "clean_manifest.parquet", "index.parquet", "meta.json", "model.keras",
