@@ -24,6 +24,8 @@ HEAD_UNITS = 2048
 HEAD_L1L2 = 0.01
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)  # DenseNet's "torch" preprocessing
 _IMAGENET_STD = (0.229, 0.224, 0.225)
+# The pretrainable backbones: medml's name → the keras.applications builder.
+_APPLICATIONS = {"densenet121": "DenseNet121", "efficientnet_b0": "EfficientNetB0"}
 
 
 def build_small_cnn(
@@ -131,22 +133,42 @@ def build_pretrainable(
         ConfigError: a too-small input, ``weights="imagenet"``, or no file at ``weights``.
     """
     import keras
-    from keras import layers
 
-    applications = {
-        "densenet121": keras.applications.DenseNet121,
-        "efficientnet_b0": keras.applications.EfficientNetB0,
-    }
-    if kind not in applications:
-        raise ValueError(f"unknown backbone {kind!r}; choose one of {sorted(applications)}")
+    _check_pretrainable(kind, input_shape, n_classes)
+    backbone = _backbone(kind, input_shape, _local_weights(weights), trainable_layers)
+    inputs = keras.Input(shape=input_shape, name="pixels")
+    outputs = _seed001_head(backbone(_backbone_input(kind, inputs)), n_classes)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _check_pretrainable(kind: str, input_shape: tuple[int, int, int], n_classes: int) -> None:
+    """Refuse an unknown backbone, a too-small input or fewer than 2 classes.
+
+    Raises:
+        ValueError: unknown ``kind`` or bad ``n_classes``.
+        ConfigError: sides below 32 pixels.
+    """
+    if kind not in _APPLICATIONS:
+        raise ValueError(f"unknown backbone {kind!r}; choose one of {sorted(_APPLICATIONS)}")
     if min(input_shape[:2]) < 32:
         raise ConfigError(
             f"{kind} needs images of at least 32x32, got {input_shape[:2]}; raise image.size"
         )
     if n_classes < 2:
         raise ValueError(f"n_classes must be at least 2, got {n_classes}")
-    weights_path = _local_weights(weights)
-    backbone = applications[kind](
+
+
+def _backbone(
+    kind: str,
+    input_shape: tuple[int, int, int],
+    weights_path: str | None,
+    trainable_layers: int | None,
+) -> keras.Model:
+    """The Keras application without its top (max pooled, three channels), all but its last
+    ``trainable_layers`` layers frozen (``None``: none frozen)."""
+    import keras
+
+    backbone = getattr(keras.applications, _APPLICATIONS[kind])(
         include_top=False,
         weights=weights_path,
         input_shape=(*input_shape[:2], 3),
@@ -155,9 +177,15 @@ def build_pretrainable(
     if trainable_layers is not None:
         for layer in backbone.layers[: max(0, len(backbone.layers) - trainable_layers)]:
             layer.trainable = False
+    return backbone
 
-    inputs = keras.Input(shape=input_shape, name="pixels")
-    x = layers.Concatenate(name="to_rgb")([inputs] * 3) if input_shape[-1] == 1 else inputs
+
+def _backbone_input(kind: str, inputs: keras.KerasTensor) -> keras.KerasTensor:
+    """uint8 pixels as the backbone expects them: grayscale repeated to three channels, then
+    DenseNet's ImageNet normalisation (EfficientNet normalises [0, 255] input itself)."""
+    from keras import layers
+
+    x = layers.Concatenate(name="to_rgb")([inputs] * 3) if inputs.shape[-1] == 1 else inputs
     if kind == "densenet121":
         x = layers.Rescaling(1.0 / 255.0)(x)
         x = layers.Normalization(
@@ -165,17 +193,22 @@ def build_pretrainable(
         )(x)
     else:  # EfficientNet rescales and normalises [0, 255] input itself
         x = layers.Rescaling(1.0, name="to_float")(x)
-    x = backbone(x)
+    return x
+
+
+def _seed001_head(x: keras.KerasTensor, n_classes: int) -> keras.KerasTensor:
+    """Seed 001's classification head: BatchNorm, Dense(2048, relu, L1L2(0.01)), BatchNorm,
+    softmax (computed in float32, so safe under ``mixed_float16``)."""
+    import keras
+    from keras import layers
+
     x = layers.BatchNormalization()(x)
     x = layers.Dense(
         HEAD_UNITS, activation="relu",
         kernel_regularizer=keras.regularizers.L1L2(l1=HEAD_L1L2, l2=HEAD_L1L2),
     )(x)  # fmt: skip
     x = layers.BatchNormalization()(x)
-    outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(
-        x
-    )
-    return keras.Model(inputs, outputs, name=name)
+    return layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(x)
 
 
 def _local_weights(weights: str | Path | None) -> str | None:
