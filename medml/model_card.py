@@ -2,6 +2,7 @@
 
 Both renderings come from the same facts: intended use and non-use, the data with class counts,
 holdout metrics with 95% confidence intervals per class, limitations, and how to reproduce.
+The prose is the template ``templates/model_card.md.j2``; this module computes what it states.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from medml.config import Recipe
 from medml.io import atomic_path
 from medml.layout import RegistryFiles
 from medml.metrics import OUT_OF_FOLD, HoldoutMetrics
+
+TEMPLATE = "model_card.md.j2"  # in medml/templates/: the card's prose
 
 
 @dataclass(frozen=True)
@@ -34,145 +37,57 @@ class CardFacts:
     evaluation: dict[str, Any] = field(default_factory=dict)  # calibration, oof, operating point
 
 
-def _sections(facts: CardFacts) -> list[tuple[str, list[str] | list[list[str]]]]:
-    """The card's sections as (title, paragraphs or table rows); prose, exempt from the
-    function-size rule (tests/unit/test_code_shape.py)."""
+def _context(facts: CardFacts) -> dict[str, Any]:
+    """The values the card's template (``templates/model_card.md.j2``) puts into its prose."""
     recipe, metrics = facts.recipe, facts.metrics
-    classes = metrics.classes
-    counts = facts.split_report.get("class_counts", {})
-    data_rows = [["class", "training + validation folds", "holdout test"]] + [
+    evaluation, validation, split = facts.evaluation, facts.validation_report, facts.split_report
+    point = evaluation.get("operating_point")
+    held = (point["holdout"] or point["oof"]) if point else {}
+    return {
+        "model_name": facts.model_name, "recipe": recipe, "classes": metrics.classes,
+        "subject": recipe.description.lower() or recipe.name,
+        "params_hash": recipe.params_hash(), "out_of_fold": metrics.estimate == OUT_OF_FOLD,
+        "data_rows": _data_rows(metrics.classes, split.get("class_counts", {})),
+        "metric_rows": _metric_rows(metrics),
+        "logical_date": facts.logical_date, "data_hash": facts.data_hash,
+        "git_revision": facts.git_revision,
+        "validation": {"images": validation.get("images", "?"),
+                       "quarantined": validation.get("quarantined", 0),
+                       "imbalance_ratio": validation.get("imbalance_ratio") or 0},
+        "split": {"strategy": split.get("strategy", "?"), "holdout": split.get("holdout", "?")},
+        "overall": metrics.overall,
+        "overall_ci": {name: _interval(metrics.interval(name))
+                       for name in ("balanced_accuracy", "macro_f1")},
+        "gate_passed": facts.gate_passed, "gate_reasons": facts.gate_reasons,
+        "calibration": evaluation.get("calibration") or {},
+        "oof": (evaluation.get("oof_metrics") or {}).get("overall") or {},
+        "point": point,
+        "point_rates": {name: _rate(held, name) for name in ("sensitivity", "specificity", "ppv")},
+    }  # fmt: skip
+
+
+def _data_rows(classes: list[str], counts: dict[str, dict[str, int]]) -> list[list[str]]:
+    """The data table: a header, then each class's images in the folds and in the holdout."""
+    return [["class", "training + validation folds", "holdout test"]] + [
         [c, str(counts.get("train", {}).get(c, 0)), str(counts.get("test", {}).get(c, 0))]
         for c in classes
     ]
 
-    def interval(values: list[float | None] | None) -> str:
-        return "" if not values or values[0] is None else f"{values[0]:.3f}–{values[1]:.3f}"
 
-    metric_rows = [["class", "sensitivity", "95% CI", "specificity", "PPV", "NPV", "F1", "n"]]
-    for c in classes:
+def _metric_rows(metrics: HoldoutMetrics) -> list[list[str]]:
+    """The metrics table: a header, then each class's rates and sensitivity interval."""
+    rows = [["class", "sensitivity", "95% CI", "specificity", "PPV", "NPV", "F1", "n"]]
+    for c in metrics.classes:
         s = metrics.per_class[c]
-        metric_rows.append([c, _f(s["sensitivity"]), interval(metrics.interval("sensitivity", c)),
-                            _f(s["specificity"]), _f(s["ppv"]), _f(s["npv"]), _f(s["f1"]),
-                            str(s["support"])])  # fmt: skip
-    overall = metrics.overall
-    return [
-        (
-            "Intended use",
-            [
-                f"Decision support for {recipe.description.lower() or recipe.name}: ranks and flags "
-                "images for review by a qualified clinician.",
-                f"Input: images like the training data ({recipe.image.size}×{recipe.image.size}, "
-                f"{'grayscale' if recipe.image.channels == 1 else 'RGB'}); output: probabilities for "
-                f"{', '.join(classes)}.",
-            ],
-        ),
-        (
-            "Not for",
-            [
-                "Autonomous diagnosis or any use without a clinician's review.",
-                "Populations, scanners, protocols or classes not represented in the data below.",
-                "Images that fail medml's validation gate (corrupt, wrong modality, out-of-range size).",
-            ],
-        ),
-        ("Data", data_rows),
-        (
-            "Data facts",
-            [
-                f"Snapshot (logical date): {facts.logical_date}; "
-                f"data hash (DVC md5 of the snapshot): `{facts.data_hash}`.",
-                f"Images after validation: {facts.validation_report.get('images', '?')} "
-                f"({facts.validation_report.get('quarantined', 0)} quarantined); imbalance ratio "
-                f"{facts.validation_report.get('imbalance_ratio') or 0:.1f}.",
-                f"Split: {facts.split_report.get('strategy', '?')}, holdout "
-                f"{facts.split_report.get('holdout', '?')}, {recipe.split.folds} folds; balancing "
-                f"`{recipe.train.balance}` inside each fold's training part only.",
-            ],
-        ),
-        (
-            "Holdout metrics (fold ensemble)"
-            if metrics.estimate != OUT_OF_FOLD
-            else "Out-of-fold metrics (cross-validation only: there is no holdout)",
-            metric_rows,
-        ),
-        (
-            "Overall",
-            [
-                f"Balanced accuracy {overall['balanced_accuracy']:.3f} "
-                f"(95% CI {interval(metrics.interval('balanced_accuracy'))}); macro-F1 {overall['macro_f1']:.3f} "
-                f"(95% CI {interval(metrics.interval('macro_f1'))}); accuracy {overall['accuracy']:.3f}; "
-                f"ROC AUC (one-vs-rest, macro) {overall['roc_auc_ovr_macro']:.3f}; Cohen's kappa "
-                f"{overall['cohen_kappa']:.3f}; expected calibration error "
-                f"{overall['expected_calibration_error']:.3f}.",
-                "Registration gate: "
-                + ("passed." if facts.gate_passed else "FAILED — " + "; ".join(facts.gate_reasons)),
-            ],
-        ),
-        ("Calibration, out-of-fold estimate, operating point", _evaluation_lines(facts)),
-        (
-            "Limitations",
-            [
-                (
-                    "Metrics come from one holdout drawn from the same source as the training data; "
-                    "they do not show performance on other sites or devices."
-                    if metrics.estimate != OUT_OF_FOLD
-                    else "Cross-validation only (split.test_size=0): the metrics are out-of-fold "
-                    "predictions of the fold models, each on the images it did not train on, not a "
-                    "held-out test of the registered ensemble; the temperature was fitted on the "
-                    "same predictions. They do not show performance on other sites or devices."
-                ),
-                "Small classes have wide confidence intervals; read the per-class intervals, not the "
-                "overall accuracy.",
-                "Calibration was fitted on out-of-fold predictions of the training images; the "
-                "holdout's calibration error above is what remains.",
-            ],
-        ),
-        (
-            "How to reproduce",
-            [
-                f"git revision `{facts.git_revision}`, recipe `{recipe.name}` "
-                f"(params hash `{recipe.params_hash()}`).",
-                f"`medml run --source <snapshot {facts.logical_date}> --recipe {recipe.name}` with the "
-                "params recorded on this model version (tag `params`).",
-            ],
-        ),
-    ]
+        rows.append([c, _f(s["sensitivity"]), _interval(metrics.interval("sensitivity", c)),
+                     _f(s["specificity"]), _f(s["ppv"]), _f(s["npv"]), _f(s["f1"]),
+                     str(s["support"])])  # fmt: skip
+    return rows
 
 
-def _evaluation_lines(facts: CardFacts) -> list[str]:
-    calibration = facts.evaluation.get("calibration") or {}
-    oof = (facts.evaluation.get("oof_metrics") or {}).get("overall") or {}
-    point = facts.evaluation.get("operating_point")
-    lines = []
-    if calibration:
-        held_out = (
-            f"the holdout: {calibration['holdout_ece_before']:.3f} before, "
-            f"{calibration['holdout_ece_after']:.3f} after (out-of-fold: "
-            if calibration["holdout_ece_before"] is not None
-            else "(no holdout) out-of-fold: "
-        )
-        lines.append(
-            f"Temperature scaling T = {calibration['temperature']:.3f}, fitted on "
-            f"{calibration['fitted_on']}, applied inside the model. Expected calibration error on "
-            f"{held_out}{calibration['oof_ece_before']:.3f} → {calibration['oof_ece_after']:.3f}"
-            + (")." if calibration["holdout_ece_before"] is not None else ".")
-        )
-    if oof:
-        lines.append(
-            f"Out-of-fold estimate ({oof['n']} training images, each scored by the fold model "
-            f"that did not train on it): balanced accuracy {oof['balanced_accuracy']:.3f}, "
-            f"macro-F1 {oof['macro_f1']:.3f}."
-        )
-    if point:
-        held = point["holdout"] or point["oof"]
-        where = "the holdout" if point["holdout"] else "out-of-fold predictions (no holdout)"
-        lines.append(
-            f"Operating point for {point['positive_class']}: threshold {point['threshold']:.3f} on "
-            f"its probability, chosen out-of-fold for sensitivity ≥ {point['target_sensitivity']:.2f}. "
-            f"On {where}: sensitivity {_rate(held, 'sensitivity')}, specificity "
-            f"{_rate(held, 'specificity')}, PPV {_rate(held, 'ppv')}. The model returns this "
-            "decision in its `decision` column."
-        )
-    return lines or ["Not computed for this version."]
+def _interval(values: list[float | None] | None) -> str:
+    """A 95% interval as ``low–high``; empty when there is none."""
+    return "" if not values or values[0] is None else f"{values[0]:.3f}–{values[1]:.3f}"
 
 
 def _rate(values: dict[str, Any], name: str) -> str:
@@ -184,19 +99,18 @@ def _rate(values: dict[str, Any], name: str) -> str:
 
 
 def render_markdown(facts: CardFacts) -> str:
-    """The model card as Markdown."""
-    lines = [f"# Model card: {facts.model_name} ({facts.recipe.name})", ""]
-    for title, body in _sections(facts):
-        lines += [f"## {title}", ""]
-        if body and isinstance(body[0], list):
-            header, *rows = body
-            lines.append("| " + " | ".join(header) + " |")
-            lines.append("|" + "---|" * len(header))
-            lines += ["| " + " | ".join(row) + " |" for row in rows]
-        else:
-            lines += [f"- {item}" for item in body]
-        lines.append("")
-    return "\n".join(lines)
+    """The model card as Markdown, rendered from ``templates/model_card.md.j2`` (jinja2)."""
+    import jinja2
+
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    environment.filters["fixed"] = _fixed
+    return environment.get_template(TEMPLATE).render(_context(facts))
 
 
 def render_html(facts: CardFacts) -> str:
@@ -230,3 +144,8 @@ def write_model_card(facts: CardFacts, files: RegistryFiles) -> tuple[Path, Path
 
 def _f(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
+
+
+def _fixed(value: float, digits: int = 3) -> str:
+    """The template's number format: ``digits`` decimals."""
+    return f"{value:.{digits}f}"

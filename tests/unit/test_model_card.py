@@ -1,0 +1,68 @@
+"""Model cards: the template ships with the package, and the card states its facts."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import pytest
+
+from medml.config import load_recipe
+from medml.metrics import OUT_OF_FOLD, HoldoutMetrics
+from medml.model_card import TEMPLATE, CardFacts, render_html, render_markdown
+
+SECTIONS = [
+    "Intended use", "Not for", "Data", "Data facts", "Holdout metrics (fold ensemble)", "Overall",
+    "Calibration, out-of-fold estimate, operating point", "Limitations", "How to reproduce",
+]  # fmt: skip
+
+
+def test_template_ships_with_the_package() -> None:
+    """Found through the package (as in a wheel install), not through the source tree."""
+    template = resources.files("medml").joinpath("templates", TEMPLATE)
+    assert template.is_file()
+    assert "## Intended use" in template.read_text(encoding="utf-8")
+
+
+def _facts(estimate: str = "holdout", **changes: object) -> CardFacts:
+    recipe = load_recipe("kidney-ct")
+    classes = list(recipe.data.classes)
+    scores = {"sensitivity": 0.5, "specificity": 0.9, "ppv": None, "npv": 0.8, "f1": 0.6,
+              "support": 7}  # fmt: skip
+    overall = {"accuracy": 0.8, "balanced_accuracy": 0.7, "macro_f1": 0.6,
+               "roc_auc_ovr_macro": 0.9, "cohen_kappa": 0.5, "expected_calibration_error": 0.04,
+               "n": 28}  # fmt: skip
+    metrics = HoldoutMetrics(
+        classes=classes,
+        overall=overall,
+        per_class={c: dict(scores) for c in classes},
+        confusion_matrix=[[1] * len(classes)] * len(classes),
+        ci95={"balanced_accuracy": [0.6, 0.8], "sensitivity": {c: [0.2, 0.8] for c in classes}},
+        estimate=estimate,
+    )
+    facts = {"recipe": recipe, "metrics": metrics, "split_report": {}, "validation_report": {},
+             "model_name": "kidney", "logical_date": "2024-05-01", "data_hash": "abc",
+             "git_revision": "deadbeef", "gate_passed": True, "gate_reasons": []}  # fmt: skip
+    return CardFacts(**{**facts, **changes})
+
+
+def test_markdown_states_every_section_once_per_line() -> None:
+    card = render_markdown(_facts())
+    assert [line[3:] for line in card.splitlines() if line.startswith("## ")] == SECTIONS
+    assert card.endswith(".\n") and not card.endswith("\n\n")
+    assert "| Normal | 0.500 | 0.200–0.800 | 0.900 | n/a | 0.800 | 0.600 | 7 |" in card
+    assert "- Registration gate: passed." in card
+    assert "- Not computed for this version." in card
+    assert "{" not in card and "%}" not in card
+
+
+@pytest.mark.parametrize("estimate", ["holdout", OUT_OF_FOLD])
+def test_out_of_fold_cards_say_there_is_no_holdout(estimate: str) -> None:
+    card = render_markdown(_facts(estimate))
+    assert ("there is no holdout" in card) == (estimate == OUT_OF_FOLD)
+    assert ("Cross-validation only" in card) == (estimate == OUT_OF_FOLD)
+
+
+def test_html_escapes_what_the_facts_say() -> None:
+    page = render_html(_facts(gate_passed=False, gate_reasons=["<script>x</script>"]))
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "FAILED — &lt;script&gt;x&lt;/script&gt;" in page
