@@ -138,6 +138,15 @@ def clinical_metrics(
         "min_class_sensitivity": float(np.nanmin(rates["sensitivity"])),
         "n": int(len(y_true)),
     }
+    per_class = _per_class_scores(rates, classes)
+    ci95 = _bootstrap_ci(y_true, y_pred, k, list(classes), bootstrap, seed) if bootstrap else {}
+    return HoldoutMetrics(list(classes), overall, per_class, cm.tolist(), ci95)
+
+
+def _per_class_scores(
+    rates: dict[str, np.ndarray], classes: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Each class's rates as plain floats (``None`` where undefined) and its integer support."""
     per_class = {
         name: {
             metric: (float(values[i]) if not np.isnan(values[i]) else None)
@@ -147,8 +156,7 @@ def clinical_metrics(
     }
     for name in per_class:
         per_class[name]["support"] = int(per_class[name]["support"] or 0)
-    ci95 = _bootstrap_ci(y_true, y_pred, k, list(classes), bootstrap, seed) if bootstrap else {}
-    return HoldoutMetrics(list(classes), overall, per_class, cm.tolist(), ci95)
+    return per_class
 
 
 _BOOTSTRAP_DRAWS = 4_000_000  # resampled indices held at once (32 MB)
