@@ -70,12 +70,7 @@ def validate(
     with publish_dir(files.root) as staging:  # the folder appears whole, or not at all
         context = _gx_context(ValidationFiles(staging).data_docs)
         reasons, row_results = quarantine_reasons(checked, recipe.data, context)
-        quarantine = checked.loc[sorted(reasons), ["path", "root", "label", "sha256", "bytes"]]
-        quarantine = quarantine.assign(reason=["; ".join(reasons[i]) for i in quarantine.index])
-        clean = checked.drop(
-            index=list(reasons), columns=[*_CHECK_COLUMNS, "issue", "decode_error"]
-        )
-        clean = clean.reset_index(drop=True)
+        quarantine, clean = _set_apart(checked, reasons)
         counts = clean["label"].value_counts().reindex(recipe.data.classes, fill_value=0)
         critical, dataset_results = dataset_checks(counts, len(quarantine), len(manifest),
                                                    recipe.data, context)  # fmt: skip
@@ -83,18 +78,7 @@ def validate(
             "success": not critical,
             "data_docs": str(files.data_docs / "index.html"),
             "critical_failures": critical,
-            "images": len(manifest),
-            "quarantined": len(quarantine),
-            "quarantined_fraction": round(len(quarantine) / max(1, len(manifest)), 6),
-            "class_counts": {str(k): int(v) for k, v in counts.items()},
-            "imbalance_ratio": _imbalance_ratio(counts),
-            "ignored": ignored,
-            "ignored_summary": ignored_summary(ignored),
-            "group_sources": clean["group_source"].value_counts().to_dict(),
-            "multi_frame": {
-                "policy": recipe.data.multi_frame,
-                "files": int(clean.loc[clean["frames"] > 1, "path"].nunique()),
-            },
+            **_counted(len(manifest), quarantine, clean, counts, ignored, recipe.data),
             "expectations": _expectation_summary(row_results, dataset_results),
         }
         write_outputs(ValidationFiles(staging), report, quarantine, clean)
@@ -115,6 +99,42 @@ def validate(
 
 
 _CHECK_COLUMNS = ["decodable", "short_side", "long_side", "label_conflict"]
+
+
+def _set_apart(
+    checked: pd.DataFrame, reasons: dict[int, list[str]]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The quarantine list (the rows with reasons, and why) and the clean manifest (the rest,
+    without the check columns)."""
+    quarantine = checked.loc[sorted(reasons), ["path", "root", "label", "sha256", "bytes"]]
+    quarantine = quarantine.assign(reason=["; ".join(reasons[i]) for i in quarantine.index])
+    clean = checked.drop(index=list(reasons), columns=[*_CHECK_COLUMNS, "issue", "decode_error"])
+    return quarantine, clean.reset_index(drop=True)
+
+
+def _counted(
+    total: int,
+    quarantine: pd.DataFrame,
+    clean: pd.DataFrame,
+    counts: pd.Series,
+    ignored: dict[str, int],
+    data: DataConfig,
+) -> dict[str, Any]:
+    """The report's counts: images, quarantined, per class, ignored, group sources, frames."""
+    return {
+        "images": total,
+        "quarantined": len(quarantine),
+        "quarantined_fraction": round(len(quarantine) / max(1, total), 6),
+        "class_counts": {str(k): int(v) for k, v in counts.items()},
+        "imbalance_ratio": _imbalance_ratio(counts),
+        "ignored": ignored,
+        "ignored_summary": ignored_summary(ignored),
+        "group_sources": clean["group_source"].value_counts().to_dict(),
+        "multi_frame": {
+            "policy": data.multi_frame,
+            "files": int(clean.loc[clean["frames"] > 1, "path"].nunique()),
+        },
+    }
 
 
 def with_row_checks(
