@@ -81,34 +81,9 @@ def ingest(
         IngestError: the source is missing, is not a directory, holds no images, has a CSV
             that cannot be parsed, or files missing from ``groups.csv``.
     """
-    root = Path(source).expanduser().resolve()
-    if not root.exists():
-        raise IngestError(f"source directory {source} does not exist; check --source")
-    if not root.is_dir():
-        raise IngestError(f"source {source} is not a directory; point --source at the dataset root")
-    try:
-        layout, items = discover(root, recipe.data)
-        groups = _read_groups(root)
-    except LayoutError as err:
-        raise IngestError(str(err)) from None
+    root, items, groups = _scan(source, recipe.data)
+    found = _facts_of(root, items, recipe.data.dicom_group_tags, workers=workers, reuse=reuse)
     wanted = [item for item in items if not item.ignored]
-    if not wanted:
-        raise IngestError(
-            f"no images ({', '.join(recipe.data.extensions)}) found under {root} "
-            f"(layout {layout}); expected e.g. {root}/{recipe.data.classes[0]}/image.jpg"
-        )
-    tags = recipe.data.dicom_group_tags
-    kept = ReuseTable("ingest", {"root": str(root), "tags": tags}, key=["path", *STAT_COLUMNS],
-                      enabled=reuse)  # fmt: skip
-
-    def facts(item: Item) -> dict[str, object]:
-        if item.issue or item.ignored:  # never open what must not be read
-            return _no_facts(item.issue)
-        return _reused_facts(root, item.path, tags, kept)
-
-    found = parallel_map(facts, items, total=len(items), desc="ingest", unit="file",
-                         workers=workers)  # fmt: skip
-    kept.save()
     _check_groups_cover(groups, wanted, recipe.data, root)
     recorded_root = _recorded_root(root, Path(manifest_path).resolve().parent)
     rows = [row for item, fact in zip(items, found, strict=True)
@@ -122,6 +97,51 @@ def ingest(
         Path(manifest_path), len(images), {str(k): int(v) for k, v in counts.items()},
         ignored_by_extension(manifest),
     )  # fmt: skip
+
+
+def _scan(source: Path, data: DataConfig) -> tuple[Path, list[Item], dict[str, str]]:
+    """The dataset root, its files (:func:`~medml.data.layouts.discover`) and its
+    ``groups.csv`` groups (empty without one).
+
+    Raises:
+        IngestError: the source is missing, is not a directory, has a CSV that cannot be
+            parsed, or holds no images.
+    """
+    root = Path(source).expanduser().resolve()
+    if not root.exists():
+        raise IngestError(f"source directory {source} does not exist; check --source")
+    if not root.is_dir():
+        raise IngestError(f"source {source} is not a directory; point --source at the dataset root")
+    try:
+        layout, items = discover(root, data)
+        groups = _read_groups(root)
+    except LayoutError as err:
+        raise IngestError(str(err)) from None
+    if not any(not item.ignored for item in items):
+        raise IngestError(
+            f"no images ({', '.join(data.extensions)}) found under {root} "
+            f"(layout {layout}); expected e.g. {root}/{data.classes[0]}/image.jpg"
+        )
+    return root, items, groups
+
+
+def _facts_of(
+    root: Path, items: list[Item], tags: list[str], *, workers: int, reuse: bool
+) -> list[dict[str, object]]:
+    """Each file's hashes, size and header (:func:`_reused_facts`), read in parallel; files
+    with an ``issue`` and ignored ones are never opened."""
+    kept = ReuseTable("ingest", {"root": str(root), "tags": tags}, key=["path", *STAT_COLUMNS],
+                      enabled=reuse)  # fmt: skip
+
+    def facts(item: Item) -> dict[str, object]:
+        if item.issue or item.ignored:  # never open what must not be read
+            return _no_facts(item.issue)
+        return _reused_facts(root, item.path, tags, kept)
+
+    found = parallel_map(facts, items, total=len(items), desc="ingest", unit="file",
+                         workers=workers)  # fmt: skip
+    kept.save()
+    return found
 
 
 def ignored_by_extension(manifest: pd.DataFrame) -> dict[str, int]:
