@@ -60,7 +60,7 @@ def measure(run: Path, mode: str, epochs: int) -> dict[str, float]:
     from medml.augment import RandAugment
     from medml.balance import CopiedRows
     from medml.config import with_settings
-    from medml.pipeline import load_context
+    from medml.runs import load_context
     from medml.train import Accelerator, compile_model, load_fold_data, make_dataset
 
     ctx = load_context(run)

@@ -39,7 +39,7 @@ from medml_common import DEFAULT_ARGS, START_DATE
     },
 )
 def medml_promote() -> None:
-    """Wire review → approval → promote / record rejection; the work is in medml.registry."""
+    """Wire review → approval → promote / record rejection; the work is in medml.promotion."""
 
     @task
     def render_review(params: dict | None = None, run_id: str | None = None) -> str:
@@ -64,7 +64,7 @@ def medml_promote() -> None:
 
     @task
     def promote(params: dict | None = None, ti=None, dag_run=None) -> dict:
-        from medml.registry import promote as promote_version
+        from medml.promotion import promote as promote_version
         from medml.tracking import Tracking
 
         return promote_version(
@@ -76,7 +76,7 @@ def medml_promote() -> None:
 
     @task(trigger_rule="all_skipped")
     def record_rejection(params: dict | None = None, ti=None, dag_run=None) -> dict:
-        from medml.registry import record_decision
+        from medml.promotion import record_decision
         from medml.tracking import Tracking
 
         return record_decision(

@@ -23,8 +23,8 @@ Runs the medml lifecycle for one data snapshot (the run's logical date):
 * S3 credentials/endpoint come from the Airflow connection `medml_s3` (login, password, extra
   `endpoint_url`, `region_name`) or the worker's environment.
 * The model version gets alias `challenger` only if it passes the recipe's gate.
-* Every task is one call into `medml.pipeline`; the same functions back the `medml` CLI and
-  `dvc.yaml`.
+* Every task is one call into medml (`medml.steps` declares each step once); the same steps
+  back the `medml` CLI and `dvc.yaml`.
 
 Trigger a run for a past date with `airflow dags test medml_retrain 2026-01-05 -c '{...}'`.
 """
@@ -69,7 +69,7 @@ SNAPSHOTS = Asset(
     },
 )
 def medml_retrain() -> None:
-    """Wire the medml steps; all work happens in medml.pipeline."""
+    """Wire the medml steps (medml.steps: one task per step); all work happens in medml."""
 
     @task(retries=0)
     def prepare(
@@ -78,7 +78,7 @@ def medml_retrain() -> None:
         run_id: str | None = None,
         dag_run=None,
     ) -> str:
-        from medml import pipeline
+        from medml import runs
 
         ds = ds or dag_run.run_after.date().isoformat()  # asset-triggered runs have no ds
         source = (params["source"] or os.environ.get("MEDML_SOURCE", "")).format(ds=ds)
@@ -87,64 +87,64 @@ def medml_retrain() -> None:
                 "no dataset source: set $MEDML_SOURCE on the workers (e.g. "
                 "s3://bucket/prefix/{ds}/) or pass conf {'source': ...}; skipping this run"
             )
-        run_dir = params["run_dir"] or pipeline.new_run_dir("medml_retrain", ds, run_id)
-        ctx = pipeline.init_run(
+        run_dir = params["run_dir"] or runs.new_run_dir("medml_retrain", ds, run_id)
+        ctx = runs.init_run(
             run_dir,
             source,
             params["recipe"],
             overrides=params["overrides"],
             logical_date=ds,
-            run_key=pipeline.run_key_for("medml_retrain", run_id),
+            run_key=runs.make_run_key("medml_retrain", run_id),
         )
         return ctx.location
 
     @task
     def ingest(run_dir: str) -> dict:
-        from medml import pipeline
+        from medml import steps
 
         export_s3_connection()
-        return pipeline.step_ingest(run_dir)
+        return steps.ingest(run_dir)
 
     @task(retries=0)
     def validate(run_dir: str) -> dict:
-        from medml import pipeline
+        from medml import steps
 
-        return pipeline.step_validate(run_dir)
+        return steps.validate(run_dir)
 
     @task
     def split(run_dir: str) -> dict:
-        from medml import pipeline
+        from medml import steps
 
-        return pipeline.step_split(run_dir)
+        return steps.split(run_dir)
 
     @task
     def preprocess(run_dir: str) -> dict:
-        from medml import pipeline
+        from medml import steps
 
-        return pipeline.step_preprocess(run_dir)
+        return steps.preprocess(run_dir)
 
     @task
     def folds(run_dir: str) -> list[int]:
-        from medml import pipeline
+        from medml import runs
 
-        return pipeline.load_context(run_dir).folds
+        return runs.load_context(run_dir).folds
 
     @task.branch
     def choose_backend(run_dir: str) -> str:
-        from medml import pipeline
+        from medml import runs
 
-        backend = pipeline.load_context(run_dir).recipe.train.backend
+        backend = runs.load_context(run_dir).recipe.train.backend
         return "fold_pods" if backend == "kubernetes" else "train"
 
     @task
     def fold_pods(run_dir: str) -> list[dict]:
-        from medml import pipeline
+        from medml import pipeline, runs
         from medml.k8s import fold_pod_kwargs
 
-        ctx = pipeline.load_context(run_dir)
+        ctx = runs.load_context(run_dir)
         config = ctx.recipe.train.kubernetes
         export_s3_connection()
-        shared = pipeline.step_share_with_pods(run_dir)  # pods read and write the S3 run dir
+        shared = pipeline.share_with_pods(run_dir)  # pods read and write the S3 run dir
         return [fold_pod_kwargs(config, ctx.recipe.name, shared, fold) for fold in ctx.folds]
 
     @task
@@ -152,28 +152,28 @@ def medml_retrain() -> None:
         from medml import pipeline
 
         export_s3_connection()
-        return pipeline.step_collect_folds(run_dir)
+        return pipeline.collect_folds(run_dir)
 
     @task(max_active_tis_per_dagrun=4)
     def train(run_dir: str, fold: int) -> dict:
-        from medml import pipeline
+        from medml import steps
         from medml.tracking import Tracking
 
-        return pipeline.step_train(run_dir, fold, Tracking.from_env())
+        return steps.train(run_dir, fold, Tracking.from_env())
 
     @task(trigger_rule="none_failed_min_one_success")
     def evaluate(run_dir: str) -> dict:
-        from medml import pipeline
+        from medml import steps
         from medml.tracking import Tracking
 
-        return pipeline.step_evaluate(run_dir, Tracking.from_env())
+        return steps.evaluate(run_dir, Tracking.from_env())
 
     @task(outlets=[MODELS])
     def register(run_dir: str, outlet_events=None) -> dict:
-        from medml import pipeline
+        from medml import steps
         from medml.tracking import Tracking
 
-        registration = pipeline.step_register(run_dir, Tracking.from_env())
+        registration = steps.register(run_dir, Tracking.from_env())
         outlet_events[MODELS].extra = {
             key: registration[key] for key in ("model_name", "version", "alias", "gate_passed")
         }
@@ -181,9 +181,9 @@ def medml_retrain() -> None:
 
     @task
     def report(run_dir: str) -> str:
-        from medml import pipeline
+        from medml.report import write_run_summary
 
-        path = pipeline.write_run_summary(run_dir)
+        path = write_run_summary(run_dir)
         print(path.read_text())
         return str(path)
 

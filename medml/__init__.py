@@ -5,10 +5,10 @@ evaluate, register). The CLI, DVC and Airflow all call the same functions; nothi
 imports Airflow.
 """
 
-import os
+from medml.settings import set_library_defaults
 
 __version__ = "0.1.0"
 
 # OpenCV reads its pixel limit once, when the library loads: set it before anything imports
 # cv2 (medml.data.images.MAX_PIXELS is the same figure; a test keeps them equal).
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "100000000")
+set_library_defaults(("OPENCV_IO_MAX_IMAGE_PIXELS",))

@@ -17,9 +17,12 @@ models behave on new images, and the holdout stays an untouched test of the resu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from medml.evaluation_facts import EvaluationFacts
 
 _EPS = 1e-12
 
@@ -33,12 +36,10 @@ class ServingCalibration:
     operating_point: dict[str, Any] | None = None
 
     @classmethod
-    def from_evaluation(cls, facts: dict[str, Any]) -> ServingCalibration:
-        """From an evaluation's ``calibration`` and (binary) ``operating_point`` reports."""
-        point = facts.get("operating_point")
-        if point is not None:
-            point = {"positive_class": point["positive_class"], "threshold": point["threshold"]}
-        return cls(float(facts["calibration"]["temperature"]), point)
+    def from_evaluation(cls, facts: EvaluationFacts) -> ServingCalibration:
+        """From an evaluation's temperature and (binary) operating point."""
+        point = facts.operating_point
+        return cls(facts.calibration.temperature, point.serving() if point else None)
 
 
 def apply_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:

@@ -15,9 +15,13 @@ from typing import Annotated, Any
 
 import typer
 
-from medml import pipeline
+from medml import pipeline, runs, steps
 from medml.config import available_recipes
 from medml.errors import MedmlError
+from medml.layout import RunLayout
+from medml.report import summary as run_summary
+from medml.report import write_run_summary
+from medml.steps import STEPS, Step, data_steps
 from medml.tracking import Tracking, models_uri
 
 app = typer.Typer(
@@ -108,9 +112,16 @@ def synth(
         typer.Option(help="class_folders | split_folders | csv | dicom (default: the recipe's)."),
     ] = None,
 ) -> None:
-    """Write a synthetic phantom dataset shaped like the recipe's dataset (any shipped recipe)."""
+    """Write a synthetic phantom dataset shaped like the recipe's dataset (any shipped recipe).
+
+    A recipe YAML path stands for the recipe it names (its ``name:``), which must be one with
+    a phantom generator.
+    """
+    from medml.config import load_recipe
     from medml.data.synthetic import synthesize
 
+    if Path(recipe).suffix in {".yaml", ".yml"}:
+        recipe = _guard(load_recipe, recipe).name
     result = _guard(synthesize, recipe, out, layout=layout, n=n, seed=seed, image_size=size)
     patients = f" of {result.patients} synthetic patients" if result.patients else ""
     typer.echo(
@@ -135,7 +146,7 @@ def init(
 ) -> None:
     """Create a run directory: pin the recipe, overrides and source in run.json."""
     ctx = _guard(
-        pipeline.init_run,
+        runs.init_run,
         run_dir,
         source,
         recipe,
@@ -170,15 +181,13 @@ def _pin_for_dvc(
     from medml.config import load_recipe
 
     wanted = _guard(load_recipe, recipe, params_file=params, overrides=set_ or [])
-    existing = pipeline.RunLayout(Path(run_dir)).run_json
-    pinned = _guard(pipeline.load_context, run_dir) if existing.is_file() else None
+    existing = RunLayout(Path(run_dir)).run_json
+    pinned = _guard(runs.load_context, run_dir) if existing.is_file() else None
     # Same settings: the same run (its MLflow run and version); other settings: a new run.
     same = pinned is not None and pinned.recipe == wanted
-    key = (
-        pinned.run_key if same else f"dvc-{datetime.now(UTC):%Y%m%dT%H%M%S}-{wanted.params_hash()}"
-    )
+    key = pinned.run_key if same else runs.make_run_key("dvc")
     _guard(
-        pipeline.init_run,
+        runs.init_run,
         run_dir,
         source,
         recipe,
@@ -189,21 +198,8 @@ def _pin_for_dvc(
     )
 
 
-def _data_step(
-    step: Any,
-    run_dir: Path,
-    source: str | None,
-    recipe: str | None,
-    params: Path | None,
-    set_: list[str] | None,
-) -> None:
-    """Run a data step, first pinning the config when --source/--recipe are given (DVC)."""
-    _pin_for_dvc(run_dir, source, recipe, params, set_)
-    _echo_result(_guard(step, run_dir))
-
-
-def _data_command(name: str, step: Any, summary: str) -> None:
-    """Register a data-step subcommand (same options for all four: DVC passes them)."""
+def _data_command(data_step: Step) -> None:
+    """Register a data step's subcommand (the same options for all four: DVC passes them)."""
 
     def command(
         run_dir: RunDir,
@@ -212,35 +208,17 @@ def _data_command(name: str, step: Any, summary: str) -> None:
         params: ParamsFile = None,
         set_: Sets = None,
     ) -> None:
-        _data_step(step, run_dir, source, recipe, params, set_)
+        _pin_for_dvc(run_dir, source, recipe, params, set_)
+        _echo_result(_guard(data_step, run_dir))
 
-    command.__doc__ = summary
-    app.command(name)(command)
-
-
-_data_command(
-    "ingest",
-    pipeline.step_ingest,
-    "Scan the source into manifest.parquet (path, label, group, sha256, size, dims).",
-)
-_data_command(
-    "validate",
-    pipeline.step_validate,
-    "Great Expectations gate: quarantine bad files, fail on critical problems.",
-)
-_data_command(
-    "split",
-    pipeline.step_split,
-    "Holdout test set + stratified (group) k folds, with a leakage audit.",
-)
-_data_command(
-    "preprocess",
-    pipeline.step_preprocess,
-    "Decode and resize images with OpenCV into shards (cached in DVC's cache).",
-)
+    app.command(data_step.name, help=data_step.help)(command)
 
 
-@app.command()
+for _data_step in data_steps():
+    _data_command(_data_step)
+
+
+@app.command(STEPS["train"].name, help=STEPS["train"].help)
 def train(
     run_dir: SharedRunDir,
     fold: Annotated[
@@ -255,39 +233,36 @@ def train(
     params: ParamsFile = None,
     set_: Sets = None,
 ) -> None:
-    """Train one fold (balanced inside the fold), or every fold in turn, and log to MLflow."""
     if not str(run_dir).startswith("s3://"):
         _pin_for_dvc(Path(run_dir), source, recipe, params, set_)
     tracking = None if no_tracking else _tracking()
-    folds = [fold] if fold is not None else _guard(pipeline.load_context, run_dir).folds
+    folds = [fold] if fold is not None else _guard(runs.load_context, run_dir).folds
     for k in folds:
-        _echo_result(_guard(pipeline.step_train, run_dir, k, tracking))
+        _echo_result(_guard(steps.train, run_dir, k, tracking))
 
 
-@app.command()
+@app.command(STEPS["evaluate"].name, help=STEPS["evaluate"].help)
 def evaluate(
     run_dir: RunDir, source: OptSource = None, recipe: OptRecipe = None,
     params: ParamsFile = None, set_: Sets = None,
 ) -> None:  # fmt: skip
-    """Score the fold ensemble on the untouched holdout (clinical metrics, plots)."""
     _pin_for_dvc(run_dir, source, recipe, params, set_)
-    _echo_result(_guard(pipeline.step_evaluate, run_dir, _tracking()))
+    _echo_result(_guard(steps.evaluate, run_dir, _tracking()))
 
 
-@app.command()
+@app.command(STEPS["register"].name, help=STEPS["register"].help)
 def register(
     run_dir: RunDir, source: OptSource = None, recipe: OptRecipe = None,
     params: ParamsFile = None, set_: Sets = None,
 ) -> None:  # fmt: skip
-    """Register the fold ensemble in MLflow; alias `challenger` if it passes the gate."""
     _pin_for_dvc(run_dir, source, recipe, params, set_)
-    _echo_result(_guard(pipeline.step_register, run_dir, _tracking()))
+    _echo_result(_guard(steps.register, run_dir, _tracking()))
 
 
 @app.command()
 def summary(run_dir: RunDir) -> None:
     """Print a run's holdout metrics per class and its registered version."""
-    typer.echo(_guard(pipeline.summary, run_dir))
+    typer.echo(_guard(run_summary, run_dir))
 
 
 def _new_run(
@@ -298,11 +273,13 @@ def _new_run(
     params: Path | None,
     set_: list[str] | None,
     logical_date: str | None = None,
-) -> pipeline.RunContext:
-    """Initialise a run directory (default: :func:`medml.pipeline.new_run_dir`)."""
+) -> runs.RunContext:
+    """Initialise a run directory (default: :func:`medml.runs.new_run_dir`)."""
     date = logical_date or datetime.now(UTC).date().isoformat()
-    target = run_dir or pipeline.new_run_dir(kind, date)
-    return _guard(pipeline.init_run, target, source, recipe, params_file=params,
+    run_id = runs.new_run_id(kind)  # a given run directory keeps the key pinned in it
+    target = run_dir or runs.new_run_dir(kind, date, run_id)
+    return _guard(runs.init_run, target, source, recipe, params_file=params,
+                  run_key=None if run_dir else runs.make_run_key(kind, run_id),
                   overrides=set_ or [], logical_date=date)  # fmt: skip
 
 
@@ -321,7 +298,7 @@ def run(
     ctx = _new_run("cli", run_dir, source, recipe, params, set_, logical_date)
     _guard(pipeline.run_all, ctx, _tracking(), echo=typer.echo)
     typer.echo("")
-    typer.echo(pipeline.write_run_summary(ctx.layout.root).read_text())
+    typer.echo(write_run_summary(ctx.layout.root).read_text())
 
 
 @app.command("compare")
@@ -430,7 +407,7 @@ def promote_cmd(
 ) -> None:
     """Move alias `champion` to a version (the old one stays as `previous-champion`), audited
     with your OS user name."""
-    from medml.registry import promote
+    from medml.promotion import promote
 
     event = _guard(
         promote, _existing_store(tracking_uri), model, version, reviewer=_os_user(),
@@ -445,7 +422,7 @@ def promote_cmd(
 @app.command("rollback")
 def rollback_cmd(model: ModelName, reason: Reason, tracking_uri: TrackingUri = None) -> None:
     """Restore the previous champion, audited with your OS user name."""
-    from medml.registry import rollback
+    from medml.promotion import rollback
 
     tracking = _existing_store(tracking_uri)
     event = _guard(rollback, tracking, model, reviewer=_os_user(), reason=reason)
@@ -460,7 +437,7 @@ app.add_typer(audit_app, name="audit")
 @audit_app.command("log")
 def audit_log_cmd(model: ModelName, tracking_uri: TrackingUri = None) -> None:
     """Print a model's audit events, oldest first."""
-    from medml.registry import audit_log
+    from medml.promotion import audit_log
 
     for event in _guard(audit_log, _existing_store(tracking_uri), model):
         typer.echo(f"#{event['seq']} {event['at']} {event['event']} v{event['version']} "
@@ -530,7 +507,7 @@ def demo(
     now = datetime.now(UTC).replace(microsecond=0)
     logical_date = now.isoformat()  # a timestamp: the run's duration is its real duration
     env = local_airflow.airflow_env(workdir)
-    run_dir = pipeline.new_run_dir("demo", now.date().isoformat(), home=workdir)
+    run_dir = runs.new_run_dir("demo", now.date().isoformat(), home=workdir)
     airflow = local_airflow.airflow_executable()
     log = workdir / "airflow-dags-test.log"
     typer.echo(f"[demo] airflow db migrate (AIRFLOW_HOME={env['AIRFLOW_HOME']})")
@@ -550,10 +527,10 @@ def demo(
         finally:
             for line in progress.unreported(executor_env, "medml_retrain"):
                 typer.echo(line)
-    if not pipeline.RunLayout(run_dir).registry.registration.is_file():
+    if not RunLayout(run_dir).registry.registration.is_file():
         raise _fail(f"the DAG run did not register a model; see {log}")
     typer.echo("")
-    typer.echo(pipeline.summary(run_dir))
+    typer.echo(run_summary(run_dir))
     bin_dir = Path(local_airflow.airflow_executable()).parent
     typer.echo(f"\nMLflow UI:  PATH={bin_dir}:$PATH mlflow ui --backend-store-uri "
                f"{env['MLFLOW_TRACKING_URI']}")  # fmt: skip
@@ -584,9 +561,9 @@ def airflow_ui(
 
 def main() -> None:
     """Console-script entry point (quiet defaults for TF and MLflow progress output)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    from medml.settings import set_library_defaults
+
+    set_library_defaults()
     app()
 
 

@@ -29,8 +29,8 @@ from medml.evaluate import clinical_metrics, predict_proba
 from medml.extensions import BALANCERS
 from medml.io import atomic_path
 from medml.metrics import HoldoutMetrics
-from medml.pipeline import RunContext
 from medml.preprocess import load_images, load_index
+from medml.runs import RunContext
 from medml.tracking import KIND_TAG, RUN_KEY_TAG, Tracking
 from medml.train import fold_rows, train_fold
 

@@ -26,17 +26,16 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from medml.io import atomic_path, medml_home, read_json, write_json
+from medml.io import atomic_path, read_json, write_json
 
 _CACHE_TYPES = ["hardlink", "copy"]  # objects are read-only, so links are safe to share
 
 
 def default_cache_dir() -> Path:
-    """``$MEDML_DVC_CACHE``, else ``$MEDML_HOME/dvc-cache`` (``./.medml/dvc-cache``)."""
-    configured = os.environ.get("MEDML_DVC_CACHE")
-    if configured:
-        return Path(configured).expanduser().resolve()
-    return medml_home() / "dvc-cache"
+    """:attr:`Settings.dvc_cache` (``$MEDML_DVC_CACHE``, else ``$MEDML_HOME/dvc-cache``)."""
+    from medml.settings import Settings
+
+    return Settings.from_env().dvc_cache
 
 
 def dvc_md5(path: Path) -> str:

@@ -28,7 +28,7 @@ from medml.calibration import (
 from medml.config import Recipe
 from medml.errors import RunError
 from medml.io import atomic_path, publish_dir, read_json, write_json
-from medml.layout import EvaluationFiles, FoldFiles
+from medml.layout import ARTIFACTS, EvaluationFiles, FoldFiles
 from medml.metrics import OUT_OF_FOLD, HoldoutMetrics
 from medml.preprocess import load_index
 from medml.split import TEST
@@ -135,7 +135,6 @@ def clinical_metrics(
         "roc_auc_ovr_macro": auc,
         "cohen_kappa": float(cohen_kappa_score(y_true, y_pred, labels=list(range(k)))),
         "expected_calibration_error": expected_calibration_error(y_true, proba),
-        "min_class_sensitivity": float(np.nanmin(rates["sensitivity"])),
         "n": int(len(y_true)),
     }
     per_class = _per_class_scores(rates, classes)
@@ -537,7 +536,7 @@ def log_evaluation(
         mlflow.log_metrics({**metrics.loggable("test_"), **oof_metrics.loggable("oof_"),
                             "calibration_temperature": temperature})  # fmt: skip
         for artifact in artifacts:
-            mlflow.log_artifact(str(artifact), artifact_path="evaluation")
+            mlflow.log_artifact(str(artifact), artifact_path=ARTIFACTS.evaluation)
 
 
 def write_plots(

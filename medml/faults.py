@@ -14,5 +14,7 @@ import signal
 
 def failpoint(name: str) -> None:
     """SIGKILL this process if ``$MEDML_FAILPOINT`` names this point."""
-    if os.environ.get("MEDML_FAILPOINT") == name:
+    from medml.settings import Settings
+
+    if Settings.from_env().failpoint == name:
         os.kill(os.getpid(), signal.SIGKILL)

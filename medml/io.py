@@ -55,8 +55,10 @@ def safe_name(text: str) -> str:
 
 
 def medml_home() -> Path:
-    """Workspace for runs, caches and the default MLflow store: ``$MEDML_HOME`` or ``./.medml``."""
-    return Path(os.environ.get("MEDML_HOME") or ".medml").resolve()
+    """Workspace for runs, caches and the default MLflow store (:attr:`Settings.home`)."""
+    from medml.settings import Settings
+
+    return Settings.from_env().home
 
 
 @contextmanager

@@ -200,8 +200,14 @@ class RunLayout:
     def preprocess_json(self) -> Path:
         return self.root / "preprocess.json"
 
-    def fold(self, fold: int) -> FoldFiles:
-        return FoldFiles(self.root / "folds" / f"fold_{fold}")
+    @property
+    def folds(self) -> Path:
+        """Every fold's folder (:meth:`fold`)."""
+        return self.root / "folds"
+
+    def fold(self, fold: int | str) -> FoldFiles:
+        """Fold ``fold``'s folder (``"{fold}"``: the pattern a per-fold step declares)."""
+        return FoldFiles(self.folds / f"fold_{fold}")
 
     def fold_models(self, folds: int) -> list[Path]:
         return [self.fold(k).model for k in range(folds)]
@@ -255,7 +261,8 @@ RELATIVE = RunLayout(Path())
 class StepFiles:
     """What one step reads from and writes to a run directory (paths relative to it).
 
-    A step that runs on a mirror of an S3 run directory (another worker, a training pod)
+    Declared by each step in :mod:`medml.steps`. A step that runs on a mirror of an S3 run
+    directory (another worker, a training pod)
     downloads ``needs`` first and uploads ``produces`` when it succeeds; ``optional`` ones may
     be absent. ``reads_source`` steps also need the dataset's files (fetched again from an S3
     source, never copied into the run).
@@ -267,39 +274,32 @@ class StepFiles:
     reads_source: bool = False
 
 
-def step_files(step: str, fold: int | None = None) -> StepFiles:
-    """The :class:`StepFiles` of ``step`` (``train`` needs its ``fold``; ``context`` is
-    reading the pinned configuration alone)."""
-    rel = RELATIVE
-    run, validation, folds = rel.run_json, rel.validation.root, rel.root / "folds"
-    evaluated = (run, rel.snapshot_json, rel.splits, rel.split_report, validation,
-                 rel.evaluation.root, folds)  # fmt: skip
-    table: dict[str, tuple[tuple[Path, ...], tuple[Path, ...], bool]] = {
-        "init": ((run,), (run,), False),  # a retried task keeps its pin
-        "context": ((run,), (), False),
-        "ingest": ((run,), (rel.manifest, rel.snapshot_json), False),
-        "validate": ((run, rel.manifest), (validation,), True),
-        "split": ((run, validation), (rel.splits, rel.split_report), False),
-        "preprocess": ((run, rel.splits), (rel.shards, rel.preprocess_json), True),
-        "train": (
-            (run, rel.shards, rel.snapshot_json, rel.splits),  # splits: MLflow dataset
-            (rel.fold(fold).root,) if fold is not None else (),
-            False,
-        ),
-        "evaluate": (
-            (run, rel.snapshot_json, rel.splits, validation, rel.shards, folds),
-            (rel.evaluation.root, rel.overview),
-            False,
-        ),
-        "register": (evaluated, (rel.registry.root,), True),
-        "summary": ((*evaluated, rel.registry.root, rel.overview), (rel.summary,), False),
-    }
-    needs, produces, reads_source = table[step]
-    # what a step both needs and produces may not exist yet: it is pulled only to be kept
-    optional = (rel.overview, rel.registry.root, *(path for path in needs if path in produces))
-    return StepFiles(
-        needs=tuple(path.as_posix() for path in needs),
-        produces=tuple(path.as_posix() for path in produces),
-        optional=tuple(path.as_posix() for path in optional),
-        reads_source=reads_source,
-    )
+@dataclass(frozen=True)
+class MlflowArtifacts:
+    """Where a pipeline run keeps its files among its MLflow artifacts (paths relative to the
+    run's artifact root)."""
+
+    evaluation: str = "evaluation"
+    validation: str = "validation"
+    overview: str = "overview"
+    model_card: str = "model_card"
+    model: str = "model"
+    """The logged model's name (``runs:/<run>/model``; its registered versions' source)."""
+
+    @property
+    def metrics(self) -> str:
+        """The holdout metrics (:data:`METRICS_FILE`) that the gate decided on."""
+        return f"{self.evaluation}/{METRICS_FILE}"
+
+    @property
+    def champion_metrics(self) -> str:
+        """The champion's metrics on the same holdout, when the gate compared with one."""
+        return f"{self.evaluation}/champion_on_this_holdout.json"
+
+    def plot(self, name: str) -> str:
+        """An evaluation plot (``confusion_matrix``, ``roc_curves`` …)."""
+        return f"{self.evaluation}/{plot_file(name)}"
+
+
+ARTIFACTS = MlflowArtifacts()
+"""The one set of MLflow artifact paths."""

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from medml.errors import MedmlError
+from medml.settings import process_environment
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _TASK_END = re.compile(r"\[DAG TEST\] end task task_id=(\S+) map_index=(-?\d+)")
@@ -30,7 +31,7 @@ class AirflowRunFailed(MedmlError):
 
 def airflow_env(workdir: Path) -> dict[str, str]:
     """Environment for an embedded Airflow (SQLite metadata DB) and MLflow store under workdir."""
-    env = dict(os.environ)
+    env = process_environment()
     env.update(
         {
             "AIRFLOW_HOME": str(workdir / "airflow"),

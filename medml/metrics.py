@@ -50,6 +50,33 @@ class MetricSpec:
     higher_is_better: bool = True
     per_class: bool = False
 
+    @property
+    def short_name(self) -> str:
+        """The per-class rate's name without ``class_`` (``sensitivity``): its column in
+        tables and, with the class, its MLflow metric name (``test_sensitivity_Tumor``)."""
+        return self.name.removeprefix("class_")
+
+    def flat(self, value: Value, prefix: str = "") -> dict[str, float]:
+        """``value`` of this metric under flat names: ``<prefix><name>``, or for a per-class
+        metric ``<prefix><short name>_<class>`` per class; non-finite values left out."""
+        if isinstance(value, dict):
+            named = {f"{prefix}{self.short_name}_{cls}": v for cls, v in value.items()}
+        else:
+            named = {f"{prefix}{self.name}": value}
+        return {key: float(v) for key, v in named.items() if math.isfinite(float(v))}
+
+
+def registered_metrics(*, per_class: bool | None = None) -> list[MetricSpec]:
+    """Every registered metric (only the per-class or only the scalar ones when asked), in
+    registration order: what is gated, logged, tagged and shown."""
+    specs = [METRICS.get(name) for name in METRICS.names()]
+    return [s for s in specs if per_class is None or s.per_class == per_class]
+
+
+def scalar_metrics(m: HoldoutMetrics) -> dict[str, float]:
+    """Every registered scalar metric's value of ``m``, by name."""
+    return {spec.name: float(spec.read(m)) for spec in registered_metrics(per_class=False)}
+
 
 def metric(
     name: str, *, higher_is_better: bool = True, per_class: bool = False
@@ -150,13 +177,12 @@ class HoldoutMetrics:
         return found
 
     def loggable(self, prefix: str = "test_") -> dict[str, float]:
-        """Every finite overall and per-class score and the per-fold scores, as flat names."""
+        """Every finite overall score, every registered metric (per-class ones per class) and
+        the per-fold scores, as flat names."""
         flat = {f"{prefix}{k}": float(v) for k, v in self.overall.items()
                 if isinstance(v, float) and math.isfinite(v)}  # fmt: skip
-        for name, scores in self.per_class.items():
-            for key in ("sensitivity", "specificity", "ppv", "f1"):
-                if scores.get(key) is not None:
-                    flat[f"{prefix}{key}_{name}"] = float(scores[key])
+        for spec in registered_metrics():
+            flat |= spec.flat(spec.read(self), prefix)
         for fold, scores in enumerate(self.per_fold):
             for key in ("balanced_accuracy", "macro_f1"):
                 flat[f"{prefix}fold{fold}_{key}"] = float(scores[key])

@@ -8,16 +8,19 @@ The prose is the template ``templates/model_card.md.j2``; this module computes w
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medml.config import Recipe
+from medml.evaluation_facts import EvaluationFacts
 from medml.io import atomic_path
 from medml.layout import RegistryFiles
-from medml.metrics import OUT_OF_FOLD, HoldoutMetrics
+from medml.metrics import OUT_OF_FOLD, HoldoutMetrics, scalar_metrics
 
 TEMPLATE = "model_card.md.j2"  # in medml/templates/: the card's prose
+_NAMED_IN_PROSE = {"balanced_accuracy", "macro_f1", "accuracy", "roc_auc_ovr_macro",
+                   "cohen_kappa", "expected_calibration_error"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -34,15 +37,15 @@ class CardFacts:
     git_revision: str
     gate_passed: bool
     gate_reasons: list[str]
-    evaluation: dict[str, Any] = field(default_factory=dict)  # calibration, oof, operating point
+    evaluation: EvaluationFacts | None = None  # calibration, out-of-fold, operating point
 
 
 def _context(facts: CardFacts) -> dict[str, Any]:
     """The values the card's template (``templates/model_card.md.j2``) puts into its prose."""
     recipe, metrics = facts.recipe, facts.metrics
     evaluation, validation, split = facts.evaluation, facts.validation_report, facts.split_report
-    point = evaluation.get("operating_point")
-    held = (point["holdout"] or point["oof"]) if point else {}
+    point = evaluation.operating_point if evaluation else None
+    held = point.rates if point else {}
     return {
         "model_name": facts.model_name, "recipe": recipe, "classes": metrics.classes,
         "subject": recipe.description.lower() or recipe.name,
@@ -59,8 +62,10 @@ def _context(facts: CardFacts) -> dict[str, Any]:
         "overall_ci": {name: _interval(metrics.interval(name))
                        for name in ("balanced_accuracy", "macro_f1")},
         "gate_passed": facts.gate_passed, "gate_reasons": facts.gate_reasons,
-        "calibration": evaluation.get("calibration") or {},
-        "oof": (evaluation.get("oof_metrics") or {}).get("overall") or {},
+        "calibration": evaluation.calibration if evaluation else None,
+        "oof": evaluation.oof_metrics.overall if evaluation else {},
+        "registered": {name: value for name, value in scalar_metrics(metrics).items()
+                       if name not in _NAMED_IN_PROSE},
         "point": point,
         "point_rates": {name: _rate(held, name) for name in ("sensitivity", "specificity", "ppv")},
     }  # fmt: skip

@@ -1,9 +1,11 @@
-"""Register the fold ensemble as one MLflow model version, gated, tagged and aliased."""
+"""Register the fold ensemble as one MLflow model version, gated, tagged and aliased.
+
+Who may later move ``champion`` to it, and the audit of that, is :mod:`medml.promotion`.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,18 +15,15 @@ from typing import Any
 import pandas as pd
 
 from medml.calibration import ServingCalibration
-from medml.config import GateConfig, Recipe, parse_overrides
-from medml.errors import RefusedError
+from medml.config import Recipe
 from medml.faults import failpoint
 from medml.io import COMPLETE_MARKER, atomic_path, publish_dir, write_json
-from medml.layout import RegistryFiles
-from medml.metrics import GateOutcome, HoldoutMetrics, check_gate
+from medml.layout import ARTIFACTS, RegistryFiles
+from medml.metrics import GateOutcome, HoldoutMetrics, check_gate, scalar_metrics
 from medml.tracking import Tracking, alias_uri, version_uri
+from medml.version_tags import CHAMPION, VersionTags
 
 MAX_TAG_CHARS = 5000
-CHAMPION = "champion"
-COMPLETE_TAG = "medml.complete"
-MODELS_DIGEST_TAG = "medml.models_digest"
 
 
 @dataclass(frozen=True)
@@ -61,8 +60,10 @@ class ChampionScore:
 
 def git_revision(start: Path | None = None) -> str:
     """The source revision: ``MEDML_GIT_REVISION`` if set (images), else ``git rev-parse HEAD``."""
-    if os.environ.get("MEDML_GIT_REVISION"):
-        return os.environ["MEDML_GIT_REVISION"]
+    from medml.settings import Settings
+
+    if revision := Settings.from_env().git_revision:
+        return revision
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
@@ -91,21 +92,23 @@ def version_tags(
     recipe: Recipe, metrics: HoldoutMetrics, gate: GateOutcome, *, folds: int,
     champion: ChampionScore | None, revision: str, extra: dict[str, str],
 ) -> dict[str, str]:  # fmt: skip
-    """The tags a registered version carries (lineage, gate, headline scores)."""
+    """The tags a registered version carries (lineage, gate, every registered scalar metric's
+    holdout value)."""
     params_json = json.dumps(recipe.model_dump(mode="json"), sort_keys=True)
+    params = params_json if len(params_json) <= MAX_TAG_CHARS else "(see run params)"
+    scores = scalar_metrics(metrics)
     return {
         **extra,
-        "recipe": recipe.name,
-        "git_revision": revision,
-        "params_hash": recipe.params_hash(),
-        "params": params_json if len(params_json) <= MAX_TAG_CHARS else "(see run params)",
-        "balance": recipe.train.balance,
-        "folds": str(folds),
-        "gate": "passed" if gate.passed else "failed",
-        "gate_reasons": "; ".join(gate.reasons)[:MAX_TAG_CHARS],
-        "compared_with_champion": champion.version if champion else "none",
-        "balanced_accuracy": f"{metrics.value('balanced_accuracy'):.4f}",
-        "macro_f1": f"{metrics.value('macro_f1'):.4f}",
+        VersionTags.RECIPE: recipe.name,
+        VersionTags.GIT_REVISION: revision,
+        VersionTags.PARAMS_HASH: recipe.params_hash(),
+        VersionTags.PARAMS: params,
+        VersionTags.BALANCE: recipe.train.balance,
+        VersionTags.FOLDS: str(folds),
+        VersionTags.GATE: "passed" if gate.passed else "failed",
+        VersionTags.GATE_REASONS: "; ".join(gate.reasons)[:MAX_TAG_CHARS],
+        VersionTags.COMPARED_WITH_CHAMPION: champion.version if champion else "none",
+        **{VersionTags.metric(name): f"{value:.4f}" for name, value in scores.items()},
     }
 
 
@@ -137,13 +140,13 @@ def log_ensemble(
     with tracking.run(run_id=parent_run_id):
         info = log_classifier(
             ensemble_path, recipe.data.classes, recipe.image.model_dump(mode="json"),
-            name="model", registered_model_name=recipe.registry.model_name,
-            tags={MODELS_DIGEST_TAG: digest}, operating_point=operating_point,
+            name=ARTIFACTS.model, registered_model_name=recipe.registry.model_name,
+            tags={VersionTags.MODELS_DIGEST: digest}, operating_point=operating_point,
         )  # fmt: skip
         for path in card_paths:
-            mlflow.log_artifact(str(path), artifact_path="model_card")
+            mlflow.log_artifact(str(path), artifact_path=ARTIFACTS.model_card)
         if champion is not None and champion.metrics is not None:
-            mlflow.log_dict(champion.metrics.to_dict(), "evaluation/champion_on_this_holdout.json")
+            mlflow.log_dict(champion.metrics.to_dict(), ARTIFACTS.champion_metrics)
     return str(info.registered_model_version)
 
 
@@ -184,18 +187,11 @@ def register_ensemble(
         calibration: the temperature (inside the ensemble) and operating point (returned by
             the served model) that evaluation fitted out-of-fold.
     """
-    from medml.model_card import CardFacts, render_markdown, write_model_card
+    from medml.model_card import render_markdown, write_model_card
 
     gate = gate_outcome(metrics, recipe, champion)
     name, revision = recipe.registry.model_name, git_revision()
-    card = CardFacts(
-        recipe=recipe, metrics=metrics, model_name=name,
-        split_report=(card_facts or {}).get("split_report", {}),
-        validation_report=(card_facts or {}).get("validation_report", {}),
-        logical_date=tags.get("logical_date", ""), data_hash=tags.get("data_hash", ""),
-        git_revision=revision, gate_passed=gate.passed, gate_reasons=gate.reasons,
-        evaluation=(card_facts or {}).get("evaluation", {}),
-    )  # fmt: skip
+    card = _card_facts(recipe, metrics, gate, revision, tags, card_facts or {})
     tags = version_tags(recipe, metrics, gate, folds=len(model_paths), champion=champion,
                         revision=revision, extra=tags)  # fmt: skip
     alias = recipe.registry.alias if gate.passed else None
@@ -215,6 +211,24 @@ def register_ensemble(
         registration = Registration(name, version, alias, gate, version_uri(name, version))
         write_json(files.registration, registration.as_dict())
     return registration
+
+
+def _card_facts(
+    recipe: Recipe, metrics: HoldoutMetrics, gate: GateOutcome, revision: str,
+    tags: dict[str, str], reports: dict[str, Any],
+) -> Any:  # fmt: skip
+    """What the model card states about this version."""
+    from medml.model_card import CardFacts
+
+    return CardFacts(
+        recipe=recipe, metrics=metrics, model_name=recipe.registry.model_name,
+        split_report=reports.get("split_report", {}),
+        validation_report=reports.get("validation_report", {}),
+        logical_date=tags.get(VersionTags.LOGICAL_DATE, ""),
+        data_hash=tags.get(VersionTags.DATA_HASH, ""),
+        git_revision=revision, gate_passed=gate.passed, gate_reasons=gate.reasons,
+        evaluation=reports.get("evaluation"),
+    )  # fmt: skip
 
 
 def describe(tracking: Tracking, recipe: Recipe, version: str, card: str) -> None:
@@ -251,7 +265,7 @@ def version_of_run(tracking: Tracking, name: str, run_id: str, models_digest: st
             tags = client.get_logged_model(model_id).tags
         except MlflowException:
             continue
-        if tags.get(MODELS_DIGEST_TAG) == models_digest:
+        if tags.get(VersionTags.MODELS_DIGEST) == models_digest:
             return str(version.version)
     return None
 
@@ -275,20 +289,7 @@ def complete_version(
             client.set_model_version_tag(name, version, key, value)
     if alias is not None:
         client.set_registered_model_alias(name, alias, version)
-    client.set_model_version_tag(name, version, COMPLETE_TAG, "true")
-
-
-def require_complete_version(model_version: Any) -> None:
-    """Refuse a version whose registration was interrupted (no ``medml.complete`` tag).
-
-    Raises:
-        PromotionError: the version is incomplete.
-    """
-    if model_version.tags.get(COMPLETE_TAG) != "true":
-        raise PromotionError(
-            f"{model_version.name} v{model_version.version} is incomplete (its registration was "
-            "interrupted before it was tagged); re-run the `register` step of its run"
-        )
+    client.set_model_version_tag(name, version, VersionTags.COMPLETE, "true")
 
 
 def champion_on_holdout(
@@ -324,209 +325,3 @@ def champion_on_holdout(
             version, error=f"champion v{version} could not be scored on this holdout: {err}"
         )
     return ChampionScore(version, clinical_metrics(y_true, proba, list(classes), bootstrap=0))
-
-
-PREVIOUS_CHAMPION = "previous-champion"
-OVERRIDERS_ENV = "MEDML_GATE_OVERRIDERS"
-FOUR_EYES_ENV = "MEDML_FOUR_EYES"
-
-
-class PromotionError(RefusedError):
-    """A promotion or rollback was refused; the message says why and what to do."""
-
-
-def _now() -> str:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def alias_version(client: Any, name: str, alias: str) -> str | None:
-    """The version an alias points to, or ``None`` when the alias is not set."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
-
-
-def audit_log(tracking: Tracking, name: str) -> list[dict[str, Any]]:
-    """The promotion/rollback/decision events of a registered model, oldest first."""
-    from medml import audit
-
-    return audit.events(tracking, name)
-
-
-def recorded_gate(tracking: Tracking, model_version: Any) -> GateOutcome:
-    """The version's gate, recomputed from what its run logged and MLflow never lets a client
-    change: the holdout metrics artifact, the champion's scores on the same holdout, and the
-    recipe's gate settings as run params — never from the (editable) ``gate`` tag.
-
-    Raises:
-        PromotionError: the run lacks its metrics or gate settings.
-    """
-    import tempfile
-
-    from mlflow.exceptions import MlflowException
-
-    client = tracking.activate()
-    run_id = model_version.run_id
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            metrics = HoldoutMetrics.read(Path(client.download_artifacts(
-                run_id, "evaluation/metrics.json", tmp)))  # fmt: skip
-        except (MlflowException, OSError) as err:
-            raise PromotionError(
-                f"{model_version.name} v{model_version.version}: its run {run_id} has no "
-                f"evaluation/metrics.json ({err}); the gate cannot be checked"
-            ) from None
-        try:
-            champion: HoldoutMetrics | None = HoldoutMetrics.read(Path(client.download_artifacts(
-                run_id, "evaluation/champion_on_this_holdout.json", tmp)))  # fmt: skip
-        except (MlflowException, OSError):
-            champion = None
-    gate = gate_from_params(client.get_run(run_id).data.params)
-    return check_gate(metrics, gate, champion)
-
-
-def gate_from_params(params: dict[str, str]) -> GateConfig:
-    """The ``registry.gate`` settings from a pipeline run's (immutable) flat params."""
-    prefix = "registry.gate."
-    pairs = [f"{key.removeprefix(prefix)}={'null' if value == 'None' else value}"
-             for key, value in params.items() if key.startswith(prefix)]  # fmt: skip
-    if not pairs:
-        raise PromotionError("the version's run has no registry.gate params to check its gate")
-    return GateConfig.model_validate(parse_overrides(pairs))
-
-
-def _identity_checks(reviewer: str, reason: str, requested_by: str | None) -> None:
-    if not reviewer.strip():
-        raise PromotionError("no authenticated reviewer: the identity comes from the OS user "
-                             "(CLI) or the Airflow user who answered the approval")  # fmt: skip
-    if not reason.strip():
-        raise PromotionError("a promotion needs --reason (recorded in the audit trail)")
-    four_eyes = os.environ.get(FOUR_EYES_ENV, "true").lower() not in ("0", "false", "no")
-    if four_eyes and requested_by and requested_by == reviewer:
-        raise PromotionError(
-            f"{reviewer} requested this promotion and cannot also approve it (four-eyes rule; "
-            f"another reviewer must approve, or the deployment sets {FOUR_EYES_ENV}=false)"
-        )
-
-
-def _override_checks(name: str, version: str, gate: GateOutcome, reviewer: str,
-                     override_gate: str | None) -> None:  # fmt: skip
-    if gate.passed:
-        return
-    why = "; ".join(gate.reasons)
-    if not (override_gate and override_gate.strip()):
-        raise PromotionError(
-            f"{name} v{version} did not pass its gate (recomputed from its logged metrics: "
-            f"{why}); pass --override-gate REASON to promote it anyway (allowed roles only)"
-        )
-    allowed = {u.strip() for u in os.environ.get(OVERRIDERS_ENV, "").split(",") if u.strip()}
-    if reviewer not in allowed:
-        raise PromotionError(
-            f"{reviewer} may not override a failed gate ({why}); the deployment lists who "
-            f"may in {OVERRIDERS_ENV} (now: {', '.join(sorted(allowed)) or 'nobody'})"
-        )
-
-
-def promote(
-    tracking: Tracking, name: str, version: str | int, *, reviewer: str, reason: str,
-    override_gate: str | None = None, requested_by: str | None = None, identity: str = "os-user",
-) -> dict[str, Any]:  # fmt: skip
-    """Move alias ``champion`` to ``version``, keep the old champion as ``previous-champion``
-    and clear ``challenger`` if it pointed at this version (a review never compares a version
-    with itself).
-
-    Args:
-        tracking: the MLflow store.
-        name: the registered model.
-        version: the version to promote.
-        reviewer: the authenticated identity who decides (OS user, or the Airflow approver).
-        reason: why (required; audited).
-        override_gate: why to promote a version whose gate failed; only users listed in
-            ``$MEDML_GATE_OVERRIDERS`` may.
-        requested_by: who asked for the promotion (the Airflow user who triggered it): with
-            the four-eyes rule (``$MEDML_FOUR_EYES``, on by default) they cannot approve it.
-        identity: where ``reviewer`` comes from (``os-user`` or ``airflow``), for the audit.
-
-    Raises:
-        PromotionError: unknown or incomplete version, no identity or reason, requester =
-            approver, already champion, or a failed gate without an allowed override.
-    """
-    from mlflow.exceptions import MlflowException
-
-    from medml import audit
-
-    _identity_checks(reviewer, reason, requested_by)
-    client = tracking.activate()
-    version = str(version)
-    try:
-        model_version = client.get_model_version(name, version)
-    except MlflowException:
-        raise PromotionError(f"model {name!r} has no version {version}") from None
-    require_complete_version(model_version)
-    gate = recorded_gate(tracking, model_version)
-    _override_checks(name, version, gate, reviewer, override_gate)
-    previous = alias_version(client, name, CHAMPION)
-    if previous == version:
-        raise PromotionError(f"{name} v{version} is already the champion")
-    event = {"event": "promote", "version": version, "reviewer": reviewer, "identity": identity,
-             "requested_by": requested_by or reviewer, "reason": reason, "at": _now(),
-             "previous_champion": previous or "none", "gate_reasons": gate.reasons,
-             "gate": "passed" if gate.passed else "failed",
-             "gate_override": override_gate or ""}  # fmt: skip
-    recorded = audit.append(tracking, name, event)  # first: a refused write moves nothing
-    client.set_registered_model_alias(name, CHAMPION, version)
-    if previous is not None:
-        client.set_registered_model_alias(name, PREVIOUS_CHAMPION, previous)
-    for alias in set(model_version.aliases or []) - {CHAMPION, PREVIOUS_CHAMPION}:
-        client.delete_registered_model_alias(name, alias)  # challenger: now the champion
-    for key in ("reviewer", "reason", "at", "previous_champion", "gate_override"):
-        client.set_model_version_tag(name, version, f"audit.promoted.{key}", event[key])
-    return recorded
-
-
-def rollback(tracking: Tracking, name: str, *, reviewer: str, reason: str,
-             identity: str = "os-user") -> dict[str, Any]:  # fmt: skip
-    """Restore the previous champion; the demoted version becomes ``previous-champion``.
-
-    Raises:
-        PromotionError: no identity or reason, or no champion / previous champion.
-    """
-    from medml import audit
-
-    _identity_checks(reviewer, reason, None)
-    client = tracking.activate()
-    current = alias_version(client, name, CHAMPION)
-    previous = alias_version(client, name, PREVIOUS_CHAMPION)
-    if current is None or previous is None:
-        raise PromotionError(
-            f"{name} has no {'champion' if current is None else 'previous champion'}"
-            " to roll back from/to"
-        )
-    event = {"event": "rollback", "version": previous, "demoted": current, "reviewer": reviewer,
-             "identity": identity, "reason": reason, "at": _now()}  # fmt: skip
-    recorded = audit.append(tracking, name, event)
-    client.set_registered_model_alias(name, CHAMPION, previous)
-    client.set_registered_model_alias(name, PREVIOUS_CHAMPION, current)
-    for key in ("reviewer", "reason", "at"):
-        client.set_model_version_tag(name, previous, f"audit.restored.{key}", event[key])
-        client.set_model_version_tag(name, current, f"audit.rolled_back.{key}", event[key])
-    return recorded
-
-
-def record_decision(
-    tracking: Tracking, name: str, version: str | int, *, reviewer: str, decision: str, reason: str
-) -> dict[str, Any]:
-    """Record a reviewer's decision (e.g. a rejection) without moving any alias."""
-    from medml import audit
-
-    client = tracking.activate()
-    event = {"event": decision, "version": str(version), "reviewer": reviewer, "reason": reason,
-             "at": _now()}  # fmt: skip
-    for key in ("reviewer", "reason", "at"):
-        client.set_model_version_tag(name, str(version), f"audit.{decision}.{key}", event[key])
-    return audit.append(tracking, name, event)

@@ -4,7 +4,7 @@ A run's tasks may run on different machines: Celery workers with their own ``MED
 (``$MEDML_RUN_ROOT=s3://…``: every run directory lives on S3), or one training pod per fold
 (the Kubernetes backend shares the run through ``$MEDML_RUN_STORE``). A step given an
 ``s3://bucket/prefix/runs/<ds>/<run id>/`` run directory works on a local mirror:
-:func:`open_run_dir` downloads the files the step needs (:func:`medml.layout.step_files`),
+:func:`open_run_dir` downloads the files the step needs (declared in :mod:`medml.steps`),
 yields the mirror (an ordinary run directory), and uploads what the step produced when it
 succeeds. The step code itself only ever sees local paths, so a pod's ``medml train --run-dir
 s3://…``, a Celery worker's task and a local run are one code path.

@@ -40,6 +40,7 @@ def _tracking() -> Any:
 def models_page() -> str:
     """The Models page as HTML (used by the route and by tests)."""
     from medml.audit import LOCK_SUFFIX, events
+    from medml.version_tags import VersionTags as T
 
     tracking = _tracking()
     client = tracking.activate()
@@ -55,17 +56,17 @@ def models_page() -> str:
                           key=lambda v: int(v.version), reverse=True)  # fmt: skip
         for v in versions:
             tags = v.tags
-            gate = tags.get("gate", "?")
+            gate = tags.get(T.GATE, "?")
             badges = " ".join(f"<span class='alias'>{html.escape(a)}</span>"
                               for a in sorted(aliases.get(str(v.version), [])))  # fmt: skip
             link = f"review/{html.escape(model.name)}/{v.version}"
             rows.append(
-                f"<tr><td>v{v.version} {badges}</td><td>{html.escape(tags.get('logical_date', ''))}"
+                f"<tr><td>v{v.version} {badges}</td><td>{html.escape(tags.get(T.LOGICAL_DATE, ''))}"
                 f"</td><td class='{gate}'>{html.escape(gate)}</td>"
-                f"<td>{html.escape(tags.get('balanced_accuracy', ''))}</td>"
-                f"<td>{html.escape(tags.get('macro_f1', ''))}</td>"
-                f"<td>{html.escape(tags.get('gate_reasons', ''))[:160]}</td>"
-                f"<td>{html.escape(tags.get('audit.promoted.reviewer', ''))}</td>"
+                f"<td>{html.escape(tags.get(T.metric('balanced_accuracy'), ''))}</td>"
+                f"<td>{html.escape(tags.get(T.metric('macro_f1'), ''))}</td>"
+                f"<td>{html.escape(tags.get(T.GATE_REASONS, ''))[:160]}</td>"
+                f"<td>{html.escape(tags.get(T.audit('promoted', 'reviewer'), ''))}</td>"
                 f"<td><a href='{link}'>review</a></td></tr>"
             )
         audit_rows = "".join(

@@ -36,7 +36,7 @@ from medml.data.layouts import Item, LayoutError, discover, read_csv_rows
 from medml.data.reuse import STAT_COLUMNS, ReuseTable, stat_identity
 from medml.data.synthetic import GROUPS_FILE
 from medml.errors import MedmlError
-from medml.io import atomic_path, medml_home, parallel_map
+from medml.io import atomic_path, parallel_map
 
 MANIFEST_COLUMNS = [
     "path", "root", "label", "group", "group_source", "sha256", "md5", "bytes", "width", "height",
@@ -199,9 +199,12 @@ def pseudonym(tag: str, value: str) -> str:
 
 
 def _pseudonym_key() -> bytes:
-    if os.environ.get(PSEUDONYM_KEY_ENV):
-        return os.environ[PSEUDONYM_KEY_ENV].encode()
-    return _key_file(medml_home() / "pseudonym.key")
+    from medml.settings import Settings
+
+    settings = Settings.from_env()
+    if settings.pseudonym_key:
+        return settings.pseudonym_key.encode()
+    return _key_file(settings.home / "pseudonym.key")
 
 
 @functools.cache

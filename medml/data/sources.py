@@ -64,10 +64,11 @@ def s3_client() -> Any:
     import boto3
     from botocore.config import Config
 
-    endpoint = os.environ.get("MEDML_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    from medml.settings import Settings
+
+    settings = Settings.from_env()
     return boto3.client(
-        "s3", endpoint_url=endpoint or None, region_name=region,
+        "s3", endpoint_url=settings.s3_endpoint_url or None, region_name=settings.aws_region,
         config=Config(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=32),
     )  # fmt: skip
 

@@ -9,7 +9,6 @@ when one fails the step raises :class:`ValidationFailed` naming the counts and t
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from medml.io import parallel_map, publish_dir, write_json
 from medml.layout import ValidationFiles
 from medml.near_duplicates import thumbnail
 from medml.preprocess import LoadImage
+from medml.settings import set_library_defaults
 
 
 class ValidationFailed(DataGateFailed):
@@ -328,7 +328,7 @@ def _gx_context(docs_dir: Path | None) -> Any:
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    set_library_defaults(("GX_ANALYTICS_ENABLED",))
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     if docs_dir is not None:

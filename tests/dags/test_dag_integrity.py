@@ -104,11 +104,11 @@ def test_backend_branch_reaches_its_training_tasks(
     dagbag, backend: str, path: list[str], phantom_dir: Path, tmp_path: Path,
 ) -> None:  # fmt: skip
     """The branch returns a task directly downstream of it, and that path leads to evaluate."""
-    from medml import pipeline
+    from medml import runs
 
     dag = dagbag.dags["medml_retrain"]
     chooser = dag.get_task("choose_backend")
-    pipeline.init_run(tmp_path / "run", phantom_dir, "kidney-ct",
+    runs.init_run(tmp_path / "run", phantom_dir, "kidney-ct",
                       overrides=[f"train.backend={backend}"])  # fmt: skip
     chosen = chooser.python_callable(str(tmp_path / "run"))
     assert chosen == path[0] and chosen in chooser.downstream_task_ids
@@ -154,3 +154,21 @@ def test_a_run_without_source_is_skipped_not_failed(dagbag, monkeypatch) -> None
 def test_register_publishes_the_models_asset(dagbag) -> None:
     register = dagbag.dags["medml_retrain"].get_task("register")
     assert [asset.name for asset in register.outlets] == ["medml_models"]
+
+
+def test_every_step_is_a_task_that_calls_it_after_the_steps_it_needs(dagbag) -> None:
+    """The retrain DAG has one task per step of medml.steps (task id = step name), each body
+    calls that step, and each step's task runs after the tasks of the steps it needs."""
+    from medml.steps import STEPS, producer_of
+
+    dag = dagbag.dags["medml_retrain"]
+    source = ast.parse((DAGS_DIR / "medml_retrain.py").read_text())
+    bodies = {node.name: ast.unparse(node) for node in ast.walk(source)
+              if isinstance(node, ast.FunctionDef)}  # fmt: skip
+    for name, spec in STEPS.items():
+        assert name in dag.task_ids, name
+        assert f"steps.{name}(" in bodies[name], f"task {name} does not call medml.steps.{name}"
+        upstream = dag.get_task(name).get_flat_relative_ids(upstream=True)
+        for need in spec.files(0).needs:
+            producer = producer_of(need).split()[0]
+            assert producer == "init" or producer in upstream, (name, need, producer)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from medml import pipeline
+from medml import pipeline, runs
 from medml.local_airflow import airflow_env
-from medml.registry import promote
+from medml.promotion import promote
 from medml.tracking import Tracking
 from tests.conftest import REPO_ROOT, TINY, venv_env
 
@@ -36,7 +36,7 @@ def test_airflow_discovers_the_plugin(tmp_path: Path) -> None:
 def test_models_page_lists_versions_aliases_and_audit(phantom_dir: Path, tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
-    ctx = pipeline.init_run(
+    ctx = runs.init_run(
         tmp_path / "r",
         phantom_dir,
         "kidney-ct",

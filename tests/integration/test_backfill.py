@@ -148,7 +148,7 @@ def test_backfill_three_dates_then_reprocess(airflow_stack, tmp_path: Path) -> N
     assert sorted(v.tags["logical_date"] for v in versions) == sorted(DATES * 2)
 
     # Reviewers see the result in Airflow itself: the Models plugin served by the API server.
-    from medml.registry import promote
+    from medml.promotion import promote
 
     promote(Tracking.from_env(workdir), "kidney-ct-classifier", 2, reviewer="alice",
             reason="best Stone sensitivity of the back-fill")  # fmt: skip
@@ -242,7 +242,7 @@ def test_reviewer_rejects_a_promotion_in_the_ui(airflow_stack) -> None:
     assert str(client.get_model_version_by_alias("kidney-ct-classifier", "champion").version) == (
         champion  # rejected: no alias moved
     )
-    from medml.registry import audit_log
+    from medml.promotion import audit_log
 
     last = audit_log(tracking, "kidney-ct-classifier")[-1]
     assert (last["event"], last["version"]) == ("rejected", "3")

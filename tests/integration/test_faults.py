@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from medml import pipeline
+from medml import pipeline, runs, steps
 from medml.io import COMPLETE_MARKER, require_complete
 from medml.tracking import Tracking
 from tests.conftest import TINY, upload_tree, venv_env
@@ -51,8 +51,8 @@ def _kill_after(args: list[str], delay: float, env: dict[str, str] | None = None
         return None
 
 
-def _data_steps(run_dir: Path, source: Path, *overrides: str) -> pipeline.RunContext:
-    ctx = pipeline.init_run(run_dir, source, "kidney-ct", overrides=[*TINY, *GATE_OFF, *overrides])
+def _data_steps(run_dir: Path, source: Path, *overrides: str) -> runs.RunContext:
+    ctx = runs.init_run(run_dir, source, "kidney-ct", overrides=[*TINY, *GATE_OFF, *overrides])
     pipeline.run_data_steps(ctx, echo=lambda _: None)
     return ctx
 
@@ -77,8 +77,8 @@ def test_preprocess_killed_during_first_write_and_replacement(
     one, or absent — never partial; a re-run gives the clean run's bytes."""
     settings = [*TINY, *GATE_OFF, "image.size=96", "image.workers=1"]
     run_dir = tmp_path / "run"
-    ctx = pipeline.init_run(run_dir, larger_phantom, "kidney-ct", overrides=settings)
-    for step in (pipeline.step_ingest, pipeline.step_validate, pipeline.step_split):
+    ctx = runs.init_run(run_dir, larger_phantom, "kidney-ct", overrides=settings)
+    for step in (steps.ingest, steps.validate, steps.split):
         step(run_dir)
     env = _env(MEDML_DVC_CACHE=str(tmp_path / "no-cache"))
     started = time.monotonic()  # a clean run, to know how long there is to be killed in
@@ -140,8 +140,8 @@ def test_register_killed_between_version_and_tags_completes_on_retry(
     ctx = _data_steps(tmp_path / "run", phantom_dir)
     tracking = Tracking.from_env()
     for fold in ctx.folds:
-        pipeline.step_train(ctx.layout.root, fold, tracking)
-    pipeline.step_evaluate(ctx.layout.root, tracking)
+        steps.train(ctx.layout.root, fold, tracking)
+    steps.evaluate(ctx.layout.root, tracking)
     env = _env(MLFLOW_TRACKING_URI=tracking.uri, MEDML_FAILPOINT="register:version-created")
     killed = _medml("register", "--run-dir", str(ctx.layout.root), env=env)
     assert killed.returncode == -signal.SIGKILL
@@ -188,7 +188,7 @@ def test_s3_mirror_equals_the_snapshot_after_kills_and_deletions(
 
     upload_tree(phantom_dir, "medml-data", "kidney-ct/2026-01-05")
     run_dir = tmp_path / "run"
-    pipeline.init_run(run_dir, "s3://medml-data/kidney-ct/2026-01-05/", "kidney-ct",
+    runs.init_run(run_dir, "s3://medml-data/kidney-ct/2026-01-05/", "kidney-ct",
                       overrides=TINY, logical_date="2026-01-05")  # fmt: skip
     env = _env(MEDML_S3_ENDPOINT_URL=s3_env, AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s")
     rng = random.Random(11)
@@ -197,13 +197,13 @@ def test_s3_mirror_equals_the_snapshot_after_kills_and_deletions(
         mirror = run_dir / "source"
         if mirror.exists():
             assert not [p for p in mirror.rglob("*") if p.name.endswith(".partial")]
-    assert pipeline.step_ingest(run_dir)["images"] == 120
+    assert steps.ingest(run_dir)["images"] == 120
     snapshot_hash = json.loads((run_dir / "snapshot.json").read_text())["dvc_md5"]
     assert snapshot_hash == dvc_md5(phantom_dir)  # the mirror is exactly the snapshot
 
     victim = sorted((phantom_dir / "Normal").iterdir())[0].name
     s3_client().delete_object(Bucket="medml-data", Key=f"kidney-ct/2026-01-05/Normal/{victim}")
-    after = pipeline.step_ingest(run_dir)
+    after = steps.ingest(run_dir)
     assert after["images"] == 119 and not (run_dir / "source" / "Normal" / victim).exists()
 
 
@@ -226,7 +226,7 @@ def test_two_runs_started_together_keep_their_own_settings(
         assert process.returncode == 0, err[-3000:]
     run_dirs = sorted((home / "runs").glob("*/*"))
     assert len(run_dirs) == 2
-    pinned = sorted(pipeline.load_context(d).recipe.image.size for d in run_dirs)
+    pinned = sorted(runs.load_context(d).recipe.image.size for d in run_dirs)
     assert pinned == list(sizes)
     client = Tracking.from_env(home).activate()
     versions = client.search_model_versions("name='kidney-ct-classifier'")
@@ -235,7 +235,7 @@ def test_two_runs_started_together_keep_their_own_settings(
     for version in versions:  # each version carries its own run's settings
         params = json.loads(version.tags["params"])
         run_dir = Path(version.tags["run_dir"])
-        assert params["image"]["size"] == pipeline.load_context(run_dir).recipe.image.size
+        assert params["image"]["size"] == runs.load_context(run_dir).recipe.image.size
         assert version.tags["medml.complete"] == "true"
 
 

@@ -16,7 +16,7 @@ from medml import audit
 from medml.cli import app
 from medml.config import load_recipe
 from medml.metrics import HoldoutMetrics
-from medml.registry import PromotionError, promote
+from medml.promotion import PromotionError, promote
 from medml.tracking import Tracking
 from tests.conftest import venv_env
 
@@ -59,7 +59,7 @@ def test_twenty_concurrent_promotions_lose_no_event(tmp_path: Path) -> None:
     tracking = Tracking.from_env()
     _versions(tracking, 20)
     env = {**venv_env(), "MLFLOW_TRACKING_URI": tracking.uri}
-    code = ("import sys; from medml.registry import promote; from medml.tracking import "
+    code = ("import sys; from medml.promotion import promote; from medml.tracking import "
             "Tracking; promote(Tracking.from_env(), sys.argv[1], sys.argv[2], "
             "reviewer=f'reviewer-{sys.argv[2]}', reason='concurrent')")  # fmt: skip
     processes = [subprocess.Popen([sys.executable, "-c", code, NAME, str(v)], env=env,

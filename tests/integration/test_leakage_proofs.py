@@ -28,9 +28,10 @@ from medml.balance import PixelSMOTE
 from medml.config import load_recipe
 from medml.data.synthetic import synth_kidney_ct
 from medml.layout import split_report_path
-from medml.pipeline import init_run, step_ingest, step_split, step_validate
 from medml.preprocess import LoadImage
+from medml.runs import init_run
 from medml.split import assign_splits, has_groups
+from medml.steps import STEPS
 
 pytestmark = pytest.mark.integration
 
@@ -111,7 +112,7 @@ def scans(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]
 def _medml_split(root: Path, work: Path, overrides: list[str]) -> tuple[pd.DataFrame, dict]:
     """medml's own ingest, validate and split steps; the splits and the split report."""
     ctx = init_run(work, root, "kidney-ct", overrides=["split.folds=5", *overrides])
-    for step in (step_ingest, step_validate, step_split):
+    for step in (STEPS["ingest"], STEPS["validate"], STEPS["split"]):
         step(ctx.layout.root)
     report = json.loads(split_report_path(ctx.layout.splits).read_text())
     return pd.read_parquet(ctx.layout.splits), report

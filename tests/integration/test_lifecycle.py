@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from medml import pipeline
-from medml.registry import PromotionError, audit_log, promote, record_decision, rollback
+from medml import pipeline, runs
+from medml.promotion import PromotionError, audit_log, promote, record_decision, rollback
 from medml.tracking import Tracking
 from tests.conftest import TINY
 
@@ -18,7 +18,7 @@ NAME = "kidney-ct-classifier"
 
 
 def _run(source: Path, run_dir: Path, *extra: str) -> dict:
-    ctx = pipeline.init_run(
+    ctx = runs.init_run(
         run_dir, source, "kidney-ct", overrides=[*TINY, *extra], logical_date="2026-01-05"
     )
     return pipeline.run_all(ctx, Tracking.from_env(), echo=lambda _: None)

@@ -93,7 +93,7 @@ def test_a_useless_model_is_registered_without_alias_by_the_default_gate(
     import random
     import shutil
 
-    from medml import pipeline
+    from medml import pipeline, runs
     from medml.tracking import Tracking
     from tests.conftest import TINY
 
@@ -105,7 +105,7 @@ def test_a_useless_model_is_registered_without_alias_by_the_default_gate(
         (shuffled / label).mkdir(parents=True, exist_ok=True)
         shutil.copy(file, shuffled / label / file.name)
     settings = [*TINY, "train.epochs=1", "registry.gate.thresholds={}"]
-    ctx = pipeline.init_run(tmp_path / "run", shuffled, "kidney-ct", overrides=settings)
+    ctx = runs.init_run(tmp_path / "run", shuffled, "kidney-ct", overrides=settings)
     result = pipeline.run_all(ctx, Tracking.from_env(), echo=lambda _: None)
 
     assert result["version"] == "1" and result["alias"] is None and not result["gate_passed"]
@@ -121,13 +121,13 @@ def test_cross_validation_only_reports_out_of_fold_as_the_estimate(
 ) -> None:
     """``split.test_size: 0`` (small sets; the capsule write-up's protocol): no holdout, every
     image scored out-of-fold, and every report says so."""
-    from medml import pipeline
+    from medml import pipeline, report, runs
     from medml.tracking import Tracking
     from tests.conftest import TINY
 
     settings = [*TINY, "split.test_size=0", "registry.gate.thresholds.balanced_accuracy.min=0",
                 "registry.gate.require_better_than_chance=false"]  # fmt: skip
-    ctx = pipeline.init_run(tmp_path / "run", phantom_dir, "kidney-ct", overrides=settings)
+    ctx = runs.init_run(tmp_path / "run", phantom_dir, "kidney-ct", overrides=settings)
     result = pipeline.run_all(ctx, Tracking.from_env(), echo=lambda _: None)
 
     splits = json.loads(ctx.layout.split_report.read_text())
@@ -138,7 +138,7 @@ def test_cross_validation_only_reports_out_of_fold_as_the_estimate(
     assert len(metrics["per_fold"]) == 2 and metrics["ci95"]["balanced_accuracy"][0] is not None
     calibration = json.loads(ctx.layout.evaluation.calibration.read_text())
     assert calibration["holdout_ece_before"] is None and calibration["oof_ece_after"] >= 0
-    summary = pipeline.summary(ctx.layout.root)
+    summary = report.summary(ctx.layout.root)
     assert f"Out-of-fold estimate (cross-validation only, no holdout; n={images})" in summary
     assert "out-of-fold ECE" in summary and "Holdout" not in summary
     assert result["version"] == "1" and result["alias"] == "challenger", result["gate_reasons"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from medml import pipeline
+from medml import pipeline, runs, steps
 from medml.data.sources import s3_client
 from medml.errors import RunError
 from medml.k8s import fold_pod_manifest
@@ -34,13 +34,13 @@ def test_pod_command_trains_a_fold_from_an_s3_run_dir(
     s3_client().create_bucket(Bucket="medml-runs")
     run_dir = tmp_path / "worker-run"
     overrides = [*TINY, "train.backend=kubernetes", "train.kubernetes.run_store=s3://medml-runs/"]
-    ctx = pipeline.init_run(
+    ctx = runs.init_run(
         run_dir, phantom_dir, "kidney-ct", overrides=overrides,
         logical_date="2026-01-05", run_key="medml_retrain/backfill__1",
     )  # fmt: skip
     pipeline.run_data_steps(ctx, echo=lambda _: None)
 
-    uri = pipeline.step_share_with_pods(run_dir)
+    uri = pipeline.share_with_pods(run_dir)
     assert uri == "s3://medml-runs/runs/2026-01-05/medml_retrain_backfill__1/"
     shared = _keys("medml-runs")
     assert "runs/2026-01-05/medml_retrain_backfill__1/shards/meta.json" in shared
@@ -64,9 +64,9 @@ def test_pod_command_trains_a_fold_from_an_s3_run_dir(
             for name in ("model.keras", "history.json")} <= _keys("medml-runs")  # fmt: skip
     assert not (run_dir / "folds").exists()  # nothing trained in the worker
 
-    collected = pipeline.step_collect_folds(run_dir)
+    collected = pipeline.collect_folds(run_dir)
     assert all(Path(p).is_file() for p in collected["folds"])
-    evaluation = pipeline.step_evaluate(run_dir)
+    evaluation = steps.evaluate(run_dir)
     assert 0.0 <= evaluation["balanced_accuracy"] <= 1.0
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from medml import audit, pipeline
+from medml import audit, pipeline, runs
 from medml.local_airflow import airflow_env, api_server
 from medml.tracking import Tracking
 from tests.conftest import TINY, dags_test, venv_env
@@ -65,7 +65,7 @@ def _approve_when_asked(env: dict[str, str], token: str, deadline_s: float = 300
 
 def test_approved_promotion_and_batch_prediction(phantom_dir: Path, tmp_path: Path) -> None:
     home = Path(venv_env()["MEDML_HOME"])
-    ctx = pipeline.init_run(
+    ctx = runs.init_run(
         tmp_path / "r1",
         phantom_dir,
         "kidney-ct",

@@ -36,7 +36,8 @@ def test_every_recipe_has_a_phantom_generator() -> None:
     "name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in SHIPPED]
 )
 def test_the_recipe_runs_end_to_end_on_its_phantom(name: str, tmp_path: Path) -> None:
-    from medml import pipeline
+    from medml import pipeline, runs
+    from medml.report import summary as run_summary
     from medml.tracking import Tracking
 
     recipe = load_recipe(name)
@@ -44,7 +45,7 @@ def test_the_recipe_runs_end_to_end_on_its_phantom(name: str, tmp_path: Path) ->
                       image_size=max(64, recipe.image.size)).root  # fmt: skip
     budget = ["train.epochs=1", "data.min_images_per_class=2", "registry.gate.thresholds={}",
               "registry.gate.require_better_than_chance=false", *HEAVY.get(name, [])]  # fmt: skip
-    ctx = pipeline.init_run(tmp_path / "run", data, name, overrides=budget)
+    ctx = runs.init_run(tmp_path / "run", data, name, overrides=budget)
     result = pipeline.run_all(ctx, Tracking.from_env(), echo=lambda _: None)
 
     assert result["version"] == "1"
@@ -54,7 +55,7 @@ def test_the_recipe_runs_end_to_end_on_its_phantom(name: str, tmp_path: Path) ->
     assert all(path.is_file() for path in models)
     if recipe.split.validation == "dataset":
         assert report["strategy"] == "the dataset's validation folder (one model)"
-    summary = pipeline.summary(ctx.layout.root)
+    summary = run_summary(ctx.layout.root)
     assert recipe.name in summary and f"dataset overview: {ctx.layout.overview}" in summary
     for figure in ("class_counts", "samples", "augmented"):
         assert (ctx.layout.overview / f"{figure}.png").stat().st_size > 5000

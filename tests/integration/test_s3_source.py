@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from medml import pipeline
+from medml import runs, steps
 from medml.data.sources import SourceError, fetch_s3_prefix, s3_client
 from medml.data.synthetic import synth_kidney_ct
 from tests.conftest import TINY, upload_tree
@@ -23,19 +23,19 @@ def test_snapshot_per_date_is_fetched_resumably(
     upload_tree(other.root, "medml-data", "kidney-ct/2026-01-12")
 
     run_dir = tmp_path / "run"
-    pipeline.init_run(
+    runs.init_run(
         run_dir,
         "s3://medml-data/kidney-ct/2026-01-05/",
         "kidney-ct",
         overrides=TINY,
         logical_date="2026-01-05",
     )
-    first = pipeline.step_ingest(run_dir)
+    first = steps.ingest(run_dir)
     assert first["downloaded"] == n and first["images"] == 120
     manifest = pd.read_parquet(run_dir / "manifest.parquet")
     assert manifest["group"].str.startswith("P").all()  # groups.csv came along
 
-    second = pipeline.step_ingest(run_dir)  # a retried task re-uses what is there
+    second = steps.ingest(run_dir)  # a retried task re-uses what is there
     assert second["downloaded"] == 0 and second["already_present"] == n
 
     copy = run_dir / "source"
@@ -43,18 +43,18 @@ def test_snapshot_per_date_is_fetched_resumably(
     victim.unlink()
     changed = next(copy.glob("Cyst/*.jpg"))
     changed.write_bytes(changed.read_bytes()[:-10] + b"0123456789")  # same size, other bytes
-    third = pipeline.step_ingest(run_dir)
+    third = steps.ingest(run_dir)
     assert third["downloaded"] == 2
 
     later = tmp_path / "run-later"
-    pipeline.init_run(
+    runs.init_run(
         later,
         "s3://medml-data/kidney-ct/2026-01-12/",
         "kidney-ct",
         overrides=TINY,
         logical_date="2026-01-12",
     )
-    assert pipeline.step_ingest(later)["images"] == 40  # each date reads its own snapshot
+    assert steps.ingest(later)["images"] == 40  # each date reads its own snapshot
 
     for text in [(run_dir / "run.json").read_text(), manifest.to_csv()]:
         assert "testing-secret-do-not-log" not in text

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from medml import pipeline
+from medml import pipeline, runs
 from medml.tracking import Tracking
 from tests.conftest import TINY, _free_port, venv_env
 
@@ -40,7 +40,7 @@ def test_mlflow_models_serve_answers_raw_jpeg_png_and_dicom(
         "registry.gate.require_better_than_chance=false",
         "registry.gate.thresholds.balanced_accuracy.min=0",
     )
-    ctx = pipeline.init_run(
+    ctx = runs.init_run(
         tmp_path / "run", phantom_dir, "kidney-ct", overrides=[*TINY, *gate_off]
     )
     tracking = Tracking.from_env()

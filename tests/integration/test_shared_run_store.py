@@ -2,8 +2,8 @@
 
 With ``$MEDML_RUN_ROOT=s3://…`` each run directory lives on S3 and each step works on a mirror
 in its own worker's ``MEDML_HOME``: it downloads what it reads and uploads what it writes
-(:func:`medml.layout.step_files`). Here every step runs in a fresh home (a worker that has
-seen nothing of the run), against a real S3 server (moto over HTTP); the Celery deployment
+(each step declares them in :mod:`medml.steps`). Here every step runs in a fresh home (a
+worker that has seen nothing of the run), against a real S3 server (moto over HTTP); the Celery deployment
 test does the same with real workers.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from medml import pipeline
+from medml import pipeline, report, runs, steps
 from medml.data.sources import s3_client
 from medml.tracking import Tracking
 from tests.conftest import TINY, upload_tree
@@ -41,27 +41,27 @@ def test_every_step_on_another_worker_sharing_only_s3(
     # one tracking server stands for `mlflow server`: every worker logs to the same store
     tracking = Tracking(uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
                         artifact_root=(tmp_path / "artifacts").as_uri())  # fmt: skip
-    run_dir = pipeline.new_run_dir("medml_retrain", "2026-01-05", "manual__1")
+    run_dir = runs.new_run_dir("medml_retrain", "2026-01-05", "manual__1")
     assert run_dir == "s3://medml-shared-runs/runs/2026-01-05/manual__1/"
     next_worker()
-    ctx = pipeline.init_run(run_dir, "s3://medml-shared-data/kidney-ct/2026-01-05/", "kidney-ct",
+    ctx = runs.init_run(run_dir, "s3://medml-shared-data/kidney-ct/2026-01-05/", "kidney-ct",
                             overrides=TINY, logical_date="2026-01-05")  # fmt: skip
     assert ctx.location == run_dir
-    for step in (pipeline.step_ingest, pipeline.step_validate, pipeline.step_split,
-                 pipeline.step_preprocess):  # fmt: skip
+    for step in (steps.ingest, steps.validate, steps.split,
+                 steps.preprocess):  # fmt: skip
         next_worker()
         step(run_dir)
     fold_runs = []
     for fold in ctx.folds:
         next_worker()
-        fold_runs.append(pipeline.step_train(run_dir, fold, tracking)["mlflow_run_id"])
+        fold_runs.append(steps.train(run_dir, fold, tracking)["mlflow_run_id"])
     next_worker()
-    assert pipeline.step_collect_folds(run_dir)["uri"] == run_dir  # already on S3
-    evaluation = pipeline.step_evaluate(run_dir, tracking)
+    assert pipeline.collect_folds(run_dir)["uri"] == run_dir  # already on S3
+    evaluation = steps.evaluate(run_dir, tracking)
     next_worker()
-    registration = pipeline.step_register(run_dir, tracking)
+    registration = steps.register(run_dir, tracking)
     next_worker()
-    summary = pipeline.write_run_summary(run_dir).read_text()
+    summary = report.write_run_summary(run_dir).read_text()
 
     assert 0.0 <= evaluation["balanced_accuracy"] <= 1.0
     assert registration["version"] == "1"

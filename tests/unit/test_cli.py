@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medml.cli import app
-from medml.pipeline import STEPS
+from medml.steps import STEPS
 
 runner = CliRunner()
 

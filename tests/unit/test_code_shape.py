@@ -102,3 +102,36 @@ def test_option_names_are_declared_once() -> None:
         if isinstance(node, ast.Subscript) and getattr(node.value, "id", "") == "Literal":
             literals |= {c.value for c in ast.walk(node.slice) if isinstance(c, ast.Constant)}
     assert not literals & registered
+
+
+def test_the_environment_is_read_only_by_settings() -> None:
+    """``os.environ`` appears in medml/settings.py alone (the rest gets a Settings object)."""
+    offenders = []
+    for path in LIBRARY:
+        if path.name == "settings.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv"):
+                offenders.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
+    assert not offenders, offenders
+
+
+def test_tag_names_and_artifact_paths_belong_to_their_owners() -> None:
+    """Version tags are named by medml/version_tags.py and MLflow artifact paths by
+    medml/layout.py: no tag-setting call or artifact download passes a literal elsewhere."""
+    name_at = {"set_model_version_tag": 2, "download_artifacts": 1, "log_artifact": 1,
+               "log_artifacts": -1, "log_dict": 1}  # fmt: skip
+    offenders = []
+    for path in LIBRARY:
+        if path.name in ("version_tags.py", "layout.py", "audit.py"):  # audit: its own store
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and getattr(node.func, "attr", "") in name_at):
+                continue
+            position = name_at[node.func.attr]
+            named = [k.value for k in node.keywords if k.arg in ("artifact_path", "key")]
+            if len(node.args) > max(position, 1 if position < 0 else position):
+                named.append(node.args[position])
+            if any(isinstance(a, ast.Constant | ast.JoinedStr) for a in named):
+                offenders.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
+    assert not offenders, offenders

@@ -6,16 +6,16 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from medml import pipeline
+from medml import runs, steps
 from medml.dvc_cache import DvcCache, dvc_md5
 from tests.conftest import TINY, venv_env
 
 
 def _data_steps(run_dir: Path, source: Path, cache: Path, *overrides: str) -> dict:
-    pipeline.init_run(run_dir, source, "kidney-ct", overrides=[*TINY, *overrides])
-    for step in (pipeline.step_ingest, pipeline.step_validate, pipeline.step_split):
+    runs.init_run(run_dir, source, "kidney-ct", overrides=[*TINY, *overrides])
+    for step in (steps.ingest, steps.validate, steps.split):
         step(run_dir)
-    return pipeline.step_preprocess(run_dir, cache_dir=cache)
+    return steps.preprocess(run_dir, cache_dir=cache)
 
 
 def test_second_run_on_the_same_data_is_a_cache_hit(phantom_dir: Path, tmp_path: Path) -> None:
@@ -46,14 +46,14 @@ def test_objects_are_in_dvc_layout_and_a_lost_object_is_a_miss(
             obj.chmod(0o644)
             obj.unlink()
     assert store.lookup(first["cache_key"]) is None
-    again = pipeline.step_preprocess(tmp_path / "a", cache_dir=cache)
+    again = steps.preprocess(tmp_path / "a", cache_dir=cache)
     assert again["cache"] == "miss" and again["dvc_md5"] == digest
 
 
 def test_snapshot_hash_is_the_one_dvc_records(phantom_dir: Path, tmp_path: Path) -> None:
     """The `data_hash` tag on a model version is what `dvc add` writes for the snapshot."""
-    pipeline.init_run(tmp_path / "run", phantom_dir, "kidney-ct", overrides=TINY)
-    ingested = pipeline.step_ingest(tmp_path / "run")
+    runs.init_run(tmp_path / "run", phantom_dir, "kidney-ct", overrides=TINY)
+    ingested = steps.ingest(tmp_path / "run")
     repo = tmp_path / "repo"
     repo.mkdir()
     shutil.copytree(phantom_dir, repo / "snapshot")
@@ -102,11 +102,11 @@ def test_every_preprocess_setting_changes_the_cache_key(tmp_path: Path) -> None:
         "shard_size": 64, "workers": 1,
     }  # fmt: skip
     assert set(changed) == set(ImageConfig.model_fields), "a new image setting needs a case here"
-    keys = {pipeline.shards_cache_key(splits, base)}
+    keys = {steps.shards_cache_key(splits, base)}
     for field, value in changed.items():
         recipe = load_recipe("kidney-ct", overrides=[f"image.{field}={value}"])
-        keys.add(pipeline.shards_cache_key(splits, recipe))
+        keys.add(steps.shards_cache_key(splits, recipe))
     reordered = base.model_copy(update={"data": base.data.model_copy(
         update={"classes": list(reversed(base.data.classes))})})  # fmt: skip
-    keys.add(pipeline.shards_cache_key(splits, reordered))
+    keys.add(steps.shards_cache_key(splits, reordered))
     assert len(keys) == len(changed) + 2

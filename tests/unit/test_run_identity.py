@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from medml import pipeline
+from medml import runs
 from medml.errors import RunError
 from medml.io import COMPLETE_MARKER, publish_dir, require_complete, write_json_once
 from tests.conftest import TINY
 
 
 def test_run_directories_are_unique_within_one_second() -> None:
-    names = {pipeline.new_run_dir("cli", "2026-01-05") for _ in range(50)}
+    names = {runs.new_run_dir("cli", "2026-01-05") for _ in range(50)}
     assert len(names) == 50
 
 
@@ -23,14 +23,14 @@ def test_run_json_is_written_once_and_a_different_init_is_refused(
     phantom_dir: Path, tmp_path: Path
 ) -> None:
     run_dir = tmp_path / "run"
-    first = pipeline.init_run(run_dir, phantom_dir, "kidney-ct", overrides=TINY)
-    again = pipeline.init_run(run_dir, phantom_dir, "kidney-ct", overrides=TINY)  # a retry
+    first = runs.init_run(run_dir, phantom_dir, "kidney-ct", overrides=TINY)
+    again = runs.init_run(run_dir, phantom_dir, "kidney-ct", overrides=TINY)  # a retry
     assert again.run_key == first.run_key and again.recipe == first.recipe
     refused = r"already holds a run with other settings \(recipe.image.size: 32 in run.json, 40 "
     with pytest.raises(RunError, match=refused):
-        pipeline.init_run(run_dir, phantom_dir, "kidney-ct", overrides=[*TINY, "image.size=40"])
-    assert pipeline.load_context(run_dir).recipe.image.size == 32  # untouched
-    replaced = pipeline.init_run(run_dir, phantom_dir, "kidney-ct", replace=True,
+        runs.init_run(run_dir, phantom_dir, "kidney-ct", overrides=[*TINY, "image.size=40"])
+    assert runs.load_context(run_dir).recipe.image.size == 32  # untouched
+    replaced = runs.init_run(run_dir, phantom_dir, "kidney-ct", replace=True,
                                  overrides=[*TINY, "image.size=40"])  # fmt: skip
     assert replaced.recipe.image.size == 40  # DVC's explicit re-pin
 

@@ -1,0 +1,241 @@
+"""Promotion governance: who may move ``champion`` to which version, and the audit of it.
+
+A version is promoted only when it is complete, its gate passes when recomputed from what its
+run logged (never from an editable tag) or an allowed reviewer overrides it, the reviewer is
+identified and gives a reason, and (four-eyes) the requester does not approve their own
+request. Every promotion, rollback and decision is appended to the audit trail
+(:mod:`medml.audit`) before any alias moves. Registration itself is :mod:`medml.registry`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from medml.config import GateConfig, parse_overrides
+from medml.errors import RefusedError
+from medml.layout import ARTIFACTS
+from medml.metrics import GateOutcome, HoldoutMetrics, check_gate
+from medml.settings import Settings
+from medml.tracking import Tracking
+from medml.version_tags import CHAMPION, PREVIOUS_CHAMPION, VersionTags
+
+
+class PromotionError(RefusedError):
+    """A promotion or rollback was refused; the message says why and what to do."""
+
+
+def require_complete_version(model_version: Any) -> None:
+    """Refuse a version whose registration was interrupted (no ``medml.complete`` tag).
+
+    Raises:
+        PromotionError: the version is incomplete.
+    """
+    if model_version.tags.get(VersionTags.COMPLETE) != "true":
+        raise PromotionError(
+            f"{model_version.name} v{model_version.version} is incomplete (its registration was "
+            "interrupted before it was tagged); re-run the `register` step of its run"
+        )
+
+
+def _now() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def alias_version(client: Any, name: str, alias: str) -> str | None:
+    """The version an alias points to, or ``None`` when the alias is not set."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def audit_log(tracking: Tracking, name: str) -> list[dict[str, Any]]:
+    """The promotion/rollback/decision events of a registered model, oldest first."""
+    from medml import audit
+
+    return audit.events(tracking, name)
+
+
+def recorded_gate(tracking: Tracking, model_version: Any) -> GateOutcome:
+    """The version's gate, recomputed from what its run logged and MLflow never lets a client
+    change: the holdout metrics artifact, the champion's scores on the same holdout, and the
+    recipe's gate settings as run params — never from the (editable) ``gate`` tag.
+
+    Raises:
+        PromotionError: the run lacks its metrics or gate settings.
+    """
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    client = tracking.activate()
+    run_id = model_version.run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            metrics = HoldoutMetrics.read(Path(client.download_artifacts(
+                run_id, ARTIFACTS.metrics, tmp)))  # fmt: skip
+        except (MlflowException, OSError) as err:
+            raise PromotionError(
+                f"{model_version.name} v{model_version.version}: its run {run_id} has no "
+                f"{ARTIFACTS.metrics} ({err}); the gate cannot be checked"
+            ) from None
+        try:
+            champion: HoldoutMetrics | None = HoldoutMetrics.read(Path(client.download_artifacts(
+                run_id, ARTIFACTS.champion_metrics, tmp)))  # fmt: skip
+        except (MlflowException, OSError):
+            champion = None
+    gate = gate_from_params(client.get_run(run_id).data.params)
+    return check_gate(metrics, gate, champion)
+
+
+def gate_from_params(params: dict[str, str]) -> GateConfig:
+    """The ``registry.gate`` settings from a pipeline run's (immutable) flat params."""
+    prefix = "registry.gate."
+    pairs = [f"{key.removeprefix(prefix)}={'null' if value == 'None' else value}"
+             for key, value in params.items() if key.startswith(prefix)]  # fmt: skip
+    if not pairs:
+        raise PromotionError("the version's run has no registry.gate params to check its gate")
+    return GateConfig.model_validate(parse_overrides(pairs))
+
+
+def _identity_checks(
+    reviewer: str, reason: str, requested_by: str | None, settings: Settings
+) -> None:
+    if not reviewer.strip():
+        raise PromotionError("no authenticated reviewer: the identity comes from the OS user "
+                             "(CLI) or the Airflow user who answered the approval")  # fmt: skip
+    if not reason.strip():
+        raise PromotionError("a promotion needs --reason (recorded in the audit trail)")
+    if settings.four_eyes and requested_by and requested_by == reviewer:
+        raise PromotionError(
+            f"{reviewer} requested this promotion and cannot also approve it (four-eyes rule; "
+            "another reviewer must approve, or the deployment sets MEDML_FOUR_EYES=false)"
+        )
+
+
+def _override_checks(name: str, version: str, gate: GateOutcome, reviewer: str,
+                     override_gate: str | None, settings: Settings) -> None:  # fmt: skip
+    if gate.passed:
+        return
+    why = "; ".join(gate.reasons)
+    if not (override_gate and override_gate.strip()):
+        raise PromotionError(
+            f"{name} v{version} did not pass its gate (recomputed from its logged metrics: "
+            f"{why}); pass --override-gate REASON to promote it anyway (allowed roles only)"
+        )
+    allowed = settings.gate_overriders
+    if reviewer not in allowed:
+        raise PromotionError(
+            f"{reviewer} may not override a failed gate ({why}); the deployment lists who "
+            f"may in MEDML_GATE_OVERRIDERS (now: {', '.join(sorted(allowed)) or 'nobody'})"
+        )
+
+
+def promote(
+    tracking: Tracking, name: str, version: str | int, *, reviewer: str, reason: str,
+    override_gate: str | None = None, requested_by: str | None = None, identity: str = "os-user",
+    settings: Settings | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Move alias ``champion`` to ``version``, keep the old champion as ``previous-champion``
+    and clear ``challenger`` if it pointed at this version (a review never compares a version
+    with itself).
+
+    Args:
+        tracking: the MLflow store.
+        name: the registered model.
+        version: the version to promote.
+        reviewer: the authenticated identity who decides (OS user, or the Airflow approver).
+        reason: why (required; audited).
+        override_gate: why to promote a version whose gate failed; only users listed in
+            ``$MEDML_GATE_OVERRIDERS`` may.
+        requested_by: who asked for the promotion (the Airflow user who triggered it): with
+            the four-eyes rule (``$MEDML_FOUR_EYES``, on by default) they cannot approve it.
+        identity: where ``reviewer`` comes from (``os-user`` or ``airflow``), for the audit.
+        settings: the deployment's settings (default: from the environment).
+
+    Raises:
+        PromotionError: unknown or incomplete version, no identity or reason, requester =
+            approver, already champion, or a failed gate without an allowed override.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from medml import audit
+
+    settings = settings or Settings.from_env()
+    _identity_checks(reviewer, reason, requested_by, settings)
+    client = tracking.activate()
+    version = str(version)
+    try:
+        model_version = client.get_model_version(name, version)
+    except MlflowException:
+        raise PromotionError(f"model {name!r} has no version {version}") from None
+    require_complete_version(model_version)
+    gate = recorded_gate(tracking, model_version)
+    _override_checks(name, version, gate, reviewer, override_gate, settings)
+    previous = alias_version(client, name, CHAMPION)
+    if previous == version:
+        raise PromotionError(f"{name} v{version} is already the champion")
+    event = {"event": "promote", "version": version, "reviewer": reviewer, "identity": identity,
+             "requested_by": requested_by or reviewer, "reason": reason, "at": _now(),
+             "previous_champion": previous or "none", "gate_reasons": gate.reasons,
+             "gate": "passed" if gate.passed else "failed",
+             "gate_override": override_gate or ""}  # fmt: skip
+    recorded = audit.append(tracking, name, event)  # first: a refused write moves nothing
+    client.set_registered_model_alias(name, CHAMPION, version)
+    if previous is not None:
+        client.set_registered_model_alias(name, PREVIOUS_CHAMPION, previous)
+    for alias in set(model_version.aliases or []) - {CHAMPION, PREVIOUS_CHAMPION}:
+        client.delete_registered_model_alias(name, alias)  # challenger: now the champion
+    for key in ("reviewer", "reason", "at", "previous_champion", "gate_override"):
+        client.set_model_version_tag(name, version, VersionTags.audit("promoted", key), event[key])
+    return recorded
+
+
+def rollback(tracking: Tracking, name: str, *, reviewer: str, reason: str,
+             identity: str = "os-user") -> dict[str, Any]:  # fmt: skip
+    """Restore the previous champion; the demoted version becomes ``previous-champion``.
+
+    Raises:
+        PromotionError: no identity or reason, or no champion / previous champion.
+    """
+    from medml import audit
+
+    _identity_checks(reviewer, reason, None, Settings.from_env())
+    client = tracking.activate()
+    current = alias_version(client, name, CHAMPION)
+    previous = alias_version(client, name, PREVIOUS_CHAMPION)
+    if current is None or previous is None:
+        raise PromotionError(
+            f"{name} has no {'champion' if current is None else 'previous champion'}"
+            " to roll back from/to"
+        )
+    event = {"event": "rollback", "version": previous, "demoted": current, "reviewer": reviewer,
+             "identity": identity, "reason": reason, "at": _now()}  # fmt: skip
+    recorded = audit.append(tracking, name, event)
+    client.set_registered_model_alias(name, CHAMPION, previous)
+    client.set_registered_model_alias(name, PREVIOUS_CHAMPION, current)
+    for key in ("reviewer", "reason", "at"):
+        tag = client.set_model_version_tag
+        tag(name, previous, VersionTags.audit("restored", key), event[key])
+        tag(name, current, VersionTags.audit("rolled_back", key), event[key])
+    return recorded
+
+
+def record_decision(
+    tracking: Tracking, name: str, version: str | int, *, reviewer: str, decision: str, reason: str
+) -> dict[str, Any]:
+    """Record a reviewer's decision (e.g. a rejection) without moving any alias."""
+    from medml import audit
+
+    client = tracking.activate()
+    event = {"event": decision, "version": str(version), "reviewer": reviewer, "reason": reason,
+             "at": _now()}  # fmt: skip
+    for key in ("reviewer", "reason", "at"):
+        tag = VersionTags.audit(decision, key)
+        client.set_model_version_tag(name, str(version), tag, event[key])
+    return audit.append(tracking, name, event)

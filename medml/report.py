@@ -1,0 +1,153 @@
+"""The run summary a person reads: holdout metrics per class, calibration, the operating
+point and the registered version (``summary.txt``, ``medml summary``, the DAG's report task)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medml.evaluation_facts import EvaluationFacts
+from medml.io import atomic_path, read_json
+from medml.layout import RELATIVE, EvaluationFiles, StepFiles
+from medml.metrics import OUT_OF_FOLD, HoldoutMetrics, registered_metrics, scalar_metrics
+from medml.runs import RunContext, opened_run
+
+_READS = (RELATIVE.run_json, RELATIVE.snapshot_json, RELATIVE.splits, RELATIVE.split_report,
+          RELATIVE.validation.root, RELATIVE.evaluation.root, RELATIVE.root / "folds")  # fmt: skip
+_OPTIONAL = (RELATIVE.registry.root, RELATIVE.overview)
+SUMMARY_FILES = StepFiles(
+    needs=tuple(path.as_posix() for path in (*_READS, *_OPTIONAL)),
+    produces=(RELATIVE.summary.as_posix(),),
+    optional=tuple(path.as_posix() for path in _OPTIONAL),
+)
+"""What the summary reads and writes (for an S3 run directory's mirror)."""
+
+
+def summary(run_dir: Path | str) -> str:
+    """Human-readable summary: holdout metrics per class and the registered version."""
+    with opened_run(run_dir, SUMMARY_FILES) as ctx:
+        return summary_text(ctx)
+
+
+def write_run_summary(run_dir: Path | str) -> Path:
+    """Write :func:`summary` to ``summary.txt`` in the run directory (on its mirror, and
+    uploaded, for an S3 run directory); return the local file."""
+    with opened_run(run_dir, SUMMARY_FILES) as ctx:
+        with atomic_path(ctx.layout.summary) as tmp:
+            tmp.write_text(summary_text(ctx) + "\n")
+    return ctx.layout.summary
+
+
+def summary_text(ctx: RunContext) -> str:
+    """The summary of an opened run.
+
+    Raises:
+        RunError: the run has not been evaluated yet.
+    """
+    from medml.io import require_complete
+
+    require_complete(ctx.layout.evaluation.root, "evaluate")
+    metrics = HoldoutMetrics.read(ctx.layout.evaluation.metrics)
+    lines = [
+        f"medml run {ctx.run_key}  recipe={ctx.recipe.name}  logical date={ctx.logical_date}",
+        f"run directory: {ctx.location}",
+        "",
+        f"{metrics.label}, "
+        + (
+            "each image scored by the fold model that did not train on it:"
+            if metrics.estimate == OUT_OF_FOLD
+            else f"fold ensemble of {ctx.recipe.split.folds} models:"
+        ),
+        *_per_class_table(metrics),
+        "",
+        _overall_line(metrics, ctx.recipe.chance_balanced_accuracy),
+        *_evaluation_lines(ctx.layout.evaluation),
+    ]
+    if ctx.layout.overview.is_dir():
+        lines.append(f"  dataset overview: {ctx.layout.overview}/ (class_counts, samples, "
+                     "augmented .png)")  # fmt: skip
+    lines += _registration_lines(ctx.layout.registry.registration)
+    return "\n".join(lines)
+
+
+def _per_class_table(metrics: HoldoutMetrics) -> list[str]:
+    """One row per class, one column per registered per-class metric, and the support."""
+    columns = [(spec, _heading(spec.short_name)) for spec in registered_metrics(per_class=True)]
+    widths = [max(8, len(heading) + 1) for _, heading in columns]
+    header = "".join(f"{heading:>{w}}" for (_, heading), w in zip(columns, widths, strict=True))
+    lines = [f"  {'class':<14}{header}{'support':>9}"]
+    values = [spec.read(metrics) for spec, _ in columns]
+    for name in metrics.classes:
+        cells = "".join(f"{_fmt(value.get(name)):>{w}}"  # type: ignore[union-attr]
+                        for value, w in zip(values, widths, strict=True))  # fmt: skip
+        lines.append(f"  {name:<14}{cells}{metrics.per_class[name]['support']:>9}")
+    return lines
+
+
+def _heading(name: str) -> str:
+    return name.upper() if len(name) <= 3 else name
+
+
+def _overall_line(metrics: HoldoutMetrics, chance: float) -> str:
+    """The headline scores with their intervals, then every other registered scalar metric."""
+    overall = metrics.overall
+    headline = (
+        f"  accuracy {overall['accuracy']:.3f}"
+        f" | balanced accuracy {overall['balanced_accuracy']:.3f}"
+        f" {_ci(metrics.interval('balanced_accuracy'))} | macro-F1 {overall['macro_f1']:.3f}"
+        f" {_ci(metrics.interval('macro_f1'))} | AUC {overall['roc_auc_ovr_macro']:.3f}"
+        f" | chance {chance:.3f}"
+    )
+    shown = {"accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr_macro"}
+    others = [f"{name.replace('_', ' ')} {value:.3f}"
+              for name, value in scalar_metrics(metrics).items() if name not in shown]  # fmt: skip
+    return headline + ("\n  " + " | ".join(others) if others else "")
+
+
+def _evaluation_lines(files: EvaluationFiles) -> list[str]:
+    if not files.calibration.is_file():
+        return []
+    facts = EvaluationFacts.read(files)
+    oof, calibration = facts.oof_metrics.overall, facts.calibration
+    where = "holdout" if calibration.held_out else "out-of-fold"
+    before, after = ((calibration.holdout_ece_before, calibration.holdout_ece_after)
+                     if calibration.held_out
+                     else (calibration.oof_ece_before, calibration.oof_ece_after))  # fmt: skip
+    lines = [
+        f"  calibration: T={calibration.temperature:.3f} (fitted out-of-fold) | {where} "
+        f"ECE {before:.3f} -> {after:.3f}",
+    ]
+    if calibration.held_out:
+        lines.insert(
+            0,
+            f"  out-of-fold (n={oof['n']}, training images): balanced accuracy "
+            f"{oof['balanced_accuracy']:.3f} | macro-F1 {oof['macro_f1']:.3f}",
+        )
+    point = facts.operating_point
+    if point:
+        rates = point.rates
+        lines.append(f"  operating point {point.positive_class} >= {point.threshold:.3f} "
+                     f"(OOF sensitivity >= {point.target_sensitivity:.2f}): {where} sensitivity "
+                     f"{_fmt(rates['sensitivity'])} specificity {_fmt(rates['specificity'])} "
+                     f"PPV {_fmt(rates['ppv'])}")  # fmt: skip
+    return lines
+
+
+def _registration_lines(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    reg = read_json(path)
+    if reg["alias"]:
+        return [f"\nRegistered model: {reg['model_name']}  {reg['alias']} -> version "
+                f"{reg['version']}"]  # fmt: skip
+    return [f"\nRegistered model: {reg['model_name']} version {reg['version']} "
+            f"(gate failed: {'; '.join(reg['gate_reasons'])}; no alias moved)"]  # fmt: skip
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _ci(interval: list[float | None] | None) -> str:
+    if not interval or interval[0] is None:
+        return ""
+    return f"[95% CI {interval[0]:.3f}-{interval[1]:.3f}]"

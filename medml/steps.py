@@ -1,0 +1,436 @@
+"""The lifecycle's steps, each declared once: name, inputs, outputs, help and body.
+
+A :class:`Step` is what every runner calls: the ``medml`` CLI makes one subcommand per step
+from :data:`STEPS` (its help text included), ``dvc.yaml`` has one stage per step and the
+Airflow DAG one task per step (tests check both against this module), and a step given an
+``s3://`` run directory mirrors exactly the files it declares (:mod:`medml.run_store`).
+
+Calling a step with a run directory opens the run (:func:`medml.runs.opened_run`), checks that
+every declared input is there — naming the step that produces a missing one — and calls the
+body with the run's pinned :class:`~medml.runs.RunContext`. Bodies are short adapters: they
+read their inputs from the run's layout, call one pure library function, and return a small
+JSON-friendly dict (for XCom and the CLI). Paths are relative to the run directory
+(:data:`~medml.layout.RELATIVE`); ``{fold}`` in a path is the fold a per-fold step trains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from medml.config import Recipe
+from medml.data.sources import fetch_s3_prefix, is_s3
+from medml.errors import RunError
+from medml.io import read_json, require_complete, write_json
+from medml.layout import ARTIFACTS, RELATIVE, StepFiles
+from medml.metrics import HoldoutMetrics
+from medml.runs import RunContext, opened_run, pipeline_run_id
+from medml.settings import Settings
+from medml.tracking import Tracking
+
+DATA = "data"
+MODEL = "model"
+
+_REL = RELATIVE
+_RUN = _REL.run_json.as_posix()
+_FOLD_DIR = _REL.fold("{fold}").root.as_posix()
+_FOLDS = _REL.folds.as_posix()
+
+
+@dataclass(frozen=True)
+class Step:
+    """One lifecycle step.
+
+    Attributes:
+        name: the step's name: its CLI subcommand, DVC stage and Airflow task id.
+        body: ``body(ctx, *args, **kwargs)``: the work, on the opened run.
+        needs: run-directory paths the step reads (``run.json`` always).
+        produces: run-directory paths the step writes.
+        help: one line for ``medml --help`` and the CLI subcommand.
+        stage: ``data`` (ingest … preprocess: one process, no MLflow) or ``model``.
+        optional: inputs that may be absent (what the step both needs and produces, e.g. a
+            folder a retried step keeps).
+        reads_source: the step reads the dataset's files (fetched again from an S3 source on
+            a worker that has no copy).
+        complete: inputs that are directories published with a completion marker
+            (:func:`medml.io.publish_dir`) and are checked against it.
+    """
+
+    name: str
+    body: Callable[..., dict[str, Any]]
+    needs: tuple[str, ...]
+    produces: tuple[str, ...]
+    help: str
+    stage: str = MODEL
+    optional: tuple[str, ...] = ()
+    reads_source: bool = False
+    complete: tuple[str, ...] = ()
+
+    @property
+    def per_fold(self) -> bool:
+        """The step works on one fold (its outputs name ``{fold}``)."""
+        return any("{fold}" in path for path in self.produces)
+
+    def files(self, fold: int | None = None) -> StepFiles:
+        """The step's inputs and outputs for ``fold`` (for a per-fold step; ``None``: the
+        fold-independent ones only)."""
+
+        def resolved(paths: tuple[str, ...]) -> tuple[str, ...]:
+            if fold is None:
+                return tuple(p for p in paths if "{fold}" not in p)
+            return tuple(p.format(fold=fold) for p in paths)
+
+        needs, produces = resolved(self.needs), resolved(self.produces)
+        optional = (*resolved(self.optional), *(p for p in needs if p in produces))
+        return StepFiles(needs=needs, produces=produces, optional=tuple(dict.fromkeys(optional)),
+                         reads_source=self.reads_source)  # fmt: skip
+
+    def __call__(self, run_dir: Path | str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Run the step on ``run_dir`` (local, or ``s3://`` for a mirror)."""
+        bound = inspect.signature(self.body).bind(None, *args, **kwargs)
+        fold = bound.arguments.get("fold")
+        tracking = bound.arguments.get("tracking")
+        guard = _tracking_errors(tracking) if tracking is not None else nullcontext()
+        files = self.files(fold)
+        with guard, opened_run(run_dir, files) as ctx:
+            check_inputs(self, ctx, files)
+            return self.body(ctx, *args, **kwargs)
+
+
+STEPS: dict[str, Step] = {}
+"""Every lifecycle step by name, in the order a run executes them."""
+
+
+def step(name: str, **spec: Any) -> Callable[[Callable[..., dict[str, Any]]], Step]:
+    """Decorator: declare the decorated body as step ``name`` (see :class:`Step`)."""
+
+    def declare(body: Callable[..., dict[str, Any]]) -> Step:
+        declared = Step(name=name, body=body, **spec)
+        STEPS[name] = declared
+        return declared
+
+    return declare
+
+
+def data_steps() -> list[Step]:
+    """Ingest, validate, split and preprocess, in order (what ``compare`` runs once)."""
+    return [s for s in STEPS.values() if s.stage == DATA]
+
+
+def producer_of(path: str) -> str:
+    """The step that writes run-directory path ``path`` (a file or folder it produces, or
+    something inside one), as a command hint (``train --fold 1`` for one fold's folder,
+    ``train`` for every fold's)."""
+    for candidate in STEPS.values():
+        for produced in candidate.produces:
+            head, per_fold, _ = produced.partition("{fold}")
+            if per_fold and (path == head.rsplit("/", 1)[0] or path.startswith(head)):
+                fold = path[len(head) :].split("/")[0] if path.startswith(head) else ""
+                return f"{candidate.name} --fold {fold}" if fold.isdigit() else candidate.name
+            if path == produced or path.startswith(produced + "/"):
+                return candidate.name
+    return "init"
+
+
+def check_inputs(spec: Step, ctx: RunContext, files: StepFiles) -> None:
+    """Refuse to run ``spec`` unless each input it needs is there (and a published folder
+    complete), naming the step that writes what is missing.
+
+    Raises:
+        RunError: an input is missing or incomplete.
+    """
+    for rel in files.needs:
+        if rel in files.optional:
+            continue
+        path = ctx.layout.root / rel
+        if rel in spec.complete:
+            require_complete(path, producer_of(rel))
+        elif not path.exists():
+            raise RunError(f"{path} is missing; run the `{producer_of(rel)}` step first")
+
+
+def _tracking_errors(tracking: Tracking) -> Any:
+    from medml.tracking import tracking_errors
+
+    return tracking_errors(tracking)
+
+
+# ---- data steps ----------------------------------------------------------------------
+
+
+@step(
+    "ingest",
+    needs=(_RUN,),
+    produces=(_REL.manifest.as_posix(), _REL.snapshot_json.as_posix()),
+    help="Scan the source into manifest.parquet (path, label, group, sha256, size, dims).",
+    stage=DATA,
+)
+def ingest(ctx: RunContext) -> dict[str, Any]:
+    """Scan the source into ``manifest.parquet``; hash the snapshot as DVC would."""
+    from medml.data.ingest import ingest as ingest_source
+    from medml.data.ingest import read_rows
+    from medml.dvc_cache import directory_md5
+
+    source = Path(ctx.source)
+    fetched: dict[str, Any] = {}
+    if is_s3(ctx.source):
+        fetch = fetch_s3_prefix(ctx.source, ctx.layout.source_copy)
+        source = fetch.local_dir
+        fetched = {"downloaded": fetch.downloaded, "already_present": fetch.skipped}
+    result = ingest_source(source, ctx.layout.manifest, ctx.recipe, reuse=not is_s3(ctx.source))
+    hashed = read_rows(result.manifest, ["path", "md5"])
+    known = dict(zip(hashed["path"], hashed["md5"], strict=True))
+    snapshot = {"source": ctx.source, "dvc_md5": directory_md5(source, known)}
+    write_json(ctx.layout.snapshot_json, snapshot)
+    return {
+        **fetched,
+        "dvc_md5": snapshot["dvc_md5"],
+        "manifest": str(result.manifest),
+        "images": result.images,
+        "class_counts": result.class_counts,
+    }
+
+
+@step(
+    "validate",
+    needs=(_RUN, _REL.manifest.as_posix()),
+    produces=(_REL.validation.root.as_posix(),),
+    reads_source=True,
+    stage=DATA,
+    help="Great Expectations gate: quarantine bad files, fail on critical problems.",
+)
+def validate(ctx: RunContext) -> dict[str, Any]:
+    """Run the validation gate; quarantine bad files."""
+    from medml.data.validate import validate as validate_manifest
+
+    result = validate_manifest(ctx.layout.manifest, ctx.layout.validation.root, ctx.recipe)
+    return {
+        "images": result.images,
+        "quarantined": result.quarantined,
+        "class_counts": result.class_counts,
+        "report": str(result.report),
+    }
+
+
+@step(
+    "split",
+    needs=(_RUN, _REL.validation.root.as_posix()),
+    produces=(_REL.splits.as_posix(), _REL.split_report.as_posix()),
+    complete=(_REL.validation.root.as_posix(),),
+    stage=DATA,
+    help="Holdout test set + stratified (group) k folds, with a leakage audit.",
+)
+def split(ctx: RunContext) -> dict[str, Any]:
+    """Assign holdout and folds."""
+    from medml.split import split as split_manifest
+
+    result = split_manifest(ctx.layout.validation.clean_manifest, ctx.layout.splits, ctx.recipe)
+    return {
+        "grouped": result.grouped,
+        "test_images": result.test_size,
+        "fold_sizes": result.fold_sizes,
+        "folds": ctx.folds,
+    }
+
+
+def shards_cache_key(splits_path: Path, recipe: Recipe) -> str:
+    """Run-cache key of the preprocess step: every row's bytes (sha256), label, split and fold,
+    in order, plus every setting preprocessing depends on
+    (:data:`~medml.preprocess.PREPROCESS_SETTINGS`). Same key, byte-identical shards."""
+    import json
+
+    from medml.preprocess import preprocess_settings
+
+    table = pd.read_parquet(splits_path, columns=["sha256", "label", "split", "fold"])
+    settings = json.dumps(preprocess_settings(recipe), sort_keys=True)
+    digest = hashlib.sha256(b"medml preprocess\n" + settings.encode())
+    digest.update(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+@step(
+    "preprocess",
+    needs=(_RUN, _REL.splits.as_posix()),
+    produces=(_REL.shards.as_posix(), _REL.preprocess_json.as_posix()),
+    reads_source=True,
+    stage=DATA,
+    help="Decode and resize images with OpenCV into shards (cached in DVC's cache).",
+)
+def preprocess(ctx: RunContext, cache_dir: Path | None = None) -> dict[str, Any]:
+    """Decode and resize into shards, restored from DVC's cache when the inputs are unchanged.
+
+    The shards are saved as DVC objects in a DVC cache (default :attr:`Settings.dvc_cache`;
+    see :mod:`medml.dvc_cache`) with a run-cache entry keyed by :func:`shards_cache_key`, so
+    re-running a date, back-filling again or two runs on the same snapshot decode the images
+    once; later runs check the shards out of the cache (hard links).
+    """
+    from medml.dvc_cache import DvcCache
+    from medml.preprocess import preprocess as preprocess_images
+
+    key = shards_cache_key(ctx.layout.splits, ctx.recipe)
+    cache = DvcCache(cache_dir or Settings.from_env().dvc_cache)
+    cached = cache.lookup(key)
+    if cached is not None:
+        cache.checkout(cached["hash"], ctx.layout.shards)
+        outcome = {"images": cached["images"], "shards": cached["shards"], "cache": "hit"}
+        digest = cached["hash"]
+    else:
+        result = preprocess_images(ctx.layout.splits, ctx.layout.shards, ctx.recipe)
+        digest = cache.save(ctx.layout.shards, key, step="preprocess", images=result.images,
+                            shards=result.shards)  # fmt: skip
+        outcome = {"images": result.images, "shards": result.shards, "cache": "miss"}
+    outcome |= {"shards_dir": str(ctx.layout.shards), "cache_key": key, "dvc_md5": digest}
+    write_json(ctx.layout.preprocess_json, outcome)
+    return outcome
+
+
+# ---- model steps ---------------------------------------------------------------------
+
+
+@step(
+    "train",
+    needs=(
+        _RUN,
+        _REL.shards.as_posix(),
+        _REL.snapshot_json.as_posix(),
+        _REL.splits.as_posix(),
+    ),  # splits: the fold's rows as an MLflow dataset
+    produces=(_FOLD_DIR,),
+    complete=(_REL.shards.as_posix(),),
+    help="Train one fold (balanced inside the fold), or every fold in turn, and log to MLflow.",
+)
+def train(ctx: RunContext, fold: int, tracking: Tracking | None = None) -> dict[str, Any]:
+    """Train one fold (logged to MLflow when ``tracking`` is given).
+
+    On an ``s3://`` run directory (a training pod's view) the run's ``run.json`` and shards
+    are mirrored locally first and the fold's outputs uploaded after.
+    """
+    from medml.train import train_fold
+
+    parent = pipeline_run_id(ctx, tracking) if tracking else None
+    result = train_fold(ctx.layout.shards, fold, ctx.layout.fold(fold).root, ctx.recipe,
+                        tracking=tracking, parent_run_id=parent, run_key=ctx.run_key)  # fmt: skip
+    if tracking is not None and result.mlflow_run_id:
+        with tracking.run(run_id=result.mlflow_run_id):
+            log_datasets(ctx, {"train": "training"})
+    return result.as_dict()
+
+
+_EVALUATED = (_RUN, _REL.snapshot_json.as_posix(), _REL.splits.as_posix(),
+              _REL.validation.root.as_posix(), _FOLDS)  # fmt: skip
+
+
+@step(
+    "evaluate",
+    needs=(*_EVALUATED, _REL.shards.as_posix()),
+    produces=(_REL.evaluation.root.as_posix(), _REL.overview.as_posix()),
+    optional=(_REL.overview.as_posix(),),
+    complete=(_REL.shards.as_posix(),),
+    help="Score the fold ensemble on the untouched holdout (clinical metrics, plots).",
+)
+def evaluate(ctx: RunContext, tracking: Tracking | None = None) -> dict[str, Any]:
+    """Score the fold ensemble on the holdout (every fold model must be complete)."""
+    from medml.evaluate import evaluate as evaluate_ensemble
+    from medml.overview import write_overview
+
+    for fold in ctx.folds:
+        require_complete(ctx.layout.fold(fold).root, producer_of(_FOLD_DIR.format(fold=fold)))
+    models = ctx.layout.fold_models(len(ctx.folds))
+    parent = pipeline_run_id(ctx, tracking) if tracking else None
+    result = evaluate_ensemble(ctx.layout.shards, models, ctx.layout.evaluation.root, ctx.recipe,
+                               tracking=tracking, parent_run_id=parent)  # fmt: skip
+    write_overview(ctx.layout.shards, ctx.layout.overview, ctx.recipe)  # TF is loaded by now
+    if tracking is not None and parent is not None:  # the data gate's report travels with the run
+        client = tracking.activate()
+        client.log_artifacts(parent, str(ctx.layout.validation.root), ARTIFACTS.validation)
+        if ctx.layout.overview.is_dir():
+            client.log_artifacts(parent, str(ctx.layout.overview), ARTIFACTS.overview)
+        with tracking.run(run_id=parent):
+            log_datasets(ctx, {"train": "training", "test": "holdout"})
+    return {"metrics": str(result.metrics_path), **result.metrics.overall}
+
+
+@step(
+    "register",
+    needs=(*_EVALUATED, _REL.split_report.as_posix(), _REL.evaluation.root.as_posix()),
+    produces=(_REL.registry.root.as_posix(),),
+    reads_source=True,
+    complete=(_REL.evaluation.root.as_posix(),),
+    help="Register the fold ensemble in MLflow; alias `challenger` if it passes the gate.",
+)
+def register(ctx: RunContext, tracking: Tracking) -> dict[str, Any]:
+    """Gate (thresholds + non-inferiority to the champion), register, alias ``challenger``."""
+    from medml.calibration import ServingCalibration
+    from medml.evaluation_facts import EvaluationFacts
+    from medml.registry import champion_on_holdout, register_ensemble
+    from medml.version_tags import VersionTags
+
+    layout = ctx.layout
+    metrics = HoldoutMetrics.read(layout.evaluation.metrics)
+    evaluation = EvaluationFacts.read(layout.evaluation)
+    files, labels = holdout_files(layout.splits)
+    champion = (  # cross-validation only: no images the champion could be scored on fairly
+        champion_on_holdout(tracking, ctx.recipe.registry.model_name, files, labels,
+                            ctx.recipe.data.classes)
+        if len(labels) else None
+    )  # fmt: skip
+    registration = register_ensemble(
+        layout.fold_models(ctx.recipe.split.folds), metrics, layout.registry.root, ctx.recipe,
+        tracking=tracking, parent_run_id=pipeline_run_id(ctx, tracking),
+        tags={VersionTags.DATA_HASH: snapshot_hash(ctx), VersionTags.LOGICAL_DATE: ctx.logical_date,
+              VersionTags.RUN_KEY: ctx.run_key, VersionTags.RUN_DIR: ctx.location},
+        champion=champion, calibration=ServingCalibration.from_evaluation(evaluation),
+        card_facts={"split_report": read_json(layout.split_report), "evaluation": evaluation,
+                    "validation_report": read_json(layout.validation.report)},
+    )  # fmt: skip
+    return registration.as_dict()
+
+
+# ---- what the step bodies share ------------------------------------------------------
+
+
+def snapshot_hash(ctx: RunContext) -> str:
+    """The snapshot's DVC hash that ingest recorded."""
+    return str(read_json(ctx.layout.snapshot_json)["dvc_md5"])
+
+
+def holdout_files(splits_path: Path) -> tuple[pd.DataFrame, Any]:
+    """The holdout's images as the served model's input (``path``: absolute, ``frame``) and
+    their class indices, in split order."""
+    import numpy as np
+
+    from medml.data.ingest import absolute_paths, frames_of, read_rows
+    from medml.serving import FRAME_COLUMN, PATH_COLUMN
+    from medml.split import TEST
+
+    table = read_rows(splits_path, ["root", "path", "frame", "label_index", "split"])
+    holdout = table[table["split"] == TEST]
+    paths = absolute_paths(holdout, Path(splits_path).parent)
+    files = pd.DataFrame({PATH_COLUMN: paths, FRAME_COLUMN: frames_of(holdout)})
+    return files, holdout["label_index"].to_numpy(dtype=np.int64)
+
+
+def log_datasets(ctx: RunContext, parts: dict[str, str]) -> None:
+    """Log parts of the split (``train``/``test`` → MLflow context) as MLflow datasets of the
+    active run: their rows (path, label, fold, sha256), the snapshot URI as source and the
+    snapshot's data hash as digest."""
+    import warnings
+
+    import mlflow
+
+    table = pd.read_parquet(ctx.layout.splits, columns=["path", "label", "split", "fold", "sha256"])
+    digest = snapshot_hash(ctx)[:36]
+    for part, context in parts.items():
+        rows = table[table["split"] == part].reset_index(drop=True)
+        with warnings.catch_warnings():  # source ambiguity; integer columns in the schema
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(rows, source=ctx.source, digest=digest,
+                                              name=f"{ctx.recipe.name}-{part}")  # fmt: skip
+            mlflow.log_input(dataset, context=context)
