@@ -3,8 +3,8 @@
 With ``$MEDML_RUN_ROOT=s3://…`` each run directory lives on S3 and each step works on a mirror
 in its own worker's ``MEDML_HOME``: it downloads what it reads and uploads what it writes
 (each step declares them in :mod:`medml.steps`). Here every step runs in a fresh home (a
-worker that has seen nothing of the run), against a real S3 server (moto over HTTP); the Celery deployment
-test does the same with real workers.
+worker that has seen nothing of the run), against a real S3 server (moto over HTTP); the
+Celery deployment test does the same with real workers.
 """
 
 from __future__ import annotations
