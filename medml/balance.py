@@ -1,7 +1,8 @@
 """Class balancing, applied only to the training part of a fold.
 
 Strategies (``train.balance`` in the recipe; :data:`medml.extensions.BALANCERS` is the list,
-filled by the ``@BALANCERS.register`` planners below):
+filled by the ``@register_strategy`` planners below, each with the :class:`Capabilities` its
+plans need from the trainer):
 
 - ``none``: train on the data as it is;
 - ``class_weight``: scale each class's loss by its inverse frequency;
@@ -27,6 +28,8 @@ split.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -396,6 +399,45 @@ def _class_neighbours(points: np.ndarray, k: int) -> np.ndarray:
     return search.kneighbors(points, return_distance=False)[:, 1:]
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a balancing strategy needs from the trainer, declared with the strategy.
+
+    The trainer and the overview dispatch on these flags, never on a strategy's name or on the
+    type of the rows its plan makes. :class:`BalanceStrategy` checks every plan against them and
+    ``tests/unit/test_extension_contracts.py`` checks what they promise.
+
+    Attributes:
+        resamples_rows: ``BalancePlan.indices`` repeat or leave out some of the fold's training
+            rows (otherwise they are every row, in order).
+        weights_classes: ``BalancePlan.class_weight`` scales each class's loss.
+        adds_rows_on_read: ``BalancePlan.rows_sampler`` is fitted on the fold's rows without
+            loading them and appends rows made when their batch is read.
+        augments_copies_per_batch: the appended rows are copies of the fold's own rows, and the
+            input pipeline augments them (``train.augment``) each time their batch is read;
+            only with ``adds_rows_on_read``.
+        resamples_loaded_images: ``BalancePlan.array_sampler`` runs ``fit_resample`` on the
+            fold's training images, loaded into memory.
+        balanced_batches: the input pipeline draws every batch with equal class probabilities.
+
+    Raises:
+        ValueError: flags the trainer cannot honour together.
+    """
+
+    resamples_rows: bool = False
+    weights_classes: bool = False
+    adds_rows_on_read: bool = False
+    augments_copies_per_batch: bool = False
+    resamples_loaded_images: bool = False
+    balanced_batches: bool = False
+
+    def __post_init__(self) -> None:
+        if self.augments_copies_per_batch and not self.adds_rows_on_read:
+            raise ValueError("augments_copies_per_batch needs adds_rows_on_read (the copies)")
+        if self.adds_rows_on_read and self.resamples_loaded_images:
+            raise ValueError("a plan adds rows on read or resamples loaded images, not both")
+
+
 @dataclass
 class BalancePlan:
     """How to balance one fold's training rows.
@@ -405,16 +447,87 @@ class BalancePlan:
         class_weight: loss weights, or ``None``.
         array_sampler: a sampler to run on the loaded images (``fit_resample``), or ``None``.
         rows_sampler: a sampler fitted on the fold's rows without loading them, whose
-            ``rows(originals)`` adds images made on read (:class:`StreamingSMOTE`,
-            :class:`StreamingAugmentOversampler`), or ``None``.
-        balanced_batches: draw class-balanced batches in the input pipeline.
+            ``rows(originals)`` returns the originals followed by images made on read
+            (:class:`StreamingSMOTE`, :class:`StreamingAugmentOversampler`), or ``None``.
+        capabilities: what the plan needs from the trainer: the strategy's declaration, set
+            by :class:`BalanceStrategy` (a planner leaves the default).
     """
 
     indices: np.ndarray
     class_weight: dict[int, float] | None = None
     array_sampler: Any | None = None
     rows_sampler: StreamingSMOTE | StreamingAugmentOversampler | None = None
-    balanced_batches: bool = False
+    capabilities: Capabilities = Capabilities()
+
+    @property
+    def balanced_batches(self) -> bool:
+        """Draw class-balanced batches in the input pipeline (declared by the strategy)."""
+        return self.capabilities.balanced_batches
+
+
+Planner = Callable[[np.ndarray, int, TrainConfig, int], BalancePlan]
+
+
+@dataclass(frozen=True)
+class BalanceStrategy:
+    """A registered balancing strategy: its planner and the capabilities it declares.
+
+    Calling it plans a fold (``strategy(y, n_classes, cfg, seed)``) and returns the plan with
+    the declared capabilities, after checking that the plan carries what they say.
+
+    Attributes:
+        name: the strategy's name (``train.balance``).
+        planner: ``planner(y, n_classes, cfg, seed)`` returns a :class:`BalancePlan`.
+        capabilities: what every plan of this strategy needs from the trainer.
+    """
+
+    name: str
+    planner: Planner
+    capabilities: Capabilities
+
+    def __call__(self, y: np.ndarray, n_classes: int, cfg: TrainConfig, seed: int) -> BalancePlan:
+        """Plan one fold's balancing.
+
+        Raises:
+            ValueError: the plan does not match the declared capabilities (a bug in the
+                strategy).
+        """
+        plan = self.planner(y, n_classes, cfg, seed)
+        declared = self.capabilities
+        carried = {
+            "weights_classes": plan.class_weight is not None,
+            "adds_rows_on_read": plan.rows_sampler is not None,
+            "resamples_loaded_images": plan.array_sampler is not None,
+        }
+        for flag, present in carried.items():
+            if getattr(declared, flag) != present:
+                raise ValueError(f"balancing strategy {self.name!r} declares {flag}="
+                                 f"{not present} but its plan says {present}")  # fmt: skip
+        if not declared.resamples_rows and not np.array_equal(plan.indices, _all_rows(y)):
+            raise ValueError(f"balancing strategy {self.name!r} resamples rows without "
+                             "declaring resamples_rows")  # fmt: skip
+        return dataclasses.replace(plan, capabilities=declared)
+
+
+def register_strategy(name: str, capabilities: Capabilities) -> Callable[[Planner], Planner]:
+    """Decorator: register a planner in :data:`medml.extensions.BALANCERS` as ``name``, with
+    the capabilities its plans need (every strategy declares them; ``Capabilities()`` is plain
+    training on the rows as they are). Returns the planner unchanged."""
+
+    def register(planner: Planner) -> Planner:
+        BALANCERS.register(name)(BalanceStrategy(name, planner, capabilities))
+        return planner
+
+    return register
+
+
+def strategy_capabilities(name: str) -> Capabilities:
+    """What the balancing strategy ``name`` declares it needs (known before any fold).
+
+    Raises:
+        ConfigError: unknown strategy ("did you mean …").
+    """
+    return BALANCERS.get(name).capabilities
 
 
 def plan_balance(
@@ -428,24 +541,27 @@ def plan_balance(
         cfg: the recipe's training settings (strategy, augmentation, SMOTE budget).
         seed: random seed for samplers.
 
+    Returns:
+        The plan, its ``capabilities`` those the strategy declares.
+
     Raises:
         ConfigError: unknown strategy ("did you mean …").
     """
-    planner = BALANCERS.get(cfg.balance)
-    return planner(np.asarray(y_train, dtype=np.int64), n_classes, cfg, seed)
+    strategy: BalanceStrategy = BALANCERS.get(cfg.balance)
+    return strategy(np.asarray(y_train, dtype=np.int64), n_classes, cfg, seed)
 
 
 def _all_rows(y: np.ndarray) -> np.ndarray:
     return np.arange(len(y))
 
 
-@BALANCERS.register("none")
+@register_strategy("none", Capabilities())
 def plan_none(y: np.ndarray, n_classes: int, cfg: TrainConfig, seed: int) -> BalancePlan:
     """Train on the fold's training rows as they are."""
     return BalancePlan(_all_rows(y))
 
 
-@BALANCERS.register("class_weight")
+@register_strategy("class_weight", Capabilities(weights_classes=True))
 def plan_class_weight(y: np.ndarray, n_classes: int, cfg: TrainConfig, seed: int) -> BalancePlan:
     """Scale each class's loss by its inverse frequency."""
     return BalancePlan(_all_rows(y), class_weight=inverse_frequency_weights(y, n_classes))
@@ -457,7 +573,7 @@ def _resample_rows(sampler: Any, y: np.ndarray) -> np.ndarray:
     return resampled.ravel()
 
 
-@BALANCERS.register("undersample")
+@register_strategy("undersample", Capabilities(resamples_rows=True))
 def plan_undersample(y: np.ndarray, n_classes: int, cfg: TrainConfig, seed: int) -> BalancePlan:
     """imbalanced-learn's RandomUnderSampler on row positions."""
     from imblearn.under_sampling import RandomUnderSampler
@@ -465,7 +581,7 @@ def plan_undersample(y: np.ndarray, n_classes: int, cfg: TrainConfig, seed: int)
     return BalancePlan(_resample_rows(RandomUnderSampler(random_state=seed), y))
 
 
-@BALANCERS.register("oversample")
+@register_strategy("oversample", Capabilities(resamples_rows=True))
 def plan_oversample(y: np.ndarray, n_classes: int, cfg: TrainConfig, seed: int) -> BalancePlan:
     """imbalanced-learn's RandomOverSampler on row positions."""
     from imblearn.over_sampling import RandomOverSampler
@@ -473,7 +589,9 @@ def plan_oversample(y: np.ndarray, n_classes: int, cfg: TrainConfig, seed: int) 
     return BalancePlan(_resample_rows(RandomOverSampler(random_state=seed), y))
 
 
-@BALANCERS.register("augment_oversample")
+@register_strategy(
+    "augment_oversample", Capabilities(adds_rows_on_read=True, augments_copies_per_batch=True)
+)
 def plan_augment_oversample(
     y: np.ndarray, n_classes: int, cfg: TrainConfig, seed: int
 ) -> BalancePlan:
@@ -483,18 +601,18 @@ def plan_augment_oversample(
     return BalancePlan(_all_rows(y), rows_sampler=sampler)
 
 
-@BALANCERS.register("smote")
+@register_strategy("smote", Capabilities(adds_rows_on_read=True))
 def plan_smote(y: np.ndarray, n_classes: int, cfg: TrainConfig, seed: int) -> BalancePlan:
     """SMOTE streamed from the shards (:class:`StreamingSMOTE`): O(batch) memory."""
     return BalancePlan(_all_rows(y), rows_sampler=StreamingSMOTE(random_state=seed))
 
 
-@BALANCERS.register("balanced_batches")
+@register_strategy("balanced_batches", Capabilities(balanced_batches=True))
 def plan_balanced_batches(
     y: np.ndarray, n_classes: int, cfg: TrainConfig, seed: int
 ) -> BalancePlan:
     """No resampling here; the input pipeline draws class-balanced batches (O(batch) memory)."""
-    return BalancePlan(_all_rows(y), balanced_batches=True)
+    return BalancePlan(_all_rows(y))
 
 
 def _check_images(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

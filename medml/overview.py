@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medml.balance import strategy_capabilities
 from medml.config import Recipe
 from medml.evaluate import pyplot, save_figure
 from medml.layout import plot_file
@@ -103,8 +104,11 @@ def plot_grid(images: dict[str, np.ndarray], path: Path, *, title: str) -> Path:
 
 
 def _augment_label(recipe: Recipe) -> str:
+    """Where the recipe uses the augmentation policy: every training batch, the balancing
+    strategy's copies only (as its capabilities declare), or nowhere."""
     cfg = recipe.train.augment
+    copies = strategy_capabilities(recipe.train.balance).augments_copies_per_batch
     used = "every training batch" if recipe.train.augment_in_training else "oversampling only"
-    if recipe.train.balance != "augment_oversample" and not recipe.train.augment_in_training:
+    if not copies and not recipe.train.augment_in_training:
         used = "not used by this recipe"
     return f"policy {cfg.policy}, {used}"

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from medml.augment import RandAugment
-from medml.balance import BalancePlan, CopiedRows, SyntheticRows, plan_balance
+from medml.balance import BalancePlan, Rows, plan_balance
 from medml.config import Recipe, TrainConfig
 from medml.errors import RunError
 from medml.io import publish_dir, write_json
@@ -107,7 +107,7 @@ def fold_rows(index: Any, fold: int) -> tuple[Any, Any]:
 
 
 def make_dataset(
-    images: np.ndarray | ShardRows | SyntheticRows | CopiedRows,
+    images: np.ndarray | Rows,
     labels: np.ndarray,
     *,
     batch_size: int,
@@ -116,6 +116,7 @@ def make_dataset(
     balanced_batches: bool = False,
     augment: RandAugment | None = None,
     augment_copies: RandAugment | None = None,
+    copies_from: int | None = None,
     one_hot: int | None = None,
 ) -> Any:
     """A tf.data pipeline of uint8 image batches, read from the shards or from an array.
@@ -126,22 +127,26 @@ def make_dataset(
     :class:`~medml.preprocess.ShardRows` the images stay in the shards (read per batch, the
     validation rows too), so memory is O(batch) whatever the dataset size. ``augment`` runs per
     batch in parallel; the order is deterministic for a given seed;
-    ``one_hot=n`` yields one-hot labels (for label smoothing). With
-    :class:`~medml.balance.CopiedRows` (augmentation oversampling), ``augment_copies`` runs on
-    the copies of each training batch only, before ``augment``.
+    ``one_hot=n`` yields one-hot labels (for label smoothing). ``augment_copies`` runs on the
+    copies of each training batch only (positions from ``copies_from`` on, as
+    :class:`~medml.balance.CopiedRows` lays them out for augmentation oversampling), before
+    ``augment``.
+
+    Raises:
+        ValueError: ``augment_copies`` without ``copies_from``.
     """
     import tensorflow as tf
 
     autotune = tf.data.AUTOTUNE
     labels = np.asarray(labels, dtype=np.int64)
     data = _positions(labels, training=training, balanced_batches=balanced_batches, seed=seed)
-    if isinstance(images, ShardRows | SyntheticRows | CopiedRows):
-        gather, shape = images.gather, images.image_shape
-    else:
+    if isinstance(images, np.ndarray):
         gather, shape = images.__getitem__, images.shape[1:]
-
-    copies_from = getattr(images, "copies_from", None)
-    with_copies = training and copies_from is not None and augment_copies is not None
+    else:
+        gather, shape = images.gather, images.image_shape
+    if augment_copies is not None and copies_from is None:
+        raise ValueError("augment_copies needs copies_from: the position of the first copy")
+    with_copies = training and augment_copies is not None
 
     def fetch(batch: Any) -> tuple[Any, ...]:
         x, y = tf.numpy_function(
@@ -213,13 +218,16 @@ class FoldData:
         x_val: validation images (the fold's own rows; never balanced).
         y_val: validation class indices.
         plan: how the training part was balanced.
+        added_from: position in ``x_train`` of the first row a sampler added (after the rows
+            the plan's indices load); ``len(y_train)`` when none was added.
     """
 
-    x_train: np.ndarray | ShardRows | SyntheticRows | CopiedRows
+    x_train: np.ndarray | Rows
     y_train: np.ndarray
     x_val: ShardRows
     y_val: np.ndarray
     plan: BalancePlan
+    added_from: int
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -235,19 +243,20 @@ def load_fold_data(shards_dir: Path, fold: int, recipe: Recipe) -> FoldData:
     )
     train_rows = train_rows.iloc[plan.indices]
     y_train = train_rows["label_index"].to_numpy(dtype=np.int64)
+    added_from = len(y_train)
     # Rows stay in the shards (read per batch); the streaming samplers (SMOTE, augmentation
     # oversampling) add images made per batch. Only an array sampler (a custom strategy's
     # fit_resample) loads this fold's training images.
-    x_train: np.ndarray | ShardRows | SyntheticRows | CopiedRows = ShardRows(shards_dir, train_rows)
-    if plan.rows_sampler is not None:  # synthetic images made per batch, never all in memory
+    x_train: np.ndarray | Rows = ShardRows(shards_dir, train_rows)
+    if plan.capabilities.adds_rows_on_read:  # images made per batch, never all in memory
         x_train = plan.rows_sampler.fit(x_train, y_train).rows(x_train)
         y_train = plan.rows_sampler.y_
-    elif plan.array_sampler is not None:
+    elif plan.capabilities.resamples_loaded_images:
         x_train, y_train = plan.array_sampler.fit_resample(
             load_images(shards_dir, train_rows), y_train
         )
     y_val = val_rows["label_index"].to_numpy(dtype=np.int64)
-    return FoldData(x_train, y_train, ShardRows(shards_dir, val_rows), y_val, plan)
+    return FoldData(x_train, y_train, ShardRows(shards_dir, val_rows), y_val, plan, added_from)
 
 
 def compile_model(
@@ -367,7 +376,8 @@ def fit(
     n_classes = len(recipe.data.classes)
     batch_size = cfg.batch_size * accelerator.replicas
     steps = -(-len(data.y_train) // batch_size)
-    balanced = data.plan.balanced_batches
+    needs = data.plan.capabilities
+    balanced = needs.balanced_batches
     callbacks: list[keras.callbacks.Callback] = [
         throughput_logger(steps * batch_size if balanced else len(data.y_train)),
         keras.callbacks.EarlyStopping(
@@ -385,11 +395,12 @@ def fit(
         callbacks.append(mlflow.keras.MlflowCallback())
     one_hot = n_classes if cfg.label_smoothing > 0 else None
     augment = RandAugment(cfg.augment, seed=seed) if cfg.augment_in_training else None
-    copied = isinstance(data.x_train, CopiedRows)
+    copied = needs.augments_copies_per_batch
     copies = RandAugment(cfg.augment, seed=seed + 1) if copied else None
     train_data = make_dataset(
         data.x_train, data.y_train, batch_size=batch_size, training=True, seed=seed,
-        balanced_batches=balanced, augment=augment, augment_copies=copies, one_hot=one_hot,
+        balanced_batches=balanced, augment=augment, augment_copies=copies,
+        copies_from=data.added_from if copied else None, one_hot=one_hot,
     )  # fmt: skip
     val_data = make_dataset(
         data.x_val, data.y_val, batch_size=batch_size, training=False, one_hot=one_hot

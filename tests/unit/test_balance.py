@@ -7,11 +7,15 @@ import pytest
 
 from medml.balance import (
     AugmentOversampler,
+    BalancePlan,
+    BalanceStrategy,
+    Capabilities,
     PixelSMOTE,
     StreamingAugmentOversampler,
     StreamingSMOTE,
     inverse_frequency_weights,
     plan_balance,
+    strategy_capabilities,
 )
 from medml.config import AugmentConfig, TrainConfig
 from medml.errors import ConfigError
@@ -117,12 +121,64 @@ def test_streaming_augment_oversample_plans_what_the_in_memory_one_makes() -> No
     np.testing.assert_array_equal(copied.gather(np.array([0, 99, 100])), x[[0, 99, sources[0]]])
 
     data = make_dataset(copied, streaming.y_, batch_size=32, training=True, seed=0,
-                        augment_copies=RandAugment(AugmentConfig(), seed=1))  # fmt: skip
+                        augment_copies=RandAugment(AugmentConfig(), seed=1),
+                        copies_from=copied.copies_from)  # fmt: skip
     assert rows.largest_read <= 32  # one batch at a time
     seen = {tuple(img.ravel()) for xb, _ in data for img in np.asarray(xb)}
     originals = {tuple(img.ravel()) for img in x}
     assert originals <= seen  # every original, untouched
     assert len(seen - originals) > 0.9 * 80  # the 80 copies come out augmented
+
+
+@pytest.mark.parametrize(
+    ("strategy", "declared"),
+    [("none", set()), ("class_weight", {"weights_classes"}), ("undersample", {"resamples_rows"}),
+     ("oversample", {"resamples_rows"}), ("smote", {"adds_rows_on_read"}),
+     ("augment_oversample", {"adds_rows_on_read", "augments_copies_per_batch"}),
+     ("balanced_batches", {"balanced_batches"})],
+)  # fmt: skip
+def test_strategies_declare_what_they_need_and_plans_carry_it(
+    strategy: str, declared: set[str]
+) -> None:
+    capabilities = strategy_capabilities(strategy)
+    flags = {name for name, on in vars(capabilities).items() if on}
+    assert flags == declared
+    assert plan_balance(Y, 3, TrainConfig(balance=strategy), seed=0).capabilities == capabilities
+
+
+def test_a_plan_that_contradicts_its_declaration_is_refused() -> None:
+    def weighted(y: np.ndarray, n_classes: int, cfg: TrainConfig, seed: int) -> BalancePlan:
+        return BalancePlan(np.arange(len(y)), class_weight=inverse_frequency_weights(y, 3))
+
+    def resampled(y: np.ndarray, n_classes: int, cfg: TrainConfig, seed: int) -> BalancePlan:
+        return BalancePlan(np.arange(len(y))[::-1])
+
+    silent = BalanceStrategy("weighted", weighted, Capabilities())
+    with pytest.raises(ValueError, match=r"'weighted' declares weights_classes=False but its "
+                                         r"plan says True"):  # fmt: skip
+        silent(Y, 3, TrainConfig(), 0)
+    with pytest.raises(ValueError, match=r"resamples rows without declaring resamples_rows"):
+        BalanceStrategy("resampled", resampled, Capabilities())(Y, 3, TrainConfig(), 0)
+    plan = BalanceStrategy("resampled", resampled, Capabilities(resamples_rows=True))(
+        Y, 3, TrainConfig(), 0
+    )
+    assert plan.capabilities.resamples_rows
+
+
+def test_capabilities_the_trainer_cannot_honour_together_are_refused() -> None:
+    with pytest.raises(ValueError, match="augments_copies_per_batch needs adds_rows_on_read"):
+        Capabilities(augments_copies_per_batch=True)
+    with pytest.raises(ValueError, match="not both"):
+        Capabilities(adds_rows_on_read=True, resamples_loaded_images=True)
+
+
+def test_copies_are_augmented_only_where_the_caller_says_they_start() -> None:
+    from medml.augment import RandAugment
+    from medml.train import make_dataset
+
+    with pytest.raises(ValueError, match="augment_copies needs copies_from"):
+        make_dataset(_images(Y), Y, batch_size=8, training=True,
+                     augment_copies=RandAugment(AugmentConfig(), seed=1))  # fmt: skip
 
 
 def test_unknown_strategy_suggests_the_closest_name() -> None:

@@ -48,6 +48,54 @@ def test_strategy_plans_within_the_training_rows_it_is_given(strategy: str) -> N
     assert any(name.endswith("_") and not name.startswith("_") for name in vars(sampler))
 
 
+class _ArrayRows:
+    """Images by position (the :class:`medml.balance.Rows` a rows sampler is fitted on)."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.images, self.image_shape = images, images.shape[1:]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def gather(self, positions: np.ndarray) -> np.ndarray:
+        return self.images[positions]
+
+
+@pytest.mark.parametrize("strategy", BALANCERS.names())
+def test_strategy_declares_capabilities_that_match_its_plan(strategy: str) -> None:
+    """Every strategy declares what it needs from the trainer (``Capabilities``), and its plan
+    does what the flags say: the trainer dispatches on them and never looks at the strategy's
+    name or the type of the rows it makes."""
+    from medml.balance import BalanceStrategy, CopiedRows, strategy_capabilities
+
+    registered = BALANCERS.get(strategy)
+    assert isinstance(registered, BalanceStrategy), f"{strategy} does not declare capabilities"
+    declared = strategy_capabilities(strategy)
+    plan = registered(Y_TRAIN, 3, TrainConfig(balance=strategy), 0)
+    assert plan.capabilities == declared
+    assert (plan.class_weight is not None) == declared.weights_classes
+    assert (plan.array_sampler is not None) == declared.resamples_loaded_images
+    assert plan.balanced_batches == declared.balanced_batches
+    unchanged = np.array_equal(plan.indices, np.arange(len(Y_TRAIN)))
+    assert unchanged != declared.resamples_rows  # Y_TRAIN is imbalanced: resampling shows
+    assert (plan.rows_sampler is not None) == declared.adds_rows_on_read
+    if plan.rows_sampler is None:
+        return
+    y = Y_TRAIN[plan.indices]
+    originals = _ArrayRows(_images(y))
+    rows = plan.rows_sampler.fit(originals, y).rows(originals)
+    y_rows = plan.rows_sampler.y_
+    assert len(rows) == len(y_rows) > len(y) and rows.image_shape == originals.image_shape
+    np.testing.assert_array_equal(y_rows[: len(y)], y)  # the fold's rows first, then added ones
+    np.testing.assert_array_equal(rows.gather(np.arange(len(y))), originals.images)
+    if declared.augments_copies_per_batch:  # the added rows are copies, augmented on read
+        assert isinstance(rows, CopiedRows) and rows.copies_from == len(y)
+        added = rows.gather(np.arange(len(y), len(rows)))
+        for image, label in zip(added, y_rows[len(y) :], strict=True):
+            same = (originals.images[y == label] == image).all(axis=(1, 2, 3))
+            assert same.any(), "a copy is not an unaugmented image of its own class"
+
+
 @pytest.mark.parametrize("model", MODELS.names())
 @pytest.mark.parametrize("channels", [1, 3])
 def test_model_builds_for_grey_and_rgb_and_outputs_probabilities(model: str, channels: int) -> None:
