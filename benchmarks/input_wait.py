@@ -58,7 +58,6 @@ def measure(run: Path, mode: str, epochs: int) -> dict[str, float]:
     import keras
 
     from medml.augment import RandAugment
-    from medml.balance import CopiedRows
     from medml.config import with_settings
     from medml.runs import load_context
     from medml.train import Accelerator, compile_model, load_fold_data, make_dataset
@@ -68,10 +67,12 @@ def measure(run: Path, mode: str, epochs: int) -> dict[str, float]:
     data = load_fold_data(ctx.layout.shards, 0, recipe)
     cfg = recipe.train
     accelerator = Accelerator.detect(cfg)
-    copies = RandAugment(cfg.augment, seed=1) if isinstance(data.x_train, CopiedRows) else None
+    copied = data.plan.capabilities.augments_copies_per_batch
+    copies = RandAugment(cfg.augment, seed=1) if copied else None
     augment = RandAugment(cfg.augment, seed=0) if cfg.augment_in_training else None
     pipeline = make_dataset(data.x_train, data.y_train, batch_size=cfg.batch_size, training=True,
-                            seed=0, augment=augment, augment_copies=copies)  # fmt: skip
+                            seed=0, augment=augment, augment_copies=copies,
+                            copies_from=data.added_from if copied else None)  # fmt: skip
     images = len(data.y_train)
     for _ in pipeline:  # warm-up (tracing, page cache)
         pass
