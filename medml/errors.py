@@ -13,6 +13,7 @@ Exit codes of the ``medml`` command (also in ``docs/operations.md``):
 3     a medml error: bad config, missing input, unreadable source, refused operation …
 4     the data validation gate failed (report and quarantine list written; nothing deleted)
 5     a promotion, rollback or review was refused (audit rules, gate, unknown version)
+6     ``medml audit verify``: the audit trail was edited, or events were deleted or reordered
 ====  =====================================================================================
 """
 
@@ -46,6 +47,16 @@ class ConfigError(MedmlError, ValueError):
 
 class RunError(MedmlError):
     """A run directory is missing, or a step's inputs are not there yet."""
+
+
+class SplitError(MedmlError, ValueError):
+    """The data cannot be split as ``split.*`` asks (a class has too few images or groups for
+    the holdout or the folds, or the dataset lacks the validation folder it names)."""
+
+
+class SynthError(MedmlError, ValueError):
+    """A phantom dataset cannot be written as asked (output not empty, ``n`` too small for the
+    layout, no generator for the recipe/layout pair)."""
 
 
 class DataGateFailed(MedmlError):

@@ -12,6 +12,7 @@ on exactly the same folds.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from medml.config import Recipe
-from medml.errors import MedmlError
+from medml.errors import MedmlError, SplitError
 from medml.io import atomic_path, write_json
 from medml.layout import split_report_path
 from medml.near_duplicates import cluster, signatures, similar_pairs
@@ -86,33 +87,20 @@ def assign_splits(table: pd.DataFrame, recipe: Recipe) -> pd.DataFrame:
         A copy of ``table`` with the three columns added.
 
     Raises:
-        ValueError: a class has too few rows (or groups) for the requested folds.
+        SplitError: an unknown label, a class with too few rows (or groups) for the holdout
+            and the requested folds, or no validation folder under ``split.validation=dataset``.
     """
     cfg = recipe.split
-    out = table.reset_index(drop=True).copy()
-    out["label_index"] = out["label"].map({c: i for i, c in enumerate(recipe.data.classes)})
-    if out["label_index"].isna().any():
-        unknown = sorted(set(out.loc[out["label_index"].isna(), "label"]))
-        raise ValueError(f"labels {unknown} are not in the recipe's classes; validate first")
+    out = _with_label_index(table, recipe)
     y = out["label_index"].to_numpy(dtype=np.int64)
     grouped = has_groups(out["group"])
     groups = out["group"].to_numpy() if grouped else None
-
-    unit = "patients/groups" if grouped else "images"
-    units = out.groupby("label")["group"].nunique() if grouped else out["label"].value_counts()
-    needed = cfg.folds + (1 if cfg.test_size > 0 else 0)
-    if units.min() < needed:
-        short = {str(k): int(v) for k, v in units.items() if v < needed}
-        holdout = "a holdout plus " if cfg.test_size > 0 else ""
-        raise ValueError(
-            f"too few {unit} per class for {holdout}split.folds={cfg.folds}: {short}; "
-            f"need at least {needed} per class; add data or lower split.folds"
-        )
+    _require_units_per_class(out, grouped, recipe)
     source = out["source_split"] if "source_split" in out.columns else pd.Series("", out.index)
     given_test = source.eq("test").to_numpy()
     given_val = source.eq("validation").to_numpy() & (cfg.validation == "dataset")
     if cfg.validation == "dataset" and not given_val.any():
-        raise ValueError(
+        raise SplitError(
             "split.validation=dataset, but the dataset has no val/ or validation/ folder; "
             "use split.validation=folds (with split.folds >= 2)"
         )
@@ -122,22 +110,71 @@ def assign_splits(table: pd.DataFrame, recipe: Recipe) -> pd.DataFrame:
     out["fold"] = -1
     if cfg.validation == "dataset":
         return _dataset_validation(out, given_val, recipe)
+    _assign_folds(out, y, groups, recipe)
+    return out
 
+
+def _with_label_index(table: pd.DataFrame, recipe: Recipe) -> pd.DataFrame:
+    """A copy of ``table`` (index reset) with ``label_index``: each label's place in
+    ``data.classes``.
+
+    Raises:
+        SplitError: a label is not one of the recipe's classes.
+    """
+    classes = list(recipe.data.classes)
+    out = table.reset_index(drop=True).copy()
+    out["label_index"] = out["label"].map({c: i for i, c in enumerate(classes)})
+    if out["label_index"].isna().any():
+        unknown = sorted(set(out.loc[out["label_index"].isna(), "label"]))
+        raise SplitError(
+            f"labels {unknown} are not in the recipe's data.classes {classes}; run the "
+            "`validate` step first (it quarantines them), or add them to data.classes"
+        )
+    return out
+
+
+def _require_units_per_class(out: pd.DataFrame, grouped: bool, recipe: Recipe) -> None:
+    """Check every class has enough images (or patients/groups) for the holdout and the folds.
+
+    Raises:
+        SplitError: names the classes below ``split.folds`` (+1 with a holdout) and the fix.
+    """
+    cfg = recipe.split
+    unit = "patients/groups" if grouped else "images"
+    units = out.groupby("label")["group"].nunique() if grouped else out["label"].value_counts()
+    needed = cfg.folds + (1 if cfg.test_size > 0 else 0)
+    if units.min() < needed:
+        short = {str(k): int(v) for k, v in units.items() if v < needed}
+        holdout = "a holdout plus " if cfg.test_size > 0 else ""
+        raise SplitError(
+            f"too few {unit} per class for {holdout}split.folds={cfg.folds}: {short}; "
+            f"need at least {needed} per class; add data or lower split.folds"
+        )
+
+
+def _assign_folds(
+    out: pd.DataFrame, y: np.ndarray, groups: np.ndarray | None, recipe: Recipe
+) -> None:
+    """Write each training row's validation fold (0 … ``split.folds`` - 1) into ``out``.
+
+    Raises:
+        SplitError: a class has fewer training images than ``split.folds``.
+    """
+    cfg = recipe.split
     train_idx = np.flatnonzero(out["split"].to_numpy() == TRAIN)
     per_class = np.bincount(y[train_idx], minlength=len(recipe.data.classes))
     if per_class.min() < cfg.folds:
         short = {recipe.data.classes[i]: int(n) for i, n in enumerate(per_class) if n < cfg.folds}
-        raise ValueError(
+        raise SplitError(
             f"too few training images for split.folds={cfg.folds}: {short}; "
             "add data or lower split.folds"
         )
-    fold_cv = _make_cv(grouped, cfg.folds, cfg.seed + 1)
-    train_groups = groups[train_idx] if grouped else None
+    fold_cv = _make_cv(groups is not None, cfg.folds, cfg.seed + 1)
+    train_groups = None if groups is None else groups[train_idx]
     for fold, (_, val_local) in enumerate(
         fold_cv.split(np.zeros(len(train_idx)), y[train_idx], train_groups)
     ):
         out.loc[train_idx[val_local], "fold"] = fold
-    return out
 
 
 def _holdout_rows(
@@ -154,15 +191,28 @@ def _holdout_rows(
     pool = np.flatnonzero(~given_val)
     n_holdout_splits = max(2, int(round(1.0 / cfg.test_size)))
     holdout_cv = _make_cv(groups is not None, n_holdout_splits, cfg.seed)
+    pool_groups = None if groups is None else groups[pool]
     try:
-        _, local = next(iter(holdout_cv.split(
-            np.zeros(len(pool)), y[pool], None if groups is None else groups[pool]
-        )))  # fmt: skip
+        _, local = next(iter(holdout_cv.split(np.zeros(len(pool)), y[pool], pool_groups)))
     except ValueError as err:
-        raise ValueError(
-            f"cannot cut a stratified holdout of test_size={cfg.test_size}: {err}"
+        short = _classes_below(n_holdout_splits, y[pool], pool_groups, recipe.data.classes)
+        unit = "images" if groups is None else "patients/groups"
+        raise SplitError(
+            f"cannot cut a stratified holdout of split.test_size={cfg.test_size} (1 in "
+            f"{n_holdout_splits} per class): these classes have fewer than {n_holdout_splits} "
+            f"{unit}: {short}; add data to them, raise split.test_size, or set "
+            f"split.test_size=0 (cross-validation only). scikit-learn: {err}"
         ) from None
     return pool[local]
+
+
+def _classes_below(
+    needed: int, y: np.ndarray, groups: np.ndarray | None, classes: Sequence[str]
+) -> dict[str, int]:
+    """The classes with fewer than ``needed`` images (patients/groups when grouped), by count."""
+    frame = pd.DataFrame({"y": y, "unit": np.arange(len(y)) if groups is None else groups})
+    units = frame.groupby("y")["unit"].nunique().reindex(range(len(classes)), fill_value=0)
+    return {classes[int(i)]: int(n) for i, n in units.items() if n < needed}
 
 
 def _dataset_validation(out: pd.DataFrame, given_val: np.ndarray, recipe: Recipe) -> pd.DataFrame:
@@ -175,7 +225,10 @@ def _dataset_validation(out: pd.DataFrame, given_val: np.ndarray, recipe: Recipe
                        ("training part", out[training & ~given_val])):  # fmt: skip
         missing = sorted(set(recipe.data.classes) - set(rows["label"]))
         if missing:
-            raise ValueError(f"the {name} has no images of {missing}; every class needs some")
+            raise SplitError(
+                f"the {name} has no images of {missing}; every class needs some under "
+                "split.validation=dataset: add them, or use split.validation=folds"
+            )
     return out
 
 
@@ -268,7 +321,8 @@ def split(manifest_path: Path, splits_path: Path, recipe: Recipe) -> SplitResult
 
     Raises:
         LeakageError: identical images fall on both sides of the holdout split.
-        ValueError: too few images per class for the folds.
+        SplitError: too few images per class for the holdout or the folds (see
+            :func:`assign_splits`).
     """
     table, clusters = near_duplicate_groups(pd.read_parquet(manifest_path), recipe)
     splits = assign_splits(table, recipe)

@@ -24,6 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from medml.errors import SynthError
 from medml.io import atomic_path
 
 KIDNEY_CT_CLASSES = ("Normal", "Cyst", "Stone", "Tumor")
@@ -46,12 +47,13 @@ def proportional_counts(total: int, weights: dict[str, int], *, minimum: int = 1
     giving every class at least ``minimum``.
 
     Raises:
-        ValueError: ``total`` cannot give every class ``minimum`` images.
+        SynthError: ``total`` cannot give every class ``minimum`` images (says the least ``n``).
     """
-    if total < len(weights) * minimum:
-        raise ValueError(
-            f"n={total} is too small: need at least {minimum} image(s) for each of "
-            f"{len(weights)} classes"
+    least = len(weights) * minimum
+    if total < least:
+        raise SynthError(
+            f"n={total} is too small: this layout writes at least {minimum} image(s) for each of "
+            f"{len(weights)} classes, so n >= {least} (e.g. medml synth --n {least})"
         )
     weight_sum = sum(weights.values())
     exact = {name: total * w / weight_sum for name, w in weights.items()}
@@ -95,44 +97,71 @@ def synth_kidney_ct(
         The root, per-class image counts and the number of synthetic patients.
 
     Raises:
-        ValueError: bad arguments, or ``out_dir`` exists and is not empty.
+        SynthError: bad arguments, or ``out_dir`` exists and is not empty.
     """
-    unknown = set(classes) - set(KIDNEY_CT_CLASSES)
-    if unknown:
-        raise ValueError(f"unknown kidney-CT classes {sorted(unknown)}; known: {KIDNEY_CT_CLASSES}")
-    if image_size < 32:
-        raise ValueError(f"image_size={image_size} is too small; use at least 32")
-    low, high = slices_per_patient
-    if not 1 <= low <= high:
-        raise ValueError(f"slices_per_patient={slices_per_patient} must satisfy 1 <= low <= high")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise ValueError(f"output directory {out_dir} is not empty; choose a new one")
-
+    low, high = _check_kidney_ct_arguments(classes, image_size, slices_per_patient)
+    out_dir = _fresh(out_dir)
     counts = proportional_counts(n, {c: KIDNEY_CT_COUNTS[c] for c in classes})
     rng = np.random.default_rng(seed)
-    groups: list[tuple[str, str]] = []
-    patient = 0
     with atomic_path(out_dir) as staging:
-        for label in classes:
-            (staging / label).mkdir(parents=True)
-            remaining = counts[label]
-            while remaining > 0:
-                patient += 1
-                n_slices = min(remaining, int(rng.integers(low, high + 1)))
-                anatomy = _Anatomy.sample(rng, image_size, label, series=series)
-                for slice_index in range(n_slices):
-                    image = anatomy.render(rng, slice_index, series=series)
-                    group = f"P{patient:05d}"
-                    rel = f"{label}/{group}_s{slice_index:02d}.jpg"
-                    cv2.imwrite(str(staging / rel), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
-                    groups.append((rel, group))
-                remaining -= n_slices
+        groups = _write_kidney_ct_patients(
+            staging, rng, counts, classes, image_size, (low, high), series=series
+        )
         with open(staging / GROUPS_FILE, "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["path", "group"])
             writer.writerows(groups)
-    return SynthResult(root=out_dir, counts=counts, patients=patient)
+    patients = len({group for _, group in groups})
+    return SynthResult(root=out_dir, counts=counts, patients=patients)
+
+
+def _check_kidney_ct_arguments(
+    classes: Sequence[str], image_size: int, slices_per_patient: tuple[int, int]
+) -> tuple[int, int]:
+    """The (low, high) slices per patient, after checking :func:`synth_kidney_ct`'s arguments.
+
+    Raises:
+        SynthError: an unknown class, a too small image or an empty slice range.
+    """
+    unknown = set(classes) - set(KIDNEY_CT_CLASSES)
+    if unknown:
+        raise SynthError(f"unknown kidney-CT classes {sorted(unknown)}; known: {KIDNEY_CT_CLASSES}")
+    if image_size < 32:
+        raise SynthError(f"image_size={image_size} is too small; use at least 32")
+    low, high = slices_per_patient
+    if not 1 <= low <= high:
+        raise SynthError(f"slices_per_patient={slices_per_patient} must satisfy 1 <= low <= high")
+    return low, high
+
+
+def _write_kidney_ct_patients(
+    staging: Path, rng: np.random.Generator, counts: dict[str, int], classes: Sequence[str],
+    image_size: int, slices: tuple[int, int], *, series: bool,
+) -> list[tuple[str, str]]:  # fmt: skip
+    """Draw patients class by class until each class has its count of slices, writing
+    ``<Class>/P<patient>_s<slice>.jpg`` under ``staging``.
+
+    Returns:
+        (relative path, patient group) of every slice, in the order written.
+    """
+    low, high = slices
+    groups: list[tuple[str, str]] = []
+    patient = 0
+    for label in classes:
+        (staging / label).mkdir(parents=True)
+        remaining = counts[label]
+        while remaining > 0:
+            patient += 1
+            n_slices = min(remaining, int(rng.integers(low, high + 1)))
+            anatomy = _Anatomy.sample(rng, image_size, label, series=series)
+            for slice_index in range(n_slices):
+                image = anatomy.render(rng, slice_index, series=series)
+                group = f"P{patient:05d}"
+                rel = f"{label}/{group}_s{slice_index:02d}.jpg"
+                cv2.imwrite(str(staging / rel), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+                groups.append((rel, group))
+            remaining -= n_slices
+    return groups
 
 
 @dataclass(frozen=True)
@@ -448,9 +477,14 @@ def _write_dicom(target: Path, images: list[np.ndarray], patient: str, variant: 
 
 
 def _fresh(out_dir: Path) -> Path:
+    """``out_dir`` as a path, after checking that it is new or empty.
+
+    Raises:
+        SynthError: ``out_dir`` exists and is not empty.
+    """
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
-        raise ValueError(f"output directory {out_dir} is not empty; choose a new one")
+        raise SynthError(f"output directory {out_dir} is not empty; choose a new one")
     return out_dir
 
 
@@ -613,13 +647,13 @@ def synthesize(recipe: str, out_dir: Path, *, layout: str | None = None, n: int,
     """Write a phantom dataset for ``recipe`` in ``layout`` (default: the recipe's own).
 
     Raises:
-        ValueError: no generator for this recipe/layout pair.
+        SynthError: no generator for this recipe/layout pair, or ``n`` is too small for it.
     """
     layout = layout or DEFAULT_LAYOUT.get(recipe, "")
     generator = SYNTHESIZERS.get((recipe, layout))
     if generator is None:
         known = ", ".join(f"{name} ({kind})" for name, kind in SYNTHESIZERS)
-        raise ValueError(
+        raise SynthError(
             f"no phantom generator for recipe {recipe!r} with layout {layout!r}; available: {known}"
         )
     return generator(out_dir, n=n, seed=seed, image_size=image_size)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -134,3 +135,53 @@ def test_fast_group_kfold_chooses_exactly_as_scikit_learn(seed: int) -> None:
     expected = [list(test) for _, test in theirs.split(y, y, groups)]
     got = [list(test) for _, test in ours.split(y, y, groups)]
     assert got == expected
+
+
+def _with_split(recipe: Recipe, **update: object) -> Recipe:
+    return recipe.model_copy(update={"split": recipe.split.model_copy(update=update)})
+
+
+def _unknown_label(table: pd.DataFrame) -> pd.DataFrame:
+    return table.assign(label=table["label"].where(table.index != 0, "Kidney"))
+
+
+def _stone_mostly_in_the_given_test(table: pd.DataFrame) -> pd.DataFrame:
+    stone = table.index[table["label"] == "Stone"]
+    return table.assign(source_split=["test" if i in stone[1:] else "train" for i in table.index])
+
+
+def _no_stone_in_the_validation_folder(table: pd.DataFrame) -> pd.DataFrame:
+    val = [i % 3 == 0 and label != "Stone" for i, label in enumerate(table["label"])]
+    return table.assign(source_split=["validation" if v else "train" for v in val])
+
+
+@pytest.mark.filterwarnings("ignore:The least populated class")
+@pytest.mark.parametrize(
+    ("prepare", "split_update", "message"),
+    [
+        (_unknown_label, {}, r"labels \['Kidney'\] are not in the recipe's data.classes"),
+        (lambda t: t, {"folds": 8}, r"too few images per class for a holdout plus split.folds=8: "
+                                    r"\{'Stone': \d\}; need at least 9 per class; add data or "
+                                    r"lower split.folds"),
+        (lambda t: t, {"test_size": 0.02}, r"split.test_size=0.02 \(1 in 50 per class\): these "
+                                           r"classes have fewer than 50 images: \{'Normal': \d+, "),
+        (_stone_mostly_in_the_given_test, {}, r"too few training images for split.folds=2: "
+                                              r"\{'Stone': 1\}"),
+        (_no_stone_in_the_validation_folder, {"validation": "dataset", "folds": 1},
+         r"the validation folder has no images of \['Stone'\]; .* use split.validation=folds"),
+    ],
+)  # fmt: skip
+def test_split_errors_name_the_setting_and_the_fix(
+    tiny_recipe: Recipe,
+    prepare: Callable[[pd.DataFrame], pd.DataFrame],
+    split_update: dict[str, object],
+    message: str,
+) -> None:
+    """Every split error is one line (CLI exit code 3), and still a ValueError."""
+    from medml.errors import MedmlError, SplitError
+
+    table = prepare(_table(n_groups=60, per_group=1))
+    with pytest.raises(SplitError, match=message) as caught:
+        assign_splits(table, _with_split(tiny_recipe, **split_update))
+    assert isinstance(caught.value, MedmlError) and isinstance(caught.value, ValueError)
+    assert caught.value.exit_code == 3 and "\n" not in str(caught.value)

@@ -50,3 +50,28 @@ def test_refuses_non_empty_output(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not empty"):
         synth_kidney_ct(tmp_path, n=8)
     assert (tmp_path / "keep.txt").read_text() == "x"
+
+
+def test_errors_are_one_line_synth_errors(tmp_path: Path) -> None:
+    """Each says what to change; the CLI prints it as one line with exit code 3."""
+    from medml.data.synthetic import synthesize
+    from medml.errors import MedmlError, SynthError
+
+    cases = [
+        (lambda: synthesize("capsule-endoscopy", tmp_path / "a", n=120, seed=0, image_size=32),
+         r"n=120 is too small: .* 12 image\(s\) for each of 14 classes, so n >= 168"),
+        (lambda: synthesize("kidney-ct", tmp_path / "b", layout="csv", n=8, seed=0,
+                            image_size=32),
+         r"no phantom generator for recipe 'kidney-ct' with layout 'csv'; available: kidney-ct "),
+        (lambda: synth_kidney_ct(tmp_path / "c", n=8, classes=("Normal", "Polyp")),
+         r"unknown kidney-CT classes \['Polyp'\]"),
+        (lambda: synth_kidney_ct(tmp_path / "d", n=8, image_size=16), "use at least 32"),
+        (lambda: synth_kidney_ct(tmp_path / "e", n=8, slices_per_patient=(3, 2)),
+         r"must satisfy 1 <= low <= high"),
+    ]  # fmt: skip
+    for call, message in cases:
+        with pytest.raises(SynthError, match=message) as caught:
+            call()
+        assert isinstance(caught.value, MedmlError) and isinstance(caught.value, ValueError)
+        assert caught.value.exit_code == 3 and "\n" not in str(caught.value)
+    assert not any(tmp_path.iterdir())  # nothing half-written
