@@ -43,6 +43,8 @@ class Side:
 
 
 def _load_side(client: Any, name: str, version: str) -> Side:
+    from mlflow.exceptions import MlflowException
+
     model_version = client.get_model_version(name, version)
     if model_version.tags.get(COMPLETE_TAG) != "true":
         raise ReviewError(f"{name} v{version} is incomplete (its registration was interrupted); "
@@ -56,7 +58,7 @@ def _load_side(client: Any, name: str, version: str) -> Side:
             try:
                 png = client.download_artifacts(run_id, f"evaluation/{plot_file(picture)}", tmp)
                 images[picture] = base64.b64encode(Path(png).read_bytes()).decode()
-            except Exception:  # older versions may lack a plot
+            except (MlflowException, OSError):  # older versions may lack a plot
                 pass
     return Side(str(version), dict(model_version.tags), metrics, images)
 

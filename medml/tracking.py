@@ -206,10 +206,12 @@ class Tracking:
         experiment = client.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id
+        from mlflow.exceptions import MlflowException
+
         location = f"{self.artifact_root.rstrip('/')}/{name}" if self.artifact_root else None
         try:
             return client.create_experiment(name, artifact_location=location)
-        except Exception:  # created concurrently by another task: use theirs
+        except MlflowException:  # created concurrently by another task: use theirs
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
                 raise
