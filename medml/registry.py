@@ -320,7 +320,9 @@ def champion_on_holdout(
             raise ValueError(f"it predicts {model.classes}, this run's classes are {list(classes)}")
         proba = model.predict(None, files)
         proba = proba[[probability_column(c) for c in classes]].to_numpy(dtype=float)
-    except Exception as err:  # any failure means "not comparable"
+    # An old or foreign champion (no preprocessing, other classes, unreadable artifacts) is
+    # "not comparable"; a TypeError or AttributeError is a medml bug and keeps its traceback.
+    except (MlflowException, OSError, ValueError, KeyError, ImportError) as err:
         return ChampionScore(
             version, error=f"champion v{version} could not be scored on this holdout: {err}"
         )
