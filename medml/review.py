@@ -11,10 +11,11 @@ from typing import Any
 
 from medml.errors import RefusedError
 from medml.io import atomic_path
-from medml.layout import METRICS_FILE, plot_file
+from medml.layout import ARTIFACTS
 from medml.metrics import HoldoutMetrics
-from medml.registry import CHAMPION, COMPLETE_TAG, alias_version
+from medml.promotion import alias_version
 from medml.tracking import Tracking
+from medml.version_tags import CHAMPION, VersionTags
 
 
 def no_such_model(tracking: Tracking, name: str) -> str:
@@ -46,17 +47,17 @@ def _load_side(client: Any, name: str, version: str) -> Side:
     from mlflow.exceptions import MlflowException
 
     model_version = client.get_model_version(name, version)
-    if model_version.tags.get(COMPLETE_TAG) != "true":
+    if model_version.tags.get(VersionTags.COMPLETE) != "true":
         raise ReviewError(f"{name} v{version} is incomplete (its registration was interrupted); "
                           "re-run the `register` step of its run")  # fmt: skip
     run_id = model_version.run_id
     images: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        metrics_path = client.download_artifacts(run_id, f"evaluation/{METRICS_FILE}", tmp)
+        metrics_path = client.download_artifacts(run_id, ARTIFACTS.metrics, tmp)
         metrics = HoldoutMetrics.read(Path(metrics_path))
         for picture in ("confusion_matrix", "reliability"):
             try:
-                png = client.download_artifacts(run_id, f"evaluation/{plot_file(picture)}", tmp)
+                png = client.download_artifacts(run_id, ARTIFACTS.plot(picture), tmp)
                 images[picture] = base64.b64encode(Path(png).read_bytes()).decode()
             except (MlflowException, OSError):  # older versions may lack a plot
                 pass
@@ -67,7 +68,7 @@ def _flat_params(tags: dict[str, str]) -> dict[str, Any]:
     from medml.config import flatten
 
     try:
-        return flatten(json.loads(tags.get("params", "{}")))
+        return flatten(json.loads(tags.get(VersionTags.PARAMS, "{}")))
     except json.JSONDecodeError:
         return {}
 
@@ -142,7 +143,8 @@ def _rows(candidate: Side, champion: Side | None) -> list[list[str]]:
         )
     rows.append(["measured on", candidate.metrics.estimate,
                  champion.metrics.estimate if champion else "-"])  # fmt: skip
-    for tag in ("logical_date", "data_hash", "gate", "balance", "git_revision"):
+    for tag in (VersionTags.LOGICAL_DATE, VersionTags.DATA_HASH, VersionTags.GATE,
+                VersionTags.BALANCE, VersionTags.GIT_REVISION):
         rows.append(
             [
                 tag,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medml.errors import MedmlError, redact
-from medml.io import medml_home
+from medml.settings import Settings, set_library_defaults
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -36,9 +35,8 @@ def _prepare_store(uri: str) -> None:
     if uri.startswith(("http://", "https://")):
         _wait_for_server(uri)
         # MLflow's own retries (7 with factor 2: ~250 s) become a few seconds.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+        set_library_defaults(("MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+                              "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT"))
     elif uri.startswith("sqlite:///"):
         _create_sqlite_store(Path(uri.removeprefix("sqlite:///")), uri)
     _READY.add(uri)
@@ -146,10 +144,11 @@ class Tracking:
         :func:`~medml.io.medml_home`); artifacts under ``MEDML_ARTIFACT_ROOT`` if set, else
         where a tracking server keeps them (its ``--artifacts-destination``, reachable from
         every worker), else beside the SQLite store."""
-        home = Path(home).resolve() if home is not None else medml_home()
-        uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+        settings = Settings.from_env()
+        home = Path(home).resolve() if home is not None else settings.home
+        uri = uri or settings.tracking_uri or f"sqlite:///{home / 'mlflow.db'}"
         served = uri.startswith(("http://", "https://", "databricks"))
-        artifacts = os.environ.get("MEDML_ARTIFACT_ROOT") or (
+        artifacts = settings.artifact_root or (
             None if served else (home / "mlartifacts").as_uri()
         )
         return cls(uri=uri, artifact_root=artifacts)
