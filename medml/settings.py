@@ -16,11 +16,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_FALSE = ("0", "false", "no", "off")
+_FALSE = ("0", "false", "no")
 
 
 def _env(name: str) -> str:
-    return os.environ.get(name, "").strip()
+    """The variable's value exactly as set (a key's bytes matter), ``""`` when unset."""
+    return os.environ.get(name, "")
 
 
 @dataclass(frozen=True)
@@ -41,11 +42,12 @@ class Settings:
         artifact_root: ``MEDML_ARTIFACT_ROOT``: where a new MLflow experiment keeps artifacts.
         git_revision: ``MEDML_GIT_REVISION``: the source revision recorded on model versions
             (set in images, which have no ``.git``); else ``git rev-parse HEAD``.
-        pseudonym_key: ``MEDML_PSEUDONYM_KEY``: the key of the patient pseudonyms (HMAC).
+        pseudonym_key: ``MEDML_PSEUDONYM_KEY``: the key of the patient pseudonyms (HMAC), byte
+            for byte as set (a trailing newline is part of the key).
         gate_overriders: ``MEDML_GATE_OVERRIDERS``: comma-separated users who may promote a
             version that failed the gate.
         four_eyes: ``MEDML_FOUR_EYES``: a reviewer may not approve their own request (default
-            on; ``false`` turns it off).
+            on; exactly ``0``, ``false`` or ``no``, in any case, turns it off).
         s3_endpoint_url: ``MEDML_S3_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL``: an S3-compatible
             endpoint (MinIO, a moto server).
         aws_region: ``AWS_REGION`` or ``AWS_DEFAULT_REGION``; default ``us-east-1``.
@@ -70,7 +72,7 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         """Read every medml variable from the environment now."""
-        home = Path(_env("MEDML_HOME") or ".medml").expanduser().resolve()
+        home = Path(_env("MEDML_HOME") or ".medml").resolve()
         cache = _env("MEDML_DVC_CACHE")
         return cls(
             home=home,
@@ -84,7 +86,7 @@ class Settings:
             gate_overriders=frozenset(
                 user.strip() for user in _env("MEDML_GATE_OVERRIDERS").split(",") if user.strip()
             ),
-            four_eyes=_env("MEDML_FOUR_EYES").lower() not in _FALSE,
+            four_eyes=(_env("MEDML_FOUR_EYES") or "true").lower() not in _FALSE,
             s3_endpoint_url=_env("MEDML_S3_ENDPOINT_URL") or _env("AWS_ENDPOINT_URL"),
             aws_region=_env("AWS_REGION") or _env("AWS_DEFAULT_REGION") or "us-east-1",
             failpoint=_env("MEDML_FAILPOINT"),

@@ -303,6 +303,7 @@ def preprocess(ctx: RunContext, cache_dir: Path | None = None) -> dict[str, Any]
         _REL.splits.as_posix(),
     ),  # splits: the fold's rows as an MLflow dataset
     produces=(_FOLD_DIR,),
+    optional=(_REL.snapshot_json.as_posix(),),  # without it, no MLflow dataset is logged
     complete=(_REL.shards.as_posix(),),
     help="Train one fold (balanced inside the fold), or every fold in turn, and log to MLflow.",
 )
@@ -317,7 +318,7 @@ def train(ctx: RunContext, fold: int, tracking: Tracking | None = None) -> dict[
     parent = pipeline_run_id(ctx, tracking) if tracking else None
     result = train_fold(ctx.layout.shards, fold, ctx.layout.fold(fold).root, ctx.recipe,
                         tracking=tracking, parent_run_id=parent, run_key=ctx.run_key)  # fmt: skip
-    if tracking is not None and result.mlflow_run_id:
+    if tracking is not None and result.mlflow_run_id and ctx.layout.snapshot_json.is_file():
         with tracking.run(run_id=result.mlflow_run_id):
             log_datasets(ctx, {"train": "training"})
     return result.as_dict()
