@@ -20,6 +20,7 @@ from medml.faults import failpoint
 from medml.io import COMPLETE_MARKER, atomic_path, publish_dir, write_json
 from medml.layout import ARTIFACTS, RegistryFiles
 from medml.metrics import GateOutcome, HoldoutMetrics, check_gate, scalar_metrics
+from medml.settings import Settings
 from medml.tracking import Tracking, alias_uri, version_uri
 from medml.version_tags import CHAMPION, VersionTags
 
@@ -58,12 +59,11 @@ class ChampionScore:
     error: str | None = None
 
 
-def git_revision(start: Path | None = None) -> str:
-    """The source revision: ``MEDML_GIT_REVISION`` if set (images), else ``git rev-parse HEAD``."""
-    from medml.settings import Settings
-
-    if revision := Settings.from_env().git_revision:
-        return revision
+def git_revision(settings: Settings, start: Path | None = None) -> str:
+    """The source revision: :attr:`Settings.git_revision` (``MEDML_GIT_REVISION``, set in
+    images) if set, else ``git rev-parse HEAD``."""
+    if settings.git_revision:
+        return settings.git_revision
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
@@ -151,18 +151,11 @@ def log_ensemble(
 
 
 def register_ensemble(
-    model_paths: Sequence[Path],
-    metrics: HoldoutMetrics,
-    out_dir: Path,
-    recipe: Recipe,
-    *,
-    tracking: Tracking,
-    parent_run_id: str,
-    tags: dict[str, str],
-    champion: ChampionScore | None = None,
-    card_facts: dict[str, Any] | None = None,
-    calibration: ServingCalibration | None = None,
-) -> Registration:
+    model_paths: Sequence[Path], metrics: HoldoutMetrics, out_dir: Path, recipe: Recipe, *,
+    tracking: Tracking, parent_run_id: str, tags: dict[str, str],
+    champion: ChampionScore | None = None, card_facts: dict[str, Any] | None = None,
+    calibration: ServingCalibration | None = None, revision: str | None = None,
+) -> Registration:  # fmt: skip
     """Build the fold ensemble, log it to the pipeline run and register one model version.
 
     The version gets alias ``recipe.registry.alias`` (``challenger``) only if it passes the gate;
@@ -186,11 +179,14 @@ def register_ensemble(
             out-of-fold metrics, operating point) for the model card.
         calibration: the temperature (inside the ensemble) and operating point (returned by
             the served model) that evaluation fitted out-of-fold.
+        revision: the source revision recorded on the version (default:
+            :func:`git_revision` of the environment's settings).
     """
     from medml.model_card import render_markdown, write_model_card
 
     gate = gate_outcome(metrics, recipe, champion)
-    name, revision = recipe.registry.model_name, git_revision()
+    name = recipe.registry.model_name
+    revision = revision or git_revision(Settings.from_env())
     card = _card_facts(recipe, metrics, gate, revision, tags, card_facts or {})
     tags = version_tags(recipe, metrics, gate, folds=len(model_paths), champion=champion,
                         revision=revision, extra=tags)  # fmt: skip

@@ -143,8 +143,13 @@ def _rows(candidate: Side, champion: Side | None) -> list[list[str]]:
         )
     rows.append(["measured on", candidate.metrics.estimate,
                  champion.metrics.estimate if champion else "-"])  # fmt: skip
-    for tag in (VersionTags.LOGICAL_DATE, VersionTags.DATA_HASH, VersionTags.GATE,
-                VersionTags.BALANCE, VersionTags.GIT_REVISION):
+    for tag in (
+        VersionTags.LOGICAL_DATE,
+        VersionTags.DATA_HASH,
+        VersionTags.GATE,
+        VersionTags.BALANCE,
+        VersionTags.GIT_REVISION,
+    ):
         rows.append(
             [
                 tag,

@@ -93,7 +93,11 @@ class Step:
                          reads_source=self.reads_source)  # fmt: skip
 
     def __call__(self, run_dir: Path | str, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """Run the step on ``run_dir`` (local, or ``s3://`` for a mirror)."""
+        """Run the step on ``run_dir`` (local, or ``s3://`` for a mirror); a body that takes
+        ``settings`` gets the deployment's :class:`~medml.settings.Settings`, read once here."""
+        parameters = inspect.signature(self.body).parameters
+        if "settings" in parameters and kwargs.get("settings") is None:
+            kwargs["settings"] = Settings.from_env()
         bound = inspect.signature(self.body).bind(None, *args, **kwargs)
         fold = bound.arguments.get("fold")
         tracking = bound.arguments.get("tracking")
@@ -172,10 +176,10 @@ def _tracking_errors(tracking: Tracking) -> Any:
     help="Scan the source into manifest.parquet (path, label, group, sha256, size, dims).",
     stage=DATA,
 )
-def ingest(ctx: RunContext) -> dict[str, Any]:
+def ingest(ctx: RunContext, settings: Settings | None = None) -> dict[str, Any]:
     """Scan the source into ``manifest.parquet``; hash the snapshot as DVC would."""
     from medml.data.ingest import ingest as ingest_source
-    from medml.data.ingest import read_rows
+    from medml.data.ingest import pseudonym_key, read_rows
     from medml.dvc_cache import directory_md5
 
     source = Path(ctx.source)
@@ -184,7 +188,9 @@ def ingest(ctx: RunContext) -> dict[str, Any]:
         fetch = fetch_s3_prefix(ctx.source, ctx.layout.source_copy)
         source = fetch.local_dir
         fetched = {"downloaded": fetch.downloaded, "already_present": fetch.skipped}
-    result = ingest_source(source, ctx.layout.manifest, ctx.recipe, reuse=not is_s3(ctx.source))
+    key = pseudonym_key(settings or Settings.from_env())
+    result = ingest_source(source, ctx.layout.manifest, ctx.recipe, reuse=not is_s3(ctx.source),
+                           pseudonym_key=key)  # fmt: skip
     hashed = read_rows(result.manifest, ["path", "md5"])
     known = dict(zip(hashed["path"], hashed["md5"], strict=True))
     snapshot = {"source": ctx.source, "dvc_md5": directory_md5(source, known)}
@@ -263,7 +269,9 @@ def shards_cache_key(splits_path: Path, recipe: Recipe) -> str:
     stage=DATA,
     help="Decode and resize images with OpenCV into shards (cached in DVC's cache).",
 )
-def preprocess(ctx: RunContext, cache_dir: Path | None = None) -> dict[str, Any]:
+def preprocess(
+    ctx: RunContext, cache_dir: Path | None = None, settings: Settings | None = None
+) -> dict[str, Any]:
     """Decode and resize into shards, restored from DVC's cache when the inputs are unchanged.
 
     The shards are saved as DVC objects in a DVC cache (default :attr:`Settings.dvc_cache`;
@@ -275,7 +283,7 @@ def preprocess(ctx: RunContext, cache_dir: Path | None = None) -> dict[str, Any]
     from medml.preprocess import preprocess as preprocess_images
 
     key = shards_cache_key(ctx.layout.splits, ctx.recipe)
-    cache = DvcCache(cache_dir or Settings.from_env().dvc_cache)
+    cache = DvcCache(cache_dir or (settings or Settings.from_env()).dvc_cache)
     cached = cache.lookup(key)
     if cached is not None:
         cache.checkout(cached["hash"], ctx.layout.shards)
@@ -366,11 +374,13 @@ def evaluate(ctx: RunContext, tracking: Tracking | None = None) -> dict[str, Any
     complete=(_REL.evaluation.root.as_posix(),),
     help="Register the fold ensemble in MLflow; alias `challenger` if it passes the gate.",
 )
-def register(ctx: RunContext, tracking: Tracking) -> dict[str, Any]:
+def register(
+    ctx: RunContext, tracking: Tracking, settings: Settings | None = None
+) -> dict[str, Any]:
     """Gate (thresholds + non-inferiority to the champion), register, alias ``challenger``."""
     from medml.calibration import ServingCalibration
     from medml.evaluation_facts import EvaluationFacts
-    from medml.registry import champion_on_holdout, register_ensemble
+    from medml.registry import champion_on_holdout, git_revision, register_ensemble
     from medml.version_tags import VersionTags
 
     layout = ctx.layout
@@ -388,6 +398,7 @@ def register(ctx: RunContext, tracking: Tracking) -> dict[str, Any]:
         tags={VersionTags.DATA_HASH: snapshot_hash(ctx), VersionTags.LOGICAL_DATE: ctx.logical_date,
               VersionTags.RUN_KEY: ctx.run_key, VersionTags.RUN_DIR: ctx.location},
         champion=champion, calibration=ServingCalibration.from_evaluation(evaluation),
+        revision=git_revision(settings or Settings.from_env()),
         card_facts={"split_report": read_json(layout.split_report), "evaluation": evaluation,
                     "validation_report": read_json(layout.validation.report)},
     )  # fmt: skip

@@ -35,8 +35,13 @@ def _prepare_store(uri: str) -> None:
     if uri.startswith(("http://", "https://")):
         _wait_for_server(uri)
         # MLflow's own retries (7 with factor 2: ~250 s) become a few seconds.
-        set_library_defaults(("MLFLOW_HTTP_REQUEST_MAX_RETRIES",
-                              "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT"))
+        set_library_defaults(
+            (
+                "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+                "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+                "MLFLOW_HTTP_REQUEST_TIMEOUT",
+            )
+        )
     elif uri.startswith("sqlite:///"):
         _create_sqlite_store(Path(uri.removeprefix("sqlite:///")), uri)
     _READY.add(uri)
@@ -148,9 +153,7 @@ class Tracking:
         home = Path(home).resolve() if home is not None else settings.home
         uri = uri or settings.tracking_uri or f"sqlite:///{home / 'mlflow.db'}"
         served = uri.startswith(("http://", "https://", "databricks"))
-        artifacts = settings.artifact_root or (
-            None if served else (home / "mlartifacts").as_uri()
-        )
+        artifacts = settings.artifact_root or (None if served else (home / "mlartifacts").as_uri())
         return cls(uri=uri, artifact_root=artifacts)
 
     def activate(self) -> MlflowClient:

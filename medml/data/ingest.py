@@ -37,6 +37,7 @@ from medml.data.reuse import STAT_COLUMNS, ReuseTable, stat_identity
 from medml.data.synthetic import GROUPS_FILE
 from medml.errors import MedmlError
 from medml.io import atomic_path, parallel_map
+from medml.settings import Settings
 
 MANIFEST_COLUMNS = [
     "path", "root", "label", "group", "group_source", "sha256", "md5", "bytes", "width", "height",
@@ -60,7 +61,13 @@ class IngestResult:
 
 
 def ingest(
-    source: Path, manifest_path: Path, recipe: Recipe, *, workers: int = 0, reuse: bool = True
+    source: Path,
+    manifest_path: Path,
+    recipe: Recipe,
+    *,
+    workers: int = 0,
+    reuse: bool = True,
+    pseudonym_key: bytes | None = None,
 ) -> IngestResult:
     """Scan a dataset directory and write its manifest.
 
@@ -72,6 +79,8 @@ def ingest(
         reuse: keep each file's hashes and header for the next ingest of ``source``, and use
             the last one's for files that are the same files (:mod:`medml.data.reuse`); off
             for a folder made for this run alone (a download of an S3 snapshot).
+        pseudonym_key: the key of the DICOM patient pseudonyms (default:
+            :func:`pseudonym_key` of the environment's settings).
 
     Returns:
         The manifest path, the number of images, the per-label counts and the ignored files
@@ -86,8 +95,9 @@ def ingest(
     wanted = [item for item in items if not item.ignored]
     _check_groups_cover(groups, wanted, recipe.data, root)
     recorded_root = _recorded_root(root, Path(manifest_path).resolve().parent)
+    key = pseudonym_key if pseudonym_key is not None else _settings_pseudonym_key()
     rows = [row for item, fact in zip(items, found, strict=True)
-            for row in _rows(item, fact, recorded_root, groups, recipe.data)]  # fmt: skip
+            for row in _rows(item, fact, recorded_root, groups, recipe.data, key)]  # fmt: skip
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     with atomic_path(Path(manifest_path)) as tmp:
         manifest.to_parquet(tmp, index=False)
@@ -186,25 +196,25 @@ def frames_of(table: pd.DataFrame) -> list[int]:
     return table["frame"].fillna(0).astype("int64").tolist()
 
 
-def pseudonym(tag: str, value: str) -> str:
-    """A keyed hash of a DICOM identifier: equal values give equal pseudonyms, and nobody
-    without the key can tell the value (or test a guess).
-
-    The key is ``$MEDML_PSEUDONYM_KEY``, else a random key created once in
-    ``$MEDML_HOME/pseudonym.key`` (mode 600). Machines that must reproduce the same split of a
-    DICOM dataset share the key.
-    """
-    digest = hmac.new(_pseudonym_key(), f"{tag}\0{value}".encode(), hashlib.sha256)
+def pseudonym(tag: str, value: str, key: bytes) -> str:
+    """A keyed hash (HMAC-SHA256 with ``key``, :func:`pseudonym_key`) of a DICOM identifier:
+    equal values give equal pseudonyms, and nobody without the key can tell the value (or
+    test a guess)."""
+    digest = hmac.new(key, f"{tag}\0{value}".encode(), hashlib.sha256)
     return f"{tag}:{digest.hexdigest()[:20]}"
 
 
-def _pseudonym_key() -> bytes:
-    from medml.settings import Settings
-
-    settings = Settings.from_env()
+def pseudonym_key(settings: Settings) -> bytes:
+    """The pseudonym key: :attr:`Settings.pseudonym_key` (``$MEDML_PSEUDONYM_KEY``), else a
+    random key created once in ``<home>/pseudonym.key`` (mode 600). Machines that must
+    reproduce the same split of a DICOM dataset share the key."""
     if settings.pseudonym_key:
         return settings.pseudonym_key.encode()
     return _key_file(settings.home / "pseudonym.key")
+
+
+def _settings_pseudonym_key() -> bytes:
+    return pseudonym_key(Settings.from_env())
 
 
 @functools.cache
@@ -246,12 +256,17 @@ def _check_groups_cover(
 
 
 def _rows(
-    item: Item, fact: dict[str, object], root: str, groups: dict[str, str], data: DataConfig
+    item: Item,
+    fact: dict[str, object],
+    root: str,
+    groups: dict[str, str],
+    data: DataConfig,
+    key: bytes,
 ) -> list[dict[str, object]]:
     """The manifest rows of one file: one per frame the recipe's policy keeps."""
     header = fact.pop("header", None)
     frames = header.frames if isinstance(header, ImageHeader) else 1
-    group, source = _group_of(item.path, header, groups)
+    group, source = _group_of(item.path, header, groups, key)
     base = {"path": item.path, "root": root, "label": item.label, "group": group,
             "group_source": source, **fact, "frames": frames, "source_split": item.source_split,
             "ignored": item.ignored}  # fmt: skip
@@ -265,13 +280,13 @@ def chosen_frames(frames: int, policy: str) -> list[int]:
     return [frames // 2] if policy == "middle" else list(range(frames))
 
 
-def _group_of(path: str, header: object, groups: dict[str, str]) -> tuple[str, str]:
+def _group_of(path: str, header: object, groups: dict[str, str], key: bytes) -> tuple[str, str]:
     if path in groups:
         return groups[path], GROUPS_FILE
     tagged = next(iter(header.tags.items()), None) if isinstance(header, ImageHeader) else None
     if tagged is not None:  # the first of data.dicom_group_tags the header has
         tag, value = tagged
-        return pseudonym(tag, value), tag
+        return pseudonym(tag, value, key), tag
     return path, "file"
 
 

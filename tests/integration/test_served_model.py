@@ -40,9 +40,7 @@ def test_mlflow_models_serve_answers_raw_jpeg_png_and_dicom(
         "registry.gate.require_better_than_chance=false",
         "registry.gate.thresholds.balanced_accuracy.min=0",
     )
-    ctx = runs.init_run(
-        tmp_path / "run", phantom_dir, "kidney-ct", overrides=[*TINY, *gate_off]
-    )
+    ctx = runs.init_run(tmp_path / "run", phantom_dir, "kidney-ct", overrides=[*TINY, *gate_off])
     tracking = Tracking.from_env()
     pipeline.run_all(ctx, tracking, echo=lambda _: None)
 

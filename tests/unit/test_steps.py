@@ -32,8 +32,11 @@ def _run_paths(entries: list) -> set[str]:
 def _covers(declared: str, path: str) -> bool:
     """``declared`` is ``path`` or a folder holding it (``{fold}`` matches any fold)."""
     head = declared.split("{fold}")[0].rstrip("/_").removesuffix("/fold")
-    return path == declared or path.startswith(declared + "/") or "{fold}" in declared and (
-        path == head or path.startswith(head + "/")
+    return (
+        path == declared
+        or path.startswith(declared + "/")
+        or "{fold}" in declared
+        and (path == head or path.startswith(head + "/"))
     )
 
 
