@@ -12,7 +12,7 @@ from typing import Any
 from medml.errors import RefusedError
 from medml.io import atomic_path
 from medml.layout import ARTIFACTS
-from medml.metrics import HoldoutMetrics
+from medml.metrics import HoldoutMetrics, MetricSpec, registered_metrics
 from medml.promotion import alias_version
 from medml.tracking import Tracking
 from medml.version_tags import CHAMPION, VersionTags
@@ -109,38 +109,38 @@ def review(
     return text, out
 
 
-def _sens(side: Side | None, cls: str) -> str:
+def _per_class(side: Side | None, spec: MetricSpec, cls: str) -> str:
+    """A per-class metric of one side, with its 95% interval where there is one."""
     if side is None:
         return "-"
-    value = side.metrics.per_class.get(cls, {}).get("sensitivity")
-    ci = side.metrics.interval("sensitivity", cls)
+    value = side.metrics.per_class.get(cls, {}).get(spec.short_name)
+    ci = side.metrics.interval(spec.short_name, cls)
     if value is None:
         return "n/a"
     return f"{value:.3f}" + (f" [{ci[0]:.2f}-{ci[1]:.2f}]" if ci and ci[0] is not None else "")
 
 
-def _spec(side: Side | None, cls: str) -> str:
+def _scalar(side: Side | None, spec: MetricSpec) -> str:
+    """A scalar metric of one side (``n/a`` for a version evaluated before it existed)."""
     if side is None:
         return "-"
-    value = side.metrics.per_class.get(cls, {}).get("specificity")
-    return "n/a" if value is None else f"{value:.3f}"
+    try:
+        return f"{float(spec.read(side.metrics)):.3f}"
+    except KeyError:
+        return "n/a"
 
 
 def _rows(candidate: Side, champion: Side | None) -> list[list[str]]:
+    """Every registered metric of both sides (per-class ones per class), then lineage."""
     rows = [["", f"candidate v{candidate.version}",
              f"champion v{champion.version}" if champion else "champion (none)"]]  # fmt: skip
     for cls in candidate.metrics.classes:
-        rows.append([f"sensitivity {cls}", _sens(candidate, cls), _sens(champion, cls)])
-        rows.append([f"specificity {cls}", _spec(candidate, cls), _spec(champion, cls)])
-    for key, label in [("macro_f1", "macro-F1"), ("balanced_accuracy", "balanced accuracy"),
-                       ("expected_calibration_error", "calibration error (ECE)")]:  # fmt: skip
-        rows.append(
-            [
-                label,
-                f"{candidate.metrics.value(key):.3f}",
-                f"{champion.metrics.value(key):.3f}" if champion else "-",
-            ]
-        )
+        for spec in registered_metrics(per_class=True):
+            rows.append([f"{spec.short_name} {cls}", _per_class(candidate, spec, cls),
+                         _per_class(champion, spec, cls)])  # fmt: skip
+    for spec in registered_metrics(per_class=False):
+        rows.append([spec.name.replace("_", " "), _scalar(candidate, spec),
+                     _scalar(champion, spec)])  # fmt: skip
     rows.append(["measured on", candidate.metrics.estimate,
                  champion.metrics.estimate if champion else "-"])  # fmt: skip
     for tag in (

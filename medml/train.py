@@ -21,7 +21,7 @@ from medml.balance import BalancePlan, Rows, plan_balance
 from medml.config import Recipe, TrainConfig
 from medml.errors import RunError
 from medml.io import publish_dir, write_json
-from medml.layout import FoldFiles
+from medml.layout import ARTIFACTS, FoldFiles
 from medml.preprocess import ShardRows, load_images, load_index
 from medml.split import TRAIN
 from medml.tracking import KIND_TAG, RUN_KEY_TAG, Tracking
@@ -507,7 +507,7 @@ def train_fold(
         mlflow.log_artifact(str(result.history_path))
         from medml.serving import pinned_requirements
 
-        mlflow.keras.log_model(model, name="model", pip_requirements=pinned_requirements())
+        mlflow.keras.log_model(model, name=ARTIFACTS.model, pip_requirements=pinned_requirements())
     return dataclasses.replace(result, mlflow_run_id=run_id)
 
 
