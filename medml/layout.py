@@ -17,6 +17,7 @@ registration, the shards) receive that folder and take their file names from the
           registry/                    RegistryFiles
           overview/                    class counts, samples, augmented samples (PNG)
           compare/                     compare runs (one folder per setting set)
+          steps/                       each step's record of having finished (written last)
 """
 
 from __future__ import annotations
@@ -208,6 +209,18 @@ class RunLayout:
     def fold(self, fold: int | str) -> FoldFiles:
         """Fold ``fold``'s folder (``"{fold}"``: the pattern a per-fold step declares)."""
         return FoldFiles(self.folds / f"fold_{fold}")
+
+    @property
+    def step_records(self) -> Path:
+        """Each step's record of having finished (:meth:`step_record`)."""
+        return self.root / "steps"
+
+    def step_record(self, step: str, fold: int | str | None = None) -> Path:
+        """Written last by step ``step`` (of fold ``fold``) when it succeeded: what it
+        produced, fingerprinted; the steps after it refuse to start without it."""
+        if fold is None:
+            return self.step_records / f"{step}.json"
+        return self.step_records / step / f"fold_{fold}.json"
 
     def fold_models(self, folds: int) -> list[Path]:
         return [self.fold(k).model for k in range(folds)]

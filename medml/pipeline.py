@@ -94,5 +94,6 @@ def collect_folds(run_dir: Path | str) -> dict[str, Any]:
             "(the DAG's fold_pods task shares it when train.backend is kubernetes)"
         )
     uri = read_json(remote)["uri"]
-    pull(uri, ctx.layout.root, folds)
+    records = [RELATIVE.step_record("train", k).as_posix() for k in ctx.folds]
+    pull(uri, ctx.layout.root, [*folds, *records])  # a fold counts once its pod finished
     return {"uri": uri, "folds": [str(p) for p in ctx.layout.fold_models(len(ctx.folds))]}

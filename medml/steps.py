@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ import pandas as pd
 from medml.config import Recipe
 from medml.data.sources import fetch_s3_prefix, is_s3
 from medml.errors import RunError
-from medml.io import read_json, require_complete, write_json
+from medml.io import COMPLETE_MARKER, read_json, require_complete, write_json
 from medml.layout import ARTIFACTS, RELATIVE, StepFiles
 from medml.metrics import HoldoutMetrics
 from medml.runs import RunContext, opened_run, pipeline_run_id
@@ -42,6 +43,7 @@ _REL = RELATIVE
 _RUN = _REL.run_json.as_posix()
 _FOLD_DIR = _REL.fold("{fold}").root.as_posix()
 _FOLDS = _REL.folds.as_posix()
+_RECORDS = _REL.step_records.as_posix()
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,8 @@ class Step:
                 return tuple(p for p in paths if "{fold}" not in p)
             return tuple(p.format(fold=fold) for p in paths)
 
-        needs, produces = resolved(self.needs), resolved(self.produces)
-        optional = (*resolved(self.optional), *(p for p in needs if p in produces))
+        needs, produces = (*resolved(self.needs), _RECORDS), resolved(self.produces)
+        optional = (*resolved(self.optional), _RECORDS, *(p for p in needs if p in produces))
         return StepFiles(needs=needs, produces=produces, optional=tuple(dict.fromkeys(optional)),
                          reads_source=self.reads_source)  # fmt: skip
 
@@ -105,7 +107,13 @@ class Step:
         files = self.files(fold)
         with guard, opened_run(run_dir, files) as ctx:
             check_inputs(self, ctx, files)
-            return self.body(ctx, *args, **kwargs)
+            record = ctx.layout.step_record(self.name, fold)
+            record.unlink(missing_ok=True)  # until this run of the step has finished
+            result = self.body(ctx, *args, **kwargs)
+            outputs = {rel: fingerprint(ctx.layout.root / rel) for rel in files.produces
+                       if rel != record.relative_to(ctx.layout.root).as_posix()}  # fmt: skip
+            write_json(record, {"step": self.name, "fold": fold, "outputs": outputs})
+            return result
 
 
 STEPS: dict[str, Step] = {}
@@ -116,7 +124,9 @@ def step(name: str, **spec: Any) -> Callable[[Callable[..., dict[str, Any]]], St
     """Decorator: declare the decorated body as step ``name`` (see :class:`Step`)."""
 
     def declare(body: Callable[..., dict[str, Any]]) -> Step:
-        declared = Step(name=name, body=body, **spec)
+        per_fold = any("{fold}" in path for path in spec["produces"])
+        record = _REL.step_record(name, "{fold}" if per_fold else None).as_posix()
+        declared = Step(name=name, body=body, **{**spec, "produces": (*spec["produces"], record)})
         STEPS[name] = declared
         return declared
 
@@ -144,20 +154,64 @@ def producer_of(path: str) -> str:
 
 
 def check_inputs(spec: Step, ctx: RunContext, files: StepFiles) -> None:
-    """Refuse to run ``spec`` unless each input it needs is there (and a published folder
-    complete), naming the step that writes what is missing.
+    """Refuse to run ``spec`` unless each input it needs is there, was published by a run of
+    its producer that finished (the producer's record, written last), and is unchanged since
+    (a published folder also against its completion marker); the message names the step to
+    run.
 
     Raises:
-        RunError: an input is missing or incomplete.
+        RunError: an input is missing, unfinished, incomplete or changed.
     """
     for rel in files.needs:
         if rel in files.optional:
             continue
         path = ctx.layout.root / rel
+        producer = producer_of(rel)
         if rel in spec.complete:
-            require_complete(path, producer_of(rel))
+            require_complete(path, producer)
         elif not path.exists():
-            raise RunError(f"{path} is missing; run the `{producer_of(rel)}` step first")
+            raise RunError(f"{path} is missing; run the `{producer}` step first")
+        if producer != "init":
+            _check_recorded(ctx, rel, producer.split()[0])
+
+
+def _check_recorded(ctx: RunContext, rel: str, producer: str) -> None:
+    """``rel`` is what a finished run of ``producer`` recorded (every fold's, for ``folds``)."""
+    folds: list[int | None] = [None]
+    if STEPS[producer].per_fold:
+        fold = rel.removeprefix(_REL.folds.as_posix()).strip("/").split("/")[0]
+        folds = [int(fold.removeprefix("fold_"))] if fold else list(ctx.folds)
+    for fold in folds:
+        hint = f"{producer} --fold {fold}" if fold is not None else producer
+        record = ctx.layout.step_record(producer, fold)
+        if not record.is_file():
+            raise RunError(f"{ctx.layout.root / rel} was not published by a finished `{hint}` "
+                           f"step (no {record.name} in {record.parent}: it failed or was "
+                           f"interrupted); run the `{hint}` step again")  # fmt: skip
+        recorded = read_json(record)["outputs"]
+        for out, print_ in recorded.items():
+            if (out == rel or out.startswith(rel + "/")) and fingerprint(
+                ctx.layout.root / out
+            ) != print_:
+                raise RunError(f"{ctx.layout.root / out} changed since the `{hint}` step wrote "
+                               f"it; run the `{hint}` step again")  # fmt: skip
+
+
+def fingerprint(path: Path) -> dict[str, Any] | None:
+    """What a step's record keeps of one output: a file's size and SHA-256, a published
+    folder's completion-marker digest, another folder's file count and bytes; ``None`` when
+    the (optional) output is absent."""
+    if path.is_file():
+        with open(path, "rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        return {"bytes": path.stat().st_size, "sha256": digest}
+    if not path.is_dir():
+        return None
+    marker = path / COMPLETE_MARKER
+    if marker.is_file():
+        return {"complete": json.loads(marker.read_text())["digest"]}
+    files = [p for p in path.rglob("*") if p.is_file()]
+    return {"files": len(files), "bytes": sum(p.stat().st_size for p in files)}
 
 
 def _tracking_errors(tracking: Tracking) -> Any:

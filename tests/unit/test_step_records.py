@@ -1,0 +1,151 @@
+"""A step's outputs count only once the step finished: killed after any one of its writes,
+the next step refuses to start and names the step to run again (issue: integrity end to end).
+
+A kill is simulated in-process: every file or folder a step publishes lands with one
+``os.replace``; the wrapper lets the k-th one happen and then raises, as a SIGKILL right after
+that write would leave the run directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from medml import runs
+from medml.errors import RunError
+from medml.steps import STEPS
+from tests.conftest import TINY
+
+
+class Killed(BaseException):
+    """The process died here (not an Exception: nothing may catch it)."""
+
+
+def _counting_replace(monkeypatch: pytest.MonkeyPatch, kill_after: int | None) -> list[int]:
+    real, count = os.replace, [0]
+
+    def replace(src: object, dst: object) -> None:
+        real(src, dst)
+        count[0] += 1
+        if count[0] == kill_after:
+            raise Killed
+
+    monkeypatch.setattr(os, "replace", replace)
+    return count
+
+
+def _run_until(base: Path, phantom: Path, last: str) -> Path:
+    runs.init_run(base, phantom, "kidney-ct", overrides=TINY)
+    for name in STEPS:
+        STEPS[name](base)
+        if name == last:
+            return base
+    raise AssertionError(last)
+
+
+def _kill_at_each_write(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, base: Path, step: str, after: str,
+    call: tuple = (), after_call: tuple | None = None,
+) -> int:  # fmt: skip
+    """Run ``step`` on copies of ``base``, killed after its 1st, 2nd, … write; each time
+    ``after`` must refuse and name ``step``. Returns the number of writes of a full run."""
+    full = tmp_path / "full"
+    shutil.copytree(base, full)
+    with monkeypatch.context() as patch:  # each run its own DVC cache: no cache hits
+        patch.setenv("MEDML_DVC_CACHE", str(tmp_path / "cache-full"))
+        writes = _counting_replace(patch, None)
+        STEPS[step](full, *call)
+        total = writes[0]
+    assert total >= 2  # its outputs, then its record
+    for kill_after in range(1, total):  # the last write is the record: the step finished
+        killed = tmp_path / f"killed-{kill_after}"
+        shutil.copytree(base, killed)
+        with monkeypatch.context() as patch:
+            patch.setenv("MEDML_DVC_CACHE", str(tmp_path / f"cache-{kill_after}"))
+            _counting_replace(patch, kill_after)
+            with pytest.raises(Killed):
+                STEPS[step](killed, *call)
+        with pytest.raises(RunError, match=rf"run the `{step}[^`]*` step"):
+            STEPS[after](killed, *(after_call or ((0,) if STEPS[after].per_fold else ())))
+    return total
+
+
+@pytest.mark.parametrize(("step", "after", "before"), [
+    ("ingest", "validate", None), ("validate", "split", "ingest"),
+    ("split", "preprocess", "validate"),
+    ("preprocess", "train", "split"),
+])  # fmt: skip
+def test_a_step_killed_after_any_write_is_not_taken_for_finished(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, phantom_dir: Path, step: str, after: str,
+    before: str | None,
+) -> None:  # fmt: skip
+    base = tmp_path / "base"
+    if before is None:
+        runs.init_run(base, phantom_dir, "kidney-ct", overrides=TINY)
+    else:
+        _run_until(base, phantom_dir, before)
+    assert _kill_at_each_write(monkeypatch, tmp_path, base, step, after) >= 2
+
+
+def test_a_failed_gate_is_not_a_finished_validate(tmp_path: Path, phantom_dir: Path) -> None:
+    """Validation publishes its report when the gate fails (for the data engineer), but split
+    refuses to run on it."""
+    from medml.errors import DataGateFailed
+
+    base = tmp_path / "run"
+    runs.init_run(base, phantom_dir, "kidney-ct",
+                  overrides=[*TINY, "data.min_images_per_class=100000"])  # fmt: skip
+    STEPS["ingest"](base)
+    with pytest.raises(DataGateFailed):
+        STEPS["validate"](base)
+    assert (base / "validation" / "validation.json").is_file()
+    with pytest.raises(RunError, match=r"no validate.json .*run the `validate` step again"):
+        STEPS["split"](base)
+
+
+def test_an_output_changed_after_its_step_finished_is_refused(
+    tmp_path: Path, phantom_dir: Path
+) -> None:
+    base = _run_until(tmp_path / "run", phantom_dir, "split")
+    splits = base / "splits.parquet"
+    splits.write_bytes(splits.read_bytes()[:-1] + b"\0")  # same size, one byte changed
+    with pytest.raises(RunError, match=r"splits.parquet changed since the `split` step"):
+        STEPS["preprocess"](base)
+
+
+def test_a_step_run_again_and_failing_withdraws_its_old_record(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, phantom_dir: Path
+) -> None:
+    base = _run_until(tmp_path / "run", phantom_dir, "split")
+    with monkeypatch.context() as patch:
+        _counting_replace(patch, 1)
+        with pytest.raises(Killed):
+            STEPS["split"](base)  # a retry that dies half-way
+    with pytest.raises(RunError, match=r"run the `split` step again"):
+        STEPS["preprocess"](base)
+
+
+@pytest.mark.slow
+def test_a_fold_killed_after_any_write_is_not_evaluated(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, phantom_dir: Path
+) -> None:
+    base = _run_until(tmp_path / "base", phantom_dir, "preprocess")
+    STEPS["train"](base, 1)
+    assert _kill_at_each_write(monkeypatch, tmp_path, base, "train", "evaluate", (0,)) >= 2
+
+
+@pytest.mark.slow
+def test_an_evaluation_killed_after_any_write_is_not_registered(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, phantom_dir: Path
+) -> None:
+    from medml.tracking import Tracking
+
+    base = _run_until(tmp_path / "base", phantom_dir, "preprocess")
+    for fold in (0, 1):
+        STEPS["train"](base, fold)
+    total = _kill_at_each_write(monkeypatch, tmp_path, base, "evaluate", "register",
+                                after_call=(Tracking.from_env(),))  # fmt: skip
+    assert total >= 2
