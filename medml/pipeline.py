@@ -17,36 +17,54 @@ from medml.io import read_json, safe_name, write_json
 from medml.layout import RELATIVE
 from medml.runs import RunContext, load_context
 from medml.settings import Settings
-from medml.steps import STEPS, data_steps
+from medml.steps import STEPS, Step, data_steps
 from medml.tracking import Tracking
 
 
-def run_data_steps(ctx: RunContext, *, echo: Any = print) -> None:
-    """Run the data steps (:func:`medml.steps.data_steps`) in this process, in order."""
+class _Resume:
+    """Which steps a resumed run keeps: every step that finished before, up to the first that
+    did not (from there on, everything runs again: its inputs may change)."""
+
+    def __init__(self, ctx: RunContext, echo: Any) -> None:
+        self.ctx, self.echo = ctx, echo
+        self.keeping = not is_s3(ctx.location)  # a mirror may be stale: S3 runs run again
+
+    def keeps(self, spec: Step, fold: int | None = None) -> bool:
+        self.keeping = self.keeping and spec.finished(self.ctx, fold)
+        if self.keeping:
+            which = f"{spec.name} fold {fold}" if fold is not None else spec.name
+            self.echo(f"[{which}] finished earlier in this run; kept")
+        return self.keeping
+
+
+def run_data_steps(ctx: RunContext, *, echo: Any = print, resume: _Resume | None = None) -> None:
+    """Run the data steps (:func:`medml.steps.data_steps`) in this process, in order (those
+    a resumed run finished before are kept)."""
     for data_step in data_steps():
-        echo(f"[{data_step.name}] {data_step(ctx.location)}")
+        if resume is None or not resume.keeps(data_step):
+            echo(f"[{data_step.name}] {data_step(ctx.location)}")
 
 
 def run_all(ctx: RunContext, tracking: Tracking, *, echo: Any = print) -> dict[str, Any]:
-    """Run every step in this process, in order; return the registration."""
-    root = ctx.location
-    run_data_steps(ctx, echo=echo)
+    """Run every step in this process, in order; return the registration. Run again on the
+    same run directory, it resumes: steps that finished are kept, and registration adopts
+    the version this run created (one pipeline run registers one version)."""
+    root, resume = ctx.location, _Resume(ctx, echo)
+    run_data_steps(ctx, echo=echo, resume=resume)
     for fold in ctx.folds:
+        if resume.keeps(STEPS["train"], fold):
+            continue
         result = STEPS["train"](root, fold, tracking)
-        echo(
-            f"[train fold {fold}] epochs={result['epochs']} val_loss={result['val_loss']:.4f} "
-            f"val_accuracy={result['val_accuracy']:.3f}"
-        )
-    evaluation = STEPS["evaluate"](root, tracking)
-    echo(
-        f"[evaluate] balanced_accuracy={evaluation['balanced_accuracy']:.3f} "
-        f"macro_f1={evaluation['macro_f1']:.3f}"
-    )
+        echo(f"[train fold {fold}] epochs={result['epochs']} val_loss={result['val_loss']:.4f} "
+             f"val_accuracy={result['val_accuracy']:.3f}")  # fmt: skip
+    if not resume.keeps(STEPS["evaluate"]):
+        evaluation = STEPS["evaluate"](root, tracking)
+        echo(f"[evaluate] balanced_accuracy={evaluation['balanced_accuracy']:.3f} "
+             f"macro_f1={evaluation['macro_f1']:.3f}")  # fmt: skip
     registration = STEPS["register"](root, tracking)
-    echo(
-        f"[register] {registration['model_name']} v{registration['version']} "
-        f"alias={registration['alias']}"
-    )
+    done = " (registered by this run before; nothing changed)" * registration["already_registered"]
+    echo(f"[register] {registration['model_name']} v{registration['version']} "
+         f"alias={registration['alias']}{done}")  # fmt: skip
     return registration
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 
 from medml.calibration import ServingCalibration
 from medml.config import Recipe
+from medml.errors import RunError
 from medml.faults import failpoint
 from medml.io import COMPLETE_MARKER, atomic_path, publish_dir, write_json
 from medml.layout import ARTIFACTS, RegistryFiles
@@ -36,6 +37,8 @@ class Registration:
     alias: str | None
     gate: GateOutcome
     model_uri: str
+    already_registered: bool = False
+    """This pipeline run had registered the version before: nothing was changed."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
@@ -46,6 +49,7 @@ class Registration:
             "gate_passed": self.gate.passed,
             "gate_reasons": self.gate.reasons,
             "model_uri": self.model_uri,
+            "already_registered": self.already_registered,
         }
 
 
@@ -191,10 +195,13 @@ def register_ensemble(
     tags = version_tags(recipe, metrics, gate, folds=len(model_paths), champion=champion,
                         revision=revision, extra=tags)  # fmt: skip
     alias = recipe.registry.alias if gate.passed else None
+    digest = models_digest([Path(p).parent for p in model_paths])
+    existing = _adoptable(version_of_run(tracking, name, parent_run_id), digest, name, tags)
+    if existing is not None and existing.complete:  # a re-run of a finished run: nothing moves
+        return _already_registered(existing, recipe, Path(out_dir))
+    version = existing.version if existing is not None else None
     with publish_dir(Path(out_dir)) as staging:
         files = RegistryFiles(staging)
-        digest = models_digest([Path(p).parent for p in model_paths])
-        version = version_of_run(tracking, name, parent_run_id, digest)
         calibration = calibration or ServingCalibration()
         ensemble = save_ensemble(model_paths, files.ensemble, calibration.temperature)
         card_paths = write_model_card(card, files)
@@ -244,10 +251,21 @@ def describe(tracking: Tracking, recipe: Recipe, version: str, card: str) -> Non
         ))  # fmt: skip
 
 
-def version_of_run(tracking: Tracking, name: str, run_id: str, models_digest: str) -> str | None:
-    """The version of ``name`` that pipeline run ``run_id`` registered from exactly these fold
-    models (their digest is a tag of the logged model, set when the version is created), if
-    any: a retry adopts it; a re-run that retrained the folds registers a new version."""
+@dataclass(frozen=True)
+class RunVersion:
+    """The model version a pipeline run registered: its number, the digest of the fold models
+    it was built from, whether its registration finished, and its tags and aliases."""
+
+    version: str
+    models_digest: str | None
+    complete: bool
+    tags: dict[str, str]
+    aliases: list[str]
+
+
+def version_of_run(tracking: Tracking, name: str, run_id: str) -> RunVersion | None:
+    """The version of ``name`` that pipeline run ``run_id`` registered, if any (a run
+    registers at most one: the first, when older releases left more)."""
     from mlflow.exceptions import MlflowException
 
     client = tracking.activate()
@@ -255,15 +273,56 @@ def version_of_run(tracking: Tracking, name: str, run_id: str, models_digest: st
         found = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
     except MlflowException:
         return None  # no such registered model yet
-    for version in sorted(found, key=lambda v: int(v.version), reverse=True):
-        model_id = version.model_id or str(version.source).removeprefix("models:/")
-        try:
-            tags = client.get_logged_model(model_id).tags
-        except MlflowException:
-            continue
-        if tags.get(VersionTags.MODELS_DIGEST) == models_digest:
-            return str(version.version)
-    return None
+    if not found:
+        return None
+    first = min(found, key=lambda v: int(v.version))
+    first = client.get_model_version(name, str(first.version))  # a search omits aliases
+    model_id = first.model_id or str(first.source).removeprefix("models:/")
+    try:
+        digest = client.get_logged_model(model_id).tags.get(VersionTags.MODELS_DIGEST)
+    except MlflowException:
+        digest = None
+    tags = dict(first.tags or {})
+    return RunVersion(str(first.version), digest, tags.get(VersionTags.COMPLETE) == "true", tags,
+                      list(first.aliases or []))  # fmt: skip
+
+
+def _adoptable(
+    existing: RunVersion | None, digest: str, name: str, tags: dict[str, str]
+) -> RunVersion | None:
+    """The run's version when it was built from these fold models (a retry or resume adopts
+    it).
+
+    Raises:
+        RunError: the run registered a version from other fold models (its folds were trained
+            again since); one pipeline run registers one version, ever.
+    """
+    if existing is None or existing.models_digest == digest:
+        return existing
+    raise RunError(
+        f"pipeline run {tags.get(VersionTags.RUN_KEY, '?')} already registered {name} "
+        f"v{existing.version} from other fold models (its folds were trained again since); a "
+        "pipeline run registers one version: start a new run for a new version"
+    )
+
+
+def _already_registered(existing: RunVersion, recipe: Recipe, out_dir: Path) -> Registration:
+    """A finished run's registration, unchanged: no tag written, no alias moved."""
+    name = recipe.registry.model_name
+    reasons = existing.tags.get(VersionTags.GATE_REASONS, "")
+    gate = GateOutcome(existing.tags.get(VersionTags.GATE) == "passed",
+                       [r for r in reasons.split("; ") if r])  # fmt: skip
+    alias = recipe.registry.alias if recipe.registry.alias in existing.aliases else None
+    uri = version_uri(name, existing.version)
+    registration = Registration(name, existing.version, alias, gate, uri, already_registered=True)
+    files = RegistryFiles(out_dir)
+    if (out_dir / COMPLETE_MARKER).is_file():
+        recorded = json.loads(files.registration.read_text())
+        if recorded.get("version") == existing.version:
+            return registration
+    with publish_dir(out_dir) as staging:  # the local copy was lost: the record only
+        write_json(RegistryFiles(staging).registration, registration.as_dict())
+    return registration
 
 
 def models_digest(fold_dirs: Sequence[Path]) -> str:

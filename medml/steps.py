@@ -116,6 +116,16 @@ class Step:
             return result
 
 
+    def finished(self, ctx: RunContext, fold: int | None = None) -> bool:
+        """Whether this step (of ``fold``) finished in ``ctx``'s run and its outputs are still
+        what it recorded: a resumed run keeps it."""
+        record = ctx.layout.step_record(self.name, fold)
+        if not record.is_file():
+            return False
+        outputs = read_json(record)["outputs"]
+        return all(fingerprint(ctx.layout.root / rel) == kept for rel, kept in outputs.items())
+
+
 STEPS: dict[str, Step] = {}
 """Every lifecycle step by name, in the order a run executes them."""
 

@@ -165,6 +165,42 @@ def test_register_killed_between_version_and_tags_completes_on_retry(
                                   "attributes.status = 'RUNNING'")  # fmt: skip
 
 
+def test_a_run_killed_in_register_resumes_into_one_version_and_reruns_as_a_no_op(
+    phantom_dir: Path, tmp_path: Path
+) -> None:
+    """``medml run --run-dir R`` killed after the version was created, then resumed: the
+    finished steps are kept, the version is adopted and completed (one version, ever); run
+    again, nothing changes; retrained folds cannot register a second version of the run."""
+    tracking = Tracking.from_env()
+    run_dir = tmp_path / "run"
+    args = ["run", "--source", str(phantom_dir), "--recipe", "kidney-ct", "--run-dir",
+            str(run_dir), *[f"--set={o}" for o in (*TINY, *GATE_OFF)]]  # fmt: skip
+    env = _env(MLFLOW_TRACKING_URI=tracking.uri)
+    killed = _medml(*args, env={**env, "MEDML_FAILPOINT": "register:version-created"})
+    assert killed.returncode == -signal.SIGKILL
+    client = tracking.activate()
+    name = "kidney-ct-classifier"
+    resumed = _medml(*args, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    for step in ("ingest", "validate", "split", "preprocess", "train fold 0", "evaluate"):
+        assert f"[{step}] finished earlier in this run; kept" in resumed.stdout, step
+    [version] = client.search_model_versions(f"name='{name}'")
+    assert version.tags["medml.complete"] == "true" and str(version.version) == "1"
+
+    client.set_registered_model_alias(name, "challenger", "1")
+    again = _medml(*args, env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "v1 alias=challenger (registered by this run before; nothing changed)" in again.stdout
+    assert len(client.search_model_versions(f"name='{name}'")) == 1
+
+    steps.train(run_dir, 0, tracking)  # the fold trained again: other fold models
+    steps.evaluate(run_dir, tracking)
+    refused = _medml("register", "--run-dir", str(run_dir), env=env)
+    assert refused.returncode == 3
+    assert "already registered kidney-ct-classifier v1" in refused.stderr
+    assert len(client.search_model_versions(f"name='{name}'")) == 1
+
+
 def test_unreachable_tracking_server_is_one_clear_error(phantom_dir: Path, tmp_path: Path) -> None:
     from tests.conftest import _free_port
 
