@@ -17,7 +17,7 @@ import typer
 
 from medml import pipeline, runs, steps
 from medml.config import available_recipes
-from medml.errors import MedmlError
+from medml.errors import MedmlError, operational_fault
 from medml.layout import RunLayout
 from medml.report import summary as run_summary
 from medml.report import write_run_summary
@@ -69,6 +69,11 @@ def _guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
     except MedmlError as err:
         raise _fail(str(err), err.exit_code) from None
+    except Exception as err:  # a full disk, a denied permission, S3 lost: one line; else a bug
+        fault = operational_fault(err)
+        if fault is None:
+            raise
+        raise _fail(str(fault), fault.exit_code) from None
 
 
 def _tracking() -> Tracking:
@@ -561,9 +566,11 @@ def airflow_ui(
 
 def main() -> None:
     """Console-script entry point (quiet defaults for TF and MLflow progress output)."""
+    from medml.errors import stop_on_sigterm
     from medml.settings import set_library_defaults
 
     set_library_defaults()
+    stop_on_sigterm()  # a killed pod or task ends its MLflow run KILLED, not RUNNING forever
     app()
 
 

@@ -75,3 +75,60 @@ class RefusedError(MedmlError):
     """A lifecycle operation (promote, rollback, review) was refused (exit code 5)."""
 
     exit_code = 5
+
+
+class Terminated(SystemExit):
+    """The process was asked to stop (SIGTERM: a pod deleted, a task killed): raised in the
+    main thread so every ``finally`` runs and the open MLflow run ends ``KILLED``."""
+
+    def __init__(self) -> None:
+        super().__init__(143)  # 128 + SIGTERM, what the shell reports
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into :class:`Terminated` in this (main) thread."""
+    import signal
+
+    def terminated(signum: int, frame: object) -> None:
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, terminated)
+
+
+class OperationalFault(MedmlError):
+    """The machine or a service failed under a step (disk full, permission denied, storage or
+    S3 connection lost): one line naming what and where, credentials masked (exit code 3).
+    Outputs are published atomically, so nothing half-written is left behind."""
+
+
+_OS_FAULTS = {
+    28: "the disk is full",  # ENOSPC
+    122: "the disk quota is exceeded",  # EDQUOT
+    13: "permission denied",  # EACCES
+    1: "operation not permitted",  # EPERM
+    30: "the file system is read-only",  # EROFS
+    5: "an input/output error",  # EIO
+}
+
+
+def operational_fault(err: BaseException) -> OperationalFault | None:
+    """``err`` as an :class:`OperationalFault` when it is a fault of the machine or a service
+    rather than a bug (``None`` otherwise): an ``OSError`` of a full disk, a permission or an
+    I/O error, or a lost S3 connection (botocore's connection and read-timeout errors)."""
+    if isinstance(err, OSError) and err.errno in _OS_FAULTS:
+        where = f" at {err.filename}" if err.filename else ""
+        return OperationalFault(f"{_OS_FAULTS[err.errno]}{where} ({err.strerror}); free space "
+                                "or fix the permission, then run the step again")  # fmt: skip
+    names = {cls.__name__ for cls in type(err).__mro__}
+    if names & {
+        "EndpointConnectionError",
+        "ConnectionClosedError",
+        "ReadTimeoutError",
+        "ConnectTimeoutError",
+        "IncompleteReadError",
+        "ResponseStreamingError",
+    }:
+        return OperationalFault(f"lost the connection to S3 ({type(err).__name__}: {err}); "
+                                "check the endpoint and the network, then run the step "
+                                "again")  # fmt: skip
+    return None

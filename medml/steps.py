@@ -18,8 +18,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ import pandas as pd
 
 from medml.config import Recipe
 from medml.data.sources import fetch_s3_prefix, is_s3
-from medml.errors import RunError
+from medml.errors import RunError, operational_fault
 from medml.io import COMPLETE_MARKER, read_json, require_complete, write_json
 from medml.layout import ARTIFACTS, RELATIVE, StepFiles
 from medml.metrics import HoldoutMetrics
@@ -105,7 +105,7 @@ class Step:
         tracking = bound.arguments.get("tracking")
         guard = _tracking_errors(tracking) if tracking is not None else nullcontext()
         files = self.files(fold)
-        with guard, opened_run(run_dir, files) as ctx:
+        with _operational_faults(), guard, opened_run(run_dir, files) as ctx:
             check_inputs(self, ctx, files)
             record = ctx.layout.step_record(self.name, fold)
             record.unlink(missing_ok=True)  # until this run of the step has finished
@@ -114,7 +114,6 @@ class Step:
                        if rel != record.relative_to(ctx.layout.root).as_posix()}  # fmt: skip
             write_json(record, {"step": self.name, "fold": fold, "outputs": outputs})
             return result
-
 
     def finished(self, ctx: RunContext, fold: int | None = None) -> bool:
         """Whether this step (of ``fold``) finished in ``ctx``'s run and its outputs are still
@@ -222,6 +221,19 @@ def fingerprint(path: Path) -> dict[str, Any] | None:
         return {"complete": json.loads(marker.read_text())["digest"]}
     files = [p for p in path.rglob("*") if p.is_file()]
     return {"files": len(files), "bytes": sum(p.stat().st_size for p in files)}
+
+
+@contextmanager
+def _operational_faults() -> Iterator[None]:
+    """A full disk, a denied permission or a lost S3 connection under a step becomes one
+    :class:`~medml.errors.OperationalFault` line (credentials masked), not a traceback."""
+    try:
+        yield
+    except Exception as err:  # re-raised unless it is one of the faults named above
+        fault = operational_fault(err)
+        if fault is None:
+            raise
+        raise fault from None
 
 
 def _tracking_errors(tracking: Tracking) -> Any:
@@ -509,4 +521,24 @@ def log_datasets(ctx: RunContext, parts: dict[str, str]) -> None:
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_pandas(rows, source=ctx.source, digest=digest,
                                               name=f"{ctx.recipe.name}-{part}")  # fmt: skip
+            _log_input(dataset, context)
+
+
+def _log_input(dataset: Any, context: str, attempts: int = 4) -> None:
+    """``mlflow.log_input``, again when another process (a concurrent fold) created the same
+    dataset at the same moment: the store's unique constraint refuses the second insert, and
+    the next attempt finds the dataset the other one created."""
+    import time
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
             mlflow.log_input(dataset, context=context)
+            return
+        except MlflowException as err:
+            collided = any(word in str(err).upper() for word in ("UNIQUE", "DUPLICATE"))
+            if not collided or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))

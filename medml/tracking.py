@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medml.errors import MedmlError, redact
+from medml.errors import MedmlError, Terminated, redact
 from medml.settings import Settings, set_library_defaults
 
 if TYPE_CHECKING:
@@ -53,9 +53,10 @@ def _wait_for_server(uri: str) -> None:
     import urllib.request
 
     error = ""
+    request = _health_request(uri)
     for attempt in range(1, REACH_ATTEMPTS + 1):
         try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5):
+            with urllib.request.urlopen(request, timeout=5):
                 return
         except urllib.error.HTTPError:
             return  # it answers (a server without /health, or behind auth): reachable
@@ -72,6 +73,28 @@ def _wait_for_server(uri: str) -> None:
         f"cannot reach the MLflow tracking server at {uri} after {REACH_ATTEMPTS} attempts "
         f"({error}); check MLFLOW_TRACKING_URI and that the server is running"
     )
+
+
+def _health_request(uri: str) -> Any:
+    """A request for the server's ``/health``; credentials in the URI (``user:pw@``), which
+    urllib cannot take in a URL, go into a Basic ``Authorization`` header."""
+    import base64
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(uri)
+    netloc = parts.hostname or ""
+    netloc = f"[{netloc}]" if ":" in netloc else netloc
+    netloc += f":{parts.port}" if parts.port else ""
+    path = parts.path.rstrip("/") + "/health"
+    url = urllib.parse.urlunsplit((parts.scheme, netloc, path, "", ""))
+    request = urllib.request.Request(url)
+    if parts.username is not None:
+        user = urllib.parse.unquote(parts.username)
+        password = urllib.parse.unquote(parts.password or "")
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    return request
 
 
 def _create_sqlite_store(path: Path, uri: str) -> None:
@@ -247,6 +270,9 @@ class Tracking:
             )  # fmt: skip
         try:
             yield active.info.run_id
+        except (Terminated, KeyboardInterrupt):
+            mlflow.end_run("KILLED")
+            raise
         except BaseException:
             mlflow.end_run("FAILED")
             raise

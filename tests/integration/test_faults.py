@@ -134,6 +134,33 @@ def test_killed_training_leaves_no_running_orphan(phantom_dir: Path, tmp_path: P
     require_complete(ctx.layout.fold(0).root, "train")
 
 
+def test_sigterm_during_training_ends_its_mlflow_runs_killed(
+    phantom_dir: Path, tmp_path: Path
+) -> None:
+    """A deleted pod or a stopped task gets SIGTERM: the fold's MLflow run ends KILLED at once
+    (not RUNNING until a retry), and the command exits 143 with no fold published."""
+    ctx = _data_steps(tmp_path / "run", phantom_dir, "train.epochs=40", "train.patience=40")
+    tracking = Tracking.from_env()
+    client = tracking.activate()
+    env = _env(MLFLOW_TRACKING_URI=tracking.uri)
+    train = ["medml", "train", "--run-dir", str(ctx.layout.root), "--fold", "0"]
+    process = subprocess.Popen(train, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 240
+    experiment = tracking.experiment_id(ctx.recipe.registry.experiment)
+    while time.monotonic() < deadline:
+        runs = client.search_runs([experiment], "tags.`medml.kind` = 'fold'")
+        if runs and client.get_metric_history(runs[0].info.run_id, "loss"):
+            break
+        time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 143
+    [fold] = client.search_runs([experiment], "tags.`medml.kind` = 'fold'")
+    assert fold.info.status == "KILLED"
+    assert not (ctx.layout.fold(0).root / COMPLETE_MARKER).exists()
+    assert not ctx.layout.step_record("train", 0).exists()
+
+
 def test_register_killed_between_version_and_tags_completes_on_retry(
     phantom_dir: Path, tmp_path: Path
 ) -> None:

@@ -1,0 +1,128 @@
+"""Operational faults (a full disk, a denied permission, S3 or MLflow lost) are one line with
+credentials masked and exit code 3, never a traceback; SIGTERM ends a step's MLflow run."""
+
+from __future__ import annotations
+
+import base64
+import errno
+import http.server
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from medml import runs
+from medml.cli import app
+from medml.errors import OperationalFault, operational_fault
+from tests.conftest import TINY
+
+runner = CliRunner()
+
+
+def _one_line(result, fragment: str) -> str:
+    assert result.exit_code == 3, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert fragment in lines[0] and "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize(("code", "said"), [(errno.ENOSPC, "the disk is full"),
+                                            (errno.EACCES, "permission denied")])  # fmt: skip
+def test_a_fault_while_a_step_writes_is_one_line_and_publishes_nothing(
+    monkeypatch: pytest.MonkeyPatch, phantom_dir: Path, tmp_path: Path, code: int, said: str
+) -> None:
+    ctx = runs.init_run(tmp_path / "run", phantom_dir, "kidney-ct", overrides=TINY)
+
+    def refuse(src: object, dst: object) -> None:
+        raise OSError(code, os.strerror(code), str(dst))
+
+    monkeypatch.setattr(os, "replace", refuse)
+    result = runner.invoke(app, ["ingest", "--run-dir", str(ctx.layout.root)])
+    _one_line(result, f"{said} at {ctx.layout.manifest}")
+    assert not ctx.layout.manifest.exists() and not ctx.layout.step_record("ingest").exists()
+
+
+def test_a_lost_s3_endpoint_is_one_line_without_its_password(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from tests.conftest import _free_port
+
+    endpoint = f"http://medml:pa55w0rd@127.0.0.1:{_free_port()}"
+    monkeypatch.setenv("MEDML_S3_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-key-value")
+    source = "s3://medml-data/kidney-ct/2026-01-05/"
+    result = runner.invoke(app, ["run", "--source", source, "--recipe", "kidney-ct",
+                                 "--run-dir", str(tmp_path / "run")])  # fmt: skip
+    line = _one_line(result, "")
+    assert "pa55w0rd" not in result.output and "secret-key-value" not in result.output, line
+
+
+def test_botocore_connection_errors_are_operational() -> None:
+    from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
+
+    for err in (EndpointConnectionError(endpoint_url="http://u:p4ss@s3.local"),
+                ReadTimeoutError(endpoint_url="http://u:p4ss@s3.local")):  # fmt: skip
+        fault = operational_fault(err)
+        assert isinstance(fault, OperationalFault) and "p4ss" not in str(fault)
+    assert operational_fault(TypeError("a bug")) is None
+    assert operational_fault(OSError(errno.ENOENT, "missing")) is None  # not a machine fault
+
+
+class _AuthOnly(http.server.BaseHTTPRequestHandler):
+    expected = "Basic " + base64.b64encode(b"medml:s3cr:t").decode()
+
+    def do_GET(self) -> None:
+        ok = self.path == "/health" and self.headers.get("Authorization") == self.expected
+        self.send_response(200 if ok else 401)
+        self.end_headers()
+        self.wfile.write(b"OK" if ok else b"no")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_health_probe_sends_the_uris_credentials_as_basic_auth() -> None:
+    from medml.tracking import _health_request
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), _AuthOnly)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        import urllib.request
+
+        uri = f"http://medml:s3cr%3At@127.0.0.1:{server.server_port}/"
+        request = _health_request(uri)
+        assert "s3cr" not in request.full_url and request.full_url.endswith("/health")
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            assert answer.status == 200
+    finally:
+        server.shutdown()
+
+
+def test_a_dataset_created_concurrently_is_logged_on_the_next_attempt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from medml.steps import _log_input
+
+    calls: list[str] = []
+
+    def log_input(dataset: object, context: str) -> None:
+        calls.append(context)
+        if len(calls) == 1:  # what the SQL store says when another fold inserted it first
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets")
+
+    monkeypatch.setattr(mlflow, "log_input", log_input)
+    _log_input(object(), "training")
+    assert calls == ["training", "training"]
+    def refuse(dataset: object, context: str) -> None:
+        raise MlflowException("RESOURCE_DOES_NOT_EXIST")
+
+    monkeypatch.setattr(mlflow, "log_input", refuse)
+    with pytest.raises(MlflowException):  # any other refusal is not retried
+        _log_input(object(), "training")
