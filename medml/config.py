@@ -412,7 +412,8 @@ class RegistryConfig(_Strict):
 
 
 class EvaluateConfig(_Strict):
-    """What evaluation fits on the out-of-fold predictions (never on the holdout)."""
+    """What evaluation fits on the out-of-fold predictions (never on the holdout), and below
+    how many images a class's numbers are too few to judge."""
 
     calibrate: bool = Field(
         default=True, description="temperature scaling fitted out-of-fold, applied in the model"
@@ -422,6 +423,12 @@ class EvaluateConfig(_Strict):
     )
     target_sensitivity: float = Field(
         default=0.95, gt=0.0, le=1.0, description="sensitivity the operating point reaches OOF"
+    )
+    min_class_support: int = Field(
+        default=20,  # medml.metrics.MIN_CLASS_SUPPORT (config must not import metrics)
+        ge=1,
+        description="a class with fewer evaluated images is flagged 'too few to judge' in every "
+        "report, and the gate holds it to its point estimate only, not to its interval",
     )
 
 

@@ -4,14 +4,27 @@ The ensemble's prediction is the mean of the fold models' softmax outputs (seed 
 holdout is scored once by the ensemble and once per fold model (to show fold variance).
 Reported per class: sensitivity (recall), specificity, PPV (precision), NPV, F1, support;
 overall: accuracy, balanced accuracy, macro-F1, one-vs-rest macro ROC AUC, Cohen's kappa,
-expected calibration error, and 95% bootstrap intervals for balanced accuracy, macro-F1 and
-each class's sensitivity.
+expected calibration error.
+
+95% intervals, right at any n:
+
+- each class's sensitivity, specificity, PPV and NPV (and the binary operating point's
+  sensitivity, specificity and PPV at its threshold): exact (Clopper-Pearson) intervals of the
+  counts (:func:`medml.metrics.exact_interval`, which says why exact and not Wilson);
+- the composite scores (balanced accuracy, macro-F1, ROC AUC, ECE): a stratified percentile
+  bootstrap. Each resample draws, within each true class, as many images as the class has
+  (with replacement), so every resample keeps every class at its own count: no class drops
+  out of a small holdout's resample (which made balanced accuracy average over fewer classes)
+  and each class's own variability enters. A set where every class's images are all scored
+  alike (e.g. all right) has nothing to resample: its composite intervals are then the point,
+  and the per-class exact intervals carry the uncertainty. Not BCa: its acceleration and bias
+  terms are themselves unstable at the small n this is for.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +42,7 @@ from medml.config import Recipe
 from medml.errors import RunError
 from medml.io import atomic_path, publish_dir, read_json, write_json
 from medml.layout import ARTIFACTS, EvaluationFiles, FoldFiles
-from medml.metrics import OUT_OF_FOLD, HoldoutMetrics
+from medml.metrics import MIN_CLASS_SUPPORT, OUT_OF_FOLD, HoldoutMetrics, exact_interval
 from medml.preprocess import load_index
 from medml.split import TEST
 from medml.tracking import Tracking
@@ -74,12 +87,17 @@ def _rates(cm: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+def _confidence_bins(confidence: np.ndarray, bins: int) -> np.ndarray:
+    """Each confidence's equal-width bin, ``0 .. bins - 1``."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    return np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+
+
 def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, bins: int = 10) -> float:
     """ECE of the top-class confidence over equal-width bins."""
     confidence = proba.max(axis=1)
     correct = (proba.argmax(axis=1) == y_true).astype(float)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    which = _confidence_bins(confidence, bins)
     ece = 0.0
     for b in range(bins):
         mask = which == b
@@ -95,6 +113,7 @@ def clinical_metrics(
     *,
     bootstrap: int = 1000,
     seed: int = 0,
+    min_class_support: int = MIN_CLASS_SUPPORT,
 ) -> HoldoutMetrics:
     """Clinical metrics of class probabilities against true class indices.
 
@@ -102,13 +121,15 @@ def clinical_metrics(
         y_true: true class indices, shape ``(n,)``.
         proba: class probabilities, shape ``(n, k)``.
         classes: class names, in index order.
-        bootstrap: resamples for the 95% confidence intervals (0 disables them).
+        bootstrap: stratified resamples for the composite scores' 95% intervals (0: none; the
+            per-class rates' exact intervals are always given).
         seed: bootstrap seed.
+        min_class_support: fewer images of a class make it too few to judge.
 
     Returns:
-        Overall and per-class scores, the confusion matrix and the bootstrap intervals.
+        Overall and per-class scores, the confusion matrix and the 95% intervals.
     """
-    from sklearn.metrics import cohen_kappa_score, roc_auc_score
+    from sklearn.metrics import cohen_kappa_score
 
     y_true = np.asarray(y_true, dtype=np.int64)
     k = len(classes)
@@ -116,18 +137,7 @@ def clinical_metrics(
     cm = confusion(y_true, y_pred, k)
     rates = _rates(cm)
     present = rates["support"] > 0
-    try:
-        auc = (
-            float(
-                roc_auc_score(
-                    y_true, proba, multi_class="ovr", average="macro", labels=list(range(k))
-                )
-            )
-            if k > 2
-            else float(roc_auc_score(y_true, proba[:, 1]))
-        )
-    except ValueError:  # a class is missing from the holdout
-        auc = float("nan")
+    auc = _roc_auc(y_true, proba)
     overall = {
         "accuracy": float(np.trace(cm) / max(1, cm.sum())),
         "balanced_accuracy": float(np.nanmean(rates["sensitivity"][present])),
@@ -138,8 +148,55 @@ def clinical_metrics(
         "n": int(len(y_true)),
     }
     per_class = _per_class_scores(rates, classes)
-    ci95 = _bootstrap_ci(y_true, y_pred, k, list(classes), bootstrap, seed) if bootstrap else {}
-    return HoldoutMetrics(list(classes), overall, per_class, cm.tolist(), ci95)
+    ci95: dict[str, Any] = {**rate_intervals(cm, classes),
+                            "method": dict.fromkeys(_RATES_WITH_INTERVALS, EXACT)}  # fmt: skip
+    if bootstrap and len(y_true):
+        ci95 |= _bootstrap_ci(y_true, proba, bootstrap, seed)
+        ci95["method"] |= dict.fromkeys(_COMPOSITES, STRATIFIED)
+        if not np.isfinite(auc):
+            ci95["roc_auc_ovr_macro"] = [None, None]
+    return HoldoutMetrics(list(classes), overall, per_class, cm.tolist(), ci95,
+                          min_class_support=min_class_support)  # fmt: skip
+
+
+def _roc_auc(y_true: np.ndarray, proba: np.ndarray) -> float:
+    """One-vs-rest macro ROC AUC (binary: of class 1's probability); NaN when a class is
+    missing."""
+    from sklearn.metrics import roc_auc_score
+
+    k = proba.shape[1]
+    try:
+        if k > 2:
+            return float(roc_auc_score(y_true, proba, multi_class="ovr", average="macro",
+                                       labels=list(range(k))))  # fmt: skip
+        return float(roc_auc_score(y_true, proba[:, 1]))
+    except ValueError:  # a class is missing from the holdout
+        return float("nan")
+
+
+EXACT = "exact (Clopper-Pearson) 95% interval of the counts"
+STRATIFIED = "stratified percentile bootstrap (each true class resampled to its own count)"
+_RATES_WITH_INTERVALS = ("sensitivity", "specificity", "ppv", "npv")
+_COMPOSITES = ("balanced_accuracy", "macro_f1", "roc_auc_ovr_macro", "expected_calibration_error")
+
+
+def rate_intervals(cm: np.ndarray, classes: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Exact (Clopper-Pearson) 95% intervals of each class's sensitivity, specificity, PPV and
+    NPV from the confusion matrix's counts (``[None, None]`` where a rate has no denominator).
+    """
+    cm = np.asarray(cm, dtype=np.int64)
+    tp, support, predicted = np.diagonal(cm), cm.sum(axis=1), cm.sum(axis=0)
+    tn = cm.sum() - support - predicted + tp
+    counts = {
+        "sensitivity": (tp, support),
+        "specificity": (tn, tn + predicted - tp),
+        "ppv": (tp, predicted),
+        "npv": (tn, tn + support - tp),
+    }
+    return {
+        rate: {name: exact_interval(hits[i], trials[i]) for i, name in enumerate(classes)}
+        for rate, (hits, trials) in counts.items()
+    }
 
 
 def _per_class_scores(
@@ -158,41 +215,97 @@ def _per_class_scores(
     return per_class
 
 
-_BOOTSTRAP_DRAWS = 4_000_000  # resampled indices held at once (32 MB)
+_BOOTSTRAP_DRAWS = 1_000_000  # resampled images held at once (8 MB per copy of the weights)
 
 
-def _bootstrap_ci(
-    y_true: np.ndarray, y_pred: np.ndarray, k: int, classes: list[str], rounds: int, seed: int
-) -> dict[str, Any]:
-    rng = np.random.default_rng(seed)
+def stratified_weights(
+    y_true: np.ndarray, rounds: int, rng: np.random.Generator
+) -> Iterator[np.ndarray]:
+    """Bootstrap resamples as weights, in chunks of shape ``(rounds in chunk, n)``: how often
+    each image is drawn when each true class is resampled, with replacement, to its own count.
+    Every resample has every class at its own count (the weights of a class sum to it)."""
     n = len(y_true)
-    pairs = y_true * k + y_pred
-    chunk = max(1, _BOOTSTRAP_DRAWS // max(n, 1))  # rounds per draw: memory O(chunk · n)
-    cms = []
-    for start in range(0, rounds, chunk):  # the same draws as one (rounds, n) draw
+    members = [np.flatnonzero(y_true == c) for c in np.unique(y_true)]
+    chunk = max(1, _BOOTSTRAP_DRAWS // max(n, 1))
+    for start in range(0, rounds, chunk):
         size = min(chunk, rounds - start)
-        flat = pairs[rng.integers(0, n, size=(size, n))] + (np.arange(size) * k * k)[:, None]
-        cms.append(np.bincount(flat.ravel(), minlength=size * k * k).reshape(size, k, k))
-    rates = _rates(np.concatenate(cms))
-    with np.errstate(invalid="ignore"):
-        balanced = np.nanmean(rates["sensitivity"], axis=1)
-    macro_f1 = rates["f1"].mean(axis=1)
+        offsets = (np.arange(size) * n)[:, None]
+        drawn = np.concatenate(
+            [idx[rng.integers(0, len(idx), (size, len(idx)))] for idx in members], axis=1
+        )
+        yield np.bincount((drawn + offsets).ravel(), minlength=size * n).reshape(size, n)
 
-    def interval(values: np.ndarray) -> list[float | None]:
-        values = values[~np.isnan(values)]
-        if not len(values):
-            return [None, None]
-        low, high = np.percentile(values, [2.5, 97.5])
-        return [float(low), float(high)]
 
-    return {
-        "balanced_accuracy": interval(balanced),
-        "macro_f1": interval(macro_f1),
-        "sensitivity": {
-            name: interval(rates["sensitivity"][:, i]) for i, name in enumerate(classes)
-        },
-        "rounds": rounds,
-    }
+def _bootstrap_ci(y_true: np.ndarray, proba: np.ndarray, rounds: int, seed: int) -> dict[str, Any]:
+    """Stratified percentile bootstrap 95% intervals of balanced accuracy, macro-F1, ROC AUC
+    and ECE (the module's docstring says why stratified)."""
+    k = proba.shape[1]
+    cells = y_true * k + proba.argmax(axis=1)  # each image's confusion-matrix cell
+    present = np.bincount(y_true, minlength=k) > 0
+    gaps, levels = _calibration_gaps(y_true, proba), _score_levels(proba)
+    draws: dict[str, list[np.ndarray]] = {name: [] for name in _COMPOSITES}
+    for weights in stratified_weights(y_true, rounds, np.random.default_rng(seed)):
+        rates = _rates(np.stack([np.bincount(cells, weights=w, minlength=k * k)
+                                 for w in weights]).reshape(-1, k, k))  # fmt: skip
+        draws["balanced_accuracy"].append(rates["sensitivity"][:, present].mean(axis=1))
+        draws["macro_f1"].append(rates["f1"][:, present].mean(axis=1))
+        draws["roc_auc_ovr_macro"].append(weighted_roc_auc(y_true, proba, weights, levels))
+        draws["expected_calibration_error"].append(
+            np.abs(weights @ gaps).sum(axis=1) / weights.sum(axis=1))  # fmt: skip
+    return {name: _percentile_interval(np.concatenate(values)) for name, values in draws.items()
+            } | {"rounds": rounds}  # fmt: skip
+
+
+def _percentile_interval(values: np.ndarray) -> list[float | None]:
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return [None, None]
+    low, high = np.percentile(values, [2.5, 97.5])
+    return [float(low), float(high)]
+
+
+def _calibration_gaps(y_true: np.ndarray, proba: np.ndarray, bins: int = 10) -> np.ndarray:
+    """Per image, ``correct - confidence`` in its confidence bin's column, shape ``(n, bins)``:
+    the ECE of weights ``w`` is ``|w @ gaps|.sum() / w.sum()``."""
+    confidence = proba.max(axis=1)
+    correct = (proba.argmax(axis=1) == y_true).astype(float)
+    gaps = np.zeros((len(y_true), bins))
+    gaps[np.arange(len(y_true)), _confidence_bins(confidence, bins)] = correct - confidence
+    return gaps
+
+
+def weighted_roc_auc(
+    y_true: np.ndarray, proba: np.ndarray, weights: np.ndarray,
+    levels: list[tuple[int, np.ndarray]] | None = None,
+) -> np.ndarray:  # fmt: skip
+    """One-vs-rest macro ROC AUC (binary: of class 1's probability) per row of ``weights``,
+    each image counted as often as its weight: what :func:`_roc_auc` gives on the resample.
+    ``levels``: :func:`_score_levels` of ``proba``, when already computed."""
+    levels = _score_levels(proba) if levels is None else levels
+    return np.mean([_weighted_auc(rank, y_true == c, weights) for c, rank in levels], axis=0)
+
+
+def _score_levels(proba: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """Each one-vs-rest column AUC scores (binary: class 1 only), with each image's level:
+    the rank of its score among the distinct scores (tied scores share one)."""
+    columns = [1] if proba.shape[1] == 2 else range(proba.shape[1])
+    return [(c, np.unique(proba[:, c], return_inverse=True)[1].ravel()) for c in columns]
+
+
+def _weighted_auc(levels: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """P(score of a positive > score of a negative), ties counting half, per row of weights
+    (NaN where a row has no positive or no negative); scores given as their ``levels``."""
+    rows, count = len(weights), int(levels.max(initial=0)) + 1
+    flat = (np.arange(rows)[:, None] * count + levels).ravel()
+
+    def per_level(mask: np.ndarray) -> np.ndarray:  # weight of the masked images per level
+        summed = np.bincount(flat, weights=(weights * mask).ravel(), minlength=rows * count)
+        return summed.reshape(rows, count)
+
+    pos, neg = per_level(positive), per_level(~positive)
+    below = np.cumsum(neg, axis=1) - neg
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (pos * (below + neg / 2)).sum(axis=1) / (pos.sum(axis=1) * neg.sum(axis=1))
 
 
 def pyplot() -> Any:
@@ -273,7 +386,7 @@ def plot_reliability(
     confidence = proba.max(axis=1)
     correct = proba.argmax(axis=1) == y_true
     edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    which = _confidence_bins(confidence, bins)
     centres = (edges[:-1] + edges[1:]) / 2
     accuracy = [correct[which == b].mean() if (which == b).any() else np.nan for b in range(bins)]
     counts = np.bincount(which, minlength=bins)
@@ -424,13 +537,16 @@ def evaluate(
     oof, raw = fold_predictions(shards_dir, index, model_paths)
     temperature = fit_temperature(oof.proba, oof.y) if recipe.evaluate.calibrate else 1.0
     oof_calibrated = apply_temperature(oof.proba, temperature)
-    oof_metrics = clinical_metrics(oof.y, oof_calibrated, classes, seed=recipe.split.seed)
+    minimum = recipe.evaluate.min_class_support
+    oof_metrics = clinical_metrics(oof.y, oof_calibrated, classes, seed=recipe.split.seed,
+                                   min_class_support=minimum)  # fmt: skip
     holdout = index[index["split"] == TEST]
     if len(holdout):
         y_true = holdout["label_index"].to_numpy(dtype=np.int64)
         per_model = np.stack([apply_temperature(p, temperature) for p in raw])
         ensemble, uncalibrated = per_model.mean(axis=0), raw.mean(axis=0)
-        metrics = clinical_metrics(y_true, ensemble, classes, seed=recipe.split.seed).with_folds([
+        metrics = clinical_metrics(y_true, ensemble, classes, seed=recipe.split.seed,
+                                   min_class_support=minimum).with_folds([
             {"model": str(path), **clinical_metrics(y_true, proba, classes, bootstrap=0).overall}
             for path, proba in zip(model_paths, per_model, strict=True)
         ])  # fmt: skip
@@ -489,28 +605,49 @@ def operating_point(
     holdout: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
 ) -> dict[str, Any] | None:
     """Binary recipes with ``evaluate.positive_class``: the threshold reaching the target
-    sensitivity out-of-fold, and the rates at it out-of-fold and on the holdout (95% intervals
-    on the estimate: the holdout, or out-of-fold when there is none)."""
+    sensitivity out-of-fold, and the rates at it out-of-fold and on the holdout, with exact 95%
+    intervals (:func:`exact_at_threshold`)."""
     positive = recipe.evaluate.positive_class
     if positive is None:
         return None
     k = recipe.data.classes.index(positive)
     target = recipe.evaluate.target_sensitivity
     threshold = operating_threshold(oof_calibrated[:, k], oof.y == k, target)
-    seed = recipe.split.seed
+    minimum = recipe.evaluate.min_class_support
     point = {
         "positive_class": positive,
         "target_sensitivity": target,
         "threshold": threshold,
         "chosen_on": "out-of-fold predictions (not the holdout)",
-        "oof": at_threshold(oof_calibrated[:, k], oof.y == k, threshold,
-                            bootstrap=0 if holdout is not None else 1000, seed=seed),
+        "oof": exact_at_threshold(oof_calibrated[:, k], oof.y == k, threshold, minimum),
         "holdout": None,
-    }  # fmt: skip
+    }
     if holdout is not None:
         y_true, _, calibrated = holdout
-        point["holdout"] = at_threshold(calibrated[:, k], y_true == k, threshold, seed=seed)
+        point["holdout"] = exact_at_threshold(calibrated[:, k], y_true == k, threshold, minimum)
     return point
+
+
+def exact_at_threshold(
+    p_positive: np.ndarray, positive: np.ndarray, threshold: float,
+    min_support: int = MIN_CLASS_SUPPORT,
+) -> dict[str, Any]:  # fmt: skip
+    """Sensitivity, specificity and PPV of deciding ``p >= threshold``
+    (:func:`medml.calibration.at_threshold`), each with the exact (Clopper-Pearson) 95%
+    interval of its counts (``<rate>_ci95``), the counts, and ``too_few_to_judge``: the rates
+    whose denominator has fewer than ``min_support`` images."""
+    rates = at_threshold(p_positive, positive, threshold, bootstrap=0)
+    positive = np.asarray(positive, dtype=bool)
+    decided = np.asarray(p_positive) >= threshold
+    tp, fn = int(np.sum(positive & decided)), int(np.sum(positive & ~decided))
+    tn, fp = int(np.sum(~positive & ~decided)), int(np.sum(~positive & decided))
+    counts = {"sensitivity": (tp, tp + fn), "specificity": (tn, tn + fp), "ppv": (tp, tp + fp)}
+    for name, (hits, trials) in counts.items():
+        rates[f"{name}_ci95"] = exact_interval(hits, trials)
+    rates["interval"] = "exact (Clopper-Pearson) 95%"
+    rates["counts"] = {"tp": tp, "fn": fn, "tn": tn, "fp": fp}
+    rates["too_few_to_judge"] = [name for name, (_, n) in counts.items() if n < min_support]
+    return rates
 
 
 def write_evaluation(

@@ -18,6 +18,29 @@ those names, in the spirit of MLflow's ``MetricThreshold`` dict::
 
 Adding a gate metric = compute it (in :func:`medml.evaluate.clinical_metrics` if it is new),
 register a function here, and name it in a recipe.
+
+Intervals (``ci95`` in ``metrics.json``): each class's sensitivity, specificity, PPV and NPV
+get the exact (Clopper-Pearson) 95% interval of its counts (:func:`exact_interval`), right at
+any n; the composite scores (balanced accuracy, macro-F1, ROC AUC, ECE) a stratified bootstrap
+(:func:`medml.evaluate.clinical_metrics`). A class with fewer than ``min_class_support``
+images (``evaluate.min_class_support``, default 20) is *too few to judge*: every report shows
+its numbers flagged so.
+
+Better than chance, with confidence (:func:`chance_reasons`, ``require_better_than_chance``),
+chance being 1/k for k classes:
+
+- the lower bound of balanced accuracy's bootstrap 95% interval (the point estimate when there
+  is none) must exceed chance;
+- every class's sensitivity must exceed chance (the floor every class is held to);
+- every class with at least ``min_class_support`` images must also have the lower bound of its
+  sensitivity's exact 95% interval above chance: the data show it is detected better than by
+  guessing, not only the point estimate;
+- a class with fewer images cannot show that (3/3 has the interval 0.292-1.000): it is held to
+  the floor only and named in the outcome's ``notes`` as too few to judge, which do not fail
+  the gate by themselves.
+
+The gate computes each class's exact interval from the confusion matrix, so a version
+evaluated before these intervals existed is judged by the same rule.
 """
 
 from __future__ import annotations
@@ -34,6 +57,8 @@ from medml.io import read_json, write_json
 
 HOLDOUT = "holdout"
 OUT_OF_FOLD = "out-of-fold"
+MIN_CLASS_SUPPORT = 20  # the default of evaluate.min_class_support (medml.config)
+CONFIDENCE = 0.95
 
 if TYPE_CHECKING:
     from medml.config import GateConfig
@@ -78,6 +103,37 @@ def scalar_metrics(m: HoldoutMetrics) -> dict[str, float]:
     return {spec.name: float(spec.read(m)) for spec in registered_metrics(per_class=False)}
 
 
+def exact_interval(
+    successes: int, trials: int, confidence: float = CONFIDENCE
+) -> list[float | None]:
+    """The exact (Clopper-Pearson) interval of the rate ``successes / trials``.
+
+    Chosen over Wilson's because its coverage is at least ``confidence`` for every true rate
+    and every ``trials`` (Wilson's dips below it for some rates at small n): a clinician can
+    take it at face value, at the price of being a little wide. It is a function of the counts
+    alone and never collapses at 0 or ``trials`` successes, as a bootstrap does (3/3:
+    0.292-1.000; 0/4: 0.000-0.602). The bounds are quantiles of beta distributions
+    (``scipy.stats.beta``).
+
+    Args:
+        successes: events counted (e.g. true positives).
+        trials: chances for one (e.g. the class's images).
+        confidence: the interval's coverage.
+
+    Returns:
+        ``[low, high]``; ``[None, None]`` without trials.
+    """
+    successes, trials = int(successes), int(trials)
+    if trials <= 0:
+        return [None, None]
+    from scipy.stats import beta
+
+    tail, failures = (1.0 - confidence) / 2, trials - successes
+    low = float(beta.ppf(tail, successes, failures + 1)) if successes > 0 else 0.0
+    high = float(beta.ppf(1 - tail, successes + 1, failures)) if failures > 0 else 1.0
+    return [low, high]
+
+
 def metric(
     name: str, *, higher_is_better: bool = True, per_class: bool = False
 ) -> Callable[[Callable[[HoldoutMetrics], Value]], Callable[[HoldoutMetrics], Value]]:
@@ -100,11 +156,16 @@ class HoldoutMetrics:
         per_class: per class: sensitivity, specificity, ppv, npv, f1, support (``None`` where
             undefined, e.g. no positives).
         confusion_matrix: rows = true class, columns = predicted class.
-        ci95: bootstrap 95% intervals (``balanced_accuracy``, ``macro_f1``, ``sensitivity``).
+        ci95: 95% intervals: exact (Clopper-Pearson) per class for ``sensitivity``,
+            ``specificity``, ``ppv`` and ``npv`` (``{class: [low, high]}``); stratified
+            bootstrap for ``balanced_accuracy``, ``macro_f1``, ``roc_auc_ovr_macro`` and
+            ``expected_calibration_error``; ``method`` names both.
         per_fold: each fold model's overall scores on the same images.
         estimate: what the scores estimate from: ``holdout`` (the untouched test set) or
             ``out-of-fold`` (cross-validation only, ``split.test_size: 0``: every image scored
             by the fold model that did not train on it).
+        min_class_support: fewer images of a class than this make it too few to judge
+            (``evaluate.min_class_support``).
     """
 
     classes: list[str]
@@ -114,6 +175,7 @@ class HoldoutMetrics:
     ci95: dict[str, Any] = field(default_factory=dict)
     per_fold: list[dict[str, Any]] = field(default_factory=list)
     estimate: str = HOLDOUT
+    min_class_support: int = MIN_CLASS_SUPPORT
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HoldoutMetrics:
@@ -126,6 +188,7 @@ class HoldoutMetrics:
             ci95=dict(data.get("ci95") or {}),
             per_fold=list(data.get("per_fold") or []),
             estimate=str(data.get("estimate", HOLDOUT)),
+            min_class_support=int(data.get("min_class_support", MIN_CLASS_SUPPORT)),
         )
 
     @classmethod
@@ -143,6 +206,8 @@ class HoldoutMetrics:
             "ci95": self.ci95,
             "per_fold": self.per_fold,
             "estimate": self.estimate,
+            "min_class_support": self.min_class_support,
+            "too_few_to_judge": self.too_few_to_judge,
         }
 
     def write(self, path: Path) -> Path:
@@ -161,6 +226,13 @@ class HoldoutMetrics:
             return f"Out-of-fold estimate (cross-validation only, no holdout; n={n})"
         return f"Holdout test set (n={n})"
 
+    @property
+    def too_few_to_judge(self) -> list[str]:
+        """The classes with fewer than :attr:`min_class_support` images (from the confusion
+        matrix): their rates and intervals are shown, flagged, but support no conclusion."""
+        return [cls for cls, row in zip(self.classes, self.confusion_matrix, strict=True)
+                if sum(row) < self.min_class_support]  # fmt: skip
+
     def value(self, name: str) -> Value:
         """The value of registered metric ``name`` (a dict per class for per-class metrics).
 
@@ -170,7 +242,8 @@ class HoldoutMetrics:
         return METRICS.get(name).read(self)
 
     def interval(self, name: str, cls: str | None = None) -> list[float | None] | None:
-        """The bootstrap 95% interval of ``name`` (of class ``cls`` for ``sensitivity``)."""
+        """The 95% interval of ``name``, of class ``cls`` for a per-class rate
+        (``sensitivity``, ``specificity``, ``ppv``, ``npv``); ``None`` when there is none."""
         found = self.ci95.get(name)
         if cls is not None:
             found = (found or {}).get(cls)
@@ -216,6 +289,7 @@ class GateOutcome:
 
     passed: bool
     reasons: list[str]
+    notes: list[str] = field(default_factory=list)  # e.g. classes too few to judge
 
 
 def check_gate(
@@ -239,13 +313,13 @@ def check_gate(
     if champion is not None:
         for name, margin in gate.non_inferiority.items():
             reasons += _inferior(candidate, champion, name, margin)
-    return GateOutcome(passed=not reasons, reasons=reasons)
+    return GateOutcome(passed=not reasons, reasons=reasons, notes=too_few_notes(candidate))
 
 
 def chance_reasons(m: HoldoutMetrics) -> list[str]:
-    """Why ``m`` is not "better than chance, with confidence": the lower bound of balanced
-    accuracy's bootstrap 95% interval (the point estimate when there is none) must exceed 1/k,
-    and every class's sensitivity must exceed 1/k (what guessing achieves)."""
+    """Why ``m`` is not "better than chance, with confidence" (the rule is in the module's
+    docstring): balanced accuracy's interval, every class's sensitivity, and, for each class
+    with at least ``m.min_class_support`` images, the exact interval of its sensitivity."""
     chance = 1.0 / len(m.classes)
     point = float(m.value("balanced_accuracy"))
     low = (m.interval("balanced_accuracy") or [None])[0]
@@ -254,10 +328,39 @@ def chance_reasons(m: HoldoutMetrics) -> list[str]:
     if not bound > chance:
         reasons.append(f"balanced_accuracy {point:.3f}{what} is not above chance "
                        f"({chance:.3f} for {len(m.classes)} classes)")  # fmt: skip
-    for label, value in _values(m, "class_sensitivity"):
+    judged = set(m.classes) - set(m.too_few_to_judge)
+    for cls, value in _per_class("sensitivity")(m).items():
+        label = f"class_sensitivity of {cls}"
         if not value > chance:
             reasons.append(f"{label} {value:.3f} is at or below chance ({chance:.3f})")
+            continue
+        low, high = _sensitivity_interval(m, cls)
+        if cls in judged and low is not None and not low > chance:
+            reasons.append(f"{label} {value:.3f} (exact 95% CI {low:.3f}-{high:.3f}) is not "
+                           f"above chance ({chance:.3f}) with confidence")  # fmt: skip
     return reasons
+
+
+def too_few_notes(m: HoldoutMetrics) -> list[str]:
+    """One note per class too few to judge: its count and exact sensitivity interval."""
+    notes = []
+    for cls in m.too_few_to_judge:
+        low, high = _sensitivity_interval(m, cls)
+        shown = "" if low is None else f", sensitivity 95% CI {low:.3f}-{high:.3f}"
+        notes.append(f"{cls}: too few to judge ({_count(m, cls)} images, fewer than "
+                     f"evaluate.min_class_support={m.min_class_support}{shown}); held to the "
+                     "point-estimate floor only")  # fmt: skip
+    return notes
+
+
+def _count(m: HoldoutMetrics, cls: str) -> int:
+    return int(sum(m.confusion_matrix[m.classes.index(cls)]))
+
+
+def _sensitivity_interval(m: HoldoutMetrics, cls: str) -> list[float | None]:
+    """The exact 95% interval of ``cls``'s sensitivity, from the confusion matrix's counts."""
+    i = m.classes.index(cls)
+    return exact_interval(m.confusion_matrix[i][i], _count(m, cls))
 
 
 def _values(m: HoldoutMetrics, name: str) -> list[tuple[str, float]]:

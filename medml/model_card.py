@@ -1,7 +1,8 @@
 """Model cards (Markdown and HTML) for registered model versions.
 
 Both renderings come from the same facts: intended use and non-use, the data with class counts,
-holdout metrics with 95% confidence intervals per class, limitations, and how to reproduce.
+holdout metrics with 95% confidence intervals per class (exact, Clopper-Pearson), the classes
+too few to judge, limitations, and how to reproduce.
 The prose is the template ``templates/model_card.md.j2``; this module computes what it states.
 """
 
@@ -59,8 +60,11 @@ def _context(facts: CardFacts) -> dict[str, Any]:
                        "imbalance_ratio": validation.get("imbalance_ratio") or 0},
         "split": {"strategy": split.get("strategy", "?"), "holdout": split.get("holdout", "?")},
         "overall": metrics.overall,
-        "overall_ci": {name: _interval(metrics.interval(name))
-                       for name in ("balanced_accuracy", "macro_f1")},
+        "overall_ci": {name: _interval(metrics.interval(name)) for name in (
+            "balanced_accuracy", "macro_f1", "roc_auc_ovr_macro", "expected_calibration_error")},
+        "too_few": metrics.too_few_to_judge, "min_class_support": metrics.min_class_support,
+        "exact_intervals": bool(metrics.ci95.get("method")),
+        "judged": [c for c in metrics.classes if c not in metrics.too_few_to_judge],
         "gate_passed": facts.gate_passed, "gate_reasons": facts.gate_reasons,
         "calibration": evaluation.calibration if evaluation else None,
         "oof": evaluation.oof_metrics.overall if evaluation else {},
@@ -68,6 +72,8 @@ def _context(facts: CardFacts) -> dict[str, Any]:
                        if name not in _NAMED_IN_PROSE},
         "point": point,
         "point_rates": {name: _rate(held, name) for name in ("sensitivity", "specificity", "ppv")},
+        "point_too_few": list(held.get("too_few_to_judge") or []),
+        "point_exact": bool(held.get("interval")),
     }  # fmt: skip
 
 
@@ -80,14 +86,25 @@ def _data_rows(classes: list[str], counts: dict[str, dict[str, int]]) -> list[li
 
 
 def _metric_rows(metrics: HoldoutMetrics) -> list[list[str]]:
-    """The metrics table: a header, then each class's rates and sensitivity interval."""
+    """The metrics table: a header, then each class's rates with their 95% intervals, and its
+    count, flagged when too few to judge."""
     rows = [["class", "sensitivity", "95% CI", "specificity", "PPV", "NPV", "F1", "n"]]
+    too_few = metrics.too_few_to_judge
     for c in metrics.classes:
         s = metrics.per_class[c]
+        rates = [
+            _with_interval(s[r], metrics.interval(r, c)) for r in ("specificity", "ppv", "npv")
+        ]
+        count = f"{s['support']}" + (" (too few to judge)" if c in too_few else "")
         rows.append([c, _f(s["sensitivity"]), _interval(metrics.interval("sensitivity", c)),
-                     _f(s["specificity"]), _f(s["ppv"]), _f(s["npv"]), _f(s["f1"]),
-                     str(s["support"])])  # fmt: skip
+                     *rates, _f(s["f1"]), count])  # fmt: skip
     return rows
+
+
+def _with_interval(value: float | None, interval: list[float | None] | None) -> str:
+    """A rate, and its 95% interval in brackets where there is one."""
+    bounds = _interval(interval)
+    return _f(value) + (f" ({bounds})" if value is not None and bounds else "")
 
 
 def _interval(values: list[float | None] | None) -> str:

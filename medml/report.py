@@ -70,17 +70,33 @@ def summary_text(ctx: RunContext) -> str:
 
 
 def _per_class_table(metrics: HoldoutMetrics) -> list[str]:
-    """One row per class, one column per registered per-class metric, and the support."""
+    """One row per class, one column per registered per-class metric, the support and the
+    sensitivity's exact 95% interval; a class with too few images says so on its row and
+    under the table."""
     columns = [(spec, _heading(spec.short_name)) for spec in registered_metrics(per_class=True)]
     widths = [max(8, len(heading) + 1) for _, heading in columns]
     header = "".join(f"{heading:>{w}}" for (_, heading), w in zip(columns, widths, strict=True))
-    lines = [f"  {'class':<14}{header}{'support':>9}"]
+    lines = [f"  {'class':<14}{header}{'support':>9}  sensitivity 95% CI"]
     values = [spec.read(metrics) for spec, _ in columns]
+    too_few = metrics.too_few_to_judge
     for name in metrics.classes:
         cells = "".join(f"{_fmt(value.get(name)):>{w}}"  # type: ignore[union-attr]
                         for value, w in zip(values, widths, strict=True))  # fmt: skip
-        lines.append(f"  {name:<14}{cells}{metrics.per_class[name]['support']:>9}")
+        interval = _bounds(metrics.interval("sensitivity", name))
+        flag = TOO_FEW if name in too_few else ""
+        lines.append(f"  {name:<14}{cells}{metrics.per_class[name]['support']:>9}  "
+                     f"{interval:<18}{flag}".rstrip())  # fmt: skip
+    if too_few:
+        lines.append(
+            f"  {TOO_FEW}: fewer than {metrics.min_class_support} images "
+            "(evaluate.min_class_support); their numbers support no conclusion"
+        )
+    if metrics.ci95.get("method"):
+        lines.append("  95% CI: exact (Clopper-Pearson) per class, stratified bootstrap overall")
     return lines
+
+
+TOO_FEW = "too few to judge"
 
 
 def _heading(name: str) -> str:
@@ -95,7 +111,7 @@ def _overall_line(metrics: HoldoutMetrics, chance: float) -> str:
         f" | balanced accuracy {overall['balanced_accuracy']:.3f}"
         f" {_ci(metrics.interval('balanced_accuracy'))} | macro-F1 {overall['macro_f1']:.3f}"
         f" {_ci(metrics.interval('macro_f1'))} | AUC {overall['roc_auc_ovr_macro']:.3f}"
-        f" | chance {chance:.3f}"
+        f" {_ci(metrics.interval('roc_auc_ovr_macro'))} | chance {chance:.3f}"
     )
     shown = {"accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr_macro"}
     others = [f"{name.replace('_', ' ')} {value:.3f}"
@@ -125,11 +141,16 @@ def _evaluation_lines(files: EvaluationFiles) -> list[str]:
     point = facts.operating_point
     if point:
         rates = point.rates
+        shown = " ".join(f"{label} {_fmt(rates[name])} {_ci(rates.get(f'{name}_ci95'))}".rstrip()
+                         for name, label in _POINT_RATES)  # fmt: skip
+        too_few = rates.get("too_few_to_judge") or []
         lines.append(f"  operating point {point.positive_class} >= {point.threshold:.3f} "
-                     f"(OOF sensitivity >= {point.target_sensitivity:.2f}): {where} sensitivity "
-                     f"{_fmt(rates['sensitivity'])} specificity {_fmt(rates['specificity'])} "
-                     f"PPV {_fmt(rates['ppv'])}")  # fmt: skip
+                     f"(OOF sensitivity >= {point.target_sensitivity:.2f}): {where} {shown}"
+                     + (f" | {TOO_FEW}: {', '.join(too_few)}" if too_few else ""))  # fmt: skip
     return lines
+
+
+_POINT_RATES = (("sensitivity", "sensitivity"), ("specificity", "specificity"), ("ppv", "PPV"))
 
 
 def _registration_lines(path: Path) -> list[str]:
@@ -145,6 +166,10 @@ def _registration_lines(path: Path) -> list[str]:
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
+
+
+def _bounds(interval: list[float | None] | None) -> str:
+    return "" if not interval or interval[0] is None else f"{interval[0]:.3f}-{interval[1]:.3f}"
 
 
 def _ci(interval: list[float | None] | None) -> str:

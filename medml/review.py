@@ -109,15 +109,21 @@ def review(
     return text, out
 
 
+TOO_FEW = "(too few to judge)"
+
+
 def _per_class(side: Side | None, spec: MetricSpec, cls: str) -> str:
-    """A per-class metric of one side, with its 95% interval where there is one."""
+    """A per-class metric of one side, with its 95% interval where there is one (exact for
+    the rates), flagged when the class has too few images to judge."""
     if side is None:
         return "-"
     value = side.metrics.per_class.get(cls, {}).get(spec.short_name)
     ci = side.metrics.interval(spec.short_name, cls)
+    flag = f" {TOO_FEW}" if cls in side.metrics.too_few_to_judge else ""
     if value is None:
-        return "n/a"
-    return f"{value:.3f}" + (f" [{ci[0]:.2f}-{ci[1]:.2f}]" if ci and ci[0] is not None else "")
+        return "n/a" + flag
+    shown = f" [{ci[0]:.2f}-{ci[1]:.2f}]" if ci and ci[0] is not None else ""
+    return f"{value:.3f}{shown}{flag}"
 
 
 def _scalar(side: Side | None, spec: MetricSpec) -> str:
@@ -170,8 +176,9 @@ def _param_changes(candidate: Side, champion: Side | None) -> list[str]:
 
 def _table(name: str, candidate: Side, champion: Side | None) -> str:
     rows = _rows(candidate, champion)
-    width = max(len(r[0]) for r in rows) + 2
-    lines = [f"Review of {name}"] + [f"{r[0]:<{width}}{r[1]:<26}{r[2]}" for r in rows]
+    width, middle = (max(len(r[i]) for r in rows) + 2 for i in (0, 1))
+    lines = [f"Review of {name}"] + [f"{r[0]:<{width}}{r[1]:<{max(26, middle)}}{r[2]}"
+                                     for r in rows]  # fmt: skip
     changes = _param_changes(candidate, champion)
     lines.append("params changed: " + ("; ".join(changes) if changes else "none"))
     return "\n".join(lines)

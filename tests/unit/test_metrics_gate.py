@@ -98,3 +98,42 @@ def test_metrics_json_round_trip(tmp_path) -> None:
     path = metrics.write(tmp_path / "metrics.json")
     assert HoldoutMetrics.read(path) == metrics
     assert metrics.loggable()["test_fold0_macro_f1"] == 0.5
+
+
+def _counted(found: list[int], support: list[int], minimum: int = 20) -> HoldoutMetrics:
+    """Binary metrics whose class i found ``found[i]`` of its ``support[i]`` images (the
+    misses called the other class)."""
+    (fa, fb), (na, nb) = found, support
+    cm = [[fa, na - fa], [nb - fb, fb]]
+    rates = {"specificity": 0.9, "ppv": 0.8, "npv": 0.8, "f1": 0.8}
+    per_class = {c: {"sensitivity": f / n, **rates, "support": n}
+                 for c, f, n in zip("ab", found, support, strict=True)}  # fmt: skip
+    overall = {"balanced_accuracy": (fa / na + fb / nb) / 2, "macro_f1": 0.8, "accuracy": 0.8,
+               "roc_auc_ovr_macro": 0.9, "cohen_kappa": 0.5, "expected_calibration_error": 0.05,
+               "n": na + nb}  # fmt: skip
+    return HoldoutMetrics(["a", "b"], overall, per_class, cm, min_class_support=minimum)
+
+
+def test_a_class_with_enough_images_must_beat_chance_by_its_exact_interval() -> None:
+    gate = GateConfig()
+    # b: 12/20 = 0.600 is above chance (0.5) as a point, but its exact interval is 0.361-0.809
+    assert check_gate(_counted([45, 12], [50, 20]), gate).reasons == [
+        "class_sensitivity of b 0.600 (exact 95% CI 0.361-0.809) is not above chance (0.500) "
+        "with confidence"
+    ]
+    assert check_gate(_counted([45, 15], [50, 20]), gate).passed  # 15/20: 0.508-0.913
+
+
+def test_a_class_too_few_to_judge_is_noted_not_failed_but_still_held_to_the_floor() -> None:
+    gate = GateConfig()
+    small = check_gate(_counted([45, 3], [50, 3]), gate)  # 3/3: 0.292-1.000 includes 0.5
+    assert small.passed and small.reasons == []
+    assert small.notes == [
+        "b: too few to judge (3 images, fewer than evaluate.min_class_support=20, sensitivity "
+        "95% CI 0.292-1.000); held to the point-estimate floor only"
+    ]
+    missed = check_gate(_counted([45, 0], [50, 4]), gate)  # 0/4: the point is at chance
+    assert missed.reasons[-1] == "class_sensitivity of b 0.000 is at or below chance (0.500)"
+    # the same 12/20 judged by its interval once the recipe's minimum is above 20
+    relaxed = check_gate(_counted([45, 12], [50, 20], minimum=21), gate)
+    assert relaxed.passed and [note.split(":")[0] for note in relaxed.notes] == ["b"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from importlib import resources
 
 import pytest
@@ -49,7 +50,10 @@ def test_markdown_states_every_section_once_per_line() -> None:
     card = render_markdown(_facts())
     assert [line[3:] for line in card.splitlines() if line.startswith("## ")] == SECTIONS
     assert card.endswith(".\n") and not card.endswith("\n\n")
-    assert "| Normal | 0.500 | 0.200–0.800 | 0.900 | n/a | 0.800 | 0.600 | 7 |" in card
+    assert (
+        "| Normal | 0.500 | 0.200–0.800 | 0.900 | n/a | 0.800 | 0.600 | 7 (too few to judge) |"
+        in card
+    )
     assert "- Registration gate: passed." in card
     assert "- Not computed for this version." in card
     assert "{" not in card and "%}" not in card
@@ -66,3 +70,50 @@ def test_html_escapes_what_the_facts_say() -> None:
     page = render_html(_facts(gate_passed=False, gate_reasons=["<script>x</script>"]))
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert "FAILED — &lt;script&gt;x&lt;/script&gt;" in page
+
+
+def test_classes_too_few_to_judge_are_flagged_and_not_trusted() -> None:
+    """Normal has 30 holdout images, the rest 4: the card flags the three and tells readers to
+    read the intervals of Normal only; the rates carry their exact intervals."""
+    facts = _facts()
+    rows = [[30, 0, 0, 0], [1, 3, 0, 0], [0, 0, 4, 0], [0, 0, 1, 3]]
+    metrics = dataclasses.replace(
+        facts.metrics,
+        confusion_matrix=rows,
+        ci95={**facts.metrics.ci95, "specificity": {"Normal": [0.75, 0.99]}, "method": {"x": "y"}},
+    )
+    card = render_markdown(dataclasses.replace(facts, metrics=metrics))
+    assert (
+        "| Normal | 0.500 | 0.200–0.800 | 0.900 (0.750–0.990) | n/a | 0.800 | 0.600 | 7 |" in card
+    )
+    assert (
+        "| Cyst | 0.500 | 0.200–0.800 | 0.900 | n/a | 0.800 | 0.600 | 7 (too few to judge) |"
+        in card
+    )
+    assert "**Too few to judge**: Cyst, Stone, Tumor (fewer than 20 images each" in card
+    assert "Per-class intervals are exact (Clopper-Pearson)" in card
+    limitations = card.split("## Limitations")[1].split("## How to reproduce")[0]
+    assert "- Cyst, Stone, Tumor: too few images to judge (fewer than 20)" in limitations
+    assert "do not rely on them" in limitations
+    assert "read the per-class intervals of Normal, not the overall accuracy" in limitations
+    everyone = render_markdown(dataclasses.replace(facts, metrics=dataclasses.replace(
+        metrics, min_class_support=1)))  # fmt: skip
+    assert "too few" not in everyone.lower()
+    assert (
+        "- Small classes have wide confidence intervals; read the per-class intervals, not "
+        "the overall accuracy." in everyone
+    )
+
+
+def test_the_operating_point_states_its_exact_intervals_and_too_few() -> None:
+    from medml.evaluation_facts import CalibrationReport, EvaluationFacts, OperatingPoint
+
+    held = {"sensitivity": 1.0, "specificity": 0.9, "ppv": 0.8, "sensitivity_ci95": [0.398, 1.0],
+            "specificity_ci95": [0.8, 0.95], "ppv_ci95": [0.5, 0.9], "interval": "exact",
+            "too_few_to_judge": ["sensitivity"]}  # fmt: skip
+    point = OperatingPoint("Tumor", 0.4, 0.95, oof={}, holdout=held)
+    evaluation = EvaluationFacts(CalibrationReport(1.2, "oof", 0.1, 0.05), _facts().metrics, point)
+    card = render_markdown(_facts(evaluation=evaluation))
+    assert "sensitivity 1.000 (95% CI 0.398–1.000)" in card
+    assert "PPV 0.800 (95% CI 0.500–0.900); intervals exact (Clopper-Pearson)." in card
+    assert "Too few images to judge its sensitivity (fewer than 20)." in card
