@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -172,6 +173,44 @@ def require_complete(directory: Path, step: str, *, deep: bool = False) -> Path:
     if deep and directory_listing(directory) != recorded["files"]:
         raise RunError(f"{directory}: file contents changed since `{step}` wrote them")
     return directory
+
+
+def corrupted_files(directory: Path) -> list[str]:
+    """The files of a published ``directory`` whose bytes differ from the SHA-256 its marker
+    recorded (empty: every byte is what the step wrote).
+
+    Incremental: a file already found intact is hashed again only when its ``stat`` identity
+    (inode, size, modification and change time) changed since; any write changes the change
+    time, which no user-space call can set back. The identities verified are kept under
+    ``<home>/cache/verified/``.
+    """
+    import hashlib
+
+    directory = Path(directory).resolve()
+    recorded = json.loads((directory / COMPLETE_MARKER).read_text())["files"]
+    table = medml_home() / "cache" / "verified" / (
+        hashlib.sha256(str(directory).encode()).hexdigest()[:24] + ".json")  # fmt: skip
+    known = json.loads(table.read_text()) if table.is_file() else {}
+    verified, corrupted = {}, []
+    for rel, entry in recorded.items():
+        path = directory / rel
+        info = path.stat()
+        identity = [info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns, entry["sha256"]]
+        if known.get(rel) == identity:
+            verified[rel] = identity
+            continue
+        with open(path, "rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        if digest != entry["sha256"]:
+            corrupted.append(rel)
+        elif info.st_ctime_ns < (time.time() - _SETTLE_SECONDS) * 1e9:
+            verified[rel] = identity  # a change within the same clock tick could hide
+    table.parent.mkdir(parents=True, exist_ok=True)
+    write_json(table, verified)
+    return corrupted
+
+
+_SETTLE_SECONDS = 2.0
 
 
 def _listing_digest(listing: dict[str, Any]) -> str:

@@ -17,14 +17,18 @@ Two kinds of table under ``$MEDML_HOME/cache/``:
   error may be transient).
 
 Concurrent runs each replace a table whole (last writer wins); an unreadable table is treated
-as empty. Deleting ``$MEDML_HOME/cache`` is always safe.
+as empty. Each table's SHA-256 is written beside it, after it; a table whose bytes do not
+match (damaged, edited, or a crash between the two writes) is not trusted: every file is read
+again. Deleting ``$MEDML_HOME/cache`` is always safe.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import json
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -34,6 +38,8 @@ from typing import Any
 import pandas as pd
 
 from medml.io import atomic_path, medml_home
+
+logger = logging.getLogger(__name__)
 
 SETTLE_SECONDS = 2.0
 STAT_COLUMNS = ("ino", "size", "mtime_ns", "ctime_ns")
@@ -66,10 +72,24 @@ class ReuseTable:
         if not enabled:
             return
         try:
-            rows = pd.read_parquet(self.path).to_dict("records")
+            rows = pd.read_parquet(io.BytesIO(self._verified_bytes())).to_dict("records")
             self._kept = {tuple(row[c] for c in self.key): row for row in rows}
-        except Exception:  # missing, unreadable or of another layout: start empty
+        except (OSError, ValueError, KeyError):  # missing, damaged, another layout: empty
             self._kept = {}
+
+    @property
+    def checksum_path(self) -> Path:
+        """The SHA-256 of the table's bytes, written after it: a table that does not match
+        (bit rot, an edit, a crash between the two writes) is not trusted."""
+        return self.path.with_name(self.path.name + ".sha256")
+
+    def _verified_bytes(self) -> bytes:
+        data = self.path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != self.checksum_path.read_text().strip():
+            logger.warning("kept table %s does not match its checksum (damaged or edited): "
+                           "not used; every file is read again", self.path)  # fmt: skip
+            raise ValueError(f"{self.path}: checksum mismatch")
+        return data
 
     def get(self, *key: Any) -> dict[str, Any] | None:
         """The kept row for ``key``, if any."""
@@ -90,6 +110,8 @@ class ReuseTable:
         try:
             with atomic_path(self.path) as tmp:
                 pd.DataFrame(rows).to_parquet(tmp, index=False)
+            with atomic_path(self.checksum_path) as tmp:
+                tmp.write_text(hashlib.sha256(self.path.read_bytes()).hexdigest() + "\n")
         except OSError:
             pass  # a read-only MEDML_HOME: the next run reads the files again
 

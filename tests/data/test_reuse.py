@@ -139,3 +139,20 @@ def test_an_unreadable_cache_is_no_cache(
         table.write_bytes(b"half-written")
     second = pd.read_parquet(ingest(source, tmp_path / "m2.parquet", tiny_recipe).manifest)
     pd.testing.assert_frame_equal(first, second)
+
+
+def test_a_kept_table_edited_in_place_is_not_trusted(
+    tmp_path: Path, tiny_recipe: Recipe, settled: None, file_reads: list[Path]
+) -> None:
+    """A kept row with a wrong hash (bit rot, an edit) never reaches a manifest: the table's
+    own checksum no longer matches, so every file is read again."""
+    source = synth_kidney_ct(tmp_path / "ds", n=12, seed=1, image_size=32).root
+    first = pd.read_parquet(ingest(source, tmp_path / "m1.parquet", tiny_recipe).manifest)
+    [table] = (Path(os.environ["MEDML_HOME"]) / "cache" / "ingest").glob("*.parquet")
+    kept = pd.read_parquet(table)
+    kept.loc[0, "sha256"] = "0" * 64  # a forged hash, the table still well-formed parquet
+    kept.to_parquet(table, index=False)
+    file_reads.clear()
+    second = pd.read_parquet(ingest(source, tmp_path / "m2.parquet", tiny_recipe).manifest)
+    assert len(file_reads) == 12
+    pd.testing.assert_frame_equal(first, second)
