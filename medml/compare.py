@@ -208,8 +208,9 @@ def out_of_fold_metrics(ctx: RunContext, recipe: Recipe, out_dir: Path) -> Holdo
         probas.append(predict_proba([result.model_path], load_images(shards, val_rows))[0])
         truths.append(val_rows["label_index"].to_numpy(dtype=np.int64))
     return clinical_metrics(
-        np.concatenate(truths), np.concatenate(probas), recipe.data.classes, bootstrap=0
-    )
+        np.concatenate(truths), np.concatenate(probas), recipe.data.classes, bootstrap=0,
+        min_class_support=recipe.evaluate.min_class_support,
+    )  # fmt: skip
 
 
 def format_table(table: pd.DataFrame, label: str = "strategy") -> str:

@@ -392,8 +392,10 @@ class GateConfig(_Strict):
 
     require_better_than_chance: bool = Field(
         default=True,
-        description="the lower 95% bound of balanced accuracy above 1/k and every class's "
-        "sensitivity above 1/k; on for every recipe (switch off only for smoke tests)",
+        description="the lower 95% bound of balanced accuracy above 1/k, every class's "
+        "sensitivity above 1/k, and for classes with at least evaluate.min_class_support "
+        "holdout images the exact lower bound of their sensitivity above 1/k; on for every "
+        "recipe (switch off only for smoke tests)",
     )
     thresholds: dict[MetricName, Bound] = {}
     non_inferiority: dict[MetricName, Annotated[float, Field(ge=0.0, le=1.0)]] = {

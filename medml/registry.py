@@ -88,7 +88,7 @@ def gate_outcome(
     """The recipe's gate on the candidate, against the champion when there is one."""
     gate = check_gate(metrics, recipe.registry.gate, champion.metrics if champion else None)
     if champion is not None and champion.error:
-        return GateOutcome(False, [*gate.reasons, champion.error])
+        return GateOutcome(False, [*gate.reasons, champion.error], gate.notes)
     return gate
 
 
@@ -111,6 +111,7 @@ def version_tags(
         VersionTags.FOLDS: str(folds),
         VersionTags.GATE: "passed" if gate.passed else "failed",
         VersionTags.GATE_REASONS: "; ".join(gate.reasons)[:MAX_TAG_CHARS],
+        VersionTags.GATE_NOTES: "; ".join(gate.notes)[:MAX_TAG_CHARS],
         VersionTags.COMPARED_WITH_CHAMPION: champion.version if champion else "none",
         **{VersionTags.metric(name): f"{value:.4f}" for name, value in scores.items()},
     }
@@ -349,7 +350,7 @@ def complete_version(
 
 def champion_on_holdout(
     tracking: Tracking, model_name: str, files: pd.DataFrame, y_true: Any,
-    classes: Sequence[str],
+    classes: Sequence[str], min_class_support: int = 20,
 ) -> ChampionScore | None:  # fmt: skip
     """Score the current ``champion`` on this run's holdout files (the served model's input:
     ``path`` and ``frame``), or ``None`` if there is none.
@@ -381,4 +382,6 @@ def champion_on_holdout(
         return ChampionScore(
             version, error=f"champion v{version} could not be scored on this holdout: {err}"
         )
-    return ChampionScore(version, clinical_metrics(y_true, proba, list(classes), bootstrap=0))
+    scores = clinical_metrics(y_true, proba, list(classes), bootstrap=0,
+                              min_class_support=min_class_support)  # fmt: skip
+    return ChampionScore(version, scores)

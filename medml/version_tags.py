@@ -24,6 +24,8 @@ class VersionTags:
     FOLDS = "folds"
     GATE = "gate"
     GATE_REASONS = "gate_reasons"
+    GATE_NOTES = "gate_notes"
+    """What the gate could not judge (classes with too few holdout images); never a failure."""
     COMPARED_WITH_CHAMPION = "compared_with_champion"
     DATA_HASH = "data_hash"
     LOGICAL_DATE = "logical_date"
