@@ -7,7 +7,6 @@ by ``medml run``/the Airflow DAG), and calls the same function the DAG and ``dvc
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -549,19 +548,22 @@ def airflow_ui(
     workdir: Annotated[Path, typer.Option(help="The demo's workdir.")] = Path(".medml/demo"),
     port: Annotated[int, typer.Option(help="Port of the UI on 127.0.0.1.")] = 8080,
 ) -> None:
-    """Open the demo's Airflow: medml's DAGs, the Models view, the demo runs and their logs."""
+    """Open the demo's Airflow: medml's DAGs, the Models view, the demo runs and their logs.
+
+    Runs Airflow's API server (on 127.0.0.1 only), scheduler, DAG processor and triggerer until
+    Ctrl-C or SIGTERM, or until one of them exits; then stops them all.
+    """
     from medml import local_airflow
 
     workdir = workdir.resolve()
     if not (workdir / "airflow" / "airflow.db").is_file():
         raise _fail(f"no demo Airflow in {workdir}; run `make demo` first")
-    env = local_airflow.airflow_env(workdir)
-    env |= {"AIRFLOW__API__PORT": str(port), "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-            "PATH": local_airflow.with_venv_on_path(env.get("PATH", ""))}  # fmt: skip
-    typer.echo(f"Airflow UI on http://127.0.0.1:{port} (login: admin; the password is printed by "
-               f"`airflow standalone` and kept in {workdir}/airflow/"
-               "simple_auth_manager_passwords.json.generated). Ctrl-C stops it.")  # fmt: skip
-    os.execvpe(local_airflow.airflow_executable(), ["airflow", "standalone"], env)
+    ready = (f"Airflow UI on http://127.0.0.1:{port} (login: admin; the password is generated "
+             f"on the API server's first start and kept in {workdir}/airflow/"
+             "simple_auth_manager_passwords.json.generated). Ctrl-C stops it.")  # fmt: skip
+    code = _guard(local_airflow.serve_ui, workdir, port, on_ready=lambda: typer.echo(ready),
+                  echo=typer.echo)  # fmt: skip
+    raise typer.Exit(code)
 
 
 def main() -> None:

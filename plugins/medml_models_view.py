@@ -19,9 +19,12 @@ from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import HTMLResponse
 
 # Every page needs an authenticated Airflow session (the UI's cookie, or a bearer token), the
-# same as Airflow's own API: anonymous requests get 401.
+# same as Airflow's own API: anonymous requests get 401. FastAPI's schema and docs pages
+# (/openapi.json, /docs, /redoc) bypass route dependencies, so they are not served at all: the
+# pages are for people in a browser, and no client needs the schema.
 app = FastAPI(title="medml models", description="Registered models for review",
-              dependencies=[Depends(get_user)])  # fmt: skip
+              dependencies=[Depends(get_user)], openapi_url=None, docs_url=None,
+              redoc_url=None)  # fmt: skip
 
 STYLE = (
     "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin:.5em 0}"

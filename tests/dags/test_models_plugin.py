@@ -73,3 +73,17 @@ def test_models_page_lists_versions_aliases_and_audit(phantom_dir: Path, tmp_pat
     report = client.get("/review/kidney-ct-classifier/1")
     assert report.status_code == 200 and "sensitivity Stone" in report.text
     assert client.get("/review/no-such-model/1").status_code == 404
+
+
+def test_no_schema_or_docs_page_answers_without_a_session() -> None:
+    """FastAPI's /openapi.json, /docs and /redoc skip route dependencies: they are not served.
+    (Through the real API server: test_local_airflow.py's airflow-ui test.)"""
+    from fastapi.testclient import TestClient
+
+    plugin = _plugin_module()
+    client = TestClient(plugin.app)
+    for page in ("/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect", "/"):
+        assert client.get(page).status_code in (401, 404), page
+    plugin.app.dependency_overrides[plugin.get_user] = lambda: "alice"
+    for page in ("/openapi.json", "/docs", "/redoc"):
+        assert client.get(page).status_code == 404, page  # not even with a session
