@@ -8,7 +8,8 @@ which are not DVC workspaces, so it uses the same machinery through ``dvc-data``
 storage library:
 
 - :func:`dvc_md5` is the hash DVC records for a path in ``dvc.lock`` (``<md5>.dir`` for a
-  directory), used as the data hash of a snapshot;
+  directory); :func:`directory_md5` builds the same hash from a listing of files and md5s,
+  which is how ingest hashes a snapshot (the files it accepted, never the folder as found);
 - :class:`DvcCache` saves a step's output directory as DVC objects, records a run-cache entry
   from the step's input key to the output's hash, and checks the output out of the cache
   (hard links where possible) when the key is seen again.
@@ -21,8 +22,7 @@ cache if you garbage-collect).
 
 from __future__ import annotations
 
-import os
-import stat
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,47 +60,25 @@ def dvc_md5(path: Path) -> str:
     return str(obj.hash_info.value)
 
 
-def directory_md5(root: Path, known: dict[str, str]) -> str:
-    """:func:`dvc_md5` of directory ``root``, from file md5s already computed.
+def directory_md5(files: Mapping[str, str]) -> str:
+    """The DVC directory hash (``<md5>.dir``) of a listing of files and their md5s.
 
-    ``known`` maps paths relative to ``root`` (POSIX) to the md5 of their bytes (ingest reads
-    each file once for both its sha256 and this); files not in it are read here. The listing
-    is built exactly as DVC builds a ``.dir`` object. A tree holding anything but directories
-    and regular files (links, sockets, …) is left to DVC itself.
+    Nothing is walked, opened or read here: the listing is the one ingest builds from the files
+    it accepted (path relative to the dataset root, POSIX, and the md5 of the bytes it read),
+    so no file it refused (a link, a pipe, a hidden or ignored file) and no byte outside the
+    root enters the hash. It is built exactly as DVC builds a ``.dir`` object, so it equals
+    :func:`dvc_md5` of the folder (what ``dvc add`` records) whenever the folder holds only
+    those files.
+
+    Args:
+        files: relative path -> md5 hex digest.
     """
     import hashlib
     import json
 
-    root = Path(root)
-    entries = []
-    for folder, dirs, files in os.walk(root):
-        for name in [*dirs, *files]:
-            path = os.path.join(folder, name)
-            mode = os.lstat(path).st_mode
-            if stat.S_ISLNK(mode) or not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
-                return dvc_md5(root)
-        for name in files:
-            rel = Path(folder, name).relative_to(root).as_posix()
-            try:
-                md5 = known.get(rel) or _file_md5(Path(folder, name))
-            except OSError:  # unreadable: DVC says what it says of it
-                return dvc_md5(root)
-            entries.append({"md5": md5, "relpath": rel})
-    if not entries:
-        return dvc_md5(root)
-    entries.sort(key=lambda entry: entry["relpath"])
+    entries = [{"md5": md5, "relpath": rel} for rel, md5 in sorted(files.items())]
     listing = json.dumps(entries, sort_keys=True).encode("utf-8")
     return f"{hashlib.md5(listing).hexdigest()}.dir"
-
-
-def _file_md5(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class DvcCache:
@@ -147,6 +125,15 @@ class DvcCache:
         entry.parent.mkdir(parents=True, exist_ok=True)
         write_json(entry, {"key": key, "hash": digest, **facts})
         return digest
+
+    def drop(self, key: str, digest: str, corrupted: list[str]) -> None:
+        """Forget run-cache entry ``key`` and delete the objects of the ``corrupted`` files
+        (paths inside directory object ``digest``), so the next :meth:`save` stores good
+        bytes again instead of keeping the damaged objects under their old names."""
+        self._entry(key).unlink(missing_ok=True)
+        for parts, _, oid in self._load(digest):
+            if "/".join(parts) in corrupted:
+                Path(self._odb.oid_to_path(oid.value)).unlink(missing_ok=True)
 
     def checkout(self, digest: str, target: Path) -> None:
         """Materialise the directory object ``digest`` at ``target`` (atomically)."""

@@ -255,8 +255,7 @@ def _tracking_errors(tracking: Tracking) -> Any:
 def ingest(ctx: RunContext, settings: Settings | None = None) -> dict[str, Any]:
     """Scan the source into ``manifest.parquet``; hash the snapshot as DVC would."""
     from medml.data.ingest import ingest as ingest_source
-    from medml.data.ingest import pseudonym_key, read_rows
-    from medml.dvc_cache import directory_md5
+    from medml.data.ingest import pseudonym_key
 
     source = Path(ctx.source)
     fetched: dict[str, Any] = {}
@@ -267,9 +266,7 @@ def ingest(ctx: RunContext, settings: Settings | None = None) -> dict[str, Any]:
     key = pseudonym_key(settings or Settings.from_env())
     result = ingest_source(source, ctx.layout.manifest, ctx.recipe, reuse=not is_s3(ctx.source),
                            pseudonym_key=key)  # fmt: skip
-    hashed = read_rows(result.manifest, ["path", "md5"])
-    known = dict(zip(hashed["path"], hashed["md5"], strict=True))
-    snapshot = {"source": ctx.source, "dvc_md5": directory_md5(source, known)}
+    snapshot = {"source": ctx.source, "dvc_md5": result.dvc_md5}  # the files ingest accepted
     write_json(ctx.layout.snapshot_json, snapshot)
     return {
         **fetched,

@@ -26,6 +26,7 @@ are refused rather than silently mapped to black.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import stat
@@ -89,19 +90,29 @@ def is_dicom_bytes(data: bytes) -> bool:
     return len(data) >= 132 and data[128:132] == b"DICM"
 
 
-def open_regular_file(path: str | Path) -> int:
+def open_regular_file(path: str | Path, *, follow_symlinks: bool = True) -> int:
     """Open a regular file for reading without ever blocking on a pipe or a device.
+
+    Args:
+        path: the file.
+        follow_symlinks: when false, a symlink is refused (``O_NOFOLLOW``: also one swapped
+            in after the caller looked at the path).
 
     Returns:
         The file descriptor (the caller closes it).
 
     Raises:
-        ValueError: the path is not a regular file (pipe, device, socket, folder) or cannot
-            be opened; the message names it.
+        ValueError: the path is not a regular file (pipe, device, socket, folder, or a
+            symlink when not followed) or cannot be opened; the message names it.
     """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if not follow_symlinks:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, flags)
     except OSError as err:
+        if not follow_symlinks and err.errno == errno.ELOOP:
+            raise ValueError(f"{path} is a symlink; symlinks are not followed") from None
         raise ValueError(f"cannot read {path}: {err.strerror or err}") from None
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):

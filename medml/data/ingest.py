@@ -6,11 +6,20 @@ One row per image (a file, or one frame of a multi-frame file): ``path`` (relati
 are read here (dimensions, frame count, DICOM grouping tags); full decoding is the validation
 step's job.
 
-Nothing a file can be makes ingest crash or hang: special files (pipes, devices, sockets),
-broken, looping or escaping symlinks, unreadable files and names that are not UTF-8 are never
-opened and get an ``issue`` (validation quarantines them with it), files whose extension the
-recipe does not list are kept as ``ignored`` rows (counted in the validation report, never
-read), and an unparseable CSV stops the step naming its line.
+Nothing a file can be makes ingest crash or hang: every path is examined with ``lstat`` before
+anything is opened (:mod:`medml.data.layouts`), and only regular files with an accepted
+extension are opened (non-blocking, never through a symlink, read within
+:data:`READ_TIMEOUT_S` and never past the size they had when opened). Symlinks are never
+followed; special files (pipes, devices, sockets), links, unreadable files and names that are
+not UTF-8 get an ``issue`` (validation quarantines them with it); hidden files and folders,
+files of other extensions or kinds, files outside the class folders and files the CSV does not
+list are kept as ``ignored`` rows with their kind (counted in the validation report, never
+read); an unparseable CSV stops the step naming its line.
+
+The snapshot hash (:attr:`IngestResult.dvc_md5`) is computed from what ingest accepted, never
+by walking the folder again: the files it read (path and md5) and the tables it read (the CSV,
+``groups.csv``), as a DVC ``.dir`` listing (:func:`medml.dvc_cache.directory_md5`). It equals
+``dvc add``'s hash of the folder whenever the folder holds only those files.
 
 Groups (patients) come from ``groups.csv`` when the dataset has one (every file must be in it,
 or ``data.groups_missing: own_group``), else from DICOM headers (``data.dicom_group_tags``,
@@ -25,16 +34,19 @@ import hashlib
 import hmac
 import os
 import secrets
+import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
 
 import pandas as pd
 
 from medml.config import DataConfig, Recipe
 from medml.data.images import ImageHeader, header_of, open_regular_file
-from medml.data.layouts import Item, LayoutError, discover, read_csv_rows
+from medml.data.layouts import Item, LayoutError, discover, read_table
 from medml.data.reuse import STAT_COLUMNS, ReuseTable, stat_identity
 from medml.data.synthetic import GROUPS_FILE
+from medml.dvc_cache import directory_md5
 from medml.errors import MedmlError
 from medml.io import atomic_path, parallel_map
 from medml.settings import Settings
@@ -44,6 +56,9 @@ MANIFEST_COLUMNS = [
     "channels", "frame", "frames", "source_split", "issue", "ignored",
 ]  # fmt: skip
 PSEUDONYM_KEY_ENV = "MEDML_PSEUDONYM_KEY"
+READ_TIMEOUT_S = 120.0
+"""Longest one file may take to read (checked between 1 MiB chunks): a file on a stalled
+mount, or one that never ends, is quarantined with the reason instead of stalling ingest."""
 
 
 class IngestError(MedmlError, ValueError):
@@ -58,6 +73,7 @@ class IngestResult:
     images: int
     class_counts: dict[str, int]
     ignored: dict[str, int] = field(default_factory=dict)
+    dvc_md5: str = ""  # the snapshot hash: DVC's ``.dir`` hash of the files ingest accepted
 
 
 def ingest(
@@ -83,34 +99,62 @@ def ingest(
             :func:`pseudonym_key` of the environment's settings).
 
     Returns:
-        The manifest path, the number of images, the per-label counts and the ignored files
-        by extension.
+        The manifest path, the number of images, the per-label counts, the ignored files by
+        extension or kind, and the snapshot hash (:func:`snapshot_md5`).
 
     Raises:
         IngestError: the source is missing, is not a directory, holds no images, has a CSV
             that cannot be parsed, or files missing from ``groups.csv``.
     """
-    root, items, groups = _scan(source, recipe.data)
+    root, layout, items, groups = _scan(source, recipe.data)
     found = _facts_of(root, items, recipe.data.dicom_group_tags, workers=workers, reuse=reuse)
-    wanted = [item for item in items if not item.ignored]
+    wanted = [item for item in items if not item.ignored and not item.issue]  # the rest: unread
     _check_groups_cover(groups, wanted, recipe.data, root)
     recorded_root = _recorded_root(root, Path(manifest_path).resolve().parent)
     key = pseudonym_key if pseudonym_key is not None else _settings_pseudonym_key()
     rows = [row for item, fact in zip(items, found, strict=True)
             for row in _rows(item, fact, recorded_root, groups, recipe.data, key)]  # fmt: skip
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    snapshot = snapshot_md5(manifest, _tables_read(root, layout, recipe.data))
     with atomic_path(Path(manifest_path)) as tmp:
         manifest.to_parquet(tmp, index=False)
     images = manifest[~manifest["ignored"]]
     counts = images["label"].value_counts().sort_index()
     return IngestResult(
         Path(manifest_path), len(images), {str(k): int(v) for k, v in counts.items()},
-        ignored_by_extension(manifest),
+        ignored_by_extension(manifest), snapshot,
     )  # fmt: skip
 
 
-def _scan(source: Path, data: DataConfig) -> tuple[Path, list[Item], dict[str, str]]:
-    """The dataset root, its files (:func:`~medml.data.layouts.discover`) and its
+def snapshot_md5(manifest: pd.DataFrame, tables: dict[str, str]) -> str:
+    """The snapshot hash: DVC's ``.dir`` hash of the files ingest accepted and read (rows not
+    ignored with an md5; each file once, whatever its frames) and of the ``tables`` it read
+    (relative path -> md5). Nothing is walked or opened: links, pipes, hidden, ignored and
+    unreadable files never enter it, nor any byte outside the root. Equal to ``dvc add``'s
+    hash of the folder when it holds only these files."""
+    read = manifest[~manifest["ignored"] & (manifest["md5"] != "")]
+    return directory_md5({**dict(zip(read["path"], read["md5"], strict=True)), **tables})
+
+
+def _tables_read(root: Path, layout: str, data: DataConfig) -> dict[str, str]:
+    """The md5 of each table the layout and ingest read (the CSV, ``groups.csv``), by path."""
+    names = [data.csv_file] if layout == "csv" else []
+    names += [GROUPS_FILE] if os.path.lexists(root / GROUPS_FILE) else []
+    tables = {}
+    for name in names:
+        md5 = hashlib.md5()
+        try:
+            _read_hashed(root / name, [md5])
+        except (ValueError, OSError) as err:
+            raise IngestError(
+                f"{root / name} cannot be read for the snapshot hash: {err}"
+            ) from None
+        tables[PurePosixPath(name).as_posix()] = md5.hexdigest()
+    return tables
+
+
+def _scan(source: Path, data: DataConfig) -> tuple[Path, str, list[Item], dict[str, str]]:
+    """The dataset root, its layout and files (:func:`~medml.data.layouts.discover`) and its
     ``groups.csv`` groups (empty without one).
 
     Raises:
@@ -128,11 +172,20 @@ def _scan(source: Path, data: DataConfig) -> tuple[Path, list[Item], dict[str, s
     except LayoutError as err:
         raise IngestError(str(err)) from None
     if not any(not item.ignored for item in items):
+        example = f"train/{data.classes[0]}" if layout == "split_folders" else data.classes[0]
+        seen = _ignored_summary(items)
         raise IngestError(
             f"no images ({', '.join(data.extensions)}) found under {root} "
-            f"(layout {layout}); expected e.g. {root}/{data.classes[0]}/image.jpg"
+            f"(layout {layout}); expected e.g. {root}/{example}/image.jpg"
+            + (f"; found only ignored files ({seen})" if seen else "")
         )
-    return root, items, groups
+    return root, layout, items, groups
+
+
+def _ignored_summary(items: list[Item]) -> str:
+    """``"3 .gif, 1 hidden folder"``: the ignored items by kind (or extension)."""
+    kinds = pd.Series([_ignored_key(item.path, item.issue) for item in items if item.ignored])
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.value_counts().items()))
 
 
 def _facts_of(
@@ -155,10 +208,19 @@ def _facts_of(
 
 
 def ignored_by_extension(manifest: pd.DataFrame) -> dict[str, int]:
-    """How many files of each extension the recipe does not list (``"(none)"`` for none)."""
-    ignored = manifest.loc[manifest["ignored"], "path"]
-    suffixes = [Path(p).suffix.lower() or "(none)" for p in ignored]
-    return dict(sorted(pd.Series(suffixes, dtype=str).value_counts().to_dict().items()))
+    """How many files were ignored, by kind: ``hidden``, ``hidden folder``, ``symlink``,
+    ``named pipe``, ``not in a class folder``, ``not listed in Training_set.csv``, … and, for
+    regular files of an extension the recipe does not list, by extension (``"(none)"`` for
+    none)."""
+    ignored = manifest.loc[manifest["ignored"], ["path", "issue"]]
+    keys = [
+        _ignored_key(p, kind) for p, kind in zip(ignored["path"], ignored["issue"], strict=True)
+    ]
+    return dict(sorted(pd.Series(keys, dtype=str).value_counts().to_dict().items()))
+
+
+def _ignored_key(path: str, kind: str) -> str:
+    return kind or Path(path).suffix.lower() or "(none)"
 
 
 def _recorded_root(root: Path, table_dir: Path) -> str:
@@ -234,9 +296,11 @@ def _key_file(path: Path) -> bytes:
 
 def _read_groups(root: Path) -> dict[str, str]:
     sidecar = root / GROUPS_FILE
-    if not sidecar.is_file():
+    if not os.path.lexists(sidecar):  # a link or a pipe is an error, not "no groups"
         return {}
-    rows = read_csv_rows(sidecar, ["path", "group"], hint="it must have the columns 'path,group'")
+    rows = read_table(
+        root, sidecar, ["path", "group"], hint="it must have the columns 'path,group'"
+    )
     return {row["path"]: row["group"] for _, row in rows}
 
 
@@ -326,15 +390,12 @@ def _reused_facts(root: Path, rel: str, tags: list[str], kept: ReuseTable) -> di
 
 def _file_facts(path: Path, tags: list[str]) -> dict[str, object]:
     """Hashes, size and header of one file (read once: sha256 for medml, md5 for DVC's
-    snapshot hash); ``issue`` says why it must not be decoded."""
+    snapshot hash; never through a symlink, see :func:`_read_hashed`); ``issue`` says why it
+    must not be decoded."""
     digest, md5 = hashlib.sha256(), hashlib.md5()
-    size = 0
     try:
-        with os.fdopen(open_regular_file(path), "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-                md5.update(chunk)
-                size += len(chunk)
+        with os.fdopen(open_regular_file(path, follow_symlinks=False), "rb") as handle:
+            size = _read_hashed(handle, [digest, md5])
             try:
                 header = header_of(handle, str(path), tags=tags)
             except ValueError as err:
@@ -347,3 +408,37 @@ def _file_facts(path: Path, tags: list[str]) -> dict[str, object]:
             "width": header.width,
             "height": header.height, "channels": header.channels, "issue": "",
             "header": header}  # fmt: skip
+
+
+def _read_hashed(
+    source: Path | BinaryIO, hashes: list[Any], timeout: float = READ_TIMEOUT_S
+) -> int:
+    """Feed every byte of a regular file (a path: opened without following a link, never
+    blocking on a pipe; or an open file, read from where it is) to ``hashes``; returns the
+    number of bytes.
+
+    Raises:
+        ValueError: not a regular file, reading took longer than ``timeout`` seconds, or the
+            file changed size while it was read (it is being written, or is no real file).
+        OSError: a read failed.
+    """
+    if isinstance(source, Path):
+        with os.fdopen(open_regular_file(source, follow_symlinks=False), "rb") as handle:
+            return _read_hashed(handle, hashes, timeout)
+    expected = os.fstat(source.fileno()).st_size
+    deadline = time.monotonic() + timeout
+    size = 0
+    while chunk := source.read(1 << 20):
+        size += len(chunk)
+        if size > expected:
+            break
+        for digest in hashes:
+            digest.update(chunk)
+        if time.monotonic() > deadline:
+            raise ValueError(f"reading the file took more than {timeout:g} s; it was not used")
+    if size != expected:
+        raise ValueError(
+            f"the file changed size while it was read ({expected} bytes when opened); "
+            "ingest again once it is complete"
+        )
+    return size

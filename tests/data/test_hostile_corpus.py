@@ -120,7 +120,8 @@ def _declared_bomb(path: Path) -> None:
 
 
 # name under Normal/ -> (how to make it, expected outcome). Outcomes: "accepted" (one image),
-# "frames:N" (N images), "ignored", or a fragment of the quarantine reason.
+# "frames:N" (N images), "ignored" (counted by extension), "ignored:<kind>" (counted by kind),
+# or a fragment of the quarantine reason.
 KINDS: dict[str, tuple[Callable[[Path], None], str]] = {
     # raster files
     "ok.png": (lambda p: _png(p, 1), "accepted"),
@@ -165,9 +166,20 @@ KINDS: dict[str, tuple[Callable[[Path], None], str]] = {
     "dangling.png": (lambda p: os.symlink(p.parent / "gone.png", p), "broken symlink"),
     "loop-a.png": (lambda p: os.symlink(p.parent / "loop-b.png", p), "symlink loop"),
     "loop-b.png": (lambda p: os.symlink(p.parent / "loop-a.png", p), "symlink loop"),
-    "inside-link.png": (lambda p: os.symlink(p.parent / "ok.png", p), "accepted"),
+    "inside-link.png": (
+        lambda p: os.symlink(p.parent / "ok.png", p),
+        "symlink to a regular file; symlinks are not followed",
+    ),
     "pipe-link.png": (lambda p: os.symlink(p.parent / "pipe.png", p), "a named pipe"),
     "unreadable.png": (_unreadable, "accepted" if AS_ROOT else "not readable"),
+    # not an image by name, and not a regular file: never opened, counted by kind
+    "notes.txt": (_fifo, "ignored:named pipe"),
+    "zero.txt": (lambda p: os.symlink("/dev/zero", p), "ignored:symlink"),
+    "README.lnk": (lambda p: os.symlink("/nowhere/README", p), "ignored:symlink"),
+    "socket": (_socket, "ignored:socket"),
+    ".#ok.png": (lambda p: os.symlink("user@host.1234:5678", p), "ignored:hidden"),  # Emacs lock
+    ".DS_Store": (lambda p: p.write_bytes(b"\0\0\0\1Bud1"), "ignored:hidden"),
+    ".thumbs": (lambda p: (p.mkdir(), _png(p / "thumb.png", 31)), "ignored:hidden folder"),
     # extensions the recipe does not list: counted, never read
     "animated.gif": (_animated_gif, "ignored"),
     "photo.webp": (lambda p: Image.fromarray(_gray(9)).save(p, "WEBP"), "ignored"),
@@ -227,6 +239,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         make(normal / name)
     os.symlink(outside / "secret.png", normal / "escape.png")
     os.symlink(outside, normal / "linked-folder")
+    os.symlink(outside, root / "Linked-Class")  # a class folder that is a link: never followed
+    _png(root / "stray.png", 14)  # an image outside every class folder
     bad_name = os.fsencode(normal) + b"/latin1-\xe9.png"
     with open(bad_name, "wb") as handle:
         handle.write(cv2.imencode(".png", _gray(11))[1].tobytes())
@@ -241,6 +255,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 EXTRA = {  # kinds made outside the table above
     "Normal/escape.png": "symlink points outside the dataset root",
     "Normal/linked-folder": "symlink to a folder",
+    "Linked-Class": "symlink to a folder; symlinks are not followed",
+    "stray.png": "ignored:not in a class folder",
     "Normal/latin1-\\xe9.png": "not valid UTF-8",
     "Cyst/twice.png": "different labels",
     "Tumor/twice.png": "different labels",
@@ -255,6 +271,8 @@ def test_every_kind_has_its_exact_outcome_and_no_byte_changes(
     before = tree_snapshot(root), tree_snapshot(outside)
     ingested = ingest(root, tmp_path / "m.parquet", RECIPE)
     result = validate(ingested.manifest, tmp_path / "validation", RECIPE)
+    manifest = pd.read_parquet(ingested.manifest)
+    kinds = dict(zip(manifest["path"], manifest["issue"].where(manifest["ignored"]), strict=True))
     quarantine = pd.read_csv(result.quarantine)
     reasons = quarantine.groupby("path")["reason"].first().to_dict()
     clean = pd.read_parquet(result.clean_manifest)
@@ -268,15 +286,20 @@ def test_every_kind_has_its_exact_outcome_and_no_byte_changes(
             assert images.get(path) == 1, (path, reasons.get(path))
         elif outcome.startswith("frames:"):
             assert images.get(path) == int(outcome.split(":")[1]), (path, reasons.get(path))
-        elif outcome == "ignored":
-            assert path not in images and path not in reasons
+        elif outcome.startswith("ignored"):
+            assert path not in images and path not in reasons, path
+            assert kinds[path] == outcome.partition(":")[2], (path, kinds.get(path))
         else:
             assert outcome in reasons.get(path, ""), (path, reasons.get(path))
     assert set(images) == {
         p for p, o in expected.items() if o == "accepted" or o.startswith("frames:")
     } | {"Cyst/ok.png", "Stone/ok.png", "Tumor/ok.png"}
-    assert report["ignored"] == {"(none)": 1, ".gif": 1, ".webp": 1}
-    assert report["ignored_summary"] == "ignored: 1 (none), 1 .gif, 1 .webp"
+    assert report["ignored"] == {
+        "(none)": 1, ".gif": 1, ".webp": 1, "hidden": 2, "hidden folder": 1, "named pipe": 1,
+        "not in a class folder": 1, "socket": 1, "symlink": 2,
+    }  # fmt: skip
+    assert report["ignored_summary"].startswith("ignored: 1 (none), 1 .gif, 1 .webp, 2 hidden,")
+    assert not any("thumb.png" in path or "secret" in path for path in manifest["path"])
     assert (tree_snapshot(root), tree_snapshot(outside)) == before
 
 

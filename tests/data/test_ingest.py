@@ -54,25 +54,38 @@ def test_empty_source_is_a_clear_error(tmp_path: Path, tiny_recipe: Recipe) -> N
     [("kidney-ct", "class_folders"), ("kidney-ct", "dicom"), ("capsule-endoscopy", "csv"),
      ("chest-xray", "split_folders")],
 )  # fmt: skip
-def test_one_read_gives_dvcs_own_snapshot_hash(recipe: str, layout: str, tmp_path: Path) -> None:
+def test_snapshot_hash_is_dvcs_own_and_only_what_ingest_accepted(
+    recipe: str, layout: str, tmp_path: Path
+) -> None:
     """Ingest reads each file once for sha256 and md5; the snapshot hash built from those md5s
-    is the one DVC computes itself, extra files (not images, hidden, nested) included."""
+    (and the tables it read) is the one DVC computes for a folder of only those files, and
+    nothing else in the folder (hidden, other extensions, links, pipes) changes it."""
     import os
+    import shutil
 
     from medml.config import load_recipe
     from medml.data.synthetic import synthesize
-    from medml.dvc_cache import directory_md5, dvc_md5
+    from medml.dvc_cache import dvc_md5
 
     source = tmp_path / "data"
     synthesize(recipe, source, layout=layout, n=200, seed=1, image_size=32)
+    for extra in ("test", "Testing_set.csv", "test_labels.csv") if layout == "csv" else ():
+        shutil.rmtree(source / extra) if (source / extra).is_dir() else (source / extra).unlink()
+    recipe_ = load_recipe(recipe)
+    clean = ingest(source, tmp_path / "manifest.parquet", recipe_)
+    table = pd.read_parquet(clean.manifest, columns=["path", "md5", "ignored"])
+    assert (table["md5"] != "").sum() >= 150 and not table["ignored"].any()
+    assert clean.dvc_md5 == dvc_md5(source)  # what `dvc add` records for this folder
+
     (source / ".hidden").write_text("x")
     (source / "notes" / "deep").mkdir(parents=True)
     (source / "notes" / "deep" / "README.txt").write_text("not an image")
-    manifest = ingest(source, tmp_path / "manifest.parquet", load_recipe(recipe)).manifest
-    table = pd.read_parquet(manifest, columns=["path", "md5", "ignored"])
-    known = dict(zip(table["path"], table["md5"], strict=True))
-    assert sum(bool(v) for v in known.values()) >= 24
-    assert directory_md5(source, known) == dvc_md5(source)
-    assert directory_md5(source, {}) == dvc_md5(source)  # nothing known: every file read here
-    os.symlink(source / ".hidden", source / "link")  # a link: left to DVC itself
-    assert directory_md5(source, known) == dvc_md5(source)
+    images = {".png", ".jpg", ".jpeg", ".dcm"}
+    first = next(p for p in sorted(source.rglob("*")) if p.suffix in images)
+    os.symlink(first, first.with_name(f"again{first.suffix}"))  # a link inside the root
+    os.mkfifo(first.with_name("notes.txt"))
+    (first.parent / ".thumbs").mkdir()
+    shutil.copy(first, first.parent / ".thumbs" / first.name)
+    again = ingest(source, tmp_path / "again.parquet", recipe_, reuse=False)
+    assert again.dvc_md5 == clean.dvc_md5
+    assert sum(again.ignored.values()) >= 3
