@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -29,12 +30,14 @@ import pandas as pd
 from medml.config import Recipe
 from medml.data.sources import fetch_s3_prefix, is_s3
 from medml.errors import RunError, operational_fault
-from medml.io import COMPLETE_MARKER, read_json, require_complete, write_json
+from medml.io import COMPLETE_MARKER, corrupted_files, read_json, require_complete, write_json
 from medml.layout import ARTIFACTS, RELATIVE, StepFiles
 from medml.metrics import HoldoutMetrics
 from medml.runs import RunContext, opened_run, pipeline_run_id
 from medml.settings import Settings
 from medml.tracking import Tracking
+
+logger = logging.getLogger(__name__)
 
 DATA = "data"
 MODEL = "model"
@@ -63,6 +66,9 @@ class Step:
             a worker that has no copy).
         complete: inputs that are directories published with a completion marker
             (:func:`medml.io.publish_dir`) and are checked against it.
+        verified: of those, the ones whose bytes are checked against the marker's SHA-256
+            before the step trusts them (:func:`medml.io.corrupted_files`: a file is hashed
+            again only when it changed since it was last found intact).
     """
 
     name: str
@@ -74,6 +80,7 @@ class Step:
     optional: tuple[str, ...] = ()
     reads_source: bool = False
     complete: tuple[str, ...] = ()
+    verified: tuple[str, ...] = ()
 
     @property
     def per_fold(self) -> bool:
@@ -178,6 +185,10 @@ def check_inputs(spec: Step, ctx: RunContext, files: StepFiles) -> None:
         producer = producer_of(rel)
         if rel in spec.complete:
             require_complete(path, producer)
+            if rel in spec.verified and (corrupted := corrupted_files(path)):
+                raise RunError(f"{path}: {len(corrupted)} file(s) differ from the bytes "
+                               f"`{producer}` wrote ({', '.join(corrupted[:3])}); they are "
+                               f"corrupted: run the `{producer}` step again")  # fmt: skip
         elif not path.exists():
             raise RunError(f"{path} is missing; run the `{producer}` step first")
         if producer != "init":
@@ -357,16 +368,22 @@ def preprocess(
 
     key = shards_cache_key(ctx.layout.splits, ctx.recipe)
     cache = DvcCache(cache_dir or (settings or Settings.from_env()).dvc_cache)
-    cached = cache.lookup(key)
+    cached, dropped = cache.lookup(key), ""
     if cached is not None:
         cache.checkout(cached["hash"], ctx.layout.shards)
+        if corrupted := corrupted_files(ctx.layout.shards):  # bytes damaged in the cache
+            cache.drop(key, cached["hash"], corrupted)
+            cached, dropped = None, f"; {len(corrupted)} cached shard file(s) were corrupted "
+            dropped += f"({corrupted[0]} …): entry dropped, rebuilt"
+            logger.warning("preprocess cache%s", dropped)
+    if cached is not None:
         outcome = {"images": cached["images"], "shards": cached["shards"], "cache": "hit"}
         digest = cached["hash"]
     else:
         result = preprocess_images(ctx.layout.splits, ctx.layout.shards, ctx.recipe)
         digest = cache.save(ctx.layout.shards, key, step="preprocess", images=result.images,
                             shards=result.shards)  # fmt: skip
-        outcome = {"images": result.images, "shards": result.shards, "cache": "miss"}
+        outcome = {"images": result.images, "shards": result.shards, "cache": "miss" + dropped}
     outcome |= {"shards_dir": str(ctx.layout.shards), "cache_key": key, "dvc_md5": digest}
     write_json(ctx.layout.preprocess_json, outcome)
     return outcome
@@ -386,6 +403,7 @@ def preprocess(
     produces=(_FOLD_DIR,),
     optional=(_REL.snapshot_json.as_posix(),),  # without it, no MLflow dataset is logged
     complete=(_REL.shards.as_posix(),),
+    verified=(_REL.shards.as_posix(),),
     help="Train one fold (balanced inside the fold), or every fold in turn, and log to MLflow.",
 )
 def train(ctx: RunContext, fold: int, tracking: Tracking | None = None) -> dict[str, Any]:
@@ -415,6 +433,7 @@ _EVALUATED = (_RUN, _REL.snapshot_json.as_posix(), _REL.splits.as_posix(),
     produces=(_REL.evaluation.root.as_posix(), _REL.overview.as_posix()),
     optional=(_REL.overview.as_posix(),),
     complete=(_REL.shards.as_posix(),),
+    verified=(_REL.shards.as_posix(),),
     help="Score the fold ensemble on the untouched holdout (clinical metrics, plots).",
 )
 def evaluate(ctx: RunContext, tracking: Tracking | None = None) -> dict[str, Any]:
@@ -462,7 +481,7 @@ def register(
     files, labels = holdout_files(layout.splits)
     champion = (  # cross-validation only: no images the champion could be scored on fairly
         champion_on_holdout(tracking, ctx.recipe.registry.model_name, files, labels,
-                            ctx.recipe.data.classes)
+                            ctx.recipe.data.classes, ctx.recipe.evaluate.min_class_support)
         if len(labels) else None
     )  # fmt: skip
     registration = register_ensemble(

@@ -110,3 +110,38 @@ def test_every_preprocess_setting_changes_the_cache_key(tmp_path: Path) -> None:
         update={"classes": list(reversed(base.data.classes))})})  # fmt: skip
     keys.add(steps.shards_cache_key(splits, reordered))
     assert len(keys) == len(changed) + 2
+
+
+def _corrupt_in_place(path: Path) -> None:
+    """Overwrite bytes in the middle of ``path``, keeping its size (a bad disk, a bad copy)."""
+    size = path.stat().st_size
+    with open(path, "r+b") as handle:
+        handle.seek(size // 2)
+        handle.write(b"\xff" * 64)
+    assert path.stat().st_size == size
+
+
+def test_a_shard_corrupted_in_place_is_caught_before_training_and_in_the_cache(
+    phantom_dir: Path, tmp_path: Path
+) -> None:
+    """Same-size damage to a shard never trains; because shards are hard links into the DVC
+    cache, the damage is in the cache too: the next preprocess finds it, drops the entry and
+    rebuilds, and a later run of the same data gets good bytes from the cache."""
+    import pytest
+
+    from medml.errors import RunError
+
+    cache = tmp_path / "dvc-cache"
+    good = _data_steps(tmp_path / "a", phantom_dir, cache)
+    shard = tmp_path / "a" / "shards" / "shard-00000.npy"
+    intact = shard.read_bytes()
+    steps.train(tmp_path / "a", 0)  # trains (and remembers the shards it found intact)
+    _corrupt_in_place(shard)
+    with pytest.raises(RunError, match=r"differ from the bytes `preprocess` wrote \(shard-00000"):
+        steps.train(tmp_path / "a", 0)
+    again = steps.preprocess(tmp_path / "a", cache_dir=cache)
+    assert again["cache"].startswith("miss; 1 cached shard file(s) were corrupted")
+    assert shard.read_bytes() == intact and again["dvc_md5"] == good["dvc_md5"]
+    later = _data_steps(tmp_path / "b", phantom_dir, cache)
+    assert later["cache"] == "hit"
+    assert (tmp_path / "b" / "shards" / "shard-00000.npy").read_bytes() == intact
