@@ -5,6 +5,10 @@ Trigger with params `model` (e.g. `kidney-ct-classifier@champion`), `source` (fo
 or a CSV with a `filename` column such as Kvasir-Capsule's `Testing_set.csv`; `{ds}` is the
 logical date) and optionally `out` (default `$MEDML_HOME/predictions/<ds>/<run_id>.csv`).
 Writes one row per image: predicted class and per-class probabilities.
+
+`NAME@champion` is refused when no valid promotion event in the audit trail backs the alias
+(moved with the plain MLflow client); the param `allow_unreviewed` (default false) uses it
+anyway with a warning in the task log and the task's result.
 """
 
 from __future__ import annotations
@@ -25,6 +29,11 @@ from medml_common import DEFAULT_ARGS, START_DATE
         "model": Param("kidney-ct-classifier@champion", type="string"),
         "source": Param("", type="string", description="Folder or CSV; {ds} = logical date."),
         "out": Param("", type="string", description="CSV to write (empty: automatic)."),
+        "allow_unreviewed": Param(
+            False,
+            type="boolean",
+            description="Use a champion the audit trail does not back (warns instead of failing).",
+        ),  # fmt: skip
     },
 )
 def medml_predict() -> None:
@@ -45,8 +54,12 @@ def medml_predict() -> None:
         result = predict_batch(
             models_uri(model),
             Path(params["source"].format(ds=ds)), out, tracking=Tracking.from_env(),
+            allow_unreviewed=bool(params.get("allow_unreviewed", False)),
         )  # fmt: skip
-        return {"out": str(result.out), "images": result.images, "failed": result.failed}
+        if result.warning:
+            print(f"WARNING: {result.warning}")
+        return {"out": str(result.out), "images": result.images, "failed": result.failed,
+                "warning": result.warning}  # fmt: skip
 
     predict()
 

@@ -51,6 +51,8 @@ class AuditReport:
     model: str
     events: int
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    """What weakens the trail without breaking it (e.g. an unkeyed chain)."""
 
     @property
     def intact(self) -> bool:

@@ -450,14 +450,22 @@ def audit_log_cmd(model: ModelName, tracking_uri: TrackingUri = None) -> None:
 
 @audit_app.command("verify")
 def audit_verify_cmd(model: ModelName, tracking_uri: TrackingUri = None) -> None:
-    """Recompute the hash chain; exit 6 naming each edited, deleted or reordered event."""
+    """Recompute the hash chain and check the champion against it; exit 6 naming each
+    edited, deleted or reordered event, or a champion moved outside the reviewed path."""
     from medml.audit import verify
     from medml.errors import AuditBroken
+    from medml.promotion import champion_problem
 
     def check() -> str:
-        report = verify(_existing_store(tracking_uri), model)
-        if not report.intact:
+        tracking = _existing_store(tracking_uri)
+        report = verify(tracking, model)
+        if not report.intact:  # a broken chain backs no champion: its breaks come first
             raise AuditBroken(f"{model}: the audit trail is broken: " + "; ".join(report.problems))
+        moved = champion_problem(tracking, model)[1]
+        if moved:
+            raise AuditBroken(f"{model}: the champion is not backed by the audit trail: {moved}")
+        for warning in report.warnings:
+            typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
         return f"{model}: {report.events} audit events, hash chain intact"
 
     typer.echo(_guard(check))
@@ -472,13 +480,25 @@ def predict_cmd(
     ),
     image_dir: Annotated[Path | None, typer.Option(help="Where a CSV's files are.")] = None,
     tracking_uri: TrackingUri = None,
+    allow_unreviewed: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unreviewed",
+            help="Use NAME@champion even when no valid promotion event in "
+            "the audit trail backs it (warns instead of refusing).",
+        ),
+    ] = False,
 ) -> None:
-    """Predict with a registered model: class and probabilities per image, as CSV."""
+    """Predict with a registered model: class and probabilities per image, as CSV.
+
+    ``NAME@champion`` is refused (exit 5) when the audit trail does not back the alias."""
     from medml.predict import predict
 
     tracking = _existing_store(tracking_uri)
     result = _guard(predict, models_uri(model), source, out, tracking=tracking,
-                    image_dir=image_dir)  # fmt: skip
+                    image_dir=image_dir, allow_unreviewed=allow_unreviewed)  # fmt: skip
+    if result.warning:
+        typer.secho(f"warning: {result.warning}", err=True, fg=typer.colors.YELLOW)
     typer.echo(
         f"wrote {result.images} predictions to {result.out}"
         + (

@@ -4,6 +4,11 @@ The model's own metadata (classes, image settings) drives preprocessing, so pred
 exact settings the model was trained with. The output CSV has one row per image: ``filename``,
 ``label`` (the predicted class, as seed 001's final ``test['label']``), one probability column
 per class, and ``error`` for files that could not be read (they are not skipped silently).
+
+A ``NAME@champion`` reference is used only when the audit trail backs the alias
+(:func:`medml.promotion.champion_backed_by_audit`): a champion moved with the plain MLflow
+client is refused, or with ``allow_unreviewed`` used with a warning. The checked version is
+the one loaded (``models:/NAME/VERSION``), so the alias cannot move in between.
 """
 
 from __future__ import annotations
@@ -33,6 +38,33 @@ class PredictResult:
     out: Path
     images: int
     failed: int
+    warning: str = ""
+    """Why the model was used although the audit trail does not back it (``allow_unreviewed``)."""
+
+
+def reviewed_model_uri(model_uri: str, tracking: Tracking, *,
+                       allow_unreviewed: bool = False) -> tuple[str, str]:  # fmt: skip
+    """``(uri to load, warning)``: a ``NAME@champion`` reference checked against the audit trail.
+
+    Other references (a version, another alias) are returned as they are.
+
+    Raises:
+        UnreviewedChampion: the champion is not backed by a valid promotion event (unless
+            ``allow_unreviewed``, which returns the alias's URI and the reason as a warning).
+    """
+    from medml.promotion import UnreviewedChampion, champion_backed_by_audit
+    from medml.version_tags import CHAMPION
+
+    name, _, alias = model_uri.removeprefix("models:/").partition("@")
+    if alias != CHAMPION:
+        return model_uri, ""
+    try:
+        version = champion_backed_by_audit(tracking, name)
+    except UnreviewedChampion as err:
+        if not allow_unreviewed:
+            raise
+        return model_uri, f"using an unreviewed champion (--allow-unreviewed): {err}"
+    return f"models:/{name}/{version}", ""
 
 
 def list_inputs(source: Path, image_dir: Path | None = None) -> list[tuple[str, Path]]:
@@ -63,15 +95,18 @@ def list_inputs(source: Path, image_dir: Path | None = None) -> list[tuple[str, 
 
 def predict(
     model_uri: str, source: Path, out: Path, *, tracking: Tracking, image_dir: Path | None = None,
-    batch_size: int = 128,
+    batch_size: int = 128, allow_unreviewed: bool = False,
 ) -> PredictResult:  # fmt: skip
     """Predict every image of ``source`` with the registered model and write ``out`` (CSV).
 
     The model is the pyfunc of :mod:`medml.serving`: its own preprocessing reads the files, so
-    this gives exactly what ``mlflow models serve`` answers for the same images.
+    this gives exactly what ``mlflow models serve`` answers for the same images. A
+    ``NAME@champion`` reference is checked first (:func:`reviewed_model_uri`).
 
     Raises:
         PredictError: the model cannot be loaded or is not a medml classifier.
+        UnreviewedChampion: the champion is not backed by the audit trail (exit 5), unless
+            ``allow_unreviewed``.
     """
     from mlflow.exceptions import MlflowException
 
@@ -84,6 +119,7 @@ def predict(
     )
 
     tracking.activate()
+    model_uri, warning = reviewed_model_uri(model_uri, tracking, allow_unreviewed=allow_unreviewed)
     try:
         model = load_classifier(model_uri)
     except (MlflowException, OSError, ValueError) as err:
@@ -102,4 +138,5 @@ def predict(
     table = table[columns]
     with atomic_path(Path(out)) as tmp:
         table.to_csv(tmp, index=False)
-    return PredictResult(Path(out), len(table), int((table[ERROR_COLUMN] != "").sum()))
+    failed = int((table[ERROR_COLUMN] != "").sum())
+    return PredictResult(Path(out), len(table), failed, warning)

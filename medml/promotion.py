@@ -25,6 +25,11 @@ class PromotionError(RefusedError):
     """A promotion or rollback was refused; the message says why and what to do."""
 
 
+class UnreviewedChampion(PromotionError):
+    """``champion`` points at a version no valid promotion event in the audit trail backs
+    (moved with the plain MLflow client, or the trail is broken): refused at use time."""
+
+
 def require_complete_version(model_version: Any) -> None:
     """Refuse a version whose registration was interrupted (no ``medml.complete`` tag).
 
@@ -59,6 +64,57 @@ def audit_log(tracking: Tracking, name: str) -> list[dict[str, Any]]:
     from medml import audit
 
     return audit.events(tracking, name)
+
+
+def champion_problem(tracking: Tracking, name: str) -> tuple[str | None, str | None]:
+    """The champion version and why the audit trail does not back it (``None``: it does).
+
+    The newest ``promote``/``rollback`` event of ``name`` must name the version ``champion``
+    points at (a rollback names the version it restored). No champion: ``(None, None)``.
+    """
+    champion = alias_version(tracking.activate(), name, CHAMPION)
+    if champion is None:
+        return None, None
+    moves = [e for e in audit_log(tracking, name) if e.get("event") in ("promote", "rollback")]
+    if not moves:
+        recorded = "no promotion event at all"
+    elif str(moves[-1].get("version")) != champion:
+        newest = moves[-1]
+        recorded = (f"its newest promotion event (#{newest.get('seq')}, {newest.get('event')}) "
+                    f"made v{newest.get('version')} champion")  # fmt: skip
+    else:
+        return champion, None
+    return champion, (
+        f"{name}@{CHAMPION} points at v{champion}, but the audit trail has {recorded}: the alias "
+        f"was moved outside the reviewed path; promote v{champion} with `medml promote {name} "
+        f"{champion} --reason …` (or roll back) before it is used"
+    )
+
+
+def champion_backed_by_audit(tracking: Tracking, name: str) -> str:
+    """The version ``name@champion`` points at, once the audit trail backs it.
+
+    The trail's hash chain must verify (:func:`medml.audit.verify`) and its newest
+    promotion/rollback event must name that version (:func:`champion_problem`).
+
+    Raises:
+        UnreviewedChampion: no champion, a broken trail, or an out-of-band alias move.
+    """
+    from medml import audit
+
+    champion, problem = champion_problem(tracking, name)
+    if champion is None:
+        raise UnreviewedChampion(f"{name} has no {CHAMPION} alias; promote a version first")
+    if problem:
+        raise UnreviewedChampion(problem)
+    report = audit.verify(tracking, name)
+    if not report.intact:
+        raise UnreviewedChampion(
+            f"{name}@{CHAMPION} (v{champion}) is not backed by an intact audit trail ("
+            + "; ".join(report.problems)
+            + f"); run `medml audit verify {name}` and repair it"
+        )
+    return champion
 
 
 def recorded_gate(tracking: Tracking, model_version: Any) -> GateOutcome:
