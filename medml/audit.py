@@ -3,8 +3,12 @@
 Every promotion, rollback and review decision is one MLflow run in the experiment
 :data:`AUDIT_EXPERIMENT`, tagged with the registered model. The event is logged as run
 *params*, which MLflow never lets a client change, together with its sequence number, the hash
-of the event before it and its own hash (SHA-256 of the previous hash and the event's canonical
-JSON). The newest ``seq:hash`` is also kept on the registered model (:data:`HEAD_TAG`).
+of the event before it and its own hash of the previous hash and the event's canonical JSON:
+HMAC-SHA256 keyed with the deployment's secret (``MEDML_AUDIT_KEY``,
+:attr:`medml.settings.Settings.audit_key`) when one is set, else plain SHA-256. Each event
+records its ``scheme`` (:data:`KEYED` or :data:`UNKEYED`; events written before the field
+existed are unkeyed), so an old unkeyed trail still verifies, as unkeyed. The newest
+``seq:hash`` is also kept on the registered model (:data:`HEAD_TAG`).
 
 - **Complete**: one run per event, nothing is cut (an event longer than an MLflow param is
   refused before anything moves); events are appended under a lock (an MLflow registered model
@@ -14,11 +18,15 @@ JSON). The newest ``seq:hash`` is also kept on the registered model (:data:`HEAD
   in the database), a deleted event (a run deleted or missing), a reordered or inserted event,
   or removed newest events (the head tag disagrees) are each reported by sequence number.
   ``medml audit verify MODEL`` runs it.
+- **Keyed**: with a key, an event appended by someone without it (an unkeyed event after keyed
+  ones, or a keyed hash that does not match) fails :func:`verify`; without a key, the report
+  warns that the chain is unkeyed (a plain SHA-256 chain can be extended by anyone).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import random
 import time
@@ -28,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medml.errors import MedmlError
+from medml.settings import Settings
 from medml.tracking import Tracking
 
 AUDIT_EXPERIMENT = "medml-audit"
@@ -38,6 +47,8 @@ GENESIS = "0" * 64
 MAX_EVENT_CHARS = 6000  # an MLflow param's limit
 LOCK_TIMEOUT_S = 120.0
 STALE_LOCK_S = 60.0  # a lock older than this was left by a process that died
+KEYED = "hmac-sha256"
+UNKEYED = "sha256"
 
 
 class AuditError(MedmlError):
@@ -60,18 +71,32 @@ class AuditReport:
         return not self.problems
 
 
-def event_hash(previous: str, event: dict[str, Any]) -> str:
-    """SHA-256 of the previous event's hash and this event's canonical JSON."""
+def event_hash(previous: str, event: dict[str, Any], key: bytes | None = None) -> str:
+    """The hash of the previous event's hash and this event's canonical JSON: HMAC-SHA256 with
+    ``key``, plain SHA-256 without one."""
     canonical = json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(f"{previous}\n{canonical}".encode()).hexdigest()
+    message = f"{previous}\n{canonical}".encode()
+    if key:
+        return hmac.new(key, message, hashlib.sha256).hexdigest()
+    return hashlib.sha256(message).hexdigest()
 
 
-def append(tracking: Tracking, model: str, event: dict[str, Any]) -> dict[str, Any]:
-    """Append ``event`` to ``model``'s trail; returns it with ``seq``, ``prev_hash``, ``hash``.
+def _key(settings: Settings | None) -> bytes | None:
+    """The deployment's audit key as bytes (``None``: not set)."""
+    key = (settings or Settings.from_env()).audit_key
+    return key.encode() if key else None
+
+
+def append(tracking: Tracking, model: str, event: dict[str, Any], *,
+           settings: Settings | None = None) -> dict[str, Any]:  # fmt: skip
+    """Append ``event`` to ``model``'s trail; returns it with ``seq``, ``scheme``,
+    ``prev_hash`` and ``hash`` (keyed with ``settings.audit_key`` when set; default settings:
+    from the environment).
 
     Raises:
         AuditError: the event is too long to be stored whole, or the lock could not be taken.
     """
+    key = _key(settings)
     text = json.dumps(event, sort_keys=True, ensure_ascii=False)
     if len(text) > MAX_EVENT_CHARS - 200:
         raise AuditError(
@@ -85,8 +110,8 @@ def append(tracking: Tracking, model: str, event: dict[str, Any]) -> dict[str, A
         last = max(records, key=lambda r: r["seq"], default=None)
         seq = 1 if last is None else last["seq"] + 1
         previous = GENESIS if last is None else last["hash"]
-        record = {**event, "model": model, "seq": seq}
-        digest = event_hash(previous, record)
+        record = {**event, "model": model, "seq": seq, "scheme": KEYED if key else UNKEYED}
+        digest = event_hash(previous, record, key)
         _write(client, experiment_id, model, record, previous, digest)
         client.set_registered_model_tag(model, HEAD_TAG, f"{seq}:{digest}")
     return {**record, "prev_hash": previous, "hash": digest}
@@ -102,30 +127,67 @@ def events(tracking: Tracking, model: str) -> list[dict[str, Any]]:
     return [r["event"] for r in sorted(records, key=lambda r: r["seq"]) if not r["deleted"]]
 
 
-def verify(tracking: Tracking, model: str) -> AuditReport:
-    """Recompute ``model``'s hash chain and report every break by sequence number."""
+def verify(tracking: Tracking, model: str, settings: Settings | None = None) -> AuditReport:
+    """Recompute ``model``'s hash chain and report every break by sequence number.
+
+    With the deployment's key (``settings.audit_key``; default settings: from the environment)
+    keyed events are checked with it, and an unkeyed event after a keyed one is a break (it was
+    appended without the key); unkeyed events before the first keyed one (written before the
+    key was set) are a warning. Without a key the report warns that the chain is unkeyed.
+    """
+    key = _key(settings)
     client = tracking.activate()
     experiment = client.get_experiment_by_name(AUDIT_EXPERIMENT)
     records = [] if experiment is None else _records(client, experiment.experiment_id, model)
     problems = [f"event #{r['seq']} was deleted (MLflow run {r['run_id']})"
                 for r in records if r["deleted"]]  # fmt: skip
     alive = sorted((r for r in records if not r["deleted"]), key=lambda r: r["seq"])
-    previous = GENESIS
+    previous, keyed_seen, legacy = GENESIS, False, 0
     for expected, record in enumerate(alive, start=1):
         if record["seq"] != expected:
             problems.append(f"event #{expected} is missing (the next one is #{record['seq']})")
         if record["prev_hash"] != previous:
             problems.append(f"event #{record['seq']} does not follow the event before it "
                             "(one was removed, inserted or reordered)")  # fmt: skip
-        if event_hash(record["prev_hash"], record["event"]) != record["hash"]:
-            problems.append(f"event #{record['seq']} was edited after it was written")
+        problems.extend(_hash_problems(record, key, keyed_seen))
+        keyed_seen = keyed_seen or record["event"].get("scheme") == KEYED
+        legacy += not keyed_seen
         previous = record["hash"]
     head = _head(client, model)
     newest = f"{alive[-1]['seq']}:{alive[-1]['hash']}" if alive else None
     if head != newest:
         problems.append(f"the newest event should be {head or 'none'}, found {newest or 'none'} "
                         "(the newest events were removed, or the head was changed)")  # fmt: skip
-    return AuditReport(model, len(alive), problems)
+    warnings = []
+    if key is None:
+        warnings.append("the hash chain is unkeyed (MEDML_AUDIT_KEY is not set): anyone with "
+                        "MLflow write access can append an event that verifies")  # fmt: skip
+    elif legacy:
+        warnings.append(f"events #1 to #{legacy} are unkeyed (written before MEDML_AUDIT_KEY "
+                        "was set)")  # fmt: skip
+    return AuditReport(model, len(alive), problems, warnings)
+
+
+def _hash_problems(record: dict[str, Any], key: bytes | None, keyed_seen: bool) -> list[str]:
+    """Why ``record``'s own hash cannot be trusted (empty: it can)."""
+    seq, scheme = record["seq"], record["event"].get("scheme", UNKEYED)
+    if scheme == KEYED:
+        if key is None:
+            return [f"event #{seq} is keyed ({KEYED}) and MEDML_AUDIT_KEY is not set here: it "
+                    "cannot be verified"]  # fmt: skip
+        if not hmac.compare_digest(event_hash(record["prev_hash"], record["event"], key),
+                                   record["hash"]):  # fmt: skip
+            return [f"event #{seq} was edited after it was written, or written without the "
+                    "deployment's audit key"]  # fmt: skip
+        return []
+    if scheme != UNKEYED:
+        return [f"event #{seq} names an unknown hash scheme {scheme!r}"]
+    if event_hash(record["prev_hash"], record["event"]) != record["hash"]:
+        return [f"event #{seq} was edited after it was written"]
+    if key is not None and keyed_seen:
+        return [f"event #{seq} is unkeyed after keyed events: it was appended without the "
+                "deployment's audit key"]  # fmt: skip
+    return []
 
 
 def _experiment_id(client: Any) -> str:

@@ -241,7 +241,8 @@ def promote(
              "previous_champion": previous or "none", "gate_reasons": gate.reasons,
              "gate": "passed" if gate.passed else "failed",
              "gate_override": override_gate or ""}  # fmt: skip
-    recorded = audit.append(tracking, name, event)  # first: a refused write moves nothing
+    # first: a refused write moves nothing
+    recorded = audit.append(tracking, name, event, settings=settings)
     client.set_registered_model_alias(name, CHAMPION, version)
     if previous is not None:
         client.set_registered_model_alias(name, PREVIOUS_CHAMPION, previous)
@@ -261,7 +262,8 @@ def rollback(tracking: Tracking, name: str, *, reviewer: str, reason: str,
     """
     from medml import audit
 
-    _identity_checks(reviewer, reason, None, Settings.from_env())
+    settings = Settings.from_env()
+    _identity_checks(reviewer, reason, None, settings)
     client = tracking.activate()
     current = alias_version(client, name, CHAMPION)
     previous = alias_version(client, name, PREVIOUS_CHAMPION)
@@ -272,7 +274,7 @@ def rollback(tracking: Tracking, name: str, *, reviewer: str, reason: str,
         )
     event = {"event": "rollback", "version": previous, "demoted": current, "reviewer": reviewer,
              "identity": identity, "reason": reason, "at": _now()}  # fmt: skip
-    recorded = audit.append(tracking, name, event)
+    recorded = audit.append(tracking, name, event, settings=settings)
     client.set_registered_model_alias(name, CHAMPION, previous)
     client.set_registered_model_alias(name, PREVIOUS_CHAMPION, current)
     for key in ("reviewer", "reason", "at"):

@@ -44,6 +44,12 @@ class Settings:
             (set in images, which have no ``.git``); else ``git rev-parse HEAD``.
         pseudonym_key: ``MEDML_PSEUDONYM_KEY``: the key of the patient pseudonyms (HMAC), byte
             for byte as set (a trailing newline is part of the key).
+        audit_key: ``MEDML_AUDIT_KEY``: the deployment's secret that keys the audit trail's
+            hash chain (HMAC-SHA256, byte for byte as set). Without it the chain is plain
+            SHA-256 and ``medml audit verify`` warns that anyone with MLflow write access can
+            append an event that verifies; with it, such an event fails verification. Give it
+            to whoever promotes and verifies (the Airflow workers, the admin's CLI), never to
+            the users who only have MLflow write access.
         gate_overriders: ``MEDML_GATE_OVERRIDERS``: comma-separated users who may promote a
             version that failed the gate.
         four_eyes: ``MEDML_FOUR_EYES``: a reviewer may not approve their own request (default
@@ -63,6 +69,7 @@ class Settings:
     artifact_root: str = ""
     git_revision: str = ""
     pseudonym_key: str = field(default="", repr=False)
+    audit_key: str = field(default="", repr=False)
     gate_overriders: frozenset[str] = frozenset()
     four_eyes: bool = True
     s3_endpoint_url: str = ""
@@ -83,6 +90,7 @@ class Settings:
             artifact_root=_env("MEDML_ARTIFACT_ROOT"),
             git_revision=_env("MEDML_GIT_REVISION"),
             pseudonym_key=_env("MEDML_PSEUDONYM_KEY"),
+            audit_key=_env("MEDML_AUDIT_KEY"),
             gate_overriders=frozenset(
                 user.strip() for user in _env("MEDML_GATE_OVERRIDERS").split(",") if user.strip()
             ),

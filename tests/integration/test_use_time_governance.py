@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from medml import serving
+from medml import audit, serving
 from medml.cli import app
 from medml.promotion import UnreviewedChampion, champion_backed_by_audit, promote
+from medml.settings import Settings
 from medml.tracking import Tracking
 from tests.integration.test_governance import NAME, _versions
 
@@ -91,3 +92,67 @@ def test_allow_unreviewed_warns_and_proceeds(tmp_path: Path, loaded: list[str]) 
     assert "warning: using an unreviewed champion" in result.output
     assert "no promotion event" in result.output and "wrote 1 predictions" in result.output
     assert loaded == [f"models:/{NAME}@champion"]
+
+
+def _forged_approval(tracking: Tracking, version: str, settings: Settings) -> None:
+    """What someone with MLflow write access, and without the deployment's key, can do."""
+    event = {"event": "promote", "version": version, "reviewer": "Dr. Chief", "identity": "os-user",
+             "requested_by": "mallory", "reason": "looks fine", "at": "2026-01-01T00:00:00+00:00",
+             "previous_champion": "1", "gate_reasons": [], "gate": "passed",
+             "gate_override": ""}  # fmt: skip
+    audit.append(tracking, NAME, event, settings=settings)
+    tracking.activate().set_registered_model_alias(NAME, "champion", version)
+
+
+def test_keyed_chain_fails_a_forged_appended_approval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loaded: list[str]
+) -> None:
+    monkeypatch.setenv("MEDML_AUDIT_KEY", "deployment secret\n")
+    tracking = Tracking.from_env()
+    _versions(tracking, 3)
+    promote(tracking, NAME, "1", reviewer="alice", reason="first")
+    report = audit.verify(tracking, NAME)
+    assert report.intact and report.warnings == [], (report.problems, report.warnings)
+    assert audit.events(tracking, NAME)[0]["scheme"] == audit.KEYED
+    result = _verify(tracking)
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+
+    keyless = Settings(home=tmp_path)  # no key: a plain SHA-256 append
+    _forged_approval(tracking, "3", keyless)
+    result = _verify(tracking)
+    assert result.exit_code == 6, result.output
+    assert "event #2 is unkeyed after keyed events" in result.output
+    assert _predict(tracking, tmp_path).exit_code == 5  # the forged approval backs nothing
+    assert audit.verify(tracking, NAME, Settings(home=tmp_path)).problems == [
+        f"event #1 is keyed ({audit.KEYED}) and MEDML_AUDIT_KEY is not set here: it cannot be "
+        "verified"
+    ]
+
+
+def test_keyed_chain_fails_an_approval_signed_with_a_guessed_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEDML_AUDIT_KEY", "deployment secret")
+    tracking = Tracking.from_env()
+    _versions(tracking, 2)
+    promote(tracking, NAME, "1", reviewer="alice", reason="first")
+    _forged_approval(tracking, "2", Settings(home=tmp_path, audit_key="guess"))
+    problems = audit.verify(tracking, NAME).problems
+    assert problems == ["event #2 was edited after it was written, or written without the "
+                        "deployment's audit key"]  # fmt: skip
+    with pytest.raises(UnreviewedChampion, match="not backed by an intact audit trail"):
+        champion_backed_by_audit(tracking, NAME)
+
+
+def test_unkeyed_chain_verifies_with_a_warning(tmp_path: Path) -> None:
+    tracking = Tracking.from_env()
+    _versions(tracking, 1)
+    promote(tracking, NAME, "1", reviewer="alice", reason="first")
+    result = _verify(tracking)
+    assert result.exit_code == 0 and "1 audit events, hash chain intact" in result.output
+    assert "warning: the hash chain is unkeyed (MEDML_AUDIT_KEY is not set)" in result.output
+    keyed = Settings(home=tmp_path, audit_key="new secret")  # the key set later: old events
+    report = audit.verify(tracking, NAME, keyed)  # still verify, as unkeyed
+    assert report.intact and report.warnings == [
+        "events #1 to #1 are unkeyed (written before MEDML_AUDIT_KEY was set)"
+    ]
