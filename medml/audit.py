@@ -21,6 +21,11 @@ existed are unkeyed), so an old unkeyed trail still verifies, as unkeyed. The ne
 - **Keyed**: with a key, an event appended by someone without it (an unkeyed event after keyed
   ones, or a keyed hash that does not match) fails :func:`verify`; without a key, the report
   warns that the chain is unkeyed (a plain SHA-256 chain can be extended by anyone).
+- **Anchored**: with ``MEDML_AUDIT_ANCHOR`` (:attr:`medml.settings.Settings.audit_anchor`) each
+  event's ``seq:hash`` is also appended to a local file the MLflow client cannot reach
+  (:func:`anchor_path`); :func:`verify` compares the trail with it, so removed newest events
+  (the head tag reset too), an erased trail (every audit run deleted, hidden or renamed away)
+  and events appended outside medml are detected.
 """
 
 from __future__ import annotations
@@ -28,11 +33,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from medml.errors import MedmlError
@@ -94,8 +101,10 @@ def append(tracking: Tracking, model: str, event: dict[str, Any], *,
     from the environment).
 
     Raises:
-        AuditError: the event is too long to be stored whole, or the lock could not be taken.
+        AuditError: the event is too long to be stored whole, the lock could not be taken, or
+            the anchor (``settings.audit_anchor``) could not be written.
     """
+    settings = settings or Settings.from_env()
     key = _key(settings)
     text = json.dumps(event, sort_keys=True, ensure_ascii=False)
     if len(text) > MAX_EVENT_CHARS - 200:
@@ -114,6 +123,7 @@ def append(tracking: Tracking, model: str, event: dict[str, Any], *,
         digest = event_hash(previous, record, key)
         _write(client, experiment_id, model, record, previous, digest)
         client.set_registered_model_tag(model, HEAD_TAG, f"{seq}:{digest}")
+        _anchor(settings, model, f"{seq}:{digest}")
     return {**record, "prev_hash": previous, "hash": digest}
 
 
@@ -135,6 +145,7 @@ def verify(tracking: Tracking, model: str, settings: Settings | None = None) -> 
     appended without the key); unkeyed events before the first keyed one (written before the
     key was set) are a warning. Without a key the report warns that the chain is unkeyed.
     """
+    settings = settings or Settings.from_env()
     key = _key(settings)
     client = tracking.activate()
     experiment = client.get_experiment_by_name(AUDIT_EXPERIMENT)
@@ -165,7 +176,76 @@ def verify(tracking: Tracking, model: str, settings: Settings | None = None) -> 
     elif legacy:
         warnings.append(f"events #1 to #{legacy} are unkeyed (written before MEDML_AUDIT_KEY "
                         "was set)")  # fmt: skip
+    if settings.audit_anchor:
+        anchored, unanchored = _anchor_findings(anchor_path(settings, model), alive)
+        problems.extend(anchored)
+        warnings.extend(unanchored)
     return AuditReport(model, len(alive), problems, warnings)
+
+
+def anchor_path(settings: Settings, model: str) -> Path:
+    """``model``'s anchor file under ``settings.audit_anchor`` (a name no other model gets)."""
+    from medml.io import safe_name
+
+    digest = hashlib.sha256(model.encode()).hexdigest()[:12]
+    return Path(settings.audit_anchor) / f"{safe_name(model)}-{digest}.anchor"
+
+
+def _anchor(settings: Settings | None, model: str, line: str) -> None:
+    """Append ``seq:hash`` to ``model``'s anchor file (when one is configured), synced.
+
+    Raises:
+        AuditError: the anchor cannot be written (the event is in MLflow; no alias moved).
+    """
+    settings = settings or Settings.from_env()
+    if not settings.audit_anchor:
+        return
+    path = anchor_path(settings, model)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as err:
+        raise AuditError(
+            f"event #{line.split(':')[0]} was written but not anchored in {path} "
+            f"({err.strerror}); fix the anchor directory, then run `medml audit verify`"
+        ) from None
+
+
+def _anchor_findings(path: Path, alive: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """``(problems, warnings)``: the trail's events compared with the anchor file's lines."""
+    try:
+        lines = path.read_text(encoding="utf-8").split()
+    except FileNotFoundError:
+        lines = []
+    anchored: dict[int, str] = {}
+    for line in lines:
+        seq, _, digest = line.partition(":")
+        anchored[int(seq) if seq.isdigit() else -1] = digest
+    chain = {r["seq"]: r["hash"] for r in alive}
+    gone = [s for s in sorted(anchored) if s not in chain]
+    changed = [s for s in sorted(anchored) if s in chain and chain[s] != anchored[s]]
+    first = min(anchored, default=None)
+    outside = [s for s in sorted(chain) if s not in anchored and first is not None and s > first]
+    before = [s for s in sorted(chain) if first is None or s < first]
+    problems = []
+    if gone:
+        problems.append(f"events {_seqs(gone)} are anchored in {path} but not in the trail (the "
+                        "newest were removed, or the trail was erased)")  # fmt: skip
+    if changed:
+        problems.append(f"events {_seqs(changed)} differ from their anchored hashes in {path}")
+    if outside:
+        problems.append(f"events {_seqs(outside)} are not anchored in {path} (appended outside "
+                        "medml, or the anchor could not be written)")  # fmt: skip
+    warnings = [f"events {_seqs(before)} are not anchored (written before MEDML_AUDIT_ANCHOR "
+                "was set)"] if before else []  # fmt: skip
+    return problems, warnings
+
+
+def _seqs(numbers: list[int]) -> str:
+    return ", ".join(f"#{n}" for n in numbers)
 
 
 def _hash_problems(record: dict[str, Any], key: bytes | None, keyed_seen: bool) -> list[str]:

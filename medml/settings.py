@@ -50,6 +50,12 @@ class Settings:
             append an event that verifies; with it, such an event fails verification. Give it
             to whoever promotes and verifies (the Airflow workers, the admin's CLI), never to
             the users who only have MLflow write access.
+        audit_anchor: ``MEDML_AUDIT_ANCHOR``: a local directory where every audit event's
+            ``seq:hash`` is also appended (one append-only file per model), out of reach of the
+            MLflow client; ``medml audit verify`` compares the trail with it, so removed newest
+            events (with the head tag reset) and an erased trail are detected. Mount it only
+            where promotions run (the Airflow workers, the admin's CLI), append-only if the
+            file system allows (``chattr +a``). Empty: no anchor.
         gate_overriders: ``MEDML_GATE_OVERRIDERS``: comma-separated users who may promote a
             version that failed the gate.
         four_eyes: ``MEDML_FOUR_EYES``: a reviewer may not approve their own request (default
@@ -70,6 +76,7 @@ class Settings:
     git_revision: str = ""
     pseudonym_key: str = field(default="", repr=False)
     audit_key: str = field(default="", repr=False)
+    audit_anchor: str = ""
     gate_overriders: frozenset[str] = frozenset()
     four_eyes: bool = True
     s3_endpoint_url: str = ""
@@ -91,6 +98,7 @@ class Settings:
             git_revision=_env("MEDML_GIT_REVISION"),
             pseudonym_key=_env("MEDML_PSEUDONYM_KEY"),
             audit_key=_env("MEDML_AUDIT_KEY"),
+            audit_anchor=_env("MEDML_AUDIT_ANCHOR"),
             gate_overriders=frozenset(
                 user.strip() for user in _env("MEDML_GATE_OVERRIDERS").split(",") if user.strip()
             ),

@@ -156,3 +156,54 @@ def test_unkeyed_chain_verifies_with_a_warning(tmp_path: Path) -> None:
     assert report.intact and report.warnings == [
         "events #1 to #1 are unkeyed (written before MEDML_AUDIT_KEY was set)"
     ]
+
+
+def _runs_by_seq(tracking: Tracking) -> dict[int, str]:
+    client = tracking.activate()
+    experiment = client.get_experiment_by_name(audit.AUDIT_EXPERIMENT)
+    return {int(r.data.params["seq"]): r.info.run_id
+            for r in client.search_runs([experiment.experiment_id])}  # fmt: skip
+
+
+def test_anchor_catches_truncation_erasure_and_an_outside_append(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEDML_AUDIT_ANCHOR", str(tmp_path / "anchor"))
+    tracking = Tracking.from_env()
+    _versions(tracking, 3)
+    for version in ("1", "2", "3"):
+        promote(tracking, NAME, version, reviewer="alice", reason=f"step {version}")
+    assert audit.verify(tracking, NAME).intact
+    client, runs = tracking.activate(), _runs_by_seq(tracking)
+    second = audit.events(tracking, NAME)[1]
+    hidden = {seq: client.get_run(run).data.params["hash"] for seq, run in runs.items()}
+
+    # truncation with API calls only: hide the newest event, reset the head, move the alias
+    client.set_tag(runs[3], audit.MODEL_TAG, "elsewhere")
+    client.set_registered_model_tag(NAME, audit.HEAD_TAG, f"2:{hidden[2]}")
+    client.set_registered_model_alias(NAME, "champion", str(second["version"]))
+    assert audit.verify(tracking, NAME, Settings(home=tmp_path)).intact  # unanchored: unseen
+    problems = audit.verify(tracking, NAME).problems
+    assert problems == [f"events #3 are anchored in {audit.anchor_path(Settings.from_env(), NAME)}"
+                        " but not in the trail (the newest were removed, or the trail was "
+                        "erased)"]  # fmt: skip
+    assert _verify(tracking).exit_code == 6
+
+    # erasure: every event hidden, the head removed
+    for run in runs.values():
+        client.set_tag(run, audit.MODEL_TAG, "elsewhere")
+    client.delete_registered_model_tag(NAME, audit.HEAD_TAG)
+    assert audit.verify(tracking, NAME, Settings(home=tmp_path)).intact  # unanchored: unseen
+    assert "events #1, #2, #3 are anchored" in " ".join(audit.verify(tracking, NAME).problems)
+
+
+def test_anchor_catches_an_append_outside_medml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEDML_AUDIT_ANCHOR", str(tmp_path / "anchor"))
+    tracking = Tracking.from_env()
+    _versions(tracking, 2)
+    promote(tracking, NAME, "1", reviewer="alice", reason="first")
+    _forged_approval(tracking, "2", Settings(home=tmp_path))  # no anchor where the forger is
+    assert "events #2 are not anchored" in " ".join(audit.verify(tracking, NAME).problems)
+    assert _predict(tracking, tmp_path).exit_code == 5
