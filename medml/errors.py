@@ -12,8 +12,10 @@ Exit codes of the ``medml`` command (also in ``docs/operations.md``):
 2     the command line itself is wrong (unknown option, missing argument; typer's usage error)
 3     a medml error: bad config, missing input, unreadable source, refused operation …
 4     the data validation gate failed (report and quarantine list written; nothing deleted)
-5     a promotion, rollback or review was refused (audit rules, gate, unknown version)
-6     ``medml audit verify``: the audit trail was edited, or events were deleted or reordered
+5     a promotion, rollback or review was refused (audit rules, gate, unknown version), or
+      ``medml predict`` refused a champion the audit trail does not back
+6     ``medml audit verify``: the audit trail was edited, events were deleted, reordered,
+      forged without the key or missing from the anchor, or the champion moved outside it
 ====  =====================================================================================
 """
 
