@@ -104,7 +104,10 @@ def test_preprocess_killed_during_first_write_and_replacement(
     assert _shard_bytes(ctx.layout.shards) == expected
 
 
-def test_killed_training_leaves_no_running_orphan(phantom_dir: Path, tmp_path: Path) -> None:
+def _training_mid_epoch(
+    phantom_dir: Path, tmp_path: Path
+) -> tuple[runs.RunContext, Tracking, str, dict[str, str], subprocess.Popen]:
+    """``medml train --fold 0`` in a child process, returned once it has logged an epoch."""
     ctx = _data_steps(tmp_path / "run", phantom_dir, "train.epochs=40", "train.patience=40")
     tracking = Tracking.from_env()
     client = tracking.activate()
@@ -114,11 +117,17 @@ def test_killed_training_leaves_no_running_orphan(phantom_dir: Path, tmp_path: P
                                stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 240
     experiment = tracking.experiment_id(ctx.recipe.registry.experiment)
-    while time.monotonic() < deadline:  # wait for epochs to be logged, then kill mid-epoch
-        runs = client.search_runs([experiment], "tags.`medml.kind` = 'fold'")
-        if runs and client.get_metric_history(runs[0].info.run_id, "loss"):
+    while time.monotonic() < deadline:
+        runs_ = client.search_runs([experiment], "tags.`medml.kind` = 'fold'")
+        if runs_ and client.get_metric_history(runs_[0].info.run_id, "loss"):
             break
         time.sleep(0.5)
+    return ctx, tracking, experiment, env, process
+
+
+def test_killed_training_leaves_no_running_orphan(phantom_dir: Path, tmp_path: Path) -> None:
+    ctx, tracking, experiment, env, process = _training_mid_epoch(phantom_dir, tmp_path)
+    client = tracking.activate()
     time.sleep(random.Random(3).uniform(0.2, 2.0))
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -139,20 +148,8 @@ def test_sigterm_during_training_ends_its_mlflow_runs_killed(
 ) -> None:
     """A deleted pod or a stopped task gets SIGTERM: the fold's MLflow run ends KILLED at once
     (not RUNNING until a retry), and the command exits 143 with no fold published."""
-    ctx = _data_steps(tmp_path / "run", phantom_dir, "train.epochs=40", "train.patience=40")
-    tracking = Tracking.from_env()
+    ctx, tracking, experiment, _, process = _training_mid_epoch(phantom_dir, tmp_path)
     client = tracking.activate()
-    env = _env(MLFLOW_TRACKING_URI=tracking.uri)
-    train = ["medml", "train", "--run-dir", str(ctx.layout.root), "--fold", "0"]
-    process = subprocess.Popen(train, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 240
-    experiment = tracking.experiment_id(ctx.recipe.registry.experiment)
-    while time.monotonic() < deadline:
-        runs = client.search_runs([experiment], "tags.`medml.kind` = 'fold'")
-        if runs and client.get_metric_history(runs[0].info.run_id, "loss"):
-            break
-        time.sleep(0.5)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 143
     [fold] = client.search_runs([experiment], "tags.`medml.kind` = 'fold'")
