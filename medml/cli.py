@@ -20,6 +20,7 @@ from medml.errors import MedmlError, operational_fault
 from medml.layout import RunLayout
 from medml.report import summary as run_summary
 from medml.report import write_run_summary
+from medml.settings import Settings
 from medml.steps import STEPS, Step, data_steps
 from medml.tracking import Tracking, models_uri
 
@@ -87,10 +88,33 @@ TrackingUri = Annotated[
 
 
 def _existing_store(uri: str | None) -> Tracking:
-    """The store the lifecycle commands read; refuses to create an empty one by accident."""
+    """The store the lifecycle commands read; refuses to create an empty one by accident.
+
+    With no store named (no ``--tracking-uri``, no ``MLFLOW_TRACKING_URI``) and none in the
+    home, the demo's store (``<home>/demo/mlflow.db``, made by ``make demo``) is used, and the
+    command says so."""
     tracking = Tracking.from_env(uri=uri)
+    settings = Settings.from_env()
+    demo = settings.home / "demo" / "mlflow.db"
+    named = uri or settings.tracking_uri
+    if not named and not (settings.home / "mlflow.db").is_file() and demo.is_file():
+        tracking = Tracking.from_env(uri=f"sqlite:///{demo}")
+        typer.secho(f"using the demo's MLflow store {tracking.uri} (--tracking-uri for another)",
+                    err=True)  # fmt: skip
     _guard(tracking.require_existing)
     return tracking
+
+
+def _latest_run_dir() -> Path:
+    """The most recently initialised run directory under the home (``runs/``, or the demo's
+    ``demo/runs/``), for commands given no ``--run-dir``."""
+    home = Settings.from_env().home
+    pinned = [*home.glob("runs/*/*/run.json"), *home.glob("demo/runs/*/*/run.json")]
+    if not pinned:
+        raise _fail(f"no runs under {home}/runs or {home}/demo/runs; give --run-dir")
+    latest = max(pinned, key=lambda path: path.stat().st_mtime).parent
+    typer.secho(f"latest run: {latest}", err=True)
+    return latest
 
 
 def _echo_result(result: dict[str, Any]) -> None:
@@ -264,9 +288,13 @@ def register(
 
 
 @app.command()
-def summary(run_dir: RunDir) -> None:
+def summary(
+    run_dir: Annotated[
+        Path | None, typer.Option("--run-dir", help="Run directory (default: the latest run).")
+    ] = None,
+) -> None:
     """Print a run's holdout metrics per class and its registered version."""
-    typer.echo(_guard(run_summary, run_dir))
+    typer.echo(_guard(run_summary, run_dir or _latest_run_dir()))
 
 
 def _new_run(
@@ -380,7 +408,9 @@ def review_cmd(
     version: Annotated[
         str | None, typer.Option(help="Version to review (default: challenger).")
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="HTML report path.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="HTML report path (default: $MEDML_HOME/reviews/).")
+    ] = None,
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Compare a version (default: the challenger) with the champion; write an HTML report."""
@@ -499,6 +529,9 @@ def predict_cmd(
                     image_dir=image_dir, allow_unreviewed=allow_unreviewed)  # fmt: skip
     if result.warning:
         typer.secho(f"warning: {result.warning}", err=True, fg=typer.colors.YELLOW)
+    if result.images and result.failed == result.images:
+        raise _fail(f"none of the {result.images} files could be read (the error column of "
+                    f"{result.out} says why for each)")  # fmt: skip
     typer.echo(
         f"wrote {result.images} predictions to {result.out}"
         + (

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from medml.errors import RefusedError
-from medml.io import atomic_path
+from medml.io import atomic_path, medml_home
 from medml.layout import ARTIFACTS
 from medml.metrics import HoldoutMetrics, MetricSpec, registered_metrics
 from medml.promotion import alias_version
@@ -103,7 +103,7 @@ def review(
     champion_version = alias_version(client, name, CHAMPION)
     champion = _load_side(client, name, champion_version) if champion_version else None
     text = _table(name, candidate, champion)
-    out = Path(out or f"review-{name}-v{candidate.version}.html")
+    out = Path(out or medml_home() / "reviews" / f"review-{name}-v{candidate.version}.html")
     with atomic_path(out) as tmp:
         tmp.write_text(_html(name, candidate, champion), encoding="utf-8")
     return text, out

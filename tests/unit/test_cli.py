@@ -102,3 +102,44 @@ def test_a_bug_keeps_its_traceback(
     result = runner.invoke(app, ["split", "--run-dir", run_dir])
     assert isinstance(result.exception, ValueError) and result.exit_code == 1
     assert "error: " not in result.output
+
+
+def test_lifecycle_commands_find_the_demos_store_and_latest_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After `make demo` the store is <home>/demo/mlflow.db and the run under <home>/demo/runs:
+    `medml review MODEL` and `medml summary` find them with no flags (and say so)."""
+    import os
+
+    from medml.tracking import Tracking
+
+    home = Path(os.environ["MEDML_HOME"])
+    Tracking.from_env(uri=f"sqlite:///{home / 'demo' / 'mlflow.db'}").activate()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow exports it on activate
+    result = runner.invoke(app, ["review", "kidney-ct-classifier"])
+    assert f"using the demo's MLflow store sqlite:///{home / 'demo' / 'mlflow.db'}" in result.output
+    assert "no MLflow store" not in result.output
+    result = runner.invoke(app, ["summary"])
+    _assert_one_line_error(result, f"no runs under {home}/runs or {home}/demo/runs")
+    run = home / "demo" / "runs" / "2026-01-05" / "demo__1"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text("{}")
+    result = runner.invoke(app, ["summary"])
+    assert f"latest run: {run}" in result.output
+
+
+def test_predict_fails_when_no_file_could_be_read(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import medml.predict
+    from medml.predict import PredictResult
+
+    def all_unreadable(*args: object, **kwargs: object) -> PredictResult:
+        return PredictResult(out=tmp_path / "p.csv", images=3, failed=3)
+
+    monkeypatch.setattr(medml.predict, "predict", all_unreadable)
+    monkeypatch.setattr("medml.cli._existing_store", lambda uri: None)
+    (tmp_path / "imgs").mkdir()
+    result = runner.invoke(app, ["predict", "--model", "m@champion", "--source",
+                                 str(tmp_path / "imgs")])  # fmt: skip
+    _assert_one_line_error(result, "none of the 3 files could be read")
