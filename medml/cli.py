@@ -422,10 +422,12 @@ def review_cmd(
 
 
 def _os_user() -> str:
-    """Who runs this command, from the operating system (not a free-text option)."""
-    import getpass
+    """Who runs this command: the account of the process's user id, from the operating
+    system's user database — not ``$USER``/``$LOGNAME``, which anyone can set."""
+    import os
+    import pwd
 
-    return getpass.getuser()
+    return pwd.getpwuid(os.getuid()).pw_name
 
 
 @app.command("promote")

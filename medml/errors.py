@@ -23,12 +23,24 @@ from __future__ import annotations
 
 import re
 
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
+_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<rest>\S+)")
+
+
+def _masked(match: re.Match[str]) -> str:
+    rest = match["rest"]
+    if "@" not in rest:
+        return match[0]
+    userinfo, host = rest[: rest.rindex("@")], rest[rest.rindex("@") + 1 :]
+    if ":" not in userinfo and "/" in userinfo:  # an "@" in a path (s3://bucket/a@b.jpg)
+        return match[0]
+    return f"{match['scheme']}***@{host}"
 
 
 def redact(text: str) -> str:
-    """``text`` with the user-info of every URL (``scheme://user:password@``) masked."""
-    return _USERINFO.sub(r"\g<scheme>***@", str(text))
+    """``text`` with the user-info of every URL (``scheme://user:password@``) masked, up to
+    the URL's last ``@``: a password holding ``/`` or ``@`` is masked whole (a path holding
+    ``:`` and ``@`` is masked too: better too much than a leak)."""
+    return _URL.sub(_masked, str(text))
 
 
 class MedmlError(Exception):

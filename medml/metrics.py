@@ -331,6 +331,8 @@ def chance_reasons(m: HoldoutMetrics) -> list[str]:
     judged = set(m.classes) - set(m.too_few_to_judge)
     for cls, value in _per_class("sensitivity")(m).items():
         label = f"class_sensitivity of {cls}"
+        if math.isnan(value):  # no holdout image of the class: a note (too few), not a reason
+            continue
         if not value > chance:
             reasons.append(f"{label} {value:.3f} is at or below chance ({chance:.3f})")
             continue

@@ -58,13 +58,14 @@ def reviewed_model_uri(model_uri: str, tracking: Tracking, *,
     name, _, alias = model_uri.removeprefix("models:/").partition("@")
     if alias != CHAMPION:
         return model_uri, ""
+    weakened: list[str] = []
     try:
-        version = champion_backed_by_audit(tracking, name)
+        version = champion_backed_by_audit(tracking, name, weakened)
     except UnreviewedChampion as err:
         if not allow_unreviewed:
             raise
         return model_uri, f"using an unreviewed champion (--allow-unreviewed): {err}"
-    return f"models:/{name}/{version}", ""
+    return f"models:/{name}/{version}", "; ".join(weakened)
 
 
 def list_inputs(source: Path, image_dir: Path | None = None) -> list[tuple[str, Path]]:

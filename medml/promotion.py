@@ -91,11 +91,15 @@ def champion_problem(tracking: Tracking, name: str) -> tuple[str | None, str | N
     )
 
 
-def champion_backed_by_audit(tracking: Tracking, name: str) -> str:
+def champion_backed_by_audit(
+    tracking: Tracking, name: str, warnings: list[str] | None = None
+) -> str:
     """The version ``name@champion`` points at, once the audit trail backs it.
 
     The trail's hash chain must verify (:func:`medml.audit.verify`) and its newest
-    promotion/rollback event must name that version (:func:`champion_problem`).
+    promotion/rollback event must name that version (:func:`champion_problem`). What weakens
+    that evidence without breaking it (an unkeyed chain: without ``MEDML_AUDIT_KEY`` anyone can
+    append a consistent event) is added to ``warnings`` when a list is given.
 
     Raises:
         UnreviewedChampion: no champion, a broken trail, or an out-of-band alias move.
@@ -114,6 +118,8 @@ def champion_backed_by_audit(tracking: Tracking, name: str) -> str:
             + "; ".join(report.problems)
             + f"); run `medml audit verify {name}` and repair it"
         )
+    if warnings is not None:
+        warnings.extend(report.warnings)
     return champion
 
 

@@ -441,8 +441,7 @@ def evaluate(ctx: RunContext, tracking: Tracking | None = None) -> dict[str, Any
     from medml.evaluate import evaluate as evaluate_ensemble
     from medml.overview import write_overview
 
-    for fold in ctx.folds:
-        require_complete(ctx.layout.fold(fold).root, producer_of(_FOLD_DIR.format(fold=fold)))
+    _require_intact_folds(ctx)
     models = ctx.layout.fold_models(len(ctx.folds))
     parent = pipeline_run_id(ctx, tracking) if tracking else None
     result = evaluate_ensemble(ctx.layout.shards, models, ctx.layout.evaluation.root, ctx.recipe,
@@ -476,6 +475,7 @@ def register(
     from medml.version_tags import VersionTags
 
     layout = ctx.layout
+    _require_intact_folds(ctx)  # the models registered are the models evaluated, byte for byte
     metrics = HoldoutMetrics.read(layout.evaluation.metrics)
     evaluation = EvaluationFacts.read(layout.evaluation)
     files, labels = holdout_files(layout.splits)
@@ -498,6 +498,21 @@ def register(
 
 
 # ---- what the step bodies share ------------------------------------------------------
+
+
+def _require_intact_folds(ctx: RunContext) -> None:
+    """Every fold model complete and byte for byte what its training wrote (a model copied
+    over another, or damaged, keeps its folder's marker but not its SHA-256).
+
+    Raises:
+        RunError: a fold is missing, incomplete or changed.
+    """
+    for fold in ctx.folds:
+        hint = producer_of(_FOLD_DIR.format(fold=fold))
+        root = require_complete(ctx.layout.fold(fold).root, hint)
+        if corrupted := corrupted_files(root):
+            raise RunError(f"{root}: {', '.join(corrupted)} differ from what `{hint}` wrote; "
+                           f"run the `{hint}` step again")  # fmt: skip
 
 
 def snapshot_hash(ctx: RunContext) -> str:

@@ -132,7 +132,8 @@ def test_promotion_identity_four_eyes_and_overrides(monkeypatch: pytest.MonkeyPa
     assert event["gate"] == "failed" and event["gate_override"] == "urgent"
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
 
-    import getpass
+    import os
+    import pwd
 
     runner = CliRunner()
     refused = runner.invoke(app, ["promote", NAME, "--version", "2", "--reason", "cli",
@@ -140,6 +141,8 @@ def test_promotion_identity_four_eyes_and_overrides(monkeypatch: pytest.MonkeyPa
     assert refused.exit_code == 5 and "did not pass its gate" in refused.output
     override = ["--override-gate", "me", "--tracking-uri", tracking.uri]
     refused = runner.invoke(app, ["promote", NAME, "--version", "2", "--reason", "cli", *override])
-    assert refused.exit_code == 5 and f"{getpass.getuser()} may not override" in refused.output
+    assert refused.exit_code == 5 and f"{pwd.getpwuid(os.getuid()).pw_name} may not override" in (
+        refused.output
+    )
     assert runner.invoke(app, ["promote", NAME, "--version", "2", "--reviewer", "x", "--reason",
                                "y"]).exit_code == 2  # fmt: skip # no free-text identity

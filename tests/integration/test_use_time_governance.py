@@ -144,13 +144,16 @@ def test_keyed_chain_fails_an_approval_signed_with_a_guessed_key(
         champion_backed_by_audit(tracking, NAME)
 
 
-def test_unkeyed_chain_verifies_with_a_warning(tmp_path: Path) -> None:
+def test_unkeyed_chain_verifies_with_a_warning(tmp_path: Path, loaded: list[str]) -> None:
     tracking = Tracking.from_env()
     _versions(tracking, 1)
     promote(tracking, NAME, "1", reviewer="alice", reason="first")
     result = _verify(tracking)
     assert result.exit_code == 0 and "1 audit events, hash chain intact" in result.output
     assert "warning: the hash chain is unkeyed (MEDML_AUDIT_KEY is not set)" in result.output
+    used = _predict(tracking, tmp_path)  # used, but the user is told the evidence is weak
+    assert used.exit_code == 0, used.output
+    assert "warning: the hash chain is unkeyed (MEDML_AUDIT_KEY is not set)" in used.output
     keyed = Settings(home=tmp_path, audit_key="new secret")  # the key set later: old events
     report = audit.verify(tracking, NAME, keyed)  # still verify, as unkeyed
     assert report.intact and report.warnings == [

@@ -126,3 +126,15 @@ def test_a_dataset_created_concurrently_is_logged_on_the_next_attempt(
     monkeypatch.setattr(mlflow, "log_input", refuse)
     with pytest.raises(MlflowException):  # any other refusal is not retried
         _log_input(object(), "training")
+
+
+@pytest.mark.parametrize(("text", "secret"), [
+    ("http://u:pa/ss@host:5000/x", "pa/ss"), ("http://u:p@ss@host/y", "p@ss"),
+    ("mlflow at https://medml:s3cr3t@127.0.0.1:9 lost", "s3cr3t"),
+])  # fmt: skip
+def test_a_password_with_slashes_or_at_signs_is_masked_whole(text: str, secret: str) -> None:
+    from medml.errors import MedmlError, redact
+
+    assert secret not in redact(text) and "***@" in redact(text)
+    assert secret not in str(MedmlError(text))
+    assert redact("s3://bucket/a@b.jpg") == "s3://bucket/a@b.jpg"  # an @ in a path stays

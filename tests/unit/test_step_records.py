@@ -149,3 +149,26 @@ def test_an_evaluation_killed_after_any_write_is_not_registered(
     total = _kill_at_each_write(monkeypatch, tmp_path, base, "evaluate", "register",
                                 after_call=(Tracking.from_env(),))  # fmt: skip
     assert total >= 2
+
+
+@pytest.mark.slow
+def test_a_fold_model_replaced_after_evaluation_is_not_registered(
+    tmp_path: Path, phantom_dir: Path
+) -> None:
+    """Copying one fold's model over another keeps both folders' markers: registration
+    checks every fold's bytes, so the version is the models that were evaluated."""
+    from medml.tracking import Tracking
+
+    base = _run_until(tmp_path / "run", phantom_dir, "preprocess")
+    for fold in (0, 1):
+        STEPS["train"](base, fold)
+    STEPS["evaluate"](base)
+    fold_0, fold_1 = base / "folds" / "fold_0", base / "folds" / "fold_1"
+    model = fold_0 / "model.keras"
+    intact = model.read_bytes()
+    model.write_bytes(intact[:-8] + bytes(8))  # same size, other bytes
+    with pytest.raises(RunError, match=r"fold_0: model.keras differ from what `train --fold 0`"):
+        STEPS["register"](base, Tracking.from_env())
+    model.write_bytes((fold_1 / "model.keras").read_bytes())  # another fold's model
+    with pytest.raises(RunError, match=r"fold_0 differs from what `train --fold 0` wrote"):
+        STEPS["register"](base, Tracking.from_env())
