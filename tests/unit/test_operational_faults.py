@@ -120,6 +120,7 @@ def test_a_dataset_created_concurrently_is_logged_on_the_next_attempt(
     monkeypatch.setattr(mlflow, "log_input", log_input)
     _log_input(object(), "training")
     assert calls == ["training", "training"]
+
     def refuse(dataset: object, context: str) -> None:
         raise MlflowException("RESOURCE_DOES_NOT_EXIST")
 
