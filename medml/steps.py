@@ -116,20 +116,18 @@ class Step:
             check_inputs(self, ctx, files)
             record = ctx.layout.step_record(self.name, fold)
             record.unlink(missing_ok=True)  # until this run of the step has finished
+            inputs = {rel: fingerprint(ctx.layout.root / rel) for rel in _recorded_inputs(files)}
             result = self.body(ctx, *args, **kwargs)
             outputs = {rel: fingerprint(ctx.layout.root / rel) for rel in files.produces
                        if rel != record.relative_to(ctx.layout.root).as_posix()}  # fmt: skip
-            write_json(record, {"step": self.name, "fold": fold, "outputs": outputs})
+            write_json(record, {"step": self.name, "fold": fold, "inputs": inputs,
+                                "outputs": outputs})  # fmt: skip
             return result
 
     def finished(self, ctx: RunContext, fold: int | None = None) -> bool:
-        """Whether this step (of ``fold``) finished in ``ctx``'s run and its outputs are still
-        what it recorded: a resumed run keeps it."""
-        record = ctx.layout.step_record(self.name, fold)
-        if not record.is_file():
-            return False
-        outputs = read_json(record)["outputs"]
-        return all(fingerprint(ctx.layout.root / rel) == kept for rel, kept in outputs.items())
+        """Whether this step (of ``fold``) finished in ``ctx``'s run and nothing it read or
+        wrote changed since, up the whole chain of steps before it: a resumed run keeps it."""
+        return stale_because(ctx, self.name, fold) is None
 
 
 STEPS: dict[str, Step] = {}
@@ -196,12 +194,9 @@ def check_inputs(spec: Step, ctx: RunContext, files: StepFiles) -> None:
 
 
 def _check_recorded(ctx: RunContext, rel: str, producer: str) -> None:
-    """``rel`` is what a finished run of ``producer`` recorded (every fold's, for ``folds``)."""
-    folds: list[int | None] = [None]
-    if STEPS[producer].per_fold:
-        fold = rel.removeprefix(_REL.folds.as_posix()).strip("/").split("/")[0]
-        folds = [int(fold.removeprefix("fold_"))] if fold else list(ctx.folds)
-    for fold in folds:
+    """``rel`` is what a finished run of ``producer`` recorded (every fold's, for ``folds``),
+    and nothing ``producer`` read changed since (up the chain of steps before it)."""
+    for fold in _producer_folds(ctx, rel, producer):
         hint = f"{producer} --fold {fold}" if fold is not None else producer
         record = ctx.layout.step_record(producer, fold)
         if not record.is_file():
@@ -215,6 +210,59 @@ def _check_recorded(ctx: RunContext, rel: str, producer: str) -> None:
             ) != print_:
                 raise RunError(f"{ctx.layout.root / out} changed since the `{hint}` step wrote "
                                f"it; run the `{hint}` step again")  # fmt: skip
+        if why := stale_because(ctx, producer, fold):
+            raise RunError(f"{ctx.layout.root / rel} is out of date: {why}; run the steps from "
+                           "there again (`medml run --run-dir` on this run resumes where the "
+                           "first one is out of date)")  # fmt: skip
+
+
+def _recorded_inputs(files: StepFiles) -> list[str]:
+    """The inputs a step's record fingerprints: all it needs but ``run.json`` (which DVC
+    re-pins to ``params.yaml`` before every stage) and what may be absent."""
+    return [rel for rel in files.needs
+            if rel not in files.optional and rel != _RUN]  # fmt: skip
+
+
+def stale_because(
+    ctx: RunContext, name: str, fold: int | None, seen: dict[Any, str | None] | None = None
+) -> str | None:
+    """Why step ``name`` (of ``fold``) cannot be taken as finished — no record, an input or
+    output changed since, or a step before it that is itself stale — or ``None``."""
+    seen = {} if seen is None else seen
+    if (name, fold) not in seen:
+        seen[(name, fold)] = _why_stale(ctx, name, fold, seen)
+    return seen[(name, fold)]
+
+
+def _why_stale(
+    ctx: RunContext, name: str, fold: int | None, seen: dict[Any, str | None]
+) -> str | None:
+    record = ctx.layout.step_record(name, fold)
+    if not record.is_file():
+        return f"`{name}` has not finished"
+    kept = read_json(record)
+    if "inputs" not in kept:
+        return f"`{name}` finished before its inputs were recorded"
+    for rel, print_ in {**kept["inputs"], **kept["outputs"]}.items():
+        path = ctx.layout.root / rel  # a mirror (a pod, a worker) holds only what it needs
+        if (path.exists() or path.is_symlink()) and fingerprint(path) != print_:
+            return f"{rel} changed since `{name}` ran"
+    for rel in kept["inputs"]:
+        producer = producer_of(rel).split()[0]
+        if producer == "init":
+            continue
+        for before in _producer_folds(ctx, rel, producer):
+            if why := stale_because(ctx, producer, before, seen):
+                return why
+    return None
+
+
+def _producer_folds(ctx: RunContext, rel: str, producer: str) -> list[int | None]:
+    """The folds of ``producer`` that wrote ``rel`` (``[None]`` for a step of the whole run)."""
+    if not STEPS[producer].per_fold:
+        return [None]
+    fold = rel.removeprefix(_REL.folds.as_posix()).strip("/").split("/")[0]
+    return [int(fold.removeprefix("fold_"))] if fold else list(ctx.folds)
 
 
 def fingerprint(path: Path) -> dict[str, Any] | None:

@@ -172,3 +172,29 @@ def test_a_fold_model_replaced_after_evaluation_is_not_registered(
     model.write_bytes((fold_1 / "model.keras").read_bytes())  # another fold's model
     with pytest.raises(RunError, match=r"fold_0 differs from what `train --fold 0` wrote"):
         STEPS["register"](base, Tracking.from_env())
+
+
+def test_a_step_run_again_upstream_makes_everything_after_it_out_of_date(
+    tmp_path: Path, phantom_dir: Path
+) -> None:
+    """New images and `medml ingest` again: the steps after it finished on the old manifest,
+    so the next step refuses them and a resumed run keeps ingest only."""
+    from medml.pipeline import _Resume
+
+    source = tmp_path / "source"
+    shutil.copytree(phantom_dir, source)
+    base = tmp_path / "run"
+    runs.init_run(base, source, "kidney-ct", overrides=TINY)
+    for name in ("ingest", "validate", "split"):
+        STEPS[name](base)
+    extra = next((source / "Normal").iterdir())
+    shutil.copy(extra, extra.with_name("late-" + extra.name))
+    with open(source / "groups.csv", "a") as groups:
+        groups.write(f"Normal/late-{extra.name},late-patient\n")
+    STEPS["ingest"](base)
+    with pytest.raises(RunError, match=r"out of date: manifest.parquet changed since `validate`"):
+        STEPS["preprocess"](base)
+    said: list[str] = []
+    resume = _Resume(runs.load_context(base), said.append)
+    assert resume.keeps(STEPS["ingest"]) and not resume.keeps(STEPS["validate"])
+    assert said == ["[ingest] finished earlier in this run; kept"]
