@@ -291,19 +291,20 @@ def version_of_run(tracking: Tracking, name: str, run_id: str) -> RunVersion | N
 def _adoptable(
     existing: RunVersion | None, digest: str, name: str, tags: dict[str, str]
 ) -> RunVersion | None:
-    """The run's version when it was built from these fold models (a retry or resume adopts
-    it).
+    """The run's version: adopted by a retry or resume when it was built from these fold
+    models; a finished one is kept as it is even when the folds were trained again since (a
+    re-run of a finished run changes nothing: a new version needs a new run).
 
     Raises:
-        RunError: the run registered a version from other fold models (its folds were trained
-            again since); one pipeline run registers one version, ever.
+        RunError: the run's unfinished version was built from other fold models; one pipeline
+            run registers one version, ever.
     """
-    if existing is None or existing.models_digest == digest:
+    if existing is None or existing.models_digest == digest or existing.complete:
         return existing
     raise RunError(
         f"pipeline run {tags.get(VersionTags.RUN_KEY, '?')} already registered {name} "
-        f"v{existing.version} from other fold models (its folds were trained again since); a "
-        "pipeline run registers one version: start a new run for a new version"
+        f"v{existing.version} from other fold models (its folds were trained again since) and "
+        "did not finish it; a pipeline run registers one version: start a new run"
     )
 
 
