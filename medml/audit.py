@@ -94,37 +94,73 @@ def _key(settings: Settings | None) -> bytes | None:
     return key.encode() if key else None
 
 
+class Trail:
+    """``model``'s trail while :func:`transaction` holds its lock: read it, append to it, and
+    move aliases in the same order as the events that record them."""
+
+    def __init__(self, client: Any, experiment_id: str, model: str, settings: Settings) -> None:
+        self._client, self._experiment_id, self.model = client, experiment_id, model
+        self._settings = settings
+
+    def events(self) -> list[dict[str, Any]]:
+        """The model's events, oldest first (deleted ones left out)."""
+        records = _records(self._client, self._experiment_id, self.model)
+        return [r["event"] for r in sorted(records, key=lambda r: r["seq"]) if not r["deleted"]]
+
+    def append(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Append ``event``; returns it with ``seq``, ``scheme``, ``prev_hash`` and ``hash``.
+
+        Raises:
+            AuditError: the event is too long to be stored whole, or the anchor could not be
+                written.
+        """
+        key = _key(self._settings)
+        text = json.dumps(event, sort_keys=True, ensure_ascii=False)
+        if len(text) > MAX_EVENT_CHARS - 200:
+            raise AuditError(
+                f"the audit event is {len(text)} characters; at most {MAX_EVENT_CHARS - 200} are "
+                "stored whole: shorten the reason"
+            )
+        records = [r for r in _records(self._client, self._experiment_id, self.model)
+                   if not r["deleted"]]  # fmt: skip
+        last = max(records, key=lambda r: r["seq"], default=None)
+        seq = 1 if last is None else last["seq"] + 1
+        previous = GENESIS if last is None else last["hash"]
+        record = {**event, "model": self.model, "seq": seq,
+                  "scheme": KEYED if key else UNKEYED}  # fmt: skip
+        digest = event_hash(previous, record, key)
+        _write(self._client, self._experiment_id, self.model, record, previous, digest)
+        self._client.set_registered_model_tag(self.model, HEAD_TAG, f"{seq}:{digest}")
+        _anchor(self._settings, self.model, f"{seq}:{digest}")
+        return {**record, "prev_hash": previous, "hash": digest}
+
+
+@contextmanager
+def transaction(tracking: Tracking, model: str, *,
+                settings: Settings | None = None) -> Iterator[Trail]:  # fmt: skip
+    """Hold ``model``'s audit lock: whatever the caller reads, appends and moves inside is one
+    step in one order (two racing promotions cannot both see the same champion).
+
+    Raises:
+        AuditError: the lock could not be taken.
+    """
+    client = tracking.activate()
+    experiment_id = _experiment_id(client)
+    with _lock(client, model):
+        yield Trail(client, experiment_id, model, settings or Settings.from_env())
+
+
 def append(tracking: Tracking, model: str, event: dict[str, Any], *,
            settings: Settings | None = None) -> dict[str, Any]:  # fmt: skip
-    """Append ``event`` to ``model``'s trail; returns it with ``seq``, ``scheme``,
-    ``prev_hash`` and ``hash`` (keyed with ``settings.audit_key`` when set; default settings:
-    from the environment).
+    """Append ``event`` to ``model``'s trail under its lock (:meth:`Trail.append`); keyed
+    with ``settings.audit_key`` when set (default settings: from the environment).
 
     Raises:
         AuditError: the event is too long to be stored whole, the lock could not be taken, or
             the anchor (``settings.audit_anchor``) could not be written.
     """
-    settings = settings or Settings.from_env()
-    key = _key(settings)
-    text = json.dumps(event, sort_keys=True, ensure_ascii=False)
-    if len(text) > MAX_EVENT_CHARS - 200:
-        raise AuditError(
-            f"the audit event is {len(text)} characters; at most {MAX_EVENT_CHARS - 200} are "
-            "stored whole: shorten the reason"
-        )
-    client = tracking.activate()
-    experiment_id = _experiment_id(client)
-    with _lock(client, model):
-        records = [r for r in _records(client, experiment_id, model) if not r["deleted"]]
-        last = max(records, key=lambda r: r["seq"], default=None)
-        seq = 1 if last is None else last["seq"] + 1
-        previous = GENESIS if last is None else last["hash"]
-        record = {**event, "model": model, "seq": seq, "scheme": KEYED if key else UNKEYED}
-        digest = event_hash(previous, record, key)
-        _write(client, experiment_id, model, record, previous, digest)
-        client.set_registered_model_tag(model, HEAD_TAG, f"{seq}:{digest}")
-        _anchor(settings, model, f"{seq}:{digest}")
-    return {**record, "prev_hash": previous, "hash": digest}
+    with transaction(tracking, model, settings=settings) as trail:
+        return trail.append(event)
 
 
 def events(tracking: Tracking, model: str) -> list[dict[str, Any]]:
@@ -180,6 +216,17 @@ def verify(tracking: Tracking, model: str, settings: Settings | None = None) -> 
         anchored, unanchored = _anchor_findings(anchor_path(settings, model), alive)
         problems.extend(anchored)
         warnings.extend(unanchored)
+    else:
+        warnings.append("the trail has no anchor (MEDML_AUDIT_ANCHOR is not set): removing the "
+                        "newest events and resetting the head tag to an older event cannot be "
+                        "detected")  # fmt: skip
+    policy = settings.policy()
+    required = [
+        (policy.require_audit_key and key is None, "MEDML_AUDIT_KEY"),
+        (policy.require_anchor and not settings.audit_anchor, "MEDML_AUDIT_ANCHOR"),
+    ]
+    problems += [f"{name} is not set here, and the deployment's policy ({policy.source}) "
+                 "requires it" for missing, name in required if missing]  # fmt: skip
     return AuditReport(model, len(alive), problems, warnings)
 
 

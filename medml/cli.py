@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -421,13 +422,21 @@ def review_cmd(
     typer.echo(f"\nreport: {path}")
 
 
-def _os_user() -> str:
-    """Who runs this command: the account of the process's user id, from the operating
-    system's user database — not ``$USER``/``$LOGNAME``, which anyone can set."""
-    import os
-    import pwd
+def _as_actor(action: Callable[..., dict[str, Any]], tracking: Tracking, *args: Any,
+              **kwargs: Any) -> dict[str, Any]:  # fmt: skip
+    """Run a governed ``action`` as the CLI's authenticated identity
+    (:func:`medml.identity.cli_identity`), with the deployment's settings."""
+    from medml.identity import cli_identity
 
-    return pwd.getpwuid(os.getuid()).pw_name
+    def act() -> dict[str, Any]:
+        settings = Settings.from_env()
+        for warning in settings.ignored_warnings():
+            typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
+        actor = cli_identity(settings, tracking.uri)
+        return action(tracking, *args, reviewer=actor.name, identity=actor.source,
+                      settings=settings, **kwargs)  # fmt: skip
+
+    return _guard(act)
 
 
 @app.command("promote")
@@ -442,26 +451,25 @@ def promote_cmd(
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Move alias `champion` to a version (the old one stays as `previous-champion`), audited
-    with your OS user name."""
+    with your authenticated identity: the MLflow server's user, or your OS user where the
+    deployment's policy allows local-admin mode."""
     from medml.promotion import promote
 
-    event = _guard(
-        promote, _existing_store(tracking_uri), model, version, reviewer=_os_user(),
-        reason=reason, override_gate=override_gate, identity="os-user",
-    )  # fmt: skip
+    event = _as_actor(promote, _existing_store(tracking_uri), model, version, reason=reason,
+                      override_gate=override_gate)  # fmt: skip
     typer.echo(
         f"{model}: champion -> v{event['version']} (previous: {event['previous_champion']}) "
-        f"by {event['reviewer']} at {event['at']} (audit event #{event['seq']})"
+        f"by {event['reviewer']} ({event['identity']}) at {event['at']} (audit event "
+        f"#{event['seq']})"
     )
 
 
 @app.command("rollback")
 def rollback_cmd(model: ModelName, reason: Reason, tracking_uri: TrackingUri = None) -> None:
-    """Restore the previous champion, audited with your OS user name."""
+    """Restore the previous champion, audited with your authenticated identity."""
     from medml.promotion import rollback
 
-    tracking = _existing_store(tracking_uri)
-    event = _guard(rollback, tracking, model, reviewer=_os_user(), reason=reason)
+    event = _as_actor(rollback, _existing_store(tracking_uri), model, reason=reason)
     typer.echo(f"{model}: champion -> v{event['version']} (rolled back from v{event['demoted']})")
 
 
@@ -476,8 +484,10 @@ def audit_log_cmd(model: ModelName, tracking_uri: TrackingUri = None) -> None:
     from medml.promotion import audit_log
 
     for event in _guard(audit_log, _existing_store(tracking_uri), model):
+        who = event.get("reviewer") or event.get("registrar", "?")
+        what = event.get("reason") or f"gate {event.get('gate', '?')}, run {event.get('run_id')}"
         typer.echo(f"#{event['seq']} {event['at']} {event['event']} v{event['version']} "
-                   f"by {event['reviewer']}: {event['reason']}")  # fmt: skip
+                   f"by {who} ({event.get('identity', '?')}): {what}")  # fmt: skip
 
 
 @audit_app.command("verify")
@@ -542,6 +552,46 @@ def predict_cmd(
             else ""
         )
     )
+
+
+@app.command("serve")
+def serve_cmd(
+    model: Annotated[str, typer.Option("--model", help="NAME@alias or NAME/version.")],
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5001,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    tracking_uri: TrackingUri = None,
+    allow_unreviewed: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unreviewed",
+            help="Serve NAME@champion even when no valid "
+            "promotion event backs it (warns instead of refusing).",
+        ),  # fmt: skip
+    ] = False,
+) -> None:
+    """Serve a registered model over HTTP with MLflow's scoring server (`/invocations`).
+
+    ``NAME@champion`` is checked against the audit trail first (exit 5 when it is not backed)
+    and the checked version is what is served (``models:/NAME/<version>``), so the alias cannot
+    move between the check and the load. (`mlflow models serve -m models:/NAME@champion`
+    directly skips that check.)"""
+    import os
+    import sys
+
+    from medml.predict import reviewed_model_uri
+
+    tracking = _existing_store(tracking_uri)
+    uri, warning = _guard(reviewed_model_uri, models_uri(model), tracking,
+                          allow_unreviewed=allow_unreviewed)  # fmt: skip
+    if warning:
+        typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
+    typer.echo(f"serving {uri} on http://{host}:{port}/invocations")
+    mlflow = str(Path(sys.executable).with_name("mlflow"))
+    from medml.settings import process_environment
+
+    environment = {**process_environment(), "MLFLOW_TRACKING_URI": tracking.uri}
+    os.execve(mlflow, [mlflow, "models", "serve", "-m", uri, "--env-manager", "local",
+                       "-h", host, "-p", str(port)], environment)  # fmt: skip
 
 
 @app.command()

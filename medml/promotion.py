@@ -14,8 +14,10 @@ from typing import Any
 
 from medml.config import GateConfig, parse_overrides
 from medml.errors import RefusedError
+from medml.identity import LOCAL_ADMIN, Identity
 from medml.layout import ARTIFACTS
 from medml.metrics import GateOutcome, HoldoutMetrics, check_gate
+from medml.policy import Policy
 from medml.settings import Settings
 from medml.tracking import Tracking
 from medml.version_tags import CHAMPION, PREVIOUS_CHAMPION, VersionTags
@@ -123,36 +125,121 @@ def champion_backed_by_audit(
     return champion
 
 
-def recorded_gate(tracking: Tracking, model_version: Any) -> GateOutcome:
+EVIDENCE = (ARTIFACTS.metrics, ARTIFACTS.champion_metrics)
+"""The artifacts a version's gate is computed from; their SHA-256 is pinned at registration."""
+
+
+def evidence_digests(client: Any, run_id: str, folder: Path) -> dict[str, str]:
+    """Download the gate evidence of ``run_id`` to ``folder / <artifact path>``; the SHA-256 of
+    each artifact that exists, by artifact path."""
+    import hashlib
+
+    from mlflow.exceptions import MlflowException
+
+    digests = {}
+    for artifact in EVIDENCE:
+        into = folder / Path(artifact).parent
+        into.mkdir(parents=True, exist_ok=True)
+        try:
+            path = Path(client.download_artifacts(run_id, artifact, str(into)))
+        except (MlflowException, OSError):
+            continue
+        digests[artifact] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digests
+
+
+def registration_event(events: list[dict[str, Any]], version: str) -> dict[str, Any] | None:
+    """The ``register`` event of ``version`` (the first; a retry appends none), or ``None``."""
+    registered = (e for e in events if e.get("event") == "register")
+    return next((e for e in registered if str(e.get("version")) == version), None)
+
+
+def record_registration(
+    trail: Any, client: Any, name: str, version: str, *, run_id: str, registrar: Identity,
+    gate: GateOutcome,
+) -> dict[str, Any]:  # fmt: skip
+    """Append ``version``'s ``register`` event (once): who registered it and the SHA-256 of its
+    gate evidence, so promotion can tell a replaced ``metrics.json`` from the one the gate saw.
+
+    Args:
+        trail: the model's audit trail, locked (:func:`medml.audit.transaction`).
+        client: the MLflow client.
+        name: the registered model.
+        version: the new version.
+        run_id: the pipeline run the version was logged from.
+        registrar: who registered it.
+        gate: its gate outcome at registration.
+    """
+    import tempfile
+
+    existing = registration_event(trail.events(), version)
+    if existing is not None:
+        return existing
+    with tempfile.TemporaryDirectory() as tmp:
+        evidence = evidence_digests(client, run_id, Path(tmp))
+    return trail.append({
+        "event": "register", "version": version, "run_id": run_id, "registrar": registrar.name,
+        "identity": registrar.source, "evidence": evidence, "at": _now(),
+        "gate": "passed" if gate.passed else "failed",
+    })  # fmt: skip
+
+
+def recorded_gate(
+    tracking: Tracking, model_version: Any, registration: dict[str, Any] | None = None
+) -> GateOutcome:
     """The version's gate, recomputed from what its run logged and MLflow never lets a client
     change: the holdout metrics artifact, the champion's scores on the same holdout, and the
     recipe's gate settings as run params — never from the (editable) ``gate`` tag.
 
+    With the version's ``registration`` event, the artifacts must be byte for byte the ones
+    registration pinned (a ``metrics.json`` logged onto the finished run afterwards is refused).
+
     Raises:
-        PromotionError: the run lacks its metrics or gate settings.
+        PromotionError: the run lacks its metrics or gate settings, or its evidence differs
+            from what registration pinned.
     """
     import tempfile
 
-    from mlflow.exceptions import MlflowException
-
     client = tracking.activate()
     run_id = model_version.run_id
+    label = f"{model_version.name} v{model_version.version}"
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            metrics = HoldoutMetrics.read(Path(client.download_artifacts(
-                run_id, ARTIFACTS.metrics, tmp)))  # fmt: skip
-        except (MlflowException, OSError) as err:
+        digests = evidence_digests(client, run_id, Path(tmp))
+        if ARTIFACTS.metrics not in digests:
+            raise PromotionError(f"{label}: its run {run_id} has no {ARTIFACTS.metrics}; the "
+                                 "gate cannot be checked")  # fmt: skip
+        if registration is not None and digests != registration.get("evidence"):
+            pinned = registration.get("evidence", {})
+            changed = sorted(a for a in set(digests) | set(pinned)
+                             if digests.get(a) != pinned.get(a))  # fmt: skip
             raise PromotionError(
-                f"{model_version.name} v{model_version.version}: its run {run_id} has no "
-                f"{ARTIFACTS.metrics} ({err}); the gate cannot be checked"
-            ) from None
-        try:
-            champion: HoldoutMetrics | None = HoldoutMetrics.read(Path(client.download_artifacts(
-                run_id, ARTIFACTS.champion_metrics, tmp)))  # fmt: skip
-        except (MlflowException, OSError):
-            champion = None
+                f"{label}: its gate evidence ({', '.join(changed)}) is not what registration "
+                f"pinned in audit event #{registration.get('seq')}: it was replaced after the "
+                "version was registered; investigate, and register a new run"
+            )
+        metrics = HoldoutMetrics.read(Path(tmp) / ARTIFACTS.metrics)
+        champion = (HoldoutMetrics.read(Path(tmp) / ARTIFACTS.champion_metrics)
+                    if ARTIFACTS.champion_metrics in digests else None)  # fmt: skip
     gate = gate_from_params(client.get_run(run_id).data.params)
     return check_gate(metrics, gate, champion)
+
+
+def gate_shown(tracking: Tracking, model_version: Any,
+               events: list[dict[str, Any]]) -> tuple[str, str]:  # fmt: skip
+    """``(outcome, reasons)`` of a version's gate for display (the Models view): recomputed
+    from its evidence and checked against the digest registration pinned, like promotion
+    does — never the editable ``gate`` tag. Outcomes: ``passed``, ``failed``, ``unpinned`` (no
+    registration event), ``evidence-changed`` or ``unknown`` (the evidence cannot be read).
+    """
+    registration = registration_event(events, str(model_version.version))
+    if registration is None:
+        return "unpinned", "no registration event in the audit trail: the gate cannot be trusted"
+    try:
+        gate = recorded_gate(tracking, model_version, registration)
+    except PromotionError as err:
+        outcome = "evidence-changed" if "is not what registration pinned" in str(err) else "unknown"
+        return outcome, str(err)
+    return ("passed" if gate.passed else "failed"), "; ".join(gate.reasons)
 
 
 def gate_from_params(params: dict[str, str]) -> GateConfig:
@@ -165,124 +252,168 @@ def gate_from_params(params: dict[str, str]) -> GateConfig:
     return GateConfig.model_validate(parse_overrides(pairs))
 
 
-def _identity_checks(
-    reviewer: str, reason: str, requested_by: str | None, settings: Settings
-) -> None:
+def _identity_checks(reviewer: str, reason: str, requested_by: str | None,
+                     policy: Policy) -> None:  # fmt: skip
     if not reviewer.strip():
-        raise PromotionError("no authenticated reviewer: the identity comes from the OS user "
-                             "(CLI) or the Airflow user who answered the approval")  # fmt: skip
+        raise PromotionError("no authenticated reviewer: the identity comes from the Airflow "
+                             "user who answered the approval, the MLflow server's "
+                             "authentication, or local-admin mode (CLI)")  # fmt: skip
     if not reason.strip():
         raise PromotionError("a promotion needs --reason (recorded in the audit trail)")
-    if settings.four_eyes and requested_by and requested_by == reviewer:
+    if policy.four_eyes and requested_by and requested_by == reviewer:
         raise PromotionError(
-            f"{reviewer} requested this promotion and cannot also approve it (four-eyes rule; "
-            "another reviewer must approve, or the deployment sets MEDML_FOUR_EYES=false)"
+            f"{reviewer} requested this promotion and cannot also approve it (four-eyes rule "
+            f"of {policy.source}; another reviewer must approve)"
         )
 
 
-def _override_checks(name: str, version: str, gate: GateOutcome, reviewer: str,
-                     override_gate: str | None, settings: Settings) -> None:  # fmt: skip
+def _registrar_check(label: str, registration: dict[str, Any] | None, reviewer: str,
+                     policy: Policy) -> None:  # fmt: skip
+    if registration is None:
+        raise PromotionError(
+            f"{label} has no registration event in the audit trail (registered outside medml, "
+            "or before medml pinned gate evidence), so its gate evidence cannot be trusted; "
+            "register it again from a new pipeline run"
+        )
+    if not policy.registrar_may_approve and registration.get("registrar") == reviewer:
+        raise PromotionError(
+            f"{reviewer} registered {label} (audit event #{registration.get('seq')}) and cannot "
+            f"also approve it (four-eyes rule of {policy.source}; another reviewer must approve)"
+        )
+
+
+def _override_checks(label: str, gate: GateOutcome, reviewer: str, override_gate: str | None,
+                     policy: Policy) -> None:  # fmt: skip
     if gate.passed:
         return
     why = "; ".join(gate.reasons)
     if not (override_gate and override_gate.strip()):
         raise PromotionError(
-            f"{name} v{version} did not pass its gate (recomputed from its logged metrics: "
+            f"{label} did not pass its gate (recomputed from its logged metrics: "
             f"{why}); pass --override-gate REASON to promote it anyway (allowed roles only)"
         )
-    allowed = settings.gate_overriders
-    if reviewer not in allowed:
+    if reviewer not in policy.gate_overriders:
+        allowed = ", ".join(sorted(policy.gate_overriders)) or "nobody"
         raise PromotionError(
-            f"{reviewer} may not override a failed gate ({why}); the deployment lists who "
-            f"may in MEDML_GATE_OVERRIDERS (now: {', '.join(sorted(allowed)) or 'nobody'})"
+            f"{reviewer} may not override a failed gate ({why}); the deployment's policy "
+            f"({policy.source}) lists who may in gate_overriders (now: {allowed})"
         )
+
+
+def _trusted_trail(tracking: Tracking, name: str, settings: Settings) -> None:
+    """Refuse to decide on a trail that does not verify (its events cannot be believed)."""
+    from medml import audit
+
+    report = audit.verify(tracking, name, settings)
+    if not report.intact:
+        problems = "; ".join(report.problems)
+        raise PromotionError(f"{name}'s audit trail does not verify ({problems}); run `medml "
+                             f"audit verify {name}` and repair it first")  # fmt: skip
 
 
 def promote(
     tracking: Tracking, name: str, version: str | int, *, reviewer: str, reason: str,
-    override_gate: str | None = None, requested_by: str | None = None, identity: str = "os-user",
-    settings: Settings | None = None,
+    override_gate: str | None = None, requested_by: str | None = None,
+    identity: str = LOCAL_ADMIN, settings: Settings | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Move alias ``champion`` to ``version``, keep the old champion as ``previous-champion``
     and clear ``challenger`` if it pointed at this version (a review never compares a version
     with itself).
 
+    Everything is decided and moved under the audit trail's lock, in the order the trail
+    records it: two racing promotions are serialised, and the second one sees the first's
+    champion.
+
     Args:
         tracking: the MLflow store.
         name: the registered model.
         version: the version to promote.
-        reviewer: the authenticated identity who decides (OS user, or the Airflow approver).
+        reviewer: the authenticated identity who decides (:mod:`medml.identity`).
         reason: why (required; audited).
-        override_gate: why to promote a version whose gate failed; only users listed in
-            ``$MEDML_GATE_OVERRIDERS`` may.
+        override_gate: why to promote a version whose gate failed; only users the deployment's
+            policy lists in ``gate_overriders`` may.
         requested_by: who asked for the promotion (the Airflow user who triggered it): with
-            the four-eyes rule (``$MEDML_FOUR_EYES``, on by default) they cannot approve it.
-        identity: where ``reviewer`` comes from (``os-user`` or ``airflow``), for the audit.
+            the policy's ``four_eyes`` (on by default) they cannot approve it.
+        identity: where ``reviewer`` comes from (``airflow``, ``mlflow-auth``, ``local-admin``).
         settings: the deployment's settings (default: from the environment).
 
     Raises:
-        PromotionError: unknown or incomplete version, no identity or reason, requester =
-            approver, already champion, or a failed gate without an allowed override.
+        PromotionError: unknown or incomplete version, no identity or reason, requester or
+            registrar = approver, already champion, a trail that does not verify, gate evidence
+            replaced after registration, or a failed gate without an allowed override.
     """
     from mlflow.exceptions import MlflowException
 
     from medml import audit
 
     settings = settings or Settings.from_env()
-    _identity_checks(reviewer, reason, requested_by, settings)
+    policy = settings.policy()
+    _identity_checks(reviewer, reason, requested_by, policy)
     client = tracking.activate()
     version = str(version)
+    label = f"{name} v{version}"
     try:
         model_version = client.get_model_version(name, version)
     except MlflowException:
         raise PromotionError(f"model {name!r} has no version {version}") from None
     require_complete_version(model_version)
-    gate = recorded_gate(tracking, model_version)
-    _override_checks(name, version, gate, reviewer, override_gate, settings)
-    previous = alias_version(client, name, CHAMPION)
-    if previous == version:
-        raise PromotionError(f"{name} v{version} is already the champion")
-    event = {"event": "promote", "version": version, "reviewer": reviewer, "identity": identity,
-             "requested_by": requested_by or reviewer, "reason": reason, "at": _now(),
-             "previous_champion": previous or "none", "gate_reasons": gate.reasons,
-             "gate": "passed" if gate.passed else "failed",
-             "gate_override": override_gate or ""}  # fmt: skip
-    # first: a refused write moves nothing
-    recorded = audit.append(tracking, name, event, settings=settings)
-    client.set_registered_model_alias(name, CHAMPION, version)
-    if previous is not None:
-        client.set_registered_model_alias(name, PREVIOUS_CHAMPION, previous)
-    for alias in set(model_version.aliases or []) - {CHAMPION, PREVIOUS_CHAMPION}:
-        client.delete_registered_model_alias(name, alias)  # challenger: now the champion
+    with audit.transaction(tracking, name, settings=settings) as trail:
+        _trusted_trail(tracking, name, settings)
+        registration = registration_event(trail.events(), version)
+        _registrar_check(label, registration, reviewer, policy)
+        gate = recorded_gate(tracking, model_version, registration)
+        _override_checks(label, gate, reviewer, override_gate, policy)
+        previous = alias_version(client, name, CHAMPION)
+        if previous == version:
+            raise PromotionError(f"{label} is already the champion")
+        event = {"event": "promote", "version": version, "reviewer": reviewer,
+                 "identity": identity, "requested_by": requested_by or reviewer,
+                 "registrar": registration.get("registrar", "") if registration else "",
+                 "reason": reason, "at": _now(), "previous_champion": previous or "none",
+                 "gate_reasons": gate.reasons, "gate": "passed" if gate.passed else "failed",
+                 "gate_override": override_gate or "",
+                 "policy": policy.digest or "built-in defaults"}  # fmt: skip
+        recorded = trail.append(event)  # first: a refused write moves nothing
+        client.set_registered_model_alias(name, CHAMPION, version)
+        if previous is not None:
+            client.set_registered_model_alias(name, PREVIOUS_CHAMPION, previous)
+        for alias in set(model_version.aliases or []) - {CHAMPION, PREVIOUS_CHAMPION}:
+            client.delete_registered_model_alias(name, alias)  # challenger: now the champion
     for key in ("reviewer", "reason", "at", "previous_champion", "gate_override"):
         client.set_model_version_tag(name, version, VersionTags.audit("promoted", key), event[key])
     return recorded
 
 
-def rollback(tracking: Tracking, name: str, *, reviewer: str, reason: str,
-             identity: str = "os-user") -> dict[str, Any]:  # fmt: skip
+def rollback(
+    tracking: Tracking, name: str, *, reviewer: str, reason: str, identity: str = LOCAL_ADMIN,
+    settings: Settings | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Restore the previous champion; the demoted version becomes ``previous-champion``.
 
     Raises:
-        PromotionError: no identity or reason, or no champion / previous champion.
+        PromotionError: no identity or reason, a trail that does not verify, or no champion /
+            previous champion.
     """
     from medml import audit
 
-    settings = Settings.from_env()
-    _identity_checks(reviewer, reason, None, settings)
+    settings = settings or Settings.from_env()
+    _identity_checks(reviewer, reason, None, settings.policy())
     client = tracking.activate()
-    current = alias_version(client, name, CHAMPION)
-    previous = alias_version(client, name, PREVIOUS_CHAMPION)
-    if current is None or previous is None:
-        raise PromotionError(
-            f"{name} has no {'champion' if current is None else 'previous champion'}"
-            " to roll back from/to"
-        )
-    event = {"event": "rollback", "version": previous, "demoted": current, "reviewer": reviewer,
-             "identity": identity, "reason": reason, "at": _now()}  # fmt: skip
-    recorded = audit.append(tracking, name, event, settings=settings)
-    client.set_registered_model_alias(name, CHAMPION, previous)
-    client.set_registered_model_alias(name, PREVIOUS_CHAMPION, current)
+    with audit.transaction(tracking, name, settings=settings) as trail:
+        _trusted_trail(tracking, name, settings)
+        current = alias_version(client, name, CHAMPION)
+        previous = alias_version(client, name, PREVIOUS_CHAMPION)
+        if current is None or previous is None:
+            raise PromotionError(
+                f"{name} has no {'champion' if current is None else 'previous champion'}"
+                " to roll back from/to"
+            )
+        event = {"event": "rollback", "version": previous, "demoted": current,
+                 "reviewer": reviewer, "identity": identity, "reason": reason,
+                 "at": _now()}  # fmt: skip
+        recorded = trail.append(event)
+        client.set_registered_model_alias(name, CHAMPION, previous)
+        client.set_registered_model_alias(name, PREVIOUS_CHAMPION, current)
     for key in ("reviewer", "reason", "at"):
         tag = client.set_model_version_tag
         tag(name, previous, VersionTags.audit("restored", key), event[key])

@@ -18,6 +18,7 @@ from medml.calibration import ServingCalibration
 from medml.config import Recipe
 from medml.errors import RunError
 from medml.faults import failpoint
+from medml.identity import Identity, cli_identity
 from medml.io import COMPLETE_MARKER, atomic_path, publish_dir, write_json
 from medml.layout import ARTIFACTS, RegistryFiles
 from medml.metrics import GateOutcome, HoldoutMetrics, check_gate, scalar_metrics
@@ -160,6 +161,7 @@ def register_ensemble(
     tracking: Tracking, parent_run_id: str, tags: dict[str, str],
     champion: ChampionScore | None = None, card_facts: dict[str, Any] | None = None,
     calibration: ServingCalibration | None = None, revision: str | None = None,
+    registrar: Identity | None = None,
 ) -> Registration:  # fmt: skip
     """Build the fold ensemble, log it to the pipeline run and register one model version.
 
@@ -186,6 +188,8 @@ def register_ensemble(
             the served model) that evaluation fitted out-of-fold.
         revision: the source revision recorded on the version (default:
             :func:`git_revision` of the environment's settings).
+        registrar: who registers it (recorded in the audit trail; with the policy's
+            ``registrar_may_approve`` off they cannot approve its promotion).
     """
     from medml.model_card import render_markdown, write_model_card
 
@@ -211,7 +215,9 @@ def register_ensemble(
                                    digest, calibration.operating_point)  # fmt: skip
         failpoint("register:version-created")
         describe(tracking, recipe, version, render_markdown(card))
-        complete_version(tracking, name, version, tags, alias)
+        complete_version(tracking, name, version, tags, alias, run_id=parent_run_id,
+                         registrar=registrar or cli_identity(Settings.from_env(), tracking.uri),
+                         gate=gate)  # fmt: skip
         registration = Registration(name, version, alias, gate, version_uri(name, version))
         write_json(files.registration, registration.as_dict())
     return registration
@@ -336,16 +342,25 @@ def models_digest(fold_dirs: Sequence[Path]) -> str:
 
 
 def complete_version(
-    tracking: Tracking, name: str, version: str, tags: dict[str, str], alias: str | None
-) -> None:
-    """Write the tags that are missing or differ, move the alias, then mark it complete."""
+    tracking: Tracking, name: str, version: str, tags: dict[str, str], alias: str | None, *,
+    run_id: str, registrar: Identity, gate: GateOutcome, settings: Settings | None = None,
+) -> None:  # fmt: skip
+    """Write the tags that are missing or differ; then, under the audit trail's lock, record
+    the registration (registrar and the digest of the gate evidence, once) and move the alias;
+    then mark the version complete."""
+    from medml import audit
+    from medml.promotion import record_registration
+
     client = tracking.activate()
     current = client.get_model_version(name, version).tags
     for key, value in tags.items():
         if current.get(key) != value:
             client.set_model_version_tag(name, version, key, value)
-    if alias is not None:
-        client.set_registered_model_alias(name, alias, version)
+    with audit.transaction(tracking, name, settings=settings) as trail:
+        record_registration(trail, client, name, version, run_id=run_id, registrar=registrar,
+                            gate=gate)  # fmt: skip
+        if alias is not None:
+            client.set_registered_model_alias(name, alias, version)
     client.set_model_version_tag(name, version, VersionTags.COMPLETE, "true")
 
 

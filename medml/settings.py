@@ -16,7 +16,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_FALSE = ("0", "false", "no")
+from medml.policy import DEFAULT_POLICY_FILE, Policy, load_policy
+
+_SELF_GRANTED = ("MEDML_GATE_OVERRIDERS", "MEDML_FOUR_EYES")
 
 
 def _env(name: str) -> str:
@@ -56,10 +58,15 @@ class Settings:
             events (with the head tag reset) and an erased trail are detected. Mount it only
             where promotions run (the Airflow workers, the admin's CLI), append-only if the
             file system allows (``chattr +a``). Empty: no anchor.
-        gate_overriders: ``MEDML_GATE_OVERRIDERS``: comma-separated users who may promote a
-            version that failed the gate.
-        four_eyes: ``MEDML_FOUR_EYES``: a reviewer may not approve their own request (default
-            on; exactly ``0``, ``false`` or ``no``, in any case, turns it off).
+        policy_file: ``MEDML_POLICY``: the deployment's governance policy (who may override
+            the gate, four-eyes, local-admin mode; :mod:`medml.policy`), believed only when the
+            caller cannot edit it; default ``/etc/medml/policy.toml``.
+        mlflow_username: ``MLFLOW_TRACKING_USERNAME``: the user the MLflow tracking server
+            authenticates (with ``MLFLOW_TRACKING_PASSWORD``); on a server with authentication
+            enabled, the CLI's identity (:mod:`medml.identity`).
+        ignored: the variables that are set but that medml no longer honours, because they
+            would let the promoter grant themselves a right (``MEDML_GATE_OVERRIDERS``,
+            ``MEDML_FOUR_EYES``: the policy file says these now).
         s3_endpoint_url: ``MEDML_S3_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL``: an S3-compatible
             endpoint (MinIO, a moto server).
         aws_region: ``AWS_REGION`` or ``AWS_DEFAULT_REGION``; default ``us-east-1``.
@@ -77,8 +84,9 @@ class Settings:
     pseudonym_key: str = field(default="", repr=False)
     audit_key: str = field(default="", repr=False)
     audit_anchor: str = ""
-    gate_overriders: frozenset[str] = frozenset()
-    four_eyes: bool = True
+    policy_file: str = ""
+    mlflow_username: str = ""
+    ignored: tuple[str, ...] = ()
     s3_endpoint_url: str = ""
     aws_region: str = "us-east-1"
     failpoint: str = ""
@@ -99,14 +107,27 @@ class Settings:
             pseudonym_key=_env("MEDML_PSEUDONYM_KEY"),
             audit_key=_env("MEDML_AUDIT_KEY"),
             audit_anchor=_env("MEDML_AUDIT_ANCHOR"),
-            gate_overriders=frozenset(
-                user.strip() for user in _env("MEDML_GATE_OVERRIDERS").split(",") if user.strip()
-            ),
-            four_eyes=(_env("MEDML_FOUR_EYES") or "true").lower() not in _FALSE,
+            policy_file=_env("MEDML_POLICY") or DEFAULT_POLICY_FILE,
+            mlflow_username=_env("MLFLOW_TRACKING_USERNAME"),
+            ignored=tuple(name for name in _SELF_GRANTED if _env(name)),
             s3_endpoint_url=_env("MEDML_S3_ENDPOINT_URL") or _env("AWS_ENDPOINT_URL"),
             aws_region=_env("AWS_REGION") or _env("AWS_DEFAULT_REGION") or "us-east-1",
             failpoint=_env("MEDML_FAILPOINT"),
         )
+
+    def policy(self) -> Policy:
+        """The deployment's governance policy (:func:`medml.policy.load_policy`).
+
+        Raises:
+            PolicyError: the policy file cannot be believed or read.
+        """
+        return load_policy(self.policy_file or DEFAULT_POLICY_FILE)
+
+    def ignored_warnings(self) -> list[str]:
+        """One line per variable in :attr:`ignored`, saying where the setting lives now."""
+        return [f"{name} is ignored: the deployment's policy file ({self.policy_file}) says "
+                "who may override the gate and whether four-eyes holds"
+                for name in self.ignored]  # fmt: skip
 
     @property
     def default_tracking_uri(self) -> str:

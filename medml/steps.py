@@ -514,11 +514,18 @@ def evaluate(ctx: RunContext, tracking: Tracking | None = None) -> dict[str, Any
     help="Register the fold ensemble in MLflow; alias `challenger` if it passes the gate.",
 )
 def register(
-    ctx: RunContext, tracking: Tracking, settings: Settings | None = None
-) -> dict[str, Any]:
-    """Gate (thresholds + non-inferiority to the champion), register, alias ``challenger``."""
+    ctx: RunContext, tracking: Tracking, settings: Settings | None = None,
+    airflow_user: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Gate (thresholds + non-inferiority to the champion), register, alias ``challenger``.
+
+    The registrar recorded in the audit trail is ``airflow_user`` (the Airflow user who
+    triggered the run, or ``scheduler``) when Airflow runs the step, else the CLI's identity
+    (:func:`medml.identity.cli_identity`).
+    """
     from medml.calibration import ServingCalibration
     from medml.evaluation_facts import EvaluationFacts
+    from medml.identity import AIRFLOW, Identity, cli_identity
     from medml.registry import champion_on_holdout, git_revision, register_ensemble
     from medml.version_tags import VersionTags
 
@@ -532,13 +539,16 @@ def register(
                             ctx.recipe.data.classes, ctx.recipe.evaluate.min_class_support)
         if len(labels) else None
     )  # fmt: skip
+    settings = settings or Settings.from_env()
+    registrar = (Identity(airflow_user, AIRFLOW) if airflow_user
+                 else cli_identity(settings, tracking.uri))  # fmt: skip
     registration = register_ensemble(
         layout.fold_models(ctx.recipe.split.folds), metrics, layout.registry.root, ctx.recipe,
         tracking=tracking, parent_run_id=pipeline_run_id(ctx, tracking),
         tags={VersionTags.DATA_HASH: snapshot_hash(ctx), VersionTags.LOGICAL_DATE: ctx.logical_date,
               VersionTags.RUN_KEY: ctx.run_key, VersionTags.RUN_DIR: ctx.location},
         champion=champion, calibration=ServingCalibration.from_evaluation(evaluation),
-        revision=git_revision(settings or Settings.from_env()),
+        revision=git_revision(settings), registrar=registrar,
         card_facts={"split_report": read_json(layout.split_report), "evaluation": evaluation,
                     "validation_report": read_json(layout.validation.report)},
     )  # fmt: skip

@@ -28,7 +28,8 @@ app = FastAPI(title="medml models", description="Registered models for review",
 
 STYLE = (
     "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin:.5em 0}"
-    "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}.failed{color:#b00}"
+    "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+    ".failed,.unpinned,.evidence-changed,.unknown{color:#b00}"
     ".passed{color:#070}.alias{background:#e8f0fe;border-radius:4px;padding:1px 6px}"
 )
 
@@ -42,7 +43,8 @@ def _tracking() -> Any:
 
 def models_page() -> str:
     """The Models page as HTML (used by the route and by tests)."""
-    from medml.audit import LOCK_SUFFIX, events
+    from medml.audit import LOCK_SUFFIX, events, verify
+    from medml.promotion import gate_shown
     from medml.version_tags import VersionTags as T
 
     tracking = _tracking()
@@ -57,9 +59,10 @@ def models_page() -> str:
         rows = []
         versions = sorted(client.search_model_versions(f"name='{model.name}'"),
                           key=lambda v: int(v.version), reverse=True)  # fmt: skip
+        trail = events(tracking, model.name)
         for v in versions:
             tags = v.tags
-            gate = tags.get(T.GATE, "?")
+            gate, reasons = gate_shown(tracking, v, trail)
             badges = " ".join(f"<span class='alias'>{html.escape(a)}</span>"
                               for a in sorted(aliases.get(str(v.version), [])))  # fmt: skip
             link = f"review/{html.escape(model.name)}/{v.version}"
@@ -68,7 +71,7 @@ def models_page() -> str:
                 f"</td><td class='{gate}'>{html.escape(gate)}</td>"
                 f"<td>{html.escape(tags.get(T.metric('balanced_accuracy'), ''))}</td>"
                 f"<td>{html.escape(tags.get(T.metric('macro_f1'), ''))}</td>"
-                f"<td>{html.escape(tags.get(T.GATE_REASONS, ''))[:160]}</td>"
+                f"<td>{html.escape(reasons[:160])}</td>"
                 f"<td>{html.escape(tags.get(T.audit('promoted', 'reviewer'), ''))}</td>"
                 f"<td><a href='{link}'>review</a></td></tr>"
             )
@@ -76,12 +79,16 @@ def models_page() -> str:
             f"<tr><td>#{e.get('seq', '')}</td><td>{html.escape(e.get('at', ''))}</td>"
             f"<td>{html.escape(e.get('event', ''))}</td>"
             f"<td>v{html.escape(str(e.get('version', '')))}</td>"
-            f"<td>{html.escape(e.get('reviewer', ''))}</td>"
+            f"<td>{html.escape(e.get('reviewer') or e.get('registrar', ''))}</td>"
             f"<td>{html.escape(e.get('requested_by', ''))}</td>"
             f"<td>{html.escape(e.get('reason', ''))}</td></tr>"
-            for e in reversed(events(tracking, model.name)))  # fmt: skip
+            for e in reversed(trail))  # fmt: skip
+        report = verify(tracking, model.name)
+        broken = "" if report.intact else (
+            "<p class='failed'>The audit trail does not verify: "
+            + html.escape("; ".join(report.problems)) + "</p>")  # fmt: skip
         sections.append(
-            f"<h2>{html.escape(model.name)}</h2><table><tr><th>version</th><th>snapshot</th>"
+            f"<h2>{html.escape(model.name)}</h2>{broken}<table><tr><th>version</th><th>snapshot</th>"
             "<th>gate</th><th>balanced acc.</th><th>macro-F1</th><th>gate reasons</th>"
             f"<th>promoted by</th><th></th></tr>{''.join(rows)}</table>"
             "<h3>Audit trail</h3><table><tr><th>#</th><th>when</th><th>event</th>"

@@ -74,6 +74,15 @@ def test_models_page_lists_versions_aliases_and_audit(phantom_dir: Path, tmp_pat
     assert report.status_code == 200 and "sensitivity Stone" in report.text
     assert client.get("/review/no-such-model/1").status_code == 404
 
+    import mlflow
+
+    run_id = tracking.activate().get_model_version("kidney-ct-classifier", "1").run_id
+    with mlflow.start_run(run_id=run_id):  # a "better" metrics.json logged after registration
+        mlflow.log_dict({"forged": True}, "evaluation/metrics.json")
+    text = client.get("/").text
+    assert "class='evidence-changed'>evidence-changed<" in text and "not what registration " \
+        "pinned" in text  # fmt: skip
+
 
 def test_no_schema_or_docs_page_answers_without_a_session() -> None:
     """FastAPI's /openapi.json, /docs and /redoc skip route dependencies: they are not served.

@@ -4,6 +4,7 @@ trail that is complete under concurrency and shows any edit or deletion."""
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -15,8 +16,10 @@ from typer.testing import CliRunner
 from medml import audit
 from medml.cli import app
 from medml.config import load_recipe
-from medml.metrics import HoldoutMetrics
+from medml.identity import LOCAL_ADMIN, Identity
+from medml.metrics import GateOutcome, HoldoutMetrics
 from medml.promotion import PromotionError, promote
+from medml.registry import complete_version
 from medml.tracking import Tracking
 from tests.conftest import venv_env
 
@@ -36,9 +39,11 @@ def _metrics(sensitivity_b: float) -> HoldoutMetrics:
                           ci95={"balanced_accuracy": [0.7, 0.9]})  # fmt: skip
 
 
-def _versions(tracking: Tracking, count: int, *, sensitivity_b: float = 0.8) -> None:
-    """``count`` complete versions of NAME whose run logged metrics and the gate as params —
-    what `medml register` leaves (without training: the registry is what is under test)."""
+def _versions(tracking: Tracking, count: int, *, sensitivity_b: float = 0.8,
+              registrar: str = "trainer") -> None:  # fmt: skip
+    """``count`` complete versions of NAME whose run logged metrics and the gate as params,
+    with their registration in the audit trail — what `medml register` leaves (without
+    training: the registry is what is under test)."""
     import mlflow
 
     client = tracking.activate()
@@ -51,8 +56,24 @@ def _versions(tracking: Tracking, count: int, *, sensitivity_b: float = 0.8) -> 
             mlflow.log_text("stand-in", "model/MLmodel")
         version = client.create_model_version(NAME, f"runs:/{run.info.run_id}/model",
                                               run.info.run_id)  # fmt: skip
-        client.set_model_version_tag(NAME, version.version, "medml.complete", "true")
         client.set_model_version_tag(NAME, version.version, "gate", "passed")
+        complete_version(tracking, NAME, str(version.version), {}, None, run_id=run.info.run_id,
+                         registrar=Identity(registrar, LOCAL_ADMIN),
+                         gate=GateOutcome(True, []))  # fmt: skip
+
+
+def _promotions(tracking: Tracking) -> list[dict]:
+    """The trail's promote/rollback events (registrations left out)."""
+    return [e for e in audit.events(tracking, NAME) if e["event"] != "register"]
+
+
+def _policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> Path:
+    """Point MEDML_POLICY at a policy file with ``text`` (the tests run as root, the admin)."""
+    path = tmp_path / "policy" / "policy.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    monkeypatch.setenv("MEDML_POLICY", str(path))
+    return path
 
 
 def test_twenty_concurrent_promotions_lose_no_event(tmp_path: Path) -> None:
@@ -67,42 +88,44 @@ def test_twenty_concurrent_promotions_lose_no_event(tmp_path: Path) -> None:
                  for v in range(1, 21)]  # fmt: skip
     failures = [p.stderr.read() for p in processes if p.wait(timeout=300) != 0]
     assert failures == []
-    events = audit.events(tracking, NAME)
+    events = _promotions(tracking)
     assert sorted(int(e["version"]) for e in events) == list(range(1, 21))  # nothing lost
-    assert [e["seq"] for e in events] == list(range(1, 21))
+    assert [e["seq"] for e in events] == list(range(21, 41))  # after the 20 registrations
     report = audit.verify(tracking, NAME)
-    assert report.intact and report.events == 20, report.problems
+    assert report.intact and report.events == 40, report.problems
     champion = tracking.activate().get_model_version_by_alias(NAME, "champion").version
     assert str(champion) == events[-1]["version"]  # the last event is the one that stuck
+    # decided under the lock: each promotion saw the one before it as the champion
+    assert [e["previous_champion"] for e in events[1:]] == [e["version"] for e in events[:-1]]
 
 
 def test_verify_catches_an_edited_event_a_deleted_one_and_a_removed_tail(tmp_path: Path) -> None:
     tracking = Tracking.from_env()
-    _versions(tracking, 3)
-    for version in ("1", "2", "3"):
+    _versions(tracking, 3)  # events #1-#3: the registrations
+    for version in ("1", "2", "3"):  # #4-#6
         promote(tracking, NAME, version, reviewer="alice", reason=f"step {version}")
     result = CliRunner().invoke(app, ["audit", "verify", NAME, "--tracking-uri", tracking.uri])
-    assert result.exit_code == 0 and "3 audit events, hash chain intact" in result.output
+    assert result.exit_code == 0 and "6 audit events, hash chain intact" in result.output
 
     database = tracking.uri.removeprefix("sqlite:///")
     run_of = {e["seq"]: r for e, r in _event_runs(tracking)}
     with sqlite3.connect(database) as db:  # what someone with database access could do
         row = db.execute("SELECT value FROM params WHERE key='event' AND run_uuid=?",
-                         (run_of[2],)).fetchone()  # fmt: skip
+                         (run_of[5],)).fetchone()  # fmt: skip
         forged = json.loads(row[0]) | {"reviewer": "mallory"}
         db.execute("UPDATE params SET value=? WHERE key='event' AND run_uuid=?",
-                   (json.dumps(forged, sort_keys=True), run_of[2]))  # fmt: skip
+                   (json.dumps(forged, sort_keys=True), run_of[5]))  # fmt: skip
     result = CliRunner().invoke(app, ["audit", "verify", NAME, "--tracking-uri", tracking.uri])
-    assert result.exit_code == 6 and "event #2 was edited after it was written" in result.output
+    assert result.exit_code == 6 and "event #5 was edited after it was written" in result.output
 
-    tracking.activate().delete_run(run_of[1])
+    tracking.activate().delete_run(run_of[4])
     problems = audit.verify(tracking, NAME).problems
-    assert "event #1 was deleted" in " ".join(problems)
-    assert "event #1 is missing" in " ".join(problems)
+    assert "event #4 was deleted" in " ".join(problems)
+    assert "event #4 is missing" in " ".join(problems)
 
     with sqlite3.connect(database) as db:  # drop the newest event entirely
-        db.execute("DELETE FROM params WHERE run_uuid=?", (run_of[3],))
-    assert any("the newest event should be 3:" in p for p in audit.verify(tracking, NAME).problems)
+        db.execute("DELETE FROM params WHERE run_uuid=?", (run_of[6],))
+    assert any("the newest event should be 6:" in p for p in audit.verify(tracking, NAME).problems)
 
 
 def _event_runs(tracking: Tracking) -> list[tuple[dict, str]]:
@@ -112,7 +135,9 @@ def _event_runs(tracking: Tracking) -> list[tuple[dict, str]]:
     return [(json.loads(r.data.params["event"]), r.info.run_id) for r in runs]
 
 
-def test_promotion_identity_four_eyes_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_promotion_identity_four_eyes_and_overrides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tracking = Tracking.from_env()
     _versions(tracking, 2, sensitivity_b=0.3)  # class b at or below chance: the gate fails
     client = tracking.activate()
@@ -123,13 +148,17 @@ def test_promotion_identity_four_eyes_and_overrides(monkeypatch: pytest.MonkeyPa
         promote(tracking, NAME, "1", reviewer="bob", reason="r", requested_by="alice")
     with pytest.raises(PromotionError, match="bob may not override.*now: nobody"):
         promote(tracking, NAME, "1", reviewer="bob", reason="r", override_gate="urgent")
-    assert audit.events(tracking, NAME) == []  # refused: nothing moved, nothing recorded
-    monkeypatch.setenv("MEDML_GATE_OVERRIDERS", "bob")
+    monkeypatch.setenv("MEDML_GATE_OVERRIDERS", "bob")  # the promoter's own environment
+    with pytest.raises(PromotionError, match="bob may not override.*now: nobody"):
+        promote(tracking, NAME, "1", reviewer="bob", reason="r", override_gate="urgent")
+    assert _promotions(tracking) == []  # refused: nothing moved, nothing recorded
+    _policy(tmp_path, monkeypatch, 'gate_overriders = ["bob"]\n')
     event = promote(tracking, NAME, "1", reviewer="bob", reason="r", requested_by="alice",
                     override_gate="urgent", identity="airflow")  # fmt: skip
     assert (event["requested_by"], event["reviewer"], event["identity"]) == ("alice", "bob",
                                                                              "airflow")  # fmt: skip
     assert event["gate"] == "failed" and event["gate_override"] == "urgent"
+    assert event["registrar"] == "trainer" and len(event["policy"]) == 64  # the file's digest
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
 
     import os
@@ -139,6 +168,7 @@ def test_promotion_identity_four_eyes_and_overrides(monkeypatch: pytest.MonkeyPa
     refused = runner.invoke(app, ["promote", NAME, "--version", "2", "--reason", "cli",
                                   "--tracking-uri", tracking.uri])  # fmt: skip
     assert refused.exit_code == 5 and "did not pass its gate" in refused.output
+    assert "warning: MEDML_GATE_OVERRIDERS is ignored" in refused.output
     override = ["--override-gate", "me", "--tracking-uri", tracking.uri]
     refused = runner.invoke(app, ["promote", NAME, "--version", "2", "--reason", "cli", *override])
     assert refused.exit_code == 5 and f"{pwd.getpwuid(os.getuid()).pw_name} may not override" in (
@@ -146,3 +176,131 @@ def test_promotion_identity_four_eyes_and_overrides(monkeypatch: pytest.MonkeyPa
     )
     assert runner.invoke(app, ["promote", NAME, "--version", "2", "--reviewer", "x", "--reason",
                                "y"]).exit_code == 2  # fmt: skip # no free-text identity
+
+
+def test_registrar_may_not_approve_where_the_policy_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tracking = Tracking.from_env()
+    _versions(tracking, 1, registrar="carol")
+    registered = audit.events(tracking, NAME)[0]
+    assert (registered["event"], registered["registrar"], registered["version"]) == (
+        "register", "carol", "1")  # fmt: skip
+    _policy(tmp_path, monkeypatch, "registrar_may_approve = false\n")
+    with pytest.raises(PromotionError, match="carol registered governed-classifier v1 .*event #1"):
+        promote(tracking, NAME, "1", reviewer="carol", reason="my own model")
+    assert promote(tracking, NAME, "1", reviewer="dave", reason="reviewed")["registrar"] == "carol"
+
+
+def test_replaced_gate_evidence_is_refused(tmp_path: Path) -> None:
+    """A chance-level version whose run gets a fake passing metrics.json after registration."""
+    import mlflow
+
+    tracking = Tracking.from_env()
+    _versions(tracking, 1, sensitivity_b=0.3)
+    client = tracking.activate()
+    run_id = client.get_model_version(NAME, "1").run_id
+    with pytest.raises(PromotionError, match="did not pass its gate"):
+        promote(tracking, NAME, "1", reviewer="bob", reason="r")
+    with mlflow.start_run(run_id=run_id):  # plain MLflow write access, onto the finished run
+        mlflow.log_dict(_metrics(0.95).to_dict(), "evaluation/metrics.json")
+    with pytest.raises(
+        PromotionError,
+        match=r"evaluation/metrics.json\) is not what "
+        "registration pinned in audit event #1",
+    ):
+        promote(tracking, NAME, "1", reviewer="bob", reason="r")
+    assert _promotions(tracking) == []
+
+
+def test_a_version_registered_outside_medml_is_refused() -> None:
+    import mlflow
+
+    tracking = Tracking.from_env()
+    _versions(tracking, 1)
+    client = tracking.activate()
+    with mlflow.start_run() as run:
+        mlflow.log_dict(_metrics(0.95).to_dict(), "evaluation/metrics.json")
+    client.create_model_version(NAME, f"runs:/{run.info.run_id}/model", run.info.run_id)
+    client.set_model_version_tag(NAME, "2", "medml.complete", "true")  # tags are not evidence
+    with pytest.raises(PromotionError, match="v2 has no registration event in the audit trail"):
+        promote(tracking, NAME, "2", reviewer="bob", reason="r")
+
+
+def test_policy_file_the_caller_can_edit_grants_nothing(tmp_path: Path) -> None:
+    from medml.policy import PolicyError, load_policy
+
+    path = tmp_path / "mine.toml"
+    path.write_text('gate_overriders = ["mallory"]\n')
+    path.chmod(0o644)
+    tmp_path.chmod(0o755)
+    assert load_policy(path, uid=0).gate_overriders == {"mallory"}  # root: the administrator
+    other = 65534  # nobody: neither owner nor group of a root-owned 0644 file
+    assert load_policy(path, uid=other).gate_overriders == {"mallory"}
+    path.chmod(0o666)
+    with pytest.raises(PolicyError, match="is writable by everyone"):
+        load_policy(path, uid=other)
+    path.chmod(0o644)
+    path.write_text("gate_overriders = 'mallory'\n")
+    with pytest.raises(PolicyError, match="gate_overriders must be a list of user names"):
+        load_policy(path, uid=0)
+    path.write_text("anyone_may_promote = true\n")
+    with pytest.raises(PolicyError, match="unknown keys \\['anyone_may_promote'\\]"):
+        load_policy(path, uid=0)
+    assert load_policy(tmp_path / "absent.toml").source.startswith("built-in defaults")
+    import os
+
+    os.chown(path, 1234, 1234)
+    with pytest.raises(PolicyError, match="is owned by you \\(uid 1234\\), so it cannot grant"):
+        load_policy(path, uid=1234)
+
+
+def test_a_policy_file_you_own_is_refused_in_an_unprivileged_process(tmp_path: Path) -> None:
+    """A user who points MEDML_POLICY at their own file: a forked child really runs as them."""
+    import os
+    import tempfile
+
+    from medml.policy import PolicyError
+    from medml.settings import Settings
+
+    folder = Path(tempfile.mkdtemp(dir="/tmp"))  # pytest's own folders are private to root
+    folder.chmod(0o755)
+    policy = folder / "policy.toml"
+    policy.write_text('gate_overriders = ["nobody"]\n')
+    os.chown(policy, 65534, 65534)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        os.close(read)
+        os.setgid(65534)
+        os.setuid(65534)
+        try:
+            Settings(home=tmp_path, policy_file=str(policy)).policy()
+            message = "believed"
+        except PolicyError as err:
+            message = str(err)
+        os.write(write, message.encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        message = pipe.read()
+    os.waitpid(child, 0)
+    shutil.rmtree(folder)
+    assert "is owned by you (uid 65534), so it cannot grant you anything" in message, message
+
+
+def test_local_admin_off_refuses_the_unauthenticated_cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tracking = Tracking.from_env()
+    _versions(tracking, 1)
+    _policy(tmp_path, monkeypatch, "local_admin = false\n")
+    result = CliRunner().invoke(app, ["promote", NAME, "--version", "1", "--reason", "r",
+                                      "--tracking-uri", tracking.uri])  # fmt: skip
+    assert result.exit_code == 5 and "turns local-admin mode off" in result.output
+    assert _promotions(tracking) == []
+    _policy(tmp_path, monkeypatch, "local_admin = true\n")
+    result = CliRunner().invoke(app, ["promote", NAME, "--version", "1", "--reason", "r",
+                                      "--tracking-uri", tracking.uri])  # fmt: skip
+    assert result.exit_code == 0 and "(local-admin)" in result.output, result.output
+    assert _promotions(tracking)[0]["identity"] == "local-admin"

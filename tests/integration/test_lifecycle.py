@@ -3,6 +3,8 @@ refusal, override, rollback, rejection, review and batch prediction."""
 
 from __future__ import annotations
 
+import os
+import pwd
 from pathlib import Path
 
 import pandas as pd
@@ -64,7 +66,9 @@ def test_gate_promotion_rollback_review_predict(
         promote(tracking, NAME, 2, reviewer="bob", reason="looks fine")
     with pytest.raises(PromotionError, match="bob may not override a failed gate"):
         promote(tracking, NAME, 2, reviewer="bob", reason="urgent", override_gate="known issue")
-    monkeypatch.setenv("MEDML_GATE_OVERRIDERS", "bob,erin")
+    policy = tmp_path / "policy.toml"  # the deployment's policy, not the promoter's environment
+    policy.write_text('gate_overriders = ["bob", "erin"]\n')
+    monkeypatch.setenv("MEDML_POLICY", str(policy))
     promote(tracking, NAME, 2, reviewer="bob", reason="urgent fix", override_gate="known issue")
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"
     assert str(client.get_model_version_by_alias(NAME, "previous-champion").version) == "1"
@@ -77,9 +81,13 @@ def test_gate_promotion_rollback_review_predict(
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
     record_decision(tracking, NAME, 2, reviewer="dave", decision="rejected", reason="no")
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"  # unchanged
-    events = [(e["event"], e["version"], e["reviewer"]) for e in audit_log(tracking, NAME)]
+    events = [(e["event"], e["version"], e.get("reviewer") or e["registrar"])
+              for e in audit_log(tracking, NAME)]  # fmt: skip
+    registrar = pwd.getpwuid(os.getuid()).pw_name  # the CLI's local-admin identity
     assert events == [
+        ("register", "1", registrar),
         ("promote", "1", "alice"),
+        ("register", "2", registrar),
         ("promote", "2", "bob"),
         ("rollback", "1", "carol"),
         ("rejected", "2", "dave"),

@@ -18,6 +18,8 @@ from medml.tracking import Tracking
 from tests.integration.test_governance import NAME, _versions
 
 pytestmark = pytest.mark.integration
+NO_ANCHOR = ("the trail has no anchor (MEDML_AUDIT_ANCHOR is not set): removing the newest "
+             "events and resetting the head tag to an older event cannot be detected")  # fmt: skip
 
 
 class _FakeClassifier:
@@ -112,20 +114,21 @@ def test_keyed_chain_fails_a_forged_appended_approval(
     _versions(tracking, 3)
     promote(tracking, NAME, "1", reviewer="alice", reason="first")
     report = audit.verify(tracking, NAME)
-    assert report.intact and report.warnings == [], (report.problems, report.warnings)
-    assert audit.events(tracking, NAME)[0]["scheme"] == audit.KEYED
+    assert report.intact and report.warnings == [NO_ANCHOR], (report.problems, report.warnings)
+    assert {e["scheme"] for e in audit.events(tracking, NAME)} == {audit.KEYED}
     result = _verify(tracking)
-    assert result.exit_code == 0 and "warning" not in result.output, result.output
+    assert result.exit_code == 0 and "unkeyed" not in result.output, result.output
 
     keyless = Settings(home=tmp_path)  # no key: a plain SHA-256 append
     _forged_approval(tracking, "3", keyless)
     result = _verify(tracking)
     assert result.exit_code == 6, result.output
-    assert "event #2 is unkeyed after keyed events" in result.output
+    assert "event #5 is unkeyed after keyed events" in result.output
     assert _predict(tracking, tmp_path).exit_code == 5  # the forged approval backs nothing
     assert audit.verify(tracking, NAME, Settings(home=tmp_path)).problems == [
-        f"event #1 is keyed ({audit.KEYED}) and MEDML_AUDIT_KEY is not set here: it cannot be "
-        "verified"
+        f"event #{seq} is keyed ({audit.KEYED}) and MEDML_AUDIT_KEY is not set here: it cannot "
+        "be verified"
+        for seq in (1, 2, 3, 4)
     ]
 
 
@@ -138,7 +141,7 @@ def test_keyed_chain_fails_an_approval_signed_with_a_guessed_key(
     promote(tracking, NAME, "1", reviewer="alice", reason="first")
     _forged_approval(tracking, "2", Settings(home=tmp_path, audit_key="guess"))
     problems = audit.verify(tracking, NAME).problems
-    assert problems == ["event #2 was edited after it was written, or written without the "
+    assert problems == ["event #4 was edited after it was written, or written without the "
                         "deployment's audit key"]  # fmt: skip
     with pytest.raises(UnreviewedChampion, match="not backed by an intact audit trail"):
         champion_backed_by_audit(tracking, NAME)
@@ -149,7 +152,7 @@ def test_unkeyed_chain_verifies_with_a_warning(tmp_path: Path, loaded: list[str]
     _versions(tracking, 1)
     promote(tracking, NAME, "1", reviewer="alice", reason="first")
     result = _verify(tracking)
-    assert result.exit_code == 0 and "1 audit events, hash chain intact" in result.output
+    assert result.exit_code == 0 and "2 audit events, hash chain intact" in result.output
     assert "warning: the hash chain is unkeyed (MEDML_AUDIT_KEY is not set)" in result.output
     used = _predict(tracking, tmp_path)  # used, but the user is told the evidence is weak
     assert used.exit_code == 0, used.output
@@ -157,7 +160,8 @@ def test_unkeyed_chain_verifies_with_a_warning(tmp_path: Path, loaded: list[str]
     keyed = Settings(home=tmp_path, audit_key="new secret")  # the key set later: old events
     report = audit.verify(tracking, NAME, keyed)  # still verify, as unkeyed
     assert report.intact and report.warnings == [
-        "events #1 to #1 are unkeyed (written before MEDML_AUDIT_KEY was set)"
+        "events #1 to #2 are unkeyed (written before MEDML_AUDIT_KEY was set)",
+        NO_ANCHOR,
     ]
 
 
@@ -174,20 +178,21 @@ def test_anchor_catches_truncation_erasure_and_an_outside_append(
     monkeypatch.setenv("MEDML_AUDIT_ANCHOR", str(tmp_path / "anchor"))
     tracking = Tracking.from_env()
     _versions(tracking, 3)
-    for version in ("1", "2", "3"):
+    for version in ("1", "2", "3"):  # events #4-#6, after the three registrations
         promote(tracking, NAME, version, reviewer="alice", reason=f"step {version}")
     assert audit.verify(tracking, NAME).intact
     client, runs = tracking.activate(), _runs_by_seq(tracking)
-    second = audit.events(tracking, NAME)[1]
+    second = audit.events(tracking, NAME)[4]
     hidden = {seq: client.get_run(run).data.params["hash"] for seq, run in runs.items()}
 
     # truncation with API calls only: hide the newest event, reset the head, move the alias
-    client.set_tag(runs[3], audit.MODEL_TAG, "elsewhere")
-    client.set_registered_model_tag(NAME, audit.HEAD_TAG, f"2:{hidden[2]}")
+    client.set_tag(runs[6], audit.MODEL_TAG, "elsewhere")
+    client.set_registered_model_tag(NAME, audit.HEAD_TAG, f"5:{hidden[5]}")
     client.set_registered_model_alias(NAME, "champion", str(second["version"]))
-    assert audit.verify(tracking, NAME, Settings(home=tmp_path)).intact  # unanchored: unseen
+    unanchored = audit.verify(tracking, NAME, Settings(home=tmp_path))
+    assert unanchored.intact and NO_ANCHOR in unanchored.warnings  # unseen, and said so
     problems = audit.verify(tracking, NAME).problems
-    assert problems == [f"events #3 are anchored in {audit.anchor_path(Settings.from_env(), NAME)}"
+    assert problems == [f"events #6 are anchored in {audit.anchor_path(Settings.from_env(), NAME)}"
                         " but not in the trail (the newest were removed, or the trail was "
                         "erased)"]  # fmt: skip
     assert _verify(tracking).exit_code == 6
@@ -197,7 +202,9 @@ def test_anchor_catches_truncation_erasure_and_an_outside_append(
         client.set_tag(run, audit.MODEL_TAG, "elsewhere")
     client.delete_registered_model_tag(NAME, audit.HEAD_TAG)
     assert audit.verify(tracking, NAME, Settings(home=tmp_path)).intact  # unanchored: unseen
-    assert "events #1, #2, #3 are anchored" in " ".join(audit.verify(tracking, NAME).problems)
+    assert "events #1, #2, #3, #4, #5, #6 are anchored" in " ".join(
+        audit.verify(tracking, NAME).problems
+    )
 
 
 def test_anchor_catches_an_append_outside_medml(
@@ -208,5 +215,51 @@ def test_anchor_catches_an_append_outside_medml(
     _versions(tracking, 2)
     promote(tracking, NAME, "1", reviewer="alice", reason="first")
     _forged_approval(tracking, "2", Settings(home=tmp_path))  # no anchor where the forger is
-    assert "events #2 are not anchored" in " ".join(audit.verify(tracking, NAME).problems)
+    assert "events #4 are not anchored" in " ".join(audit.verify(tracking, NAME).problems)
     assert _predict(tracking, tmp_path).exit_code == 5
+
+
+def test_serve_checks_the_champion_and_serves_the_checked_version(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    tracking = Tracking.from_env()
+    _versions(tracking, 2)
+    promote(tracking, NAME, "1", reviewer="alice", reason="first")
+    executed: list[list[str]] = []
+    monkeypatch.setattr(os, "execve", lambda path, argv, env: executed.append(argv))
+    serve = ["serve", "--model", f"{NAME}@champion", "--tracking-uri", tracking.uri]
+    result = CliRunner().invoke(app, serve)
+    assert result.exit_code == 0, result.output
+    assert executed[0][1:] == ["models", "serve", "-m", f"models:/{NAME}/1", "--env-manager",
+                               "local", "-h", "127.0.0.1", "-p", "5001"]  # fmt: skip
+    tracking.activate().set_registered_model_alias(NAME, "champion", "2")  # plain client
+    result = CliRunner().invoke(app, serve)
+    assert result.exit_code == 5 and "points at v2" in result.output and len(executed) == 1
+    result = CliRunner().invoke(app, [*serve, "--allow-unreviewed"])
+    assert result.exit_code == 0 and "warning: using an unreviewed champion" in result.output
+    assert executed[1][4] == f"models:/{NAME}@champion"
+
+
+def test_policy_requiring_key_and_anchor_fails_a_trail_without_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loaded: list[str]
+) -> None:
+    """With the key set and no anchor, resetting the head to an older event (a silent
+    downgrade of the champion) cannot be seen — so a deployment requires both."""
+    from tests.integration.test_governance import _policy
+
+    monkeypatch.setenv("MEDML_AUDIT_KEY", "deployment secret")
+    tracking = Tracking.from_env()
+    _versions(tracking, 2)
+    for version in ("1", "2"):
+        promote(tracking, NAME, version, reviewer="alice", reason=f"step {version}")
+    _policy(tmp_path, monkeypatch, "require_audit_key = true\nrequire_anchor = true\n")
+    result = _verify(tracking)
+    assert result.exit_code == 6 and "MEDML_AUDIT_ANCHOR is not set here, and the deployment's " \
+        "policy" in result.output, result.output  # fmt: skip
+    assert _predict(tracking, tmp_path).exit_code == 5 and loaded == []
+    with pytest.raises(Exception, match="audit trail does not verify"):
+        promote(tracking, NAME, "1", reviewer="bob", reason="back")
+    monkeypatch.setenv("MEDML_AUDIT_ANCHOR", str(tmp_path / "anchor"))
+    assert "MEDML_AUDIT_ANCHOR is not set" not in " ".join(audit.verify(tracking, NAME).problems)
