@@ -50,5 +50,7 @@ dvc-remote:  ## Point DVC at MEDML_DVC_REMOTE=s3://... [+ MEDML_S3_ENDPOINT_URL]
 	@if [ -n "$(MEDML_S3_ENDPOINT_URL)" ]; then \
 		$(VENV)/bin/dvc remote modify --local storage endpointurl "$(MEDML_S3_ENDPOINT_URL)"; fi
 
-clean:  ## Remove the demo workspace and caches (keeps .venv).
-	rm -rf .medml .pytest_cache .ruff_cache data/dvc-run data/phantom
+# data/dvc-run and data/phantom hold tracked files (their .gitignore): only untracked ones go.
+clean:  ## Remove the demo workspace, caches and generated data (keeps .venv and tracked files).
+	rm -rf .medml .pytest_cache .ruff_cache
+	git clean -fdxq -- data/dvc-run data/phantom
