@@ -27,7 +27,7 @@ started = time.perf_counter()
 runpy.run_path(sys.argv[2])
 print(time.perf_counter() - started)
 roots = {m.split(".")[0] for m in sys.modules}
-print(",".join(sorted(roots & {"kubernetes", "tensorflow", "keras", "mlflow"})) or "-")
+print(",".join(sorted(roots & {"kubernetes", "tensorflow", "keras", "mlflow", "boto3"})) or "-")
 """
 
 

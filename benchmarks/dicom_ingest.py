@@ -1,12 +1,13 @@
 """DICOM ingest reads headers only: images/s of ingest against validate and preprocess.
 
-Writes ``--images`` CT slices (512x512 int16, explicit VR little endian, rescale intercept
--1024, one PatientID per 50 slices: what a CT series export looks like) once into
-``--workdir``, then times, each in its own process from a warm page cache: ``ingest``
-(hash + header, no pixel decoding), ``validate`` (decodes every slice) and ``preprocess``
-(decodes, windows and resizes into shards). Prints images/s and peak RSS per step.
+Writes ``--images`` CT slices (``--side`` 512: 512x512 int16, explicit VR little endian,
+rescale intercept -1024, one PatientID per ``--per-patient`` 50 slices: what a CT series export
+looks like) once into ``--workdir``, then times, each in its own process from a warm page
+cache: ``ingest`` (hash + header, no pixel decoding), ``validate`` (decodes every slice) and
+``preprocess`` (decodes, windows and resizes into shards). Prints images/s and peak RSS per
+step.
 
-    .venv/bin/python benchmarks/dicom_ingest.py --images 5000
+    .venv/bin/python benchmarks/dicom_ingest.py --images 5000 [--side 512] [--per-patient 50]
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ print(json.dumps({"seconds": seconds,
 """
 
 
-def write_slices(root: Path, count: int, side: int = 512) -> None:
-    """``count`` CT slices under ``root/<Class>/``, 50 per patient."""
+def write_slices(root: Path, count: int, side: int = 512, per_patient: int = 50) -> None:
+    """``count`` CT slices under ``root/<Class>/``, ``per_patient`` per patient."""
     import numpy as np
     import pydicom
     from pydicom.dataset import FileMetaDataset
@@ -61,7 +62,7 @@ def write_slices(root: Path, count: int, side: int = 512) -> None:
         ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = CTImageStorage
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.Modality, ds.PatientID, ds.PatientName = "CT", f"P{k // 50:05d}", "Anon^Bench"
+        ds.Modality, ds.PatientID, ds.PatientName = "CT", f"P{k // per_patient:05d}", "Anon^Bench"
         ds.Rows = ds.Columns = side
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated = ds.BitsStored = 16
@@ -76,24 +77,31 @@ def write_slices(root: Path, count: int, side: int = 512) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=5000)
+    parser.add_argument("--side", type=int, default=512, help="slice side in pixels")
+    parser.add_argument("--per-patient", type=int, default=50, help="slices per PatientID")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/medml-bench-dicom"))
     args = parser.parse_args()
     data = args.workdir / "data"
-    if not data.exists() or sum(1 for _ in data.rglob("*.dcm")) != args.images:
+    shape = args.workdir / "slices.json"  # what the cached slices were written with
+    wanted = {"images": args.images, "side": args.side, "per_patient": args.per_patient}
+    if not shape.is_file() or json.loads(shape.read_text()) != wanted:
         print(f"writing {args.images} DICOM slices to {data} ...", flush=True)
         subprocess.run(["rm", "-rf", str(args.workdir)], check=True)
-        write_slices(data, args.images)
+        write_slices(data, args.images, args.side, args.per_patient)
+        shape.write_text(json.dumps(wanted))
     subprocess.run(["cat", *map(str, data.rglob("*.dcm"))], stdout=subprocess.DEVNULL, check=True)
     size_mb = sum(p.stat().st_size for p in data.rglob("*.dcm")) / 1e6
     print(
-        f"images: {args.images}  512x512 int16 CT  {size_mb:.0f} MB   cores: "
+        f"images: {args.images}  {args.side}x{args.side} int16 CT  {size_mb:.0f} MB   cores: "
         f"{len(__import__('os').sched_getaffinity(0))}"
     )
     print(f"{'step':12s} {'seconds':>8s} {'images/s':>9s} {'peak RSS MB':>12s}")
     for step in ("ingest", "validate", "split", "preprocess"):
-        out = subprocess.run([sys.executable, "-c", STEP, str(args.workdir), step],
-                             check=True, capture_output=True, text=True).stdout  # fmt: skip
-        figures = json.loads(out.strip().splitlines()[-1])
+        done = subprocess.run([sys.executable, "-c", STEP, str(args.workdir), step],
+                              capture_output=True, text=True)  # fmt: skip
+        if done.returncode != 0:
+            raise SystemExit(f"{step} failed:\n{done.stderr[-3000:]}")
+        figures = json.loads(done.stdout.strip().splitlines()[-1])
         rate = args.images / figures["seconds"]
         print(f"{step:12s} {figures['seconds']:8.2f} {rate:9.0f} {figures['rss_mb']:12.0f}")
 

@@ -49,11 +49,16 @@ def child_seed_loop(splits: str, size: int) -> dict[str, float]:
     import cv2
     import numpy as np
 
-    table = pd.read_parquet(splits)
+    from medml.data.ingest import absolute_paths
+
+    # The table's roots are relative to the table's folder, not to this process's directory.
+    paths = absolute_paths(pd.read_parquet(splits), Path(splits).parent)
     started = time.perf_counter()
     images = []
-    for root, rel in zip(table["root"], table["path"], strict=True):
-        image = cv2.imread(os.path.join(root, rel))
+    for path in paths:
+        image = cv2.imread(path)
+        if image is None:
+            raise SystemExit(f"seed loop: cv2.imread cannot read {path}")
         image = cv2.resize(image, (size, size))
         images.append(image)
     array = np.array(images)
@@ -137,9 +142,11 @@ def _dvc_ratio(workdir: Path, n: int) -> tuple[float, float]:
     timings = []
     for _ in range(2):  # the data stages: up to preprocess (training is not measured here)
         started = time.perf_counter()
-        subprocess.run(["dvc", "repro", "-q", "preprocess"], cwd=repo, env=env, check=True,
-                       capture_output=True)  # fmt: skip
+        done = subprocess.run(["dvc", "repro", "-q", "preprocess"], cwd=repo, env=env,
+                              capture_output=True, text=True)  # fmt: skip
         timings.append(time.perf_counter() - started)
+        if done.returncode != 0:
+            raise SystemExit(f"dvc repro failed:\n{(done.stdout + done.stderr)[-3000:]}")
     return timings[0], timings[1]
 
 
@@ -150,7 +157,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--scale-copies", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3, help="alternating seed/medml runs")
-    parser.add_argument("--dvc-n", type=int, default=0, help="images for the DVC timing (0: --n)")
+    parser.add_argument(
+        "--dvc-n", type=int, default=0, help="images for the DVC timing (0: --n; >= ~200)"
+    )
     parser.add_argument("--child", nargs="*")
     args = parser.parse_args()
     if args.child:
