@@ -63,6 +63,10 @@ StrategyName = Annotated[str, AfterValidator(BALANCERS.check)]
 MetricName = Annotated[str, AfterValidator(METRICS.check)]
 
 
+DEFAULT_DICOM_GROUP_TAGS = ("PatientID", "StudyInstanceUID")
+"""``data.dicom_group_tags`` by default: DICOM keywords (a test checks them against pydicom)."""
+
+
 class DataConfig(_Strict):
     """What the dataset looks like."""
 
@@ -83,7 +87,7 @@ class DataConfig(_Strict):
         "become images: every frame (one group per file), or one chosen frame",
     )
     dicom_group_tags: list[str] = Field(
-        default=["PatientID", "StudyInstanceUID"],
+        default=list(DEFAULT_DICOM_GROUP_TAGS),
         description="DICOM tags that name a "
         "file's patient group, first present wins (else the file); stored pseudonymised",
     )
@@ -96,9 +100,14 @@ class DataConfig(_Strict):
     @field_validator("dicom_group_tags")
     @classmethod
     def _dicom_keywords(cls, value: list[str]) -> list[str]:
+        # Every recipe carries the defaults (a saved run's recipe spells them out); only other
+        # names are looked up, so a JPEG recipe does not import pydicom (0.2 s) to check them.
+        others = [tag for tag in value if tag not in DEFAULT_DICOM_GROUP_TAGS]
+        if not others:
+            return value
         from pydicom.datadict import tag_for_keyword
 
-        unknown = [tag for tag in value if tag_for_keyword(tag) is None]
+        unknown = [tag for tag in others if tag_for_keyword(tag) is None]
         if unknown:
             raise ValueError(f"{unknown} are not DICOM keywords (e.g. PatientID, StudyInstanceUID)")
         return value
