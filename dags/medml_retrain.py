@@ -41,7 +41,9 @@ from medml_common import DEFAULT_ARGS, START_DATE, FoldPodOperator, export_s3_co
 
 # Updated whenever a run registers a model version (extra: model, version, alias, gate), so
 # downstream DAGs (e.g. batch prediction or a deployment) can be scheduled on new models.
-MODELS = Asset(name="medml_models", uri="medml://registry/models")
+# An "x-" scheme is user-defined (AIP-60): Airflow keeps it as is, whereas any other unknown
+# scheme makes it load every provider's URI handlers (boto3 among them) to parse this file.
+MODELS = Asset(name="medml_models", uri="x-medml://registry/models")
 # The data producer marks this asset updated when a new snapshot lands (see docs/operations.md);
 # each update triggers a retraining run, on top of the weekly schedule.
 SNAPSHOTS = Asset(
@@ -169,11 +171,12 @@ def medml_retrain() -> None:
         return steps.evaluate(run_dir, Tracking.from_env())
 
     @task(outlets=[MODELS])
-    def register(run_dir: str, outlet_events=None) -> dict:
+    def register(run_dir: str, outlet_events=None, dag_run=None) -> dict:
         from medml import steps
         from medml.tracking import Tracking
 
-        registration = steps.register(run_dir, Tracking.from_env())
+        registrar = dag_run.triggering_user_name or "scheduler"  # the audited registrar
+        registration = steps.register(run_dir, Tracking.from_env(), airflow_user=registrar)
         outlet_events[MODELS].extra = {
             key: registration[key] for key in ("model_name", "version", "alias", "gate_passed")
         }
