@@ -23,9 +23,10 @@ existed are unkeyed), so an old unkeyed trail still verifies, as unkeyed. The ne
   warns that the chain is unkeyed (a plain SHA-256 chain can be extended by anyone).
 - **Anchored**: with ``MEDML_AUDIT_ANCHOR`` (:attr:`medml.settings.Settings.audit_anchor`) each
   event's ``seq:hash`` is also appended to a local file the MLflow client cannot reach
-  (:func:`anchor_path`); :func:`verify` compares the trail with it, so removed newest events
-  (the head tag reset too), an erased trail (every audit run deleted, hidden or renamed away)
-  and events appended outside medml are detected.
+  (:func:`anchor_path`), or written as one object per event under an ``s3://`` prefix that
+  every Airflow worker shares (created only if absent); :func:`verify` compares the trail
+  with it, so removed newest events (the head tag reset too), an erased trail (every audit
+  run deleted, hidden or renamed away) and events appended outside medml are detected.
 """
 
 from __future__ import annotations
@@ -230,16 +231,21 @@ def verify(tracking: Tracking, model: str, settings: Settings | None = None) -> 
     return AuditReport(model, len(alive), problems, warnings)
 
 
-def anchor_path(settings: Settings, model: str) -> Path:
-    """``model``'s anchor file under ``settings.audit_anchor`` (a name no other model gets)."""
+def anchor_path(settings: Settings, model: str) -> str:
+    """``model``'s anchor under ``settings.audit_anchor``: a file in a local folder, or an
+    ``s3://`` prefix holding one object per event (a name no other model gets)."""
     from medml.io import safe_name
 
-    digest = hashlib.sha256(model.encode()).hexdigest()[:12]
-    return Path(settings.audit_anchor) / f"{safe_name(model)}-{digest}.anchor"
+    name = f"{safe_name(model)}-{hashlib.sha256(model.encode()).hexdigest()[:12]}"
+    if settings.audit_anchor.startswith("s3://"):
+        return f"{settings.audit_anchor.rstrip('/')}/{name}/"
+    return str(Path(settings.audit_anchor) / f"{name}.anchor")
 
 
 def _anchor(settings: Settings | None, model: str, line: str) -> None:
-    """Append ``seq:hash`` to ``model``'s anchor file (when one is configured), synced.
+    """Record ``seq:hash`` in ``model``'s anchor (when one is configured): appended to the local
+    file and synced, or written as the object ``<seq>`` under the S3 prefix only if no object of
+    that name exists (a second, different event with the same number is refused).
 
     Raises:
         AuditError: the anchor cannot be written (the event is in MLflow; no alias moved).
@@ -247,8 +253,13 @@ def _anchor(settings: Settings | None, model: str, line: str) -> None:
     settings = settings or Settings.from_env()
     if not settings.audit_anchor:
         return
-    path = anchor_path(settings, model)
+    where = anchor_path(settings, model)
+    seq = line.split(":")[0]
     try:
+        if where.startswith("s3://"):
+            _anchor_object(where, int(seq), line)
+            return
+        path = Path(where)
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as handle:
             handle.write(line + "\n")
@@ -256,17 +267,56 @@ def _anchor(settings: Settings | None, model: str, line: str) -> None:
             os.fsync(handle.fileno())
     except OSError as err:
         raise AuditError(
-            f"event #{line.split(':')[0]} was written but not anchored in {path} "
-            f"({err.strerror}); fix the anchor directory, then run `medml audit verify`"
+            f"event #{seq} was written but not anchored in {where} ({err.strerror or err}); fix "
+            "the anchor, then run `medml audit verify`"
         ) from None
 
 
-def _anchor_findings(path: Path, alive: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
-    """``(problems, warnings)``: the trail's events compared with the anchor file's lines."""
+def _anchor_object(prefix: str, seq: int, line: str) -> None:
+    """Create ``<prefix><seq>`` holding ``line``, refusing to replace an existing one."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from medml.data.sources import parse_s3_uri, s3_client
+
+    bucket, key_prefix = parse_s3_uri(prefix)
+    client = s3_client()
+    key = f"{key_prefix}{seq:010d}"
     try:
-        lines = path.read_text(encoding="utf-8").split()
-    except FileNotFoundError:
-        lines = []
+        client.put_object(Bucket=bucket, Key=key, Body=line.encode(), IfNoneMatch="*")
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "412"):
+            raise OSError(f"S3 refused the anchor object: {err.response['Error'].get('Code')}") \
+                from None  # fmt: skip
+        held = client.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+        if held != line:
+            raise OSError(f"the anchor already holds event #{seq} as {held}: two events claim "
+                          "the same number (a forked trail)") from None  # fmt: skip
+    except BotoCoreError as err:
+        raise OSError(f"S3 cannot be reached: {type(err).__name__}") from None
+
+
+def _anchored_lines(where: str) -> list[str]:
+    """The ``seq:hash`` lines in an anchor (none when it does not exist yet)."""
+    if not where.startswith("s3://"):
+        try:
+            return Path(where).read_text(encoding="utf-8").split()
+        except FileNotFoundError:
+            return []
+    from medml.data.sources import parse_s3_uri, s3_client
+
+    bucket, key_prefix = parse_s3_uri(where)
+    client = s3_client()
+    lines = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key_prefix):
+        for item in page.get("Contents", []):
+            lines.append(client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read().decode())
+    return lines
+
+
+def _anchor_findings(where: str, alive: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """``(problems, warnings)``: the trail's events compared with the anchor's lines."""
+    path = where
+    lines = _anchored_lines(where)
     anchored: dict[int, str] = {}
     for line in lines:
         seq, _, digest = line.partition(":")

@@ -263,3 +263,35 @@ def test_policy_requiring_key_and_anchor_fails_a_trail_without_them(
         promote(tracking, NAME, "1", reviewer="bob", reason="back")
     monkeypatch.setenv("MEDML_AUDIT_ANCHOR", str(tmp_path / "anchor"))
     assert "MEDML_AUDIT_ANCHOR is not set" not in " ".join(audit.verify(tracking, NAME).problems)
+
+
+def test_s3_anchor_is_shared_catches_truncation_and_refuses_a_forked_event(
+    s3_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An anchor every Airflow worker shares: one object per event on the S3 run store."""
+    from medml.data.sources import s3_client
+
+    s3_client().create_bucket(Bucket="medml-anchor")
+    monkeypatch.setenv("MEDML_AUDIT_ANCHOR", "s3://medml-anchor/audit/")
+    monkeypatch.setenv("MEDML_AUDIT_KEY", "deployment secret")
+    tracking = Tracking.from_env()
+    _versions(tracking, 2)  # events #1, #2
+    for version in ("1", "2"):  # #3, #4
+        promote(tracking, NAME, version, reviewer="alice", reason=f"step {version}")
+    report = audit.verify(tracking, NAME)
+    assert report.intact and report.warnings == [], (report.problems, report.warnings)
+    where = audit.anchor_path(Settings.from_env(), NAME)
+    assert where.startswith("s3://medml-anchor/audit/governed-classifier-")
+
+    client, runs = tracking.activate(), _runs_by_seq(tracking)
+    hidden = client.get_run(runs[3]).data.params["hash"]
+    client.set_tag(runs[4], audit.MODEL_TAG, "elsewhere")  # the downgrade: hide #4, reset head
+    client.set_registered_model_tag(NAME, audit.HEAD_TAG, f"3:{hidden}")
+    client.set_registered_model_alias(NAME, "champion", "1")
+    assert audit.verify(tracking, NAME).problems == [
+        f"events #4 are anchored in {where} but not in the trail (the newest were removed, or "
+        "the trail was erased)"
+    ]
+    with pytest.raises(audit.AuditError, match="two events claim the same number"):
+        audit._anchor(Settings.from_env(), NAME, "4:" + "f" * 64)  # a forked #4
+    audit._anchor(Settings.from_env(), NAME, f"3:{hidden}")  # the same line again: idempotent
