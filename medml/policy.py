@@ -89,16 +89,27 @@ def load_policy(path: Path | str, uid: int | None = None) -> Policy:
     except OSError as err:
         raise PolicyError(f"the policy file {path} cannot be read ({err.strerror})") from None
     uid = os.getuid() if uid is None else uid
-    for target, target_info in ((path, info), (path.parent, path.parent.stat())):
+    real = path.resolve()  # a Kubernetes ConfigMap mount is a link into ..data/
+    checked = [
+        (path.parent, path.parent.stat()),
+        (real, real.stat()),
+        (real.parent, real.parent.stat()),
+    ]
+    if stat.S_ISLNK(info.st_mode) and info.st_uid == uid and uid != 0:
+        checked.insert(0, (path, info))  # a link's own mode bits mean nothing; its owner does
+    for target, target_info in checked:
         if why := _editable_by(target_info, uid):
             raise PolicyError(
                 f"the policy file {path} is not trustworthy: {target} {why}, so it cannot grant "
                 "you anything; the administrator should own it (root, mode 0644) in a folder "
                 "only they can write"
             )
-    if not stat.S_ISREG(info.st_mode):
-        raise PolicyError(f"the policy file {path} is not a regular file (a link is not followed)")
-    data = path.read_bytes()
+    if not stat.S_ISREG(real.stat().st_mode):
+        raise PolicyError(f"the policy file {path} is not a regular file")
+    try:
+        data = real.read_bytes()
+    except OSError as err:
+        raise PolicyError(f"the policy file {path} cannot be read ({err.strerror})") from None
     try:
         values = tomllib.loads(data.decode())
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:

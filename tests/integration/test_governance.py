@@ -250,6 +250,19 @@ def test_policy_file_the_caller_can_edit_grants_nothing(tmp_path: Path) -> None:
     assert load_policy(tmp_path / "absent.toml").source.startswith("built-in defaults")
     import os
 
+    mount = tmp_path / "configmap"  # how Kubernetes mounts a ConfigMap: links into ..data/
+    (mount / "..data").mkdir(parents=True)
+    (mount / "..data" / "policy.toml").write_text('gate_overriders = ["dr.chief"]\n')
+    (mount / "policy.toml").symlink_to("..data/policy.toml")
+    mount.chmod(0o755)
+    (mount / "..data").chmod(0o755)
+    assert load_policy(mount / "policy.toml", uid=other).gate_overriders == {"dr.chief"}
+    os.chown(mount / "..data" / "policy.toml", other, other)  # the target is the caller's
+    with pytest.raises(PolicyError, match="is owned by you"):
+        load_policy(mount / "policy.toml", uid=other)
+    os.mkfifo(tmp_path / "fifo.toml")
+    with pytest.raises(PolicyError, match="is not a regular file"):  # refused, never opened
+        load_policy(tmp_path / "fifo.toml", uid=0)
     os.chown(path, 1234, 1234)
     with pytest.raises(PolicyError, match="is owned by you \\(uid 1234\\), so it cannot grant"):
         load_policy(path, uid=1234)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from pathlib import Path
 
 import yaml
 
@@ -57,7 +58,7 @@ def test_compose_services_reference_existing_dockerfiles_and_commands() -> None:
         assert volume.split(":")[0] in compose["volumes"]
 
 
-def test_helm_values_match_the_images_the_lock_and_medml() -> None:
+def test_helm_values_match_the_images_the_lock_and_medml(tmp_path: Path) -> None:
     """The official chart's values: same Airflow as the lock/image, Secret and env medml uses."""
     from medml.config import KubernetesConfig
 
@@ -68,8 +69,19 @@ def test_helm_values_match_the_images_the_lock_and_medml() -> None:
     assert f'name = "apache-airflow"\nversion = "{version}"' in lock
     assert f"FROM apache/airflow:{version}" in (DOCKER / "airflow.Dockerfile").read_text()
     assert yaml.safe_load(common["extraEnvFrom"]) == [
-        {"secretRef": {"name": KubernetesConfig().secret_name}}
+        {"secretRef": {"name": KubernetesConfig().secret_name}},
+        {"secretRef": {"name": "medml-audit"}},
     ]
+    from medml.policy import load_policy
+
+    policy_text = yaml.safe_load(common["extraConfigMaps"]["medml-policy"]["data"])["policy.toml"]
+    policy_file = tmp_path / "policy.toml"
+    policy_file.write_text(policy_text)
+    policy = load_policy(policy_file, uid=0)  # a file medml accepts, with a deployment's rules
+    assert not policy.local_admin and policy.require_audit_key and policy.require_anchor
+    mount = next(m for m in common["volumeMounts"] if m["name"] == "medml-policy")
+    policy_env = next(e["value"] for e in common["env"] if e["name"] == "MEDML_POLICY")
+    assert mount["readOnly"] and policy_env == f"{mount['mountPath']}/policy.toml"
     env = {item["name"] for item in common["env"]}
     sources = "".join(p.read_text() for p in (REPO_ROOT / "medml").rglob("*.py"))
     sources += (REPO_ROOT / "dags" / "medml_retrain.py").read_text()
