@@ -11,7 +11,9 @@ the user who answered the approval. The DAG
 3. on **Approve**, promotes as the approver (refused when the approver is the requester —
    four-eyes — or the gate failed without an override the deployment allows them), moving
    `champion` (old one → `previous-champion`, `challenger` cleared) and appending to the
-   audit trail; on **Reject**, leaves every alias as it is and records the rejection.
+   audit trail; on **Reject**, leaves every alias as it is and records the rejection. A
+   refused promotion is recorded once (event `refused`, with the reason) and fails the run; it
+   is not retried.
 """
 
 from __future__ import annotations
@@ -62,17 +64,23 @@ def medml_promote() -> None:
         retries=0,
     )
 
-    @task
+    @task(retries=0)  # a refusal is a decision, not a glitch: it is recorded once, not retried
     def promote(params: dict | None = None, ti=None, dag_run=None) -> dict:
+        from medml.promotion import PromotionError, record_decision
         from medml.promotion import promote as promote_version
         from medml.tracking import Tracking
 
-        return promote_version(
-            Tracking.from_env(), params["model"], params["version"],
-            reviewer=_responder(ti), reason=params["reason"],
-            override_gate=params["override_gate"] or None,
-            requested_by=dag_run.triggering_user_name, identity="airflow",
-        )  # fmt: skip
+        tracking, approver = Tracking.from_env(), _responder(ti)
+        try:
+            return promote_version(
+                tracking, params["model"], params["version"], reviewer=approver,
+                reason=params["reason"], override_gate=params["override_gate"] or None,
+                requested_by=dag_run.triggering_user_name, identity="airflow",
+            )  # fmt: skip
+        except PromotionError as refused:
+            record_decision(tracking, params["model"], params["version"], reviewer=approver,
+                            decision="refused", reason=str(refused)[:2000])  # fmt: skip
+            raise
 
     @task(trigger_rule="all_skipped")
     def record_rejection(params: dict | None = None, ti=None, dag_run=None) -> dict:
@@ -86,8 +94,18 @@ def medml_promote() -> None:
             f"{params['reason']})",
         )  # fmt: skip
 
+    @task
+    def announce(event: dict) -> str:
+        """The outcome, once promoted; a leaf that fails the run when the promotion was refused
+        (``record_rejection`` is skipped then, and Airflow judges a run by its leaves)."""
+        line = (f"{event['model']}: champion -> v{event['version']} by {event['reviewer']} "
+                f"(audit event #{event['seq']})")  # fmt: skip
+        print(line)
+        return line
+
     promoted = promote()
     render_review() >> approve >> promoted >> record_rejection()
+    announce(promoted)
 
 
 def _responder(ti) -> str:

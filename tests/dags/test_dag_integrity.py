@@ -40,7 +40,7 @@ def test_every_dag_is_documented_tagged_and_retried(dagbag, dag_id: str) -> None
     dag = dagbag.dags[dag_id]
     assert dag.doc_md and "medml" in dag.tags and dag.catchup is False
     assert dag.start_date == START_DATE  # the shared defaults module
-    exempt = {"prepare", "validate", "approve"}  # fail fast on bad input / wait for a human
+    exempt = {"prepare", "validate", "approve", "promote"}  # bad input, a human, a refusal
     for task in dag.tasks:
         if task.task_id not in exempt:
             assert task.retries >= 1, task.task_id
@@ -62,6 +62,10 @@ def test_promote_waits_for_a_human_and_records_rejections(dagbag) -> None:
     assert dag.get_task("promote").upstream_task_ids == {"approve"}
     rejection = dag.get_task("record_rejection")
     assert rejection.trigger_rule == "all_skipped" and "promote" in rejection.upstream_task_ids
+    promote = dag.get_task("promote")
+    assert promote.retries == 0  # a refusal is recorded once, never retried
+    announce = dag.get_task("announce")  # a leaf after promote: a refusal fails the run
+    assert announce.upstream_task_ids == {"promote"} and not announce.downstream_task_ids
 
 
 def test_retrain_params_are_what_the_docs_name(dagbag) -> None:

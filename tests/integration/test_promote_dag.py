@@ -97,13 +97,26 @@ def test_approved_promotion_and_batch_prediction(phantom_dir: Path, tmp_path: Pa
                                            headers={"Cookie": f"_token={bob}"})  # fmt: skip
         page = urllib.request.urlopen(signed_in, timeout=60).read().decode()
         assert "kidney-ct-classifier" in page and "bob" in page and "dag_test" in page
+
+        # approving v1 again is refused (already the champion): recorded once, not retried
+        again = subprocess.Popen(
+            ["airflow", "dags", "test", "medml_promote", "2026-01-06", "-c", json.dumps(conf)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        _approve_when_asked(served, bob)
+        refused_output = again.communicate(timeout=600)[0]
+    assert "state=failed" in [x for x in refused_output.splitlines()
+                              if "DagRun Finished" in x][-1], refused_output[-4000:]  # fmt: skip
+    refusals = [e for e in audit.events(Tracking.from_env(home), NAME) if e["event"] == "refused"]
+    assert len(refusals) == 1 and "already the champion" in refusals[0]["reason"], refusals
     assert "state=success" in [x for x in output.splitlines() if "DagRun Finished" in x][-1], (
         output[-4000:]
     )
     client = Tracking.from_env(home).activate()
     champion = client.get_model_version_by_alias(NAME, "champion")
     assert str(champion.version) == "1"
-    [event] = audit.events(Tracking.from_env(home), NAME)
+    registered, event, _refused = audit.events(Tracking.from_env(home), NAME)
+    assert registered["event"] == "register" and registered["identity"] == "local-admin"
     # the approver is the authenticated user who clicked; the requester, who triggered the run
     who = (event["reviewer"], event["identity"], event["requested_by"])
     assert who == ("bob", "airflow", "dag_test")
