@@ -98,7 +98,10 @@ def predict(
     model_uri: str, source: Path, out: Path, *, tracking: Tracking, image_dir: Path | None = None,
     batch_size: int = 128, allow_unreviewed: bool = False,
 ) -> PredictResult:  # fmt: skip
-    """Predict every image of ``source`` with the registered model and write ``out`` (CSV).
+    """Predict every image of ``source`` with the registered model and write ``out`` (CSV):
+    ``filename``, ``label`` (argmax), for a binary recipe ``decision`` (the class decided at the
+    registered operating point's threshold — the clinical decision), one ``p_<class>`` per
+    class, and ``error``.
 
     The model is the pyfunc of :mod:`medml.serving`: its own preprocessing reads the files, so
     this gives exactly what ``mlflow models serve`` answers for the same images. A
@@ -112,6 +115,7 @@ def predict(
     from mlflow.exceptions import MlflowException
 
     from medml.serving import (
+        DECISION_COLUMN,
         ERROR_COLUMN,
         LABEL_COLUMN,
         PATH_COLUMN,
@@ -135,7 +139,9 @@ def predict(
     table = pd.concat(tables, ignore_index=True) if tables else model.table(
         np.empty((0, len(model.classes))), []
     ).assign(filename=[])  # fmt: skip
-    columns = ["filename", LABEL_COLUMN, *map(probability_column, model.classes), ERROR_COLUMN]
+    decision = [DECISION_COLUMN] if model.operating_point else []  # binary: at the threshold
+    columns = ["filename", LABEL_COLUMN, *decision, *map(probability_column, model.classes),
+               ERROR_COLUMN]  # fmt: skip
     table = table[columns]
     with atomic_path(Path(out)) as tmp:
         table.to_csv(tmp, index=False)

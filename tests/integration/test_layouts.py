@@ -62,6 +62,15 @@ def test_medml_run(recipe: str, layout: str, datasets, tmp_path: Path) -> None:
         p = answer["p_PNEUMONIA"].to_numpy()
         expected = ["PNEUMONIA" if x >= point["threshold"] else "NORMAL" for x in p]
         assert answer["decision"].tolist() == expected
+        out = tmp_path / "predictions.csv"  # the batch CLI writes the same decision
+        batch = ["predict", "--model", "chest-xray-classifier@challenger", "--source",
+                 str(Path(files[0]).parent), "--out", str(out)]  # fmt: skip
+        predicted = CliRunner().invoke(app, batch)
+        assert predicted.exit_code == 0, predicted.output
+        table = pd.read_csv(out)
+        assert list(table.columns[:3]) == ["filename", "label", "decision"]
+        at_threshold = table["p_PNEUMONIA"] >= point["threshold"]
+        assert (table["decision"] == at_threshold.map({True: "PNEUMONIA", False: "NORMAL"})).all()
     if recipe == "kidney-ct":
         assert report["grouped"]  # patient groups: groups.csv, or the DICOM headers' PatientID
     if layout == "dicom":  # a hospital-style export: mixed modalities, syntaxes, multi-frame
