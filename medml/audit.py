@@ -53,8 +53,9 @@ MODEL_TAG = "medml.audit.model"
 LOCK_SUFFIX = ".audit-lock"
 GENESIS = "0" * 64
 MAX_EVENT_CHARS = 6000  # an MLflow param's limit
-LOCK_TIMEOUT_S = 120.0
-STALE_LOCK_S = 60.0  # a lock older than this was left by a process that died
+LOCK_TIMEOUT_S = 600.0
+STALE_LOCK_S = 900.0  # a lock older than this was left by a process that died (a promotion
+# verifies the trail and downloads its evidence under the lock: never break a live one)
 KEYED = "hmac-sha256"
 UNKEYED = "sha256"
 
@@ -124,16 +125,27 @@ class Trail:
             )
         records = [r for r in _records(self._client, self._experiment_id, self.model)
                    if not r["deleted"]]  # fmt: skip
+        self._refuse_downgrade(records, key)
         last = max(records, key=lambda r: r["seq"], default=None)
         seq = 1 if last is None else last["seq"] + 1
         previous = GENESIS if last is None else last["hash"]
-        record = {**event, "model": self.model, "seq": seq,
-                  "scheme": KEYED if key else UNKEYED}  # fmt: skip
+        record = {**event, "model": self.model, "seq": seq, "scheme": KEYED if key else UNKEYED,
+                  "anchored": bool(self._settings.audit_anchor)}  # fmt: skip
         digest = event_hash(previous, record, key)
         _write(self._client, self._experiment_id, self.model, record, previous, digest)
         self._client.set_registered_model_tag(self.model, HEAD_TAG, f"{seq}:{digest}")
         _anchor(self._settings, self.model, f"{seq}:{digest}")
         return {**record, "prev_hash": previous, "hash": digest}
+
+    def _refuse_downgrade(self, records: list[dict[str, Any]], key: bytes | None) -> None:
+        """A process without the key or the anchor must not append to a trail that has them:
+        its event would break the chain for everyone (a misconfigured writer)."""
+        if key is None and any(r["event"].get("scheme") == KEYED for r in records):
+            raise AuditError(f"{self.model}'s audit trail is keyed and MEDML_AUDIT_KEY is not "
+                             "set in this process; nothing was written")  # fmt: skip
+        if not self._settings.audit_anchor and any(r["event"].get("anchored") for r in records):
+            raise AuditError(f"{self.model}'s audit trail is anchored and MEDML_AUDIT_ANCHOR is "
+                             "not set in this process; nothing was written")  # fmt: skip
 
 
 @contextmanager
@@ -198,6 +210,9 @@ def verify(tracking: Tracking, model: str, settings: Settings | None = None) -> 
             problems.append(f"event #{record['seq']} does not follow the event before it "
                             "(one was removed, inserted or reordered)")  # fmt: skip
         problems.extend(_hash_problems(record, key, keyed_seen))
+        if record["event"].get("model", model) != model:
+            problems.append(f"event #{record['seq']} belongs to {record['event'].get('model')!r},"
+                            " not this model (copied from another trail)")  # fmt: skip
         keyed_seen = keyed_seen or record["event"].get("scheme") == KEYED
         legacy += not keyed_seen
         previous = record["hash"]
@@ -210,11 +225,18 @@ def verify(tracking: Tracking, model: str, settings: Settings | None = None) -> 
     if key is None:
         warnings.append("the hash chain is unkeyed (MEDML_AUDIT_KEY is not set): anyone with "
                         "MLflow write access can append an event that verifies")  # fmt: skip
+    elif legacy and not keyed_seen:
+        problems.append(f"events #1 to #{legacy} are unkeyed and no keyed event vouches for "
+                        "them (anyone could have appended them); check them with `medml audit "
+                        "log`, then `medml audit seal` them where the key is set")  # fmt: skip
     elif legacy:
         warnings.append(f"events #1 to #{legacy} are unkeyed (written before MEDML_AUDIT_KEY "
                         "was set)")  # fmt: skip
     if settings.audit_anchor:
-        anchored, unanchored = _anchor_findings(anchor_path(settings, model), alive)
+        try:
+            anchored, unanchored = _anchor_findings(anchor_path(settings, model), alive)
+        except AuditError as err:
+            anchored, unanchored = [str(err)], []
         problems.extend(anchored)
         warnings.extend(unanchored)
     else:
@@ -260,7 +282,8 @@ def _anchor(settings: Settings | None, model: str, line: str) -> None:
             _anchor_object(where, int(seq), line)
             return
         path = Path(where)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.is_dir():  # a mistyped or unmounted anchor must not be created
+            raise OSError(f"the anchor folder {path.parent} does not exist")
         with path.open("a", encoding="utf-8") as handle:
             handle.write(line + "\n")
             handle.flush()
@@ -298,6 +321,9 @@ def _anchor_object(prefix: str, seq: int, line: str) -> None:
 def _anchored_lines(where: str) -> list[str]:
     """The ``seq:hash`` lines in an anchor (none when it does not exist yet)."""
     if not where.startswith("s3://"):
+        if not Path(where).parent.is_dir():
+            raise AuditError(f"the anchor folder {Path(where).parent} does not exist (mistyped, "
+                             "or not mounted here)")  # fmt: skip
         try:
             return Path(where).read_text(encoding="utf-8").split()
         except FileNotFoundError:
@@ -336,6 +362,12 @@ def _anchor_findings(where: str, alive: list[dict[str, Any]]) -> tuple[list[str]
     if outside:
         problems.append(f"events {_seqs(outside)} are not anchored in {path} (appended outside "
                         "medml, or the anchor could not be written)")  # fmt: skip
+    claimed = [r["seq"] for r in alive if r["seq"] in before and r["event"].get("anchored")]
+    if claimed:
+        problems.append(f"events {_seqs(claimed)} were anchored when written but are not in "
+                        f"{path} (the anchor was replaced, or is not the one they were written "
+                        "to)")  # fmt: skip
+    before = [seq for seq in before if seq not in claimed]
     warnings = [f"events {_seqs(before)} are not anchored (written before MEDML_AUDIT_ANCHOR "
                 "was set)"] if before else []  # fmt: skip
     return problems, warnings
@@ -394,6 +426,9 @@ def _write(client: Any, experiment_id: str, model: str, record: dict[str, Any], 
 def _records(client: Any, experiment_id: str, model: str) -> list[dict[str, Any]]:
     from mlflow.entities import ViewType
 
+    if "'" in model or "\\" in model:  # MLflow's filter strings cannot quote them
+        raise AuditError(f"model name {model!r} has a quote or backslash; medml does not "
+                         "govern such names (rename the registered model)")  # fmt: skip
     found: list[dict[str, Any]] = []
     token = None
     while True:
@@ -438,8 +473,8 @@ def _lock(client: Any, model: str) -> Iterator[None]:
                 description=f"held while an event is appended to {model}'s audit trail",
             )  # fmt: skip
             break
-        except MlflowException as err:
-            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+        except MlflowException as err:  # held; or broken as stale while being created
+            if err.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
                 raise
         _break_if_stale(client, name)
         if time.monotonic() > deadline:

@@ -490,6 +490,17 @@ def audit_log_cmd(model: ModelName, tracking_uri: TrackingUri = None) -> None:
                    f"by {who} ({event.get('identity', '?')}): {what}")  # fmt: skip
 
 
+@audit_app.command("seal")
+def audit_seal_cmd(model: ModelName, reason: Reason, tracking_uri: TrackingUri = None) -> None:
+    """Vouch, with the deployment's key, for a trail's unkeyed events (written before
+    MEDML_AUDIT_KEY was set), after checking them with `medml audit log`."""
+    from medml.promotion import seal
+
+    event = _as_actor(seal, _existing_store(tracking_uri), model, reason=reason)
+    typer.echo(f"{model}: events #1 to #{event['sealed_through']} sealed by {event['reviewer']} "
+               f"(audit event #{event['seq']})")  # fmt: skip
+
+
 @audit_app.command("verify")
 def audit_verify_cmd(model: ModelName, tracking_uri: TrackingUri = None) -> None:
     """Recompute the hash chain and check the champion against it; exit 6 naming each

@@ -70,12 +70,14 @@ class Policy:
     require_anchor: bool = False
 
 
-def load_policy(path: Path | str, uid: int | None = None) -> Policy:
-    """The policy in ``path``, or the built-in defaults when there is no such file.
+def load_policy(path: Path | str, uid: int | None = None, *, required: bool = False) -> Policy:
+    """The policy in ``path``, or the built-in defaults when there is no such file (and it is
+    not ``required``).
 
     Args:
         path: the policy file (TOML).
         uid: the user reading it (default: this process's user).
+        required: a missing file is an error (the deployment names or expects one).
 
     Raises:
         PolicyError: the caller could change the file (so it cannot grant them anything), it
@@ -85,6 +87,12 @@ def load_policy(path: Path | str, uid: int | None = None) -> Policy:
     try:
         info = path.lstat()
     except FileNotFoundError:
+        if required:
+            raise PolicyError(
+                f"the policy file {path} does not exist; the deployment names it (MEDML_POLICY) "
+                "or keeps its policy there, so medml will not fall back to the permissive "
+                "built-in defaults — fix the path, or ask the administrator"
+            ) from None
         return Policy()
     except OSError as err:
         raise PolicyError(f"the policy file {path} cannot be read ({err.strerror})") from None

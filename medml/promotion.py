@@ -93,6 +93,18 @@ def champion_problem(tracking: Tracking, name: str) -> tuple[str | None, str | N
     )
 
 
+def trail_champions(events: list[dict[str, Any]]) -> tuple[str | None, str | None]:
+    """``(champion, previous champion)`` as the audit trail records them — from its newest
+    promotion or rollback, never from the (movable) aliases."""
+    moves = [e for e in events if e.get("event") in ("promote", "rollback")]
+    if not moves:
+        return None, None
+    newest = moves[-1]
+    previous = newest.get("previous_champion") if newest["event"] == "promote" else \
+        newest.get("demoted")  # fmt: skip
+    return str(newest.get("version")), (None if previous in (None, "none") else str(previous))
+
+
 def champion_backed_by_audit(
     tracking: Tracking, name: str, warnings: list[str] | None = None
 ) -> str:
@@ -156,10 +168,13 @@ def registration_event(events: list[dict[str, Any]], version: str) -> dict[str, 
 
 def record_registration(
     trail: Any, client: Any, name: str, version: str, *, run_id: str, registrar: Identity,
-    gate: GateOutcome,
+    gate: GateOutcome, gate_settings: GateConfig,
 ) -> dict[str, Any]:  # fmt: skip
-    """Append ``version``'s ``register`` event (once): who registered it and the SHA-256 of its
-    gate evidence, so promotion can tell a replaced ``metrics.json`` from the one the gate saw.
+    """Append ``version``'s ``register`` event (once): who registered it, the SHA-256 of its
+    gate evidence (so promotion can tell a replaced ``metrics.json`` from the one the gate
+    saw), the gate settings it was judged by and its outcome with the reasons (so neither a
+    param added to the finished run nor a champion score missing from the evidence can turn a
+    failed gate into a passed one).
 
     Args:
         trail: the model's audit trail, locked (:func:`medml.audit.transaction`).
@@ -169,6 +184,7 @@ def record_registration(
         run_id: the pipeline run the version was logged from.
         registrar: who registered it.
         gate: its gate outcome at registration.
+        gate_settings: the recipe's ``registry.gate``.
     """
     import tempfile
 
@@ -180,7 +196,8 @@ def record_registration(
     return trail.append({
         "event": "register", "version": version, "run_id": run_id, "registrar": registrar.name,
         "identity": registrar.source, "evidence": evidence, "at": _now(),
-        "gate": "passed" if gate.passed else "failed",
+        "gate": "passed" if gate.passed else "failed", "gate_reasons": gate.reasons,
+        "gate_settings": gate_settings.model_dump(mode="json"),
     })  # fmt: skip
 
 
@@ -192,7 +209,9 @@ def recorded_gate(
     recipe's gate settings as run params — never from the (editable) ``gate`` tag.
 
     With the version's ``registration`` event, the artifacts must be byte for byte the ones
-    registration pinned (a ``metrics.json`` logged onto the finished run afterwards is refused).
+    registration pinned (a ``metrics.json`` logged onto the finished run afterwards is refused),
+    the gate settings are the pinned ones (not the run's params, to which a client can add), and
+    a gate that failed at registration stays failed.
 
     Raises:
         PromotionError: the run lacks its metrics or gate settings, or its evidence differs
@@ -220,8 +239,16 @@ def recorded_gate(
         metrics = HoldoutMetrics.read(Path(tmp) / ARTIFACTS.metrics)
         champion = (HoldoutMetrics.read(Path(tmp) / ARTIFACTS.champion_metrics)
                     if ARTIFACTS.champion_metrics in digests else None)  # fmt: skip
-    gate = gate_from_params(client.get_run(run_id).data.params)
-    return check_gate(metrics, gate, champion)
+    if registration is not None and "gate_settings" in registration:
+        settings = GateConfig.model_validate(registration["gate_settings"])  # pinned
+    else:
+        settings = gate_from_params(client.get_run(run_id).data.params)
+    outcome = check_gate(metrics, settings, champion)
+    if registration is not None and registration.get("gate") == "failed" and outcome.passed:
+        why = "; ".join(registration.get("gate_reasons") or []) or "no reason recorded"
+        reason = f"it failed its gate at registration (event #{registration.get('seq')}: {why})"
+        return GateOutcome(False, [reason], outcome.notes)
+    return outcome
 
 
 def gate_shown(tracking: Tracking, model_version: Any,
@@ -267,14 +294,18 @@ def _identity_checks(reviewer: str, reason: str, requested_by: str | None,
         )
 
 
-def _registrar_check(label: str, registration: dict[str, Any] | None, reviewer: str,
-                     policy: Policy) -> None:  # fmt: skip
+def _require_registration(label: str, registration: dict[str, Any] | None) -> dict[str, Any]:
     if registration is None:
         raise PromotionError(
             f"{label} has no registration event in the audit trail (registered outside medml, "
             "or before medml pinned gate evidence), so its gate evidence cannot be trusted; "
             "register it again from a new pipeline run"
         )
+    return registration
+
+
+def _registrar_check(label: str, registration: dict[str, Any], reviewer: str,
+                     policy: Policy) -> None:  # fmt: skip
     if not policy.registrar_may_approve and registration.get("registrar") == reviewer:
         raise PromotionError(
             f"{reviewer} registered {label} (audit event #{registration.get('seq')}) and cannot "
@@ -309,6 +340,22 @@ def _trusted_trail(tracking: Tracking, name: str, settings: Settings) -> None:
         problems = "; ".join(report.problems)
         raise PromotionError(f"{name}'s audit trail does not verify ({problems}); run `medml "
                              f"audit verify {name}` and repair it first")  # fmt: skip
+
+
+def _registered_version(client: Any, name: str, version: str) -> str:
+    """``version`` once it exists and is complete.
+
+    Raises:
+        PromotionError: it does not exist or its registration was interrupted.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model_version = client.get_model_version(name, version)
+    except MlflowException:
+        raise PromotionError(f"model {name!r} has no version {version}") from None
+    require_complete_version(model_version)
+    return str(model_version.version)
 
 
 def promote(
@@ -350,7 +397,8 @@ def promote(
     policy = settings.policy()
     _identity_checks(reviewer, reason, requested_by, policy)
     client = tracking.activate()
-    version = str(version)
+    version = str(version).strip()
+    version = str(int(version)) if version.isdigit() else version  # "02" is version 2
     label = f"{name} v{version}"
     try:
         model_version = client.get_model_version(name, version)
@@ -359,20 +407,23 @@ def promote(
     require_complete_version(model_version)
     with audit.transaction(tracking, name, settings=settings) as trail:
         _trusted_trail(tracking, name, settings)
-        registration = registration_event(trail.events(), version)
+        registration = _require_registration(label, registration_event(trail.events(), version))
         _registrar_check(label, registration, reviewer, policy)
         gate = recorded_gate(tracking, model_version, registration)
         _override_checks(label, gate, reviewer, override_gate, policy)
-        previous = alias_version(client, name, CHAMPION)
+        previous, _ = trail_champions(trail.events())  # what the reviewed path made champion
         if previous == version:
             raise PromotionError(f"{label} is already the champion")
+        moved = alias_version(client, name, CHAMPION)
         event = {"event": "promote", "version": version, "reviewer": reviewer,
                  "identity": identity, "requested_by": requested_by or reviewer,
-                 "registrar": registration.get("registrar", "") if registration else "",
+                 "registrar": registration.get("registrar", ""),
                  "reason": reason, "at": _now(), "previous_champion": previous or "none",
                  "gate_reasons": gate.reasons, "gate": "passed" if gate.passed else "failed",
                  "gate_override": override_gate or "",
                  "policy": policy.digest or "built-in defaults"}  # fmt: skip
+        if moved != previous:  # the alias was moved outside the reviewed path: say so
+            event["alias_was"] = moved or "none"
         recorded = trail.append(event)  # first: a refused write moves nothing
         client.set_registered_model_alias(name, CHAMPION, version)
         if previous is not None:
@@ -401,24 +452,58 @@ def rollback(
     client = tracking.activate()
     with audit.transaction(tracking, name, settings=settings) as trail:
         _trusted_trail(tracking, name, settings)
-        current = alias_version(client, name, CHAMPION)
-        previous = alias_version(client, name, PREVIOUS_CHAMPION)
+        events = trail.events()
+        current, previous = trail_champions(events)  # never the movable aliases
         if current is None or previous is None:
             raise PromotionError(
-                f"{name} has no {'champion' if current is None else 'previous champion'}"
-                " to roll back from/to"
+                f"{name} has no {'champion' if current is None else 'previous champion'} in its "
+                "audit trail to roll back from/to"
             )
+        restored = _registered_version(client, name, previous)
+        _require_registration(f"{name} v{previous}", registration_event(events, previous))
         event = {"event": "rollback", "version": previous, "demoted": current,
                  "reviewer": reviewer, "identity": identity, "reason": reason,
                  "at": _now()}  # fmt: skip
         recorded = trail.append(event)
-        client.set_registered_model_alias(name, CHAMPION, previous)
+        client.set_registered_model_alias(name, CHAMPION, restored)
         client.set_registered_model_alias(name, PREVIOUS_CHAMPION, current)
     for key in ("reviewer", "reason", "at"):
         tag = client.set_model_version_tag
         tag(name, previous, VersionTags.audit("restored", key), event[key])
         tag(name, current, VersionTags.audit("rolled_back", key), event[key])
     return recorded
+
+
+def seal(
+    tracking: Tracking, name: str, *, reviewer: str, reason: str, identity: str = LOCAL_ADMIN,
+    settings: Settings | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Vouch, with the deployment's key, for the unkeyed events written before the key was set:
+    a keyed ``seal`` event naming the newest event it covers. Whoever seals has checked them
+    (``medml audit log``); until then a keyed deployment refuses the trail.
+
+    Raises:
+        PromotionError: no key here, no identity or reason, nothing to seal, or a trail that is
+            broken for any other reason than its unkeyed events.
+    """
+    from medml import audit
+
+    settings = settings or Settings.from_env()
+    _identity_checks(reviewer, reason, None, settings.policy())
+    if not settings.audit_key:
+        raise PromotionError("sealing needs the deployment's key: set MEDML_AUDIT_KEY")
+    with audit.transaction(tracking, name, settings=settings) as trail:
+        events = trail.events()
+        if not events or any(e.get("scheme") == audit.KEYED for e in events):
+            raise PromotionError(f"{name}'s trail has no unkeyed events waiting for a seal")
+        other = [p for p in audit.verify(tracking, name, settings).problems
+                 if "no keyed event vouches" not in p]  # fmt: skip
+        if other:
+            raise PromotionError(f"{name}'s trail is broken ({'; '.join(other)}); a seal would "
+                                 "vouch for that: investigate first")  # fmt: skip
+        return trail.append({"event": "seal", "version": "", "reviewer": reviewer,
+                             "identity": identity, "reason": reason, "at": _now(),
+                             "sealed_through": events[-1]["seq"]})  # fmt: skip
 
 
 def record_decision(

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from medml.calibration import ServingCalibration
-from medml.config import Recipe
+from medml.config import GateConfig, Recipe
 from medml.errors import RunError
 from medml.faults import failpoint
 from medml.identity import Identity, cli_identity
@@ -217,7 +217,7 @@ def register_ensemble(
         describe(tracking, recipe, version, render_markdown(card))
         complete_version(tracking, name, version, tags, alias, run_id=parent_run_id,
                          registrar=registrar or cli_identity(Settings.from_env(), tracking.uri),
-                         gate=gate)  # fmt: skip
+                         gate=gate, gate_settings=recipe.registry.gate)  # fmt: skip
         registration = Registration(name, version, alias, gate, version_uri(name, version))
         write_json(files.registration, registration.as_dict())
     return registration
@@ -343,7 +343,8 @@ def models_digest(fold_dirs: Sequence[Path]) -> str:
 
 def complete_version(
     tracking: Tracking, name: str, version: str, tags: dict[str, str], alias: str | None, *,
-    run_id: str, registrar: Identity, gate: GateOutcome, settings: Settings | None = None,
+    run_id: str, registrar: Identity, gate: GateOutcome, gate_settings: GateConfig,
+    settings: Settings | None = None,
 ) -> None:  # fmt: skip
     """Write the tags that are missing or differ; then, under the audit trail's lock, record
     the registration (registrar and the digest of the gate evidence, once) and move the alias;
@@ -358,7 +359,7 @@ def complete_version(
             client.set_model_version_tag(name, version, key, value)
     with audit.transaction(tracking, name, settings=settings) as trail:
         record_registration(trail, client, name, version, run_id=run_id, registrar=registrar,
-                            gate=gate)  # fmt: skip
+                            gate=gate, gate_settings=gate_settings)  # fmt: skip
         if alias is not None:
             client.set_registered_model_alias(name, alias, version)
     client.set_model_version_tag(name, version, VersionTags.COMPLETE, "true")

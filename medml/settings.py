@@ -60,7 +60,9 @@ class Settings:
             file system allows (``chattr +a``). Empty: no anchor.
         policy_file: ``MEDML_POLICY``: the deployment's governance policy (who may override
             the gate, four-eyes, local-admin mode; :mod:`medml.policy`), believed only when the
-            caller cannot edit it; default ``/etc/medml/policy.toml``.
+            caller cannot edit it; default ``/etc/medml/policy.toml``. A file named here, or a
+            missing default file in an existing ``/etc/medml``, is an error, never the
+            built-in defaults.
         mlflow_username: ``MLFLOW_TRACKING_USERNAME``: the user the MLflow tracking server
             authenticates (with ``MLFLOW_TRACKING_PASSWORD``); on a server with authentication
             enabled, the CLI's identity (:mod:`medml.identity`).
@@ -107,7 +109,7 @@ class Settings:
             pseudonym_key=_env("MEDML_PSEUDONYM_KEY"),
             audit_key=_env("MEDML_AUDIT_KEY"),
             audit_anchor=_env("MEDML_AUDIT_ANCHOR"),
-            policy_file=_env("MEDML_POLICY") or DEFAULT_POLICY_FILE,
+            policy_file=_env("MEDML_POLICY"),
             mlflow_username=_env("MLFLOW_TRACKING_USERNAME"),
             ignored=tuple(name for name in _SELF_GRANTED if _env(name)),
             s3_endpoint_url=_env("MEDML_S3_ENDPOINT_URL") or _env("AWS_ENDPOINT_URL"),
@@ -121,7 +123,11 @@ class Settings:
         Raises:
             PolicyError: the policy file cannot be believed or read.
         """
-        return load_policy(self.policy_file or DEFAULT_POLICY_FILE)
+        default = Path(DEFAULT_POLICY_FILE)
+        # A policy named explicitly, or expected where the deployment keeps it, must be there:
+        # pointing MEDML_POLICY at a missing file must not fall back to the permissive defaults.
+        required = bool(self.policy_file) or default.parent.exists()
+        return load_policy(self.policy_file or default, required=required)
 
     def ignored_warnings(self) -> list[str]:
         """One line per variable in :attr:`ignored`, saying where the setting lives now."""

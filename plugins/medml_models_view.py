@@ -41,11 +41,62 @@ def _tracking() -> Any:
     return Tracking.from_env()
 
 
+def _cell(value: Any) -> str:
+    return f"<td>{html.escape(str(value if value is not None else ''))}</td>"
+
+
+def _model_section(tracking: Any, client: Any, model: Any) -> str:
+    """One registered model: versions (gate recomputed and checked against its registration,
+    who promoted it per the audit trail), the champion check and the audit trail."""
+    from medml.audit import events, verify
+    from medml.promotion import champion_problem, gate_shown
+    from medml.version_tags import VersionTags as T
+
+    aliases: dict[str, list[str]] = {}
+    for alias, version in (model.aliases or {}).items():
+        aliases.setdefault(str(version), []).append(alias)
+    trail = events(tracking, model.name)
+    promoted_by = {str(e.get("version")): e.get("reviewer") for e in trail
+                   if e.get("event") in ("promote", "rollback")}  # fmt: skip
+    rows = []
+    for v in sorted(client.search_model_versions(f"name='{model.name}'"),
+                    key=lambda v: int(v.version), reverse=True):  # fmt: skip
+        tags = v.tags
+        gate, reasons = gate_shown(tracking, v, trail)
+        badges = " ".join(f"<span class='alias'>{html.escape(a)}</span>"
+                          for a in sorted(aliases.get(str(v.version), [])))  # fmt: skip
+        link = f"review/{html.escape(model.name)}/{v.version}"
+        rows.append(
+            f"<tr><td>v{v.version} {badges}</td>{_cell(tags.get(T.LOGICAL_DATE))}"
+            f"<td class='{gate}'>{html.escape(gate)}</td>"
+            f"{_cell(tags.get(T.metric('balanced_accuracy')))}"
+            f"{_cell(tags.get(T.metric('macro_f1')))}{_cell(reasons[:160])}"
+            f"{_cell(promoted_by.get(str(v.version)))}<td><a href='{link}'>review</a></td></tr>"
+        )
+    audit_rows = "".join(
+        f"<tr>{_cell('#' + str(e.get('seq', '')))}{_cell(e.get('at'))}{_cell(e.get('event'))}"
+        f"{_cell('v' + str(e.get('version', '')))}"
+        f"{_cell(e.get('reviewer') or e.get('registrar'))}{_cell(e.get('requested_by'))}"
+        f"{_cell(e.get('reason'))}</tr>"
+        for e in reversed(trail))  # fmt: skip
+    report = verify(tracking, model.name)
+    problems = report.problems + [p for p in [champion_problem(tracking, model.name)[1]] if p]
+    broken = "" if not problems else (
+        "<p class='failed'>The audit trail does not back this model: "
+        + html.escape("; ".join(problems)) + "</p>")  # fmt: skip
+    return (
+        f"<h2>{html.escape(model.name)}</h2>{broken}<table><tr><th>version</th><th>snapshot</th>"
+        "<th>gate</th><th>balanced acc.</th><th>macro-F1</th><th>gate reasons</th>"
+        f"<th>promoted by</th><th></th></tr>{''.join(rows)}</table>"
+        "<h3>Audit trail</h3><table><tr><th>#</th><th>when</th><th>event</th>"
+        "<th>version</th><th>approved by</th><th>requested by</th><th>why</th></tr>"
+        f"{audit_rows}</table>"
+    )
+
+
 def models_page() -> str:
     """The Models page as HTML (used by the route and by tests)."""
-    from medml.audit import LOCK_SUFFIX, events, verify
-    from medml.promotion import gate_shown
-    from medml.version_tags import VersionTags as T
+    from medml.audit import LOCK_SUFFIX
 
     tracking = _tracking()
     client = tracking.activate()
@@ -53,48 +104,12 @@ def models_page() -> str:
     for model in client.search_registered_models():
         if model.name.endswith(LOCK_SUFFIX):
             continue  # an audit append in progress, not a model
-        aliases: dict[str, list[str]] = {}
-        for alias, version in (model.aliases or {}).items():
-            aliases.setdefault(str(version), []).append(alias)
-        rows = []
-        versions = sorted(client.search_model_versions(f"name='{model.name}'"),
-                          key=lambda v: int(v.version), reverse=True)  # fmt: skip
-        trail = events(tracking, model.name)
-        for v in versions:
-            tags = v.tags
-            gate, reasons = gate_shown(tracking, v, trail)
-            badges = " ".join(f"<span class='alias'>{html.escape(a)}</span>"
-                              for a in sorted(aliases.get(str(v.version), [])))  # fmt: skip
-            link = f"review/{html.escape(model.name)}/{v.version}"
-            rows.append(
-                f"<tr><td>v{v.version} {badges}</td><td>{html.escape(tags.get(T.LOGICAL_DATE, ''))}"
-                f"</td><td class='{gate}'>{html.escape(gate)}</td>"
-                f"<td>{html.escape(tags.get(T.metric('balanced_accuracy'), ''))}</td>"
-                f"<td>{html.escape(tags.get(T.metric('macro_f1'), ''))}</td>"
-                f"<td>{html.escape(reasons[:160])}</td>"
-                f"<td>{html.escape(tags.get(T.audit('promoted', 'reviewer'), ''))}</td>"
-                f"<td><a href='{link}'>review</a></td></tr>"
-            )
-        audit_rows = "".join(
-            f"<tr><td>#{e.get('seq', '')}</td><td>{html.escape(e.get('at', ''))}</td>"
-            f"<td>{html.escape(e.get('event', ''))}</td>"
-            f"<td>v{html.escape(str(e.get('version', '')))}</td>"
-            f"<td>{html.escape(e.get('reviewer') or e.get('registrar', ''))}</td>"
-            f"<td>{html.escape(e.get('requested_by', ''))}</td>"
-            f"<td>{html.escape(e.get('reason', ''))}</td></tr>"
-            for e in reversed(trail))  # fmt: skip
-        report = verify(tracking, model.name)
-        broken = "" if report.intact else (
-            "<p class='failed'>The audit trail does not verify: "
-            + html.escape("; ".join(report.problems)) + "</p>")  # fmt: skip
-        sections.append(
-            f"<h2>{html.escape(model.name)}</h2>{broken}<table><tr><th>version</th><th>snapshot</th>"
-            "<th>gate</th><th>balanced acc.</th><th>macro-F1</th><th>gate reasons</th>"
-            f"<th>promoted by</th><th></th></tr>{''.join(rows)}</table>"
-            "<h3>Audit trail</h3><table><tr><th>#</th><th>when</th><th>event</th>"
-            "<th>version</th><th>approved by</th><th>requested by</th><th>why</th></tr>"
-            f"{audit_rows}</table>"
-        )
+        try:
+            sections.append(_model_section(tracking, client, model))
+        except Exception as err:  # one odd model (a name, an event) must not hide the others
+            why = html.escape(f"{type(err).__name__}: {err}")
+            sections.append(f"<h2>{html.escape(model.name)}</h2><p class='failed'>cannot be "
+                            f"shown: {why}</p>")  # fmt: skip
     body = "".join(sections) or "<p>No registered models yet.</p>"
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>medml models</title>"

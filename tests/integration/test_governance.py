@@ -18,7 +18,7 @@ from medml.cli import app
 from medml.config import load_recipe
 from medml.identity import LOCAL_ADMIN, Identity
 from medml.metrics import GateOutcome, HoldoutMetrics
-from medml.promotion import PromotionError, promote
+from medml.promotion import PromotionError, promote, rollback
 from medml.registry import complete_version
 from medml.tracking import Tracking
 from tests.conftest import venv_env
@@ -39,8 +39,10 @@ def _metrics(sensitivity_b: float) -> HoldoutMetrics:
                           ci95={"balanced_accuracy": [0.7, 0.9]})  # fmt: skip
 
 
-def _versions(tracking: Tracking, count: int, *, sensitivity_b: float = 0.8,
-              registrar: str = "trainer") -> None:  # fmt: skip
+def _versions(
+    tracking: Tracking, count: int, *, sensitivity_b: float = 0.8, registrar: str = "trainer",
+    registered_gate: GateOutcome | None = None,
+) -> None:  # fmt: skip
     """``count`` complete versions of NAME whose run logged metrics and the gate as params,
     with their registration in the audit trail — what `medml register` leaves (without
     training: the registry is what is under test)."""
@@ -59,7 +61,8 @@ def _versions(tracking: Tracking, count: int, *, sensitivity_b: float = 0.8,
         client.set_model_version_tag(NAME, version.version, "gate", "passed")
         complete_version(tracking, NAME, str(version.version), {}, None, run_id=run.info.run_id,
                          registrar=Identity(registrar, LOCAL_ADMIN),
-                         gate=GateOutcome(True, []))  # fmt: skip
+                         gate=registered_gate or GateOutcome(True, []),
+                         gate_settings=load_recipe("kidney-ct").registry.gate)  # fmt: skip
 
 
 def _promotions(tracking: Tracking) -> list[dict]:
@@ -317,3 +320,71 @@ def test_local_admin_off_refuses_the_unauthenticated_cli(
                                       "--tracking-uri", tracking.uri])  # fmt: skip
     assert result.exit_code == 0 and "(local-admin)" in result.output, result.output
     assert _promotions(tracking)[0]["identity"] == "local-admin"
+
+
+def test_gate_settings_are_the_pinned_ones_not_params_added_to_the_run() -> None:
+    """Adversarial review: params with a trailing space relaxed the gate after registration."""
+    import mlflow
+
+    tracking = Tracking.from_env()
+    _versions(tracking, 1, sensitivity_b=0.3)
+    run_id = tracking.activate().get_model_version(NAME, "1").run_id
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_params({"registry.gate.require_better_than_chance ": "False",
+                           "registry.gate.thresholds.balanced_accuracy.min ": "0.0"})  # fmt: skip
+    with pytest.raises(PromotionError, match="did not pass its gate"):
+        promote(tracking, NAME, "1", reviewer="bob", reason="r")
+
+
+def test_a_gate_that_failed_at_registration_stays_failed() -> None:
+    """Adversarial review: a champion that could not be scored left no champion metrics, so the
+    recomputed gate skipped non-inferiority and passed."""
+    tracking = Tracking.from_env()
+    failed = GateOutcome(False, ["champion v3 could not be scored on this holdout"])
+    _versions(tracking, 1, registered_gate=failed)  # its own metrics pass
+    with pytest.raises(PromotionError, match="failed its gate at registration .event #1: "
+                                             "champion v3 could not be scored"):  # fmt: skip
+        promote(tracking, NAME, "1", reviewer="bob", reason="r")
+
+
+def test_rollback_restores_what_the_trail_says_not_the_alias() -> None:
+    """Adversarial review: `previous-champion` moved with the plain client to an unregistered
+    version, then an honest rollback made it champion."""
+    import mlflow
+
+    tracking = Tracking.from_env()
+    _versions(tracking, 2)
+    for version in ("1", "2"):
+        promote(tracking, NAME, version, reviewer="alice", reason=f"step {version}")
+    client = tracking.activate()
+    with mlflow.start_run() as run:
+        mlflow.log_text("junk", "model/MLmodel")
+    junk = client.create_model_version(NAME, f"runs:/{run.info.run_id}/model", run.info.run_id)
+    client.set_model_version_tag(NAME, junk.version, "medml.complete", "true")
+    client.set_registered_model_alias(NAME, "previous-champion", junk.version)
+    event = rollback(tracking, NAME, reviewer="bob", reason="regression")
+    assert (event["version"], event["demoted"]) == ("1", "2")
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
+
+
+def test_a_missing_policy_file_named_explicitly_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Adversarial review: MEDML_POLICY=/nonexistent fell back to the permissive defaults."""
+    tracking = Tracking.from_env()
+    _versions(tracking, 1)
+    monkeypatch.setenv("MEDML_POLICY", str(tmp_path / "nonexistent.toml"))
+    result = CliRunner().invoke(app, ["promote", NAME, "--version", "1", "--reason", "r",
+                                      "--tracking-uri", tracking.uri])  # fmt: skip
+    assert result.exit_code == 5 and "does not exist" in result.output, result.output
+    assert _promotions(tracking) == []
+
+
+def test_odd_model_names_and_version_spellings_are_one_line() -> None:
+    tracking = Tracking.from_env()
+    _versions(tracking, 2)
+    assert promote(tracking, NAME, " 02", reviewer="alice", reason="r")["version"] == "2"
+    result = CliRunner().invoke(app, ["audit", "verify", "gov'x", "--tracking-uri",
+                                      tracking.uri])  # fmt: skip
+    assert result.exit_code in (3, 5, 6) and "quote" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output

@@ -12,7 +12,13 @@ from typer.testing import CliRunner
 
 from medml import audit, serving
 from medml.cli import app
-from medml.promotion import UnreviewedChampion, champion_backed_by_audit, promote
+from medml.promotion import (
+    PromotionError,
+    UnreviewedChampion,
+    champion_backed_by_audit,
+    promote,
+    seal,
+)
 from medml.settings import Settings
 from medml.tracking import Tracking
 from tests.integration.test_governance import NAME, _versions
@@ -26,6 +32,7 @@ class _FakeClassifier:
     """Stands in for the registered pyfunc (the registry, not the model, is under test)."""
 
     classes = ["a", "b"]
+    operating_point = None
 
     def predict(self, context: Any, frame: pd.DataFrame) -> pd.DataFrame:
         rows = len(frame)
@@ -53,6 +60,13 @@ def _predict(tracking: Tracking, tmp_path: Path, *extra: str) -> Any:
     return CliRunner().invoke(app, ["predict", "--model", f"{NAME}@champion", "--source",
                                     str(source), "--out", str(tmp_path / "p.csv"),
                                     "--tracking-uri", tracking.uri, *extra])  # fmt: skip
+
+
+def _anchor_folder(tmp_path: Path) -> Path:
+    """The anchor folder, made by the administrator (medml never creates a missing one)."""
+    folder = tmp_path / "anchor"
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 def _verify(tracking: Tracking) -> Any:
@@ -102,8 +116,17 @@ def _forged_approval(tracking: Tracking, version: str, settings: Settings) -> No
              "requested_by": "mallory", "reason": "looks fine", "at": "2026-01-01T00:00:00+00:00",
              "previous_champion": "1", "gate_reasons": [], "gate": "passed",
              "gate_override": ""}  # fmt: skip
-    audit.append(tracking, NAME, event, settings=settings)
-    tracking.activate().set_registered_model_alias(NAME, "champion", version)
+    client = tracking.activate()  # medml's own append refuses to downgrade a keyed trail: the
+    experiment = client.get_experiment_by_name(audit.AUDIT_EXPERIMENT)  # forger writes raw
+    last = audit.events(tracking, NAME)[-1]
+    previous = client.get_registered_model(NAME).tags[audit.HEAD_TAG].split(":")[1]
+    key = settings.audit_key.encode() if settings.audit_key else None
+    record = {**event, "model": NAME, "seq": last["seq"] + 1,
+              "scheme": audit.KEYED if key else audit.UNKEYED}  # fmt: skip
+    digest = audit.event_hash(previous, record, key)
+    audit._write(client, experiment.experiment_id, NAME, record, previous, digest)
+    client.set_registered_model_tag(NAME, audit.HEAD_TAG, f"{record['seq']}:{digest}")
+    client.set_registered_model_alias(NAME, "champion", version)
 
 
 def test_keyed_chain_fails_a_forged_appended_approval(
@@ -157,12 +180,24 @@ def test_unkeyed_chain_verifies_with_a_warning(tmp_path: Path, loaded: list[str]
     used = _predict(tracking, tmp_path)  # used, but the user is told the evidence is weak
     assert used.exit_code == 0, used.output
     assert "warning: the hash chain is unkeyed (MEDML_AUDIT_KEY is not set)" in used.output
-    keyed = Settings(home=tmp_path, audit_key="new secret")  # the key set later: old events
-    report = audit.verify(tracking, NAME, keyed)  # still verify, as unkeyed
+    keyed = Settings(home=tmp_path, audit_key="new secret")  # the key set later: the old
+    report = audit.verify(tracking, NAME, keyed)  # events need a keyed seal, else anyone could
+    assert report.problems == [  # append unkeyed events before the first keyed one
+        "events #1 to #2 are unkeyed and no keyed event vouches for them (anyone could have "
+        "appended them); check them with `medml audit log`, then `medml audit seal` them where "
+        "the key is set"
+    ]
+    with pytest.raises(PromotionError, match="audit trail does not verify"):
+        promote(tracking, NAME, "1", reviewer="bob", reason="x", settings=keyed)
+    sealed = seal(tracking, NAME, reviewer="admin", reason="checked v1's events", settings=keyed)
+    assert sealed["scheme"] == audit.KEYED and sealed["sealed_through"] == 2
+    report = audit.verify(tracking, NAME, keyed)
     assert report.intact and report.warnings == [
         "events #1 to #2 are unkeyed (written before MEDML_AUDIT_KEY was set)",
         NO_ANCHOR,
     ]
+    with pytest.raises(audit.AuditError, match="is keyed and MEDML_AUDIT_KEY is not set"):
+        audit.append(tracking, NAME, {"event": "note"}, settings=Settings(home=tmp_path))
 
 
 def _runs_by_seq(tracking: Tracking) -> dict[int, str]:
@@ -175,7 +210,7 @@ def _runs_by_seq(tracking: Tracking) -> dict[int, str]:
 def test_anchor_catches_truncation_erasure_and_an_outside_append(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MEDML_AUDIT_ANCHOR", str(tmp_path / "anchor"))
+    monkeypatch.setenv("MEDML_AUDIT_ANCHOR", str(_anchor_folder(tmp_path)))
     tracking = Tracking.from_env()
     _versions(tracking, 3)
     for version in ("1", "2", "3"):  # events #4-#6, after the three registrations
@@ -210,7 +245,7 @@ def test_anchor_catches_truncation_erasure_and_an_outside_append(
 def test_anchor_catches_an_append_outside_medml(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MEDML_AUDIT_ANCHOR", str(tmp_path / "anchor"))
+    monkeypatch.setenv("MEDML_AUDIT_ANCHOR", str(_anchor_folder(tmp_path)))
     tracking = Tracking.from_env()
     _versions(tracking, 2)
     promote(tracking, NAME, "1", reviewer="alice", reason="first")
@@ -261,7 +296,7 @@ def test_policy_requiring_key_and_anchor_fails_a_trail_without_them(
     assert _predict(tracking, tmp_path).exit_code == 5 and loaded == []
     with pytest.raises(Exception, match="audit trail does not verify"):
         promote(tracking, NAME, "1", reviewer="bob", reason="back")
-    monkeypatch.setenv("MEDML_AUDIT_ANCHOR", str(tmp_path / "anchor"))
+    monkeypatch.setenv("MEDML_AUDIT_ANCHOR", str(_anchor_folder(tmp_path)))
     assert "MEDML_AUDIT_ANCHOR is not set" not in " ".join(audit.verify(tracking, NAME).problems)
 
 
