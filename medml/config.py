@@ -182,10 +182,11 @@ class SplitConfig(_Strict):
         "(group), only count those across the holdout (report), or stop if any cross it (fail)",
     )
     near_duplicate_similarity: float = Field(
-        default=0.98,
+        default=0.95,
         gt=0.0,
         le=1.0,
-        description="least correlation of two 16x16 grey thumbnails that makes a near-duplicate",
+        description="least correlation of two 16x16 grey thumbnails, at their best relative "
+        "shift of up to one thumbnail pixel, that makes a near-duplicate",
     )
     near_duplicate_max_group: int = Field(
         default=0,
