@@ -372,6 +372,18 @@ def _values(m: HoldoutMetrics, name: str) -> list[tuple[str, float]]:
     return [(name, value)]
 
 
+def inferior_reasons(
+    candidate: HoldoutMetrics, reference: HoldoutMetrics, gate: GateConfig, who: str
+) -> list[str]:
+    """Why ``candidate`` is worse than ``reference`` (scored on the same holdout) by more than
+    ``gate.non_inferiority`` allows, naming the reference ``who`` (e.g. ``challenger v3``)."""
+    reasons = []
+    for name, margin in gate.non_inferiority.items():
+        reasons += [r.replace("the champion's", f"{who}'s")
+                    for r in _inferior(candidate, reference, name, margin)]  # fmt: skip
+    return reasons
+
+
 def _inferior(
     candidate: HoldoutMetrics, champion: HoldoutMetrics, name: str, margin: float
 ) -> list[str]:

@@ -21,9 +21,15 @@ from medml.faults import failpoint
 from medml.identity import Identity, cli_identity
 from medml.io import COMPLETE_MARKER, atomic_path, publish_dir, write_json
 from medml.layout import ARTIFACTS, RegistryFiles
-from medml.metrics import GateOutcome, HoldoutMetrics, check_gate, scalar_metrics
+from medml.metrics import (
+    GateOutcome,
+    HoldoutMetrics,
+    check_gate,
+    inferior_reasons,
+    scalar_metrics,
+)
 from medml.settings import Settings
-from medml.tracking import Tracking, alias_uri, version_uri
+from medml.tracking import Tracking, version_uri
 from medml.version_tags import CHAMPION, VersionTags
 
 MAX_TAG_CHARS = 5000
@@ -40,6 +46,9 @@ class Registration:
     model_uri: str
     already_registered: bool = False
     """This pipeline run had registered the version before: nothing was changed."""
+    kept_challenger: str = ""
+    """Why the alias stayed on the current challenger (this version passed its gate but is
+    worse than that challenger on the same holdout); empty when the alias moved or no gate."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
@@ -51,6 +60,7 @@ class Registration:
             "gate_reasons": self.gate.reasons,
             "model_uri": self.model_uri,
             "already_registered": self.already_registered,
+            "kept_challenger": self.kept_challenger,
         }
 
 
@@ -161,7 +171,7 @@ def register_ensemble(
     tracking: Tracking, parent_run_id: str, tags: dict[str, str],
     champion: ChampionScore | None = None, card_facts: dict[str, Any] | None = None,
     calibration: ServingCalibration | None = None, revision: str | None = None,
-    registrar: Identity | None = None,
+    registrar: Identity | None = None, challenger: ChampionScore | None = None,
 ) -> Registration:  # fmt: skip
     """Build the fold ensemble, log it to the pipeline run and register one model version.
 
@@ -190,6 +200,9 @@ def register_ensemble(
             :func:`git_revision` of the environment's settings).
         registrar: who registers it (recorded in the audit trail; with the policy's
             ``registrar_may_approve`` off they cannot approve its promotion).
+        challenger: the current challenger (when it is not the champion) scored on the same
+            holdout: a version that passes its gate takes the alias only if it is not worse
+            than that challenger by more than the gate's ``non_inferiority`` margins.
     """
     from medml.model_card import render_markdown, write_model_card
 
@@ -200,6 +213,10 @@ def register_ensemble(
     tags = version_tags(recipe, metrics, gate, folds=len(model_paths), champion=champion,
                         revision=revision, extra=tags)  # fmt: skip
     alias = recipe.registry.alias if gate.passed else None
+    kept = _kept_challenger(metrics, recipe, challenger) if alias else ""
+    if kept:  # the alias stays on the better challenger; the version is still registered
+        alias = None
+        tags = {**tags, VersionTags.KEPT_CHALLENGER: kept[:MAX_TAG_CHARS]}
     digest = models_digest([Path(p).parent for p in model_paths])
     existing = _adoptable(version_of_run(tracking, name, parent_run_id), digest, name, tags)
     if existing is not None and existing.complete:  # a re-run of a finished run: nothing moves
@@ -218,9 +235,25 @@ def register_ensemble(
         complete_version(tracking, name, version, tags, alias, run_id=parent_run_id,
                          registrar=registrar or cli_identity(Settings.from_env(), tracking.uri),
                          gate=gate, gate_settings=recipe.registry.gate)  # fmt: skip
-        registration = Registration(name, version, alias, gate, version_uri(name, version))
+        registration = Registration(name, version, alias, gate, version_uri(name, version),
+                                    kept_challenger=kept)  # fmt: skip
         write_json(files.registration, registration.as_dict())
     return registration
+
+
+def _kept_challenger(metrics: HoldoutMetrics, recipe: Recipe,
+                     challenger: ChampionScore | None) -> str:  # fmt: skip
+    """Why the current challenger keeps the alias (empty: this version may take it)."""
+    if challenger is None or challenger.metrics is None:
+        return ""  # none, or one that cannot be scored here: the newer passing version wins
+    reasons = inferior_reasons(metrics, challenger.metrics, recipe.registry.gate,
+                               f"challenger v{challenger.version}")  # fmt: skip
+    if not reasons:
+        return ""
+    return (
+        f"{recipe.registry.alias} stays on v{challenger.version}: this version passed its "
+        "gate but is worse on the same holdout (" + "; ".join(reasons) + ")"
+    )
 
 
 def _card_facts(
@@ -367,10 +400,11 @@ def complete_version(
 
 def champion_on_holdout(
     tracking: Tracking, model_name: str, files: pd.DataFrame, y_true: Any,
-    classes: Sequence[str], min_class_support: int = 20,
+    classes: Sequence[str], min_class_support: int = 20, alias: str = CHAMPION,
 ) -> ChampionScore | None:  # fmt: skip
-    """Score the current ``champion`` on this run's holdout files (the served model's input:
-    ``path`` and ``frame``), or ``None`` if there is none.
+    """Score the version ``alias`` (default: the current ``champion``) points at on this run's
+    holdout files (the served model's input: ``path`` and ``frame``), or ``None`` if there is
+    none.
 
     The champion reads the raw files through its own preprocessing, so a champion trained with
     other image settings is still comparable. When it cannot be scored (other classes, an old
@@ -384,11 +418,11 @@ def champion_on_holdout(
 
     client = tracking.activate()
     try:
-        version = str(client.get_model_version_by_alias(model_name, CHAMPION).version)
+        version = str(client.get_model_version_by_alias(model_name, alias).version)
     except MlflowException:
         return None
     try:
-        model = load_classifier(alias_uri(model_name, CHAMPION))
+        model = load_classifier(version_uri(model_name, version))
         if list(model.classes) != list(classes):
             raise ValueError(f"it predicts {model.classes}, this run's classes are {list(classes)}")
         proba = model.predict(None, files)

@@ -160,6 +160,9 @@ def _registration_lines(path: Path) -> list[str]:
     if reg["alias"]:
         return [f"\nRegistered model: {reg['model_name']}  {reg['alias']} -> version "
                 f"{reg['version']}"]  # fmt: skip
+    if reg.get("kept_challenger"):
+        return [f"\nRegistered model: {reg['model_name']} version {reg['version']} (gate passed; "
+                f"{reg['kept_challenger']})"]  # fmt: skip
     return [f"\nRegistered model: {reg['model_name']} version {reg['version']} "
             f"(gate failed: {'; '.join(reg['gate_reasons'])}; no alias moved)"]  # fmt: skip
 

@@ -526,19 +526,25 @@ def register(
     from medml.calibration import ServingCalibration
     from medml.evaluation_facts import EvaluationFacts
     from medml.identity import AIRFLOW, Identity, cli_identity
-    from medml.registry import champion_on_holdout, git_revision, register_ensemble
-    from medml.version_tags import VersionTags
+    from medml.registry import ChampionScore, champion_on_holdout, git_revision, register_ensemble
+    from medml.version_tags import CHAMPION, VersionTags
 
     layout = ctx.layout
     _require_intact_folds(ctx)  # the models registered are the models evaluated, byte for byte
     metrics = HoldoutMetrics.read(layout.evaluation.metrics)
     evaluation = EvaluationFacts.read(layout.evaluation)
     files, labels = holdout_files(layout.splits)
-    champion = (  # cross-validation only: no images the champion could be scored on fairly
-        champion_on_holdout(tracking, ctx.recipe.registry.model_name, files, labels,
-                            ctx.recipe.data.classes, ctx.recipe.evaluate.min_class_support)
-        if len(labels) else None
-    )  # fmt: skip
+    name, recipe = ctx.recipe.registry.model_name, ctx.recipe
+
+    def on_holdout(alias: str) -> ChampionScore | None:  # cross-validation only: nothing to score
+        return champion_on_holdout(tracking, name, files, labels, recipe.data.classes,
+                                   recipe.evaluate.min_class_support, alias) if len(labels) \
+            else None  # fmt: skip
+
+    champion = on_holdout(CHAMPION)
+    challenger = on_holdout(recipe.registry.alias)
+    if challenger is not None and champion is not None and challenger.version == champion.version:
+        challenger = None  # the champion itself: already the non-inferiority reference
     settings = settings or Settings.from_env()
     registrar = (Identity(airflow_user, AIRFLOW) if airflow_user
                  else cli_identity(settings, tracking.uri))  # fmt: skip
@@ -547,7 +553,8 @@ def register(
         tracking=tracking, parent_run_id=pipeline_run_id(ctx, tracking),
         tags={VersionTags.DATA_HASH: snapshot_hash(ctx), VersionTags.LOGICAL_DATE: ctx.logical_date,
               VersionTags.RUN_KEY: ctx.run_key, VersionTags.RUN_DIR: ctx.location},
-        champion=champion, calibration=ServingCalibration.from_evaluation(evaluation),
+        champion=champion, challenger=challenger,
+        calibration=ServingCalibration.from_evaluation(evaluation),
         revision=git_revision(settings), registrar=registrar,
         card_facts={"split_report": read_json(layout.split_report), "evaluation": evaluation,
                     "validation_report": read_json(layout.validation.report)},

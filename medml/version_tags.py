@@ -27,6 +27,8 @@ class VersionTags:
     GATE_NOTES = "gate_notes"
     """What the gate could not judge (classes with too few holdout images); never a failure."""
     COMPARED_WITH_CHAMPION = "compared_with_champion"
+    KEPT_CHALLENGER = "kept_challenger"
+    """Why the challenger alias stayed on a better version although this one passed its gate."""
     DATA_HASH = "data_hash"
     LOGICAL_DATE = "logical_date"
     RUN_KEY = "run_key"

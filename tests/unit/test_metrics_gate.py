@@ -137,3 +137,19 @@ def test_a_class_too_few_to_judge_is_noted_not_failed_but_still_held_to_the_floo
     # the same 12/20 judged by its interval once the recipe's minimum is above 20
     relaxed = check_gate(_counted([45, 12], [50, 20], minimum=21), gate)
     assert relaxed.passed and [note.split(":")[0] for note in relaxed.notes] == ["b"]
+
+
+def test_a_passing_version_worse_than_the_current_challenger_does_not_take_the_alias() -> None:
+    """Issue: `challenger` moved to the newest passing version although it was worse than the
+    current challenger (0.925 replaced 0.972)."""
+    from medml.registry import ChampionScore, _kept_challenger
+
+    recipe = load_recipe("kidney-ct")
+    current = _metrics(macro_f1=0.972)
+    kept = _kept_challenger(_metrics(macro_f1=0.925), recipe, ChampionScore("3", current))
+    assert kept.startswith("challenger stays on v3: this version passed its gate but is worse")
+    assert "macro_f1 0.925 is more than 0.000 worse than challenger v3's 0.972" in kept
+    assert _kept_challenger(_metrics(macro_f1=0.98), recipe, ChampionScore("3", current)) == ""
+    unscorable = ChampionScore("3", error="other classes")
+    assert _kept_challenger(_metrics(), recipe, unscorable) == ""  # the newer version wins
+    assert _kept_challenger(_metrics(), recipe, None) == ""
