@@ -562,6 +562,11 @@ def evaluate(
     extras = {
         "calibration": calibration_report(temperature, oof, oof_calibrated, scored),
         "operating_point": operating_point(recipe, oof, oof_calibrated, scored),
+        "baseline": (
+            baseline_comparison(shards_dir, index, y_true, ensemble, recipe)
+            if scored is not None
+            else None
+        ),
     }
     files = EvaluationFiles(Path(out_dir))
     with publish_dir(files.root) as staging:
@@ -659,7 +664,30 @@ def write_evaluation(
                write_json(files.calibration, extras["calibration"])]  # fmt: skip
     if extras["operating_point"] is not None:
         written.append(write_json(files.operating_point, extras["operating_point"]))
+    if extras.get("baseline") is not None:
+        written.append(write_json(files.baseline, extras["baseline"]))
     return written
+
+
+def baseline_comparison(
+    shards_dir: Path, index: pd.DataFrame, y_true: np.ndarray, proba: np.ndarray, recipe: Recipe
+) -> dict[str, Any]:
+    """The ensemble against the baseline (:mod:`medml.baseline`), both on this holdout, the
+    baseline trained on every training row the folds saw."""
+    from medml.baseline import compare, fit_and_score, pixel_features
+    from medml.preprocess import ShardRows
+
+    def features(rows: pd.DataFrame) -> np.ndarray:
+        shard_rows = ShardRows(shards_dir, rows)
+        return np.concatenate([pixel_features(shard_rows.gather(np.arange(
+            start, min(start + _PREDICT_ROWS, len(shard_rows)))))
+            for start in range(0, len(shard_rows), _PREDICT_ROWS)])  # fmt: skip
+
+    train = index[index["split"] != TEST]
+    baseline = fit_and_score(features(train), train["label_index"].to_numpy(dtype=np.int64),
+                             features(index[index["split"] == TEST]), len(recipe.data.classes),
+                             recipe.split.seed)  # fmt: skip
+    return compare(y_true, proba, baseline, recipe.data.classes, seed=recipe.split.seed)
 
 
 def log_evaluation(

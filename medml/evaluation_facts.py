@@ -74,6 +74,9 @@ class EvaluationFacts:
     calibration: CalibrationReport
     oof_metrics: HoldoutMetrics
     operating_point: OperatingPoint | None = None
+    baseline: dict[str, Any] | None = None
+    """The paired comparison with the baseline (:func:`medml.baseline.compare`); ``None``
+    without a holdout."""
 
     @classmethod
     def read(cls, files: EvaluationFiles) -> EvaluationFacts:
@@ -83,4 +86,5 @@ class EvaluationFacts:
             calibration=CalibrationReport.from_dict(read_json(files.calibration)),
             oof_metrics=HoldoutMetrics.read(files.oof_metrics),
             operating_point=OperatingPoint.from_dict(read_json(point)) if point.is_file() else None,
+            baseline=read_json(files.baseline) if files.baseline.is_file() else None,
         )

@@ -124,6 +124,11 @@ class EvaluationFiles:
         """Binary recipes: the OOF-chosen threshold and the holdout's rates at it."""
         return self.root / "operating_point.json"
 
+    @property
+    def baseline(self) -> Path:
+        """The paired comparison with the baseline on the same rows (:mod:`medml.baseline`)."""
+        return self.root / "baseline.json"
+
     def plot(self, name: str) -> Path:
         """A plot's PNG (``confusion_matrix``, ``roc_curves``, ``reliability``, …)."""
         return self.root / plot_file(name)
@@ -308,6 +313,11 @@ class MlflowArtifacts:
     def champion_metrics(self) -> str:
         """The champion's metrics on the same holdout, when the gate compared with one."""
         return f"{self.evaluation}/champion_on_this_holdout.json"
+
+    @property
+    def baseline(self) -> str:
+        """The paired comparison with the baseline model (``baseline.json``)."""
+        return f"{self.evaluation}/baseline.json"
 
     def plot(self, name: str) -> str:
         """An evaluation plot (``confusion_matrix``, ``roc_curves`` …)."""

@@ -74,7 +74,14 @@ def _context(facts: CardFacts) -> dict[str, Any]:
         "point_rates": {name: _rate(held, name) for name in ("sensitivity", "specificity", "ppv")},
         "point_too_few": list(held.get("too_few_to_judge") or []),
         "point_exact": bool(held.get("interval")),
+        "baseline": _baseline_sentence(evaluation),
     }  # fmt: skip
+
+
+def _baseline_sentence(evaluation: EvaluationFacts | None) -> str:
+    from medml.baseline import sentence
+
+    return sentence(evaluation.baseline) if evaluation and evaluation.baseline else ""
 
 
 def _data_rows(classes: list[str], counts: dict[str, dict[str, int]]) -> list[list[str]]:

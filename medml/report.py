@@ -147,6 +147,10 @@ def _evaluation_lines(files: EvaluationFiles) -> list[str]:
         lines.append(f"  operating point {point.positive_class} >= {point.threshold:.3f} "
                      f"(OOF sensitivity >= {point.target_sensitivity:.2f}): {where} {shown}"
                      + (f" | {TOO_FEW}: {', '.join(too_few)}" if too_few else ""))  # fmt: skip
+    if facts.baseline:
+        from medml.baseline import sentence
+
+        lines.append(f"  baseline: {sentence(facts.baseline)}")
     return lines
 
 

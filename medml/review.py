@@ -41,6 +41,8 @@ class Side:
     tags: dict[str, str]
     metrics: HoldoutMetrics
     images: dict[str, str]  # name -> base64 PNG
+    baseline: str = ""
+    """How it compares with the baseline on its own holdout (empty: not compared)."""
 
 
 def _load_side(client: Any, name: str, version: str) -> Side:
@@ -61,7 +63,21 @@ def _load_side(client: Any, name: str, version: str) -> Side:
                 images[picture] = base64.b64encode(Path(png).read_bytes()).decode()
             except (MlflowException, OSError):  # older versions may lack a plot
                 pass
-    return Side(str(version), dict(model_version.tags), metrics, images)
+        baseline = _baseline(client, run_id, tmp)
+    return Side(str(version), dict(model_version.tags), metrics, images, baseline)
+
+
+def _baseline(client: Any, run_id: str, folder: str) -> str:
+    """The baseline sentence of a run (empty for versions evaluated before it existed)."""
+    from mlflow.exceptions import MlflowException
+
+    from medml.baseline import sentence
+
+    try:
+        return sentence(json.loads(Path(client.download_artifacts(
+            run_id, ARTIFACTS.baseline, folder)).read_text()))  # fmt: skip
+    except (MlflowException, OSError, ValueError, KeyError):
+        return ""
 
 
 def _flat_params(tags: dict[str, str]) -> dict[str, Any]:
@@ -181,6 +197,8 @@ def _table(name: str, candidate: Side, champion: Side | None) -> str:
                                      for r in rows]  # fmt: skip
     changes = _param_changes(candidate, champion)
     lines.append("params changed: " + ("; ".join(changes) if changes else "none"))
+    if candidate.baseline:
+        lines.append(f"baseline (v{candidate.version}): {candidate.baseline}")
     return "\n".join(lines)
 
 

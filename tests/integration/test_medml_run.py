@@ -27,6 +27,19 @@ def test_medml_run_registers_a_challenger_that_beats_chance(tmp_path: Path) -> N
     assert "challenger -> version 1" in result.stdout
     for name in ("Normal", "Cyst", "Stone", "Tumor"):
         assert name in result.stdout  # the per-class table is printed
+    # A baseline on the same rows, every run: the verdict is the same wherever it is shown.
+    from medml.baseline import sentence
+
+    baseline = json.loads((run_dir / "evaluation" / "baseline.json").read_text())
+    said = sentence(baseline)
+    assert f"baseline: {said}" in result.stdout
+    card = (run_dir / "registry" / "model_card.md").read_text()
+    assert f"- Baseline: {said}" in card
+    reviewed = subprocess.run(["medml", "review", "kidney-ct-classifier", "--version", "1", "--out",
+                               str(tmp_path / "review.html")], env=env, capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+    assert f"baseline (v1): {said}" in reviewed.stdout, reviewed.stdout + reviewed.stderr
+    assert said in (tmp_path / "review.html").read_text()
 
     metrics = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
     assert metrics["overall"]["balanced_accuracy"] > 0.25 + 0.2  # chance is 0.25
