@@ -400,6 +400,12 @@ class GateConfig(_Strict):
     Names are those of :data:`medml.extensions.METRICS` (see :mod:`medml.metrics`).
     """
 
+    beats_baseline: bool = Field(
+        default=False,
+        description="the model must be measurably better than the baseline on the same rows "
+        "(the paired 95% interval of the balanced-accuracy difference above zero; needs a "
+        "holdout)",
+    )
     require_better_than_chance: bool = Field(
         default=True,
         description="the lower 95% bound of balanced accuracy above 1/k, every class's "

@@ -293,17 +293,21 @@ class GateOutcome:
 
 
 def check_gate(
-    candidate: HoldoutMetrics, gate: GateConfig, champion: HoldoutMetrics | None = None
-) -> GateOutcome:
+    candidate: HoldoutMetrics, gate: GateConfig, champion: HoldoutMetrics | None = None,
+    baseline: dict[str, Any] | None = None,
+) -> GateOutcome:  # fmt: skip
     """Compare a candidate's holdout metrics with the gate's bounds and, if given, the champion.
 
     Args:
         candidate: the candidate's metrics.
         gate: ``thresholds`` (absolute bounds) and ``non_inferiority`` (largest allowed drop
-            from the champion), keyed by metric name.
+            from the champion), keyed by metric name; ``beats_baseline``.
         champion: the champion's metrics on the same holdout, or ``None``.
+        baseline: the paired comparison with the baseline (:func:`medml.baseline.compare`).
     """
     reasons = chance_reasons(candidate) if gate.require_better_than_chance else []
+    if gate.beats_baseline:
+        reasons += baseline_reasons(baseline)
     for name, bound in gate.thresholds.items():
         for label, value in _values(candidate, name):
             if bound.min is not None and not value >= bound.min:
@@ -314,6 +318,18 @@ def check_gate(
         for name, margin in gate.non_inferiority.items():
             reasons += _inferior(candidate, champion, name, margin)
     return GateOutcome(passed=not reasons, reasons=reasons, notes=too_few_notes(candidate))
+
+
+def baseline_reasons(baseline: dict[str, Any] | None) -> list[str]:
+    """Why the model did not beat the baseline measurably (``registry.gate.beats_baseline``)."""
+    if baseline is None:
+        return ["beats_baseline: no baseline comparison (it needs a holdout)"]
+    if baseline.get("verdict") == "better":
+        return []
+    low, high = baseline["difference_ci95"]
+    difference = baseline["difference"]
+    return [f"beats_baseline: balanced accuracy {difference:+.3f} against the baseline "
+            f"(paired 95% CI {low:+.3f} to {high:+.3f}) is not measurably better"]  # fmt: skip
 
 
 def chance_reasons(m: HoldoutMetrics) -> list[str]:

@@ -15,6 +15,7 @@ from typing import Any
 from medml.config import GateConfig, parse_overrides
 from medml.errors import RefusedError
 from medml.identity import LOCAL_ADMIN, Identity
+from medml.io import read_json
 from medml.layout import ARTIFACTS
 from medml.metrics import GateOutcome, HoldoutMetrics, check_gate
 from medml.policy import Policy
@@ -137,7 +138,7 @@ def champion_backed_by_audit(
     return champion
 
 
-EVIDENCE = (ARTIFACTS.metrics, ARTIFACTS.champion_metrics)
+EVIDENCE = (ARTIFACTS.metrics, ARTIFACTS.champion_metrics, ARTIFACTS.baseline)
 """The artifacts a version's gate is computed from; their SHA-256 is pinned at registration."""
 
 
@@ -239,11 +240,13 @@ def recorded_gate(
         metrics = HoldoutMetrics.read(Path(tmp) / ARTIFACTS.metrics)
         champion = (HoldoutMetrics.read(Path(tmp) / ARTIFACTS.champion_metrics)
                     if ARTIFACTS.champion_metrics in digests else None)  # fmt: skip
+        baseline = (read_json(Path(tmp) / ARTIFACTS.baseline)
+                    if ARTIFACTS.baseline in digests else None)  # fmt: skip
     if registration is not None and "gate_settings" in registration:
         settings = GateConfig.model_validate(registration["gate_settings"])  # pinned
     else:
         settings = gate_from_params(client.get_run(run_id).data.params)
-    outcome = check_gate(metrics, settings, champion)
+    outcome = check_gate(metrics, settings, champion, baseline)
     if registration is not None and registration.get("gate") == "failed" and outcome.passed:
         why = "; ".join(registration.get("gate_reasons") or []) or "no reason recorded"
         reason = f"it failed its gate at registration (event #{registration.get('seq')}: {why})"

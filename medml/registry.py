@@ -94,10 +94,13 @@ def git_revision(settings: Settings, start: Path | None = None) -> str:
 
 
 def gate_outcome(
-    metrics: HoldoutMetrics, recipe: Recipe, champion: ChampionScore | None
-) -> GateOutcome:
-    """The recipe's gate on the candidate, against the champion when there is one."""
-    gate = check_gate(metrics, recipe.registry.gate, champion.metrics if champion else None)
+    metrics: HoldoutMetrics, recipe: Recipe, champion: ChampionScore | None,
+    baseline: dict[str, Any] | None = None,
+) -> GateOutcome:  # fmt: skip
+    """The recipe's gate on the candidate, against the champion when there is one (and the
+    baseline, when the gate asks for it)."""
+    gate = check_gate(metrics, recipe.registry.gate, champion.metrics if champion else None,
+                      baseline)  # fmt: skip
     if champion is not None and champion.error:
         return GateOutcome(False, [*gate.reasons, champion.error], gate.notes)
     return gate
@@ -206,7 +209,8 @@ def register_ensemble(
     """
     from medml.model_card import render_markdown, write_model_card
 
-    gate = gate_outcome(metrics, recipe, champion)
+    evaluation = (card_facts or {}).get("evaluation")
+    gate = gate_outcome(metrics, recipe, champion, evaluation.baseline if evaluation else None)
     name = recipe.registry.model_name
     revision = revision or git_revision(Settings.from_env())
     card = _card_facts(recipe, metrics, gate, revision, tags, card_facts or {})

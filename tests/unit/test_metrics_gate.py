@@ -153,3 +153,17 @@ def test_a_passing_version_worse_than_the_current_challenger_does_not_take_the_a
     unscorable = ChampionScore("3", error="other classes")
     assert _kept_challenger(_metrics(), recipe, unscorable) == ""  # the newer version wins
     assert _kept_challenger(_metrics(), recipe, None) == ""
+
+
+def test_the_optional_beats_baseline_gate_needs_a_measurably_better_model() -> None:
+    gate = _gate(beats_baseline=True)
+    unclear = {"verdict": "not measurably better", "difference": 0.01,
+               "difference_ci95": [-0.04, 0.06]}  # fmt: skip
+    assert check_gate(_metrics(), gate, baseline=unclear).reasons == [
+        "beats_baseline: balanced accuracy +0.010 against the baseline (paired 95% CI -0.040 to "
+        "+0.060) is not measurably better"
+    ]
+    better = unclear | {"verdict": "better", "difference_ci95": [0.01, 0.06]}
+    assert check_gate(_metrics(), gate, baseline=better).passed
+    assert "needs a holdout" in check_gate(_metrics(), gate).reasons[0]
+    assert check_gate(_metrics(), _gate(), baseline=unclear).passed  # off by default
