@@ -626,7 +626,14 @@ def operating_point(
         "chosen_on": "out-of-fold predictions (not the holdout)",
         "oof": exact_at_threshold(oof_calibrated[:, k], oof.y == k, threshold, minimum),
         "holdout": None,
+        "positives": int((oof.y == k).sum()),
     }
+    if point["positives"] < minimum:  # a handful of images set the threshold: say so
+        point["warning"] = (
+            f"chosen on only {point['positives']} out-of-fold {positive} images (fewer than "
+            f"evaluate.min_class_support={minimum}): one or two of them set the threshold; "
+            "treat it as provisional"
+        )
     if holdout is not None:
         y_true, _, calibrated = holdout
         point["holdout"] = exact_at_threshold(calibrated[:, k], y_true == k, threshold, minimum)

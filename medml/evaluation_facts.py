@@ -51,6 +51,10 @@ class OperatingPoint:
     oof: dict[str, Any]
     holdout: dict[str, Any] | None = None
     chosen_on: str = ""
+    positives: int | None = None
+    """Out-of-fold images of the positive class the threshold was chosen on."""
+    warning: str | None = None
+    """Why the threshold is provisional (too few positives), else ``None``."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OperatingPoint:

@@ -147,6 +147,8 @@ def _evaluation_lines(files: EvaluationFiles) -> list[str]:
         lines.append(f"  operating point {point.positive_class} >= {point.threshold:.3f} "
                      f"(OOF sensitivity >= {point.target_sensitivity:.2f}): {where} {shown}"
                      + (f" | {TOO_FEW}: {', '.join(too_few)}" if too_few else ""))  # fmt: skip
+        if point.warning:
+            lines.append(f"  WARNING operating point: {point.warning}")
     if facts.baseline:
         from medml.baseline import sentence
 

@@ -147,6 +147,9 @@ def test_the_binary_operating_point_file_carries_exact_intervals() -> None:
     assert held["specificity_ci95"] == pytest.approx(REFERENCE[3, 3], abs=5e-4)
     assert "sensitivity" in held["too_few_to_judge"]
     assert point["oof"]["sensitivity_ci95"][0] is not None
+    # 6 out-of-fold positives (fewer than 20) chose the threshold: provisional, and said so
+    assert point["positives"] == 6
+    assert point["warning"].startswith("chosen on only 6 out-of-fold PNEUMONIA images")
 
 
 def test_the_summary_and_the_review_flag_classes_too_few_to_judge() -> None:
