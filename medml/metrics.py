@@ -320,6 +320,21 @@ def check_gate(
     return GateOutcome(passed=not reasons, reasons=reasons, notes=too_few_notes(candidate))
 
 
+def estimates_disagree(oof: HoldoutMetrics, holdout: HoldoutMetrics,
+                       name: str = "balanced_accuracy") -> str:  # fmt: skip
+    """A warning when the out-of-fold estimate (single fold models on the training images) and
+    the holdout's (the registered ensemble) disagree beyond their 95% intervals; else ``""``."""
+    a, b = oof.interval(name), holdout.interval(name)
+    if not a or not b or None in (*a, *b) or oof.estimate == holdout.estimate:
+        return ""
+    if a[1] >= b[0] and b[1] >= a[0]:
+        return ""
+    return (f"the out-of-fold {name} {oof.overall[name]:.3f} ({a[0]:.3f}-{a[1]:.3f}, single fold "
+            f"models) and the holdout's {holdout.overall[name]:.3f} ({b[0]:.3f}-{b[1]:.3f}, the "
+            "registered ensemble) disagree beyond their 95% intervals: the out-of-fold figure "
+            "does not describe the model that is registered")  # fmt: skip
+
+
 def baseline_reasons(baseline: dict[str, Any] | None) -> list[str]:
     """Why the model did not beat the baseline measurably (``registry.gate.beats_baseline``)."""
     if baseline is None:

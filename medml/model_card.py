@@ -17,7 +17,7 @@ from medml.config import Recipe
 from medml.evaluation_facts import EvaluationFacts
 from medml.io import atomic_path
 from medml.layout import RegistryFiles
-from medml.metrics import OUT_OF_FOLD, HoldoutMetrics, scalar_metrics
+from medml.metrics import OUT_OF_FOLD, HoldoutMetrics, estimates_disagree, scalar_metrics
 
 TEMPLATE = "model_card.md.j2"  # in medml/templates/: the card's prose
 _NAMED_IN_PROSE = {"balanced_accuracy", "macro_f1", "accuracy", "roc_auc_ovr_macro",
@@ -75,6 +75,7 @@ def _context(facts: CardFacts) -> dict[str, Any]:
         "point_too_few": list(held.get("too_few_to_judge") or []),
         "point_exact": bool(held.get("interval")),
         "baseline": _baseline_sentence(evaluation),
+        "disagreement": estimates_disagree(evaluation.oof_metrics, metrics) if evaluation else "",
     }  # fmt: skip
 
 

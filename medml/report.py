@@ -8,7 +8,13 @@ from pathlib import Path
 from medml.evaluation_facts import EvaluationFacts
 from medml.io import atomic_path, read_json
 from medml.layout import RELATIVE, EvaluationFiles, StepFiles
-from medml.metrics import OUT_OF_FOLD, HoldoutMetrics, registered_metrics, scalar_metrics
+from medml.metrics import (
+    OUT_OF_FOLD,
+    HoldoutMetrics,
+    estimates_disagree,
+    registered_metrics,
+    scalar_metrics,
+)
 from medml.runs import RunContext, opened_run
 
 _READS = (RELATIVE.run_json, RELATIVE.snapshot_json, RELATIVE.splits, RELATIVE.split_report,
@@ -149,6 +155,9 @@ def _evaluation_lines(files: EvaluationFiles) -> list[str]:
                      + (f" | {TOO_FEW}: {', '.join(too_few)}" if too_few else ""))  # fmt: skip
         if point.warning:
             lines.append(f"  WARNING operating point: {point.warning}")
+    disagreement = estimates_disagree(facts.oof_metrics, HoldoutMetrics.read(files.metrics))
+    if disagreement:
+        lines.append(f"  WARNING estimates: {disagreement}")
     if facts.baseline:
         from medml.baseline import sentence
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from medml.config import GateConfig, load_recipe
@@ -167,3 +169,20 @@ def test_the_optional_beats_baseline_gate_needs_a_measurably_better_model() -> N
     assert check_gate(_metrics(), gate, baseline=better).passed
     assert "needs a holdout" in check_gate(_metrics(), gate).reasons[0]
     assert check_gate(_metrics(), _gate(), baseline=unclear).passed  # off by default
+
+
+def test_out_of_fold_and_holdout_estimates_that_disagree_are_named() -> None:
+    """Issue: OOF balanced accuracy 0.644 (single fold models) against the ensemble's holdout
+    0.789, with disjoint intervals, was shown without comment."""
+    from medml.metrics import estimates_disagree
+
+    oof = _metrics(balanced_accuracy=0.644)
+    oof.ci95["balanced_accuracy"] = [0.60, 0.69]
+    oof = dataclasses.replace(oof, estimate="out-of-fold")
+    holdout = _metrics(balanced_accuracy=0.789)
+    holdout.ci95["balanced_accuracy"] = [0.74, 0.83]
+    said = estimates_disagree(oof, holdout)
+    assert said.startswith("the out-of-fold balanced_accuracy 0.644 (0.600-0.690, single fold")
+    assert "disagree beyond their 95% intervals" in said
+    holdout.ci95["balanced_accuracy"] = [0.68, 0.83]  # overlapping: nothing to say
+    assert estimates_disagree(oof, holdout) == ""
