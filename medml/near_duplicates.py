@@ -60,7 +60,9 @@ def signatures(thumbnails: Sequence[bytes], shift: int = SHIFT) -> np.ndarray:
     offsets = []
     for dy in range(2 * shift + 1):
         for dx in range(2 * shift + 1):
-            rows = grids[:, dy : dy + window, dx : dx + window].reshape(len(grids), -1).copy()
+            rows = (
+                grids[:, dy : dy + window, dx : dx + window].reshape(len(grids), window**2).copy()
+            )
             rows -= rows.mean(axis=1, keepdims=True)
             norms = np.linalg.norm(rows, axis=1, keepdims=True)
             np.divide(rows, norms, out=rows, where=norms > 0)

@@ -153,3 +153,11 @@ def test_copies_shifted_by_a_pixel_of_a_small_image_stay_near_duplicates() -> No
     other = cv2.resize(load_digits().images[7].astype(np.float32) * 16, (32, 32),
                        interpolation=cv2.INTER_CUBIC)  # fmt: skip
     assert float(similarity_matrix(signatures([thumbnail(digit), thumbnail(other)]))[0, 1]) < 0.9
+
+
+def test_no_images_no_signatures_no_pairs() -> None:
+    """Cross-validation only: the holdout is empty, and so are its signatures."""
+    empty = signatures([])
+    assert empty.shape[1] == 0
+    i, _, _ = similar_pairs(empty, signatures([thumbnail(np.eye(32))]), similarity=0.95)
+    assert len(i) == 0
