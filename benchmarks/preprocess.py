@@ -9,7 +9,10 @@ Prints, for N phantom JPEGs (default 5,000 at 512x512, resized to 128x128):
   can do at all;
 - medml's peak RSS when the same files are listed 10 times (50,000 rows), against 5,000 rows:
   preprocess streams shard by shard, so memory should not grow with the dataset;
-- the time of an unchanged ``dvc repro`` as a fraction of the cold run.
+- the time of an unchanged ``dvc repro`` as a fraction of the cold run;
+- what verifying every shard's SHA-256 before training costs (``medml.io.corrupted_files``):
+  the first check after preprocess, then an incremental one on unchanged shards, each as a
+  fraction of preprocess's time.
 
 Each measurement runs in its own process so peak RSS is its own. The seed loop, the ceiling and
 medml run in turn ``--repeats`` times (the order rotating) and the medians are compared, so a
@@ -69,13 +72,21 @@ def child_seed_loop(splits: str, size: int) -> dict[str, float]:
 def child_medml(splits: str, size: int, out: str) -> dict[str, float]:
     """medml's preprocess step (parallel decode, streaming shards)."""
     from medml.config import load_recipe
+    from medml.io import corrupted_files
     from medml.preprocess import preprocess
 
     recipe = load_recipe("kidney-ct", overrides=[f"image.size={size}", "image.channels=3"])
     started = time.perf_counter()
     result = preprocess(Path(splits), Path(out), recipe)
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "images": result.images, "peak_rss_mb": _peak_rss_mb()}
+    checks = []  # what training pays to verify every shard's bytes: first, then incrementally
+    time.sleep(2.1)  # shards younger than medml.io's settle time are never taken as verified
+    for _ in range(2):
+        started = time.perf_counter()
+        assert corrupted_files(Path(out)) == []
+        checks.append(time.perf_counter() - started)
+    return {"seconds": seconds, "images": result.images, "peak_rss_mb": _peak_rss_mb(),
+            "check_first": checks[0], "check_again": checks[1]}  # fmt: skip
 
 
 def child_decode_ceiling(splits: str, size: int) -> dict[str, float]:
@@ -177,6 +188,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="medml-bench-") as tmp:
         work = Path(tmp)
+        os.environ["MEDML_HOME"] = str(work / "home")  # the children's verified-shard tables
         print(
             f"generating {args.n} phantom JPEGs at {args.source_size}x{args.source_size} ...",
             flush=True,
@@ -223,6 +235,12 @@ def main() -> None:
     print(
         f"decode ceiling/seed: {ceiling_rate / seed_rate:.2f}x; medml reaches "
         f"{medml_rate / ceiling_rate:.0%} of what {os.cpu_count()} threads decode writing nothing"
+    )
+    first = statistics.median(r["check_first"] / r["seconds"] for r in medmls)
+    again = statistics.median(r["check_again"] / r["seconds"] for r in medmls)
+    print(
+        f"shard SHA-256 check before training: first {first:.1%} of preprocess time, "
+        f"incremental (unchanged shards) {again:.1%} (target <= 10%)"
     )
     n_large = int(medml_large["images"])
     ratio = medml_large["peak_rss_mb"] / medml["peak_rss_mb"]

@@ -74,8 +74,8 @@ RUNS: dict[str, list[tuple[list[str], str]]] = {
                 "--dvc-n",
                 "200",
             ],  # fmt: skip
-            r"throughput ratio medml/seed \(medians\): \d+\.\d+x(.*\n)+dvc repro with 200 images: "
-            r"cold \d+\.\d+s",
+            r"throughput ratio medml/seed \(medians\): \d+\.\d+x(.*\n)+shard SHA-256 check before "
+            r"training: first \d+\.\d%(.*\n)+dvc repro with 200 images: cold \d+\.\d+s",
         )
     ],
     "smote_memory.py": [
