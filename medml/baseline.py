@@ -26,11 +26,13 @@ BETTER, WORSE, UNCLEAR = "better", "worse", "not measurably better"
 def pixel_features(images: np.ndarray) -> np.ndarray:
     """Images ``(n, h, w, c)`` (any dtype) as ``(n, 256)`` float32 rows: grey, 16×16, area
     averaged."""
-    grey = images.astype(np.float32)
-    grey = grey.mean(axis=3) if grey.ndim == 4 else grey
-    return np.stack([cv2.resize(g, (FEATURE_SIDE, FEATURE_SIDE), interpolation=cv2.INTER_AREA)
-                     .ravel() for g in grey]) if len(grey) else np.zeros((0, FEATURE_SIDE ** 2),
-                                                                         np.float32)  # fmt: skip
+    rows = np.zeros((len(images), FEATURE_SIDE**2), np.float32)
+    for i, image in enumerate(images):  # one image at a time: no float copy of the whole batch
+        grey = image.astype(np.float32)
+        grey = grey.mean(axis=2) if grey.ndim == 3 else grey
+        rows[i] = cv2.resize(grey, (FEATURE_SIDE, FEATURE_SIDE),
+                             interpolation=cv2.INTER_AREA).ravel()  # fmt: skip
+    return rows
 
 
 def fit_and_score(
@@ -51,9 +53,14 @@ def fit_and_score(
 
 def compare(
     y_true: np.ndarray, model_proba: np.ndarray, baseline_proba: np.ndarray,
-    classes: Sequence[str], *, seed: int, rounds: int = ROUNDS,
+    classes: Sequence[str], *, seed: int, rounds: int = ROUNDS, min_class_support: int = 1,
 ) -> dict[str, Any]:  # fmt: skip
-    """The paired comparison of balanced accuracy on the holdout (see the module docstring)."""
+    """The paired comparison of balanced accuracy on the holdout (see the module docstring).
+
+    A class with fewer than ``min_class_support`` holdout images is the same few images in
+    every resample, so its share of the difference has no spread and the interval is too
+    narrow: with such a class the verdict is never ``better`` or ``worse``, only ``not
+    measurably better``, with the classes named in ``too_few_to_judge``."""
     from medml.evaluate import _rates, stratified_weights
 
     k = len(classes)
@@ -70,7 +77,9 @@ def compare(
     differences = np.concatenate([balanced(w, "model") - balanced(w, "baseline")
                                   for w in resamples])  # fmt: skip
     low, high = (float(v) for v in np.percentile(differences, [2.5, 97.5]))
-    verdict = BETTER if low > 0 else WORSE if high < 0 else UNCLEAR
+    counts = np.bincount(y_true, minlength=k)
+    too_few = [classes[c] for c in range(k) if 0 < counts[c] < min_class_support]
+    verdict = UNCLEAR if too_few else BETTER if low > 0 else WORSE if high < 0 else UNCLEAR
     return {
         "baseline": BASELINE,
         "metric": "balanced_accuracy",
@@ -81,6 +90,7 @@ def compare(
         "rounds": rounds,
         "verdict": verdict,
         "n": int(len(y_true)),
+        "too_few_to_judge": too_few,
     }
 
 
@@ -88,9 +98,12 @@ def sentence(comparison: dict[str, Any]) -> str:
     """One line for the summary, the review and the model card."""
     low, high = comparison["difference_ci95"]
     verdicts = {BETTER: "better than", WORSE: "WORSE than", UNCLEAR: "NOT measurably better than"}
+    too_few = comparison.get("too_few_to_judge") or []
+    caveat = (f" Too few holdout images of {', '.join(too_few)} to judge the difference."
+              if too_few else "")  # fmt: skip
     return (
         f"The model is {verdicts[comparison['verdict']]} the baseline ({comparison['baseline']}, "
         f"same training rows, same holdout): balanced accuracy {comparison['model']:.3f} vs "
         f"{comparison['baseline_value']:.3f}, difference {comparison['difference']:+.3f} "
-        f"(paired 95% CI {low:+.3f} to {high:+.3f})."
+        f"(paired 95% CI {low:+.3f} to {high:+.3f})." + caveat
     )

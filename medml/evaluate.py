@@ -678,9 +678,9 @@ def write_evaluation(
 
 def baseline_comparison(
     shards_dir: Path, index: pd.DataFrame, y_true: np.ndarray, proba: np.ndarray, recipe: Recipe
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """The ensemble against the baseline (:mod:`medml.baseline`), both on this holdout, the
-    baseline trained on every training row the folds saw."""
+    baseline trained on every training row the folds saw (``None``: one class to train on)."""
     from medml.baseline import compare, fit_and_score, pixel_features
     from medml.preprocess import ShardRows
 
@@ -691,10 +691,13 @@ def baseline_comparison(
             for start in range(0, len(shard_rows), _PREDICT_ROWS)])  # fmt: skip
 
     train = index[index["split"] != TEST]
-    baseline = fit_and_score(features(train), train["label_index"].to_numpy(dtype=np.int64),
-                             features(index[index["split"] == TEST]), len(recipe.data.classes),
-                             recipe.split.seed)  # fmt: skip
-    return compare(y_true, proba, baseline, recipe.data.classes, seed=recipe.split.seed)
+    labels = train["label_index"].to_numpy(dtype=np.int64)
+    if len(np.unique(labels)) < 2:
+        return None  # one class to learn from: no baseline to compare with
+    baseline = fit_and_score(features(train), labels, features(index[index["split"] == TEST]),
+                             len(recipe.data.classes), recipe.split.seed)  # fmt: skip
+    return compare(y_true, proba, baseline, recipe.data.classes, seed=recipe.split.seed,
+                   min_class_support=recipe.evaluate.min_class_support)  # fmt: skip
 
 
 def log_evaluation(

@@ -325,8 +325,8 @@ def estimates_disagree(oof: HoldoutMetrics, holdout: HoldoutMetrics,
     """A warning when the out-of-fold estimate (single fold models on the training images) and
     the holdout's (the registered ensemble) disagree beyond their 95% intervals; else ``""``."""
     a, b = oof.interval(name), holdout.interval(name)
-    if not a or not b or None in (*a, *b) or oof.estimate == holdout.estimate:
-        return ""
+    if not a or not b or None in (*a, *b) or holdout.estimate == OUT_OF_FOLD:
+        return ""  # no interval, or no holdout (the "holdout" is the out-of-fold estimate)
     if a[1] >= b[0] and b[1] >= a[0]:
         return ""
     return (f"the out-of-fold {name} {oof.overall[name]:.3f} ({a[0]:.3f}-{a[1]:.3f}, single fold "
@@ -423,6 +423,10 @@ def _inferior(
     reasons = []
     for label, value in _values(candidate, name):
         if label not in best:
+            continue
+        if value is None or best[label] is None or not math.isfinite(value) \
+                or not math.isfinite(best[label]):  # fmt: skip
+            reasons.append(f"{label}: non-inferiority cannot be shown (a value is missing)")
             continue
         drop = best[label] - value if spec.higher_is_better else value - best[label]
         if drop > margin:

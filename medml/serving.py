@@ -91,6 +91,8 @@ class MedmlClassifier(mlflow.pyfunc.PythonModel):
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
         """One output row per input row (see the module docstring)."""
+        if len(model_input) == 0:  # an empty request gets an empty answer, not an error
+            return self.table(np.empty((0, len(self.classes))), [])
         sources, names = _sources(model_input)
         frames = _frames(model_input)
         pixels: list[np.ndarray] = []
@@ -116,8 +118,13 @@ class MedmlClassifier(mlflow.pyfunc.PythonModel):
         labels = [self.classes[int(row.argmax())] if not error else ""
                   for row, error in zip(proba, errors, strict=True)]  # fmt: skip
         table = pd.DataFrame({LABEL_COLUMN: labels})
-        for k, name in enumerate(self.classes):
-            table[probability_column(name)] = proba[:, k]
+        for k, name in enumerate(self.classes):  # a row that failed has no probabilities:
+            column = proba[:, k]  # null in JSON (NaN is not JSON), empty in a CSV
+            table[probability_column(name)] = (
+                pd.Series([None if error else float(p)
+                           for p, error in zip(column, errors, strict=True)], dtype=object)
+                if any(errors) else column
+            )  # fmt: skip
         point = self.operating_point
         if point:  # binary recipes: the decision at the clinical operating point
             positive = point["positive_class"]
@@ -142,8 +149,11 @@ def _sources(frame: pd.DataFrame) -> tuple[list[bytes | str | np.ndarray], list[
     if PATH_COLUMN in frame:
         paths = [str(p) for p in frame[PATH_COLUMN]]
         return list(paths), paths
-    raise ValueError(f"input needs a column {IMAGE_COLUMN!r} (base64 or bytes) or "
-                     f"{PATH_COLUMN!r} (file paths); got {list(frame.columns)}")  # fmt: skip
+    raise ValueError(
+        f"input needs a column {IMAGE_COLUMN!r} (base64 or bytes) or {PATH_COLUMN!r} (file "
+        f"paths) with values; got columns {list(frame.columns)} (a served model drops columns "
+        "its signature does not name, so a misspelt column arrives as no column at all)"
+    )
 
 
 def _frames(frame: pd.DataFrame) -> list[int]:

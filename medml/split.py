@@ -264,18 +264,25 @@ def near_duplicates_across(
     left: pd.DataFrame, right: pd.DataFrame, *, similarity: float
 ) -> list[tuple[str, str, float]]:
     """Each ``left`` image's most similar ``right`` image where that is a near-duplicate, as
-    (left path, right path, correlation), most similar first."""
-    i, j, sims = similar_pairs(
-        signatures(left["thumbnail"].tolist()),
-        signatures(right["thumbnail"].tolist()),
-        similarity=similarity,
-        neighbours=1,
-    )
+    (left path, right path, correlation), most similar first.
+
+    A pair is found from either side, at its best (as the grouping does: a shifted window
+    slid one way can match where the other way does not)."""
+    left_sigs = signatures(left["thumbnail"].tolist())
+    right_sigs = signatures(right["thumbnail"].tolist())
+    forward = similar_pairs(left_sigs, right_sigs, similarity=similarity, neighbours=1)
+    back_j, back_i, back_s = similar_pairs(right_sigs, left_sigs, similarity=similarity,
+                                           neighbours=1)  # fmt: skip
+    best: dict[int, tuple[int, float]] = {}
+    for i, j, sim in zip(*forward, strict=True):
+        best[int(i)] = max(best.get(int(i), (-1, -np.inf)), (int(j), float(sim)),
+                           key=lambda pair: pair[1])  # fmt: skip
+    for i, j, sim in zip(back_i, back_j, back_s, strict=True):
+        best[int(i)] = max(best.get(int(i), (-1, -np.inf)), (int(j), float(sim)),
+                           key=lambda pair: pair[1])  # fmt: skip
     left_paths, right_paths = left["path"].to_numpy(), right["path"].to_numpy()
-    order = np.argsort(-sims, kind="stable")
-    return [
-        (str(left_paths[i[k]]), str(right_paths[j[k]]), round(float(sims[k]), 4)) for k in order
-    ]
+    ranked = sorted(best.items(), key=lambda item: -item[1][1])
+    return [(str(left_paths[i]), str(right_paths[j]), round(sim, 4)) for i, (j, sim) in ranked]
 
 
 def near_duplicate_groups(

@@ -63,3 +63,13 @@ def test_tiny_holdouts_do_not_crash(per_class: int) -> None:
     y = _labels(per_class)
     result = compare(y, _proba(y), _proba((y + 1) % 3), CLASSES, seed=0, rounds=200)
     assert result["n"] == 3 * per_class and len(result["difference_ci95"]) == 2
+
+
+def test_a_class_too_small_to_vary_never_yields_a_verdict() -> None:
+    """Statistician's review: a one-image class is the same image in every stratified resample,
+    so 3/3 vs 2/3 gave CI [+0.333, +0.333] and "better"."""
+    y = np.array([0, 1, 2])
+    result = compare(y, _proba(y), _proba(np.array([0, 1, 0])), CLASSES, seed=0, rounds=200,
+                     min_class_support=20)  # fmt: skip
+    assert result["verdict"] == UNCLEAR and result["too_few_to_judge"] == CLASSES
+    assert sentence(result).endswith("Too few holdout images of a, b, c to judge the difference.")

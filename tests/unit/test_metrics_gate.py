@@ -178,7 +178,7 @@ def test_out_of_fold_and_holdout_estimates_that_disagree_are_named() -> None:
 
     oof = _metrics(balanced_accuracy=0.644)
     oof.ci95["balanced_accuracy"] = [0.60, 0.69]
-    oof = dataclasses.replace(oof, estimate="out-of-fold")
+    # (as evaluation writes it: clinical_metrics labels the OOF metrics "holdout" too)
     holdout = _metrics(balanced_accuracy=0.789)
     holdout.ci95["balanced_accuracy"] = [0.74, 0.83]
     said = estimates_disagree(oof, holdout)
@@ -186,3 +186,15 @@ def test_out_of_fold_and_holdout_estimates_that_disagree_are_named() -> None:
     assert "disagree beyond their 95% intervals" in said
     holdout.ci95["balanced_accuracy"] = [0.68, 0.83]  # overlapping: nothing to say
     assert estimates_disagree(oof, holdout) == ""
+    holdout.ci95["balanced_accuracy"] = [0.74, 0.83]  # cross-validation only: no holdout
+    assert estimates_disagree(oof, dataclasses.replace(holdout, estimate="out-of-fold")) == ""
+
+
+def test_a_missing_or_nan_value_cannot_show_non_inferiority() -> None:
+    from medml.metrics import inferior_reasons
+
+    reference = _metrics()
+    candidate = _metrics(macro_f1=float("nan"))
+    gate = _gate(non_inferiority={"macro_f1": 0.0})
+    assert inferior_reasons(candidate, reference, gate, "challenger v2") == [
+        "macro_f1: non-inferiority cannot be shown (a value is missing)"]  # fmt: skip
