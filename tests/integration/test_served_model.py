@@ -26,7 +26,11 @@ def _post(url: str, payload: dict) -> dict:
     request = urllib.request.Request(url, data=json.dumps(payload).encode(),
                                      headers={"Content-Type": "application/json"})  # fmt: skip
     with urllib.request.urlopen(request, timeout=120) as response:
-        return json.loads(response.read())
+        return json.loads(response.read(), parse_constant=_not_json)  # strict: no NaN
+
+
+def _not_json(constant: str) -> None:
+    raise AssertionError(f"the answer holds {constant}, which is not JSON")
 
 
 def test_mlflow_models_serve_answers_raw_jpeg_png_and_dicom(
@@ -85,6 +89,7 @@ def test_mlflow_models_serve_answers_raw_jpeg_png_and_dicom(
         answer = pd.DataFrame(_post(url, payload)["predictions"])
         garbage = {"dataframe_split": {"columns": ["image"], "data": [["bm90IGFuIGltYWdl"]]}}
         broken = pd.DataFrame(_post(url, garbage)["predictions"])  # "not an image"
+        empty = _post(url, {"dataframe_split": {"columns": ["image"], "data": []}})
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -94,3 +99,5 @@ def test_mlflow_models_serve_answers_raw_jpeg_png_and_dicom(
     for column in [f"p_{c}" for c in classes]:
         assert (answer[column] - expected[column]).abs().max() < 1e-5, column
     assert broken["label"].tolist() == [""] and "does not decode as an image" in broken["error"][0]
+    assert broken[f"p_{classes[0]}"].isna().all()  # null in the JSON, not NaN
+    assert empty["predictions"] == []
