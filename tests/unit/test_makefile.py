@@ -26,7 +26,11 @@ def _git(cwd: Path, *args: str) -> str:
 def _clean_commands() -> list[list[str]]:
     """The commands of the ``clean`` recipe, as ``make -n`` prints them."""
     dry = subprocess.run(
-        ["make", "-n", "clean"], cwd=REPO_ROOT, check=True, capture_output=True, text=True
+        ["make", "-n", "--no-print-directory", "clean"],
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+        text=True,  # (under `make test` a nested make names its folder)
     ).stdout
     return [shlex.split(line) for line in dry.splitlines() if line.strip()]
 
