@@ -33,11 +33,14 @@ import importlib.metadata
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from medml.tracking import Tracking
 
 IMAGE_COLUMN = "image"
 PATH_COLUMN = "path"
@@ -227,12 +230,28 @@ def log_classifier(
         )
 
 
-def load_classifier(model_uri: str) -> MedmlClassifier:
+def load_classifier(
+    model_uri: str, *, tracking: Tracking | None = None, allow_unreviewed: bool = False
+) -> MedmlClassifier:
     """The registered model's :class:`MedmlClassifier` (its Python object, for in-process use).
+
+    Given the registry (``tracking``), a ``NAME@champion`` reference is checked against the
+    audit trail first and the checked version is loaded
+    (:func:`medml.predict.reviewed_model_uri`); ``allow_unreviewed`` warns instead of refusing.
 
     Raises:
         ValueError: the model is not a medml classifier.
+        UnreviewedChampion: the champion is not backed by the audit trail.
     """
+    if tracking is not None:
+        import warnings
+
+        from medml.predict import reviewed_model_uri
+
+        model_uri, weakened = reviewed_model_uri(model_uri, tracking,
+                                                 allow_unreviewed=allow_unreviewed)  # fmt: skip
+        if weakened:
+            warnings.warn(weakened, stacklevel=2)
     model = mlflow.pyfunc.load_model(model_uri)
     inner = model.unwrap_python_model()
     if type(inner).__name__ != MedmlClassifier.__name__:  # the model bundles its own copy

@@ -330,3 +330,30 @@ def test_s3_anchor_is_shared_catches_truncation_and_refuses_a_forked_event(
     with pytest.raises(audit.AuditError, match="two events claim the same number"):
         audit._anchor(Settings.from_env(), NAME, "4:" + "f" * 64)  # a forked #4
     audit._anchor(Settings.from_env(), NAME, f"3:{hidden}")  # the same line again: idempotent
+
+
+def test_the_pyfunc_loader_given_the_registry_checks_the_champion(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import mlflow.pyfunc
+
+    tracking = Tracking.from_env()
+    _versions(tracking, 2)
+    promote(tracking, NAME, "1", reviewer="alice", reason="first")
+    asked: list[str] = []
+
+    def load_model(uri: str) -> Any:  # the registry, not the model file, is under test
+        asked.append(uri)
+        raise OSError("stand-in versions hold no model")
+
+    monkeypatch.setattr(mlflow.pyfunc, "load_model", load_model)
+    with pytest.raises(OSError):
+        serving.load_classifier(f"models:/{NAME}@champion", tracking=tracking)
+    assert asked == [f"models:/{NAME}/1"]  # the checked version
+    tracking.activate().set_registered_model_alias(NAME, "champion", "2")  # plain client
+    with pytest.raises(UnreviewedChampion, match="points at v2"):
+        serving.load_classifier(f"models:/{NAME}@champion", tracking=tracking)
+    assert len(asked) == 1
+    with pytest.warns(UserWarning, match="unreviewed champion"), pytest.raises(OSError):
+        serving.load_classifier(f"models:/{NAME}@champion", tracking=tracking,
+                                allow_unreviewed=True)  # fmt: skip
