@@ -81,6 +81,11 @@ def api_server_command(port: int) -> list[str]:
             "--workers", "1"]  # fmt: skip
 
 
+API_START_LIMIT_S = 900.0
+"""How long the embedded API server may take to answer: ~2 minutes on a loaded 2-core machine
+was seen, so the limit is generous, and the wait says every 30 s what it is waiting for."""
+
+
 def health_url(port: int) -> str:
     """The API server's health endpoint (answers without a login)."""
     return f"http://{LOOPBACK}:{port}/api/v2/monitor/health"
@@ -114,10 +119,22 @@ def api_server(env: dict[str, str]) -> Iterator[dict[str, str]]:
         server = subprocess.Popen(api_server_command(port), env=env, stdout=out,
                                   stderr=subprocess.STDOUT)  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
+        started = time.monotonic()
+        said = started
         while not answers(health_url(port)):
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise AirflowRunFailed(f"the Airflow API server did not start; see {log}")
+            waited = time.monotonic() - started
+            if server.poll() is not None:
+                raise AirflowRunFailed(f"the Airflow API server exited while starting; see {log}")
+            if waited > API_START_LIMIT_S:
+                raise AirflowRunFailed(
+                    f"the Airflow API server did not answer {health_url(port)} within "
+                    f"{API_START_LIMIT_S:.0f} s (a busy machine starts it slowly); see {log}"
+                )
+            if time.monotonic() - said >= 30:  # a busy machine: say what it waits for
+                said = time.monotonic()
+                print(f"waiting for the Airflow API server to answer {health_url(port)} "
+                      f"({waited:.0f} s; it gives up after {API_START_LIMIT_S:.0f} s)",
+                      file=sys.stderr, flush=True)  # fmt: skip
             time.sleep(1)
         yield env
     finally:
