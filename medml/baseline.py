@@ -61,18 +61,21 @@ def compare(
     every resample, so its share of the difference has no spread and the interval is too
     narrow: with such a class the verdict is never ``better`` or ``worse``, only ``not
     measurably better``, with the classes named in ``too_few_to_judge``."""
-    from medml.evaluate import _rates, stratified_weights
+    from medml.metrics import stratified_weights
 
     k = len(classes)
-    present = np.bincount(y_true, minlength=k) > 0
-    cells = {name: y_true * k + proba.argmax(axis=1)
-             for name, proba in (("model", model_proba), ("baseline", baseline_proba))}  # fmt: skip
+    support = np.bincount(y_true, minlength=k)
+    present = support > 0
+    hits = {name: proba.argmax(axis=1) == y_true
+            for name, proba in (("model", model_proba), ("baseline", baseline_proba))}  # fmt: skip
 
     def balanced(weights: np.ndarray, name: str) -> np.ndarray:
-        counts = np.stack([np.bincount(cells[name], weights=w, minlength=k * k) for w in weights])
-        return _rates(counts.reshape(-1, k, k))["sensitivity"][:, present].mean(axis=1)
+        """Mean per-class sensitivity under each resample (a class keeps its count)."""
+        found = np.stack([np.bincount(y_true, weights=w * hits[name], minlength=k)
+                          for w in weights])  # fmt: skip
+        return (found[:, present] / support[present]).mean(axis=1)
 
-    point = {name: float(balanced(np.ones((1, len(y_true))), name)[0]) for name in cells}
+    point = {name: float(balanced(np.ones((1, len(y_true))), name)[0]) for name in hits}
     resamples = stratified_weights(y_true, rounds, np.random.default_rng(seed))
     differences = np.concatenate([balanced(w, "model") - balanced(w, "baseline")
                                   for w in resamples])  # fmt: skip

@@ -589,7 +589,7 @@ def serve_cmd(
     import os
     import sys
 
-    from medml.predict import reviewed_model_uri
+    from medml.promotion import reviewed_model_uri
 
     tracking = _existing_store(tracking_uri)
     uri, warning = _guard(reviewed_model_uri, models_uri(model), tracking,

@@ -24,7 +24,7 @@ expected calibration error.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,13 @@ from medml.config import Recipe
 from medml.errors import RunError
 from medml.io import atomic_path, publish_dir, read_json, write_json
 from medml.layout import ARTIFACTS, EvaluationFiles, FoldFiles
-from medml.metrics import MIN_CLASS_SUPPORT, OUT_OF_FOLD, HoldoutMetrics, exact_interval
+from medml.metrics import (
+    MIN_CLASS_SUPPORT,
+    OUT_OF_FOLD,
+    HoldoutMetrics,
+    exact_interval,
+    stratified_weights,
+)
 from medml.preprocess import load_index
 from medml.split import TEST
 from medml.tracking import Tracking
@@ -213,27 +219,6 @@ def _per_class_scores(
     for name in per_class:
         per_class[name]["support"] = int(per_class[name]["support"] or 0)
     return per_class
-
-
-_BOOTSTRAP_DRAWS = 1_000_000  # resampled images held at once (8 MB per copy of the weights)
-
-
-def stratified_weights(
-    y_true: np.ndarray, rounds: int, rng: np.random.Generator
-) -> Iterator[np.ndarray]:
-    """Bootstrap resamples as weights, in chunks of shape ``(rounds in chunk, n)``: how often
-    each image is drawn when each true class is resampled, with replacement, to its own count.
-    Every resample has every class at its own count (the weights of a class sum to it)."""
-    n = len(y_true)
-    members = [np.flatnonzero(y_true == c) for c in np.unique(y_true)]
-    chunk = max(1, _BOOTSTRAP_DRAWS // max(n, 1))
-    for start in range(0, rounds, chunk):
-        size = min(chunk, rounds - start)
-        offsets = (np.arange(size) * n)[:, None]
-        drawn = np.concatenate(
-            [idx[rng.integers(0, len(idx), (size, len(idx)))] for idx in members], axis=1
-        )
-        yield np.bincount((drawn + offsets).ravel(), minlength=size * n).reshape(size, n)
 
 
 def _bootstrap_ci(y_true: np.ndarray, proba: np.ndarray, rounds: int, seed: int) -> dict[str, Any]:

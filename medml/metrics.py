@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,6 +61,8 @@ MIN_CLASS_SUPPORT = 20  # the default of evaluate.min_class_support (medml.confi
 CONFIDENCE = 0.95
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from medml.config import GateConfig
 
 Value = float | dict[str, float]
@@ -318,6 +320,29 @@ def check_gate(
         for name, margin in gate.non_inferiority.items():
             reasons += _inferior(candidate, champion, name, margin)
     return GateOutcome(passed=not reasons, reasons=reasons, notes=too_few_notes(candidate))
+
+
+_BOOTSTRAP_DRAWS = 1_000_000  # resampled images held at once (8 MB per copy of the weights)
+
+
+def stratified_weights(
+    y_true: np.ndarray, rounds: int, rng: np.random.Generator
+) -> Iterator[np.ndarray]:
+    """Bootstrap resamples as weights, in chunks of shape ``(rounds in chunk, n)``: how often
+    each image is drawn when each true class is resampled, with replacement, to its own count.
+    Every resample has every class at its own count (the weights of a class sum to it)."""
+    import numpy as np
+
+    n = len(y_true)
+    members = [np.flatnonzero(y_true == c) for c in np.unique(y_true)]
+    chunk = max(1, _BOOTSTRAP_DRAWS // max(n, 1))
+    for start in range(0, rounds, chunk):
+        size = min(chunk, rounds - start)
+        offsets = (np.arange(size) * n)[:, None]
+        drawn = np.concatenate(
+            [idx[rng.integers(0, len(idx), (size, len(idx)))] for idx in members], axis=1
+        )
+        yield np.bincount((drawn + offsets).ravel(), minlength=size * n).reshape(size, n)
 
 
 def estimates_disagree(oof: HoldoutMetrics, holdout: HoldoutMetrics,

@@ -42,32 +42,6 @@ class PredictResult:
     """Why the model was used although the audit trail does not back it (``allow_unreviewed``)."""
 
 
-def reviewed_model_uri(model_uri: str, tracking: Tracking, *,
-                       allow_unreviewed: bool = False) -> tuple[str, str]:  # fmt: skip
-    """``(uri to load, warning)``: a ``NAME@champion`` reference checked against the audit trail.
-
-    Other references (a version, another alias) are returned as they are.
-
-    Raises:
-        UnreviewedChampion: the champion is not backed by a valid promotion event (unless
-            ``allow_unreviewed``, which returns the alias's URI and the reason as a warning).
-    """
-    from medml.promotion import UnreviewedChampion, champion_backed_by_audit
-    from medml.version_tags import CHAMPION
-
-    name, _, alias = model_uri.removeprefix("models:/").partition("@")
-    if alias != CHAMPION:
-        return model_uri, ""
-    weakened: list[str] = []
-    try:
-        version = champion_backed_by_audit(tracking, name, weakened)
-    except UnreviewedChampion as err:
-        if not allow_unreviewed:
-            raise
-        return model_uri, f"using an unreviewed champion (--allow-unreviewed): {err}"
-    return f"models:/{name}/{version}", "; ".join(weakened)
-
-
 def list_inputs(source: Path, image_dir: Path | None = None) -> list[tuple[str, Path]]:
     """``(filename, path)`` pairs from a folder of images or a CSV with a ``filename`` column.
 
@@ -105,7 +79,8 @@ def predict(
 
     The model is the pyfunc of :mod:`medml.serving`: its own preprocessing reads the files, so
     this gives exactly what ``mlflow models serve`` answers for the same images. A
-    ``NAME@champion`` reference is checked first (:func:`reviewed_model_uri`).
+    ``NAME@champion`` reference is checked first
+    (:func:`medml.promotion.reviewed_model_uri`).
 
     Raises:
         PredictError: the model cannot be loaded or is not a medml classifier.
@@ -124,6 +99,8 @@ def predict(
     )
 
     tracking.activate()
+    from medml.promotion import reviewed_model_uri
+
     model_uri, warning = reviewed_model_uri(model_uri, tracking, allow_unreviewed=allow_unreviewed)
     try:
         model = load_classifier(model_uri)

@@ -202,6 +202,29 @@ def record_registration(
     })  # fmt: skip
 
 
+def reviewed_model_uri(model_uri: str, tracking: Tracking, *,
+                       allow_unreviewed: bool = False) -> tuple[str, str]:  # fmt: skip
+    """``(uri to load, warning)``: a ``NAME@champion`` reference checked against the audit trail.
+
+    Other references (a version, another alias) are returned as they are.
+
+    Raises:
+        UnreviewedChampion: the champion is not backed by a valid promotion event (unless
+            ``allow_unreviewed``, which returns the alias's URI and the reason as a warning).
+    """
+    name, _, alias = model_uri.removeprefix("models:/").partition("@")
+    if alias != CHAMPION:
+        return model_uri, ""
+    weakened: list[str] = []
+    try:
+        version = champion_backed_by_audit(tracking, name, weakened)
+    except UnreviewedChampion as err:
+        if not allow_unreviewed:
+            raise
+        return model_uri, f"using an unreviewed champion (--allow-unreviewed): {err}"
+    return f"models:/{name}/{version}", "; ".join(weakened)
+
+
 def recorded_gate(
     tracking: Tracking, model_version: Any, registration: dict[str, Any] | None = None
 ) -> GateOutcome:

@@ -237,7 +237,7 @@ def load_classifier(
 
     Given the registry (``tracking``), a ``NAME@champion`` reference is checked against the
     audit trail first and the checked version is loaded
-    (:func:`medml.predict.reviewed_model_uri`); ``allow_unreviewed`` warns instead of refusing.
+    (:func:`medml.promotion.reviewed_model_uri`); ``allow_unreviewed`` warns instead of refusing.
 
     Raises:
         ValueError: the model is not a medml classifier.
@@ -246,7 +246,7 @@ def load_classifier(
     if tracking is not None:
         import warnings
 
-        from medml.predict import reviewed_model_uri
+        from medml.promotion import reviewed_model_uri
 
         model_uri, weakened = reviewed_model_uri(model_uri, tracking,
                                                  allow_unreviewed=allow_unreviewed)  # fmt: skip
