@@ -103,11 +103,18 @@ class Trail:
     def __init__(self, client: Any, experiment_id: str, model: str, settings: Settings) -> None:
         self._client, self._experiment_id, self.model = client, experiment_id, model
         self._settings = settings
+        self._read: list[dict[str, Any]] | None = None
+
+    def records(self) -> list[dict[str, Any]]:
+        """The trail's stored records, read once: under the lock only this trail appends."""
+        if self._read is None:
+            self._read = _records(self._client, self._experiment_id, self.model)
+        return self._read
 
     def events(self) -> list[dict[str, Any]]:
         """The model's events, oldest first (deleted ones left out)."""
-        records = _records(self._client, self._experiment_id, self.model)
-        return [r["event"] for r in sorted(records, key=lambda r: r["seq"]) if not r["deleted"]]
+        ordered = sorted(self.records(), key=lambda r: r["seq"])
+        return [r["event"] for r in ordered if not r["deleted"]]
 
     def append(self, event: dict[str, Any]) -> dict[str, Any]:
         """Append ``event``; returns it with ``seq``, ``scheme``, ``prev_hash`` and ``hash``.
@@ -123,8 +130,7 @@ class Trail:
                 f"the audit event is {len(text)} characters; at most {MAX_EVENT_CHARS - 200} are "
                 "stored whole: shorten the reason"
             )
-        records = [r for r in _records(self._client, self._experiment_id, self.model)
-                   if not r["deleted"]]  # fmt: skip
+        records = [r for r in self.records() if not r["deleted"]]
         self._refuse_downgrade(records, key)
         last = max(records, key=lambda r: r["seq"], default=None)
         seq = 1 if last is None else last["seq"] + 1
@@ -135,6 +141,8 @@ class Trail:
         _write(self._client, self._experiment_id, self.model, record, previous, digest)
         self._client.set_registered_model_tag(self.model, HEAD_TAG, f"{seq}:{digest}")
         _anchor(self._settings, self.model, f"{seq}:{digest}")
+        self.records().append({"seq": seq, "event": record, "prev_hash": previous,
+                               "hash": digest, "run_id": "", "deleted": False})  # fmt: skip
         return {**record, "prev_hash": previous, "hash": digest}
 
     def _refuse_downgrade(self, records: list[dict[str, Any]], key: bytes | None) -> None:
@@ -178,16 +186,14 @@ def append(tracking: Tracking, model: str, event: dict[str, Any], *,
 
 def events(tracking: Tracking, model: str) -> list[dict[str, Any]]:
     """``model``'s events, oldest first (deleted ones left out; :func:`verify` reports them)."""
-    client = tracking.activate()
-    experiment = client.get_experiment_by_name(AUDIT_EXPERIMENT)
-    if experiment is None:
-        return []
-    records = _records(client, experiment.experiment_id, model)
+    records = _stored(tracking.activate(), model)
     return [r["event"] for r in sorted(records, key=lambda r: r["seq"]) if not r["deleted"]]
 
 
-def verify(tracking: Tracking, model: str, settings: Settings | None = None) -> AuditReport:
-    """Recompute ``model``'s hash chain and report every break by sequence number.
+def verify(tracking: Tracking, model: str, settings: Settings | None = None,
+           trail: Trail | None = None) -> AuditReport:  # fmt: skip
+    """Recompute ``model``'s hash chain and report every break by sequence number (of the
+    records ``trail`` holds, when the caller holds the trail's lock; else read now).
 
     With the deployment's key (``settings.audit_key``; default settings: from the environment)
     keyed events are checked with it, and an unkeyed event after a keyed one is a break (it was
@@ -197,8 +203,7 @@ def verify(tracking: Tracking, model: str, settings: Settings | None = None) -> 
     settings = settings or Settings.from_env()
     key = _key(settings)
     client = tracking.activate()
-    experiment = client.get_experiment_by_name(AUDIT_EXPERIMENT)
-    records = [] if experiment is None else _records(client, experiment.experiment_id, model)
+    records = trail.records() if trail is not None else _stored(client, model)
     problems = [f"event #{r['seq']} was deleted (MLflow run {r['run_id']})"
                 for r in records if r["deleted"]]  # fmt: skip
     alive = sorted((r for r in records if not r["deleted"]), key=lambda r: r["seq"])
@@ -421,6 +426,12 @@ def _write(client: Any, experiment_id: str, model: str, record: dict[str, Any], 
     params = {"event": event, "seq": str(record["seq"]), "prev_hash": previous, "hash": digest}
     client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
     client.set_terminated(run.info.run_id)
+
+
+def _stored(client: Any, model: str) -> list[dict[str, Any]]:
+    """``model``'s records as stored now (none before the audit experiment exists)."""
+    experiment = client.get_experiment_by_name(AUDIT_EXPERIMENT)
+    return [] if experiment is None else _records(client, experiment.experiment_id, model)
 
 
 def _records(client: Any, experiment_id: str, model: str) -> list[dict[str, Any]]:

@@ -357,11 +357,11 @@ def _override_checks(label: str, gate: GateOutcome, reviewer: str, override_gate
         )
 
 
-def _trusted_trail(tracking: Tracking, name: str, settings: Settings) -> None:
+def _trusted_trail(tracking: Tracking, name: str, settings: Settings, trail: Any) -> None:
     """Refuse to decide on a trail that does not verify (its events cannot be believed)."""
     from medml import audit
 
-    report = audit.verify(tracking, name, settings)
+    report = audit.verify(tracking, name, settings, trail)
     if not report.intact:
         problems = "; ".join(report.problems)
         raise PromotionError(f"{name}'s audit trail does not verify ({problems}); run `medml "
@@ -432,7 +432,7 @@ def promote(
         raise PromotionError(f"model {name!r} has no version {version}") from None
     require_complete_version(model_version)
     with audit.transaction(tracking, name, settings=settings) as trail:
-        _trusted_trail(tracking, name, settings)
+        _trusted_trail(tracking, name, settings, trail)
         registration = _require_registration(label, registration_event(trail.events(), version))
         _registrar_check(label, registration, reviewer, policy)
         gate = recorded_gate(tracking, model_version, registration)
@@ -477,7 +477,7 @@ def rollback(
     _identity_checks(reviewer, reason, None, settings.policy())
     client = tracking.activate()
     with audit.transaction(tracking, name, settings=settings) as trail:
-        _trusted_trail(tracking, name, settings)
+        _trusted_trail(tracking, name, settings, trail)
         events = trail.events()
         current, previous = trail_champions(events)  # never the movable aliases
         if current is None or previous is None:
@@ -522,7 +522,7 @@ def seal(
         events = trail.events()
         if not events or any(e.get("scheme") == audit.KEYED for e in events):
             raise PromotionError(f"{name}'s trail has no unkeyed events waiting for a seal")
-        other = [p for p in audit.verify(tracking, name, settings).problems
+        other = [p for p in audit.verify(tracking, name, settings, trail).problems
                  if "no keyed event vouches" not in p]  # fmt: skip
         if other:
             raise PromotionError(f"{name}'s trail is broken ({'; '.join(other)}); a seal would "

@@ -118,6 +118,21 @@ def _medml_split(root: Path, work: Path, overrides: list[str]) -> tuple[pd.DataF
     return pd.read_parquet(ctx.layout.splits), report
 
 
+def _three_splits(root: Path, truth: pd.DataFrame, work: Path) -> tuple[
+    tuple[pd.DataFrame, dict], tuple[pd.DataFrame, dict], pd.DataFrame
+]:  # fmt: skip
+    """medml's split by image (``report``), by pseudo-patient groups (the default), and by the
+    true patients (the same steps, given them as a ``groups.csv``)."""
+    by_image = _medml_split(root, work / "report", ["split.near_duplicates=report"])
+    pseudo = _medml_split(root, work / "group", [])
+    truth.to_csv(root / "groups.csv", index=False)
+    try:
+        patient, _ = _medml_split(root, work / "truth", [])
+    finally:
+        (root / "groups.csv").unlink()
+    return by_image, pseudo, patient
+
+
 def _out_of_fold_1nn(root: Path, splits: pd.DataFrame) -> float:
     """Balanced accuracy of a memorising 1-NN over the training part's folds."""
     train = splits[splits["split"] == "train"].reset_index(drop=True)
@@ -131,14 +146,7 @@ def _out_of_fold_1nn(root: Path, splits: pd.DataFrame) -> float:
 
 def test_pseudo_patient_groups_bring_the_estimate_to_the_patient_split(scans, tmp_path) -> None:
     root, truth = scans
-    by_image, _ = _medml_split(root, tmp_path / "report", ["split.near_duplicates=report"])
-    pseudo, report = _medml_split(root, tmp_path / "group", [])  # the default
-    # The patient split: the same steps, given the true patients as a groups.csv.
-    truth.to_csv(root / "groups.csv", index=False)
-    try:
-        patient, _ = _medml_split(root, tmp_path / "truth", [])
-    finally:
-        (root / "groups.csv").unlink()
+    (by_image, _), (pseudo, report), patient = _three_splits(root, truth, tmp_path)
 
     estimates = {name: _out_of_fold_1nn(root, splits) for name, splits in
                  [("random", by_image), ("pseudo", pseudo), ("patient", patient)]}  # fmt: skip
@@ -205,15 +213,7 @@ def test_shifted_copies_are_grouped_and_the_audit_sees_what_a_1nn_sees(
     shifted_digits, tmp_path
 ) -> None:
     root, truth = shifted_digits
-    by_image, image_report = _medml_split(
-        root, tmp_path / "report", ["split.near_duplicates=report"]
-    )
-    pseudo, report = _medml_split(root, tmp_path / "group", [])
-    truth.to_csv(root / "groups.csv", index=False)
-    try:
-        patient, _ = _medml_split(root, tmp_path / "truth", [])
-    finally:
-        (root / "groups.csv").unlink()
+    (by_image, image_report), (pseudo, report), patient = _three_splits(root, truth, tmp_path)
     estimates = {name: _out_of_fold_1nn(root, splits) for name, splits in
                  [("random", by_image), ("pseudo", pseudo), ("patient", patient)]}  # fmt: skip
     leaks = {name: _leaks_visible_to_1nn(root, splits, truth) for name, splits in

@@ -63,6 +63,17 @@ def _approve_when_asked(env: dict[str, str], token: str, deadline_s: float = 300
     raise AssertionError("the approval request never appeared")
 
 
+def _promote_approved_by(env: dict[str, str], served: dict[str, str], token: str,
+                         logical_date: str, conf: dict) -> str:  # fmt: skip
+    """Run medml_promote with ``conf``, approve it as ``token``'s user; the run's output."""
+    waiting = subprocess.Popen(
+        ["airflow", "dags", "test", "medml_promote", logical_date, "-c", json.dumps(conf)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    _approve_when_asked(served, token)
+    return waiting.communicate(timeout=600)[0]
+
+
 def test_approved_promotion_and_batch_prediction(phantom_dir: Path, tmp_path: Path) -> None:
     home = Path(venv_env()["MEDML_HOME"])
     ctx = runs.init_run(
@@ -83,12 +94,7 @@ def test_approved_promotion_and_batch_prediction(phantom_dir: Path, tmp_path: Pa
     conf = {"model": NAME, "version": "1", "reason": "better Stone recall"}
     with api_server(env) as served:
         bob = _token(served, "bob")
-        waiting = subprocess.Popen(
-            ["airflow", "dags", "test", "medml_promote", "2026-01-05", "-c", json.dumps(conf)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-        _approve_when_asked(served, bob)
-        output = waiting.communicate(timeout=600)[0]
+        output = _promote_approved_by(env, served, bob, "2026-01-05", conf)
         # The Models view answers an authenticated session only, like Airflow's own API.
         with pytest.raises(urllib.error.HTTPError) as anonymous:
             urllib.request.urlopen(f"{served['AIRFLOW__API__BASE_URL']}/medml/", timeout=30)
@@ -99,12 +105,7 @@ def test_approved_promotion_and_batch_prediction(phantom_dir: Path, tmp_path: Pa
         assert "kidney-ct-classifier" in page and "bob" in page and "dag_test" in page
 
         # approving v1 again is refused (already the champion): recorded once, not retried
-        again = subprocess.Popen(
-            ["airflow", "dags", "test", "medml_promote", "2026-01-06", "-c", json.dumps(conf)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-        _approve_when_asked(served, bob)
-        refused_output = again.communicate(timeout=600)[0]
+        refused_output = _promote_approved_by(env, served, bob, "2026-01-06", conf)
     assert "state=failed" in [x for x in refused_output.splitlines()
                               if "DagRun Finished" in x][-1], refused_output[-4000:]  # fmt: skip
     refusals = [e for e in audit.events(Tracking.from_env(home), NAME) if e["event"] == "refused"]

@@ -254,14 +254,21 @@ def test_anchor_catches_an_append_outside_medml(
     assert _predict(tracking, tmp_path).exit_code == 5
 
 
-def test_serve_checks_the_champion_and_serves_the_checked_version(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import os
-
+@pytest.fixture()
+def first_champion() -> Tracking:
+    """Two registered versions; v1 promoted through the reviewed path."""
     tracking = Tracking.from_env()
     _versions(tracking, 2)
     promote(tracking, NAME, "1", reviewer="alice", reason="first")
+    return tracking
+
+
+def test_serve_checks_the_champion_and_serves_the_checked_version(
+    monkeypatch: pytest.MonkeyPatch, first_champion: Tracking
+) -> None:
+    import os
+
+    tracking = first_champion
     executed: list[list[str]] = []
     monkeypatch.setattr(os, "execve", lambda path, argv, env: executed.append(argv))
     serve = ["serve", "--model", f"{NAME}@champion", "--tracking-uri", tracking.uri]
@@ -333,13 +340,11 @@ def test_s3_anchor_is_shared_catches_truncation_and_refuses_a_forked_event(
 
 
 def test_the_pyfunc_loader_given_the_registry_checks_the_champion(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, first_champion: Tracking
 ) -> None:
     import mlflow.pyfunc
 
-    tracking = Tracking.from_env()
-    _versions(tracking, 2)
-    promote(tracking, NAME, "1", reviewer="alice", reason="first")
+    tracking = first_champion
     asked: list[str] = []
 
     def load_model(uri: str) -> Any:  # the registry, not the model file, is under test
