@@ -5,6 +5,10 @@ PYTHON ?= python3
 UV_VERSION ?= 0.13.8
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 PYTEST_ARGS ?=
+# Tests run in parallel worker processes, a file per worker (a file's tests share its fixtures
+# and keep their order); PYTEST_WORKERS=0 runs them in this process.
+PYTEST_WORKERS ?= 2
+XDIST := -n $(PYTEST_WORKERS) --dist loadfile
 
 .DEFAULT_GOAL := help
 
@@ -27,14 +31,14 @@ demo: setup  ## Synthesise a kidney-CT phantom set and run the medml_retrain DAG
 airflow-ui: setup  ## Open the demo's Airflow UI (medml's DAGs, Models view, run logs) on :8080.
 	$(VENV)/bin/medml airflow-ui
 
-test: setup  ## Run the test suite (unit, data, DAG integrity, integration; ~5 min on 2 cores).
-	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+test: setup  ## Run the test suite (unit, data, DAG integrity, integration; ~10 min on 2 cores).
+	$(VENV)/bin/pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 test-slow: setup  ## Run the slow tests: real Airflow runs (dags test per layout, back-fill, Celery workers).
-	$(VENV)/bin/pytest -m slow $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m slow $(XDIST) $(PYTEST_ARGS)
 
 test-all: setup  ## Run every test.
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(XDIST) $(PYTEST_ARGS)
 
 lint: setup  ## ruff lint and format check.
 	$(VENV)/bin/ruff check .

@@ -25,16 +25,19 @@ FAST = ["image.size=32", "split.folds=2", "train.epochs=1", "data.min_images_per
 
 
 # Transient refusals: SQLite allows one writer (a busy scheduler can lock it briefly), and the
-# scheduler marks a finished back-fill complete a few seconds after its last run ends.
+# scheduler marks a finished back-fill complete on a 30 s timer between its loops, which on a
+# loaded 2-core machine can come minutes after the back-fill's last run ended.
 _TRANSIENT = ("database is locked", "Another backfill is running")
 
 
-def _airflow(env: dict[str, str], *args: str, timeout: int = 120) -> str:
-    for _attempt in range(12):
+def _airflow(env: dict[str, str], *args: str, timeout: int = 120, patience: float = 600) -> str:
+    deadline = time.monotonic() + patience
+    while True:
         result = subprocess.run(["airflow", *args], env=env, capture_output=True, text=True,
                                 timeout=timeout)  # fmt: skip
         output = result.stderr + result.stdout
-        if result.returncode == 0 or not any(text in output for text in _TRANSIENT):
+        transient = any(text in output for text in _TRANSIENT)
+        if result.returncode == 0 or not transient or time.monotonic() > deadline:
             break
         time.sleep(5)
     assert result.returncode == 0, f"airflow {args}: {result.stdout[-2000:]}{result.stderr[-2000:]}"
