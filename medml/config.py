@@ -414,6 +414,12 @@ class GateConfig(_Strict):
         "recipe (switch off only for smoke tests)",
     )
     thresholds: dict[MetricName, Bound] = {}
+    operating_point: dict[Literal["sensitivity", "specificity", "ppv"], Bound] = Field(
+        default={},
+        description="binary recipes (evaluate.positive_class): bounds on the holdout's "
+        "sensitivity, specificity and PPV at the operating point's threshold, the decision the "
+        "served model returns (thresholds bound the argmax metrics)",
+    )
     non_inferiority: dict[MetricName, Annotated[float, Field(ge=0.0, le=1.0)]] = {
         "class_sensitivity": 0.05,
         "macro_f1": 0.0,
@@ -470,6 +476,11 @@ class Recipe(_Strict):
             raise ValueError(
                 f"evaluate.positive_class={positive!r} needs a binary recipe with that class; "
                 f"the classes are {self.data.classes}"
+            )
+        if positive is None and self.registry.gate.operating_point:
+            raise ValueError(
+                "registry.gate.operating_point bounds the rates at the binary operating point; "
+                "set evaluate.positive_class (and evaluate.target_sensitivity) or remove it"
             )
         return self
 

@@ -319,6 +319,16 @@ class MlflowArtifacts:
         """The paired comparison with the baseline model (``baseline.json``)."""
         return f"{self.evaluation}/baseline.json"
 
+    @property
+    def oof_metrics(self) -> str:
+        """The out-of-fold metrics of the training images (``oof_metrics.json``)."""
+        return f"{self.evaluation}/oof_metrics.json"
+
+    @property
+    def operating_point(self) -> str:
+        """The binary operating point and its rates (``operating_point.json``)."""
+        return f"{self.evaluation}/operating_point.json"
+
     def plot(self, name: str) -> str:
         """An evaluation plot (``confusion_matrix``, ``roc_curves`` …)."""
         return f"{self.evaluation}/{plot_file(name)}"

@@ -296,20 +296,24 @@ class GateOutcome:
 
 def check_gate(
     candidate: HoldoutMetrics, gate: GateConfig, champion: HoldoutMetrics | None = None,
-    baseline: dict[str, Any] | None = None,
+    baseline: dict[str, Any] | None = None, operating_point: dict[str, Any] | None = None,
 ) -> GateOutcome:  # fmt: skip
     """Compare a candidate's holdout metrics with the gate's bounds and, if given, the champion.
 
     Args:
         candidate: the candidate's metrics.
-        gate: ``thresholds`` (absolute bounds) and ``non_inferiority`` (largest allowed drop
-            from the champion), keyed by metric name; ``beats_baseline``.
+        gate: ``thresholds`` (absolute bounds on the argmax metrics) and ``non_inferiority``
+            (largest allowed drop from the champion), keyed by metric name; ``beats_baseline``;
+            ``operating_point`` (bounds on the rates at the binary threshold).
         champion: the champion's metrics on the same holdout, or ``None``.
         baseline: the paired comparison with the baseline (:func:`medml.baseline.compare`).
+        operating_point: the binary operating point (``operating_point.json``), or ``None``.
     """
     reasons = chance_reasons(candidate) if gate.require_better_than_chance else []
     if gate.beats_baseline:
         reasons += baseline_reasons(baseline)
+    if gate.operating_point:
+        reasons += operating_point_reasons(operating_point, gate.operating_point)
     for name, bound in gate.thresholds.items():
         for label, value in _values(candidate, name):
             if bound.min is not None and not value >= bound.min:
@@ -358,6 +362,28 @@ def estimates_disagree(oof: HoldoutMetrics, holdout: HoldoutMetrics,
             f"models) and the holdout's {holdout.overall[name]:.3f} ({b[0]:.3f}-{b[1]:.3f}, the "
             "registered ensemble) disagree beyond their 95% intervals: the out-of-fold figure "
             "does not describe the model that is registered")  # fmt: skip
+
+
+def operating_point_reasons(point: dict[str, Any] | None, bounds: Mapping[str, Any]) -> list[str]:
+    """Why the holdout rates at the binary operating point miss ``registry.gate.operating_point``
+    (each point estimate against its bound, quoted with its exact interval)."""
+    holdout = (point or {}).get("holdout")
+    if not holdout:
+        return ["operating_point: no holdout rates at the operating point (it needs a holdout "
+                "and evaluate.positive_class)"]  # fmt: skip
+    where = f"at {point['positive_class']} >= {point['threshold']:.3f}"
+    reasons = []
+    for name, bound in bounds.items():
+        value = holdout.get(name)
+        low, high = holdout.get(f"{name}_ci95") or (None, None)
+        shown = "n/a" if value is None else f"{value:.3f}"
+        if low is not None:
+            shown += f" (exact 95% CI {low:.3f}-{high:.3f})"
+        if bound.min is not None and not (value is not None and value >= bound.min):
+            reasons.append(f"{name} {where} {shown} is below the minimum {bound.min:.3f}")
+        if bound.max is not None and not (value is not None and value <= bound.max):
+            reasons.append(f"{name} {where} {shown} is above the maximum {bound.max:.3f}")
+    return reasons
 
 
 def baseline_reasons(baseline: dict[str, Any] | None) -> list[str]:

@@ -138,7 +138,12 @@ def champion_backed_by_audit(
     return champion
 
 
-EVIDENCE = (ARTIFACTS.metrics, ARTIFACTS.champion_metrics, ARTIFACTS.baseline)
+EVIDENCE = (
+    ARTIFACTS.metrics,
+    ARTIFACTS.champion_metrics,
+    ARTIFACTS.baseline,
+    ARTIFACTS.operating_point,
+)
 """The artifacts a version's gate is computed from; their SHA-256 is pinned at registration."""
 
 
@@ -263,13 +268,15 @@ def recorded_gate(
         metrics = HoldoutMetrics.read(Path(tmp) / ARTIFACTS.metrics)
         champion = (HoldoutMetrics.read(Path(tmp) / ARTIFACTS.champion_metrics)
                     if ARTIFACTS.champion_metrics in digests else None)  # fmt: skip
-        baseline = (read_json(Path(tmp) / ARTIFACTS.baseline)
-                    if ARTIFACTS.baseline in digests else None)  # fmt: skip
+        baseline, point = (
+            (read_json(Path(tmp) / artifact) if artifact in digests else None)
+            for artifact in (ARTIFACTS.baseline, ARTIFACTS.operating_point)
+        )
     if registration is not None and "gate_settings" in registration:
         settings = GateConfig.model_validate(registration["gate_settings"])  # pinned
     else:
         settings = gate_from_params(client.get_run(run_id).data.params)
-    outcome = check_gate(metrics, settings, champion, baseline)
+    outcome = check_gate(metrics, settings, champion, baseline, point)
     if registration is not None and registration.get("gate") == "failed" and outcome.passed:
         why = "; ".join(registration.get("gate_reasons") or []) or "no reason recorded"
         reason = f"it failed its gate at registration (event #{registration.get('seq')}: {why})"

@@ -5,6 +5,7 @@ Who may later move ``champion`` to it, and the audit of that, is :mod:`medml.pro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ import pandas as pd
 from medml.calibration import ServingCalibration
 from medml.config import GateConfig, Recipe
 from medml.errors import RunError
+from medml.evaluation_facts import EvaluationFacts
 from medml.faults import failpoint
 from medml.identity import Identity, cli_identity
 from medml.io import COMPLETE_MARKER, atomic_path, publish_dir, write_json
@@ -95,12 +97,14 @@ def git_revision(settings: Settings, start: Path | None = None) -> str:
 
 def gate_outcome(
     metrics: HoldoutMetrics, recipe: Recipe, champion: ChampionScore | None,
-    baseline: dict[str, Any] | None = None,
+    evaluation: EvaluationFacts | None = None,
 ) -> GateOutcome:  # fmt: skip
     """The recipe's gate on the candidate, against the champion when there is one (and the
-    baseline, when the gate asks for it)."""
+    baseline and the binary operating point's rates, when the gate asks for them)."""
+    point = evaluation.operating_point if evaluation else None
     gate = check_gate(metrics, recipe.registry.gate, champion.metrics if champion else None,
-                      baseline)  # fmt: skip
+                      evaluation.baseline if evaluation else None,
+                      dataclasses.asdict(point) if point else None)  # fmt: skip
     if champion is not None and champion.error:
         return GateOutcome(False, [*gate.reasons, champion.error], gate.notes)
     return gate
@@ -210,7 +214,7 @@ def register_ensemble(
     from medml.model_card import render_markdown, write_model_card
 
     evaluation = (card_facts or {}).get("evaluation")
-    gate = gate_outcome(metrics, recipe, champion, evaluation.baseline if evaluation else None)
+    gate = gate_outcome(metrics, recipe, champion, evaluation)
     name = recipe.registry.model_name
     revision = revision or git_revision(Settings.from_env())
     card = _card_facts(recipe, metrics, gate, revision, tags, card_facts or {})

@@ -131,13 +131,12 @@ def _evaluation_lines(files: EvaluationFiles) -> list[str]:
     facts = EvaluationFacts.read(files)
     oof, calibration = facts.oof_metrics.overall, facts.calibration
     where = "holdout" if calibration.held_out else "out-of-fold"
-    before, after = ((calibration.holdout_ece_before, calibration.holdout_ece_after)
-                     if calibration.held_out
-                     else (calibration.oof_ece_before, calibration.oof_ece_after))  # fmt: skip
-    lines = [
-        f"  calibration: T={calibration.temperature:.3f} (fitted out-of-fold) | {where} "
-        f"ECE {before:.3f} -> {after:.3f}",
-    ]
+    shown = f"out-of-fold ECE {calibration.oof_ece_before:.3f} -> {calibration.oof_ece_after:.3f}"
+    if calibration.held_out:  # the registered ensemble's, next to the single fold models'
+        shown = (f"{shown} (single fold models) | holdout ECE "
+                 f"{calibration.holdout_ece_before:.3f} -> {calibration.holdout_ece_after:.3f} "
+                 "(the registered ensemble)")  # fmt: skip
+    lines = [f"  calibration: T={calibration.temperature:.3f} (fitted out-of-fold) | {shown}"]
     if calibration.held_out:
         lines.insert(
             0,

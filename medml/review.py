@@ -5,14 +5,14 @@ from __future__ import annotations
 import base64
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from medml.errors import RefusedError
 from medml.io import atomic_path, medml_home
 from medml.layout import ARTIFACTS
-from medml.metrics import HoldoutMetrics, MetricSpec, registered_metrics
+from medml.metrics import HoldoutMetrics, MetricSpec, estimates_disagree, registered_metrics
 from medml.promotion import alias_version
 from medml.tracking import Tracking
 from medml.version_tags import CHAMPION, VersionTags
@@ -43,6 +43,10 @@ class Side:
     images: dict[str, str]  # name -> base64 PNG
     baseline: str = ""
     """How it compares with the baseline on its own holdout (empty: not compared)."""
+    operating_point: dict[str, Any] | None = None
+    """Binary recipes: the threshold and the holdout rates at it (``operating_point.json``)."""
+    warnings: list[str] = field(default_factory=list)
+    """What a reviewer must not miss (out-of-fold and holdout estimates that disagree)."""
 
 
 def _load_side(client: Any, name: str, version: str) -> Side:
@@ -64,7 +68,26 @@ def _load_side(client: Any, name: str, version: str) -> Side:
             except (MlflowException, OSError):  # older versions may lack a plot
                 pass
         baseline = _baseline(client, run_id, tmp)
-    return Side(str(version), dict(model_version.tags), metrics, images, baseline)
+        point = _optional_json(client, run_id, ARTIFACTS.operating_point, tmp)
+        oof = _optional_json(client, run_id, ARTIFACTS.oof_metrics, tmp)
+    warnings = []
+    if oof is not None and (disagreement := estimates_disagree(HoldoutMetrics.from_dict(oof),
+                                                                metrics)):  # fmt: skip
+        warnings.append(disagreement)
+    if point is not None and point.get("warning"):
+        warnings.append(f"operating point: {point['warning']}")
+    return Side(str(version), dict(model_version.tags), metrics, images, baseline, point,
+                warnings)  # fmt: skip
+
+
+def _optional_json(client: Any, run_id: str, artifact: str, folder: str) -> dict[str, Any] | None:
+    """A JSON artifact of the run, or ``None`` (versions evaluated before it existed)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return json.loads(Path(client.download_artifacts(run_id, artifact, folder)).read_text())
+    except (MlflowException, OSError, ValueError):
+        return None
 
 
 def _baseline(client: Any, run_id: str, folder: str) -> str:
@@ -163,6 +186,8 @@ def _rows(candidate: Side, champion: Side | None) -> list[list[str]]:
     for spec in registered_metrics(per_class=False):
         rows.append([spec.name.replace("_", " "), _scalar(candidate, spec),
                      _scalar(champion, spec)])  # fmt: skip
+    if candidate.operating_point is not None:  # binary: the decision the served model returns
+        rows += _threshold_rows(candidate, champion)
     rows.append(["measured on", candidate.metrics.estimate,
                  champion.metrics.estimate if champion else "-"])  # fmt: skip
     for tag in (
@@ -179,6 +204,37 @@ def _rows(candidate: Side, champion: Side | None) -> list[list[str]]:
                 champion.tags.get(tag, "")[:16] if champion else "-",
             ]
         )
+    return rows
+
+
+_AT_THRESHOLD = (("sensitivity", "sensitivity"), ("specificity", "specificity"), ("ppv", "PPV"))
+
+
+def _at_threshold(side: Side | None, name: str) -> str:
+    """One rate at the side's own operating point on its holdout, with its exact interval."""
+    if side is None:
+        return "-"
+    holdout = (side.operating_point or {}).get("holdout")
+    if not holdout or holdout.get(name) is None:
+        return "n/a"
+    low, high = holdout.get(f"{name}_ci95") or (None, None)
+    shown = f" [{low:.2f}-{high:.2f}]" if low is not None else ""
+    flag = f" {TOO_FEW}" if name in (holdout.get("too_few_to_judge") or []) else ""
+    return f"{holdout[name]:.3f}{shown}{flag}"
+
+
+def _threshold_rows(candidate: Side, champion: Side | None) -> list[list[str]]:
+    """The rates at each side's binary threshold (the argmax rows above are at 0.5)."""
+
+    def where(side: Side | None) -> str:
+        point = (side.operating_point if side else None) or {}
+        return (f"{point['positive_class']} >= {point['threshold']:.3f}"
+                if "threshold" in point else "-")  # fmt: skip
+
+    rows = [["operating point (threshold)", where(candidate), where(champion)]]
+    for name, label in _AT_THRESHOLD:
+        rows.append([f"{label} at threshold", _at_threshold(candidate, name),
+                     _at_threshold(champion, name)])  # fmt: skip
     return rows
 
 
@@ -199,6 +255,7 @@ def _table(name: str, candidate: Side, champion: Side | None) -> str:
     lines.append("params changed: " + ("; ".join(changes) if changes else "none"))
     if candidate.baseline:
         lines.append(f"baseline (v{candidate.version}): {candidate.baseline}")
+    lines += [f"WARNING (v{candidate.version}): {warning}" for warning in candidate.warnings]
     return "\n".join(lines)
 
 

@@ -63,3 +63,12 @@ def test_the_recipe_runs_end_to_end_on_its_phantom(name: str, tmp_path: Path) ->
     run_id = client.get_model_version(recipe.registry.model_name, "1").run_id
     logged = {Path(item.path).name for item in client.list_artifacts(run_id, "overview")}
     assert logged == {"class_counts.png", "samples.png", "augmented.png"}
+    if recipe.evaluate.positive_class:  # binary: the review shows the rates at the threshold too
+        from medml.review import review
+
+        text, _ = review(Tracking.from_env(), recipe.registry.model_name, "1",
+                         out=tmp_path / "review.html")  # fmt: skip
+        point = json.loads(ctx.layout.evaluation.operating_point.read_text())
+        assert f"{point['positive_class']} >= {point['threshold']:.3f}" in text
+        row = next(line for line in text.splitlines() if line.startswith("sensitivity at thr"))
+        assert row.split()[3] == f"{point['holdout']['sensitivity']:.3f}", row

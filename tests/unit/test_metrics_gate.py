@@ -198,3 +198,37 @@ def test_a_missing_or_nan_value_cannot_show_non_inferiority() -> None:
     gate = _gate(non_inferiority={"macro_f1": 0.0})
     assert inferior_reasons(candidate, reference, gate, "challenger v2") == [
         "macro_f1: non-inferiority cannot be shown (a value is missing)"]  # fmt: skip
+
+
+def test_the_operating_point_gate_bounds_the_rates_at_the_binary_threshold() -> None:
+    import numpy as np
+
+    from medml.evaluate import exact_at_threshold
+    from medml.metrics import operating_point_reasons
+
+    # 20 positives, 17 scored above the threshold; 30 negatives, 24 below it
+    p_positive = np.r_[np.full(17, 0.9), np.full(3, 0.1), np.full(24, 0.1), np.full(6, 0.9)]
+    positive = np.r_[np.ones(20, bool), np.zeros(30, bool)]
+    point = {"positive_class": "b", "threshold": 0.4, "holdout": exact_at_threshold(
+        p_positive, positive, 0.4)}  # fmt: skip
+    gate = _gate(operating_point={"sensitivity": {"min": 0.9}, "specificity": {"min": 0.75}})
+    outcome = check_gate(_metrics(), gate, operating_point=point)
+    # 17/20 = 0.85, exact (Clopper-Pearson) 0.621-0.968; 24/30 = 0.8 passes
+    assert outcome.reasons == ["sensitivity at b >= 0.400 0.850 (exact 95% CI 0.621-0.968) is "
+                               "below the minimum 0.900"]  # fmt: skip
+    assert check_gate(_metrics(), _gate(operating_point={"sensitivity": {"min": 0.85}}),
+                      operating_point=point).passed  # fmt: skip
+    # no holdout (cross-validation only) or no operating point: the bound cannot be shown
+    assert operating_point_reasons({**point, "holdout": None}, gate.operating_point)
+    assert not check_gate(_metrics(), gate, operating_point=None).passed
+    assert check_gate(_metrics(), _gate(), operating_point=None).passed  # not asked for
+
+
+def test_operating_point_bounds_need_a_binary_recipe_with_a_positive_class() -> None:
+    bound = ["registry.gate.operating_point.sensitivity.min=0.9"]
+    with pytest.raises(ConfigError, match="set evaluate.positive_class"):
+        load_recipe("kidney-ct", overrides=bound)
+    recipe = load_recipe("chest-xray", overrides=bound)
+    assert recipe.registry.gate.operating_point["sensitivity"].min == 0.9
+    with pytest.raises(ConfigError, match="operating_point"):
+        load_recipe("chest-xray", overrides=["registry.gate.operating_point.recall.min=0.9"])
