@@ -246,3 +246,14 @@ def write_json_once(path: Path, payload: Any) -> bool:
 def read_json(path: Path) -> Any:
     """Read a JSON file."""
     return json.loads(Path(path).read_text())
+
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+def render_html(template: str, **context: Any) -> str:
+    """A page from ``medml/templates/<template>`` (jinja2, autoescaped)."""
+    import jinja2
+
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)
+    return environment.get_template(template).render(**context)

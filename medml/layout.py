@@ -56,6 +56,11 @@ class ValidationFiles:
     def data_docs(self) -> Path:
         return self.root / "data_docs"
 
+    @property
+    def html(self) -> Path:
+        """The validation result as one self-contained page (readable offline)."""
+        return self.root / "validation.html"
+
 
 @dataclass(frozen=True)
 class ShardFiles:
@@ -99,6 +104,11 @@ class EvaluationFiles:
     @property
     def metrics(self) -> Path:
         return self.root / METRICS_FILE
+
+    @property
+    def scores(self) -> Path:
+        """The headline holdout scores, flat (what ``dvc metrics show`` and ``diff`` compare)."""
+        return self.root / "scores.json"
 
     @property
     def predictions(self) -> Path:

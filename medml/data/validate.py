@@ -9,6 +9,7 @@ when one fails the step raises :class:`ValidationFailed` naming the counts and t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,15 @@ from medml.data.images import MAX_PIXELS
 from medml.data.ingest import absolute_paths, frames_of, ignored_by_extension
 from medml.data.reuse import ReuseTable, code_identity
 from medml.errors import DataGateFailed
-from medml.io import parallel_map, publish_dir, write_json
+from medml.io import parallel_map, publish_dir, render_html, write_json
 from medml.layout import ValidationFiles
 from medml.near_duplicates import thumbnail
 from medml.preprocess import LoadImage
 from medml.settings import set_library_defaults
+
+# Importing Great Expectations logs an INFO line per public function it cannot document
+# ("Skipping registering function …", hundreds): noise in any process that shows INFO (Airflow).
+logging.getLogger("great_expectations._docs_decorators").setLevel(logging.WARNING)
 
 
 class ValidationFailed(DataGateFailed):
@@ -76,6 +81,7 @@ def validate(
                                                    recipe.data, context)  # fmt: skip
         report = {
             "success": not critical,
+            "page": str(files.html),
             "data_docs": str(files.data_docs / "index.html"),
             "critical_failures": critical,
             **_counted(len(manifest), quarantine, clean, counts, ignored, recipe.data),
@@ -85,7 +91,7 @@ def validate(
     if critical:
         raise ValidationFailed(
             "data validation failed: " + "; ".join(critical) + f". Report: {files.report} "
-            f"(Data Docs: {report['data_docs']}); "
+            f"(readable offline: {files.html}); "
             f"quarantined files are listed in {files.quarantine} (nothing was deleted)."
         )
     return ValidationResult(
@@ -211,10 +217,23 @@ def dataset_checks(
 def write_outputs(
     files: ValidationFiles, report: dict[str, Any], quarantine: pd.DataFrame, clean: pd.DataFrame
 ) -> None:
-    """Write the report, the quarantine list and the clean manifest."""
+    """Write the report (JSON, and a self-contained HTML page), the quarantine list and the
+    clean manifest."""
     write_json(files.report, report)
+    files.html.write_text(report_html(report, quarantine), encoding="utf-8")
     quarantine.to_csv(files.quarantine, index=False)
     clean.to_parquet(files.clean_manifest, index=False)
+
+
+_SHOWN_QUARANTINE = 500
+
+
+def report_html(report: dict[str, Any], quarantine: pd.DataFrame) -> str:
+    """The validation result as a page a person reads without a network (Great Expectations'
+    Data Docs load their styling and index table from public CDNs)."""
+    rows = quarantine.head(_SHOWN_QUARANTINE).to_dict("records")
+    return render_html("validation.html.j2", report=report, quarantine=rows,
+                       hidden=max(0, len(quarantine) - len(rows)))  # fmt: skip
 
 
 def _imbalance_ratio(counts: pd.Series) -> float | None:

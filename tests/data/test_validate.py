@@ -95,3 +95,40 @@ def test_data_docs_are_written(phantom_dir: Path, tiny_recipe: Recipe, tmp_path:
     assert index.is_file()
     pages = list((tmp_path / "validation" / "data_docs").rglob("*.html"))
     assert any("manifest_rows" in p.read_text(errors="ignore") for p in pages)
+
+
+def test_the_validation_page_reads_offline_and_names_each_quarantined_file(
+    phantom_dir: Path, tiny_recipe: Recipe, tmp_path: Path
+) -> None:
+    import re
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(phantom_dir, data)
+    hostile = data / "Cyst" / "<img src=x onerror=alert(1)>.jpg"
+    hostile.write_bytes(b"\xff\xd8 not really a jpeg")
+    with open(data / "groups.csv", "a") as groups:
+        groups.write('"Cyst/<img src=x onerror=alert(1)>.jpg",hostile\n')
+    manifest = ingest(data, tmp_path / "m.parquet", tiny_recipe).manifest
+    validate(manifest, tmp_path / "validation", tiny_recipe)
+    page = (tmp_path / "validation" / "validation.html").read_text()
+    # nothing to fetch: no stylesheet, script or image from elsewhere
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page, re.IGNORECASE)
+    assert "<script" not in page.lower() and "<img" not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;.jpg" in page  # named, escaped
+    assert "1 quarantined" in page and "passed" in page
+    for name in tiny_recipe.data.classes:
+        assert f"<td>{name}</td>" in page
+
+
+def test_great_expectations_import_is_quiet_where_info_logs_show() -> None:
+    """Airflow's task processes show INFO: GX's import-time lines must not flood them."""
+    import subprocess
+    import sys
+
+    code = ("import logging; logging.basicConfig(level=logging.INFO); "
+            "import medml.data.validate as v; v._gx_context(None)")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Skipping registering function" not in result.stderr + result.stdout
