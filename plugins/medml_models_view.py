@@ -10,7 +10,6 @@ handlers, so the API server starts without TensorFlow).
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 from airflow.api_fastapi.core_api.security import get_user
@@ -26,13 +25,6 @@ app = FastAPI(title="medml models", description="Registered models for review",
               dependencies=[Depends(get_user)], openapi_url=None, docs_url=None,
               redoc_url=None)  # fmt: skip
 
-STYLE = (
-    "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin:.5em 0}"
-    "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
-    ".failed,.unpinned,.evidence-changed,.unknown{color:#b00}"
-    ".passed{color:#070}.alias{background:#e8f0fe;border-radius:4px;padding:1px 6px}"
-)
-
 
 def _tracking() -> Any:
     """The MLflow store (medml.tracking.Tracking; imported here, not at plugin load)."""
@@ -41,13 +33,11 @@ def _tracking() -> Any:
     return Tracking.from_env()
 
 
-def _cell(value: Any) -> str:
-    return f"<td>{html.escape(str(value if value is not None else ''))}</td>"
-
-
-def _model_section(tracking: Any, client: Any, model: Any) -> str:
+def _model_section(tracking: Any, client: Any, model: Any) -> dict[str, Any]:
     """One registered model: versions (gate recomputed and checked against its registration,
     who promoted it per the audit trail), the champion check and the audit trail."""
+    from urllib.parse import quote
+
     from medml.audit import events, verify
     from medml.promotion import champion_problem, gate_shown
     from medml.version_tags import VersionTags as T
@@ -58,45 +48,32 @@ def _model_section(tracking: Any, client: Any, model: Any) -> str:
     trail = events(tracking, model.name)
     promoted_by = {str(e.get("version")): e.get("reviewer") for e in trail
                    if e.get("event") in ("promote", "rollback")}  # fmt: skip
-    rows = []
+    versions = []
     for v in sorted(client.search_model_versions(f"name='{model.name}'"),
                     key=lambda v: int(v.version), reverse=True):  # fmt: skip
-        tags = v.tags
         gate, reasons = gate_shown(tracking, v, trail)
-        badges = " ".join(f"<span class='alias'>{html.escape(a)}</span>"
-                          for a in sorted(aliases.get(str(v.version), [])))  # fmt: skip
-        link = f"review/{html.escape(model.name)}/{v.version}"
-        rows.append(
-            f"<tr><td>v{v.version} {badges}</td>{_cell(tags.get(T.LOGICAL_DATE))}"
-            f"<td class='{gate}'>{html.escape(gate)}</td>"
-            f"{_cell(tags.get(T.metric('balanced_accuracy')))}"
-            f"{_cell(tags.get(T.metric('macro_f1')))}{_cell(reasons[:160])}"
-            f"{_cell(promoted_by.get(str(v.version)))}<td><a href='{link}'>review</a></td></tr>"
-        )
-    audit_rows = "".join(
-        f"<tr>{_cell('#' + str(e.get('seq', '')))}{_cell(e.get('at'))}{_cell(e.get('event'))}"
-        f"{_cell('v' + str(e.get('version', '')))}"
-        f"{_cell(e.get('reviewer') or e.get('registrar'))}{_cell(e.get('requested_by'))}"
-        f"{_cell(e.get('reason'))}</tr>"
-        for e in reversed(trail))  # fmt: skip
-    report = verify(tracking, model.name)
-    problems = report.problems + [p for p in [champion_problem(tracking, model.name)[1]] if p]
-    broken = "" if not problems else (
-        "<p class='failed'>The audit trail does not back this model: "
-        + html.escape("; ".join(problems)) + "</p>")  # fmt: skip
-    return (
-        f"<h2>{html.escape(model.name)}</h2>{broken}<table><tr><th>version</th><th>snapshot</th>"
-        "<th>gate</th><th>balanced acc.</th><th>macro-F1</th><th>gate reasons</th>"
-        f"<th>promoted by</th><th></th></tr>{''.join(rows)}</table>"
-        "<h3>Audit trail</h3><table><tr><th>#</th><th>when</th><th>event</th>"
-        "<th>version</th><th>approved by</th><th>requested by</th><th>why</th></tr>"
-        f"{audit_rows}</table>"
-    )
+        versions.append({
+            "version": v.version, "aliases": sorted(aliases.get(str(v.version), [])),
+            "logical_date": v.tags.get(T.LOGICAL_DATE, ""), "gate": gate,
+            "balanced_accuracy": v.tags.get(T.metric("balanced_accuracy"), ""),
+            "macro_f1": v.tags.get(T.metric("macro_f1"), ""), "reasons": reasons[:160],
+            "promoted_by": promoted_by.get(str(v.version)) or "",
+            "link": f"review/{quote(model.name, safe='')}/{quote(str(v.version), safe='')}",
+        })  # fmt: skip
+    audit = [{"seq": e.get("seq", ""), "at": e.get("at", ""), "event": e.get("event", ""),
+              "version": e.get("version", ""), "by": e.get("reviewer") or e.get("registrar") or "",
+              "requested_by": e.get("requested_by") or "", "reason": e.get("reason") or ""}
+             for e in reversed(trail)]  # fmt: skip
+    problems = verify(tracking, model.name).problems
+    problems += [p for p in [champion_problem(tracking, model.name)[1]] if p]
+    return {"name": model.name, "problems": problems, "versions": versions, "audit": audit}
 
 
 def models_page() -> str:
-    """The Models page as HTML (used by the route and by tests)."""
+    """The Models page as HTML (used by the route and by tests), from the Jinja2 template
+    ``medml/templates/models.html.j2`` (autoescaped)."""
     from medml.audit import LOCK_SUFFIX
+    from medml.io import render_html
 
     tracking = _tracking()
     client = tracking.activate()
@@ -107,14 +84,8 @@ def models_page() -> str:
         try:
             sections.append(_model_section(tracking, client, model))
         except Exception as err:  # one odd model (a name, an event) must not hide the others
-            why = html.escape(f"{type(err).__name__}: {err}")
-            sections.append(f"<h2>{html.escape(model.name)}</h2><p class='failed'>cannot be "
-                            f"shown: {why}</p>")  # fmt: skip
-    body = "".join(sections) or "<p>No registered models yet.</p>"
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>medml models</title>"
-        f"<style>{STYLE}</style></head><body><h1>Models</h1>{body}</body></html>"
-    )
+            sections.append({"name": model.name, "error": f"{type(err).__name__}: {err}"})
+    return render_html("models.html.j2", models=sections)
 
 
 @app.get("/", response_class=HTMLResponse)

@@ -80,7 +80,7 @@ def test_models_page_lists_versions_aliases_and_audit(phantom_dir: Path, tmp_pat
     with mlflow.start_run(run_id=run_id):  # a "better" metrics.json logged after registration
         mlflow.log_dict({"forged": True}, "evaluation/metrics.json")
     text = client.get("/").text
-    assert "class='evidence-changed'>evidence-changed<" in text and "not what registration " \
+    assert 'class="evidence-changed">evidence-changed<' in text and "not what registration " \
         "pinned" in text  # fmt: skip
 
 
@@ -96,3 +96,21 @@ def test_no_schema_or_docs_page_answers_without_a_session() -> None:
     plugin.app.dependency_overrides[plugin.get_user] = lambda: "alice"
     for page in ("/openapi.json", "/docs", "/redoc"):
         assert client.get(page).status_code == 404, page  # not even with a session
+
+
+def test_the_models_page_escapes_what_a_store_writer_controls() -> None:
+    """Names, tags and audit reasons come from anyone with MLflow write access: the template
+    escapes every one of them, and a link's path is URL-quoted."""
+    from medml.io import render_html
+
+    hostile = "<script>alert(1)</script>"
+    version = {"version": "1", "aliases": [hostile], "logical_date": hostile, "gate": "passed",
+               "balanced_accuracy": hostile, "macro_f1": "", "reasons": hostile,
+               "promoted_by": hostile, "link": "review/a%3Cb/1"}  # fmt: skip
+    audit = [{"seq": 1, "at": "", "event": hostile, "version": "1", "by": hostile,
+              "requested_by": "", "reason": hostile}]  # fmt: skip
+    page = render_html("models.html.j2", models=[
+        {"name": hostile, "problems": [hostile], "versions": [version], "audit": audit},
+        {"name": "broken", "error": hostile}])  # fmt: skip
+    assert "<script>" not in page and page.count("&lt;script&gt;") == 11  # every field
+    assert 'href="review/a%3Cb/1"' in page
