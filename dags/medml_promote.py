@@ -45,21 +45,27 @@ def medml_promote() -> None:
 
     @task
     def render_review(params: dict | None = None, run_id: str | None = None) -> str:
+        from urllib.parse import quote
+
+        from airflow.configuration import conf
+
         from medml.io import medml_home
         from medml.review import review
         from medml.tracking import Tracking
 
         out = medml_home() / "reviews" / f"{params['model']}-v{params['version']}-{run_id}.html"
         out.parent.mkdir(parents=True, exist_ok=True)
-        text, path = review(Tracking.from_env(), params["model"], params["version"],
-                            out)  # fmt: skip
-        return f"{text}\n\nFull report: {path}"
+        table, _ = review(Tracking.from_env(), params["model"], params["version"], out,
+                          markdown=True)  # fmt: skip
+        base = conf.get("api", "base_url", fallback="").rstrip("/")
+        link = f"{base}/medml/review/{quote(params['model'], safe='')}/{quote(params['version'])}"
+        return f"{table}\n\n[Full report with plots (Models view)]({link})"
 
     approve = ApprovalOperator(
         task_id="approve",
         subject="Promote {{ params.model }} v{{ params.version }} to champion?",
         body="Requested by {{ dag_run.triggering_user_name }}: {{ params.reason }}\n\n"
-        "```\n{{ ti.xcom_pull(task_ids='render_review') }}\n```",
+        "{{ ti.xcom_pull(task_ids='render_review') }}",
         response_timeout=timedelta(days=3),
         retries=0,
     )

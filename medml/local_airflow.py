@@ -269,7 +269,14 @@ def ui_env(workdir: Path, port: int) -> dict[str, str]:
     the API server creates the admin's password file on its first start)."""
     env = local_api_env(airflow_env(workdir), port, parallelism=ui_parallelism())
     env["AIRFLOW__CORE__AUTH_MANAGER"] = SIMPLE_AUTH_MANAGER
+    env.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", UI_USERS)
     return env
+
+
+UI_USERS = "admin:admin,reviewer:admin"
+"""The UI's users: two, so that a promotion ``admin`` requests can be approved by someone
+else (the four-eyes rule refuses the requester's own approval); their passwords are generated
+into ``<airflow home>/simple_auth_manager_passwords.json.generated`` on the first start."""
 
 
 def ui_commands(port: int) -> dict[str, list[str]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from medml.errors import RefusedError
-from medml.io import atomic_path, medml_home
+from medml.io import atomic_path, medml_home, render_html
 from medml.layout import ARTIFACTS
 from medml.metrics import HoldoutMetrics, MetricSpec, estimates_disagree, registered_metrics
 from medml.promotion import alias_version
@@ -113,12 +113,21 @@ def _flat_params(tags: dict[str, str]) -> dict[str, Any]:
 
 
 def review(
-    tracking: Tracking, name: str, version: str | int | None = None, out: Path | None = None
-) -> tuple[str, Path]:
+    tracking: Tracking, name: str, version: str | int | None = None, out: Path | None = None,
+    *, markdown: bool = False,
+) -> tuple[str, Path]:  # fmt: skip
     """Compare ``version`` (default: the ``challenger``) with the ``champion``.
 
+    Args:
+        tracking: the MLflow store.
+        name: the registered model.
+        version: the version to review (default: the ``challenger``).
+        out: where to write the HTML report (default: ``$MEDML_HOME/reviews/``).
+        markdown: return the table as Markdown (for Airflow's approval request) instead of
+            plain text (for a terminal).
+
     Returns:
-        The plain-text table and the path of the HTML report.
+        The table and the path of the HTML report.
 
     Raises:
         ReviewError: unknown model, version or alias.
@@ -141,7 +150,7 @@ def review(
         raise ReviewError(f"{name} has no version {candidate_version}") from None
     champion_version = alias_version(client, name, CHAMPION)
     champion = _load_side(client, name, champion_version) if champion_version else None
-    text = _table(name, candidate, champion)
+    text = (_markdown if markdown else _table)(name, candidate, champion)
     out = Path(out or medml_home() / "reviews" / f"review-{name}-v{candidate.version}.html")
     with atomic_path(out) as tmp:
         tmp.write_text(_html(name, candidate, champion), encoding="utf-8")
@@ -259,15 +268,30 @@ def _table(name: str, candidate: Side, champion: Side | None) -> str:
     return "\n".join(lines)
 
 
+def _markdown(name: str, candidate: Side, champion: Side | None) -> str:
+    """The table as Markdown (Airflow renders an approval request's body as Markdown):
+    warnings first, then one row per metric, the baseline and the params that changed."""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    rows = _rows(candidate, champion)
+    warnings = [f"**Warning:** {cell(warning)}" for warning in candidate.warnings]
+    lines = [*warnings, *([""] if warnings else [])]
+    lines.append(f"| {name} | " + " | ".join(cell(c) for c in rows[0][1:]) + " |")
+    lines.append("|---|---|---|")
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows[1:]]
+    if candidate.baseline:
+        lines += ["", f"**Baseline** (v{candidate.version}): {cell(candidate.baseline)}"]
+    changes = _param_changes(candidate, champion)
+    lines += ["", "**Params changed:** " + (cell("; ".join(changes)) if changes else "none")]
+    return "\n".join(lines)
+
+
 def _html(name: str, candidate: Side, champion: Side | None) -> str:
     """The report, rendered from ``templates/review.html.j2`` (jinja2, autoescaped)."""
-    import jinja2
-
-    environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-        autoescape=True,
-    )
-    return environment.get_template("review.html.j2").render(
+    return render_html(
+        "review.html.j2",
         name=name, candidate=candidate, rows=_rows(candidate, champion),
         changes=_param_changes(candidate, champion), sides=(candidate, champion),
         pictures=("confusion_matrix", "reliability"),

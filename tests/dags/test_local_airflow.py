@@ -175,6 +175,8 @@ def test_the_ui_runs_airflow_standalone_without_its_extra_listeners() -> None:
     assert env["AIRFLOW__API__HOST"] == "127.0.0.1"
     assert env["AIRFLOW__CORE__PARALLELISM"] == str(ui_parallelism()) == str(max(2, os.cpu_count()))
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:8080/execution/"
+    # two users: one requests a promotion, the other approves it (four-eyes)
+    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] == "admin:admin,reviewer:admin"
 
 
 def _healthy(port: int) -> bool:

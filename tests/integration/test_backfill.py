@@ -218,6 +218,13 @@ def test_reviewer_rejects_a_promotion_in_the_ui(airflow_stack) -> None:
             pass
         assert time.monotonic() < deadline, "the approval request never appeared"
         time.sleep(3)
+    # What the reviewer reads (rendered as Markdown): a table, and a link to the full report
+    body = details["body"]
+    assert "| kidney-ct-classifier | candidate v3 | champion v" in body and "|---|" in body
+    assert "| balanced accuracy |" in body, body
+    link = f"(http://127.0.0.1:{port}/medml/review/kidney-ct-classifier/3)"
+    assert link in body, body
+    assert "<title>Review kidney-ct-classifier" in _get(link.strip("()"))
     # Answer once the scheduler has taken in the executor's report that the paused (awaiting
     # input) execution ended. Airflow 3.3's new `awaiting_input` state races otherwise: an answer
     # that queues the resumed task before that report arrives gets the task marked failed

@@ -105,6 +105,14 @@ def test_gate_promotion_rollback_review_predict(
     assert "candidate v2" in result.output and "champion v1" in result.output
     page = (tmp_path / "review.html").read_text()
     assert "data:image/png;base64" in page and "sensitivity Stone" in page
+    from medml.review import review
+
+    markdown, _ = review(tracking, NAME, "2", tmp_path / "r.html", markdown=True)
+    table = [line for line in markdown.splitlines() if line.startswith("|")]
+    assert table[:2] == [f"| {NAME} | candidate v2 | champion v1 |", "|---|---|---|"]
+    cells = [line for line in table[2:] if line.count(" | ") != 2]
+    assert not cells, cells  # three cells in every row
+    assert any(line.startswith("| sensitivity Stone | ") for line in table)
 
     out = tmp_path / "predictions.csv"
     result = runner.invoke(
