@@ -47,6 +47,7 @@ from medml.metrics import (
     OUT_OF_FOLD,
     HoldoutMetrics,
     exact_interval,
+    scalar_metrics,
     stratified_weights,
 )
 from medml.preprocess import load_index
@@ -69,7 +70,11 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndar
 
 
 def _rates(cm: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-class rates from one confusion matrix (or a stack of them, last two axes)."""
+    """Per-class rates from one confusion matrix (or a stack of them, last two axes).
+
+    Not ``sklearn.metrics`` (``precision_recall_fscore_support``, ``confusion_matrix``): those
+    score one prediction vector per call, and the bootstrap scores thousands of resampled
+    confusion matrices in one array operation here (the tests check both agree)."""
     tp = np.diagonal(cm, axis1=-2, axis2=-1).astype(float)
     support = cm.sum(axis=-1).astype(float)
     predicted = cm.sum(axis=-2).astype(float)
@@ -313,41 +318,31 @@ def save_figure(fig: Any, path: Path) -> Path:
 
 
 def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: Path) -> Path:
-    """Save counts and row-normalised confusion matrices side by side as a PNG."""
+    """Save counts and row-normalised confusion matrices side by side as a PNG (scikit-learn's
+    ``ConfusionMatrixDisplay``)."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
     plt = pyplot()
     cm = np.asarray(cm)
     with np.errstate(invalid="ignore", divide="ignore"):
         normalised = np.nan_to_num(cm / cm.sum(axis=1, keepdims=True))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
-    panels = [
-        (axes[0], cm, "counts", "d"),
-        (axes[1], normalised, "row-normalised (sensitivity on diagonal)", ".2f"),
-    ]
+    panels = [(axes[0], cm, "counts", "d"),
+              (axes[1], normalised, "row-normalised (sensitivity on diagonal)", ".2f")]  # fmt: skip
     for ax, data, title, fmt in panels:
-        ax.imshow(data, cmap="Blues")
-        ax.set_title(title)
-        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-        ax.set_yticks(range(len(classes)), classes)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        threshold = data.max() / 2 if data.max() else 0
-        for (i, j), value in np.ndenumerate(data):
-            ax.text(
-                j,
-                i,
-                format(value, fmt),
-                ha="center",
-                va="center",
-                color="white" if value > threshold else "black",
-            )
+        ConfusionMatrixDisplay(data, display_labels=list(classes)).plot(
+            ax=ax, cmap="Blues", values_format=fmt, colorbar=False, xticks_rotation=45
+        )
+        ax.set(title=title, xlabel="predicted", ylabel="true")
     return save_figure(fig, path)
 
 
 def plot_roc_curves(
     y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str], path: Path
 ) -> Path:
-    """One-vs-rest ROC curve per class, with its AUC in the legend."""
-    from sklearn.metrics import auc, roc_curve
+    """One-vs-rest ROC curve per class, with its AUC in the legend (scikit-learn's
+    ``RocCurveDisplay``)."""
+    from sklearn.metrics import RocCurveDisplay
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5))
@@ -355,9 +350,8 @@ def plot_roc_curves(
         positives = y_true == i
         if positives.all() or not positives.any():
             continue
-        fpr, tpr, _ = roc_curve(positives, proba[:, i])
-        ax.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
-    ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
+        RocCurveDisplay.from_predictions(positives, proba[:, i], name=name, ax=ax,
+                                         plot_chance_level=i == 0)  # fmt: skip
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC, one vs rest")
     ax.legend(loc="lower right")
     return save_figure(fig, path)
@@ -366,7 +360,10 @@ def plot_roc_curves(
 def plot_reliability(
     y_true: np.ndarray, proba: np.ndarray, path: Path, bins: int = 10, *, title: str = ""
 ) -> Path:
-    """Reliability diagram: accuracy vs confidence of the top class, per confidence bin."""
+    """Reliability diagram: accuracy vs confidence of the top class, per confidence bin.
+
+    Not scikit-learn's ``CalibrationDisplay``: that one plots one binary class's probability;
+    this is the top-label view of a k-class model, the one its ECE summarises."""
     plt = pyplot()
     confidence = proba.max(axis=1)
     correct = proba.argmax(axis=1) == y_true
@@ -653,12 +650,20 @@ def write_evaluation(
 ) -> list[Path]:  # fmt: skip
     """The holdout and OOF metrics, the calibration and (binary) operating point files."""
     written = [metrics.write(files.metrics), oof_metrics.write(files.oof_metrics),
-               write_json(files.calibration, extras["calibration"])]  # fmt: skip
+               write_json(files.calibration, extras["calibration"]),
+               write_json(files.scores, headline_scores(metrics))]  # fmt: skip
     if extras["operating_point"] is not None:
         written.append(write_json(files.operating_point, extras["operating_point"]))
     if extras.get("baseline") is not None:
         written.append(write_json(files.baseline, extras["baseline"]))
     return written
+
+
+def headline_scores(metrics: HoldoutMetrics) -> dict[str, Any]:
+    """Every registered scalar metric and each class's sensitivity: one screen of columns
+    (``metrics.json`` holds the rest: every per-class rate, the intervals, the confusion)."""
+    sensitivity = {cls: rates.get("sensitivity") for cls, rates in metrics.per_class.items()}
+    return {**scalar_metrics(metrics), "sensitivity": sensitivity}
 
 
 def baseline_comparison(

@@ -56,6 +56,12 @@ def test_repro_experiments_metrics_plots_and_a_fresh_clone(tmp_path: Path, s3_en
         assert f"Running stage '{stage}'" in first, stage
     run_dir = repo / "data" / "dvc-run"
     assert json.loads((run_dir / "registry" / "registration.json").read_text())["version"] == "1"
+    status = _run(["git", "status", "--porcelain", "--untracked-files=all"], repo)
+    assert not [line for line in status.splitlines() if line.startswith("??")], status
+    shown = _run([".venv/bin/dvc", "metrics", "show"], repo)  # the headline, one screen wide
+    header = shown.splitlines()[0]
+    assert "scores.json" in shown and "balanced_accuracy" in header and "ci95" not in shown
+    assert len(header.split()) <= 16, header
 
     second = _run([".venv/bin/dvc", "repro"], repo)
     assert "Running stage" not in second  # nothing changed, nothing runs
@@ -73,7 +79,9 @@ def test_repro_experiments_metrics_plots_and_a_fresh_clone(tmp_path: Path, s3_en
     experiment = _run([".venv/bin/dvc", "exp", "run", "--set-param", "train.epochs=3"], repo)
     assert "Running stage 'train'" in experiment and "Running stage 'ingest'" not in experiment
     diff = _run([".venv/bin/dvc", "metrics", "diff", "--all"], repo)
-    assert "overall.balanced_accuracy" in diff and "metrics.json" in diff
+    row = next(line for line in diff.splitlines() if " balanced_accuracy " in line)
+    path, _, before, after, *_ = row.split()  # path, metric, HEAD, workspace, change
+    assert path.endswith("scores.json") and 0 <= float(before) <= 1 and 0 <= float(after) <= 1
     shown = _run([".venv/bin/dvc", "plots", "show", "-o", str(tmp_path / "plots")], repo)
     page = (tmp_path / "plots" / "index.html").read_text()
     assert "confusion_matrix.png" in page and "roc_curves.png" in page, shown[-500:]
