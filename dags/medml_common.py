@@ -7,11 +7,19 @@ time.
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import timedelta
 
 import pendulum
 from airflow.sdk import BaseOperator
+
+# A task's stderr reaches its Airflow log as ERROR lines. MLflow's own log handler writes its
+# info lines there ("Successfully registered model"), and Python warnings go there too: without
+# MLflow's handler its records, and the warnings, reach the task log through logging, each at
+# its own level.
+os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+logging.captureWarnings(True)
 
 START_DATE = pendulum.datetime(2026, 1, 1, tz="UTC")
 DEFAULT_ARGS = {"owner": "medml", "retries": 1, "retry_delay": timedelta(minutes=1)}

@@ -8,6 +8,7 @@ store for the Kubernetes backend.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,24 @@ def run_data_steps(ctx: RunContext, *, echo: Any = print, resume: _Resume | None
     a resumed run finished before are kept)."""
     for data_step in data_steps():
         if resume is None or not resume.keeps(data_step):
-            echo(f"[{data_step.name}] {data_step(ctx.location)}")
+            echo(f"[{data_step.name}] {one_line(data_step(ctx.location))}")
+
+
+def one_line(result: dict[str, Any], longest: int = 40) -> str:
+    """A step's result for a person: its counts and short values as ``key=value`` (hashes,
+    paths and nested tables stay in the step's files and its record)."""
+    shown = []
+    for key, value in result.items():
+        if isinstance(value, float):
+            shown.append(f"{key}={value:.4g}")
+        elif isinstance(value, bool | int) or isinstance(value, str) and _readable(value, longest):
+            shown.append(f"{key}={value}")
+    return " ".join(shown) or "done"
+
+
+def _readable(text: str, longest: int) -> bool:
+    """Short, and neither a path nor a digest."""
+    return len(text) <= longest and "/" not in text and not re.fullmatch(r"[0-9a-f.]{16,}\w*", text)
 
 
 def run_all(ctx: RunContext, tracking: Tracking, *, echo: Any = print) -> dict[str, Any]:

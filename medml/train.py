@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -380,6 +380,7 @@ def fit(
     balanced = needs.balanced_batches
     callbacks: list[keras.callbacks.Callback] = [
         throughput_logger(steps * batch_size if balanced else len(data.y_train)),
+        epoch_progress(cfg.epochs),
         keras.callbacks.EarlyStopping(
             monitor="val_loss",
             patience=cfg.patience,
@@ -414,7 +415,7 @@ def fit(
         class_weight=data.plan.class_weight,
         callbacks=callbacks,
         shuffle=False,  # the tf.data pipeline shuffles (seeded)
-        verbose=2,
+        verbose=0,  # epoch_progress prints one line per epoch
     )
     return history.history, time.perf_counter() - started
 
@@ -533,3 +534,35 @@ def throughput_logger(images_per_epoch: int) -> Any:
                 logs["images_per_second"] = images_per_epoch / max(seconds, 1e-9)
 
     return ThroughputLogger()
+
+
+def epoch_progress(epochs: int, echo: Callable[[str], None] | None = None) -> Any:
+    """A Keras callback printing one line per epoch: the model (``fold_0``), the epoch, its
+    losses and metrics, the seconds it took and the most time left (early stopping may end
+    sooner). One line, not a progress bar: task logs and pod logs show it as it comes."""
+    import keras
+
+    say = echo or (lambda line: print(line, flush=True))
+
+    class EpochProgress(keras.callbacks.Callback):
+        def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+            self._started = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            done = epoch + 1
+            per_epoch = (time.perf_counter() - self._started) / done
+            shown = {key: value for key, value in (logs or {}).items() if key != "learning_rate"}
+            first = [key for key in ("loss", "val_loss") if key in shown]
+            order = [*first, *(key for key in shown if key not in first)]
+            scores = " ".join(f"{key} {shown[key]:.4g}" for key in order)
+            say(
+                f"{self.model.name} epoch {done}/{epochs}: {scores} | {per_epoch:.1f} s/epoch, "
+                f"at most {_duration(per_epoch * (epochs - done))} left"
+            )
+
+    return EpochProgress()
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m {rest:02d}s" if minutes else f"{rest}s"

@@ -200,3 +200,13 @@ def test_a_step_run_again_upstream_makes_everything_after_it_out_of_date(
     resume = _Resume(runs.load_context(base), said.append)
     assert resume.keeps(STEPS["ingest"]) and not resume.keeps(STEPS["validate"])
     assert said == ["[ingest] finished earlier in this run; kept"]
+
+
+def test_a_step_result_reads_as_one_line_of_counts() -> None:
+    from medml.pipeline import one_line
+
+    result = {"dvc_md5": "0123456789abcdef0123456789abcdef.dir", "images": 1200,
+              "manifest": "/tmp/run/manifest.parquet", "cache": "miss", "seconds": 0.123456,
+              "class_counts": {"Normal": 3}, "complete": True}  # fmt: skip
+    assert one_line(result) == "images=1200 cache=miss seconds=0.1235 complete=True"
+    assert one_line({"manifest": "/tmp/m.parquet"}) == "done"

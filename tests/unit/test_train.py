@@ -202,3 +202,20 @@ def test_learning_rate_decay_and_plateau_act_on_one_base_rate() -> None:
         if epoch and losses[epoch] >= min(losses[:epoch]) - 1e-4:
             base *= 0.1  # patience 1: one epoch without improvement cuts the base rate
     assert learning_rate_control(load_recipe("kidney-ct").train) is None
+
+
+def test_each_epoch_prints_one_line_with_its_scores_and_the_time_left(
+    shards: Path, tiny_recipe: Recipe, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import re
+
+    train_module.train_fold(shards, 0, tmp_path / "fold", tiny_recipe)
+    lines = [line for line in capsys.readouterr().out.splitlines() if " epoch " in line]
+    epochs = tiny_recipe.train.epochs
+    assert len(lines) <= epochs and lines, lines  # early stopping may end sooner
+    pattern = (r"fold_0 epoch (\d+)/(\d+): loss [\d.e+-]+ val_loss [\d.e+-]+ .*\| "
+               r"[\d.]+ s/epoch, at most (\d+m \d\ds|\d+s) left")  # fmt: skip
+    for number, line in enumerate(lines, start=1):
+        match = re.fullmatch(pattern, line)
+        assert match and match.groups()[:2] == (str(number), str(epochs)), line
+    assert lines[-1].endswith("at most 0s left") or len(lines) < epochs
