@@ -477,6 +477,8 @@ def _lock(client: Any, model: str) -> Iterator[None]:
 
     name = f"{model}{LOCK_SUFFIX}"
     deadline = time.monotonic() + LOCK_TIMEOUT_S
+    # A lock wait, not a retry (tenacity): between tries it breaks a stale lock, and it ends
+    # with what to do about a held one.
     while True:
         try:
             client.create_registered_model(

@@ -54,12 +54,15 @@ def inverse_frequency_weights(y: np.ndarray, n_classes: int) -> dict[int, float]
     Raises:
         BalanceError: a class in ``range(n_classes)`` has no samples.
     """
-    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=n_classes)
+    from sklearn.utils.class_weight import compute_class_weight
+
+    y = np.asarray(y, dtype=np.int64)
+    counts = np.bincount(y, minlength=n_classes)
     if (counts == 0).any():
         missing = np.flatnonzero(counts == 0).tolist()
         raise BalanceError(f"classes {missing} have no training samples; cannot weight them")
-    total = counts.sum()
-    return {c: float(total / (n_classes * counts[c])) for c in range(n_classes)}
+    weights = compute_class_weight("balanced", classes=np.arange(n_classes), y=y)
+    return {c: float(weight) for c, weight in enumerate(weights)}
 
 
 class AugmentOversampler:

@@ -230,6 +230,8 @@ def cluster(
             a = parent[a]
         return a
 
+    # A union-find of its own, not scipy's connected_components: the size cap decides merge by
+    # merge, the most similar pairs first, which a components search over all links cannot.
     i, j, s = similar_pairs(sigs, similarity=similarity, neighbours=NEIGHBOURS)
     refused = 0
     for edge in np.argsort(-s, kind="stable"):  # most similar first

@@ -624,17 +624,16 @@ def _log_input(dataset: Any, context: str, attempts: int = 4) -> None:
     """``mlflow.log_input``, again when another process (a concurrent fold) created the same
     dataset at the same moment: the store's unique constraint refuses the second insert, and
     the next attempt finds the dataset the other one created."""
-    import time
-
     import mlflow
+    import tenacity
     from mlflow.exceptions import MlflowException
 
-    for attempt in range(attempts):
-        try:
-            mlflow.log_input(dataset, context=context)
-            return
-        except MlflowException as err:
-            collided = any(word in str(err).upper() for word in ("UNIQUE", "DUPLICATE"))
-            if not collided or attempt == attempts - 1:
-                raise
-            time.sleep(0.2 * (attempt + 1))
+    def collided(err: BaseException) -> bool:
+        return isinstance(err, MlflowException) and any(
+            word in str(err).upper() for word in ("UNIQUE", "DUPLICATE")
+        )
+
+    tenacity.Retrying(
+        retry=tenacity.retry_if_exception(collided), stop=tenacity.stop_after_attempt(attempts),
+        wait=tenacity.wait_incrementing(start=0.2, increment=0.2), reraise=True,
+    )(mlflow.log_input, dataset, context=context)  # fmt: skip

@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 
 RUN_KEY_TAG = "medml.run_key"
 KIND_TAG = "medml.kind"
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+"""MLflow 3's UI opens such an experiment on its training runs (not the GenAI overview)."""
 
 
 class TrackingUnavailable(MedmlError):
@@ -48,31 +50,41 @@ def _prepare_store(uri: str) -> None:
 
 
 def _wait_for_server(uri: str) -> None:
-    import time
     import urllib.error
     import urllib.request
 
-    error = ""
+    import tenacity
+
     request = _health_request(uri)
-    for attempt in range(1, REACH_ATTEMPTS + 1):
+
+    def reach() -> None:
         try:
             with urllib.request.urlopen(request, timeout=5):
                 return
         except urllib.error.HTTPError:
             return  # it answers (a server without /health, or behind auth): reachable
-        except (urllib.error.URLError, OSError) as err:
-            error = str(getattr(err, "reason", err))
-        if attempt < REACH_ATTEMPTS:
-            delay = 2 ** (attempt - 1)
-            logger.warning(
-                "MLflow tracking server %s unreachable (%s), attempt %d/%d; retrying in %d s",
-                redact(uri), error, attempt, REACH_ATTEMPTS, delay,
-            )  # fmt: skip
-            time.sleep(delay)
-    raise TrackingUnavailable(
-        f"cannot reach the MLflow tracking server at {uri} after {REACH_ATTEMPTS} attempts "
-        f"({error}); check MLFLOW_TRACKING_URI and that the server is running"
-    )
+
+    def warn(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception()
+        logger.warning(
+            "MLflow tracking server %s unreachable (%s), attempt %d/%d; retrying in %d s",
+            redact(uri), getattr(error, "reason", error), state.attempt_number, REACH_ATTEMPTS,
+            state.upcoming_sleep,
+        )  # fmt: skip
+
+    try:
+        tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(OSError),  # URLError is an OSError
+            stop=tenacity.stop_after_attempt(REACH_ATTEMPTS),
+            wait=tenacity.wait_exponential(multiplier=1, min=1),  # 1, 2, 4 … s
+            before_sleep=warn, reraise=True,
+        )(reach)  # fmt: skip
+    except OSError as err:
+        raise TrackingUnavailable(
+            f"cannot reach the MLflow tracking server at {uri} after {REACH_ATTEMPTS} attempts "
+            f"({getattr(err, 'reason', err)}); check MLFLOW_TRACKING_URI and that the server is "
+            "running"
+        ) from None
 
 
 def _health_request(uri: str) -> Any:
@@ -235,7 +247,7 @@ class Tracking:
 
         location = f"{self.artifact_root.rstrip('/')}/{name}" if self.artifact_root else None
         try:
-            return client.create_experiment(name, artifact_location=location)
+            return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
         except MlflowException:  # created concurrently by another task: use theirs
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
@@ -294,10 +306,12 @@ class Tracking:
         found = client.search_runs([experiment_id], filter_string=query)
         if found:
             return _earliest(found)
-        run = client.create_run(
+        from mlflow.tracking.context.registry import resolve_tags
+
+        run = client.create_run(  # resolve_tags: who and where from, as mlflow.start_run records
             experiment_id,
             run_name=run_name,
-            tags={**tags, RUN_KEY_TAG: run_key, KIND_TAG: "pipeline"},
+            tags=resolve_tags({**tags, RUN_KEY_TAG: run_key, KIND_TAG: "pipeline"}),
         )
         winner = _earliest(client.search_runs([experiment_id], filter_string=query))
         if winner != run.info.run_id:

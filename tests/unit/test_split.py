@@ -185,3 +185,30 @@ def test_split_errors_name_the_setting_and_the_fix(
         assign_splits(table, _with_split(tiny_recipe, **split_update))
     assert isinstance(caught.value, MedmlError) and isinstance(caught.value, ValueError)
     assert caught.value.exit_code == 3 and "\n" not in str(caught.value)
+
+
+def test_the_fast_fold_choice_still_replaces_scikit_learns_private_hook() -> None:
+    """``FastStratifiedGroupKFold`` overrides scikit-learn's private ``_find_best_fold``: a
+    scikit-learn that renames it or changes its arguments must fail here, not silently fall
+    back to the slow loop (the equivalence test above would still pass)."""
+    import inspect
+
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from medml.split import FastStratifiedGroupKFold
+
+    hook = getattr(StratifiedGroupKFold, "_find_best_fold", None)
+    assert hook is not None, "scikit-learn no longer has StratifiedGroupKFold._find_best_fold"
+    theirs = list(inspect.signature(hook).parameters)
+    assert theirs == list(inspect.signature(FastStratifiedGroupKFold._find_best_fold).parameters)
+    calls = []
+    original = FastStratifiedGroupKFold._find_best_fold
+
+    class Spy(FastStratifiedGroupKFold):
+        def _find_best_fold(self, *args, **kwargs):
+            calls.append(1)
+            return original(self, *args, **kwargs)
+
+    y = np.arange(40) % 2
+    list(Spy(n_splits=2).split(y, y, np.arange(40) // 2))
+    assert calls, "scikit-learn's split no longer calls _find_best_fold"
