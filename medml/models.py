@@ -135,7 +135,7 @@ def build_pretrainable(
     import keras
 
     _check_pretrainable(kind, input_shape, n_classes)
-    backbone = _backbone(kind, input_shape, _local_weights(weights), trainable_layers)
+    backbone = _backbone(kind, input_shape, local_weights(weights), trainable_layers)
     inputs = keras.Input(shape=input_shape, name="pixels")
     outputs = _seed001_head(backbone(_backbone_input(kind, inputs)), n_classes)
     return keras.Model(inputs, outputs, name=name)
@@ -211,7 +211,7 @@ def _seed001_head(x: keras.KerasTensor, n_classes: int) -> keras.KerasTensor:
     return layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(x)
 
 
-def _local_weights(weights: str | Path | None) -> str | None:
+def local_weights(weights: str | Path | None) -> str | None:
     """The weights file: a path as given, or a bare file name under ``$MEDML_HOME/weights/``."""
     if weights is None:
         return None

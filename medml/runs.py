@@ -122,6 +122,10 @@ def init_run(
                             overrides=overrides, logical_date=logical_date, run_key=run_key,
                             replace=replace)  # fmt: skip
     resolved = load_recipe(recipe, params_file=params_file, overrides=overrides)
+    if resolved.train.backend == "local":  # trained here: say now, not after the data steps
+        from medml.models import local_weights
+
+        local_weights(resolved.train.weights)
     layout = RunLayout(Path(run_dir).resolve())
     context = {
         "recipe": resolved.model_dump(mode="json"),

@@ -183,3 +183,15 @@ def test_exit_6_audit_trail_broken(tmp_path: Path, monkeypatch: pytest.MonkeyPat
                                  "--tracking-uri", _empty_store(tmp_path)])  # fmt: skip
     _assert_one_line_error(result, AuditBroken.exit_code, "event #2 was edited")
     assert result.exit_code == 6
+
+
+def test_a_missing_weights_file_is_exit_3_before_any_data_step(
+    small_dataset: Path, tmp_path: Path
+) -> None:
+    """The seed-001 recipe names an ImageNet weights file medml never downloads: a machine
+    without it hears so at once, not after minutes of data steps."""
+    result = runner.invoke(app, ["run", "--source", str(small_dataset), "--recipe",
+                                 "capsule-endoscopy-seed001", "--run-dir", str(tmp_path / "r")])
+    _assert_ends_in_one_line_error(result, 3, "densenet121_weights_tf_dim_ordering_tf_kernels")
+    assert "never downloads weights" in result.output
+    assert not (tmp_path / "r" / "manifest.parquet").exists()  # no data step ran
