@@ -5,8 +5,10 @@ PYTHON ?= python3
 UV_VERSION ?= 0.13.8
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 PYTEST_ARGS ?=
-# Tests run in parallel worker processes, a file per worker (a file's tests share its fixtures
-# and keep their order); PYTEST_WORKERS=0 runs them in this process.
+# `make test` runs in parallel worker processes, a file per worker (a file's tests share its
+# fixtures and keep their order); PYTEST_WORKERS=0 runs them in this process. The slow tests run
+# one at a time: each keeps the cores busy (real Airflow stacks, TensorFlow), so two at once took
+# as long in total and doubled each one's time against its own deadlines.
 PYTEST_WORKERS ?= 2
 XDIST := -n $(PYTEST_WORKERS) --dist loadfile
 
@@ -35,10 +37,11 @@ test: setup  ## Run the test suite (unit, data, DAG integrity, integration; ~10 
 	$(VENV)/bin/pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 test-slow: setup  ## Run the slow tests: real Airflow runs (dags test per layout, back-fill, Celery workers).
-	$(VENV)/bin/pytest -m slow $(XDIST) $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m slow $(PYTEST_ARGS)
 
 test-all: setup  ## Run every test.
-	$(VENV)/bin/pytest $(XDIST) $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m slow $(PYTEST_ARGS)
 
 lint: setup  ## ruff lint and format check.
 	$(VENV)/bin/ruff check .
