@@ -58,7 +58,8 @@ def medml_promote() -> None:
         table, _ = review(Tracking.from_env(), params["model"], params["version"], out,
                           markdown=True)  # fmt: skip
         base = conf.get("api", "base_url", fallback="").rstrip("/")
-        link = f"{base}/medml/review/{quote(params['model'], safe='')}/{quote(params['version'])}"
+        model, version = (quote(str(params[key]), safe="") for key in ("model", "version"))
+        link = f"{base}/medml/review/{model}/{version}"
         return f"{table}\n\n[Full report with plots (Models view)]({link})"
 
     approve = ApprovalOperator(

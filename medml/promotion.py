@@ -146,6 +146,9 @@ EVIDENCE = (
 )
 """The artifacts a version's gate is computed from; their SHA-256 is pinned at registration."""
 
+_ALWAYS_PINNED = (ARTIFACTS.metrics, ARTIFACTS.champion_metrics, ARTIFACTS.baseline)
+"""What every registration since gate evidence was pinned has pinned when it existed."""
+
 
 def evidence_digests(client: Any, run_id: str, folder: Path) -> dict[str, str]:
     """Download the gate evidence of ``run_id`` to ``folder / <artifact path>``; the SHA-256 of
@@ -256,8 +259,19 @@ def recorded_gate(
         if ARTIFACTS.metrics not in digests:
             raise PromotionError(f"{label}: its run {run_id} has no {ARTIFACTS.metrics}; the "
                                  "gate cannot be checked")  # fmt: skip
-        if registration is not None and digests != registration.get("evidence"):
-            pinned = registration.get("evidence", {})
+        pinned = registration.get("evidence", {}) if registration is not None else {}
+        if registration is not None:
+            # Judged against what registration pinned: an artifact it did not pin counts only
+            # where the pinned gate settings read it (a version registered before medml pinned
+            # operating_point.json is not "changed" by it; a gate with operating-point bounds is)
+            settings_used = registration.get("gate_settings") or {}
+            read = {
+                *pinned,
+                *_ALWAYS_PINNED,
+                *([ARTIFACTS.operating_point] if settings_used.get("operating_point") else []),
+            }
+            digests = {artifact: digest for artifact, digest in digests.items() if artifact in read}
+        if registration is not None and digests != pinned:
             changed = sorted(a for a in set(digests) | set(pinned)
                              if digests.get(a) != pinned.get(a))  # fmt: skip
             raise PromotionError(

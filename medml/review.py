@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +50,7 @@ class Side:
     """What a reviewer must not miss (out-of-fold and holdout estimates that disagree)."""
 
 
-def _load_side(client: Any, name: str, version: str) -> Side:
+def _load_side(client: Any, name: str, version: str, tracking: Tracking | None = None) -> Side:
     from mlflow.exceptions import MlflowException
 
     model_version = client.get_model_version(name, version)
@@ -76,8 +77,22 @@ def _load_side(client: Any, name: str, version: str) -> Side:
         warnings.append(disagreement)
     if point is not None and point.get("warning"):
         warnings.append(f"operating point: {point['warning']}")
+    if tracking is not None:  # what is shown must be what registration pinned
+        warnings += _evidence_warning(tracking, model_version)
     return Side(str(version), dict(model_version.tags), metrics, images, baseline, point,
                 warnings)  # fmt: skip
+
+
+def _evidence_warning(tracking: Tracking, model_version: Any) -> list[str]:
+    """A warning when the version's gate evidence is not what its registration pinned (or it
+    has no registration): the figures shown may then have been replaced after the fact."""
+    from medml.audit import events
+    from medml.promotion import gate_shown
+
+    outcome, reasons = gate_shown(tracking, model_version, events(tracking, model_version.name))
+    if outcome in ("passed", "failed"):
+        return []
+    return [f"gate evidence {outcome}: {reasons} — the figures below cannot be trusted"]
 
 
 def _optional_json(client: Any, run_id: str, artifact: str, folder: str) -> dict[str, Any] | None:
@@ -145,7 +160,7 @@ def review(
     if candidate_version is None:
         raise ReviewError(f"{name} has no challenger; give --version")
     try:
-        candidate = _load_side(client, name, candidate_version)
+        candidate = _load_side(client, name, candidate_version, tracking)
     except MlflowException:
         raise ReviewError(f"{name} has no version {candidate_version}") from None
     champion_version = alias_version(client, name, CHAMPION)
@@ -224,12 +239,17 @@ def _at_threshold(side: Side | None, name: str) -> str:
     if side is None:
         return "-"
     holdout = (side.operating_point or {}).get("holdout")
-    if not holdout or holdout.get(name) is None:
+    if not isinstance(holdout, dict) or holdout.get(name) is None:
         return "n/a"
-    low, high = holdout.get(f"{name}_ci95") or (None, None)
-    shown = f" [{low:.2f}-{high:.2f}]" if low is not None else ""
+    try:
+        value = float(holdout[name])
+        low, high = (float(x) if x is not None else None
+                     for x in (holdout.get(f"{name}_ci95") or (None, None)))  # fmt: skip
+    except (TypeError, ValueError):
+        return "unreadable"
+    shown = f" [{low:.2f}-{high:.2f}]" if low is not None and high is not None else ""
     flag = f" {TOO_FEW}" if name in (holdout.get("too_few_to_judge") or []) else ""
-    return f"{holdout[name]:.3f}{shown}{flag}"
+    return f"{value:.3f}{shown}{flag}"
 
 
 def _threshold_rows(candidate: Side, champion: Side | None) -> list[list[str]]:
@@ -272,13 +292,17 @@ def _markdown(name: str, candidate: Side, champion: Side | None) -> str:
     """The table as Markdown (Airflow renders an approval request's body as Markdown):
     warnings first, then one row per metric, the baseline and the params that changed."""
 
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|").replace("\n", " ")
+    def cell(text: str, longest: int = 200) -> str:
+        # One line, no table breaks, and nothing Markdown would turn into a link, an image or
+        # HTML: the values come from anyone who can write to the MLflow store.
+        text = " ".join(str(text).split())
+        text = text[:longest] + ("…" if len(text) > longest else "")
+        return re.sub(r"([\\|!\[\]()<>`*_])", r"\\\1", text)
 
     rows = _rows(candidate, champion)
-    warnings = [f"**Warning:** {cell(warning)}" for warning in candidate.warnings]
+    warnings = [f"**Warning:** {cell(warning, 1000)}" for warning in candidate.warnings]
     lines = [*warnings, *([""] if warnings else [])]
-    lines.append(f"| {name} | " + " | ".join(cell(c) for c in rows[0][1:]) + " |")
+    lines.append(f"| {cell(name)} | " + " | ".join(cell(c) for c in rows[0][1:]) + " |")
     lines.append("|---|---|---|")
     lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows[1:]]
     if candidate.baseline:

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from medml import audit
 from medml.cli import app
-from medml.config import load_recipe
+from medml.config import GateConfig, load_recipe
 from medml.identity import LOCAL_ADMIN, Identity
 from medml.metrics import GateOutcome, HoldoutMetrics
 from medml.promotion import PromotionError, promote, rollback
@@ -41,7 +41,8 @@ def _metrics(sensitivity_b: float) -> HoldoutMetrics:
 
 def _versions(
     tracking: Tracking, count: int, *, sensitivity_b: float = 0.8, registrar: str = "trainer",
-    registered_gate: GateOutcome | None = None,
+    registered_gate: GateOutcome | None = None, gate_settings: GateConfig | None = None,
+    create_model: bool = True,
 ) -> None:  # fmt: skip
     """``count`` complete versions of NAME whose run logged metrics and the gate as params,
     with their registration in the audit trail — what `medml register` leaves (without
@@ -49,7 +50,8 @@ def _versions(
     import mlflow
 
     client = tracking.activate()
-    client.create_registered_model(NAME)
+    if create_model:
+        client.create_registered_model(NAME)
     params = load_recipe("kidney-ct").flat_params()
     for _ in range(count):
         with mlflow.start_run() as run:
@@ -59,10 +61,17 @@ def _versions(
         version = client.create_model_version(NAME, f"runs:/{run.info.run_id}/model",
                                               run.info.run_id)  # fmt: skip
         client.set_model_version_tag(NAME, version.version, "gate", "passed")
-        complete_version(tracking, NAME, str(version.version), {}, None, run_id=run.info.run_id,
-                         registrar=Identity(registrar, LOCAL_ADMIN),
-                         gate=registered_gate or GateOutcome(True, []),
-                         gate_settings=load_recipe("kidney-ct").registry.gate)  # fmt: skip
+        complete_version(
+            tracking,
+            NAME,
+            str(version.version),
+            {},
+            None,
+            run_id=run.info.run_id,
+            registrar=Identity(registrar, LOCAL_ADMIN),
+            gate=registered_gate or GateOutcome(True, []),
+            gate_settings=gate_settings or load_recipe("kidney-ct").registry.gate,
+        )
 
 
 def _promotions(tracking: Tracking) -> list[dict]:
@@ -214,6 +223,39 @@ def test_replaced_gate_evidence_is_refused(tmp_path: Path) -> None:
     ):
         promote(tracking, NAME, "1", reviewer="bob", reason="r")
     assert _promotions(tracking) == []
+
+
+def test_an_artifact_registration_did_not_pin_counts_only_where_the_gate_reads_it() -> None:
+    """A version registered before operating_point.json was pinned (every binary version of
+    then) is not "changed" by it; a version whose pinned gate bounds the operating point is."""
+    import mlflow
+
+    point = {"positive_class": "b", "threshold": 0.4,
+             "holdout": {"sensitivity": 0.95, "specificity": 0.9, "ppv": 0.9}}  # fmt: skip
+    tracking = Tracking.from_env()
+    _versions(tracking, 1)  # pinned: metrics.json only
+    client = tracking.activate()
+    with mlflow.start_run(run_id=client.get_model_version(NAME, "1").run_id):
+        mlflow.log_dict(point, "evaluation/operating_point.json")
+    assert promote(tracking, NAME, "1", reviewer="bob", reason="r")["version"] == "1"
+
+    bounded = GateConfig.model_validate(
+        {
+            **load_recipe("kidney-ct").registry.gate.model_dump(),
+            "operating_point": {"sensitivity": {"min": 0.9}},
+        }
+    )
+    _versions(tracking, 1, gate_settings=bounded, create_model=False)  # v2: no point at all
+    with pytest.raises(PromotionError, match="no holdout rates at the operating point"):
+        promote(tracking, NAME, "2", reviewer="bob", reason="r")
+    with mlflow.start_run(run_id=client.get_model_version(NAME, "2").run_id):
+        mlflow.log_dict(point, "evaluation/operating_point.json")  # a passing point, added
+    with pytest.raises(PromotionError, match=r"operating_point.json\) is not what registration"):
+        promote(tracking, NAME, "2", reviewer="bob", reason="r")
+    from medml.review import review
+
+    text, _ = review(tracking, NAME, "2", markdown=True)  # what the approval request shows
+    assert text.startswith("**Warning:** gate evidence evidence-changed"), text[:300]
 
 
 def test_a_version_registered_outside_medml_is_refused() -> None:

@@ -117,3 +117,26 @@ def test_the_operating_point_states_its_exact_intervals_and_too_few() -> None:
     assert "sensitivity 1.000 (95% CI 0.398–1.000)" in card
     assert "PPV 0.800 (95% CI 0.500–0.900); intervals exact (Clopper-Pearson)." in card
     assert "Too few images to judge its sensitivity (fewer than 20)." in card
+
+
+def test_the_approval_table_stays_a_table_whatever_the_store_holds() -> None:
+    """Names, tags and params come from anyone with MLflow write access: in the Markdown the
+    approval request renders, none may break the table or become a link, image or HTML."""
+    from medml.metrics import HoldoutMetrics
+    from medml.review import Side, _markdown
+
+    metrics = HoldoutMetrics(["a", "b"], {"balanced_accuracy": 0.7, "macro_f1": 0.6, "n": 10},
+                             {"a": {"sensitivity": 0.9}, "b": {"sensitivity": 0.5}},
+                             [[4, 1], [2, 3]])  # fmt: skip
+    hostile = "x | y\n![i](//evil.example/a.png) <img src=x onerror=alert(1)> [l](http://e)"
+    tags = {"logical_date": hostile, "data_hash": "|" * 500}
+    candidate = Side("2", tags, metrics, {}, baseline=hostile, warnings=[hostile])
+    text = _markdown("m|x\ny", candidate, Side("1", {}, metrics, {}))
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    assert table and all(line.count(" | ") == 2 for line in table), table
+    import re
+
+    values = "\n".join([*table, text.splitlines()[0].removeprefix("**Warning:** ")])
+    unescaped = re.findall(r"(?<!\\)[<>!\[\]()]", values)
+    assert not unescaped, unescaped  # each is \-escaped: shown as text, never a link or tag
+    assert max(len(line) for line in table) < 700  # long values are cut
