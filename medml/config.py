@@ -377,8 +377,8 @@ class TrainConfig(_Strict):
 class Bound(_Strict):
     """Bounds on one metric; ``None`` leaves that side open."""
 
-    min: float | None = None
-    max: float | None = None
+    min: float | None = Field(default=None, allow_inf_nan=False)
+    max: float | None = Field(default=None, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _some_bound(self) -> Bound:
@@ -420,6 +420,16 @@ class GateConfig(_Strict):
         "sensitivity, specificity and PPV at the operating point's threshold, the decision the "
         "served model returns (thresholds bound the argmax metrics)",
     )
+
+    @field_validator("operating_point")
+    @classmethod
+    def _rates_are_fractions(cls, bounds: dict[str, Bound]) -> dict[str, Bound]:
+        for name, bound in bounds.items():
+            for side in (bound.min, bound.max):
+                if side is not None and not 0.0 <= side <= 1.0:
+                    raise ValueError(f"{name}: a rate's bound is between 0 and 1, not {side}")
+        return bounds
+
     non_inferiority: dict[MetricName, Annotated[float, Field(ge=0.0, le=1.0)]] = {
         "class_sensitivity": 0.05,
         "macro_f1": 0.0,

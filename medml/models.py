@@ -216,12 +216,19 @@ def local_weights(weights: str | Path | None) -> str | None:
     if weights is None:
         return None
     refuse_download(weights)
+    if not str(weights).strip():
+        raise ConfigError("train.weights is empty: give the weights file's path, or null to "
+                          "start from random weights")  # fmt: skip
     from medml.io import medml_home
 
     given = Path(weights).expanduser()
     candidates = [given] if given.is_absolute() else [given, medml_home() / "weights" / given]
     found = next((path for path in candidates if path.is_file()), None)
     if found is None:
+        odd = [path for path in candidates if path.exists()]  # a folder, a FIFO, a device
+        if odd:
+            raise ConfigError(f"train.weights: {odd[0]} is not a regular file; give the Keras "
+                              "weights file itself (.h5 or .weights.h5)")  # fmt: skip
         tried = " or ".join(str(path) for path in candidates)
         raise ConfigError(
             f"pretrained weights file {tried} not found; medml never downloads weights: make "

@@ -51,6 +51,7 @@ def one_line(result: dict[str, Any], longest: int = 40) -> str:
     paths and nested tables stay in the step's files and its record)."""
     shown = []
     for key, value in result.items():
+        value = value.item() if hasattr(value, "item") and not isinstance(value, str) else value
         if isinstance(value, float):
             shown.append(f"{key}={value:.4g}")
         elif isinstance(value, bool | int) or isinstance(value, str) and _readable(value, longest):
@@ -60,7 +61,8 @@ def one_line(result: dict[str, Any], longest: int = 40) -> str:
 
 def _readable(text: str, longest: int) -> bool:
     """Short, and neither a path nor a digest."""
-    return len(text) <= longest and "/" not in text and not re.fullmatch(r"[0-9a-f.]{16,}\w*", text)
+    return (len(text) <= longest and "/" not in text and "\n" not in text
+            and not re.fullmatch(r"[0-9a-f.]{16,}\w*", text))  # fmt: skip
 
 
 def run_all(ctx: RunContext, tracking: Tracking, *, echo: Any = print) -> dict[str, Any]:

@@ -50,6 +50,7 @@ def _prepare_store(uri: str) -> None:
 
 
 def _wait_for_server(uri: str) -> None:
+    import http.client
     import urllib.error
     import urllib.request
 
@@ -63,6 +64,8 @@ def _wait_for_server(uri: str) -> None:
                 return
         except urllib.error.HTTPError:
             return  # it answers (a server without /health, or behind auth): reachable
+        except http.client.HTTPException as err:  # something answers, but not HTTP
+            raise ConnectionError(f"not an HTTP server ({type(err).__name__})") from None
 
     def warn(state: tenacity.RetryCallState) -> None:
         error = state.outcome.exception()
@@ -81,9 +84,9 @@ def _wait_for_server(uri: str) -> None:
         )(reach)  # fmt: skip
     except OSError as err:
         raise TrackingUnavailable(
-            f"cannot reach the MLflow tracking server at {uri} after {REACH_ATTEMPTS} attempts "
-            f"({getattr(err, 'reason', err)}); check MLFLOW_TRACKING_URI and that the server is "
-            "running"
+            f"cannot reach the MLflow tracking server at {redact(uri)} after {REACH_ATTEMPTS} "
+            f"attempts ({getattr(err, 'reason', err)}); check MLFLOW_TRACKING_URI and that the "
+            "server is running"
         ) from None
 
 

@@ -554,13 +554,21 @@ def epoch_progress(epochs: int, echo: Callable[[str], None] | None = None) -> An
             shown = {key: value for key, value in (logs or {}).items() if key != "learning_rate"}
             first = [key for key in ("loss", "val_loss") if key in shown]
             order = [*first, *(key for key in shown if key not in first)]
-            scores = " ".join(f"{key} {shown[key]:.4g}" for key in order)
+            scores = " ".join(f"{key} {_number(shown[key])}" for key in order)
             say(
                 f"{self.model.name} epoch {done}/{epochs}: {scores} | {per_epoch:.1f} s/epoch, "
                 f"at most {_duration(per_epoch * (epochs - done))} left"
             )
 
     return EpochProgress()
+
+
+def _number(value: Any) -> str:
+    """A logged value in 4 significant digits (a custom metric may log something else)."""
+    try:
+        return f"{float(value):.4g}"
+    except (TypeError, ValueError):
+        return str(value).replace("\n", " ")[:40]
 
 
 def _duration(seconds: float) -> str:

@@ -190,8 +190,34 @@ def test_a_missing_weights_file_is_exit_3_before_any_data_step(
 ) -> None:
     """The seed-001 recipe names an ImageNet weights file medml never downloads: a machine
     without it hears so at once, not after minutes of data steps."""
-    result = runner.invoke(app, ["run", "--source", str(small_dataset), "--recipe",
-                                 "capsule-endoscopy-seed001", "--run-dir", str(tmp_path / "r")])
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            "--source",
+            str(small_dataset),
+            "--recipe",
+            "capsule-endoscopy-seed001",
+            "--run-dir",
+            str(tmp_path / "r"),
+        ],
+    )
     _assert_ends_in_one_line_error(result, 3, "densenet121_weights_tf_dim_ordering_tf_kernels")
     assert "never downloads weights" in result.output
     assert not (tmp_path / "r" / "manifest.parquet").exists()  # no data step ran
+
+
+@pytest.mark.parametrize("given", ["", "folder", "fifo"])
+def test_a_weights_path_that_is_no_file_says_what_it_is(tmp_path: Path, given: str) -> None:
+    import os
+
+    from medml.errors import ConfigError
+    from medml.models import local_weights
+
+    path = tmp_path / given if given else ""
+    if given == "folder":
+        path.mkdir()
+    elif given == "fifo":
+        os.mkfifo(path)
+    with pytest.raises(ConfigError, match="empty" if not given else "is not a regular file"):
+        local_weights(str(path))

@@ -232,3 +232,9 @@ def test_operating_point_bounds_need_a_binary_recipe_with_a_positive_class() -> 
     assert recipe.registry.gate.operating_point["sensitivity"].min == 0.9
     with pytest.raises(ConfigError, match="operating_point"):
         load_recipe("chest-xray", overrides=["registry.gate.operating_point.recall.min=0.9"])
+
+
+@pytest.mark.parametrize("bound", ["min=nan", "min=inf", "min=1.5", "max=-1"])
+def test_an_operating_point_bound_that_can_never_hold_is_refused(bound: str) -> None:
+    with pytest.raises(ConfigError, match="operating_point"):
+        load_recipe("chest-xray", overrides=[f"registry.gate.operating_point.sensitivity.{bound}"])

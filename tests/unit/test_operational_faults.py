@@ -139,3 +139,37 @@ def test_a_password_with_slashes_or_at_signs_is_masked_whole(text: str, secret: 
     assert secret not in redact(text) and "***@" in redact(text)
     assert secret not in str(MedmlError(text))
     assert redact("s3://bucket/a@b.jpg") == "s3://bucket/a@b.jpg"  # an @ in a path stays
+
+
+def test_a_tracking_uri_that_answers_but_not_in_http_is_unavailable_without_its_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Something listens on the port but speaks no HTTP (a wrong port, another service): the
+    same one clear error as an unreachable server, never a raw http.client traceback."""
+    import socket
+    import threading
+
+    import medml.tracking as tracking_module
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def banner() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.sendall(b"SSH-2.0-not-http\r\n")
+            conn.close()
+
+    threading.Thread(target=banner, daemon=True).start()
+    monkeypatch.setattr(tracking_module, "REACH_ATTEMPTS", 2)
+    uri = f"http://user:s3cret@127.0.0.1:{server.getsockname()[1]}"
+    try:
+        with pytest.raises(tracking_module.TrackingUnavailable, match="not an HTTP server") as err:
+            tracking_module._wait_for_server(uri)
+    finally:
+        server.close()
+    assert "s3cret" not in str(err.value) and "after 2 attempts" in str(err.value)

@@ -210,3 +210,13 @@ def test_a_step_result_reads_as_one_line_of_counts() -> None:
               "class_counts": {"Normal": 3}, "complete": True}  # fmt: skip
     assert one_line(result) == "images=1200 cache=miss seconds=0.1235 complete=True"
     assert one_line({"manifest": "/tmp/m.parquet"}) == "done"
+
+
+def test_one_line_reads_numpy_scalars_and_keeps_to_one_line() -> None:
+    import numpy as np
+
+    from medml.pipeline import one_line
+
+    result = {"images": np.int64(7), "fraction": np.float32(0.5), "ok": np.bool_(True),
+              "note": "two\nlines"}  # fmt: skip
+    assert one_line(result) == "images=7 fraction=0.5 ok=True"
