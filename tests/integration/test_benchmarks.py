@@ -78,6 +78,12 @@ RUNS: dict[str, list[tuple[list[str], str]]] = {
             r"training: first \d+\.\d%(.*\n)+dvc repro with 200 images: cold \d+\.\d+s",
         )
     ],
+    "recipe_memory.py": [
+        (
+            ["--recipes", "kidney-ct", "--n", "120", "--workdir", "{tmp}/work"],
+            r"kidney-ct +64 +32  small_cnn +\d+\.\d+ +\d+  yes",
+        )
+    ],
     "smote_memory.py": [
         (["--n", "200", "--size", "32", "--batch", "16"], r"StreamingSMOTE fit \d+\.\d+s")
     ],
