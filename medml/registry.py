@@ -5,9 +5,11 @@ Who may later move ``champion`` to it, and the audit of that, is :mod:`medml.pro
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,7 +162,9 @@ def log_ensemble(
 
     from medml.serving import log_classifier
 
-    with tracking.run(run_id=parent_run_id):
+    # MLflow announces the new version by printing to stderr ("Successfully registered model",
+    # "Created version"), which an Airflow task log labels ERROR: to stdout, it is information.
+    with tracking.run(run_id=parent_run_id), contextlib.redirect_stderr(sys.stdout):
         info = log_classifier(
             ensemble_path, recipe.data.classes, recipe.image.model_dump(mode="json"),
             name=ARTIFACTS.model, registered_model_name=recipe.registry.model_name,
