@@ -327,22 +327,29 @@ class MlflowArtifacts:
     @property
     def baseline(self) -> str:
         """The paired comparison with the baseline model (``baseline.json``)."""
-        return f"{self.evaluation}/baseline.json"
+        return self._logged(_EVALUATION.baseline)
 
     @property
     def oof_metrics(self) -> str:
         """The out-of-fold metrics of the training images (``oof_metrics.json``)."""
-        return f"{self.evaluation}/oof_metrics.json"
+        return self._logged(_EVALUATION.oof_metrics)
 
     @property
     def operating_point(self) -> str:
         """The binary operating point and its rates (``operating_point.json``)."""
-        return f"{self.evaluation}/operating_point.json"
+        return self._logged(_EVALUATION.operating_point)
+
+    def _logged(self, local: Path) -> str:
+        """Where evaluation's file ``local`` is among the run's artifacts (same file name)."""
+        return f"{self.evaluation}/{local.name}"
 
     def plot(self, name: str) -> str:
         """An evaluation plot (``confusion_matrix``, ``roc_curves`` …)."""
         return f"{self.evaluation}/{plot_file(name)}"
 
+
+_EVALUATION = EvaluationFiles(Path())
+"""Evaluation's file names (the folder does not matter), for :class:`MlflowArtifacts`."""
 
 ARTIFACTS = MlflowArtifacts()
 """The one set of MLflow artifact paths."""
