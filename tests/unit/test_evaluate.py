@@ -73,3 +73,46 @@ def test_every_plot_is_written(tmp_path: Path) -> None:
     ]
     for path in paths:
         assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+class _Rows:
+    """In-memory stand-in for :class:`medml.preprocess.ShardRows` (``gather`` and ``len``)."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def gather(self, positions: np.ndarray) -> np.ndarray:
+        return self.images[positions]
+
+
+def test_fold_models_score_every_batch_size_without_retracing_warnings() -> None:
+    """Five fold models, each fed a full and a partial batch, as evaluate does with the holdout
+    and the folds: the scores are the model's own, and TensorFlow's "triggered tf.function
+    retracing" warning (it counts the K models as one function retraced K times) is not
+    printed."""
+    import logging
+
+    from medml.evaluate import _one_trace_per_model_is_expected, _predict_rows
+    from medml.models import build_small_cnn
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("tensorflow")
+    logger.addHandler(handler)
+    images = np.random.default_rng(0).integers(0, 256, (70, 16, 16, 3), dtype=np.uint8)
+    try:
+        with _one_trace_per_model_is_expected():
+            for fold in range(5):
+                model = build_small_cnn((16, 16, 3), 3, name=f"fold_{fold}")
+                for rows in (images, images[:13]):
+                    scores = _predict_rows(model, _Rows(rows), batch_size=32)
+                    expected = model.predict(rows, batch_size=32, verbose=0)
+                    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+    finally:
+        logger.removeHandler(handler)
+    assert not [r for r in records if "retracing" in r.getMessage()]
+    assert not logger.filters  # the filter is gone after the block
