@@ -19,6 +19,9 @@ from airflow.sdk import BaseOperator
 # MLflow's handler its records, and the warnings, reach the task log through logging, each at
 # its own level.
 os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+# MLflow's "Downloading artifacts" progress bars are carriage-return animations on stderr: in a
+# task log each is one ERROR line of bar frames.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 logging.captureWarnings(True)
 
 START_DATE = pendulum.datetime(2026, 1, 1, tz="UTC")

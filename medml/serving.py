@@ -218,7 +218,7 @@ def log_classifier(
         settings.write_text(json.dumps(content, indent=2))
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=MedmlClassifier(),
+            python_model=str(Path(__file__).with_name("serving_entry.py")),  # no pickle
             artifacts={"ensemble": str(ensemble_path), "preprocessing": str(settings)},
             code_paths=[str(Path(__file__).resolve().parent)],
             signature=signature(classes, decision=operating_point is not None),

@@ -508,8 +508,22 @@ def train_fold(
         mlflow.log_artifact(str(result.history_path))
         from medml.serving import pinned_requirements
 
-        mlflow.keras.log_model(model, name=ARTIFACTS.model, pip_requirements=pinned_requirements())
+        mlflow.keras.log_model(model, name=ARTIFACTS.model, signature=tensor_signature(model),
+                               pip_requirements=pinned_requirements())  # fmt: skip
     return dataclasses.replace(result, mlflow_run_id=run_id)
+
+
+def tensor_signature(model: Any) -> Any:
+    """The fold model's MLflow signature: a batch of preprocessed uint8 images in, as the
+    shards hold them (rescaling is a layer of the model), one probability per class out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    shape = (-1, *(int(d) for d in model.input_shape[1:]))
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), shape)]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, int(model.output_shape[-1])))]),
+    )
 
 
 def throughput_logger(images_per_epoch: int) -> Any:

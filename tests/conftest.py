@@ -69,6 +69,28 @@ def tree_snapshot(root: Path) -> dict[str, tuple[str, int, str]]:
     return snapshot
 
 
+def task_log_noise(airflow_logs: Path) -> list[str]:
+    """The lines of every Airflow task log under ``airflow_logs`` that a successful run should
+    not have: ERROR lines (Airflow labels whatever a task writes to stderr ERROR: MLflow's
+    announcements and progress bars, warnings, TensorFlow's notices) and warnings from MLflow
+    or TensorFlow (pickled models, an unpinned pip, a model without signature, retracing)."""
+    import json
+
+    noise = []
+    for path in sorted(airflow_logs.glob("dag_id=*/**/*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            logger, level = str(record.get("logger", "")), record.get("level")
+            library = logger.startswith(("mlflow", "tensorflow"))
+            if level == "error" or (level == "warning" and library):
+                event = str(record.get("event"))[:160]
+                noise.append(f"{path.parent.name}: {level} {logger}: {event}")
+    return noise
+
+
 def venv_env() -> dict[str, str]:
     """Environment for subprocesses: the venv's bin first on PATH."""
     env = dict(os.environ)
