@@ -28,6 +28,10 @@ class PromotionError(RefusedError):
     """A promotion or rollback was refused; the message says why and what to do."""
 
 
+class EvidenceChanged(PromotionError):
+    """A version's gate evidence is not what its registration pinned in the audit trail."""
+
+
 class UnreviewedChampion(PromotionError):
     """``champion`` points at a version no valid promotion event in the audit trail backs
     (moved with the plain MLflow client, or the trail is broken): refused at use time."""
@@ -73,12 +77,15 @@ def champion_problem(tracking: Tracking, name: str) -> tuple[str | None, str | N
     """The champion version and why the audit trail does not back it (``None``: it does).
 
     The newest ``promote``/``rollback`` event of ``name`` must name the version ``champion``
-    points at (a rollback names the version it restored). No champion: ``(None, None)``.
+    points at (a rollback names the version it restored), and that version's gate evidence
+    must be what its registration pinned. No champion: ``(None, None)``.
     """
-    champion = alias_version(tracking.activate(), name, CHAMPION)
+    client = tracking.activate()
+    champion = alias_version(client, name, CHAMPION)
     if champion is None:
         return None, None
-    moves = [e for e in audit_log(tracking, name) if e.get("event") in ("promote", "rollback")]
+    events = audit_log(tracking, name)
+    moves = [e for e in events if e.get("event") in ("promote", "rollback")]
     if not moves:
         recorded = "no promotion event at all"
     elif str(moves[-1].get("version")) != champion:
@@ -86,12 +93,29 @@ def champion_problem(tracking: Tracking, name: str) -> tuple[str | None, str | N
         recorded = (f"its newest promotion event (#{newest.get('seq')}, {newest.get('event')}) "
                     f"made v{newest.get('version')} champion")  # fmt: skip
     else:
-        return champion, None
+        return champion, _evidence_problem(tracking, client.get_model_version(name, champion),
+                                           registration_event(events, champion))  # fmt: skip
     return champion, (
         f"{name}@{CHAMPION} points at v{champion}, but the audit trail has {recorded}: the alias "
         f"was moved outside the reviewed path; promote v{champion} with `medml promote {name} "
         f"{champion} --reason …` (or roll back) before it is used"
     )
+
+
+def _evidence_problem(tracking: Tracking, model_version: Any,
+                      registration: dict[str, Any] | None) -> str | None:  # fmt: skip
+    """Why the champion's gate evidence is not what its registration pinned (a ``metrics.json``
+    logged onto its finished run after registration), or ``None``. A version registered before
+    registration events existed has nothing pinned to compare with."""
+    if registration is None:
+        return None
+    try:
+        recorded_gate(tracking, model_version, registration)
+    except EvidenceChanged as err:
+        return f"{err}; the champion was promoted on evidence that is no longer there"
+    except PromotionError:
+        return None  # unreadable evidence is promotion's concern, not a forgery
+    return None
 
 
 def trail_champions(events: list[dict[str, Any]]) -> tuple[str | None, str | None]:
@@ -274,7 +298,7 @@ def recorded_gate(
         if registration is not None and digests != pinned:
             changed = sorted(a for a in set(digests) | set(pinned)
                              if digests.get(a) != pinned.get(a))  # fmt: skip
-            raise PromotionError(
+            raise EvidenceChanged(
                 f"{label}: its gate evidence ({', '.join(changed)}) is not what registration "
                 f"pinned in audit event #{registration.get('seq')}: it was replaced after the "
                 "version was registered; investigate, and register a new run"
@@ -311,8 +335,7 @@ def gate_shown(tracking: Tracking, model_version: Any,
     try:
         gate = recorded_gate(tracking, model_version, registration)
     except PromotionError as err:
-        outcome = "evidence-changed" if "is not what registration pinned" in str(err) else "unknown"
-        return outcome, str(err)
+        return ("evidence-changed" if isinstance(err, EvidenceChanged) else "unknown"), str(err)
     return ("passed" if gate.passed else "failed"), "; ".join(gate.reasons)
 
 

@@ -208,7 +208,7 @@ def _runs_by_seq(tracking: Tracking) -> dict[int, str]:
 
 
 def test_anchor_catches_truncation_erasure_and_an_outside_append(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loaded: list[str]
 ) -> None:
     monkeypatch.setenv("MEDML_AUDIT_ANCHOR", str(_anchor_folder(tmp_path)))
     tracking = Tracking.from_env()
@@ -231,6 +231,7 @@ def test_anchor_catches_truncation_erasure_and_an_outside_append(
                         " but not in the trail (the newest were removed, or the trail was "
                         "erased)"]  # fmt: skip
     assert _verify(tracking).exit_code == 6
+    assert _predict(tracking, tmp_path).exit_code == 5 and not loaded  # refused at use time
 
     # erasure: every event hidden, the head removed
     for run in runs.values():
@@ -240,6 +241,36 @@ def test_anchor_catches_truncation_erasure_and_an_outside_append(
     assert "events #1, #2, #3, #4, #5, #6 are anchored" in " ".join(
         audit.verify(tracking, NAME).problems
     )
+    erased = _verify(tracking)
+    assert erased.exit_code == 6 and "are anchored" in erased.output, erased.output
+    assert _predict(tracking, tmp_path).exit_code == 5 and not loaded
+
+
+def test_champion_evidence_replaced_after_promotion_is_caught_by_verify_and_predict(
+    tmp_path: Path, loaded: list[str]
+) -> None:
+    """A passing ``metrics.json`` logged onto the champion's finished run after it was promoted
+    (plain MLflow write access): ``audit verify`` exits 6 and ``predict`` refuses (exit 5),
+    both naming the artifact; ``--allow-unreviewed`` proceeds with a warning."""
+    import mlflow
+
+    from tests.integration.test_governance import _metrics
+
+    tracking = Tracking.from_env()
+    _versions(tracking, 1)
+    promote(tracking, NAME, "1", reviewer="alice", reason="first")
+    assert _verify(tracking).exit_code == 0
+    run_id = tracking.activate().get_model_version(NAME, "1").run_id
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_dict(_metrics(0.99).to_dict(), "evaluation/metrics.json")
+    verified = _verify(tracking)
+    assert verified.exit_code == 6, verified.output
+    assert "evaluation/metrics.json" in verified.output and "no longer there" in verified.output
+    refused = _predict(tracking, tmp_path)
+    assert refused.exit_code == 5 and "evaluation/metrics.json" in refused.output, refused.output
+    assert not loaded
+    allowed = _predict(tracking, tmp_path, "--allow-unreviewed")
+    assert allowed.exit_code == 0 and "evaluation/metrics.json" in allowed.output
 
 
 def test_anchor_catches_an_append_outside_medml(
