@@ -44,18 +44,24 @@ def medml_predict() -> None:
                 run_id: str | None = None) -> dict:  # fmt: skip
         from pathlib import Path
 
+        from airflow.sdk.exceptions import AirflowFailException
+
         from medml.io import medml_home, safe_name
         from medml.predict import predict as predict_batch
+        from medml.promotion import UnreviewedChampion
         from medml.tracking import Tracking, models_uri
 
         out = Path(params["out"] or medml_home() / "predictions" / ds / f"{safe_name(run_id)}.csv")
         out.parent.mkdir(parents=True, exist_ok=True)
         model = params["model"]
-        result = predict_batch(
-            models_uri(model),
-            Path(params["source"].format(ds=ds)), out, tracking=Tracking.from_env(),
-            allow_unreviewed=bool(params.get("allow_unreviewed", False)),
-        )  # fmt: skip
+        try:
+            result = predict_batch(
+                models_uri(model),
+                Path(params["source"].format(ds=ds)), out, tracking=Tracking.from_env(),
+                allow_unreviewed=bool(params.get("allow_unreviewed", False)),
+            )  # fmt: skip
+        except UnreviewedChampion as refused:  # a decision, not a glitch: fail, do not retry
+            raise AirflowFailException(str(refused)) from None
         if result.warning:
             print(f"WARNING: {result.warning}")
         return {"out": str(result.out), "images": result.images, "failed": result.failed,

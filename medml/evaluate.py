@@ -681,10 +681,12 @@ def write_evaluation(
     written = [metrics.write(files.metrics), oof_metrics.write(files.oof_metrics),
                write_json(files.calibration, extras["calibration"]),
                write_json(files.scores, headline_scores(metrics))]  # fmt: skip
-    if extras["operating_point"] is not None:
-        written.append(write_json(files.operating_point, extras["operating_point"]))
-    if extras.get("baseline") is not None:
-        written.append(write_json(files.baseline, extras["baseline"]))
+    for path, content in ((files.operating_point, extras["operating_point"]),
+                          (files.baseline, extras.get("baseline"))):  # fmt: skip
+        if content is not None:
+            written.append(write_json(path, content))
+        else:  # an earlier evaluation's file must not pass for this one's (register logs it)
+            path.unlink(missing_ok=True)
     return written
 
 

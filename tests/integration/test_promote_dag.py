@@ -129,3 +129,20 @@ def test_approved_promotion_and_batch_prediction(phantom_dir: Path, tmp_path: Pa
                                       "out": str(predictions)})  # fmt: skip
     table = pd.read_csv(predictions)
     assert len(table) == len(list((phantom_dir / "Tumor").glob("*.jpg")))
+
+    # Someone with plain MLflow write access points champion at a version no one reviewed:
+    # the predict DAG refuses it and writes nothing.
+    unreviewed = client.create_model_version(NAME, champion.source, champion.run_id)
+    client.set_registered_model_alias(NAME, "champion", unreviewed.version)
+    refused_out = tmp_path / "refused.csv"
+    conf = {"model": f"{NAME}@champion", "source": str(phantom_dir / "Tumor"),
+            "out": str(refused_out)}  # fmt: skip
+    result = subprocess.run(
+        ["airflow", "dags", "test", "medml_predict", "2026-01-06", "-c", json.dumps(conf)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    finished = [line for line in result.stdout.splitlines() if "DagRun Finished" in line]
+    assert finished and "state=failed" in finished[-1], result.stdout[-4000:]
+    said = result.stdout + result.stderr
+    assert f"points at v{unreviewed.version}" in said and "made v1 champion" in said, said[-4000:]
+    assert not refused_out.exists()

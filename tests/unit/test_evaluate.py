@@ -116,3 +116,24 @@ def test_fold_models_score_every_batch_size_without_retracing_warnings() -> None
         logger.removeHandler(handler)
     assert not [r for r in records if "retracing" in r.getMessage()]
     assert not logger.filters  # the filter is gone after the block
+
+
+def test_an_evaluation_without_an_operating_point_or_baseline_removes_the_old_ones(
+    tmp_path: Path,
+) -> None:
+    """Evaluated again where there is no operating point (a recipe no longer binary) or no
+    baseline (one training class): the earlier run's files go, so register cannot log them as
+    this evaluation's."""
+    from medml.evaluate import write_evaluation
+    from medml.layout import EvaluationFiles
+    from tests.integration.test_governance import _metrics
+
+    metrics = _metrics(0.8)
+    files = EvaluationFiles(tmp_path)
+    extras = {"calibration": {}, "operating_point": {"threshold": 0.3}, "baseline": {"x": 1}}
+    write_evaluation(files, metrics, metrics, extras)
+    assert files.operating_point.is_file() and files.baseline.is_file()
+    written = write_evaluation(files, metrics, metrics, {**extras, "operating_point": None,
+                                                         "baseline": None})  # fmt: skip
+    assert not files.operating_point.exists() and not files.baseline.exists()
+    assert files.metrics in written
