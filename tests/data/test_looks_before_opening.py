@@ -242,8 +242,11 @@ def test_csv_paths_with_dots_links_or_nothing_get_their_own_reason(tmp_path: Pat
     ]
 
     (root / "Training_set.csv").write_text("filename,label\n")  # the header alone
-    with pytest.raises(IngestError, match=r"Training_set.csv has no rows \(only its header\)"):
+    with pytest.raises(
+        IngestError, match=r"Training_set.csv has no rows \(only its header\)"
+    ) as err:
         ingest(root, tmp_path / "m.parquet", CAPSULE)
+    assert "folder" not in str(err.value).lower()  # no class-folder hint for a CSV layout
 
 
 def test_images_the_csv_does_not_list_are_counted(tmp_path: Path) -> None:

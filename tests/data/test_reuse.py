@@ -129,6 +129,16 @@ def test_validation_reuses_verdicts_by_content_and_never_a_failure(
     run("c", load_recipe("kidney-ct", overrides=[*own_groups, "image.size=48"]))
     assert len(decodes) == 41
 
+    # The decode verdicts edited in place (a kept row altered, the table still valid parquet):
+    # its checksum no longer matches, so nothing kept is trusted and every image is decoded
+    for table in (Path(os.environ["MEDML_HOME"]) / "cache" / "decode").glob("*.parquet"):
+        kept = pd.read_parquet(table)
+        kept.loc[0, "sha256"] = "0" * 64
+        kept.to_parquet(table, index=False)
+    decodes.clear()
+    pd.testing.assert_frame_equal(first, run("d", recipe))
+    assert len(decodes) == 41
+
 
 def test_an_unreadable_cache_is_no_cache(
     tmp_path: Path, tiny_recipe: Recipe, settled: None

@@ -135,7 +135,7 @@ def test_backfill_three_dates_then_reprocess(airflow_stack, tmp_path: Path) -> N
 
     # A data engineer re-processes the first date (one date shows it; each run is ~1 min here)
     started = time.time()
-    again = ["--dag-id", "medml_retrain", "--from-date", DATES[0], "--to-date", DATES[0],
+    again = ["--dag-id", "medml_retrain", "--from-date", DATES[0], "--to-date", "2026-01-06",
              "--dag-run-conf", conf, "--reprocess-behavior", "completed"]  # fmt: skip
     _airflow(env, "backfill", "create", *again)
     deadline = time.monotonic() + 900

@@ -430,3 +430,24 @@ def test_odd_model_names_and_version_spellings_are_one_line() -> None:
                                       tracking.uri])  # fmt: skip
     assert result.exit_code in (3, 5, 6) and "quote" in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_the_local_admin_cli_reviewer_is_the_os_account_not_user_or_logname(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``USER="Dr. Chief Radiologist" medml promote …`` on an unauthenticated store (local-admin
+    mode): the recorded reviewer is the process's OS account, with its identity source."""
+    import os
+    import pwd
+
+    tracking = Tracking.from_env()
+    _versions(tracking, 1, registrar="trainer")
+    monkeypatch.setenv("USER", "Dr. Chief Radiologist")
+    monkeypatch.setenv("LOGNAME", "Dr. Chief Radiologist")
+    result = CliRunner().invoke(app, ["promote", NAME, "--version", "1", "--reason", "reviewed",
+                                      "--tracking-uri", tracking.uri])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    account = pwd.getpwuid(os.getuid()).pw_name
+    promotion = audit.events(tracking, NAME)[-1]
+    assert (promotion["reviewer"], promotion["identity"]) == (account, LOCAL_ADMIN)
+    assert "Dr. Chief" not in json.dumps(audit.events(tracking, NAME))
