@@ -128,7 +128,8 @@ _OS_FAULTS = {
 def operational_fault(err: BaseException) -> OperationalFault | None:
     """``err`` as an :class:`OperationalFault` when it is a fault of the machine or a service
     rather than a bug (``None`` otherwise): an ``OSError`` of a full disk, a permission or an
-    I/O error, or a lost S3 connection (botocore's connection and read-timeout errors)."""
+    I/O error, or a lost S3 connection (botocore's connection and read-timeout errors, and
+    s3transfer's retries exhausted mid-download)."""
     if isinstance(err, OSError) and err.errno in _OS_FAULTS:
         where = f" at {err.filename}" if err.filename else ""
         return OperationalFault(f"{_OS_FAULTS[err.errno]}{where} ({err.strerror}); free space "
@@ -141,8 +142,10 @@ def operational_fault(err: BaseException) -> OperationalFault | None:
         "ConnectTimeoutError",
         "IncompleteReadError",
         "ResponseStreamingError",
+        "RetriesExceededError",  # s3transfer: a download lost its connection on every retry
     }:
-        return OperationalFault(f"lost the connection to S3 ({type(err).__name__}: {err}); "
+        cause = getattr(err, "last_exception", None) or err
+        return OperationalFault(f"lost the connection to S3 ({type(cause).__name__}: {cause}); "
                                 "check the endpoint and the network, then run the step "
                                 "again")  # fmt: skip
     return None

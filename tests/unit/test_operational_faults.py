@@ -173,3 +173,75 @@ def test_a_tracking_uri_that_answers_but_not_in_http_is_unavailable_without_its_
     finally:
         server.close()
     assert "s3cret" not in str(err.value) and "after 2 attempts" in str(err.value)
+
+
+class _DropsMidDownload(http.server.BaseHTTPRequestHandler):
+    """An S3 endpoint that lists three objects and then loses the connection in the middle of
+    every download (a header promising 4 KiB, 100 bytes, a closed socket)."""
+
+    protocol_version = "HTTP/1.1"
+    keys = ("kidney-ct/2026-01-05/Normal/a.jpg", "kidney-ct/2026-01-05/Cyst/b.jpg",
+            "kidney-ct/2026-01-05/Stone/c.jpg")  # fmt: skip
+    size = 4096
+
+    def _object_headers(self) -> None:
+        self.send_header("Content-Length", str(self.size))
+        self.send_header("ETag", '"0123456789abcdef0123456789abcdef"')
+        self.send_header("Last-Modified", "Mon, 05 Jan 2026 03:00:00 GMT")
+        self.send_header("Content-Type", "image/jpeg")
+
+    def do_HEAD(self) -> None:
+        self.send_response(200)
+        self._object_headers()
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        if "list-type=2" in self.path:
+            contents = "".join(
+                f"<Contents><Key>{key}</Key><Size>{self.size}</Size><LastModified>"
+                "2026-01-05T03:00:00.000Z</LastModified><ETag>&quot;0123456789abcdef0123456789"
+                "abcdef&quot;</ETag><StorageClass>STANDARD</StorageClass></Contents>"
+                for key in self.keys
+            )
+            body = ('<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.'
+                    'amazonaws.com/doc/2006-03-01/"><Name>medml-data</Name><Prefix>kidney-ct/'
+                    f"2026-01-05/</Prefix><KeyCount>{len(self.keys)}</KeyCount><MaxKeys>1000"
+                    f"</MaxKeys><IsTruncated>false</IsTruncated>{contents}"
+                    "</ListBucketResult>").encode()  # fmt: skip
+            self.send_response(200)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.send_response(200)
+        self._object_headers()
+        self.end_headers()
+        self.wfile.write(b"\xff\xd8" + b"x" * 98)
+        self.wfile.flush()
+        self.close_connection = True
+        self.connection.shutdown(2)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_s3_lost_in_the_middle_of_a_download_is_one_line_without_secrets(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DropsMidDownload)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoint = f"http://medml:pa55w0rd@127.0.0.1:{server.server_port}"
+        monkeypatch.setenv("MEDML_S3_ENDPOINT_URL", endpoint)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-key-value")
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        run_dir = tmp_path / "run"
+        result = runner.invoke(app, ["run", "--source", "s3://medml-data/kidney-ct/2026-01-05/",
+                                     "--recipe", "kidney-ct", "--run-dir", str(run_dir)])  # fmt: skip
+    finally:
+        server.shutdown()
+    line = _one_line(result, "S3")
+    assert "pa55w0rd" not in result.output and "secret-key-value" not in result.output, line
+    assert not list(run_dir.glob("manifest.parquet")), "nothing half-downloaded is published"
