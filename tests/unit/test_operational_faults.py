@@ -238,8 +238,9 @@ def test_s3_lost_in_the_middle_of_a_download_is_one_line_without_secrets(
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-key-value")
         monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
         run_dir = tmp_path / "run"
-        result = runner.invoke(app, ["run", "--source", "s3://medml-data/kidney-ct/2026-01-05/",
-                                     "--recipe", "kidney-ct", "--run-dir", str(run_dir)])  # fmt: skip
+        source = "s3://medml-data/kidney-ct/2026-01-05/"
+        result = runner.invoke(app, ["run", "--source", source, "--recipe", "kidney-ct",
+                                     "--run-dir", str(run_dir)])  # fmt: skip
     finally:
         server.shutdown()
     line = _one_line(result, "S3")
