@@ -45,6 +45,29 @@ def test_a_fault_while_a_step_writes_is_one_line_and_publishes_nothing(
     assert not ctx.layout.manifest.exists() and not ctx.layout.step_record("ingest").exists()
 
 
+def test_a_full_disk_in_any_data_step_is_one_line_and_the_next_step_refuses(
+    monkeypatch: pytest.MonkeyPatch, phantom_dir: Path, tmp_path: Path
+) -> None:
+    """Each step after ingest, run with every publishing rename failing for a full disk: one
+    line naming the disk, no step record, and the next step refuses to start."""
+    ctx = runs.init_run(tmp_path / "run", phantom_dir, "kidney-ct", overrides=TINY)
+    run_dir = str(ctx.layout.root)
+    replace = os.replace
+    assert runner.invoke(app, ["ingest", "--run-dir", run_dir]).exit_code == 0
+    for step, after in (("validate", "split"), ("split", "preprocess"), ("preprocess", "train")):
+
+        def full(src: object, dst: object) -> None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+
+        monkeypatch.setattr(os, "replace", full)
+        _one_line(runner.invoke(app, [step, "--run-dir", run_dir]), "the disk is full at")
+        assert not ctx.layout.step_record(step).exists(), step
+        monkeypatch.setattr(os, "replace", replace)
+        refused = runner.invoke(app, [after, "--run-dir", run_dir])
+        assert refused.exit_code == 3 and f"`{step}`" in refused.output, refused.output
+        assert runner.invoke(app, [step, "--run-dir", run_dir]).exit_code == 0  # space freed
+
+
 def test_a_lost_s3_endpoint_is_one_line_without_its_password(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
