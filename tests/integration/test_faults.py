@@ -206,16 +206,18 @@ def test_a_run_killed_in_register_resumes_into_one_version_and_reruns_as_a_no_op
     name = "kidney-ct-classifier"
     resumed = _medml(*args, env=env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    for step in ("ingest", "validate", "split", "preprocess", "train fold 0", "evaluate"):
+    for step in ("ingest", "validate", "split", "preprocess", "train fold 0", "train fold 1",
+                 "evaluate"):  # fmt: skip
         assert f"[{step}] finished earlier in this run; kept" in resumed.stdout, step
     [version] = client.search_model_versions(f"name='{name}'")
     assert version.tags["medml.complete"] == "true" and str(version.version) == "1"
+    assert client.get_registered_model(name).aliases == {"challenger": "1"}  # set by the resume
 
-    client.set_registered_model_alias(name, "challenger", "1")
     again = _medml(*args, env=env)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "v1 alias=challenger (registered by this run before; nothing changed)" in again.stdout
     assert len(client.search_model_versions(f"name='{name}'")) == 1
+    assert client.get_registered_model(name).aliases == {"challenger": "1"}  # left alone
 
     steps.train(run_dir, 0, tracking)  # the fold trained again: other fold models
     steps.evaluate(run_dir, tracking)

@@ -88,11 +88,18 @@ def test_approved_promotion_and_batch_prediction(phantom_dir: Path, tmp_path: Pa
     )
     pipeline.run_all(ctx, Tracking.from_env(home), echo=lambda _: None)
 
-    env = {**airflow_env(home), "PATH": venv_env()["PATH"],
-           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "alice:admin,bob:admin"}  # fmt: skip
+    # `airflow dags test` triggers as the user "dag_test": an Airflow user of that name is
+    # the requester, and approving their own request is refused (four-eyes)
+    env = {
+        **airflow_env(home),
+        "PATH": venv_env()["PATH"],
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "alice:admin,bob:admin,dag_test:admin",
+    }
     subprocess.run(["airflow", "db", "migrate"], env=env, check=True, capture_output=True)
     conf = {"model": NAME, "version": "1", "reason": "better Stone recall"}
     with api_server(env) as served:
+        own = _promote_approved_by(env, served, _token(served, "dag_test"), "2026-01-04", conf)
+        assert "state=failed" in [x for x in own.splitlines() if "DagRun Finished" in x][-1]
         bob = _token(served, "bob")
         output = _promote_approved_by(env, served, bob, "2026-01-05", conf)
         # The Models view answers an authenticated session only, like Airflow's own API.
@@ -109,14 +116,16 @@ def test_approved_promotion_and_batch_prediction(phantom_dir: Path, tmp_path: Pa
     assert "state=failed" in [x for x in refused_output.splitlines()
                               if "DagRun Finished" in x][-1], refused_output[-4000:]  # fmt: skip
     refusals = [e for e in audit.events(Tracking.from_env(home), NAME) if e["event"] == "refused"]
-    assert len(refusals) == 1 and "already the champion" in refusals[0]["reason"], refusals
+    assert len(refusals) == 2, refusals
+    assert "dag_test" in refusals[0]["reason"] and "four-eyes" in refusals[0]["reason"], refusals
+    assert "already the champion" in refusals[1]["reason"], refusals
     assert "state=success" in [x for x in output.splitlines() if "DagRun Finished" in x][-1], (
         output[-4000:]
     )
     client = Tracking.from_env(home).activate()
     champion = client.get_model_version_by_alias(NAME, "champion")
     assert str(champion.version) == "1"
-    registered, event, _refused = audit.events(Tracking.from_env(home), NAME)
+    registered, _own, event, _refused = audit.events(Tracking.from_env(home), NAME)
     assert registered["event"] == "register" and registered["identity"] == "local-admin"
     # the approver is the authenticated user who clicked; the requester, who triggered the run
     who = (event["reviewer"], event["identity"], event["requested_by"])
