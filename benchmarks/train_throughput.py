@@ -10,8 +10,14 @@ training images/s for
   the model casts and rescales on the device), with mixed precision and XLA when a GPU is
   visible (``medml.train.Accelerator``: ``auto`` settings),
 
-side by side, and the ratio. The first epoch of each (tracing, XLA compilation, cuDNN autotune)
-is not timed. Random pixels: throughput does not depend on content.
+side by side, and the ratio; and
+
+- (c) plain Keras: ``model.fit`` on the same uint8 NumPy arrays held in memory, with the same
+  model, batch size and settings as (b), in the same run: ``overhead`` is (b)/(c), what medml's
+  input pipeline costs against the simplest way to feed Keras (target >= 0.9).
+
+The first epoch of each (tracing, XLA compilation, cuDNN autotune) is not timed. Random
+pixels: throughput does not depend on content.
 
     .venv/bin/python benchmarks/train_throughput.py [--images 512] [--batch-size 32] [--epochs 2]
 """
@@ -34,14 +40,14 @@ def _seed_generator(x: np.ndarray, y: np.ndarray, batch: int) -> Iterator[tuple]
             yield x[start : start + batch].astype(np.float32), y[start : start + batch]
 
 
-def _images_per_second(model, data, steps: int, epochs: int, images: int) -> float:
+def _images_per_second(model, data, steps: int | None, epochs: int, images: int,
+                       **fit: object) -> float:  # fmt: skip
     from medml.train import throughput_logger
 
-    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)  # warm-up
+    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False, **fit)  # warm-up
     logger = throughput_logger(images)
-    history = model.fit(
-        data, steps_per_epoch=steps, epochs=epochs, verbose=0, callbacks=[logger], shuffle=False
-    )
+    history = model.fit(data, steps_per_epoch=steps, epochs=epochs, verbose=0,
+                        callbacks=[logger], shuffle=False, **fit)  # fmt: skip
     return float(np.median(history.history["images_per_second"]))
 
 
@@ -76,7 +82,13 @@ def measure(kind: str, size: int, images: int, batch: int, epochs: int) -> dict[
     data = make_dataset(x, y, batch_size=batch * accelerator.replicas, training=True).repeat()
     medml = _images_per_second(model, data, steps // accelerator.replicas, epochs, steps * batch)
     tf.keras.backend.clear_session()
-    return {"seed": seed, "medml": medml, "policy": accelerator.policy,
+    with accelerator.scope():
+        model = compiled(accelerator.jit_compile)
+    keep = steps * batch  # whole batches, as (b) trains on
+    plain = _images_per_second(model, x[:keep], None, epochs, keep, y=y[:keep],
+                               batch_size=batch * accelerator.replicas)  # fmt: skip
+    tf.keras.backend.clear_session()
+    return {"seed": seed, "medml": medml, "plain": plain, "policy": accelerator.policy,
             "jit": accelerator.jit_compile, "gpus": accelerator.gpus}  # fmt: skip
 
 
@@ -96,16 +108,22 @@ def main() -> None:
     print(f"devices: {', '.join(names) or f'CPU only ({os.cpu_count()} cores), no GPU'}")
     print(f"{args.images} images {args.size}x{args.size}x3, batch {args.batch_size}, "
           f"{args.epochs} timed epoch(s) after a warm-up")  # fmt: skip
-    print(f"{'model':<14}{'seed-style img/s':>18}{'medml img/s':>14}{'ratio':>8}  medml settings")
+    print(f"{'model':<14}{'seed-style img/s':>18}{'medml img/s':>14}{'ratio':>8}"
+          f"{'plain fit img/s':>17}{'overhead':>10}  medml settings")  # fmt: skip
     for kind in args.models.split(","):
         started = time.perf_counter()
         r = measure(kind, args.size, args.images, args.batch_size, args.epochs)
         print(
-            f"{kind:<14}{r['seed']:>18.1f}{r['medml']:>14.1f}{r['medml'] / r['seed']:>7.2f}x  "
+            f"{kind:<14}{r['seed']:>18.1f}{r['medml']:>14.1f}{r['medml'] / r['seed']:>7.2f}x"
+            f"{r['plain']:>17.1f}{r['medml'] / r['plain']:>9.2f}x  "
             f"{r['policy']}, XLA {'on' if r['jit'] else 'off'}, {r['gpus']} GPU(s)  "
             f"[{time.perf_counter() - started:.0f} s]",
             flush=True,
         )
+    print(
+        "overhead = medml's input pipeline / plain model.fit on in-memory NumPy arrays, same "
+        "model, batch and settings (target >= 0.9)"
+    )
 
 
 if __name__ == "__main__":

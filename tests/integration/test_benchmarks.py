@@ -101,7 +101,7 @@ RUNS: dict[str, list[tuple[list[str], str]]] = {
                 "--models",
                 "small_cnn",
             ],  # fmt: skip
-            r"small_cnn +\d+\.\d+ +\d+\.\d+ +\d+\.\d+x",
+            r"small_cnn +\d+\.\d+ +\d+\.\d+ +\d+\.\d+x +\d+\.\d+ +\d+\.\d+x",
         )
     ],
 }
