@@ -212,8 +212,9 @@ def _pin_for_dvc(
     wanted = _guard(load_recipe, recipe, params_file=params, overrides=set_ or [])
     existing = RunLayout(Path(run_dir)).run_json
     pinned = _guard(runs.load_context, run_dir) if existing.is_file() else None
-    # Same settings: the same run (its MLflow run and version); other settings: a new run.
-    same = pinned is not None and pinned.recipe == wanted
+    # Same settings and source: the same run (its MLflow run and version); else a new run.
+    same = (pinned is not None and pinned.recipe == wanted
+            and pinned.source == _guard(runs.source_ref, source))  # fmt: skip
     key = pinned.run_key if same else runs.make_run_key("dvc")
     _guard(
         runs.init_run,

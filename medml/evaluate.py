@@ -23,10 +23,8 @@ expected calibration error.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -433,14 +431,15 @@ def predict_proba(
     """Softmax outputs of each model, shape ``(n_models, n, k)``."""
     import keras
 
-    return np.stack(
-        [
+    from medml.models import one_trace_per_model_is_expected
+
+    with one_trace_per_model_is_expected():
+        return np.stack([
             keras.models.load_model(path, compile=False).predict(
                 images, batch_size=batch_size, verbose=0
             )
             for path in model_paths
-        ]
-    )
+        ])  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -471,7 +470,9 @@ def fold_predictions(
     holdout = ShardRows(shards_dir, index[index["split"] == TEST])
     train = index[index["split"] != TEST]
     parts, oof, per_model = [], [], []
-    with _one_trace_per_model_is_expected():
+    from medml.models import one_trace_per_model_is_expected
+
+    with one_trace_per_model_is_expected():
         for fold, path in enumerate(model_paths):
             model = keras.models.load_model(path, compile=False)
             per_model.append(_predict_rows(model, holdout))
@@ -505,24 +506,6 @@ def _predict_rows(model: Any, rows: Any, batch_size: int = 256) -> np.ndarray:
         out += [np.asarray(predict(images[k : k + batch_size]))
                 for k in range(0, len(images), batch_size)]  # fmt: skip
     return np.concatenate(out) if out else np.empty((0, int(model.output_shape[-1])), np.float32)
-
-
-def _not_a_retracing_warning(record: logging.LogRecord) -> bool:
-    return "triggered tf.function retracing" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def _one_trace_per_model_is_expected() -> Iterator[None]:
-    """Drops TensorFlow's "N out of the last M calls … triggered tf.function retracing"
-    warning within the block. TF counts traces per Python code object, so K fold models, each
-    traced once by :func:`_predict_rows` by design, look to it like one function retraced K
-    times, and the advice it prints (shapes, loops) does not apply."""
-    logger = logging.getLogger("tensorflow")
-    logger.addFilter(_not_a_retracing_warning)
-    try:
-        yield
-    finally:
-        logger.removeFilter(_not_a_retracing_warning)
 
 
 def evaluate(
@@ -589,8 +572,54 @@ def evaluate(
                           classes)  # fmt: skip
     if tracking is not None and parent_run_id is not None:
         artifacts = [files.root / p.name for p in [*written, *plots]]
+        keep_registered_evidence(tracking, parent_run_id, files)
         log_evaluation(tracking, parent_run_id, metrics, oof_metrics, temperature, artifacts)
     return EvaluationResult(files.metrics, metrics)
+
+
+_GATE_EVIDENCE = (ARTIFACTS.metrics, ARTIFACTS.baseline, ARTIFACTS.operating_point)
+"""What evaluation logs that a registered version's gate was judged on (and its registration
+pinned, :data:`medml.promotion.EVIDENCE`)."""
+
+
+def keep_registered_evidence(tracking: Tracking, run_id: str, files: EvaluationFiles) -> None:
+    """Refuse to overwrite the evidence of a version registered from pipeline run ``run_id``
+    with a different evaluation (other data or other fold models under the same run: a DVC run
+    directory re-run on refreshed data, folds trained again after registration). An identical
+    evaluation (a step re-run on the same inputs) passes.
+
+    Raises:
+        RunError: a version was registered from this run and this evaluation's evidence
+            differs from what it holds.
+    """
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    client = tracking.activate()
+    versions = client.search_model_versions(f"run_id = '{run_id}'")
+    if not versions:
+        return
+    local = {artifact: files.root / Path(artifact).name for artifact in _GATE_EVIDENCE}
+    changed = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for artifact, path in local.items():
+            try:
+                logged = Path(client.download_artifacts(run_id, artifact, tmp)).read_bytes()
+            except (MlflowException, OSError):  # absent (or unreadable): nothing to keep equal
+                logged = None
+            mine = path.read_bytes() if path.is_file() else None
+            if logged != mine:
+                changed.append(artifact)
+    if changed:
+        version = versions[0]
+        raise RunError(
+            f"pipeline run {run_id} already registered {version.name} v{version.version}, and "
+            f"this evaluation's {', '.join(changed)} differ from the evidence it was registered "
+            "on (other data or other fold models in the same run); a registered version's "
+            "evidence is never overwritten: start a new run (a new --run-dir; for DVC, a new "
+            "source or params, or `medml init --run-dir R --run-key dvc/<new>`)"
+        )
 
 
 def calibration_report(

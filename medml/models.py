@@ -7,7 +7,9 @@ with the recipe's :class:`~medml.config.TrainConfig`. Keras is imported only ins
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -236,6 +238,24 @@ def local_weights(weights: str | Path | None) -> str | None:
             "docs/recipes.md) and copy it there, or set train.weights: null"
         )
     return str(found)
+
+
+def _not_a_retracing_warning(record: logging.LogRecord) -> bool:
+    return "triggered tf.function retracing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def one_trace_per_model_is_expected() -> Iterator[None]:
+    """Drops TensorFlow's "N out of the last M calls … triggered tf.function retracing"
+    warning within the block. TF counts traces per Python code object, so K fold models, each
+    traced once when it trains or predicts, look to it like one function retraced K times,
+    and the advice it prints (shapes, loops) does not apply."""
+    logger = logging.getLogger("tensorflow")
+    logger.addFilter(_not_a_retracing_warning)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_not_a_retracing_warning)
 
 
 def build_model(

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from medml.config import GateConfig, parse_overrides
-from medml.errors import RefusedError
+from medml.errors import OperationalFault, RefusedError
 from medml.identity import LOCAL_ADMIN, Identity
 from medml.io import read_json
 from medml.layout import ARTIFACTS
@@ -187,9 +187,18 @@ def evidence_digests(client: Any, run_id: str, folder: Path) -> dict[str, str]:
         into.mkdir(parents=True, exist_ok=True)
         try:
             path = Path(client.download_artifacts(run_id, artifact, str(into)))
-        except (MlflowException, OSError):
+        except FileNotFoundError:
             continue
-        digests[artifact] = hashlib.sha256(path.read_bytes()).hexdigest()
+        except (MlflowException, OSError) as err:
+            if getattr(err, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+                continue  # absent: what a run without that evidence has
+            raise OperationalFault(  # a store that did not answer is no evidence either way
+                f"could not read {artifact} of run {run_id} from the artifact store "
+                f"({type(err).__name__}: {err}); try again"
+            ) from None
+        # a folder in a file's place is evidence that is not the pinned file
+        digests[artifact] = (hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file()
+                             else f"not a file ({artifact} is a folder)")  # fmt: skip
     return digests
 
 
@@ -280,9 +289,6 @@ def recorded_gate(
     label = f"{model_version.name} v{model_version.version}"
     with tempfile.TemporaryDirectory() as tmp:
         digests = evidence_digests(client, run_id, Path(tmp))
-        if ARTIFACTS.metrics not in digests:
-            raise PromotionError(f"{label}: its run {run_id} has no {ARTIFACTS.metrics}; the "
-                                 "gate cannot be checked")  # fmt: skip
         pinned = registration.get("evidence", {}) if registration is not None else {}
         if registration is not None:
             # Judged against what registration pinned: an artifact it did not pin counts only
@@ -300,9 +306,12 @@ def recorded_gate(
                              if digests.get(a) != pinned.get(a))  # fmt: skip
             raise EvidenceChanged(
                 f"{label}: its gate evidence ({', '.join(changed)}) is not what registration "
-                f"pinned in audit event #{registration.get('seq')}: it was replaced after the "
-                "version was registered; investigate, and register a new run"
+                f"pinned in audit event #{registration.get('seq')}: it was replaced or removed "
+                "after the version was registered; investigate, and register a new run"
             )
+        if ARTIFACTS.metrics not in digests or not digests[ARTIFACTS.metrics].isalnum():
+            raise PromotionError(f"{label}: its run {run_id} has no {ARTIFACTS.metrics}; the "
+                                 "gate cannot be checked")  # fmt: skip
         metrics = HoldoutMetrics.read(Path(tmp) / ARTIFACTS.metrics)
         champion = (HoldoutMetrics.read(Path(tmp) / ARTIFACTS.champion_metrics)
                     if ARTIFACTS.champion_metrics in digests else None)  # fmt: skip

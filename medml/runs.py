@@ -129,7 +129,7 @@ def init_run(
     layout = RunLayout(Path(run_dir).resolve())
     context = {
         "recipe": resolved.model_dump(mode="json"),
-        "source": _source_ref(source),
+        "source": source_ref(source),
         "run_key": run_key or make_run_key("cli"),
         "logical_date": logical_date or datetime.now(UTC).date().isoformat(),
     }
@@ -144,7 +144,12 @@ def init_run(
     return load_context(layout.root)
 
 
-def _source_ref(source: str | Path) -> str:
+def source_ref(source: str | Path) -> str:
+    """How run.json names ``source``: an ``s3://`` URI as given, a folder as its absolute path.
+
+    Raises:
+        RunError: the folder does not exist.
+    """
     if is_s3(source):
         parse_s3_uri(str(source))  # fail early on a malformed URI; listing happens in ingest
         return str(source)

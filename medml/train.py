@@ -406,17 +406,20 @@ def fit(
     val_data = make_dataset(
         data.x_val, data.y_val, batch_size=batch_size, training=False, one_hot=one_hot
     )
+    from medml.models import one_trace_per_model_is_expected
+
     started = time.perf_counter()
-    history = model.fit(
-        train_data,
-        validation_data=val_data,
-        epochs=cfg.epochs,
-        steps_per_epoch=steps if balanced else None,
-        class_weight=data.plan.class_weight,
-        callbacks=callbacks,
-        shuffle=False,  # the tf.data pipeline shuffles (seeded)
-        verbose=0,  # epoch_progress prints one line per epoch
-    )
+    with one_trace_per_model_is_expected():  # folds trained one after another in one process
+        history = model.fit(
+            train_data,
+            validation_data=val_data,
+            epochs=cfg.epochs,
+            steps_per_epoch=steps if balanced else None,
+            class_weight=data.plan.class_weight,
+            callbacks=callbacks,
+            shuffle=False,  # the tf.data pipeline shuffles (seeded)
+            verbose=0,  # epoch_progress prints one line per epoch
+        )
     return history.history, time.perf_counter() - started
 
 

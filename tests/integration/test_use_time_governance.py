@@ -273,6 +273,46 @@ def test_champion_evidence_replaced_after_promotion_is_caught_by_verify_and_pred
     assert allowed.exit_code == 0 and "evaluation/metrics.json" in allowed.output
 
 
+@pytest.mark.parametrize("damage", ["deleted", "a folder"])
+def test_champion_evidence_removed_is_caught_and_a_store_that_does_not_answer_is_no_verdict(
+    tmp_path: Path, loaded: list[str], monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    """The champion's metrics.json deleted from the artifact store, or a folder put in its
+    place: verify exits 6 and predict refuses (5). An artifact store that fails to answer is
+    neither a forgery nor a pass: one line, exit 3, to be retried."""
+    import shutil
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    tracking = Tracking.from_env()
+    _versions(tracking, 1)
+    promote(tracking, NAME, "1", reviewer="alice", reason="first")
+    client = tracking.activate()
+    run = client.get_run(client.get_model_version(NAME, "1").run_id)
+
+    def unavailable(self: object, run_id: str, path: str, dst_path: str | None = None) -> str:
+        raise MlflowException("API request failed with error code 503 != 200")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(MlflowClient, "download_artifacts", unavailable)
+        busy = _predict(tracking, tmp_path)
+        assert busy.exit_code == 3 and "could not read" in busy.output, busy.output
+        assert "try again" in busy.output and not loaded
+    metrics = Path(run.info.artifact_uri.removeprefix("file://")) / "evaluation" / "metrics.json"
+    assert metrics.is_file()
+    metrics.unlink()
+    if damage == "a folder":
+        (metrics / "x.json").parent.mkdir()
+        (metrics / "x.json").write_text("{}")
+    verified = _verify(tracking)
+    assert verified.exit_code == 6 and "evaluation/metrics.json" in verified.output, verified.output
+    refused = _predict(tracking, tmp_path)
+    assert refused.exit_code == 5 and "removed" in refused.output, refused.output
+    assert not loaded
+    shutil.rmtree(metrics, ignore_errors=True)
+
+
 def test_anchor_catches_an_append_outside_medml(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -95,8 +95,8 @@ def test_fold_models_score_every_batch_size_without_retracing_warnings() -> None
     printed."""
     import logging
 
-    from medml.evaluate import _one_trace_per_model_is_expected, _predict_rows
-    from medml.models import build_small_cnn
+    from medml.evaluate import _predict_rows
+    from medml.models import build_small_cnn, one_trace_per_model_is_expected
 
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
@@ -105,7 +105,7 @@ def test_fold_models_score_every_batch_size_without_retracing_warnings() -> None
     logger.addHandler(handler)
     images = np.random.default_rng(0).integers(0, 256, (70, 16, 16, 3), dtype=np.uint8)
     try:
-        with _one_trace_per_model_is_expected():
+        with one_trace_per_model_is_expected():
             for fold in range(5):
                 model = build_small_cnn((16, 16, 3), 3, name=f"fold_{fold}")
                 for rows in (images, images[:13]):
@@ -137,3 +137,39 @@ def test_an_evaluation_without_an_operating_point_or_baseline_removes_the_old_on
                                                          "baseline": None})  # fmt: skip
     assert not files.operating_point.exists() and not files.baseline.exists()
     assert files.metrics in written
+
+
+def test_a_registered_versions_evidence_is_never_overwritten_by_another_evaluation(
+    tmp_path: Path,
+) -> None:
+    """Evaluation logs onto its pipeline run; once a version was registered from that run, an
+    evaluation whose evidence differs (other data or fold models in the same run) is refused,
+    and the same evaluation again (a step re-run) passes."""
+    import mlflow
+    import pytest
+
+    from medml.errors import RunError
+    from medml.evaluate import keep_registered_evidence
+    from medml.layout import EvaluationFiles
+    from medml.tracking import Tracking
+
+    tracking = Tracking.from_env()
+    client = tracking.activate()
+    files = EvaluationFiles(tmp_path / "evaluation")
+    files.root.mkdir()
+    files.metrics.write_text('{"balanced_accuracy": 0.81}')
+    with mlflow.start_run() as run:
+        mlflow.log_artifact(str(files.metrics), artifact_path="evaluation")
+    run_id = run.info.run_id
+    keep_registered_evidence(tracking, run_id, files)  # nothing registered yet: free to log
+
+    client.create_registered_model("m")
+    client.create_model_version("m", f"runs:/{run_id}/model", run_id)
+    keep_registered_evidence(tracking, run_id, files)  # the same evidence: a re-run
+    files.metrics.write_text('{"balanced_accuracy": 0.93}')
+    with pytest.raises(RunError, match=r"already registered m v1.*metrics.json.*never overwritten"):
+        keep_registered_evidence(tracking, run_id, files)
+    files.metrics.write_text('{"balanced_accuracy": 0.81}')
+    files.baseline.write_text("{}")  # evidence the registered run does not hold
+    with pytest.raises(RunError, match="baseline.json"):
+        keep_registered_evidence(tracking, run_id, files)

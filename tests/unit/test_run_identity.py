@@ -80,3 +80,31 @@ def test_secrets_in_urls_are_redacted_in_errors() -> None:
 
     message = str(MedmlError("cannot list s3://b/: http://AKIA:top%2Fsecret@10.0.0.1:9000/b"))
     assert "top" not in message and "AKIA" not in message and "http://***@10.0.0.1" in message
+
+
+def test_the_dvc_run_directory_gets_a_new_run_for_another_source(
+    phantom_dir: Path, tmp_path: Path
+) -> None:
+    """DVC calls each step with --source/--recipe: the same source and settings keep the run
+    (its MLflow run and version); another source is a new run, so the registered version of
+    the first is never re-evaluated on the second's data."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from medml.cli import app
+
+    other = tmp_path / "other"
+    shutil.copytree(phantom_dir, other)
+    run_dir = tmp_path / "dvc-run"
+    sets = [f"--set={o}" for o in TINY]
+
+    def ingest(source: Path) -> str:
+        result = CliRunner().invoke(app, ["ingest", "--run-dir", str(run_dir), "--source",
+                                          str(source), "--recipe", "kidney-ct", *sets])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        return runs.load_context(run_dir).run_key
+
+    first = ingest(phantom_dir)
+    assert ingest(phantom_dir) == first  # the same source and settings: the same run
+    assert ingest(other) != first  # another source: a new run
