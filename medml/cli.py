@@ -508,17 +508,23 @@ def audit_verify_cmd(model: ModelName, tracking_uri: TrackingUri = None) -> None
     edited, deleted or reordered event, or a champion moved outside the reviewed path."""
     from medml.audit import verify
     from medml.errors import AuditBroken
-    from medml.promotion import champion_problem
+    from medml.promotion import UnreviewedChampion, champion_problem, verified_model
 
     def check() -> str:
         tracking = _existing_store(tracking_uri)
         report = verify(tracking, model)
         if not report.intact:  # a broken chain backs no champion: its breaks come first
             raise AuditBroken(f"{model}: the audit trail is broken: " + "; ".join(report.problems))
-        moved = champion_problem(tracking, model)[1]
+        champion, moved = champion_problem(tracking, model)
         if moved:
             raise AuditBroken(f"{model}: the champion is not backed by the audit trail: {moved}")
-        for warning in report.warnings:
+        warnings = list(report.warnings)
+        if champion is not None:
+            try:  # the served model's files, byte for byte the registered ones
+                verified_model(tracking, model, champion, warnings)
+            except UnreviewedChampion as err:
+                raise AuditBroken(str(err)) from None
+        for warning in warnings:
             typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
         return f"{model}: {report.events} audit events, hash chain intact"
 

@@ -141,7 +141,7 @@ def publish_dir(target: Path) -> Iterator[Path]:
         staging.mkdir(parents=True, exist_ok=True)
         yield staging
         listing = directory_listing(staging)
-        digest = _listing_digest(listing)
+        digest = listing_digest(listing)
         marker = {"files": listing, "digest": digest}
         (staging / COMPLETE_MARKER).write_text(json.dumps(marker, indent=1, sort_keys=True))
 
@@ -161,7 +161,7 @@ def require_complete(directory: Path, step: str, *, deep: bool = False) -> Path:
         raise RunError(f"{directory} is incomplete (no {COMPLETE_MARKER}: `{step}` was "
                        f"interrupted); run the `{step}` step again")  # fmt: skip
     recorded = json.loads(marker.read_text())
-    if _listing_digest(recorded["files"]) != recorded["digest"]:
+    if listing_digest(recorded["files"]) != recorded["digest"]:
         raise RunError(f"{marker} does not match its own digest; run the `{step}` step again")
     files = [p for p in directory.rglob("*") if p.is_file() and p.name not in _NOT_CONTENT]
     actual = {p.relative_to(directory).as_posix(): p.stat().st_size for p in files}
@@ -213,7 +213,8 @@ def corrupted_files(directory: Path) -> list[str]:
 _SETTLE_SECONDS = 2.0
 
 
-def _listing_digest(listing: dict[str, Any]) -> str:
+def listing_digest(listing: dict[str, Any]) -> str:
+    """One SHA-256 for a :func:`directory_listing`."""
     import hashlib
 
     return hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()

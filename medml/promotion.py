@@ -9,6 +9,7 @@ request. Every promotion, rollback and decision is appended to the audit trail
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -214,9 +215,10 @@ def record_registration(
 ) -> dict[str, Any]:  # fmt: skip
     """Append ``version``'s ``register`` event (once): who registered it, the SHA-256 of its
     gate evidence (so promotion can tell a replaced ``metrics.json`` from the one the gate
-    saw), the gate settings it was judged by and its outcome with the reasons (so neither a
-    param added to the finished run nor a champion score missing from the evidence can turn a
-    failed gate into a passed one).
+    saw) and of the served model's files (so use can tell a replaced threshold or fold model
+    from the registered ones), the gate settings it was judged by and its outcome with the
+    reasons (so neither a param added to the finished run nor a champion score missing from
+    the evidence can turn a failed gate into a passed one).
 
     Args:
         trail: the model's audit trail, locked (:func:`medml.audit.transaction`).
@@ -233,11 +235,16 @@ def record_registration(
     existing = registration_event(trail.events(), version)
     if existing is not None:
         return existing
+    from medml.serving import download_model, model_files_digest
+
     with tempfile.TemporaryDirectory() as tmp:
         evidence = evidence_digests(client, run_id, Path(tmp))
+        served = download_model(f"models:/{name}/{version}", Path(tmp) / "model")
+        model_digest = model_files_digest(served)
     return trail.append({
         "event": "register", "version": version, "run_id": run_id, "registrar": registrar.name,
-        "identity": registrar.source, "evidence": evidence, "at": _now(),
+        "identity": registrar.source, "evidence": evidence, "model_files": model_digest,
+        "at": _now(),
         "gate": "passed" if gate.passed else "failed", "gate_reasons": gate.reasons,
         "gate_settings": gate_settings.model_dump(mode="json"),
     })  # fmt: skip
@@ -259,11 +266,57 @@ def reviewed_model_uri(model_uri: str, tracking: Tracking, *,
     weakened: list[str] = []
     try:
         version = champion_backed_by_audit(tracking, name, weakened)
+        checked = verified_model(tracking, name, version, weakened)
     except UnreviewedChampion as err:
         if not allow_unreviewed:
             raise
         return model_uri, f"using an unreviewed champion (--allow-unreviewed): {err}"
-    return f"models:/{name}/{version}", "; ".join(weakened)
+    return checked, "; ".join(weakened)
+
+
+def verified_model(tracking: Tracking, name: str, version: str, warnings: list[str]) -> str:
+    """The URI to load ``name`` v``version`` from: a local copy whose files are byte for byte
+    what its registration event pinned (downloaded once, checked, and that copy loaded: the
+    model cannot change between the check and the load). A version registered before model
+    files were pinned loads from the registry, with a warning.
+
+    Raises:
+        UnreviewedChampion: the model's files are not the registered ones (a threshold, the
+            preprocessing or a fold model replaced with the plain MLflow client).
+    """
+    from medml.io import safe_name
+    from medml.serving import download_model, model_files_digest
+
+    registration = registration_event(audit_log(tracking, name), version) or {}
+    pinned = registration.get("model_files")
+    if not pinned:
+        warnings.append(f"{name} v{version} was registered before medml pinned the model's "
+                        "files: they are loaded unchecked")  # fmt: skip
+        return f"models:/{name}/{version}"
+    import shutil
+    import uuid
+
+    cache = Settings.from_env().home / "cache" / "checked-models"  # by content: never replaced
+    scratch = cache / f".{safe_name(name)}-v{version}-{uuid.uuid4().hex}"
+    staged = download_model(f"models:/{name}/{version}", scratch)
+    try:
+        if model_files_digest(staged) != pinned:
+            raise UnreviewedChampion(
+                f"{name}@{CHAMPION} (v{version}): the model's files are not the ones registered "
+                f"(audit event #{registration.get('seq')}): a file of the served model (its "
+                "preprocessing, threshold or a fold model) was replaced after registration; "
+                "investigate, and register and promote a new run"
+            )
+        checked = cache / pinned
+        if not checked.is_dir():
+            with contextlib.suppress(OSError):  # another process placed the same bytes first
+                staged.rename(checked)
+        if model_files_digest(checked) != pinned:
+            raise UnreviewedChampion(f"{checked}: the local copy of {name} v{version} was "
+                                     "altered; delete it and try again")  # fmt: skip
+        return str(checked)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
 
 
 def recorded_gate(

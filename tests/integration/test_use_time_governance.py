@@ -69,6 +69,15 @@ def _anchor_folder(tmp_path: Path) -> Path:
     return folder
 
 
+def _checked_copy(tracking: Tracking, version: str) -> str:
+    """Where a checked champion is loaded from: the local copy of its files, named by the
+    digest its registration pinned."""
+    from medml.promotion import audit_log, registration_event
+
+    pinned = registration_event(audit_log(tracking, NAME), version)["model_files"]
+    return str(Settings.from_env().home / "cache" / "checked-models" / pinned)
+
+
 def _verify(tracking: Tracking) -> Any:
     return CliRunner().invoke(app, ["audit", "verify", NAME, "--tracking-uri", tracking.uri])
 
@@ -80,7 +89,7 @@ def test_out_of_band_champion_is_refused_at_use_time(tmp_path: Path, loaded: lis
     assert champion_backed_by_audit(tracking, NAME) == "1"
     result = _predict(tracking, tmp_path)
     assert result.exit_code == 0, result.output
-    assert loaded == [f"models:/{NAME}/1"]  # the checked version, not the alias
+    assert loaded == [_checked_copy(tracking, "1")]  # the checked version, not the alias
 
     tracking.activate().set_registered_model_alias(NAME, "champion", "3")  # plain client
     result = _predict(tracking, tmp_path)
@@ -345,8 +354,9 @@ def test_serve_checks_the_champion_and_serves_the_checked_version(
     serve = ["serve", "--model", f"{NAME}@champion", "--tracking-uri", tracking.uri]
     result = CliRunner().invoke(app, serve)
     assert result.exit_code == 0, result.output
-    assert executed[0][1:] == ["models", "serve", "-m", f"models:/{NAME}/1", "--env-manager",
-                               "local", "-h", "127.0.0.1", "-p", "5001"]  # fmt: skip
+    checked = _checked_copy(tracking, "1")
+    assert executed[0][1:] == ["models", "serve", "-m", checked, "--env-manager", "local", "-h",
+                               "127.0.0.1", "-p", "5001"]  # fmt: skip
     tracking.activate().set_registered_model_alias(NAME, "champion", "2")  # plain client
     result = CliRunner().invoke(app, serve)
     assert result.exit_code == 5 and "points at v2" in result.output and len(executed) == 1
@@ -425,7 +435,7 @@ def test_the_pyfunc_loader_given_the_registry_checks_the_champion(
     monkeypatch.setattr(mlflow.pyfunc, "load_model", load_model)
     with pytest.raises(OSError):
         serving.load_classifier(f"models:/{NAME}@champion", tracking=tracking)
-    assert asked == [f"models:/{NAME}/1"]  # the checked version
+    assert asked == [_checked_copy(tracking, "1")]  # the checked version
     tracking.activate().set_registered_model_alias(NAME, "champion", "2")  # plain client
     with pytest.raises(UnreviewedChampion, match="points at v2"):
         serving.load_classifier(f"models:/{NAME}@champion", tracking=tracking)
@@ -433,3 +443,30 @@ def test_the_pyfunc_loader_given_the_registry_checks_the_champion(
     with pytest.warns(UserWarning, match="unreviewed champion"), pytest.raises(OSError):
         serving.load_classifier(f"models:/{NAME}@champion", tracking=tracking,
                                 allow_unreviewed=True)  # fmt: skip
+
+
+def test_a_champion_file_replaced_after_registration_is_refused_at_use_and_by_verify(
+    tmp_path: Path, loaded: list[str]
+) -> None:
+    """A file of the champion's served model overwritten with the plain MLflow client (a
+    decision threshold, the preprocessing, a fold model): ``predict`` refuses (exit 5) and
+    ``audit verify`` exits 6; the registered bytes, put back, are served again."""
+    import mlflow
+
+    tracking = Tracking.from_env()
+    _versions(tracking, 1)
+    promote(tracking, NAME, "1", reviewer="alice", reason="first")
+    assert _predict(tracking, tmp_path).exit_code == 0 and loaded == [_checked_copy(tracking, "1")]
+    run_id = tracking.activate().get_model_version(NAME, "1").run_id
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_text('{"threshold": 0.999}', "model/MLmodel")  # the model's own files
+    refused = _predict(tracking, tmp_path)
+    assert refused.exit_code == 5 and "model's files are not the ones registered" in (
+        refused.output
+    ), refused.output
+    assert len(loaded) == 1  # nothing loaded
+    verified = _verify(tracking)
+    assert verified.exit_code == 6 and "replaced after registration" in verified.output
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_text("stand-in", "model/MLmodel")  # the registered bytes again
+    assert _predict(tracking, tmp_path).exit_code == 0 and _verify(tracking).exit_code == 0
