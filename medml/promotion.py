@@ -235,8 +235,6 @@ def record_registration(
     existing = registration_event(trail.events(), version)
     if existing is not None:
         return existing
-    from medml.serving import download_model, model_files_digest
-
     with tempfile.TemporaryDirectory() as tmp:
         evidence = evidence_digests(client, run_id, Path(tmp))
         served = download_model(f"models:/{name}/{version}", Path(tmp) / "model")
@@ -274,6 +272,33 @@ def reviewed_model_uri(model_uri: str, tracking: Tracking, *,
     return checked, "; ".join(weakened)
 
 
+def model_files_digest(folder: Path) -> str:
+    """One SHA-256 of a downloaded model's files (each file's path, size and SHA-256)."""
+    from medml.io import directory_listing, listing_digest
+
+    return listing_digest(directory_listing(folder))
+
+
+def download_model(model_uri: str, into: Path) -> Path:
+    """Download the model at ``model_uri`` (``models:/NAME/VERSION``) into the new folder
+    ``into``, readable by every account that serves it, without compiled Python: a
+    ``__pycache__`` is derived, never part of what was registered, and a planted ``.pyc``
+    would run in place of the model's checked source (Python writes its own when it loads)."""
+    import shutil
+
+    import mlflow.artifacts
+
+    into.mkdir(parents=True)
+    mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(into))
+    for cache in sorted(into.rglob("__pycache__"), reverse=True):
+        shutil.rmtree(cache, ignore_errors=True)
+    into.chmod(0o755)
+    return into
+
+
+_SCRATCH_KEPT_SECONDS = 3600
+
+
 def verified_model(tracking: Tracking, name: str, version: str, warnings: list[str]) -> str:
     """The URI to load ``name`` v``version`` from: a local copy whose files are byte for byte
     what its registration event pinned (downloaded once, checked, and that copy loaded: the
@@ -284,8 +309,11 @@ def verified_model(tracking: Tracking, name: str, version: str, warnings: list[s
         UnreviewedChampion: the model's files are not the registered ones (a threshold, the
             preprocessing or a fold model replaced with the plain MLflow client).
     """
+    import shutil
+    import time
+    import uuid
+
     from medml.io import safe_name
-    from medml.serving import download_model, model_files_digest
 
     registration = registration_event(audit_log(tracking, name), version) or {}
     pinned = registration.get("model_files")
@@ -293,10 +321,11 @@ def verified_model(tracking: Tracking, name: str, version: str, warnings: list[s
         warnings.append(f"{name} v{version} was registered before medml pinned the model's "
                         "files: they are loaded unchecked")  # fmt: skip
         return f"models:/{name}/{version}"
-    import shutil
-    import uuid
-
-    cache = Settings.from_env().home / "cache" / "checked-models"  # by content: never replaced
+    cache = Settings.from_env().home / "cache" / "checked-models"  # one folder per content
+    cache.mkdir(parents=True, exist_ok=True)
+    for stale in cache.glob(".*"):  # scratch left by a killed check
+        if stale.stat().st_mtime < time.time() - _SCRATCH_KEPT_SECONDS:
+            shutil.rmtree(stale, ignore_errors=True)
     scratch = cache / f".{safe_name(name)}-v{version}-{uuid.uuid4().hex}"
     staged = download_model(f"models:/{name}/{version}", scratch)
     try:
@@ -308,12 +337,17 @@ def verified_model(tracking: Tracking, name: str, version: str, warnings: list[s
                 "investigate, and register and promote a new run"
             )
         checked = cache / pinned
+        for derived in sorted(checked.rglob("__pycache__"), reverse=True):
+            shutil.rmtree(derived, ignore_errors=True)  # compiled here, never trusted later
+        if checked.is_dir() and model_files_digest(checked) != pinned:
+            shutil.rmtree(checked, ignore_errors=True)  # altered on this machine: replaced
         if not checked.is_dir():
             with contextlib.suppress(OSError):  # another process placed the same bytes first
                 staged.rename(checked)
         if model_files_digest(checked) != pinned:
-            raise UnreviewedChampion(f"{checked}: the local copy of {name} v{version} was "
-                                     "altered; delete it and try again")  # fmt: skip
+            raise UnreviewedChampion(f"{checked}: the local copy of {name} v{version} keeps "
+                                     "changing under this check; investigate this "
+                                     "machine")  # fmt: skip
         return str(checked)
     finally:
         shutil.rmtree(staged, ignore_errors=True)

@@ -230,35 +230,6 @@ def log_classifier(
         )
 
 
-def model_files_digest(folder: Path) -> str:
-    """One SHA-256 of a downloaded model's files (each file's path, size and SHA-256), leaving
-    out ``__pycache__``: Python writes it next to the model's code when the model is loaded."""
-    from medml.io import directory_listing, listing_digest
-
-    listing = directory_listing(folder)
-    return listing_digest({rel: entry for rel, entry in listing.items()
-                           if "__pycache__" not in rel.split("/")})  # fmt: skip
-
-
-def download_model(model_uri: str, into: Path) -> Path:
-    """Download the model at ``model_uri`` (``models:/NAME/VERSION``) into a fresh folder
-    ``into`` (replaced whole); returns it."""
-    import shutil
-    import tempfile
-
-    import mlflow.artifacts
-
-    into.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{into.name}-", dir=into.parent))
-    try:
-        mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(staging))
-        shutil.rmtree(into, ignore_errors=True)
-        staging.rename(into)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return into
-
-
 def load_classifier(
     model_uri: str, *, tracking: Tracking | None = None, allow_unreviewed: bool = False
 ) -> MedmlClassifier:

@@ -470,3 +470,29 @@ def test_a_champion_file_replaced_after_registration_is_refused_at_use_and_by_ve
     with mlflow.start_run(run_id=run_id):
         mlflow.log_text("stand-in", "model/MLmodel")  # the registered bytes again
     assert _predict(tracking, tmp_path).exit_code == 0 and _verify(tracking).exit_code == 0
+
+
+def test_compiled_python_planted_in_the_model_never_reaches_the_checked_copy(
+    tmp_path: Path, loaded: list[str]
+) -> None:
+    """A ``.pyc`` added under the model's ``__pycache__`` in the registry (it would run in place
+    of the checked source) is stripped before the check and the load; a checked copy altered on
+    this machine is replaced by the verified download."""
+    import mlflow
+
+    tracking = Tracking.from_env()
+    _versions(tracking, 1)
+    promote(tracking, NAME, "1", reviewer="alice", reason="first")
+    run_id = tracking.activate().get_model_version(NAME, "1").run_id
+    planted = tmp_path / "__pycache__" / "__init__.cpython-311.pyc"
+    planted.parent.mkdir()
+    planted.write_bytes(b"\x00payload")
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_artifact(str(planted), "model/code/medml/__pycache__")
+    assert _predict(tracking, tmp_path).exit_code == 0
+    checked = Path(_checked_copy(tracking, "1"))
+    assert loaded == [str(checked)] and not list(checked.rglob("__pycache__"))
+    (checked / "MLmodel").write_text("altered here")
+    assert _predict(tracking, tmp_path).exit_code == 0  # replaced by the verified download
+    assert (checked / "MLmodel").read_text() == "stand-in"
+    assert _verify(tracking).exit_code == 0
