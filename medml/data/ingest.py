@@ -106,12 +106,12 @@ def ingest(
         IngestError: the source is missing, is not a directory, holds no images, has a CSV
             that cannot be parsed, or files missing from ``groups.csv``.
     """
-    root, layout, items, groups = _scan(source, recipe.data)
+    key = pseudonym_key if pseudonym_key is not None else _settings_pseudonym_key()
+    root, layout, items, groups = _scan(source, recipe.data, key)
     found = _facts_of(root, items, recipe.data.dicom_group_tags, workers=workers, reuse=reuse)
     wanted = [item for item in items if not item.ignored and not item.issue]  # the rest: unread
     _check_groups_cover(groups, wanted, recipe.data, root)
     recorded_root = _recorded_root(root, Path(manifest_path).resolve().parent)
-    key = pseudonym_key if pseudonym_key is not None else _settings_pseudonym_key()
     rows = [row for item, fact in zip(items, found, strict=True)
             for row in _rows(item, fact, recorded_root, groups, recipe.data, key)]  # fmt: skip
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
@@ -153,9 +153,11 @@ def _tables_read(root: Path, layout: str, data: DataConfig) -> dict[str, str]:
     return tables
 
 
-def _scan(source: Path, data: DataConfig) -> tuple[Path, str, list[Item], dict[str, str]]:
-    """The dataset root, its layout and files (:func:`~medml.data.layouts.discover`) and its
-    ``groups.csv`` groups (empty without one).
+def _scan(
+    source: Path, data: DataConfig, key: bytes
+) -> tuple[Path, str, list[Item], dict[str, tuple[str, str]]]:
+    """The dataset root, its layout and files (:func:`~medml.data.layouts.discover`) and the
+    group of each file that a table names (:func:`_read_groups`; empty without one).
 
     Raises:
         IngestError: the source is missing, is not a directory, has a CSV that cannot be
@@ -168,7 +170,7 @@ def _scan(source: Path, data: DataConfig) -> tuple[Path, str, list[Item], dict[s
         raise IngestError(f"source {source} is not a directory; point --source at the dataset root")
     try:
         layout, items = discover(root, data)
-        groups = _read_groups(root)
+        groups = _read_groups(root, layout, data, key)
     except LayoutError as err:
         raise IngestError(str(err)) from None
     if not any(not item.ignored for item in items):
@@ -294,25 +296,60 @@ def _key_file(path: Path) -> bytes:
     return path.read_text().strip().encode()
 
 
-def _read_groups(root: Path) -> dict[str, str]:
+def _read_groups(
+    root: Path, layout: str, data: DataConfig, key: bytes
+) -> dict[str, tuple[str, str]]:
+    """Each file's ``(group, where it came from)`` as a table names it: ``groups.csv``
+    (``path,group``), or, with ``data.csv_group_column``, that column of the CSV layout's file
+    (pseudonymised: a patient ID column is an identifier). Rows with an empty group are left
+    out (a file without a group: :func:`_check_groups_cover`).
+
+    Raises:
+        LayoutError: the table cannot be read, or both sources are given.
+        IngestError: ``data.csv_group_column`` on a dataset that is not in the CSV layout.
+    """
     sidecar = root / GROUPS_FILE
+    column = data.csv_group_column
+    if column is not None:
+        if layout != "csv":
+            raise IngestError(
+                f"data.csv_group_column={column!r} names a column of the CSV layout's file, but "
+                f"{root} is in the {layout} layout; remove it (give a {GROUPS_FILE} instead)"
+            )
+        if os.path.lexists(sidecar):
+            raise LayoutError(
+                f"{sidecar} and data.csv_group_column={column!r} both name the patient groups; "
+                f"keep one (remove {GROUPS_FILE}, or data.csv_group_column)"
+            )
+        path_column = data.csv_path_column
+        rows = read_table(root, root / data.csv_file, [path_column, column], hint=(
+            "data.csv_group_column names the column of each image's patient; set it to one of "
+            "the file's columns"
+        ))  # fmt: skip
+        image_dir = PurePosixPath(data.csv_image_dir)
+        source = f"{data.csv_file}:{column}"
+        return {(image_dir / row[path_column].strip()).as_posix():
+                (pseudonym(column, row[column].strip(), key), source)
+                for _, row in rows if row.get(column, "").strip()}  # fmt: skip
     if not os.path.lexists(sidecar):  # a link or a pipe is an error, not "no groups"
         return {}
     rows = read_table(
         root, sidecar, ["path", "group"], hint="it must have the columns 'path,group'"
     )
-    return {row["path"]: row["group"] for _, row in rows}
+    return {row["path"]: (row["group"], GROUPS_FILE) for _, row in rows}
 
 
 def _check_groups_cover(
-    groups: dict[str, str], items: list[Item], data: DataConfig, root: Path
+    groups: dict[str, tuple[str, str]], items: list[Item], data: DataConfig, root: Path
 ) -> None:
     if not groups or data.groups_missing == "own_group":
         return
     missing = [item.path for item in items if item.path not in groups]
     if missing:
+        where = (f"given a group in {root / data.csv_file} (column {data.csv_group_column!r})"
+                 if data.csv_group_column else f"in {root / GROUPS_FILE}")  # fmt: skip
         raise IngestError(
-            f"{len(missing)} of {len(items)} files are not in {root / GROUPS_FILE} "
+            f"{len(missing)} of {len(items)} files are not {where} "
             f"(e.g. {', '.join(missing[:3])}); add them with their patient group, or set "
             "data.groups_missing=own_group to give each its own group (counted in the "
             "validation report)"
@@ -323,7 +360,7 @@ def _rows(
     item: Item,
     fact: dict[str, object],
     root: str,
-    groups: dict[str, str],
+    groups: dict[str, tuple[str, str]],
     data: DataConfig,
     key: bytes,
 ) -> list[dict[str, object]]:
@@ -344,9 +381,11 @@ def chosen_frames(frames: int, policy: str) -> list[int]:
     return [frames // 2] if policy == "middle" else list(range(frames))
 
 
-def _group_of(path: str, header: object, groups: dict[str, str], key: bytes) -> tuple[str, str]:
+def _group_of(
+    path: str, header: object, groups: dict[str, tuple[str, str]], key: bytes
+) -> tuple[str, str]:
     if path in groups:
-        return groups[path], GROUPS_FILE
+        return groups[path]
     tagged = next(iter(header.tags.items()), None) if isinstance(header, ImageHeader) else None
     if tagged is not None:  # the first of data.dicom_group_tags the header has
         tag, value = tagged

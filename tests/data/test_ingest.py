@@ -89,3 +89,67 @@ def test_snapshot_hash_is_dvcs_own_and_only_what_ingest_accepted(
     again = ingest(source, tmp_path / "again.parquet", recipe_, reuse=False)
     assert again.dvc_md5 == clean.dvc_md5
     assert sum(again.ignored.values()) >= 3
+
+
+def _csv_dataset(root: Path, rows: list[tuple[str, str, str]]) -> Path:
+    """A CSV-layout dataset: ``labels.csv`` (filename, label, patient) over ``images/``."""
+    (root / "images").mkdir(parents=True)
+    lines = ["filename,label,patient"]
+    for i, (name, label, patient) in enumerate(rows):
+        cv2.imwrite(str(root / "images" / name), np.full((24, 24), 20 * i, np.uint8))
+        lines.append(f"{name},{label},{patient}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _csv_recipe(**data: object) -> Recipe:
+    return Recipe.model_validate({
+        "name": "csv-groups", "registry": {"model_name": "m"},
+        "data": {"layout": "csv", "classes": ["a", "b"], "csv_file": "labels.csv",
+                 "csv_image_dir": "images", "csv_group_column": "patient", **data},
+    })  # fmt: skip
+
+
+def test_a_csv_column_names_the_patient_groups_pseudonymised(tmp_path: Path) -> None:
+    root = _csv_dataset(tmp_path / "ds", [
+        ("1.png", "a", "MRN-0042"), ("2.png", "b", "MRN-0042"), ("3.png", "a", "MRN-7"),
+    ])  # fmt: skip
+    manifest = pd.read_parquet(
+        ingest(root, tmp_path / "m.parquet", _csv_recipe(), pseudonym_key=b"k").manifest
+    ).set_index("path")
+    groups = manifest["group"]
+    assert groups["images/1.png"] == groups["images/2.png"] != groups["images/3.png"]
+    assert not groups.str.contains("MRN").any()  # an identifier never reaches the manifest
+    assert set(manifest["group_source"]) == {"labels.csv:patient"}
+
+
+def test_a_csv_group_column_that_is_missing_or_empty_is_named(tmp_path: Path) -> None:
+    root = _csv_dataset(tmp_path / "ds", [("1.png", "a", "P1"), ("2.png", "b", "")])
+    with pytest.raises(
+        IngestError,
+        match=r"1 of 2 files are not given a group in .*labels\.csv "
+        r"\(column 'patient'\) \(e\.g\. images/2\.png\)",
+    ):
+        ingest(root, tmp_path / "m.parquet", _csv_recipe(), pseudonym_key=b"k")
+    kept = ingest(root, tmp_path / "m2.parquet", _csv_recipe(groups_missing="own_group"),
+                  pseudonym_key=b"k")  # fmt: skip
+    assert pd.read_parquet(kept.manifest).set_index("path")["group"]["images/2.png"] == (
+        "images/2.png"
+    )
+    with pytest.raises(IngestError, match=r"lacks column\(s\) \['ward'\].*csv_group_column"):
+        ingest(root, tmp_path / "m3.parquet", _csv_recipe(csv_group_column="ward"))
+
+
+def test_a_csv_group_column_and_a_groups_file_are_one_too_many(tmp_path: Path) -> None:
+    root = _csv_dataset(tmp_path / "ds", [("1.png", "a", "P1"), ("2.png", "b", "P2")])
+    (root / "groups.csv").write_text("path,group\nimages/1.png,X\nimages/2.png,Y\n")
+    with pytest.raises(IngestError, match="both name the patient groups"):
+        ingest(root, tmp_path / "m.parquet", _csv_recipe(), pseudonym_key=b"k")
+
+
+def test_a_csv_group_column_on_another_layout_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "ds" / "a").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "ds" / "a" / "1.png"), np.zeros((24, 24), np.uint8))
+    recipe = _csv_recipe(layout="class_folders")
+    with pytest.raises(IngestError, match="class_folders layout; remove it"):
+        ingest(tmp_path / "ds", tmp_path / "m.parquet", recipe, pseudonym_key=b"k")
