@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from medml import pipeline, runs, steps
-from medml.config import available_recipes
+from medml.config import RECIPES_DIR, recipe_dirs, recipe_files
 from medml.errors import MedmlError, operational_fault
 from medml.layout import RunLayout
 from medml.report import summary as run_summary
@@ -123,10 +123,35 @@ def _echo_result(result: dict[str, Any]) -> None:
 
 
 @app.command()
-def recipes() -> None:
-    """List the available recipes."""
-    for name in available_recipes():
-        typer.echo(name)
+def recipes(
+    keys: Annotated[
+        bool, typer.Option("--keys", help="Print every recipe key (type, default, meaning).")
+    ] = False,
+    write: Annotated[
+        Path | None,
+        typer.Option(help="With --keys: replace the reference between its markers in this file."),
+    ] = None,
+) -> None:
+    """List the recipes: the shipped ones, then those in $MEDML_HOME/recipes (with their path).
+
+    With --keys, the reference of every recipe key instead (as in docs/recipes.md).
+    """
+    if keys:
+        from medml.recipe_keys import reference_markdown, write_reference
+
+        if write is None:
+            typer.echo(reference_markdown(), nl=False)
+        else:
+            changed = _guard(write_reference, write)
+            typer.echo(f"{write}: {'updated' if changed else 'already up to date'}")
+        return
+    found = recipe_files()
+    for name, path in sorted(found.items()):
+        typer.echo(name if path.parent == RECIPES_DIR else f"{name}  ({path})")
+    for folder in recipe_dirs()[1:]:
+        for path in sorted(folder.glob("*.yaml")):
+            if found[path.stem] != path:
+                typer.secho(f"{path} is not used: {found[path.stem]} has its name", err=True)
 
 
 @app.command()

@@ -38,7 +38,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _layout_name(name: str) -> str:
+def layout_name(name: str) -> str:
+    """``auto`` or a registered layout's name (:data:`~medml.extensions.LAYOUTS`)."""
     return name if name == "auto" else LAYOUTS.check(name)
 
 
@@ -57,7 +58,7 @@ def refuse_download(weights: str | Path | None) -> None:
 
 
 # Names checked against their registry (medml.extensions): the registry is the only list.
-LayoutName = Annotated[str, AfterValidator(_layout_name)]
+LayoutName = Annotated[str, AfterValidator(layout_name)]
 ModelName = Annotated[str, AfterValidator(MODELS.check)]
 StrategyName = Annotated[str, AfterValidator(BALANCERS.check)]
 MetricName = Annotated[str, AfterValidator(METRICS.check)]
@@ -71,14 +72,40 @@ class DataConfig(_Strict):
     """What the dataset looks like."""
 
     layout: LayoutName = Field(default="auto", description="a registered layout, or auto")
-    classes: list[str] = Field(min_length=2)
-    extensions: list[str] = [".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"]
-    csv_file: str = "Training_set.csv"
-    csv_path_column: str = "filename"
-    csv_label_column: str = "label"
-    csv_image_dir: str = "train"
-    min_images_per_class: int = Field(default=10, ge=1)
-    max_quarantine_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
+    classes: list[str] = Field(
+        min_length=2, description="the class names, as the folders or the CSV's labels spell them"
+    )
+    extensions: list[str] = Field(
+        default=[".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"],
+        description="image file extensions read (.dcm always is in the dicom layout); other "
+        "files are ignored and counted",
+    )
+    csv_file: str = Field(
+        default="Training_set.csv", description="CSV layout: the manifest at the dataset root"
+    )
+    csv_path_column: str = Field(
+        default="filename", description="CSV layout: the column of each image's path"
+    )
+    csv_label_column: str = Field(
+        default="label", description="CSV layout: the column of each image's class"
+    )
+    csv_image_dir: str = Field(
+        default="train", description="CSV layout: the folder the paths are relative to"
+    )
+    csv_group_column: str | None = Field(
+        default=None,
+        description="CSV layout: the column naming each image's patient (or study), used as "
+        "its group instead of a groups.csv; stored pseudonymised",
+    )
+    min_images_per_class: int = Field(
+        default=10, ge=1, description="validation fails when a class has fewer usable images"
+    )
+    max_quarantine_fraction: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        description="validation fails when a larger share of the files is quarantined",
+    )
     min_image_side: int = Field(default=16, ge=1, description="smaller images are quarantined")
     max_image_side: int = Field(default=16384, ge=1, description="larger images are quarantined")
     multi_frame: Literal["all", "first", "middle"] = Field(
@@ -119,12 +146,21 @@ class DataConfig(_Strict):
             raise ValueError(f"class names must be unique, got {value}")
         return value
 
+    @model_validator(mode="after")
+    def _group_column_is_its_own(self) -> DataConfig:
+        if self.csv_group_column in (self.csv_path_column, self.csv_label_column):
+            raise ValueError(
+                f"csv_group_column={self.csv_group_column!r} is also the path or label column; "
+                "name the column of each image's patient"
+            )
+        return self
+
 
 class ImageConfig(_Strict):
     """How images are decoded and resized into shards."""
 
-    size: int = Field(default=64, ge=8, le=1024)
-    channels: Literal[1, 3] = 1
+    size: int = Field(default=64, ge=8, le=1024, description="side of the square model input")
+    channels: Literal[1, 3] = Field(default=1, description="1: grey; 3: RGB")
     aspect: Literal["resize", "letterbox"] = Field(
         default="resize", description="stretch to a square, or pad to keep the aspect ratio"
     )
@@ -136,7 +172,7 @@ class ImageConfig(_Strict):
         description="CT window(s) for DICOM: presets (abdomen, soft_tissue, lung, bone, brain, "
         "liver) or 'center/width' in HU; three windows become the three channels",
     )
-    shard_size: int = Field(default=1024, ge=16)
+    shard_size: int = Field(default=1024, ge=16, description="images per preprocessed shard")
     workers: int = Field(default=0, ge=0, description="decode threads; 0 = one per core")
 
     @field_validator("ct_windows")
@@ -170,7 +206,7 @@ class SplitConfig(_Strict):
     folds: int = Field(
         default=3, ge=1, le=20, description="fold models; 1 only with validation: dataset"
     )
-    seed: int = 42
+    seed: int = Field(default=42, description="seed of the holdout cut and the folds")
     validation: Literal["folds", "dataset"] = Field(
         default="folds",
         description="folds: k-fold cross-validation; dataset: the dataset's own val/ or "
@@ -213,11 +249,20 @@ class AugmentConfig(_Strict):
     zoom and brightness (±30% of the value range).
     """
 
-    rotation_degrees: float = Field(default=25.0, ge=0.0, le=180.0)
-    horizontal_flip: bool = True
-    translate: float = Field(default=0.1, ge=0.0, lt=1.0)
-    zoom: float = Field(default=0.2, ge=0.0, lt=1.0)
-    blur_sigma: float = Field(default=1.0, ge=0.0, le=10.0)
+    rotation_degrees: float = Field(
+        default=25.0, ge=0.0, le=180.0, description="rotate by up to ± this many degrees"
+    )
+    horizontal_flip: bool = Field(default=True, description="mirror left-right with p = ½")
+    translate: float = Field(
+        default=0.1, ge=0.0, lt=1.0, description="shift by up to ± this share of each side"
+    )
+    zoom: float = Field(default=0.2, ge=0.0, lt=1.0, description="zoom in or out by up to ± this")
+    blur_sigma: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=10.0,
+        description="3x3 Gaussian blur, σ drawn from [0, blur_sigma] for each batch",
+    )
     brightness: float = Field(
         default=0.3, ge=0.0, lt=1.0, description="add up to ± this share of the value range"
     )
@@ -253,17 +298,19 @@ class AugmentConfig(_Strict):
 class ReduceLROnPlateauConfig(_Strict):
     """Keras' ReduceLROnPlateau on ``val_loss``."""
 
-    factor: float = Field(default=0.1, gt=0.0, lt=1.0)
-    patience: int = Field(default=5, ge=1)
-    min_lr: float = Field(default=0.0, ge=0.0)
+    factor: float = Field(default=0.1, gt=0.0, lt=1.0, description="multiply the rate by this")
+    patience: int = Field(default=5, ge=1, description="epochs without a better val_loss first")
+    min_lr: float = Field(default=0.0, ge=0.0, description="the rate never goes below this")
 
 
 class ConvBlock(_Strict):
     """One convolution block of ``train.model: cnn``: Conv2D (ReLU), then pooling, then dropout."""
 
-    filters: int = Field(ge=1)
-    kernel: int = Field(default=3, ge=1)
-    padding: Literal["same", "valid"] = "same"
+    filters: int = Field(ge=1, description="output channels of the Conv2D")
+    kernel: int = Field(default=3, ge=1, description="side of the square kernel")
+    padding: Literal["same", "valid"] = Field(
+        default="same", description="same keeps the size; valid shrinks it by kernel - 1"
+    )
     pool: Literal["max", "average"] | None = Field(default="max", description="null: none")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="after the pooling")
 
@@ -292,19 +339,26 @@ class CNNConfig(_Strict):
 class KubernetesConfig(_Strict):
     """Where and how a fold's pod runs when ``train.backend`` is ``kubernetes``."""
 
-    image: str = "medml-trainer:latest"
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    namespace: str = "medml"
-    service_account: str = "medml-trainer"
-    gpus: int = Field(default=1, ge=0)
-    cpu_request: str = "4"
-    cpu_limit: str = "8"
-    memory_request: str = "16Gi"
-    memory_limit: str = "32Gi"
-    node_selector: dict[str, str] = {}
-    tolerations: list[dict[str, str]] = [
-        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-    ]
+    image: str = Field(default="medml-trainer:latest", description="the trainer image")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        default="IfNotPresent", description="Kubernetes' imagePullPolicy of the pod"
+    )
+    namespace: str = Field(default="medml", description="namespace the fold pods run in")
+    service_account: str = Field(
+        default="medml-trainer", description="service account of the fold pods"
+    )
+    gpus: int = Field(default=1, ge=0, description="nvidia.com/gpu limit per fold pod")
+    cpu_request: str = Field(default="4", description="CPU request per fold pod")
+    cpu_limit: str = Field(default="8", description="CPU limit per fold pod")
+    memory_request: str = Field(default="16Gi", description="memory request per fold pod")
+    memory_limit: str = Field(default="32Gi", description="memory limit per fold pod")
+    node_selector: dict[str, str] = Field(
+        default={}, description="node labels a fold pod must run on"
+    )
+    tolerations: list[dict[str, str]] = Field(
+        default=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        description="taints the fold pods tolerate (default: GPU nodes')",
+    )
     secret_name: str | None = Field(
         default="medml-s3", description="Secret with S3/MLflow credentials, mounted as env"
     )
@@ -318,10 +372,13 @@ class KubernetesConfig(_Strict):
 class TrainConfig(_Strict):
     """One fold's training settings."""
 
-    backend: Literal["local", "kubernetes"] = "local"
+    backend: Literal["local", "kubernetes"] = Field(
+        default="local",
+        description="where each fold trains: in the task's process, or one GPU pod per fold",
+    )
     kubernetes: KubernetesConfig = KubernetesConfig()
 
-    model: ModelName = "small_cnn"
+    model: ModelName = Field(default="small_cnn", description="a registered architecture")
     cnn: CNNConfig = Field(
         default_factory=CNNConfig, description="the architecture when model is cnn"
     )
@@ -333,16 +390,18 @@ class TrainConfig(_Strict):
     trainable_layers: int | None = Field(
         default=None, ge=1, description="train only the backbone's last N layers (null: all)"
     )
-    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    label_smoothing: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="of the cross-entropy loss (0: off)"
+    )
     mixed_precision: Literal["auto"] | bool = Field(
         default="auto", description="mixed_float16 compute; auto = when a GPU is visible"
     )
     jit_compile: Literal["auto"] | bool = Field(
         default="auto", description="XLA compilation; auto = when a GPU is visible"
     )
-    epochs: int = Field(default=30, ge=1)
-    batch_size: int = Field(default=32, ge=1)
-    learning_rate: float = Field(default=1e-3, gt=0.0)
+    epochs: int = Field(default=30, ge=1, description="most epochs a fold trains")
+    batch_size: int = Field(default=32, ge=1, description="images per training step")
+    learning_rate: float = Field(default=1e-3, gt=0.0, description="Adam's learning rate")
     learning_rate_decay: float = Field(
         default=0.0,
         ge=0.0,
@@ -355,17 +414,27 @@ class TrainConfig(_Strict):
         default_factory=list,
         description="training-time metrics besides accuracy (macro-F1, AUC, …), in the history",
     )
-    dropout: float = Field(default=0.3, ge=0.0, lt=1.0)
-    patience: int = Field(default=6, ge=1)
+    dropout: float = Field(
+        default=0.3, ge=0.0, lt=1.0, description="small_cnn's dropout before its classifier"
+    )
+    patience: int = Field(
+        default=6,
+        ge=1,
+        description="early stopping after this many epochs without a better val_loss; the best "
+        "epoch's weights are kept",
+    )
     min_epochs: int = Field(
         default=10, ge=0, description="early stopping may not stop before this epoch"
     )
-    balance: StrategyName = "class_weight"
+    balance: StrategyName = Field(
+        default="class_weight",
+        description="a registered balancing strategy, applied inside each fold's training part",
+    )
     augment: AugmentConfig = AugmentConfig()
     augment_in_training: bool = Field(
         default=False, description="also augment every training batch (not only oversampling)"
     )
-    seed: int = 42
+    seed: int = Field(default=42, description="seed of weights, shuffling, balancing, augmenting")
 
     @field_validator("weights")
     @classmethod
@@ -377,8 +446,12 @@ class TrainConfig(_Strict):
 class Bound(_Strict):
     """Bounds on one metric; ``None`` leaves that side open."""
 
-    min: float | None = Field(default=None, allow_inf_nan=False)
-    max: float | None = Field(default=None, allow_inf_nan=False)
+    min: float | None = Field(
+        default=None, allow_inf_nan=False, description="the metric must be at least this"
+    )
+    max: float | None = Field(
+        default=None, allow_inf_nan=False, description="the metric must be at most this"
+    )
 
     @model_validator(mode="after")
     def _some_bound(self) -> Bound:
@@ -413,7 +486,10 @@ class GateConfig(_Strict):
         "holdout images the exact lower bound of their sensitivity above 1/k; on for every "
         "recipe (switch off only for smoke tests)",
     )
-    thresholds: dict[MetricName, Bound] = {}
+    thresholds: dict[MetricName, Bound] = Field(
+        default={},
+        description="bounds on holdout metrics by name (a per-class metric holds for every class)",
+    )
     operating_point: dict[Literal["sensitivity", "specificity", "ppv"], Bound] = Field(
         default={},
         description="binary recipes (evaluate.positive_class): bounds on the holdout's "
@@ -430,18 +506,20 @@ class GateConfig(_Strict):
                     raise ValueError(f"{name}: a rate's bound is between 0 and 1, not {side}")
         return bounds
 
-    non_inferiority: dict[MetricName, Annotated[float, Field(ge=0.0, le=1.0)]] = {
-        "class_sensitivity": 0.05,
-        "macro_f1": 0.0,
-    }
+    non_inferiority: dict[MetricName, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default={"class_sensitivity": 0.05, "macro_f1": 0.0},
+        description="largest drop against the champion, on the same holdout, by metric name",
+    )
 
 
 class RegistryConfig(_Strict):
     """Where the fold ensemble is registered."""
 
-    model_name: str = Field(min_length=1)
-    experiment: str = "medml"
-    alias: str = "challenger"
+    model_name: str = Field(min_length=1, description="the registered model's name in MLflow")
+    experiment: str = Field(default="medml", description="the MLflow experiment of the runs")
+    alias: str = Field(
+        default="challenger", description="the alias a version that passes the gate gets"
+    )
     gate: GateConfig = GateConfig()
 
 
@@ -469,8 +547,8 @@ class EvaluateConfig(_Strict):
 class Recipe(_Strict):
     """Everything that defines one dataset/system's training run."""
 
-    name: str
-    description: str = ""
+    name: str = Field(description="the recipe's name (runs, tags and `medml recipes` show it)")
+    description: str = Field(default="", description="one line on what the recipe is for")
     data: DataConfig
     image: ImageConfig = ImageConfig()
     split: SplitConfig = SplitConfig()
@@ -509,9 +587,27 @@ class Recipe(_Strict):
         return {key: str(value) for key, value in flatten(self.model_dump(mode="json")).items()}
 
 
+def recipe_dirs(recipes_dir: Path = RECIPES_DIR) -> list[Path]:
+    """Where a recipe name is looked up, in order: ``recipes_dir`` (the shipped recipes),
+    then ``$MEDML_HOME/recipes`` (a deployment's own)."""
+    from medml.settings import Settings
+
+    return [recipes_dir, Settings.from_env().home / "recipes"]
+
+
+def recipe_files(recipes_dir: Path = RECIPES_DIR) -> dict[str, Path]:
+    """Each recipe name and its file (``<name>.yaml``), the first of :func:`recipe_dirs`
+    that has it winning."""
+    found: dict[str, Path] = {}
+    for folder in recipe_dirs(recipes_dir):
+        for path in sorted(folder.glob("*.yaml")):
+            found.setdefault(path.stem, path)
+    return found
+
+
 def available_recipes(recipes_dir: Path = RECIPES_DIR) -> list[str]:
-    """Names of the recipes shipped in ``recipes_dir``."""
-    return sorted(path.stem for path in recipes_dir.glob("*.yaml"))
+    """Names of the recipes in :func:`recipe_dirs`."""
+    return sorted(recipe_files(recipes_dir))
 
 
 def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
@@ -575,7 +671,8 @@ def load_recipe(
     """Load and validate a recipe with its overrides.
 
     Args:
-        name_or_path: a recipe name from ``recipes/`` (e.g. ``kidney-ct``) or a YAML path.
+        name_or_path: a recipe name (e.g. ``kidney-ct``; :func:`recipe_files`) or a YAML
+            path.
         params_file: optional YAML whose top-level keys ``data``, ``image``, ``split``,
             ``train`` and ``registry`` override the recipe (other keys are ignored, so the file
             can also carry DVC-only settings).
@@ -590,10 +687,16 @@ def load_recipe(
     """
     path = Path(name_or_path)
     if not (path.suffix in {".yaml", ".yml"} and path.is_file()):
-        path = recipes_dir / f"{name_or_path}.yaml"
-        if not path.is_file():
-            known = ", ".join(available_recipes(recipes_dir)) or "none"
-            raise ConfigError(f"unknown recipe {str(name_or_path)!r}; available: {known}")
+        named = recipe_files(recipes_dir)
+        if str(name_or_path) not in named:
+            if path.suffix in {".yaml", ".yml"}:
+                raise ConfigError(f"recipe file {path} does not exist")
+            known = ", ".join(sorted(named)) or "none"
+            raise ConfigError(
+                f"unknown recipe {str(name_or_path)!r}; available: {known} (names are looked "
+                f"up in {' and '.join(str(d) for d in recipe_dirs(recipes_dir))})"
+            )
+        path = named[str(name_or_path)]
     merged = _read_yaml(path)
     if params_file is not None:
         params = _read_yaml(params_file)
