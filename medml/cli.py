@@ -158,7 +158,7 @@ def recipes(
 def synth(
     out: Annotated[Path, typer.Option("--out", help="Directory to create (must be new or empty).")],
     recipe: RecipeName = "kidney-ct",
-    n: Annotated[int, typer.Option("--n", help="Number of labelled images.", min=4)] = 600,
+    n: Annotated[int, typer.Option("--n", help="Number of labelled images.", min=1)] = 600,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same files).")] = 0,
     size: Annotated[int, typer.Option("--size", help="Image side in pixels.", min=32)] = 128,
     layout: Annotated[
@@ -166,17 +166,16 @@ def synth(
         typer.Option(help="class_folders | split_folders | csv | dicom (default: the recipe's)."),
     ] = None,
 ) -> None:
-    """Write a synthetic phantom dataset shaped like the recipe's dataset (any shipped recipe).
+    """Write a synthetic phantom dataset shaped like the recipe's dataset.
 
-    A recipe YAML path stands for the recipe it names (its ``name:``), which must be one with
-    a phantom generator.
+    A shipped recipe gets its own phantom; any other recipe (a name in $MEDML_HOME/recipes or
+    a YAML path) a generic one with its classes, layout, CSV columns and channels.
     """
     from medml.config import load_recipe
     from medml.data.synthetic import synthesize
 
-    if Path(recipe).suffix in {".yaml", ".yml"}:
-        recipe = _guard(load_recipe, recipe).name
-    result = _guard(synthesize, recipe, out, layout=layout, n=n, seed=seed, image_size=size)
+    chosen = _guard(load_recipe, recipe)
+    result = _guard(synthesize, chosen, out, layout=layout, n=n, seed=seed, image_size=size)
     patients = f" of {result.patients} synthetic patients" if result.patients else ""
     typer.echo(
         f"wrote {sum(result.counts.values())} labelled images{patients} to {result.root}: "

@@ -19,13 +19,17 @@ from __future__ import annotations
 import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from medml.errors import SynthError
 from medml.io import atomic_path
+
+if TYPE_CHECKING:
+    from medml.config import DataConfig, Recipe
 
 KIDNEY_CT_CLASSES = ("Normal", "Cyst", "Stone", "Tumor")
 # Class counts of the real CT-KIDNEY dataset (seed 000).
@@ -625,6 +629,95 @@ def synth_xray3_splits(
     return SynthResult(root=out_dir, counts=counts, patients=0)
 
 
+def synth_for_recipe(
+    out_dir: Path, data: DataConfig, *, layout: str, n: int, seed: int, image_size: int,
+    channels: int,
+) -> SynthResult:  # fmt: skip
+    """A phantom for any recipe: its classes, in its layout (``class_folders``,
+    ``split_folders`` as ``train/ val/ test/``, or ``csv`` with the recipe's file, columns and
+    image folder). Class ``i`` of ``k`` is drawn as ``1 + i % 3`` blobs of a size and
+    brightness that step with ``i // 3`` on a textured background; the first class has twice
+    the images of the others (imbalanced, as medical sets are). Every synthetic patient gives
+    1–3 images sharing their background, named in ``groups.csv`` (or in the CSV's
+    ``data.csv_group_column``).
+
+    Raises:
+        SynthError: the layout has no generic phantom (``dicom``), or ``n`` is too small.
+    """
+    if layout not in {"class_folders", "split_folders", "csv"}:
+        raise SynthError(
+            f"no generic phantom for layout {layout!r}; use class_folders, split_folders or csv "
+            "(--layout), or write a generator (docs/extending.md)"
+        )
+    weights = {name: 2 if i == 0 else 1 for i, name in enumerate(data.classes)}
+    least = 3 if layout == "split_folders" else 1  # one image each in train/, val/ and test/
+    counts = proportional_counts(n, weights, minimum=least)
+    out_dir = _fresh(out_dir)
+    rng = np.random.default_rng(seed)
+    suffix = next((e for e in data.extensions if e in {".png", ".jpg", ".jpeg"}), ".png")
+    rows: list[tuple[str, str, str]] = []
+    patient = 0
+    with atomic_path(out_dir) as staging:
+        for index, (label, total) in enumerate(counts.items()):
+            left = 0
+            for i in range(total):
+                if left == 0:
+                    patient, left = patient + 1, int(rng.integers(1, 4))
+                    background = rng.uniform(40, 110, size=(image_size, image_size))
+                left -= 1
+                image = _blobs(rng, background, index)
+                if channels == 3:
+                    tint = np.array(_PALETTE[index % len(_PALETTE)], np.float32) / 255
+                    image = image[..., None] * (0.6 + 0.4 * tint)
+                split = (
+                    ("train", "val", "test")[i]
+                    if i < 3
+                    else (
+                        "train" if rng.random() < 0.7 else "val" if rng.random() < 0.33 else "test"
+                    )
+                )
+                folder = {"class_folders": label, "split_folders": f"{split}/{label}",
+                          "csv": data.csv_image_dir}[layout]  # fmt: skip
+                name = f"{folder}/P{patient:05d}_{index}_{i:05d}{suffix}"
+                (staging / folder).mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(staging / name), np.clip(image, 0, 255).astype(np.uint8))
+                rows.append((name, label, f"P{patient:05d}"))
+        _write_labels_and_groups(staging, data, layout, rows)
+    return SynthResult(root=out_dir, counts=counts, patients=patient)
+
+
+def _blobs(rng: np.random.Generator, background: np.ndarray, index: int) -> np.ndarray:
+    size = background.shape[0]
+    image = background + rng.normal(0, 8, background.shape)
+    radius = max(2, int(size * (0.06 + 0.03 * (index // 3 % 4))))
+    for _ in range(1 + index % 3):
+        centre = tuple(int(v) for v in rng.integers(radius, size - radius, 2))
+        cv2.circle(image, centre, radius, 150.0 + 25 * (index // 3 % 4), -1)
+    return cv2.GaussianBlur(image, (3, 3), 1)
+
+
+def _write_labels_and_groups(
+    root: Path, data: DataConfig, layout: str, rows: list[tuple[str, str, str]]
+) -> None:
+    """The CSV layout's labels file (with the group column when the recipe names one), and
+    ``groups.csv`` wherever no column carries the groups."""
+    if layout == "csv":
+        prefix = len(PurePosixPath(data.csv_image_dir).as_posix()) + 1
+        header = [data.csv_path_column, data.csv_label_column]
+        group_column = data.csv_group_column
+        with open(root / data.csv_file, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header + ([group_column] if group_column else []))
+            writer.writerows([path[prefix:], label, *([group] if group_column else [])]
+                             for path, label, group in rows)  # fmt: skip
+        if group_column:
+            return
+    with open(root / GROUPS_FILE, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "group"])
+        writer.writerows((path, group) for path, _, group in rows)
+
+
 SYNTHESIZERS = {
     ("kidney-ct", "class_folders"): synth_kidney_ct,
     ("kidney-ct", "dicom"): synth_kidney_ct_dicom,
@@ -642,13 +735,28 @@ DEFAULT_LAYOUT = {"kidney-ct": "class_folders", "chest-xray": "split_folders",
                   "capsule-endoscopy-seed001": "csv", "xray3-seed003": "split_folders"}  # fmt: skip
 
 
-def synthesize(recipe: str, out_dir: Path, *, layout: str | None = None, n: int, seed: int,
-               image_size: int) -> SynthResult:  # fmt: skip
+def synthesize(recipe: str | Recipe, out_dir: Path, *, layout: str | None = None, n: int,
+               seed: int, image_size: int) -> SynthResult:  # fmt: skip
     """Write a phantom dataset for ``recipe`` in ``layout`` (default: the recipe's own).
+
+    ``recipe`` is a shipped recipe's name, or a loaded recipe: one with a shipped recipe's
+    name and classes gets that recipe's phantom, any other the generic one
+    (:func:`synth_for_recipe`).
 
     Raises:
         SynthError: no generator for this recipe/layout pair, or ``n`` is too small for it.
     """
+    if not isinstance(recipe, str):
+        shipped = recipe.name in DEFAULT_LAYOUT and _shipped_classes(recipe.name) == list(
+            recipe.data.classes
+        )
+        if not shipped:
+            chosen = layout or (recipe.data.layout if recipe.data.layout != "auto" else "")
+            return synth_for_recipe(out_dir, recipe.data, layout=chosen or "class_folders", n=n,
+                                    seed=seed, image_size=image_size,
+                                    channels=recipe.image.channels)  # fmt: skip
+        layout = layout or (recipe.data.layout if recipe.data.layout != "auto" else None)
+        recipe = recipe.name
     layout = layout or DEFAULT_LAYOUT.get(recipe, "")
     generator = SYNTHESIZERS.get((recipe, layout))
     if generator is None:
@@ -657,3 +765,9 @@ def synthesize(recipe: str, out_dir: Path, *, layout: str | None = None, n: int,
             f"no phantom generator for recipe {recipe!r} with layout {layout!r}; available: {known}"
         )
     return generator(out_dir, n=n, seed=seed, image_size=image_size)
+
+
+def _shipped_classes(name: str) -> list[str]:
+    from medml.config import load_recipe
+
+    return list(load_recipe(name).data.classes)

@@ -100,7 +100,7 @@ def test_exit_3_synth_recipe_yaml_path(tmp_path: Path) -> None:
     assert len(list((tmp_path / "ds").rglob("*.jpg"))) == 8
     missing = runner.invoke(app, ["synth", "--recipe", str(tmp_path / "nope.yaml"),
                                   "--out", str(tmp_path / "other")])  # fmt: skip
-    _assert_one_line_error(missing, 3, "unknown recipe")
+    _assert_one_line_error(missing, 3, "nope.yaml does not exist")
 
 
 def test_exit_3_missing_run_dir(tmp_path: Path) -> None:

@@ -75,3 +75,63 @@ def test_errors_are_one_line_synth_errors(tmp_path: Path) -> None:
         assert isinstance(caught.value, MedmlError) and isinstance(caught.value, ValueError)
         assert caught.value.exit_code == 3 and "\n" not in str(caught.value)
     assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def _own_recipe(tmp_path: Path, **data: object) -> Path:
+    """A new user's recipe file: two classes from a CSV with a patient column, grey 96 px."""
+    import yaml
+
+    path = tmp_path / "ward.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "ward", "image": {"size": 96, "channels": 1}, "registry": {"model_name": "ward"},
+        "data": {"layout": "csv", "classes": ["clear", "effusion"], "csv_file": "labels.csv",
+                 "csv_path_column": "image", "csv_label_column": "finding",
+                 "csv_image_dir": "images", "csv_group_column": "patient_id", **data},
+    }))  # fmt: skip
+    return path
+
+
+def test_medml_synth_makes_a_phantom_for_any_recipe_that_ingest_reads(tmp_path: Path) -> None:
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from medml.cli import app
+    from medml.config import load_recipe
+    from medml.data.ingest import ingest
+
+    recipe_file = _own_recipe(tmp_path)
+    out = tmp_path / "ward-data"
+    result = CliRunner().invoke(app, ["synth", "--recipe", str(recipe_file), "--out", str(out),
+                                      "--n", "30", "--size", "48"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "{'clear': 20, 'effusion': 10}" in result.stdout  # the first class twice the others
+    with open(out / "labels.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["image", "finding", "patient_id"] and len(rows) == 30
+    assert not (out / "groups.csv").exists()  # the column carries the groups
+    assert cv2.imread(str(out / "images" / rows[0]["image"]), cv2.IMREAD_UNCHANGED).shape == (
+        48,
+        48,
+    )
+    manifest = pd.read_parquet(
+        ingest(out, tmp_path / "m.parquet", load_recipe(recipe_file), pseudonym_key=b"k").manifest
+    )
+    assert len(manifest) == 30 and manifest["issue"].eq("").all()
+    assert manifest["group"].nunique() < 30  # patients with more than one image
+
+
+def test_a_generic_phantom_in_split_folders_and_its_limits(tmp_path: Path) -> None:
+    from medml.config import load_recipe
+    from medml.data.synthetic import synthesize
+    from medml.errors import SynthError
+
+    recipe = load_recipe(_own_recipe(tmp_path, layout="split_folders", csv_group_column=None))
+    result = synthesize(recipe, tmp_path / "d", n=9, seed=0, image_size=40)
+    for split in ("train", "val", "test"):  # every class in every split, even at n = 9
+        for label in ("clear", "effusion"):
+            assert any((tmp_path / "d" / split / label).iterdir())
+    assert (tmp_path / "d" / "groups.csv").is_file() and sum(result.counts.values()) == 9
+    with pytest.raises(SynthError, match=r"n >= 6 \(e\.g\. medml synth --n 6\)"):
+        synthesize(recipe, tmp_path / "e", n=5, seed=0, image_size=40)
+    with pytest.raises(SynthError, match="no generic phantom for layout 'dicom'"):
+        synthesize(recipe, tmp_path / "f", layout="dicom", n=50, seed=0, image_size=40)
