@@ -398,7 +398,9 @@ def compare_cmd(
     typer.echo("\nOut-of-fold scores on the same folds (holdout not used):")
     typer.echo(format_table(table, "experiment"))
     csv, png = ctx.layout.compare_outputs("compare")
-    typer.echo(f"\nsaved {csv} and {png}")
+    typer.echo(
+        f"\nsaved {csv}, {png} and the learning curves {ctx.layout.compare_curves('compare')}"
+    )
 
 
 @app.command("compare-balancing")
@@ -421,7 +423,8 @@ def compare_balancing_cmd(
     table = _guard(compare_balancing, ctx, strategies=chosen, tracking=_tracking(), echo=typer.echo)
     typer.echo("\nOut-of-fold scores on the same folds (holdout not used):")
     typer.echo(format_table(table))
-    typer.echo(f"\nsaved {ctx.layout.compare_table}")
+    curves = ctx.layout.compare_curves("compare_balancing")
+    typer.echo(f"\nsaved {ctx.layout.compare_table} and the learning curves {curves}")
 
 
 ModelName = Annotated[str, typer.Argument(help="Registered model name, e.g. kidney-ct-classifier.")]

@@ -34,7 +34,7 @@ from medml.runs import RunContext
 from medml.tracking import KIND_TAG, RUN_KEY_TAG, Tracking
 from medml.train import fold_rows, train_fold
 
-SCORES = ("macro_f1", "balanced_accuracy", "min_class_sensitivity")
+SCORES = ("accuracy", "macro_f1", "balanced_accuracy", "min_class_sensitivity")
 FIXED_SECTIONS = ("data", "image", "split")
 Experiments = Mapping[str, Mapping[str, Any]]
 
@@ -117,8 +117,10 @@ def compare(
         label: what an experiment is called in the table and the child runs' tags.
 
     Returns:
-        One row per experiment: its settings, macro-F1, balanced accuracy, minimum per-class
-        sensitivity, training seconds (all folds), and a note when it was skipped.
+        One row per experiment: its settings, accuracy, macro-F1, balanced accuracy, minimum
+        per-class sensitivity, training seconds (all folds), and a note when it was skipped.
+        The learning curves of all experiments go in one figure
+        (:meth:`~medml.layout.RunLayout.compare_curves`).
 
     Raises:
         ConfigError: an experiment's settings are invalid (checked before anything trains).
@@ -126,10 +128,13 @@ def compare(
     recipes = {name: experiment_recipe(ctx.recipe, name, settings)
                for name, settings in experiments.items()}  # fmt: skip
     table_path, plot_path = ctx.layout.compare_outputs(kind)
+    curves_path = ctx.layout.compare_curves(kind)
     with _parent_run(tracking, ctx, kind) as parent:
-        rows = []
+        rows, histories = [], {}
         for name, recipe in recipes.items():
-            row = compare_one(ctx, name, recipe, ctx.layout.compare / _folder(name), echo)
+            row, histories[name] = compare_one(
+                ctx, name, recipe, ctx.layout.compare / _folder(name), echo
+            )
             row["settings"] = "; ".join(f"{k}={v}" for k, v in experiments[name].items())
             rows.append(row)
             if parent is not None and not row["note"]:
@@ -140,11 +145,12 @@ def compare(
         with atomic_path(table_path) as tmp:
             table.to_csv(tmp, index=False)
         plot_comparison(table, label, plot_path)
+        plot_experiment_curves(histories, curves_path)
         if parent is not None:
             import mlflow
 
-            mlflow.log_artifact(str(table_path))
-            mlflow.log_artifact(str(plot_path))
+            for path in (table_path, plot_path, curves_path):
+                mlflow.log_artifact(str(path))
     return table
 
 
@@ -168,19 +174,20 @@ def compare_balancing(
 
 def compare_one(
     ctx: RunContext, name: str, recipe: Recipe, out_dir: Path, echo: Callable[[str], Any]
-) -> dict[str, Any]:
-    """One experiment's row: its out-of-fold scores and training time, or why it was skipped."""
+) -> tuple[dict[str, Any], list[dict[str, list[float]]]]:
+    """One experiment's row (its out-of-fold scores and training time) and each fold's
+    training history."""
     started = time.perf_counter()
-    scores = out_of_fold_metrics(ctx, recipe, out_dir)
+    scores, histories = out_of_fold_metrics(ctx, recipe, out_dir)
     seconds = time.perf_counter() - started
     row = {"experiment": name, "note": "", "train_seconds": round(seconds, 1)}
     row |= {key: float(scores.value(key)) for key in SCORES}
     echo(
-        f"[{name}] macro-F1 {row['macro_f1']:.3f}  balanced accuracy "
-        f"{row['balanced_accuracy']:.3f}  min sensitivity {row['min_class_sensitivity']:.3f}"
-        f"  {seconds:.0f}s"
+        f"[{name}] accuracy {row['accuracy']:.3f}  macro-F1 {row['macro_f1']:.3f}  balanced "
+        f"accuracy {row['balanced_accuracy']:.3f}  min sensitivity "
+        f"{row['min_class_sensitivity']:.3f}  {seconds:.0f}s"
     )
-    return row
+    return row, histories
 
 
 def plot_comparison(table: pd.DataFrame, label: str, path: Path) -> Path:
@@ -192,38 +199,76 @@ def plot_comparison(table: pd.DataFrame, label: str, path: Path) -> Path:
                        path, title="out-of-fold scores, same folds")  # fmt: skip
 
 
+def plot_experiment_curves(
+    histories: Mapping[str, Sequence[Mapping[str, Sequence[float]]]], path: Path
+) -> Path:
+    """Loss and accuracy per epoch of every experiment in one figure: validation (solid) and
+    training (dashed), each the mean over the folds that trained that epoch, one colour per
+    experiment (the learning curves seed 002 drew for each of its experiments)."""
+    from medml.evaluate import pyplot, save_figure
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    for k, (name, folds) in enumerate(histories.items()):
+        for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+            for prefix, style in (("val_", "-"), ("", "--")):
+                mean = _mean_by_epoch([fold.get(prefix + metric, []) for fold in folds])
+                label = f"{name} ({'validation' if prefix else 'training'})"
+                ax.plot(range(1, len(mean) + 1), mean, style, color=f"C{k % 10}", label=label)
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        ax.set(xlabel="epoch", ylabel=metric, title=f"{metric}, mean over folds")
+    axes[1].legend(fontsize=7, loc="lower right")
+    return save_figure(fig, path)
+
+
+def _mean_by_epoch(curves: Sequence[Sequence[float]]) -> list[float]:
+    """The mean of each epoch over the curves that reached it (early stopping ends folds at
+    different epochs)."""
+    longest = max((len(c) for c in curves), default=0)
+    return [float(np.mean([c[e] for c in curves if len(c) > e])) for e in range(longest)]
+
+
 def _folder(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:80]
 
 
-def out_of_fold_metrics(ctx: RunContext, recipe: Recipe, out_dir: Path) -> HoldoutMetrics:
+def out_of_fold_metrics(
+    ctx: RunContext, recipe: Recipe, out_dir: Path
+) -> tuple[HoldoutMetrics, list[dict[str, list[float]]]]:
     """Train every fold with ``recipe``; score each fold model on its own validation rows and
-    all folds' predictions together (the holdout is never touched)."""
+    all folds' predictions together (the holdout is never touched). Also returns each fold's
+    per-epoch history (loss, accuracy, their validation values)."""
+    import json
+
     shards = ctx.layout.shards
     index = load_index(shards)
-    truths, probas = [], []
+    truths, probas, histories = [], [], []
     for fold in ctx.folds:
         result = train_fold(shards, fold, out_dir / f"fold_{fold}", recipe)
+        histories.append(json.loads(result.history_path.read_text())["history"])
         _, val_rows = fold_rows(index, fold)
         probas.append(predict_proba([result.model_path], load_images(shards, val_rows))[0])
         truths.append(val_rows["label_index"].to_numpy(dtype=np.int64))
-    return clinical_metrics(
+    scores = clinical_metrics(
         np.concatenate(truths), np.concatenate(probas), recipe.data.classes, bootstrap=0,
         min_class_support=recipe.evaluate.min_class_support,
     )  # fmt: skip
+    return scores, histories
 
 
 def format_table(table: pd.DataFrame, label: str = "strategy") -> str:
     """Plain-text table, best macro-F1 first."""
     ordered = table.sort_values("macro_f1", ascending=False, na_position="last")
     width = max(20, *(len(str(name)) + 2 for name in ordered[label]))
-    lines = [f"{label:<{width}}{'macro-F1':>10}{'bal. acc.':>11}{'min sens.':>11}{'train s':>9}"]
+    lines = [f"{label:<{width}}{'accuracy':>10}{'macro-F1':>10}{'bal. acc.':>11}"
+             f"{'min sens.':>11}{'train s':>9}"]  # fmt: skip
     for row in ordered.to_dict("records"):
         if isinstance(row["note"], str) and row["note"]:
             lines.append(f"{row[label]:<{width}}{row['note']}")
             continue
         lines.append(
-            f"{row[label]:<{width}}{row['macro_f1']:>10.3f}{row['balanced_accuracy']:>11.3f}"
+            f"{row[label]:<{width}}{row['accuracy']:>10.3f}{row['macro_f1']:>10.3f}"
+            f"{row['balanced_accuracy']:>11.3f}"
             f"{row['min_class_sensitivity']:>11.3f}{row['train_seconds']:>9.1f}"
         )
     return "\n".join(lines)

@@ -270,6 +270,10 @@ class RunLayout:
         """The table (CSV) and plot (PNG) of a comparison."""
         return self.compare / f"{kind}.csv", self.compare / f"{kind}.png"
 
+    def compare_curves(self, kind: str) -> Path:
+        """The learning curves of every compared setting set, in one figure (PNG)."""
+        return self.compare / f"{kind}_curves.png"
+
 
 def shard_name(number: int) -> str:
     """File name of shard ``number`` (listed in ``meta.json``)."""

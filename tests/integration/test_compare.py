@@ -39,6 +39,9 @@ def test_compare_experiments_and_a_grid(phantom_dir: Path, tmp_path: Path) -> No
     settings = "train.balance=augment_oversample; train.augment.policy=one_of; train.batch_size=8"
     assert table.loc[1, "settings"] == settings
     assert (run_dir / "compare" / "compare.png").stat().st_size > 5000
+    # seed 002 reported accuracy and learning curves per experiment: both are here
+    assert table["accuracy"].between(0, 1).all() and "accuracy" in result.stdout
+    assert (run_dir / "compare" / "compare_curves.png").stat().st_size > 5000
 
     from medml.tracking import Tracking
 
@@ -49,6 +52,9 @@ def test_compare_experiments_and_a_grid(phantom_dir: Path, tmp_path: Path) -> No
     assert len(parent) == 1 and len(children) == 4
     grid_child = next(c for c in children if c.data.tags["experiment"].endswith("0.003"))
     assert grid_child.data.params == {"train.learning_rate": "0.003", "train.batch_size": "8"}
+    assert "oof_accuracy" in grid_child.data.metrics
+    logged = {a.path for a in client.list_artifacts(parent[0].info.run_id)}
+    assert {"compare.csv", "compare.png", "compare_curves.png"} <= logged
 
 
 def test_experiments_may_not_change_the_data_and_are_checked_before_training() -> None:
