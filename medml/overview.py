@@ -1,4 +1,5 @@
-"""A picture of the dataset in every run: class counts, samples per class, augmented samples.
+"""A picture of the dataset in every run: class counts (and how balancing changed them in each
+fold's training part), samples per class, augmented samples.
 
 Written by the evaluate step (TensorFlow is loaded there already; the augmented copies need it)
 from the shards — the pixels exactly as the model sees them — into ``<run>/overview/``, and
@@ -8,7 +9,10 @@ write-ups show the same three figures before training.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,8 +28,12 @@ SAMPLES_PER_CLASS = 6
 AUGMENTED_COPIES = 5
 
 
-def write_overview(shards_dir: Path, out_dir: Path, recipe: Recipe) -> list[Path]:
-    """Write ``class_counts.png``, ``samples.png`` and ``augmented.png`` into ``out_dir``.
+def write_overview(
+    shards_dir: Path, out_dir: Path, recipe: Recipe, fold_histories: Sequence[Path] = ()
+) -> list[Path]:
+    """Write ``class_counts.png``, ``samples.png`` and ``augmented.png`` into ``out_dir``, and
+    ``balancing.png`` from the folds' ``history.json`` (class counts before and after
+    balancing) when they record them.
 
     Returns:
         The files written.
@@ -41,7 +49,10 @@ def write_overview(shards_dir: Path, out_dir: Path, recipe: Recipe) -> list[Path
     }
     images = {name: ShardRows(shards_dir, rows).gather(np.arange(len(rows)))
               for name, rows in picks.items()}  # fmt: skip
+    counts = [c for c in (_class_counts(path) for path in fold_histories) if c is not None]
+    balancing = [plot_balancing(counts, recipe, out_dir / plot_file("balancing"))] if counts else []
     return [
+        *balancing,
         plot_class_counts(index, recipe.data.classes, out_dir / plot_file("class_counts")),
         plot_grid(images, out_dir / plot_file("samples"), title="training images per class"),
         plot_grid(augmented_copies(images, recipe), out_dir / plot_file("augmented"),
@@ -75,6 +86,39 @@ def plot_class_counts(index: pd.DataFrame, classes: list[str], path: Path) -> Pa
     ax.set(ylabel="images", title="images per class")
     ax.tick_params(axis="x", labelrotation=30 if len(classes) > 4 else 0)
     ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def _class_counts(history: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(Path(history).read_text()).get("class_counts")
+    except (OSError, ValueError):
+        return None
+
+
+def plot_balancing(counts: Sequence[dict[str, Any]], recipe: Recipe, path: Path) -> Path:
+    """Images per class in the folds' training parts before and after ``train.balance`` (the
+    mean over the folds), and with class weights the weighted count the loss sees."""
+    plt = pyplot()
+    classes = recipe.data.classes
+    before = np.mean([c["before"] for c in counts], axis=0)
+    after = np.mean([c["after"] for c in counts], axis=0)
+    bars = {"before balancing": before, f"after {recipe.train.balance}": after}
+    weights = [c["class_weight"] for c in counts if c.get("class_weight")]
+    if weights:
+        bars["weighted by the loss (count x class weight)"] = after * np.mean(weights, axis=0)
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.9 * len(classes) + 2), 3.8))
+    width = 0.8 / len(bars)
+    positions = np.arange(len(classes))
+    for k, (label, values) in enumerate(bars.items()):
+        drawn = ax.bar(positions + k * width, values, width=width, label=label)
+        ax.bar_label(drawn, fmt="%.0f", fontsize=7, padding=1)
+    ax.set_xticks(positions + width * (len(bars) - 1) / 2, classes)
+    ax.tick_params(axis="x", labelrotation=30 if len(classes) > 4 else 0)
+    folds = f"mean over {len(counts)} folds" if len(counts) > 1 else "the fold"
+    ax.set(ylabel="training images", title=f"class counts before and after balancing ({folds})")
+    ax.set_ylim(0, 1.3 * max(float(np.max(v)) for v in bars.values()))
+    ax.legend(fontsize=8, loc="upper center", ncol=len(bars))
     return save_figure(fig, path)
 
 

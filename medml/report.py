@@ -69,8 +69,8 @@ def summary_text(ctx: RunContext) -> str:
         *_evaluation_lines(ctx.layout.evaluation),
     ]
     if ctx.layout.overview.is_dir():
-        lines.append(f"  dataset overview: {ctx.layout.overview}/ (class_counts, samples, "
-                     "augmented .png)")  # fmt: skip
+        drawn = ", ".join(sorted(p.stem for p in ctx.layout.overview.glob("*.png")))
+        lines.append(f"  dataset overview: {ctx.layout.overview}/ ({drawn} .png)")
     lines += _registration_lines(ctx.layout.registry.registration)
     return "\n".join(lines)
 

@@ -494,7 +494,8 @@ def evaluate(ctx: RunContext, tracking: Tracking | None = None) -> dict[str, Any
     parent = pipeline_run_id(ctx, tracking) if tracking else None
     result = evaluate_ensemble(ctx.layout.shards, models, ctx.layout.evaluation.root, ctx.recipe,
                                tracking=tracking, parent_run_id=parent)  # fmt: skip
-    write_overview(ctx.layout.shards, ctx.layout.overview, ctx.recipe)  # TF is loaded by now
+    histories = [ctx.layout.fold(k).history for k in ctx.folds]
+    write_overview(ctx.layout.shards, ctx.layout.overview, ctx.recipe, histories)  # TF is loaded
     if tracking is not None and parent is not None:  # the data gate's report travels with the run
         client = tracking.activate()
         client.log_artifacts(parent, str(ctx.layout.validation.root), ARTIFACTS.validation)

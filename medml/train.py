@@ -220,6 +220,7 @@ class FoldData:
         plan: how the training part was balanced.
         added_from: position in ``x_train`` of the first row a sampler added (after the rows
             the plan's indices load); ``len(y_train)`` when none was added.
+        counts_before: images per class in the fold's training part before balancing.
     """
 
     x_train: np.ndarray | Rows
@@ -228,6 +229,18 @@ class FoldData:
     y_val: np.ndarray
     plan: BalancePlan
     added_from: int
+    counts_before: np.ndarray
+
+    def class_counts(self) -> dict[str, Any]:
+        """Images per class before and after balancing, and the loss weights (history.json:
+        the run overview draws them)."""
+        n_classes = len(self.counts_before)
+        weights = self.plan.class_weight
+        return {
+            "before": self.counts_before.tolist(),
+            "after": np.bincount(self.y_train, minlength=n_classes).tolist(),
+            "class_weight": None if weights is None else [weights[k] for k in range(n_classes)],
+        }
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -238,9 +251,9 @@ def load_fold_data(shards_dir: Path, fold: int, recipe: Recipe) -> FoldData:
     """Read a fold's rows and balance its training part (never the validation rows)."""
     cfg = recipe.train
     train_rows, val_rows = fold_rows(load_index(shards_dir), fold)
-    plan = plan_balance(
-        train_rows["label_index"].to_numpy(), len(recipe.data.classes), cfg, seed=cfg.seed + fold
-    )
+    n_classes = len(recipe.data.classes)
+    labels = train_rows["label_index"].to_numpy()
+    plan = plan_balance(labels, n_classes, cfg, seed=cfg.seed + fold)
     train_rows = train_rows.iloc[plan.indices]
     y_train = train_rows["label_index"].to_numpy(dtype=np.int64)
     added_from = len(y_train)
@@ -256,7 +269,8 @@ def load_fold_data(shards_dir: Path, fold: int, recipe: Recipe) -> FoldData:
             load_images(shards_dir, train_rows), y_train
         )
     y_val = val_rows["label_index"].to_numpy(dtype=np.int64)
-    return FoldData(x_train, y_train, ShardRows(shards_dir, val_rows), y_val, plan, added_from)
+    return FoldData(x_train, y_train, ShardRows(shards_dir, val_rows), y_val, plan, added_from,
+                    np.bincount(labels, minlength=n_classes))  # fmt: skip
 
 
 def compile_model(
@@ -424,9 +438,15 @@ def fit(
 
 
 def save_fold(
-    model: Any, history: dict[str, list[float]], seconds: float, files: FoldFiles, fold: int
+    model: Any,
+    history: dict[str, list[float]],
+    seconds: float,
+    files: FoldFiles,
+    fold: int,
+    class_counts: dict[str, Any] | None = None,
 ) -> FoldResult:
-    """Publish the fold folder: the model and the history (best epoch, scores), marked complete."""
+    """Publish the fold folder: the model and the history (best epoch, scores, and the class
+    counts before/after balancing), marked complete."""
     best = int(np.argmin(history["val_loss"]))
     summary = {
         "fold": fold,
@@ -436,6 +456,7 @@ def save_fold(
         "val_accuracy": float(history["val_accuracy"][best]),
         "train_seconds": round(seconds, 2),
         "history": {k: [float(v) for v in vals] for k, vals in history.items()},
+        "class_counts": class_counts,
     }
     with publish_dir(files.root) as staging:
         model.save(FoldFiles(staging).model)
@@ -496,7 +517,8 @@ def train_fold(
     model = compile_model(recipe, data.input_shape, accelerator, name=f"fold_{fold}")
     if tracking is None:
         history, seconds = fit(model, data, recipe, accelerator, seed=seed)
-        return save_fold(model, history, seconds, FoldFiles(Path(out_dir)), fold)
+        return save_fold(model, history, seconds, FoldFiles(Path(out_dir)), fold,
+                         data.class_counts())  # fmt: skip
     import mlflow
 
     tags = {RUN_KEY_TAG: run_key, KIND_TAG: "fold", "fold": str(fold)}
@@ -505,7 +527,8 @@ def train_fold(
                       parent_run_id=parent_run_id) as run_id:  # fmt: skip
         mlflow.log_params(fold_params(recipe, fold, data, accelerator))
         history, seconds = fit(model, data, recipe, accelerator, seed=seed, log_epochs=True)
-        result = save_fold(model, history, seconds, FoldFiles(Path(out_dir)), fold)
+        result = save_fold(model, history, seconds, FoldFiles(Path(out_dir)), fold,
+                           data.class_counts())  # fmt: skip
         best = {"best_val_loss": result.val_loss, "best_val_accuracy": result.val_accuracy}
         mlflow.log_metrics({**best, "train_seconds": seconds})
         mlflow.log_artifact(str(result.history_path))

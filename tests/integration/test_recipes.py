@@ -61,12 +61,19 @@ def test_the_recipe_runs_end_to_end_on_its_phantom(name: str, tmp_path: Path) ->
         assert report["strategy"] == "the dataset's validation folder (one model)"
     summary = run_summary(ctx.layout.root)
     assert recipe.name in summary and f"dataset overview: {ctx.layout.overview}" in summary
-    for figure in ("class_counts", "samples", "augmented"):
+    for figure in ("balancing", "class_counts", "samples", "augmented"):
         assert (ctx.layout.overview / f"{figure}.png").stat().st_size > 5000
+    counts = json.loads(ctx.layout.fold(0).history.read_text())["class_counts"]
+    assert len(counts["before"]) == len(recipe.data.classes) and sum(counts["before"]) > 0
+    if recipe.split.validation == "folds":  # fold 0 trains on the other folds' rows
+        assert sum(counts["before"]) == sum(report["fold_sizes"]) - report["fold_sizes"][0]
+    if recipe.train.balance in {"smote", "oversample", "augment_oversample"}:
+        assert counts["after"] == [max(counts["before"])] * len(recipe.data.classes)
+    assert (counts["class_weight"] is not None) == (recipe.train.balance == "class_weight")
     client = Tracking.from_env().activate()
     run_id = client.get_model_version(recipe.registry.model_name, "1").run_id
     logged = {Path(item.path).name for item in client.list_artifacts(run_id, "overview")}
-    assert logged == {"class_counts.png", "samples.png", "augmented.png"}
+    assert logged == {"balancing.png", "class_counts.png", "samples.png", "augmented.png"}
     if recipe.evaluate.positive_class:  # binary: the review shows the rates at the threshold too
         from medml.review import review
 
