@@ -204,13 +204,21 @@ class SplitConfig(_Strict):
         "cross-validation only, the out-of-fold predictions are the estimate (small sets)",
     )
     folds: int = Field(
-        default=3, ge=1, le=20, description="fold models; 1 only with validation: dataset"
+        default=3, ge=1, le=20, description="fold models; 1 only with validation: dataset or cut"
     )
     seed: int = Field(default=42, description="seed of the holdout cut and the folds")
-    validation: Literal["folds", "dataset"] = Field(
+    validation: Literal["folds", "dataset", "cut"] = Field(
         default="folds",
         description="folds: k-fold cross-validation; dataset: the dataset's own val/ or "
-        "validation/ folder validates one model (split.folds=1) trained on the rest",
+        "validation/ folder validates one model (split.folds=1) trained on the rest; cut: a "
+        "fixed stratified (group-aware) cut of validation_size validates one model",
+    )
+    validation_size: float = Field(
+        default=0.25,
+        gt=0.0,
+        lt=1.0,
+        description="validation: cut — the share of the non-holdout images (by group) that "
+        "validates the one model",
     )
     near_duplicates: Literal["group", "report", "fail"] = Field(
         default="group",
@@ -232,10 +240,10 @@ class SplitConfig(_Strict):
 
     @model_validator(mode="after")
     def _folds_match_validation(self) -> SplitConfig:
-        if self.validation == "dataset" and self.folds != 1:
+        if self.validation in ("dataset", "cut") and self.folds != 1:
             raise ValueError(
-                f"split.validation=dataset trains one model on the dataset's validation folder; "
-                f"set split.folds=1 (got {self.folds})"
+                f"split.validation={self.validation} trains one model on one fixed validation "
+                f"set; set split.folds=1 (got {self.folds})"
             )
         if self.validation == "folds" and self.folds < 2:
             raise ValueError("cross-validation needs split.folds >= 2")
@@ -420,8 +428,13 @@ class TrainConfig(_Strict):
     patience: int = Field(
         default=6,
         ge=1,
-        description="early stopping after this many epochs without a better val_loss; the best "
-        "epoch's weights are kept",
+        description="early stopping after this many epochs without a better val_loss",
+    )
+    keep_best_epoch: bool = Field(
+        default=True,
+        description="keep the weights of the epoch with the lowest val_loss (the validation "
+        "set chooses the epoch); false: the last epoch's, as seeds that report their final "
+        "epoch did",
     )
     min_epochs: int = Field(
         default=10, ge=0, description="early stopping may not stop before this epoch"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from medml.config import Recipe
 from medml.evaluation_facts import EvaluationFacts
 from medml.io import atomic_path, read_json
 from medml.layout import RELATIVE, EvaluationFiles, StepFiles
@@ -26,6 +27,20 @@ SUMMARY_FILES = StepFiles(
     optional=tuple(path.as_posix() for path in _OPTIONAL),
 )
 """What the summary reads and writes (for an S3 run directory's mirror)."""
+
+
+def _validation_chose_lines(recipe: Recipe, metrics: HoldoutMetrics) -> list[str]:
+    """A warning when the estimate is scored on images that chose the model's epoch (one
+    model, no holdout, best epoch kept or early stopping on)."""
+    cfg = recipe.train
+    chose = cfg.keep_best_epoch or cfg.patience < cfg.epochs
+    if metrics.estimate != OUT_OF_FOLD or recipe.split.folds != 1 or not chose:
+        return []
+    return [
+        "  warning: these images also chose the model's epoch (train.keep_best_epoch, early "
+        "stopping), so the estimate is optimistic; set train.keep_best_epoch: false and "
+        "train.patience >= train.epochs, or keep a holdout (split.test_size)"
+    ]
 
 
 def summary(run_dir: Path | str) -> str:
@@ -64,6 +79,7 @@ def summary_text(ctx: RunContext) -> str:
             else f"fold ensemble of {ctx.recipe.split.folds} models:"
         ),
         *_per_class_table(metrics),
+        *_validation_chose_lines(ctx.recipe, metrics),
         "",
         _overall_line(metrics, ctx.recipe.chance_balanced_accuracy),
         *_evaluation_lines(ctx.layout.evaluation),

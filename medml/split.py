@@ -29,7 +29,8 @@ from medml.near_duplicates import cluster, signatures, similar_pairs
 TEST = "test"
 TRAIN = "train"
 FIT_ONLY = -2
-"""``fold`` of training rows that no fold model validates on (``split.validation: dataset``)."""
+"""``fold`` of training rows that no fold model validates on (``split.validation: dataset``
+or ``cut``)."""
 
 
 class LeakageError(MedmlError):
@@ -109,7 +110,11 @@ def assign_splits(table: pd.DataFrame, recipe: Recipe) -> pd.DataFrame:
     out.loc[test_idx, "split"] = TEST
     out["fold"] = -1
     if cfg.validation == "dataset":
-        return _dataset_validation(out, given_val, recipe)
+        return _one_validation_set(out, given_val, recipe, "validation folder")
+    if cfg.validation == "cut":
+        cut = np.zeros(len(out), bool)
+        cut[_validation_cut(out, y, groups, recipe)] = True
+        return _one_validation_set(out, cut, recipe, "validation cut")
     _assign_folds(out, y, groups, recipe)
     return out
 
@@ -215,19 +220,53 @@ def _classes_below(
     return {classes[int(i)]: int(n) for i, n in units.items() if n < needed}
 
 
-def _dataset_validation(out: pd.DataFrame, given_val: np.ndarray, recipe: Recipe) -> pd.DataFrame:
-    """One model: the dataset's validation folder is fold 0; the other training rows are
-    :data:`FIT_ONLY`."""
+def _validation_cut(
+    out: pd.DataFrame, y: np.ndarray, groups: np.ndarray | None, recipe: Recipe
+) -> np.ndarray:
+    """Row indices of ``split.validation: cut``: a stratified (group-aware) cut of
+    ``split.validation_size`` of the training rows.
+
+    Raises:
+        SplitError: a class has too few training images (or groups) for the cut.
+    """
+    cfg = recipe.split
+    pool = np.flatnonzero(out["split"].to_numpy() == TRAIN)
+    n_splits = max(2, int(round(1.0 / cfg.validation_size)))
+    cv = _make_cv(groups is not None, n_splits, cfg.seed + 1)
+    pool_groups = None if groups is None else groups[pool]
+    try:
+        _, local = next(iter(cv.split(np.zeros(len(pool)), y[pool], pool_groups)))
+    except ValueError as err:
+        short = _classes_below(n_splits, y[pool], pool_groups, recipe.data.classes)
+        raise SplitError(
+            f"cannot cut a stratified validation set of split.validation_size="
+            f"{cfg.validation_size} (1 in {n_splits} per class) from the training images: "
+            f"these classes have fewer than {n_splits}: {short}; add data, raise "
+            f"split.validation_size, or use split.validation=folds. scikit-learn: {err}"
+        ) from None
+    return pool[local]
+
+
+def _one_validation_set(
+    out: pd.DataFrame, validates: np.ndarray, recipe: Recipe, name: str
+) -> pd.DataFrame:
+    """One model: the training rows in ``validates`` are fold 0; the others are
+    :data:`FIT_ONLY`.
+
+    Raises:
+        SplitError: the validation set or the training part lacks a class.
+    """
     training = out["split"].eq(TRAIN).to_numpy()
-    out.loc[training & given_val, "fold"] = 0
-    out.loc[training & ~given_val, "fold"] = FIT_ONLY
-    for name, rows in (("validation folder", out[training & given_val]),
-                       ("training part", out[training & ~given_val])):  # fmt: skip
+    out.loc[training & validates, "fold"] = 0
+    out.loc[training & ~validates, "fold"] = FIT_ONLY
+    for part, rows in ((name, out[training & validates]),
+                       ("training part", out[training & ~validates])):  # fmt: skip
         missing = sorted(set(recipe.data.classes) - set(rows["label"]))
         if missing:
             raise SplitError(
-                f"the {name} has no images of {missing}; every class needs some under "
-                "split.validation=dataset: add them, or use split.validation=folds"
+                f"the {part} has no images of {missing}; every class needs some under "
+                f"split.validation={recipe.split.validation}: add them, or use "
+                "split.validation=folds"
             )
     return out
 
@@ -323,6 +362,17 @@ def near_duplicate_groups(
     return out, found.summary()
 
 
+def _strategy(recipe: Recipe, grouped: bool) -> str:
+    """How the training rows are validated, as the split report says it."""
+    chooses = "chooses the kept epoch" if recipe.train.keep_best_epoch else "chooses nothing"
+    if recipe.split.validation == "dataset":
+        return f"the dataset's validation folder (one model; the validation set {chooses})"
+    if recipe.split.validation == "cut":
+        share = f"{recipe.split.validation_size:.0%}"
+        return f"a fixed {share} validation cut (one model; the validation set {chooses})"
+    return "StratifiedGroupKFold" if grouped else "StratifiedKFold"
+
+
 def split(manifest_path: Path, splits_path: Path, recipe: Recipe) -> SplitResult:
     """Assign holdout and folds, audit leakage and write ``splits.parquet`` + ``split_report.json``.
 
@@ -339,11 +389,7 @@ def split(manifest_path: Path, splits_path: Path, recipe: Recipe) -> SplitResult
     report = {
         "holdout": holdout_description(splits, recipe),
         "grouped": grouped,
-        "strategy": "the dataset's validation folder (one model)"
-        if recipe.split.validation == "dataset"
-        else "StratifiedGroupKFold"
-        if grouped
-        else "StratifiedKFold",
+        "strategy": _strategy(recipe, grouped),
         "test_size": int((splits["split"] == TEST).sum()),
         "fold_sizes": fold_sizes,
         "class_counts": {

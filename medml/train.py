@@ -398,7 +398,7 @@ def fit(
         keras.callbacks.EarlyStopping(
             monitor="val_loss",
             patience=cfg.patience,
-            restore_best_weights=True,
+            restore_best_weights=cfg.keep_best_epoch,
             start_from_epoch=min(cfg.min_epochs, cfg.epochs),  # small CNNs plateau at first
         ),
     ]
@@ -444,16 +444,20 @@ def save_fold(
     files: FoldFiles,
     fold: int,
     class_counts: dict[str, Any] | None = None,
+    *,
+    keep_best_epoch: bool = True,
 ) -> FoldResult:
     """Publish the fold folder: the model and the history (best epoch, scores, and the class
     counts before/after balancing), marked complete."""
     best = int(np.argmin(history["val_loss"]))
+    kept = best if keep_best_epoch else len(history["loss"]) - 1
     summary = {
         "fold": fold,
         "epochs_run": len(history["loss"]),
         "best_epoch": best + 1,
-        "val_loss": float(history["val_loss"][best]),
-        "val_accuracy": float(history["val_accuracy"][best]),
+        "kept_epoch": kept + 1,  # the epoch whose weights the model has
+        "val_loss": float(history["val_loss"][kept]),
+        "val_accuracy": float(history["val_accuracy"][kept]),
         "train_seconds": round(seconds, 2),
         "history": {k: [float(v) for v in vals] for k, vals in history.items()},
         "class_counts": class_counts,
@@ -506,11 +510,12 @@ def train_fold(
             :meth:`Accelerator.detect` on this machine's devices.
 
     Returns:
-        Paths and the best validation scores.
+        Paths and the validation scores of the kept epoch.
     """
     import keras
 
-    seed = recipe.train.seed + fold
+    cfg = recipe.train
+    seed = cfg.seed + fold
     data = load_fold_data(shards_dir, fold, recipe)
     keras.utils.set_random_seed(seed)
     accelerator = accelerator or Accelerator.detect(recipe.train)
@@ -518,7 +523,7 @@ def train_fold(
     if tracking is None:
         history, seconds = fit(model, data, recipe, accelerator, seed=seed)
         return save_fold(model, history, seconds, FoldFiles(Path(out_dir)), fold,
-                         data.class_counts())  # fmt: skip
+                         data.class_counts(), keep_best_epoch=cfg.keep_best_epoch)  # fmt: skip
     import mlflow
 
     tags = {RUN_KEY_TAG: run_key, KIND_TAG: "fold", "fold": str(fold)}
@@ -528,7 +533,7 @@ def train_fold(
         mlflow.log_params(fold_params(recipe, fold, data, accelerator))
         history, seconds = fit(model, data, recipe, accelerator, seed=seed, log_epochs=True)
         result = save_fold(model, history, seconds, FoldFiles(Path(out_dir)), fold,
-                           data.class_counts())  # fmt: skip
+                           data.class_counts(), keep_best_epoch=cfg.keep_best_epoch)  # fmt: skip
         best = {"best_val_loss": result.val_loss, "best_val_accuracy": result.val_accuracy}
         mlflow.log_metrics({**best, "train_seconds": seconds})
         mlflow.log_artifact(str(result.history_path))

@@ -113,6 +113,36 @@ def test_the_datasets_validation_folder_validates_one_model(tiny_recipe: Recipe)
 
 
 @pytest.mark.filterwarnings("ignore:The least populated class")
+def test_a_fixed_validation_cut_validates_one_model_and_keeps_patients_whole(
+    tiny_recipe: Recipe,
+) -> None:
+    """Seed 002's protocol: one model, a fixed stratified cut of the non-holdout images."""
+    from medml.errors import ConfigError
+    from medml.split import FIT_ONLY
+
+    table = _table(n_groups=120, per_group=3)
+    table["source_split"] = ""
+    split_cfg = tiny_recipe.split.model_copy(
+        update={"validation": "cut", "folds": 1, "validation_size": 0.25}
+    )
+    recipe = tiny_recipe.model_copy(update={"split": split_cfg})
+    out = assign_splits(table, recipe)
+    training = out[out["split"].eq("train")]
+    cut, fit = training[training["fold"].eq(0)], training[training["fold"].eq(FIT_ONLY)]
+    assert len(cut) + len(fit) == len(training)
+    assert abs(len(cut) / len(training) - 0.25) < 0.06  # a quarter, by patient
+    assert not set(cut["group"]) & set(fit["group"])  # a patient on one side only
+    assert set(cut["label"]) == set(fit["label"]) == set(table["label"])  # stratified
+    assert assign_splits(table, recipe).equals(out)  # fixed: the same cut every time
+
+    with pytest.raises(ConfigError, match="split.validation=cut trains one model"):
+        load_recipe("kidney-ct", overrides=["split.validation=cut"])
+    tiny = recipe.model_copy(update={"split": split_cfg.model_copy(update={"test_size": 0.0})})
+    with pytest.raises(ValueError, match=r"the validation cut has no images of \['Stone'"):
+        assign_splits(_table(n_groups=12, per_group=1, seed=3), tiny)
+
+
+@pytest.mark.filterwarnings("ignore:The least populated class")
 @pytest.mark.parametrize("seed", range(12))
 def test_fast_group_kfold_chooses_exactly_as_scikit_learn(seed: int) -> None:
     from sklearn.model_selection import StratifiedGroupKFold

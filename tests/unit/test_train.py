@@ -57,6 +57,33 @@ def test_balancing_sees_only_the_folds_training_rows(
     assert history["epochs_run"] == 1
 
 
+@pytest.mark.parametrize("keep_best_epoch", [True, False])
+def test_the_kept_epoch_is_the_best_or_the_last(
+    keep_best_epoch: bool, shards: Path, tiny_recipe: Recipe, tmp_path: Path
+) -> None:
+    import keras
+
+    from medml.preprocess import load_images
+
+    train = tiny_recipe.train.model_copy(update={
+        "epochs": 4, "min_epochs": 0, "patience": 4, "learning_rate": 0.02,
+        "keep_best_epoch": keep_best_epoch,
+    })  # fmt: skip
+    recipe = tiny_recipe.model_copy(update={"train": train})
+    result = train_module.train_fold(shards, 0, tmp_path / "fold", recipe)
+    summary = json.loads(result.history_path.read_text())
+    losses = summary["history"]["val_loss"]
+    kept = summary["kept_epoch"]
+    assert kept == (int(np.argmin(losses)) + 1 if keep_best_epoch else len(losses))
+    _, val_rows = train_module.fold_rows(load_index(shards), 0)
+    model = keras.models.load_model(result.model_path)
+    y = val_rows["label_index"].to_numpy()
+    probabilities = model.predict(load_images(shards, val_rows), verbose=0)
+    loss = float(keras.losses.sparse_categorical_crossentropy(y, probabilities).numpy().mean())
+    assert loss == pytest.approx(losses[kept - 1], abs=2e-3)  # these weights are that epoch's
+    assert summary["val_loss"] == losses[kept - 1]
+
+
 def test_unknown_fold_is_a_clear_error(shards: Path, tiny_recipe: Recipe, tmp_path: Path) -> None:
     with pytest.raises(RunError, match=r"fold 7 does not exist; this split has folds \[0, 1\]"):
         train_module.train_fold(shards, 7, tmp_path / "fold", tiny_recipe)
