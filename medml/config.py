@@ -235,8 +235,17 @@ class SplitConfig(_Strict):
     near_duplicate_max_group: int = Field(
         default=0,
         ge=0,
-        description="largest pseudo-patient group; 0: the smallest class / (folds + 1)",
+        description="largest pseudo-patient group; 0: the smallest class / (folds + 1) (with "
+        "validation: cut, 1 / validation_size parts instead of the folds)",
     )
+
+    @property
+    def parts(self) -> int:
+        """How many parts the training images are cut into: the folds, the validation cut's
+        1-in-n, or one (a dataset's own validation folder)."""
+        if self.validation == "cut":
+            return max(2, round(1.0 / self.validation_size))
+        return self.folds
 
     @model_validator(mode="after")
     def _folds_match_validation(self) -> SplitConfig:

@@ -147,13 +147,20 @@ def _require_units_per_class(out: pd.DataFrame, grouped: bool, recipe: Recipe) -
     cfg = recipe.split
     unit = "patients/groups" if grouped else "images"
     units = out.groupby("label")["group"].nunique() if grouped else out["label"].value_counts()
-    needed = cfg.folds + (1 if cfg.test_size > 0 else 0)
+    cut = cfg.validation == "cut"  # a cut needs one unit on each side, folds one per fold
+    needed = (2 if cut else cfg.folds) + (1 if cfg.test_size > 0 else 0)
     if units.min() < needed:
         short = {str(k): int(v) for k, v in units.items() if v < needed}
         holdout = "a holdout plus " if cfg.test_size > 0 else ""
+        parts = "a validation cut" if cut else f"split.folds={cfg.folds}"
+        fix = (
+            "use split.validation=dataset with a validation folder"
+            if cut
+            else ("lower split.folds")
+        )
         raise SplitError(
-            f"too few {unit} per class for {holdout}split.folds={cfg.folds}: {short}; "
-            f"need at least {needed} per class; add data or lower split.folds"
+            f"too few {unit} per class for {holdout}{parts}: {short}; "
+            f"need at least {needed} per class; add data or {fix}"
         )
 
 
@@ -231,11 +238,11 @@ def _validation_cut(
     """
     cfg = recipe.split
     pool = np.flatnonzero(out["split"].to_numpy() == TRAIN)
-    n_splits = max(2, int(round(1.0 / cfg.validation_size)))
+    n_splits = cfg.parts
     cv = _make_cv(groups is not None, n_splits, cfg.seed + 1)
     pool_groups = None if groups is None else groups[pool]
     try:
-        _, local = next(iter(cv.split(np.zeros(len(pool)), y[pool], pool_groups)))
+        candidates = [local for _, local in cv.split(np.zeros(len(pool)), y[pool], pool_groups)]
     except ValueError as err:
         short = _classes_below(n_splits, y[pool], pool_groups, recipe.data.classes)
         raise SplitError(
@@ -244,7 +251,13 @@ def _validation_cut(
             f"these classes have fewer than {n_splits}: {short}; add data, raise "
             f"split.validation_size, or use split.validation=folds. scikit-learn: {err}"
         ) from None
-    return pool[local]
+    every = set(range(len(recipe.data.classes)))
+    for local in candidates:  # the first candidate that leaves every class on both sides
+        inside = np.zeros(len(pool), bool)
+        inside[local] = True
+        if set(y[pool][inside]) >= every and set(y[pool][~inside]) >= every:
+            return pool[local]
+    return pool[candidates[0]]  # none does: _one_validation_set names the missing classes
 
 
 def _one_validation_set(
@@ -346,7 +359,7 @@ def near_duplicate_groups(
     if not ungrouped.any():
         return table, None
     smallest_class = int(table["label"].value_counts().min())
-    max_group = cfg.near_duplicate_max_group or max(2, smallest_class // (cfg.folds + 1))
+    max_group = cfg.near_duplicate_max_group or max(2, smallest_class // (cfg.parts + 1))
     rows = table[ungrouped]
     found = cluster(
         signatures(rows["thumbnail"].tolist()),

@@ -138,7 +138,7 @@ def test_a_fixed_validation_cut_validates_one_model_and_keeps_patients_whole(
     with pytest.raises(ConfigError, match="split.validation=cut trains one model"):
         load_recipe("kidney-ct", overrides=["split.validation=cut"])
     tiny = recipe.model_copy(update={"split": split_cfg.model_copy(update={"test_size": 0.0})})
-    with pytest.raises(ValueError, match=r"the validation cut has no images of \['Stone'"):
+    with pytest.raises(ValueError, match=r"for a validation cut: \{'Tumor': 1, 'Stone': 1\}"):
         assign_splits(_table(n_groups=12, per_group=1, seed=3), tiny)
 
 
@@ -242,3 +242,36 @@ def test_the_fast_fold_choice_still_replaces_scikit_learns_private_hook() -> Non
     y = np.arange(40) % 2
     list(Spy(n_splits=2).split(y, y, np.arange(40) // 2))
     assert calls, "scikit-learn's split no longer calls _find_best_fold"
+
+
+def test_the_validation_cut_takes_a_part_with_every_class_on_both_sides(
+    tiny_recipe: Recipe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Of the candidate parts a group-aware 1-in-n cut offers, the first may lack a class of
+    few large groups (pseudo-patient clusters): the cut is the first part that has every class
+    on both sides, and the clusters are bounded by the cut's parts, not by folds=1."""
+    import medml.split as split_module
+
+    rows = [{"path": f"Normal/P{g}.jpg", "label": "Normal", "group": f"P{g}",
+             "sha256": f"n{g}"} for g in range(40)]  # fmt: skip
+    rows += [{"path": f"Stone/S{g}.jpg", "label": "Stone", "group": "S", "sha256": f"s{g}"}
+             for g in range(4)] + [{"path": "Stone/T.jpg", "label": "Stone", "group": "T",
+                                    "sha256": "t"}]  # fmt: skip
+    table = pd.DataFrame(rows).assign(source_split="")
+    cfg = tiny_recipe.split.model_copy(update={
+        "validation": "cut", "folds": 1, "validation_size": 0.25, "test_size": 0.0,
+    })  # fmt: skip
+    data = tiny_recipe.data.model_copy(update={"classes": ["Normal", "Stone"]})
+    recipe = tiny_recipe.model_copy(update={"split": cfg, "data": data})
+    normal_only = list(range(10))  # a first candidate without any Stone image
+
+    class FirstPartLacksStone:
+        def split(self, x: object, y: object, groups: object = None):
+            yield None, np.array(normal_only)
+            yield None, np.array([10, 11, 12, 40, 44])  # Normal and Stone (groups S and T)
+
+    monkeypatch.setattr(split_module, "_make_cv", lambda *args: FirstPartLacksStone())
+    out = assign_splits(table, recipe)
+    cut = out[out["fold"].eq(0)]
+    assert set(cut["label"]) == {"Normal", "Stone"} and len(cut) == 5
+    assert cfg.parts == 4 and tiny_recipe.split.parts == tiny_recipe.split.folds
