@@ -149,8 +149,8 @@ def recipes(
     for name, path in sorted(found.items()):
         typer.echo(name if path.parent == RECIPES_DIR else f"{name}  ({path})")
     for folder in recipe_dirs()[1:]:
-        for path in sorted(folder.glob("*.yaml")):
-            if found[path.stem] != path:
+        for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+            if path.is_file() and found[path.stem] != path:
                 typer.secho(f"{path} is not used: {found[path.stem]} has its name", err=True)
 
 

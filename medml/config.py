@@ -216,9 +216,10 @@ class SplitConfig(_Strict):
     validation_size: float = Field(
         default=0.25,
         gt=0.0,
-        lt=1.0,
+        le=0.5,
         description="validation: cut — the share of the non-holdout images (by group) that "
-        "validates the one model",
+        "validates the one model, as 1 in round(1 / validation_size) (the split report gives "
+        "the share cut)",
     )
     near_duplicates: Literal["group", "report", "fail"] = Field(
         default="group",
@@ -618,12 +619,13 @@ def recipe_dirs(recipes_dir: Path = RECIPES_DIR) -> list[Path]:
 
 
 def recipe_files(recipes_dir: Path = RECIPES_DIR) -> dict[str, Path]:
-    """Each recipe name and its file (``<name>.yaml``), the first of :func:`recipe_dirs`
-    that has it winning."""
+    """Each recipe name and its file (``<name>.yaml`` or ``.yml``), the first of
+    :func:`recipe_dirs` that has it winning."""
     found: dict[str, Path] = {}
     for folder in recipe_dirs(recipes_dir):
-        for path in sorted(folder.glob("*.yaml")):
-            found.setdefault(path.stem, path)
+        for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+            if path.is_file():  # not a folder named x.yaml
+                found.setdefault(path.stem, path)
     return found
 
 

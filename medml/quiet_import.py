@@ -7,8 +7,8 @@ operations are on …") straight to file descriptor 2, before its log level
 stderr line is labelled ERROR, and at a terminal they read as problems. While TensorFlow's
 module runs its import, :func:`install` catches what is written to descriptor 2 and hands
 each line of TensorFlow's own log format to the ``tensorflow`` logger at its own level (I:
-info, W: warning, E/F: error; the banner: debug); any other line goes back to stderr as it
-was.
+info, W: warning, E: error; the banner: debug); a fatal (F) line and any other line go back to
+stderr as they were, as they come.
 """
 
 from __future__ import annotations
@@ -21,52 +21,66 @@ import logging
 import os
 import re
 import sys
-import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from types import ModuleType
 
 _BANNER = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
 _NATIVE_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ [\w./-]+:\d+\] (.*)$")
-_LEVELS = {"I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR, "F": logging.ERROR}
+_LEVELS = {"I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR}
 
 
 @contextlib.contextmanager
 def native_stderr_to_logging(logger_name: str = "tensorflow") -> Iterator[None]:
-    """Within the block, what native code writes to descriptor 2 is caught and replayed:
-    TensorFlow-format lines to ``logger_name`` at their level, other lines to stderr."""
+    """Within the block, what native code writes to descriptor 2 is read as it comes (a pipe
+    and a reader thread) and replayed: TensorFlow-format lines to ``logger_name`` at their
+    level, other lines to the real stderr at once (a fatal line is written there before the
+    process can abort). Without a usable descriptor 2 the block runs as it is."""
     try:
-        sys.stderr.flush()
         saved = os.dup(2)
-    except (OSError, ValueError):  # no usable stderr: nothing to keep clean
+    except OSError:  # stderr closed: nothing to keep clean
         yield
         return
-    with tempfile.TemporaryFile() as caught:
-        os.dup2(caught.fileno(), 2)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(OSError, ValueError):
-                sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            caught.seek(0)
-            replay(caught.read().decode(errors="replace").splitlines(), logger_name)
+    _flush_stderr()
+    read_end, write_end = os.pipe()
+    reader = threading.Thread(target=_forward, args=(read_end, saved, logger_name), daemon=True)
+    reader.start()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        yield
+    finally:
+        _flush_stderr()
+        os.dup2(saved, 2)  # the pipe's last writer closes: the reader sees its end
+        reader.join(timeout=10)
+        os.close(saved)
 
 
-def replay(lines: Sequence[str], logger_name: str = "tensorflow") -> None:
-    """Send TensorFlow-format ``lines`` to the logger at their level, the rest to stderr."""
+def _flush_stderr() -> None:
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # None, or closed
+        sys.stderr.flush()
+
+
+def _forward(read_end: int, stderr: int, logger_name: str) -> None:
+    """Read the pipe line by line until its writers close it, replaying each line."""
+    with os.fdopen(read_end, "rb") as pipe:
+        for raw in pipe:
+            replay([raw.decode(errors="replace").rstrip("\n")], logger_name, stderr=stderr)
+
+
+def replay(lines: Sequence[str], logger_name: str = "tensorflow", *, stderr: int = 2) -> None:
+    """Send TensorFlow-format ``lines`` to the logger at their level (a fatal one also to
+    ``stderr`` as it is), the rest to ``stderr`` as they are."""
     logger = logging.getLogger(logger_name)
-    others = []
     for line in lines:
         native = _NATIVE_LINE.match(line)
         if line.strip() == _BANNER:
             logger.debug(line.strip())
-        elif native:
+        elif native and native.group(1) != "F":
             logger.log(_LEVELS[native.group(1)], native.group(2))
         elif line.strip():
-            others.append(line)
-    if others:
-        os.write(2, ("\n".join(others) + "\n").encode())
+            with contextlib.suppress(OSError):
+                os.write(stderr, (line + "\n").encode())
 
 
 class _QuietImport(importlib.abc.MetaPathFinder):

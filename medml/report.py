@@ -29,11 +29,21 @@ SUMMARY_FILES = StepFiles(
 """What the summary reads and writes (for an S3 run directory's mirror)."""
 
 
+def _scored_by(recipe: Recipe, metrics: HoldoutMetrics) -> str:
+    """Which model scored the images of the estimate."""
+    one = recipe.split.folds == 1
+    if metrics.estimate == OUT_OF_FOLD:
+        if one:
+            return "each validation image scored by the one model, trained on the other images:"
+        return "each image scored by the fold model that did not train on it:"
+    return "one model:" if one else f"fold ensemble of {recipe.split.folds} models:"
+
+
 def _validation_chose_lines(recipe: Recipe, metrics: HoldoutMetrics) -> list[str]:
     """A warning when the estimate is scored on images that chose the model's epoch (one
     model, no holdout, best epoch kept or early stopping on)."""
     cfg = recipe.train
-    chose = cfg.keep_best_epoch or cfg.patience < cfg.epochs
+    chose = cfg.epochs > 1 and (cfg.keep_best_epoch or cfg.patience < cfg.epochs)
     if metrics.estimate != OUT_OF_FOLD or recipe.split.folds != 1 or not chose:
         return []
     return [
@@ -72,12 +82,7 @@ def summary_text(ctx: RunContext) -> str:
         f"medml run {ctx.run_key}  recipe={ctx.recipe.name}  logical date={ctx.logical_date}",
         f"run directory: {ctx.location}",
         "",
-        f"{metrics.label}, "
-        + (
-            "each image scored by the fold model that did not train on it:"
-            if metrics.estimate == OUT_OF_FOLD
-            else f"fold ensemble of {ctx.recipe.split.folds} models:"
-        ),
+        f"{metrics.label}, " + _scored_by(ctx.recipe, metrics),
         *_per_class_table(metrics),
         *_validation_chose_lines(ctx.recipe, metrics),
         "",

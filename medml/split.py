@@ -276,10 +276,11 @@ def _one_validation_set(
                        ("training part", out[training & ~validates])):  # fmt: skip
         missing = sorted(set(recipe.data.classes) - set(rows["label"]))
         if missing:
+            fix = ("raise split.validation_size" if recipe.split.validation == "cut"
+                   else "use split.validation=folds")  # fmt: skip
             raise SplitError(
                 f"the {part} has no images of {missing}; every class needs some under "
-                f"split.validation={recipe.split.validation}: add them, or use "
-                "split.validation=folds"
+                f"split.validation={recipe.split.validation}: add them, or {fix}"
             )
     return out
 
@@ -375,14 +376,16 @@ def near_duplicate_groups(
     return out, found.summary()
 
 
-def _strategy(recipe: Recipe, grouped: bool) -> str:
+def _strategy(recipe: Recipe, grouped: bool, splits: pd.DataFrame) -> str:
     """How the training rows are validated, as the split report says it."""
     chooses = "chooses the kept epoch" if recipe.train.keep_best_epoch else "chooses nothing"
     if recipe.split.validation == "dataset":
         return f"the dataset's validation folder (one model; the validation set {chooses})"
     if recipe.split.validation == "cut":
-        share = f"{recipe.split.validation_size:.0%}"
-        return f"a fixed {share} validation cut (one model; the validation set {chooses})"
+        training = splits[splits["split"] == TRAIN]
+        share = f"{float((training['fold'] == 0).mean()):.0%}"
+        return (f"a fixed validation cut of 1 in {recipe.split.parts} ({share} of the training "
+                f"images; one model; the validation set {chooses})")  # fmt: skip
     return "StratifiedGroupKFold" if grouped else "StratifiedKFold"
 
 
@@ -402,7 +405,7 @@ def split(manifest_path: Path, splits_path: Path, recipe: Recipe) -> SplitResult
     report = {
         "holdout": holdout_description(splits, recipe),
         "grouped": grouped,
-        "strategy": _strategy(recipe, grouped),
+        "strategy": _strategy(recipe, grouped, splits),
         "test_size": int((splits["split"] == TEST).sum()),
         "fold_sizes": fold_sizes,
         "class_counts": {

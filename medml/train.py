@@ -446,11 +446,14 @@ def save_fold(
     class_counts: dict[str, Any] | None = None,
     *,
     keep_best_epoch: bool = True,
+    first_candidate_epoch: int = 0,
 ) -> FoldResult:
     """Publish the fold folder: the model and the history (best epoch, scores, and the class
     counts before/after balancing), marked complete."""
-    best = int(np.argmin(history["val_loss"]))
-    kept = best if keep_best_epoch else len(history["loss"]) - 1
+    losses = history["val_loss"]
+    start = min(first_candidate_epoch, len(losses))  # early stopping ignores earlier epochs
+    best = start + int(np.argmin(losses[start:])) if start < len(losses) else len(losses) - 1
+    kept = best if keep_best_epoch else len(losses) - 1
     summary = {
         "fold": fold,
         "epochs_run": len(history["loss"]),
@@ -523,7 +526,8 @@ def train_fold(
     if tracking is None:
         history, seconds = fit(model, data, recipe, accelerator, seed=seed)
         return save_fold(model, history, seconds, FoldFiles(Path(out_dir)), fold,
-                         data.class_counts(), keep_best_epoch=cfg.keep_best_epoch)  # fmt: skip
+                         data.class_counts(), keep_best_epoch=cfg.keep_best_epoch,
+                         first_candidate_epoch=min(cfg.min_epochs, cfg.epochs))  # fmt: skip
     import mlflow
 
     tags = {RUN_KEY_TAG: run_key, KIND_TAG: "fold", "fold": str(fold)}
@@ -533,7 +537,8 @@ def train_fold(
         mlflow.log_params(fold_params(recipe, fold, data, accelerator))
         history, seconds = fit(model, data, recipe, accelerator, seed=seed, log_epochs=True)
         result = save_fold(model, history, seconds, FoldFiles(Path(out_dir)), fold,
-                           data.class_counts(), keep_best_epoch=cfg.keep_best_epoch)  # fmt: skip
+                           data.class_counts(), keep_best_epoch=cfg.keep_best_epoch,
+                         first_candidate_epoch=min(cfg.min_epochs, cfg.epochs))  # fmt: skip
         best = {"best_val_loss": result.val_loss, "best_val_accuracy": result.val_accuracy}
         mlflow.log_metrics({**best, "train_seconds": seconds})
         mlflow.log_artifact(str(result.history_path))

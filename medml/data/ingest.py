@@ -328,9 +328,18 @@ def _read_groups(
         ))  # fmt: skip
         image_dir = PurePosixPath(data.csv_image_dir)
         source = f"{data.csv_file}:{column}"
-        return {(image_dir / row[path_column].strip()).as_posix():
-                (pseudonym(column, row[column].strip(), key), source)
-                for _, row in rows if row.get(column, "").strip()}  # fmt: skip
+        found: dict[str, tuple[int, str]] = {}
+        for line, row in rows:
+            path, group = (image_dir / row[path_column].strip()).as_posix(), row[column].strip()
+            if group and path in found and found[path][1] != group:
+                raise LayoutError(
+                    f"{root / data.csv_file} lines {found[path][0]} and {line}: {path} is listed "
+                    f"with two different {column!r} values; give each image one patient"
+                )
+            if group:
+                found.setdefault(path, (line, group))
+        return {path: (pseudonym(column, group, key), source)
+                for path, (_, group) in found.items()}  # fmt: skip
     if not os.path.lexists(sidecar):  # a link or a pipe is an error, not "no groups"
         return {}
     rows = read_table(
@@ -342,7 +351,7 @@ def _read_groups(
 def _check_groups_cover(
     groups: dict[str, tuple[str, str]], items: list[Item], data: DataConfig, root: Path
 ) -> None:
-    if not groups or data.groups_missing == "own_group":
+    if data.groups_missing == "own_group" or not (groups or data.csv_group_column):
         return
     missing = [item.path for item in items if item.path not in groups]
     if missing:

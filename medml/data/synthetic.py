@@ -649,12 +649,12 @@ def synth_for_recipe(
             f"no generic phantom for layout {layout!r}; use class_folders, split_folders or csv "
             "(--layout), or write a generator (docs/extending.md)"
         )
+    suffix, image_dir, csv_file = _generic_names(data, layout)
     weights = {name: 2 if i == 0 else 1 for i, name in enumerate(data.classes)}
     least = 3 if layout == "split_folders" else 1  # one image each in train/, val/ and test/
     counts = proportional_counts(n, weights, minimum=least)
     out_dir = _fresh(out_dir)
     rng = np.random.default_rng(seed)
-    suffix = next((e for e in data.extensions if e in {".png", ".jpg", ".jpeg"}), ".png")
     rows: list[tuple[str, str, str]] = []
     patient = 0
     with atomic_path(out_dir) as staging:
@@ -676,14 +676,46 @@ def synth_for_recipe(
                         "train" if rng.random() < 0.7 else "val" if rng.random() < 0.33 else "test"
                     )
                 )
-                folder = {"class_folders": label, "split_folders": f"{split}/{label}",
-                          "csv": data.csv_image_dir}[layout]  # fmt: skip
-                name = f"{folder}/P{patient:05d}_{index}_{i:05d}{suffix}"
+                folder = {"class_folders": PurePosixPath(label), "csv": image_dir,
+                          "split_folders": PurePosixPath(split, label)}[layout]  # fmt: skip
+                name = (folder / f"P{patient:05d}_{index}_{i:05d}{suffix}").as_posix()
                 (staging / folder).mkdir(parents=True, exist_ok=True)
                 cv2.imwrite(str(staging / name), np.clip(image, 0, 255).astype(np.uint8))
                 rows.append((name, label, f"P{patient:05d}"))
-        _write_labels_and_groups(staging, data, layout, rows)
+        _write_labels_and_groups(staging, data, layout, rows, image_dir, csv_file)
     return SynthResult(root=out_dir, counts=counts, patients=patient)
+
+
+_WRITABLE = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def _generic_names(data: DataConfig, layout: str) -> tuple[str, PurePosixPath, PurePosixPath]:
+    """The file extension, the CSV layout's image folder and CSV file of a generic phantom,
+    after checking that every name stays inside the output folder.
+
+    Raises:
+        SynthError: no extension OpenCV writes, a class that is not one folder name (folder
+            layouts), or a CSV path that is absolute or climbs out.
+    """
+    suffix = next((e.lower() for e in data.extensions if e.lower() in _WRITABLE), None)
+    if suffix is None:
+        raise SynthError(
+            f"data.extensions {data.extensions} has none the phantom can write "
+            f"({', '.join(_WRITABLE)}); add one"
+        )
+    if layout != "csv":
+        for name in data.classes:
+            if name in {"", ".", ".."} or any(c in name for c in "/\\\0"):
+                raise SynthError(
+                    f"class {name!r} cannot be a folder name, and the {layout} layout keeps each "
+                    "class in a folder of its name; rename it (or use the csv layout)"
+                )
+    paths = {"data.csv_image_dir": PurePosixPath(data.csv_image_dir or "."),
+             "data.csv_file": PurePosixPath(data.csv_file)}  # fmt: skip
+    for key, path in paths.items():
+        if path.is_absolute() or ".." in path.parts or (key == "data.csv_file" and not path.name):
+            raise SynthError(f"{key}={str(path)!r} must be a relative path inside the dataset")
+    return suffix, paths["data.csv_image_dir"], paths["data.csv_file"]
 
 
 def _blobs(rng: np.random.Generator, background: np.ndarray, index: int) -> np.ndarray:
@@ -697,19 +729,23 @@ def _blobs(rng: np.random.Generator, background: np.ndarray, index: int) -> np.n
 
 
 def _write_labels_and_groups(
-    root: Path, data: DataConfig, layout: str, rows: list[tuple[str, str, str]]
-) -> None:
+    root: Path, data: DataConfig, layout: str, rows: list[tuple[str, str, str]],
+    image_dir: PurePosixPath, csv_file: PurePosixPath,
+) -> None:  # fmt: skip
     """The CSV layout's labels file (with the group column when the recipe names one), and
     ``groups.csv`` wherever no column carries the groups."""
     if layout == "csv":
-        prefix = len(PurePosixPath(data.csv_image_dir).as_posix()) + 1
         header = [data.csv_path_column, data.csv_label_column]
         group_column = data.csv_group_column
-        with open(root / data.csv_file, "w", newline="") as handle:
+        (root / csv_file).parent.mkdir(parents=True, exist_ok=True)
+        with open(root / csv_file, "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(header + ([group_column] if group_column else []))
-            writer.writerows([path[prefix:], label, *([group] if group_column else [])]
-                             for path, label, group in rows)  # fmt: skip
+            writer.writerows(
+                [PurePosixPath(path).relative_to(image_dir).as_posix(), label,
+                 *([group] if group_column else [])]
+                for path, label, group in rows
+            )  # fmt: skip
         if group_column:
             return
     with open(root / GROUPS_FILE, "w", newline="") as handle:
@@ -740,16 +776,14 @@ def synthesize(recipe: str | Recipe, out_dir: Path, *, layout: str | None = None
     """Write a phantom dataset for ``recipe`` in ``layout`` (default: the recipe's own).
 
     ``recipe`` is a shipped recipe's name, or a loaded recipe: one with a shipped recipe's
-    name and classes gets that recipe's phantom, any other the generic one
-    (:func:`synth_for_recipe`).
+    name and its ``data`` settings gets that recipe's phantom, any other (an edited copy
+    included) the generic one (:func:`synth_for_recipe`).
 
     Raises:
         SynthError: no generator for this recipe/layout pair, or ``n`` is too small for it.
     """
     if not isinstance(recipe, str):
-        shipped = recipe.name in DEFAULT_LAYOUT and _shipped_classes(recipe.name) == list(
-            recipe.data.classes
-        )
+        shipped = recipe.name in DEFAULT_LAYOUT and _shipped_data(recipe.name) == recipe.data
         if not shipped:
             chosen = layout or (recipe.data.layout if recipe.data.layout != "auto" else "")
             return synth_for_recipe(out_dir, recipe.data, layout=chosen or "class_folders", n=n,
@@ -767,7 +801,7 @@ def synthesize(recipe: str | Recipe, out_dir: Path, *, layout: str | None = None
     return generator(out_dir, n=n, seed=seed, image_size=image_size)
 
 
-def _shipped_classes(name: str) -> list[str]:
-    from medml.config import load_recipe
+def _shipped_data(name: str) -> DataConfig:
+    from medml.config import RECIPES_DIR, load_recipe
 
-    return list(load_recipe(name).data.classes)
+    return load_recipe(RECIPES_DIR / f"{name}.yaml").data

@@ -140,6 +140,18 @@ def test_a_csv_group_column_that_is_missing_or_empty_is_named(tmp_path: Path) ->
         ingest(root, tmp_path / "m3.parquet", _csv_recipe(csv_group_column="ward"))
 
 
+def test_a_csv_group_column_blank_throughout_or_split_in_two_is_refused(tmp_path: Path) -> None:
+    blank = _csv_dataset(tmp_path / "blank", [("1.png", "a", ""), ("2.png", "b", " ")])
+    with pytest.raises(IngestError, match="2 of 2 files are not given a group"):
+        ingest(blank, tmp_path / "m.parquet", _csv_recipe(), pseudonym_key=b"k")
+    twice = _csv_dataset(tmp_path / "twice", [("1.png", "a", "P1"), ("2.png", "b", "P2")])
+    with open(twice / "labels.csv", "a") as handle:
+        handle.write("1.png,a,P9\n")
+    with pytest.raises(IngestError, match=r"lines 2 and 4: images/1\.png is listed with two "
+                                          r"different 'patient' values"):  # fmt: skip
+        ingest(twice, tmp_path / "m2.parquet", _csv_recipe(), pseudonym_key=b"k")
+
+
 def test_a_csv_group_column_and_a_groups_file_are_one_too_many(tmp_path: Path) -> None:
     root = _csv_dataset(tmp_path / "ds", [("1.png", "a", "P1"), ("2.png", "b", "P2")])
     (root / "groups.csv").write_text("path,group\nimages/1.png,X\nimages/2.png,Y\n")

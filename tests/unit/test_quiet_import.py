@@ -40,3 +40,11 @@ def test_importing_tensorflow_after_medml_writes_nothing_to_stderr() -> None:
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=120)  # fmt: skip
     assert done.returncode == 0 and done.stdout == "ok\n", done.stderr
     assert "InitializeLog" not in done.stderr and "oneDNN" not in done.stderr, done.stderr
+
+
+def test_tensorflow_imports_after_medml_with_stderr_closed() -> None:
+    code = "import medml, tensorflow; print('ok')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=False, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=120,
+                          close_fds=True, preexec_fn=lambda: os.close(2))  # fmt: skip
+    assert done.returncode == 0 and done.stdout == "ok\n"

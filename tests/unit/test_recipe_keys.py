@@ -88,3 +88,16 @@ def test_medml_recipes_keys_writes_between_the_markers(tmp_path: Path) -> None:
     bare.write_text("no markers\n")
     refused = CliRunner().invoke(app, ["recipes", "--keys", "--write", str(bare)])
     assert refused.exit_code == 3 and "no recipe-key markers" in refused.stderr
+
+
+def test_a_folder_named_like_a_recipe_is_not_one_and_yml_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medml.config import available_recipes
+
+    monkeypatch.setenv("MEDML_HOME", str(tmp_path))
+    (tmp_path / "recipes" / "folder.yaml").mkdir(parents=True)
+    own = {"name": "short", "data": {"classes": ["a", "b"]}, "registry": {"model_name": "s"}}
+    (tmp_path / "recipes" / "short.yml").write_text(yaml.safe_dump(own))
+    assert "folder" not in available_recipes() and "short" in available_recipes()
+    assert load_recipe("short").name == "short"

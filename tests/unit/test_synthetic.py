@@ -135,3 +135,49 @@ def test_a_generic_phantom_in_split_folders_and_its_limits(tmp_path: Path) -> No
         synthesize(recipe, tmp_path / "e", n=5, seed=0, image_size=40)
     with pytest.raises(SynthError, match="no generic phantom for layout 'dicom'"):
         synthesize(recipe, tmp_path / "f", layout="dicom", n=50, seed=0, image_size=40)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"layout": "class_folders", "classes": ["a/b", "c"]}, "class 'a/b' cannot be a folder"),
+        ({"layout": "class_folders", "classes": ["..", "c"]}, "class '..' cannot be a folder"),
+        ({"csv_image_dir": "/etc"}, "data.csv_image_dir='/etc' must be a relative path"),
+        ({"csv_file": "../labels.csv"}, "data.csv_file='../labels.csv' must be a relative"),
+        ({"extensions": [".dcm"]}, r"has none the phantom can write"),
+    ],
+)
+def test_a_generic_phantom_never_writes_outside_its_folder(
+    data: dict, message: str, tmp_path: Path
+) -> None:
+    from medml.config import load_recipe
+    from medml.data.synthetic import synthesize
+    from medml.errors import SynthError
+
+    recipe = load_recipe(_own_recipe(tmp_path, **data))
+    with pytest.raises(SynthError, match=message):
+        synthesize(recipe, tmp_path / "out", n=20, seed=0, image_size=32)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_generic_phantom_follows_nested_csv_paths_tif_and_edited_shipped_recipes(
+    tmp_path: Path,
+) -> None:
+    import yaml
+
+    from medml.config import RECIPES_DIR, load_recipe
+    from medml.data.synthetic import synthesize
+
+    recipe = load_recipe(_own_recipe(tmp_path, csv_file="meta/labels.csv", csv_image_dir="",
+                                     extensions=[".tif"]))  # fmt: skip
+    synthesize(recipe, tmp_path / "nested", n=12, seed=0, image_size=32)
+    with open(tmp_path / "nested" / "meta" / "labels.csv") as handle:
+        first = next(csv.DictReader(handle))
+    assert first["image"].endswith(".tif") and (tmp_path / "nested" / first["image"]).is_file()
+    # an edited copy of a shipped recipe (same name, other CSV) gets the generic phantom
+    edited = yaml.safe_load((RECIPES_DIR / "capsule-endoscopy.yaml").read_text())
+    edited["data"] |= {"csv_file": "meta.csv", "csv_path_column": "file"}
+    (tmp_path / "copy.yaml").write_text(yaml.safe_dump(edited))
+    synthesize(load_recipe(tmp_path / "copy.yaml"), tmp_path / "copy", n=60, seed=0,
+               image_size=32)  # fmt: skip
+    assert (tmp_path / "copy" / "meta.csv").read_text().startswith("file,")

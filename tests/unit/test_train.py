@@ -57,16 +57,18 @@ def test_balancing_sees_only_the_folds_training_rows(
     assert history["epochs_run"] == 1
 
 
-@pytest.mark.parametrize("keep_best_epoch", [True, False])
+@pytest.mark.parametrize(("keep_best_epoch", "min_epochs"), [(True, 0), (False, 0), (True, 2)])
 def test_the_kept_epoch_is_the_best_or_the_last(
-    keep_best_epoch: bool, shards: Path, tiny_recipe: Recipe, tmp_path: Path
+    keep_best_epoch: bool, min_epochs: int, shards: Path, tiny_recipe: Recipe, tmp_path: Path
 ) -> None:
+    """The weights saved are the epoch history.json names: the lowest val_loss from
+    ``min_epochs`` on (early stopping ignores the epochs before), or the last."""
     import keras
 
     from medml.preprocess import load_images
 
     train = tiny_recipe.train.model_copy(update={
-        "epochs": 4, "min_epochs": 0, "patience": 4, "learning_rate": 0.02,
+        "epochs": 4, "min_epochs": min_epochs, "patience": 4, "learning_rate": 0.02,
         "keep_best_epoch": keep_best_epoch,
     })  # fmt: skip
     recipe = tiny_recipe.model_copy(update={"train": train})
@@ -74,7 +76,8 @@ def test_the_kept_epoch_is_the_best_or_the_last(
     summary = json.loads(result.history_path.read_text())
     losses = summary["history"]["val_loss"]
     kept = summary["kept_epoch"]
-    assert kept == (int(np.argmin(losses)) + 1 if keep_best_epoch else len(losses))
+    best = min_epochs + int(np.argmin(losses[min_epochs:])) + 1
+    assert kept == (best if keep_best_epoch else len(losses))
     _, val_rows = train_module.fold_rows(load_index(shards), 0)
     model = keras.models.load_model(result.model_path)
     y = val_rows["label_index"].to_numpy()
