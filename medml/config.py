@@ -442,9 +442,9 @@ class TrainConfig(_Strict):
     )
     keep_best_epoch: bool = Field(
         default=True,
-        description="keep the weights of the epoch with the lowest val_loss (the validation "
-        "set chooses the epoch); false: the last epoch's, as seeds that report their final "
-        "epoch did",
+        description="keep the weights of the epoch with the lowest val_loss from min_epochs on "
+        "(the validation set chooses the epoch); false: the last epoch's, as seeds that report "
+        "their final epoch did",
     )
     min_epochs: int = Field(
         default=10, ge=0, description="early stopping may not stop before this epoch"
