@@ -208,7 +208,8 @@ def plot_experiment_curves(
     from medml.evaluate import pyplot, save_figure
 
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    rows = -(-len(histories) // 2)  # the legend below: two experiments a row
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4 + 0.45 * rows))
     for k, (name, folds) in enumerate(histories.items()):
         for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
             for prefix, style in (("val_", "-"), ("", "--")):
@@ -217,8 +218,10 @@ def plot_experiment_curves(
                 ax.plot(range(1, len(mean) + 1), mean, style, color=f"C{k % 10}", label=label)
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         ax.set(xlabel="epoch", ylabel=metric, title=f"{metric}, mean over folds")
-    axes[1].legend(fontsize=7, loc="lower right")
-    return save_figure(fig, path)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
+    return save_figure(fig, path, bottom=0.03 + 0.04 * rows)
 
 
 def _mean_by_epoch(curves: Sequence[Sequence[float]]) -> list[float]:

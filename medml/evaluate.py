@@ -308,9 +308,10 @@ def pyplot() -> Any:
     return plt
 
 
-def save_figure(fig: Any, path: Path) -> Path:
-    """Write ``fig`` as a PNG (atomically) and close it."""
-    fig.tight_layout()
+def save_figure(fig: Any, path: Path, *, bottom: float = 0.0) -> Path:
+    """Write ``fig`` as a PNG (atomically) and close it; ``bottom`` (a share of the height)
+    is kept free for a legend below the axes."""
+    fig.tight_layout(rect=(0.0, bottom, 1.0, 1.0))
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     pyplot().close(fig)
