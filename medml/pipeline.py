@@ -48,11 +48,13 @@ def run_data_steps(ctx: RunContext, *, echo: Any = print, resume: _Resume | None
 
 def one_line(result: dict[str, Any], longest: int = 40) -> str:
     """A step's result for a person: its counts and short values as ``key=value`` (hashes,
-    paths and nested tables stay in the step's files and its record)."""
+    paths and nested tables stay in the step's files and its record), and why it was reused."""
     shown = []
     for key, value in result.items():
         value = value.item() if hasattr(value, "item") and not isinstance(value, str) else value
-        if isinstance(value, float):
+        if key == "reused":  # why the step did not run again: always said
+            shown.append(f"({value})")
+        elif isinstance(value, float):
             shown.append(f"{key}={value:.4g}")
         elif isinstance(value, bool | int) or isinstance(value, str) and _readable(value, longest):
             shown.append(f"{key}={value}")

@@ -344,17 +344,40 @@ def ingest(ctx: RunContext, settings: Settings | None = None) -> dict[str, Any]:
     stage=DATA,
     help="Great Expectations gate: quarantine bad files, fail on critical problems.",
 )
-def validate(ctx: RunContext) -> dict[str, Any]:
-    """Run the validation gate; quarantine bad files."""
+def validate(ctx: RunContext, settings: Settings | None = None) -> dict[str, Any]:
+    """Run the validation gate; quarantine bad files. A manifest validated before, row for
+    row, with the same data settings and code, reuses that validation
+    (:mod:`medml.step_reuse`)."""
+    from medml.step_reuse import StepReuse, content_key, reused_line
+
+    manifest = pd.read_parquet(ctx.layout.manifest)
+    key = content_key("validate", manifest, ctx.recipe.data.model_dump(mode="json"),
+                      modules=_VALIDATE_CODE, libraries=_VALIDATE_LIBRARIES)  # fmt: skip
+    kept = StepReuse((settings or Settings.from_env()).home, "validate", key)
+    outputs = {"validation": ctx.layout.validation.root}
+    facts = kept.restore(outputs, ctx.layout.root)
+    if facts is not None:
+        report = read_json(ctx.layout.validation.report)
+        return {"images": report["images"], "quarantined": report["quarantined"],
+                "class_counts": report["class_counts"], "report": str(ctx.layout.validation.report),
+                "reused": reused_line(facts)}  # fmt: skip
     from medml.data.validate import validate as validate_manifest
 
     result = validate_manifest(ctx.layout.manifest, ctx.layout.validation.root, ctx.recipe)
+    kept.keep(outputs, ctx.layout.root, ctx.run_key)
     return {
         "images": result.images,
         "quarantined": result.quarantined,
         "class_counts": result.class_counts,
         "report": str(result.report),
     }
+
+
+_VALIDATE_CODE = ("medml.data.validate", "medml.data.images", "medml.preprocess",
+                  "medml.near_duplicates")  # fmt: skip
+"""The modules whose source a kept validation depends on (a change makes a new key)."""
+_VALIDATE_LIBRARIES = ("great-expectations", "opencv-python-headless", "pydicom")
+_SPLIT_CODE = ("medml.split", "medml.near_duplicates")
 
 
 @step(
@@ -365,11 +388,30 @@ def validate(ctx: RunContext) -> dict[str, Any]:
     stage=DATA,
     help="Holdout test set + stratified (group) k folds, with a leakage audit.",
 )
-def split(ctx: RunContext) -> dict[str, Any]:
-    """Assign holdout and folds."""
+def split(ctx: RunContext, settings: Settings | None = None) -> dict[str, Any]:
+    """Assign holdout and folds. A clean manifest split before, row for row, with the same
+    classes, split settings and code, reuses that split (:mod:`medml.step_reuse`)."""
+    from medml.step_reuse import StepReuse, content_key, reused_line
+
+    clean = pd.read_parquet(ctx.layout.validation.clean_manifest)
+    used = {
+        "classes": ctx.recipe.data.classes,
+        "split": ctx.recipe.split.model_dump(mode="json"),
+        "keep_best_epoch": ctx.recipe.train.keep_best_epoch,
+    }  # the report says what it chose
+    key = content_key("split", clean, used, modules=_SPLIT_CODE, libraries=("scikit-learn",))
+    kept = StepReuse((settings or Settings.from_env()).home, "split", key)
+    outputs = {"splits.parquet": ctx.layout.splits, "split_report.json": ctx.layout.split_report}
+    facts = kept.restore(outputs, ctx.layout.root)
+    if facts is not None:
+        report = read_json(ctx.layout.split_report)
+        return {"grouped": report["grouped"], "test_images": report["test_size"],
+                "fold_sizes": report["fold_sizes"], "folds": ctx.folds,
+                "reused": reused_line(facts)}  # fmt: skip
     from medml.split import split as split_manifest
 
     result = split_manifest(ctx.layout.validation.clean_manifest, ctx.layout.splits, ctx.recipe)
+    kept.keep(outputs, ctx.layout.root, ctx.run_key)
     return {
         "grouped": result.grouped,
         "test_images": result.test_size,

@@ -48,14 +48,17 @@ def _run_until(base: Path, phantom: Path, last: str) -> Path:
 
 def _kill_at_each_write(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, base: Path, step: str, after: str,
-    call: tuple = (), after_call: tuple | None = None,
+    call: tuple = (), after_call: tuple | None = None, shared_home: Path | None = None,
 ) -> int:  # fmt: skip
     """Run ``step`` on copies of ``base``, killed after its 1st, 2nd, … write; each time
-    ``after`` must refuse and name ``step``. Returns the number of writes of a full run."""
+    ``after`` must refuse and name ``step``. Returns the number of writes of a full run.
+    With ``shared_home`` every run uses that ``MEDML_HOME`` (its kept outputs: a restore is
+    what gets killed)."""
     full = tmp_path / "full"
     shutil.copytree(base, full)
-    with monkeypatch.context() as patch:  # each run its own DVC cache: no cache hits
+    with monkeypatch.context() as patch:  # each run its own caches: no cache hits
         patch.setenv("MEDML_DVC_CACHE", str(tmp_path / "cache-full"))
+        patch.setenv("MEDML_HOME", str(shared_home or tmp_path / "home-full"))  # kept outputs
         writes = _counting_replace(patch, None)
         STEPS[step](full, *call)
         total = writes[0]
@@ -65,6 +68,7 @@ def _kill_at_each_write(
         shutil.copytree(base, killed)
         with monkeypatch.context() as patch:
             patch.setenv("MEDML_DVC_CACHE", str(tmp_path / f"cache-{kill_after}"))
+            patch.setenv("MEDML_HOME", str(shared_home or tmp_path / f"home-{kill_after}"))
             _counting_replace(patch, kill_after)
             with pytest.raises(Killed):
                 STEPS[step](killed, *call)
@@ -88,6 +92,22 @@ def test_a_step_killed_after_any_write_is_not_taken_for_finished(
     else:
         _run_until(base, phantom_dir, before)
     assert _kill_at_each_write(monkeypatch, tmp_path, base, step, after) >= 2
+
+
+@pytest.mark.parametrize(("step", "after", "before"), [
+    ("validate", "split", "ingest"), ("split", "preprocess", "validate"),
+])  # fmt: skip
+def test_a_step_killed_while_it_restores_kept_outputs_is_not_taken_for_finished(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, phantom_dir: Path, step: str, after: str,
+    before: str,
+) -> None:  # fmt: skip
+    home = tmp_path / "home"
+    monkeypatch.setenv("MEDML_HOME", str(home))
+    base = _run_until(tmp_path / "base", phantom_dir, before)
+    shutil.copytree(base, tmp_path / "first")
+    STEPS[step](tmp_path / "first")  # keeps its outputs in the shared home
+    assert "reused" in STEPS[step](shutil.copytree(base, tmp_path / "second"))
+    assert _kill_at_each_write(monkeypatch, tmp_path, base, step, after, shared_home=home) >= 2
 
 
 def test_a_failed_gate_is_not_a_finished_validate(tmp_path: Path, phantom_dir: Path) -> None:
