@@ -20,7 +20,9 @@ hashing the dependencies, caching the outputs).
 
 ``--repeat`` then runs the data steps again on a new run in the same ``MEDML_HOME``: a
 scheduled retrain of an unchanged dataset, which reuses the first run's hashes and decode
-verdicts (:mod:`medml.data.reuse`).
+verdicts (:mod:`medml.data.reuse`), its validation and split (:mod:`medml.step_reuse`) and
+its shards (the DVC run cache); it prints what each step reused and the data steps' time as a
+share of the cold run's (issue 26's target: ≤ 25 %).
 
     .venv/bin/python benchmarks/end_to_end.py [--dataset kidney-ct] [--n N] [--epochs 1]
         [--cache ~/.cache/medml-bench] [--until preprocess] [--dvc] [--repeat]
@@ -58,16 +60,22 @@ def phantom(dataset: str, n: int, side: int, cache: Path) -> Path:
     return root
 
 
-def timed(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[float, float]:
+def timed(
+    cmd: list[str], env: dict[str, str], cwd: Path | None = None, said: list[str] | None = None
+) -> tuple[float, float]:
     """Run ``cmd``; its wall seconds and peak RSS in MB (its largest process: wait4 counts
-    the descendants it waited for)."""
-    started = time.perf_counter()
-    process = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)  # fmt: skip
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(cmd[:3])} failed:\n{process.stderr.read().decode()[-3000:]}")
+    the descendants it waited for). Its output's "reused" line, if any, is added to ``said``."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=err)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"{' '.join(cmd[:3])} failed:\n{err.read().decode()[-3000:]}")
+        if said is not None:
+            said += [line.strip() for line in out.read().decode().splitlines() if "reused" in line]
     return seconds, usage.ru_maxrss / 1024
 
 
@@ -135,25 +143,34 @@ def main() -> None:
             _ratio(seconds)
             return
         steps = STEPS[: STEPS.index(args.until) + 1]
-        _run_steps(Path(home) / "run", steps, source, args, env, n)
+        cold = _run_steps(Path(home) / "run", steps, source, args, env, n)
         if args.repeat:
             print("again, on the unchanged dataset (a scheduled retrain; same MEDML_HOME):")
-            _run_steps(Path(home) / "run-again", DATA_STEPS, source, args, env, n)
+            again = _run_steps(Path(home) / "run-again", DATA_STEPS, source, args, env, n)
+            before, after = (sum(t[s] for s in DATA_STEPS) for t in (cold, again))
+            print(
+                f"data steps: cold {before:.1f} s, unchanged {after:.1f} s = "
+                f"{after / before:.0%} of cold (target <= 25%)"
+            )
 
 
 def _run_steps(
     run: Path, steps: tuple[str, ...], source: Path, args: argparse.Namespace,
     env: dict[str, str], n: int,
-) -> None:  # fmt: skip
+) -> dict[str, float]:  # fmt: skip
     subprocess.run([MEDML, "init", "--run-dir", str(run), "--source", str(source),
                     "--recipe", args.dataset, "--set", f"train.epochs={args.epochs}",
                     "--set", "registry.gate.require_better_than_chance=false"],
                    env=env, check=True, stdout=subprocess.DEVNULL)  # fmt: skip
-    seconds = {}
+    seconds: dict[str, float] = {}
     for step in steps:
-        seconds[step], peak = timed([MEDML, step, "--run-dir", str(run)], env)
+        said: list[str] = []
+        seconds[step], peak = timed([MEDML, step, "--run-dir", str(run)], env, said=said)
         _row(step, seconds[step], n, peak)
+        for line in said:
+            print(f"    {line}")
     _ratio(seconds)
+    return seconds
 
 
 def _row(step: str, seconds: float, images: int, peak_mb: float) -> None:

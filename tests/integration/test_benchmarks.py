@@ -44,8 +44,9 @@ RUNS: dict[str, list[tuple[list[str], str]]] = {
                 "preprocess",
                 "--repeat",
             ],  # fmt: skip
-            r"again, on the unchanged dataset.*\n(.*\n)*ingest\+validate\+split : preprocess = "
-            r"\d+\.\d+",
+            r"again, on the unchanged dataset.*\n(.*\n)*validate .*\n +.*unchanged since run "
+            r"(.*\n)*ingest\+validate\+split : preprocess = \d+\.\d+(.*\n)*data steps: cold "
+            r"\d+\.\d s, unchanged \d+\.\d s = \d+% of cold",
         ),
         (
             ["--n", "120", "--side", "64", "--cache", "{tmp}", "--dvc"],
