@@ -80,20 +80,29 @@ class StepReuse:
         if _digests(self.root) != facts.get("files"):  # changed since it was kept: not reused
             shutil.rmtree(self.root, ignore_errors=True)
             return None
-        for name, target in outputs.items():
-            kept = self.root / name
-            if kept.is_dir():
-                with publish_dir(target) as staging:
-                    shutil.copytree(kept, staging, dirs_exist_ok=True)
-                    _relocate(staging, str(facts["run_root"]), str(run_root))
-            else:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-                os.close(fd)
-                shutil.copyfile(kept, tmp)
-                _relocate_file(Path(tmp), str(facts["run_root"]), str(run_root), target.suffix)
-                os.replace(tmp, target)
+        try:
+            for name, target in outputs.items():
+                self._copy_out(self.root / name, target, str(facts["run_root"]), str(run_root))
+        except FileNotFoundError:  # another process dropped it meanwhile: run the step
+            return None
         return facts
+
+    @staticmethod
+    def _copy_out(kept: Path, target: Path, old_root: str, run_root: str) -> None:
+        if kept.is_dir():
+            with publish_dir(target) as staging:
+                shutil.copytree(kept, staging, dirs_exist_ok=True)
+                _relocate(staging, old_root, run_root)
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        os.close(fd)
+        try:
+            shutil.copyfile(kept, tmp)
+            _relocate_file(Path(tmp), old_root, run_root, target.suffix)
+            os.replace(tmp, target)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
     def keep(self, outputs: Mapping[str, Path], run_root: Path, run_key: str) -> None:
         """Keep a copy of ``outputs`` (name → path in this run), made by run ``run_key``.
