@@ -33,11 +33,11 @@ _FACTS = "reuse.json"
 
 def content_key(
     step: str, table: pd.DataFrame, settings: Mapping[str, Any], *, modules: Sequence[str],
-    libraries: Sequence[str] = (),
+    libraries: Sequence[str] = (), files: Sequence[Path] = (),
 ) -> str:  # fmt: skip
     """The key of a step's outputs: ``table``'s columns and every row (in order), the
-    ``settings`` (JSON), the source files of ``modules`` (found, not imported) and the
-    installed versions of ``libraries``."""
+    ``settings`` (JSON), the source files of ``modules`` (found, not imported) and other
+    ``files`` (templates), and the installed versions of ``libraries``."""
     digest = hashlib.sha256(f"medml {step}\n".encode())
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     digest.update(json.dumps(list(map(str, table.columns))).encode())
@@ -46,6 +46,8 @@ def content_key(
         spec = find_spec(name)
         origin = spec.origin if spec is not None else None
         digest.update(Path(origin).read_bytes() if origin else name.encode())
+    for path in files:
+        digest.update(Path(path).read_bytes())
     for name in libraries:
         try:
             digest.update(f"{name}=={version(name)}".encode())
@@ -70,20 +72,25 @@ class StepReuse:
         """Copy the kept outputs to ``outputs`` (name → path in this run) and return the facts
         of the run that made them; ``None`` when nothing complete is kept. Paths of the run
         that made them, inside its JSON files, become this run's (``run_root``)."""
-        facts_file = self.root / _FACTS
+        if not self.root.exists():
+            return None
         try:
-            facts = json.loads(facts_file.read_text())
-        except (OSError, ValueError):
-            return None
-        if any(not (self.root / name).exists() for name in outputs):
-            return None
-        if _digests(self.root) != facts.get("files"):  # changed since it was kept: not reused
+            facts = json.loads((self.root / _FACTS).read_text())
+            intact = (
+                facts.get("key") == self.root.name
+                and Path(str(facts.get("run_root", ""))).is_absolute()
+                and all((self.root / name).exists() for name in outputs)
+                and _digests(self.root) == facts.get("files")
+            )
+        except (OSError, ValueError, AttributeError):  # unreadable, or dropped meanwhile
+            intact, facts = False, {}
+        if not intact:  # changed, broken or another key's: dropped, so the step keeps anew
             shutil.rmtree(self.root, ignore_errors=True)
             return None
         try:
             for name, target in outputs.items():
                 self._copy_out(self.root / name, target, str(facts["run_root"]), str(run_root))
-        except FileNotFoundError:  # another process dropped it meanwhile: run the step
+        except (FileNotFoundError, shutil.Error):  # dropped by another process meanwhile
             return None
         return facts
 
@@ -118,8 +125,8 @@ class StepReuse:
                                     ignore=shutil.ignore_patterns(COMPLETE_MARKER))  # fmt: skip
                 else:
                     shutil.copyfile(source, staging / name)
-            facts = {"run_key": run_key, "run_root": str(run_root), "kept_at": time.time(),
-                     "files": _digests(staging)}  # fmt: skip
+            facts = {"key": self.root.name, "run_key": run_key, "run_root": str(run_root),
+                     "kept_at": time.time(), "files": _digests(staging)}  # fmt: skip
             (staging / _FACTS).write_text(json.dumps(facts))
             os.rename(staging, self.root)  # fails if another run kept it first: theirs stays
         except OSError:

@@ -351,8 +351,12 @@ def validate(ctx: RunContext, settings: Settings | None = None) -> dict[str, Any
     from medml.step_reuse import StepReuse, content_key, reused_line
 
     manifest = pd.read_parquet(ctx.layout.manifest)
-    key = content_key("validate", manifest, ctx.recipe.data.model_dump(mode="json"),
-                      modules=_VALIDATE_CODE, libraries=_VALIDATE_LIBRARIES)  # fmt: skip
+    used = {
+        "data": ctx.recipe.data.model_dump(mode="json"),  # the gate's settings, and the
+        "image": ctx.recipe.image.model_dump(mode="json"),
+    }  # decode behind its thumbnails
+    key = content_key("validate", manifest, used, modules=_VALIDATE_CODE,
+                      libraries=_VALIDATE_LIBRARIES, files=_VALIDATE_FILES)  # fmt: skip
     kept = StepReuse((settings or Settings.from_env()).home, "validate", key)
     outputs = {"validation": ctx.layout.validation.root}
     facts = kept.restore(outputs, ctx.layout.root)
@@ -373,11 +377,14 @@ def validate(ctx: RunContext, settings: Settings | None = None) -> dict[str, Any
     }
 
 
-_VALIDATE_CODE = ("medml.data.validate", "medml.data.images", "medml.preprocess",
-                  "medml.near_duplicates")  # fmt: skip
+_VALIDATE_CODE = (
+    "medml.data.validate", "medml.data.images", "medml.data.ingest", "medml.preprocess",
+    "medml.near_duplicates", "medml.io", "medml.layout",
+)  # fmt: skip
 """The modules whose source a kept validation depends on (a change makes a new key)."""
+_VALIDATE_FILES = (Path(__file__).parent / "templates" / "validation.html.j2",)
 _VALIDATE_LIBRARIES = ("great-expectations", "opencv-python-headless", "pydicom")
-_SPLIT_CODE = ("medml.split", "medml.near_duplicates")
+_SPLIT_CODE = ("medml.split", "medml.near_duplicates", "medml.io", "medml.layout")
 
 
 @step(
