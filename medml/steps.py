@@ -358,7 +358,7 @@ def validate(ctx: RunContext, settings: Settings | None = None) -> dict[str, Any
     key = content_key("validate", manifest, used, modules=_VALIDATE_CODE,
                       libraries=_VALIDATE_LIBRARIES, files=_VALIDATE_FILES)  # fmt: skip
     kept = StepReuse((settings or Settings.from_env()).home, "validate", key)
-    outputs = {"validation": ctx.layout.validation.root}
+    outputs = {ctx.layout.validation.root.name: ctx.layout.validation.root}
     facts = kept.restore(outputs, ctx.layout.root)
     if facts is not None:
         report = read_json(ctx.layout.validation.report)
@@ -408,7 +408,7 @@ def split(ctx: RunContext, settings: Settings | None = None) -> dict[str, Any]:
     }  # the report says what it chose
     key = content_key("split", clean, used, modules=_SPLIT_CODE, libraries=("scikit-learn",))
     kept = StepReuse((settings or Settings.from_env()).home, "split", key)
-    outputs = {"splits.parquet": ctx.layout.splits, "split_report.json": ctx.layout.split_report}
+    outputs = {path.name: path for path in (ctx.layout.splits, ctx.layout.split_report)}
     facts = kept.restore(outputs, ctx.layout.root)
     if facts is not None:
         report = read_json(ctx.layout.split_report)
