@@ -221,6 +221,17 @@ class SplitConfig(_Strict):
         "validates the one model, as 1 in round(1 / validation_size) (the split report gives "
         "the share cut)",
     )
+    calibration_size: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=0.3,
+        description="validation: folds — the share of the non-holdout images (by group), as 1 "
+        "in round(1 / calibration_size), that no fold model trains or validates on: the fold "
+        "ensemble's averaged output there fits the temperature (and a binary operating point) "
+        "and estimates the registered ensemble itself; 0, or a class too small to spare an "
+        "image: fitted on single fold models' out-of-fold outputs instead (the split report "
+        "says which)",
+    )
     near_duplicates: Literal["group", "report", "fail"] = Field(
         default="group",
         description="images with no patient group: link look-alikes into pseudo-patient groups "

@@ -1,7 +1,11 @@
 """Evaluate the fold ensemble on the untouched holdout with clinical metrics.
 
-The ensemble's prediction is the mean of the fold models' softmax outputs (seed 001). The
-holdout is scored once by the ensemble and once per fold model (to show fold variance).
+The ensemble's prediction is the mean of the fold models' softmax outputs (seed 001), then
+temperature-scaled. The holdout is scored once by the ensemble and once per fold model (to
+show fold variance). The temperature is fitted on that same averaged output on the calibration
+cut (images no fold model trained or validated on, :mod:`medml.split`), which also gives an
+estimate of the registered ensemble itself before the holdout is looked at; without a cut, on
+the single fold models' out-of-fold outputs.
 Reported per class: sensitivity (recall), specificity, PPV (precision), NPV, F1, support;
 overall: accuracy, balanced accuracy, macro-F1, one-vs-rest macro ROC AUC, Cohen's kappa,
 expected calibration error.
@@ -43,6 +47,7 @@ from medml.errors import RunError
 from medml.io import atomic_path, publish_dir, read_json, write_json
 from medml.layout import ARTIFACTS, EvaluationFiles, FoldFiles
 from medml.metrics import (
+    CALIBRATION_CUT,
     MIN_CLASS_SUPPORT,
     OUT_OF_FOLD,
     HoldoutMetrics,
@@ -51,7 +56,7 @@ from medml.metrics import (
     stratified_weights,
 )
 from medml.preprocess import load_index
-from medml.split import TEST
+from medml.split import CALIBRATION, TEST, TRAIN
 from medml.tracking import Tracking
 
 
@@ -452,38 +457,55 @@ class OutOfFold:
     proba: np.ndarray  # uncalibrated softmax outputs
 
 
+@dataclass(frozen=True)
+class FoldPredictions:
+    """Every fold model's uncalibrated outputs: out-of-fold, and on the rows no fold model
+    trained on (``holdout``, ``calibration``: shape ``(n_models, n, k)``)."""
+
+    oof: OutOfFold
+    holdout: np.ndarray
+    calibration: np.ndarray
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Images' true classes with an output before (``raw``) and after calibration."""
+
+    y: np.ndarray
+    raw: np.ndarray
+    calibrated: np.ndarray
+
+
 _PREDICT_ROWS = 2048  # images gathered from the shards per prediction batch (bounded memory)
 
 
 def fold_predictions(
     shards_dir: Path, index: pd.DataFrame, model_paths: Sequence[Path]
-) -> tuple[OutOfFold, np.ndarray]:
-    """Load each fold model once and score both its own validation fold (out-of-fold) and the
-    holdout; ``model_paths[k]`` is fold ``k``'s model.
-
-    Returns:
-        The out-of-fold predictions and the holdout's, shape ``(n_models, n_holdout, k)``.
-    """
+) -> FoldPredictions:
+    """Load each fold model once and score its own validation fold (out-of-fold), the holdout
+    and the calibration cut; ``model_paths[k]`` is fold ``k``'s model."""
     import keras
 
+    from medml.models import one_trace_per_model_is_expected
     from medml.preprocess import ShardRows
 
-    holdout = ShardRows(shards_dir, index[index["split"] == TEST])
-    train = index[index["split"] != TEST]
-    parts, oof, per_model = [], [], []
-    from medml.models import one_trace_per_model_is_expected
-
+    unseen = {part: ShardRows(shards_dir, index[index["split"] == part])
+              for part in (TEST, CALIBRATION)}  # fmt: skip
+    train = index[~index["split"].isin([TEST, CALIBRATION])]
+    parts, oof, scored = [], [], {part: [] for part in unseen}
     with one_trace_per_model_is_expected():
         for fold, path in enumerate(model_paths):
             model = keras.models.load_model(path, compile=False)
-            per_model.append(_predict_rows(model, holdout))
+            for part, rows in unseen.items():
+                scored[part].append(_predict_rows(model, rows))
             part = train[train["fold"] == fold]
             oof.append(_predict_rows(model, ShardRows(shards_dir, part)))
             parts.append(part)
     rows = pd.concat(parts)
-    classes = per_model[0].shape[1]
+    classes = scored[TEST][0].shape[1]
     proba = np.concatenate(oof) if oof else np.empty((0, classes))
-    return OutOfFold(rows, rows["label_index"].to_numpy(dtype=np.int64), proba), np.stack(per_model)
+    out_of_fold = OutOfFold(rows, rows["label_index"].to_numpy(dtype=np.int64), proba)
+    return FoldPredictions(out_of_fold, np.stack(scored[TEST]), np.stack(scored[CALIBRATION]))
 
 
 def _predict_rows(model: Any, rows: Any, batch_size: int = 256) -> np.ndarray:
@@ -518,9 +540,10 @@ def evaluate(
     tracking: Tracking | None = None,
     parent_run_id: str | None = None,
 ) -> EvaluationResult:
-    """Score the fold ensemble (and each fold) on the holdout, and every training image
-    out-of-fold; fit the temperature (and, for binary recipes, the operating point) on the
-    out-of-fold predictions only; write metrics, plots and predictions.
+    """Score the fold ensemble (and each fold) on the holdout, on the calibration cut, and
+    every training image out-of-fold; fit the temperature (and, for binary recipes, the
+    operating point) on the calibration cut's ensemble output or else out-of-fold, never on the
+    holdout; write metrics, plots and predictions.
 
     Raises:
         RunError: no fold models were given.
@@ -529,36 +552,27 @@ def evaluate(
         raise RunError("no fold models to evaluate; run the train step for every fold first")
     classes = recipe.data.classes
     index = load_index(shards_dir)
-    oof, raw = fold_predictions(shards_dir, index, model_paths)
-    temperature = fit_temperature(oof.proba, oof.y) if recipe.evaluate.calibrate else 1.0
+    predictions = fold_predictions(shards_dir, index, model_paths)
+    oof = predictions.oof
+    temperature, cut = calibrate(predictions, index, recipe)
     oof_calibrated = apply_temperature(oof.proba, temperature)
     minimum = recipe.evaluate.min_class_support
     oof_metrics = clinical_metrics(oof.y, oof_calibrated, classes, seed=recipe.split.seed,
                                    min_class_support=minimum)  # fmt: skip
+    out_of_fold = Scored(oof.y, oof.proba, oof_calibrated)
     holdout = index[index["split"] == TEST]
     if len(holdout):
-        y_true = holdout["label_index"].to_numpy(dtype=np.int64)
-        per_model = np.stack([apply_temperature(p, temperature) for p in raw])
-        ensemble, uncalibrated = per_model.mean(axis=0), raw.mean(axis=0)
-        metrics = clinical_metrics(y_true, ensemble, classes, seed=recipe.split.seed,
-                                   min_class_support=minimum).with_folds([
-            {"model": str(path), **clinical_metrics(y_true, proba, classes, bootstrap=0).overall}
-            for path, proba in zip(model_paths, per_model, strict=True)
-        ])  # fmt: skip
+        scored, metrics = _holdout_estimate(predictions.holdout, holdout, temperature,
+                                            model_paths, recipe)  # fmt: skip
     else:  # cross-validation only: the out-of-fold predictions are the estimate
-        holdout, y_true, ensemble, uncalibrated = oof.rows, oof.y, oof_calibrated, oof.proba
-        folds = oof.rows["fold"].to_numpy()
-        metrics = dataclasses.replace(oof_metrics, estimate=OUT_OF_FOLD).with_folds([
-            {"model": str(path), **clinical_metrics(
-                oof.y[folds == k], oof_calibrated[folds == k], classes, bootstrap=0).overall}
-            for k, path in enumerate(model_paths)
-        ])  # fmt: skip
-    scored = (y_true, uncalibrated, ensemble) if metrics.estimate != OUT_OF_FOLD else None
+        holdout, scored = oof.rows, None
+        metrics = _out_of_fold_estimate(oof_metrics, out_of_fold, oof.rows, model_paths, classes)
+    shown = scored or out_of_fold
     extras = {
-        "calibration": calibration_report(temperature, oof, oof_calibrated, scored),
-        "operating_point": operating_point(recipe, oof, oof_calibrated, scored),
+        "calibration": calibration_report(temperature, out_of_fold, cut, scored, recipe),
+        "operating_point": operating_point(recipe, out_of_fold, cut, scored),
         "baseline": (
-            baseline_comparison(shards_dir, index, y_true, ensemble, recipe)
+            baseline_comparison(shards_dir, index, shown.y, shown.calibrated, recipe)
             if scored is not None
             else None
         ),
@@ -566,9 +580,10 @@ def evaluate(
     files = EvaluationFiles(Path(out_dir))
     with publish_dir(files.root) as staging:
         written = write_evaluation(EvaluationFiles(staging), metrics, oof_metrics, extras)
-        plots = write_plots(EvaluationFiles(staging), metrics, y_true, ensemble, model_paths,
-                            uncalibrated=uncalibrated)  # fmt: skip
-        write_predictions(EvaluationFiles(staging).predictions, holdout, ensemble, classes)
+        plots = write_plots(EvaluationFiles(staging), metrics, shown.y, shown.calibrated,
+                            model_paths, uncalibrated=shown.raw)  # fmt: skip
+        write_predictions(EvaluationFiles(staging).predictions, holdout, shown.calibrated,
+                          classes)  # fmt: skip
         write_predictions(EvaluationFiles(staging).oof_predictions, oof.rows, oof_calibrated,
                           classes)  # fmt: skip
     if tracking is not None and parent_run_id is not None:
@@ -623,61 +638,158 @@ def keep_registered_evidence(tracking: Tracking, run_id: str, files: EvaluationF
         )
 
 
+def _holdout_estimate(
+    per_model: np.ndarray, holdout: pd.DataFrame, temperature: float,
+    model_paths: Sequence[Path], recipe: Recipe,
+) -> tuple[Scored, HoldoutMetrics]:  # fmt: skip
+    """The registered ensemble on the holdout (the fold models' average, calibrated), with
+    each fold model's scores."""
+    classes = recipe.data.classes
+    y = holdout["label_index"].to_numpy(dtype=np.int64)
+    averaged = per_model.mean(axis=0)
+    scored = Scored(y, averaged, apply_temperature(averaged, temperature))
+    metrics = clinical_metrics(
+        y,
+        scored.calibrated,
+        classes,
+        seed=recipe.split.seed,
+        min_class_support=recipe.evaluate.min_class_support,
+    )
+    return scored, metrics.with_folds([
+        {"model": str(path), **clinical_metrics(
+            y, apply_temperature(raw, temperature), classes, bootstrap=0).overall}
+        for path, raw in zip(model_paths, per_model, strict=True)
+    ])  # fmt: skip
+
+
+def _out_of_fold_estimate(
+    oof_metrics: HoldoutMetrics, oof: Scored, rows: pd.DataFrame, model_paths: Sequence[Path],
+    classes: Sequence[str],
+) -> HoldoutMetrics:  # fmt: skip
+    """Cross-validation only: the out-of-fold metrics as the estimate, with each fold's."""
+    folds = rows["fold"].to_numpy()
+    return dataclasses.replace(oof_metrics, estimate=OUT_OF_FOLD).with_folds([
+        {"model": str(path), **clinical_metrics(
+            oof.y[folds == k], oof.calibrated[folds == k], classes, bootstrap=0).overall}
+        for k, path in enumerate(model_paths)
+    ])  # fmt: skip
+
+
+def calibrate(
+    predictions: FoldPredictions, index: pd.DataFrame, recipe: Recipe
+) -> tuple[float, Scored | None]:
+    """The temperature (1 with ``evaluate.calibrate`` off) and the calibration cut scored by
+    the ensemble (``None`` without a cut).
+
+    The temperature is fitted where what the registered model outputs — the fold models'
+    average — can be seen on images none of them trained on: the calibration cut. Without
+    one, on the single fold models' out-of-fold outputs (an average of models is less
+    confident than each of them, so that temperature tends to leave it under-confident).
+    """
+    oof = predictions.oof
+    y = index.loc[index["split"] == CALIBRATION, "label_index"].to_numpy(dtype=np.int64)
+    averaged = predictions.calibration.mean(axis=0)
+    temperature = 1.0
+    if recipe.evaluate.calibrate:
+        temperature = (fit_temperature(averaged, y) if len(y)
+                       else fit_temperature(oof.proba, oof.y))  # fmt: skip
+    cut = Scored(y, averaged, apply_temperature(averaged, temperature)) if len(y) else None
+    return temperature, cut
+
+
 def calibration_report(
     temperature: float,
-    oof: OutOfFold,
-    oof_calibrated: np.ndarray,
-    holdout: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+    oof: Scored,
+    cut: Scored | None,
+    holdout: Scored | None,
+    recipe: Recipe,
 ) -> dict[str, Any]:
-    """The temperature, where it was fitted, and the ECE before/after out-of-fold and (given
-    ``(y_true, uncalibrated, calibrated)``) on the holdout; ``None`` without a holdout."""
-    y_true, raw, calibrated = holdout if holdout is not None else (None, None, None)
+    """The temperature, where it was fitted, the expected calibration error before/after it
+    out-of-fold (single fold models), on the calibration cut and on the holdout (the
+    registered ensemble; ``None`` where there is none), and the calibration cut's metrics:
+    the registered ensemble scored where no fold model trained (``ensemble_estimate``)."""
+
+    def ece(scored: Scored | None, which: str) -> float | None:
+        return (
+            None if scored is None else expected_calibration_error(scored.y, getattr(scored, which))
+        )
+
+    if cut is not None:
+        fitted_on = (f"the fold ensemble's averaged output on {len(cut.y)} calibration-cut "
+                     "images no fold model trained or validated on (not the holdout)")  # fmt: skip
+    else:
+        fitted_on = (f"out-of-fold predictions of {len(oof.y)} training images (single fold "
+                     "models, not the holdout): no calibration cut")  # fmt: skip
+    estimate = None
+    if cut is not None:
+        scores = clinical_metrics(
+            cut.y,
+            cut.calibrated,
+            recipe.data.classes,
+            seed=recipe.split.seed,
+            min_class_support=recipe.evaluate.min_class_support,
+        )
+        estimate = dataclasses.replace(scores, estimate=CALIBRATION_CUT).to_dict()
     return {
         "temperature": temperature,
-        "fitted_on": f"out-of-fold predictions of {len(oof.y)} training images (not the holdout)",
-        "oof_ece_before": expected_calibration_error(oof.y, oof.proba),
-        "oof_ece_after": expected_calibration_error(oof.y, oof_calibrated),
-        "holdout_ece_before": None if y_true is None else expected_calibration_error(y_true, raw),
-        "holdout_ece_after": None
-        if y_true is None
-        else expected_calibration_error(y_true, calibrated),
+        "fitted_on": fitted_on,
+        "oof_ece_before": ece(oof, "raw"),
+        "oof_ece_after": ece(oof, "calibrated"),
+        "cut_ece_before": ece(cut, "raw"),
+        "cut_ece_after": ece(cut, "calibrated"),
+        "holdout_ece_before": ece(holdout, "raw"),
+        "holdout_ece_after": ece(holdout, "calibrated"),
+        "ensemble_estimate": estimate,
     }
 
 
 def operating_point(
     recipe: Recipe,
-    oof: OutOfFold,
-    oof_calibrated: np.ndarray,
-    holdout: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+    oof: Scored,
+    cut: Scored | None,
+    holdout: Scored | None,
 ) -> dict[str, Any] | None:
     """Binary recipes with ``evaluate.positive_class``: the threshold reaching the target
-    sensitivity out-of-fold, and the rates at it out-of-fold and on the holdout, with exact 95%
+    sensitivity on the calibration cut's ensemble output when the cut holds at least
+    ``evaluate.min_class_support`` positives (the output the served model thresholds), else
+    out-of-fold; and the rates at it out-of-fold, on the cut and on the holdout, with exact 95%
     intervals (:func:`exact_at_threshold`)."""
     positive = recipe.evaluate.positive_class
     if positive is None:
         return None
     k = recipe.data.classes.index(positive)
     target = recipe.evaluate.target_sensitivity
-    threshold = operating_threshold(oof_calibrated[:, k], oof.y == k, target)
     minimum = recipe.evaluate.min_class_support
+    on_cut = cut is not None and int((cut.y == k).sum()) >= minimum
+    chosen = cut if on_cut and cut is not None else oof
+    threshold = operating_threshold(chosen.calibrated[:, k], chosen.y == k, target)
+
+    def rates(scored: Scored | None) -> dict[str, Any] | None:
+        if scored is None:
+            return None
+        return exact_at_threshold(scored.calibrated[:, k], scored.y == k, threshold, minimum)
+
     point = {
         "positive_class": positive,
         "target_sensitivity": target,
         "threshold": threshold,
-        "chosen_on": "out-of-fold predictions (not the holdout)",
-        "oof": exact_at_threshold(oof_calibrated[:, k], oof.y == k, threshold, minimum),
-        "holdout": None,
-        "positives": int((oof.y == k).sum()),
+        "chosen_on": (
+            "the fold ensemble's output on the calibration cut (not the holdout)"
+            if on_cut
+            else "out-of-fold predictions (not the holdout)"
+        ),  # fmt: skip
+        "oof": rates(oof),
+        "calibration_cut": rates(cut),
+        "holdout": rates(holdout),
+        "positives": int((chosen.y == k).sum()),
     }
     if point["positives"] < minimum:  # a handful of images set the threshold: say so
+        where = "calibration-cut" if on_cut else "out-of-fold"
         point["warning"] = (
-            f"chosen on only {point['positives']} out-of-fold {positive} images (fewer than "
+            f"chosen on only {point['positives']} {where} {positive} images (fewer than "
             f"evaluate.min_class_support={minimum}): one or two of them set the threshold; "
             "treat it as provisional"
         )
-    if holdout is not None:
-        y_true, _, calibrated = holdout
-        point["holdout"] = exact_at_threshold(calibrated[:, k], y_true == k, threshold, minimum)
     return point
 
 
@@ -731,7 +843,7 @@ def baseline_comparison(
     shards_dir: Path, index: pd.DataFrame, y_true: np.ndarray, proba: np.ndarray, recipe: Recipe
 ) -> dict[str, Any] | None:
     """The ensemble against the baseline (:mod:`medml.baseline`), both on this holdout, the
-    baseline trained on every training row the folds saw (``None``: one class to train on)."""
+    baseline trained on every row the folds trained on (``None``: one class to train on)."""
     from medml.baseline import compare, fit_and_score, pixel_features
     from medml.preprocess import ShardRows
 
@@ -741,7 +853,7 @@ def baseline_comparison(
             start, min(start + _PREDICT_ROWS, len(shard_rows)))))
             for start in range(0, len(shard_rows), _PREDICT_ROWS)])  # fmt: skip
 
-    train = index[index["split"] != TEST]
+    train = index[index["split"] == TRAIN]
     labels = train["label_index"].to_numpy(dtype=np.int64)
     if len(np.unique(labels)) < 2:
         return None  # one class to learn from: no baseline to compare with

@@ -1,6 +1,7 @@
 """What an evaluation found besides the holdout metrics, as one typed object.
 
-Evaluation writes the temperature it fitted (``calibration.json``), the out-of-fold metrics
+Evaluation writes the temperature it fitted and the calibration cut's estimate of the
+registered ensemble (``calibration.json``), the out-of-fold metrics
 (``oof_metrics.json``) and, for a binary recipe, the operating point
 (``operating_point.json``). Registration (the served model's calibration), the run summary and
 the model card read them through :class:`EvaluationFacts`, not as loose dictionaries.
@@ -18,8 +19,10 @@ from medml.metrics import HoldoutMetrics
 
 @dataclass(frozen=True)
 class CalibrationReport:
-    """The temperature fitted out-of-fold and the expected calibration error before/after
-    it, out-of-fold and (``None`` without a holdout) on the holdout."""
+    """The temperature (fitted on the fold ensemble's averaged output on the calibration cut,
+    or else out-of-fold) and the expected calibration error before/after it: out-of-fold
+    (single fold models), on the calibration cut and on the holdout (the registered ensemble;
+    ``None`` where there is none)."""
 
     temperature: float
     fitted_on: str
@@ -27,6 +30,11 @@ class CalibrationReport:
     oof_ece_after: float
     holdout_ece_before: float | None = None
     holdout_ece_after: float | None = None
+    cut_ece_before: float | None = None
+    cut_ece_after: float | None = None
+    ensemble_estimate: dict[str, Any] | None = None
+    """The calibration cut's metrics (``metrics.json`` form): the registered ensemble scored
+    on images no fold model trained or validated on; ``None`` without a cut."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CalibrationReport:
@@ -38,12 +46,21 @@ class CalibrationReport:
         """Whether the ECE was also measured on a holdout."""
         return self.holdout_ece_before is not None
 
+    @property
+    def on_cut(self) -> bool:
+        """Whether the temperature was fitted (and the ensemble scored) on a calibration cut."""
+        return self.cut_ece_before is not None
+
+    def ensemble_metrics(self) -> HoldoutMetrics | None:
+        """The calibration cut's metrics, or ``None`` without a cut."""
+        return HoldoutMetrics.from_dict(self.ensemble_estimate) if self.ensemble_estimate else None
+
 
 @dataclass(frozen=True)
 class OperatingPoint:
-    """A binary recipe's decision threshold on the positive class's probability, chosen
-    out-of-fold for a target sensitivity, with the rates it reaches (``holdout``: ``None``
-    without a holdout)."""
+    """A binary recipe's decision threshold on the positive class's probability, chosen for a
+    target sensitivity on the calibration cut's ensemble output or out-of-fold (``chosen_on``),
+    with the rates it reaches there and on the holdout (``None`` where there is none)."""
 
     positive_class: str
     threshold: float
@@ -52,7 +69,8 @@ class OperatingPoint:
     holdout: dict[str, Any] | None = None
     chosen_on: str = ""
     positives: int | None = None
-    """Out-of-fold images of the positive class the threshold was chosen on."""
+    """Images of the positive class the threshold was chosen on."""
+    calibration_cut: dict[str, Any] | None = None
     warning: str | None = None
     """Why the threshold is provisional (too few positives), else ``None``."""
 

@@ -126,7 +126,8 @@ class EvaluationFiles:
 
     @property
     def calibration(self) -> Path:
-        """The temperature (fitted out-of-fold) and the ECE before/after."""
+        """The temperature (fitted on the calibration cut, or out-of-fold), the ECE before/after
+        and the calibration cut's estimate of the registered ensemble."""
         return self.root / "calibration.json"
 
     @property
@@ -342,6 +343,11 @@ class MlflowArtifacts:
     def operating_point(self) -> str:
         """The binary operating point and its rates (``operating_point.json``)."""
         return self._logged(_EVALUATION.operating_point)
+
+    @property
+    def calibration(self) -> str:
+        """The temperature, the ECEs and the calibration cut's estimate (``calibration.json``)."""
+        return self._logged(_EVALUATION.calibration)
 
     def _logged(self, local: Path) -> str:
         """Where evaluation's file ``local`` is among the run's artifacts (same file name)."""

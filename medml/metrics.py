@@ -57,6 +57,7 @@ from medml.io import read_json, write_json
 
 HOLDOUT = "holdout"
 OUT_OF_FOLD = "out-of-fold"
+CALIBRATION_CUT = "calibration cut"
 MIN_CLASS_SUPPORT = 20  # the default of evaluate.min_class_support (medml.config)
 CONFIDENCE = 0.95
 
@@ -163,9 +164,10 @@ class HoldoutMetrics:
             bootstrap for ``balanced_accuracy``, ``macro_f1``, ``roc_auc_ovr_macro`` and
             ``expected_calibration_error``; ``method`` names both.
         per_fold: each fold model's overall scores on the same images.
-        estimate: what the scores estimate from: ``holdout`` (the untouched test set) or
+        estimate: what the scores estimate from: ``holdout`` (the untouched test set),
             ``out-of-fold`` (cross-validation only, ``split.test_size: 0``: every image scored
-            by the fold model that did not train on it).
+            by the fold model that did not train on it) or ``calibration cut`` (the fold
+            ensemble on the images no fold model trained on, where its temperature was fitted).
         min_class_support: fewer images of a class than this make it too few to judge
             (``evaluate.min_class_support``).
     """
@@ -226,6 +228,8 @@ class HoldoutMetrics:
         n = self.overall.get("n", "?")
         if self.estimate == OUT_OF_FOLD:
             return f"Out-of-fold estimate (cross-validation only, no holdout; n={n})"
+        if self.estimate == CALIBRATION_CUT:
+            return f"Calibration cut (the fold ensemble on images no fold model trained on; n={n})"
         return f"Holdout test set (n={n})"
 
     @property
@@ -349,19 +353,27 @@ def stratified_weights(
         yield np.bincount((drawn + offsets).ravel(), minlength=size * n).reshape(size, n)
 
 
-def estimates_disagree(oof: HoldoutMetrics, holdout: HoldoutMetrics,
+def estimates_disagree(estimate: HoldoutMetrics, holdout: HoldoutMetrics,
                        name: str = "balanced_accuracy") -> str:  # fmt: skip
-    """A warning when the out-of-fold estimate (single fold models on the training images) and
-    the holdout's (the registered ensemble) disagree beyond their 95% intervals; else ``""``."""
-    a, b = oof.interval(name), holdout.interval(name)
+    """A warning when an earlier estimate — out-of-fold (single fold models on the training
+    images) or the calibration cut's (the registered ensemble on images no fold model trained
+    on) — and the holdout's (the registered ensemble) disagree beyond their 95% intervals;
+    else ``""``."""
+    a, b = estimate.interval(name), holdout.interval(name)
     if not a or not b or None in (*a, *b) or holdout.estimate == OUT_OF_FOLD:
         return ""  # no interval, or no holdout (the "holdout" is the out-of-fold estimate)
     if a[1] >= b[0] and b[1] >= a[0]:
         return ""
-    return (f"the out-of-fold {name} {oof.overall[name]:.3f} ({a[0]:.3f}-{a[1]:.3f}, single fold "
-            f"models) and the holdout's {holdout.overall[name]:.3f} ({b[0]:.3f}-{b[1]:.3f}, the "
-            "registered ensemble) disagree beyond their 95% intervals: the out-of-fold figure "
-            "does not describe the model that is registered")  # fmt: skip
+    if estimate.estimate == CALIBRATION_CUT:
+        source, model = "the calibration cut's", "the registered ensemble"
+        meaning = ("the two sets differ more than chance allows (a shift between them, or "
+                   "leakage into one)")  # fmt: skip
+    else:
+        source, model = "the out-of-fold", "single fold models"
+        meaning = "the out-of-fold figure does not describe the model that is registered"
+    return (f"{source} {name} {estimate.overall[name]:.3f} ({a[0]:.3f}-{a[1]:.3f}, {model}) "
+            f"and the holdout's {holdout.overall[name]:.3f} ({b[0]:.3f}-{b[1]:.3f}, the "
+            f"registered ensemble) disagree beyond their 95% intervals: {meaning}")  # fmt: skip
 
 
 def operating_point_reasons(point: dict[str, Any] | None, bounds: Mapping[str, Any]) -> list[str]:

@@ -76,7 +76,26 @@ def _context(facts: CardFacts) -> dict[str, Any]:
         "point_exact": bool(held.get("interval")),
         "baseline": _baseline_sentence(evaluation),
         "disagreement": estimates_disagree(evaluation.oof_metrics, metrics) if evaluation else "",
+        "ensemble_estimate": _ensemble_estimate(evaluation, metrics),
     }  # fmt: skip
+
+
+def _ensemble_estimate(evaluation: EvaluationFacts | None, metrics: HoldoutMetrics) -> str:
+    """The calibration cut's estimate of the registered ensemble, as one sentence (with the
+    warning when it disagrees with the holdout); empty without a cut."""
+    estimate = evaluation.calibration.ensemble_metrics() if evaluation else None
+    if estimate is None:
+        return ""
+    overall, low_high = estimate.overall, estimate.interval("balanced_accuracy")
+    interval = ""
+    if low_high and None not in low_high:
+        interval = f" (95% CI {low_high[0]:.3f}–{low_high[1]:.3f})"
+    sentence = (f"The registered ensemble on the calibration cut ({overall['n']} images no fold "
+                f"model trained or validated on, where its temperature was fitted): balanced "
+                f"accuracy {overall['balanced_accuracy']:.3f}{interval}, macro-F1 "
+                f"{overall['macro_f1']:.3f}.")  # fmt: skip
+    disagreement = estimates_disagree(estimate, metrics)
+    return sentence + (f" **Warning:** {disagreement}." if disagreement else "")
 
 
 def _baseline_sentence(evaluation: EvaluationFacts | None) -> str:

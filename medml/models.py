@@ -303,8 +303,9 @@ efficientnet_b0 = MODELS.register("efficientnet_b0")(_backbone_builder("efficien
 def build_ensemble(
     members: list[keras.Model], *, name: str = "fold_ensemble", temperature: float = 1.0
 ) -> keras.Model:
-    """One model that averages the members' softmax outputs (seed 001's fold averaging), each
-    member's first calibrated by ``temperature`` (:mod:`medml.calibration`; 1 leaves it as is).
+    """One model that averages the members' softmax outputs (seed 001's fold averaging), then
+    calibrates the average by ``temperature`` (:mod:`medml.calibration`; 1 leaves it as is):
+    the output the temperature was fitted on.
 
     Raises:
         ValueError: no members, or members with different input shapes.
@@ -319,12 +320,11 @@ def build_ensemble(
         raise ValueError(f"ensemble members have different input shapes: {sorted(shapes)}")
     inputs = keras.Input(shape=shapes.pop(), name="pixels")
     outputs = [member(inputs) for member in members]
-    if temperature != 1.0:
-        scale = temperature_layer()
-        outputs = [scale(temperature, name=f"calibrated_{i}")(out) for i, out in enumerate(outputs)]
     averaged = (
         outputs[0] if len(outputs) == 1 else layers.Average(name="mean_probabilities")(outputs)
     )
+    if temperature != 1.0:
+        averaged = temperature_layer()(temperature, name="calibrated")(averaged)
     return keras.Model(inputs, averaged, name=name)
 
 

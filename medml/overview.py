@@ -22,7 +22,7 @@ from medml.config import Recipe
 from medml.evaluate import pyplot, save_figure
 from medml.layout import plot_file
 from medml.preprocess import ShardRows, load_index
-from medml.split import TEST
+from medml.split import CALIBRATION, TEST, TRAIN
 
 SAMPLES_PER_CLASS = 6
 AUGMENTED_COPIES = 5
@@ -41,7 +41,7 @@ def write_overview(
     index = load_index(shards_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(recipe.split.seed)
-    training = index[index["split"] != TEST]
+    training = index[index["split"] == TRAIN]
     picks = {
         name: rows.iloc[np.sort(rng.permutation(len(rows))[:SAMPLES_PER_CLASS])]
         for name in recipe.data.classes
@@ -74,14 +74,20 @@ def augmented_copies(images: dict[str, np.ndarray], recipe: Recipe) -> dict[str,
 
 
 def plot_class_counts(index: pd.DataFrame, classes: list[str], path: Path) -> Path:
-    """Images per class, training part and holdout stacked."""
+    """Images per class: the folds' training part, the calibration cut and the holdout,
+    stacked."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(classes) + 2), 3.6))
-    train = index[index["split"] != TEST]["label"].value_counts().reindex(classes, fill_value=0)
-    test = index[index["split"] == TEST]["label"].value_counts().reindex(classes, fill_value=0)
-    ax.bar(classes, train.to_numpy(), label="training (folds)")
-    ax.bar(classes, test.to_numpy(), bottom=train.to_numpy(), label="holdout")
-    for k, total in enumerate(train.to_numpy() + test.to_numpy()):
+    bottom = np.zeros(len(classes))
+    for part, label in ((TRAIN, "training (folds)"), (CALIBRATION, "calibration cut"),
+                        (TEST, "holdout")):  # fmt: skip
+        rows = index[index["split"] == part]
+        if part != TRAIN and not len(rows):
+            continue
+        counts = rows["label"].value_counts().reindex(classes, fill_value=0).to_numpy()
+        ax.bar(classes, counts, bottom=bottom, label=label)
+        bottom = bottom + counts
+    for k, total in enumerate(bottom):
         ax.annotate(str(int(total)), (k, total), ha="center", va="bottom", fontsize=8)
     ax.set(ylabel="images", title="images per class")
     ax.tick_params(axis="x", labelrotation=30 if len(classes) > 4 else 0)

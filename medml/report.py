@@ -152,17 +152,35 @@ def _evaluation_lines(files: EvaluationFiles) -> list[str]:
     facts = EvaluationFacts.read(files)
     oof, calibration = facts.oof_metrics.overall, facts.calibration
     where = "holdout" if calibration.held_out else "out-of-fold"
-    shown = f"out-of-fold ECE {calibration.oof_ece_before:.3f} -> {calibration.oof_ece_after:.3f}"
+    eces = [f"out-of-fold ECE {calibration.oof_ece_before:.3f} -> "
+            f"{calibration.oof_ece_after:.3f} (single fold models)"]  # fmt: skip
+    if calibration.on_cut:
+        eces.insert(0, f"calibration cut ECE {calibration.cut_ece_before:.3f} -> "
+                       f"{calibration.cut_ece_after:.3f} (fitted there)")  # fmt: skip
     if calibration.held_out:  # the registered ensemble's, next to the single fold models'
-        shown = (f"{shown} (single fold models) | holdout ECE "
-                 f"{calibration.holdout_ece_before:.3f} -> {calibration.holdout_ece_after:.3f} "
-                 "(the registered ensemble)")  # fmt: skip
-    lines = [f"  calibration: T={calibration.temperature:.3f} (fitted out-of-fold) | {shown}"]
+        eces.insert(
+            0,
+            f"holdout ECE {calibration.holdout_ece_before:.3f} -> "
+            f"{calibration.holdout_ece_after:.3f} (the registered ensemble)",
+        )
+    fitted = ("on the ensemble's output on the calibration cut" if calibration.on_cut
+              else "out-of-fold, on single fold models")  # fmt: skip
+    lines = [f"  calibration: T={calibration.temperature:.3f} (fitted {fitted}) | "
+             + " | ".join(eces)]  # fmt: skip
     if calibration.held_out:
         lines.insert(
             0,
             f"  out-of-fold (n={oof['n']}, training images): balanced accuracy "
             f"{oof['balanced_accuracy']:.3f} | macro-F1 {oof['macro_f1']:.3f}",
+        )
+    ensemble = calibration.ensemble_metrics()
+    if ensemble is not None:
+        cut = ensemble.overall
+        lines.insert(
+            0,
+            f"  calibration cut (n={cut['n']}, the registered ensemble on images no fold model "
+            f"trained on): balanced accuracy {cut['balanced_accuracy']:.3f} "
+            f"{_ci(ensemble.interval('balanced_accuracy'))} | macro-F1 {cut['macro_f1']:.3f}",
         )
     point = facts.operating_point
     if point:
@@ -170,14 +188,17 @@ def _evaluation_lines(files: EvaluationFiles) -> list[str]:
         shown = " ".join(f"{label} {_fmt(rates[name])} {_ci(rates.get(f'{name}_ci95'))}".rstrip()
                          for name, label in _POINT_RATES)  # fmt: skip
         too_few = rates.get("too_few_to_judge") or []
+        chosen = "calibration-cut" if "calibration cut" in point.chosen_on else "OOF"
         lines.append(f"  operating point {point.positive_class} >= {point.threshold:.3f} "
-                     f"(OOF sensitivity >= {point.target_sensitivity:.2f}): {where} {shown}"
+                     f"({chosen} sensitivity >= {point.target_sensitivity:.2f}): {where} {shown}"
                      + (f" | {TOO_FEW}: {', '.join(too_few)}" if too_few else ""))  # fmt: skip
         if point.warning:
             lines.append(f"  WARNING operating point: {point.warning}")
-    disagreement = estimates_disagree(facts.oof_metrics, HoldoutMetrics.read(files.metrics))
-    if disagreement:
-        lines.append(f"  WARNING estimates: {disagreement}")
+    holdout = HoldoutMetrics.read(files.metrics)
+    for estimate in (ensemble, facts.oof_metrics):
+        disagreement = estimates_disagree(estimate, holdout) if estimate is not None else ""
+        if disagreement:
+            lines.append(f"  WARNING estimates: {disagreement}")
     if facts.baseline:
         from medml.baseline import sentence
 

@@ -47,7 +47,8 @@ class Side:
     operating_point: dict[str, Any] | None = None
     """Binary recipes: the threshold and the holdout rates at it (``operating_point.json``)."""
     warnings: list[str] = field(default_factory=list)
-    """What a reviewer must not miss (out-of-fold and holdout estimates that disagree)."""
+    """What a reviewer must not miss (out-of-fold or calibration-cut and holdout estimates that
+    disagree)."""
 
 
 def _load_side(client: Any, name: str, version: str, tracking: Tracking | None = None) -> Side:
@@ -71,10 +72,12 @@ def _load_side(client: Any, name: str, version: str, tracking: Tracking | None =
         baseline = _baseline(client, run_id, tmp)
         point = _optional_json(client, run_id, ARTIFACTS.operating_point, tmp)
         oof = _optional_json(client, run_id, ARTIFACTS.oof_metrics, tmp)
+        calibration = _optional_json(client, run_id, ARTIFACTS.calibration, tmp) or {}
     warnings = []
-    if oof is not None and (disagreement := estimates_disagree(HoldoutMetrics.from_dict(oof),
-                                                                metrics)):  # fmt: skip
-        warnings.append(disagreement)
+    for estimate in (calibration.get("ensemble_estimate"), oof):
+        if estimate and (disagreement := estimates_disagree(HoldoutMetrics.from_dict(estimate),
+                                                            metrics)):  # fmt: skip
+            warnings.append(disagreement)
     if point is not None and point.get("warning"):
         warnings.append(f"operating point: {point['warning']}")
     if tracking is not None:  # what is shown must be what registration pinned

@@ -1,17 +1,20 @@
 """Holdout + k-fold splitting, group-aware, with a leakage audit.
 
-The holdout test set is cut first and never touched again until evaluation; the k folds are
-cut from the rest. When rows carry a group (patient, video) that repeats, every split keeps a
-group on one side (StratifiedGroupKFold); otherwise StratifiedKFold. Images with no patient
-group are first linked to their near-duplicates (``split.near_duplicates: group``), so the
-slices of one scan stay together even without ``groups.csv``. The assignment is seeded and
-written to ``splits.parquet`` so every runner (CLI, DVC, Airflow, a Kubernetes pod) trains
-on exactly the same folds.
+The holdout test set is cut first and never touched again until evaluation; then (k-fold
+only) a small calibration cut that no fold model trains or validates on, where the averaged
+output of the fold ensemble — the model that is registered — is calibrated and estimated; the
+k folds are cut from the rest. When rows carry a group (patient, video) that repeats, every
+split keeps a group on one side (StratifiedGroupKFold); otherwise StratifiedKFold. Images
+with no patient group are first linked to their near-duplicates (``split.near_duplicates:
+group``), so the slices of one scan stay together even without ``groups.csv``. The
+assignment is seeded and written to ``splits.parquet`` so every runner (CLI, DVC, Airflow, a
+Kubernetes pod) trains on exactly the same folds.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +31,8 @@ from medml.near_duplicates import cluster, signatures, similar_pairs
 
 TEST = "test"
 TRAIN = "train"
+CALIBRATION = "calibration"
+"""``split`` of the calibration cut's rows (``fold`` -1, like the holdout's)."""
 FIT_ONLY = -2
 """``fold`` of training rows that no fold model validates on (``split.validation: dataset``
 or ``cut``)."""
@@ -115,6 +120,7 @@ def assign_splits(table: pd.DataFrame, recipe: Recipe) -> pd.DataFrame:
         cut = np.zeros(len(out), bool)
         cut[_validation_cut(out, y, groups, recipe)] = True
         return _one_validation_set(out, cut, recipe, "validation cut")
+    out.loc[_calibration_rows(out, y, groups, recipe), "split"] = CALIBRATION
     _assign_folds(out, y, groups, recipe)
     return out
 
@@ -227,6 +233,20 @@ def _classes_below(
     return {classes[int(i)]: int(n) for i, n in units.items() if n < needed}
 
 
+def _cut_candidates(
+    pool: np.ndarray, y: np.ndarray, groups: np.ndarray | None, n_splits: int, seed: int
+) -> list[np.ndarray]:
+    """The ``n_splits`` stratified (group-aware) 1-in-n cuts of the rows ``pool``, each as
+    positions in ``pool``.
+
+    Raises:
+        ValueError: scikit-learn's, when a class has fewer than ``n_splits`` images (groups).
+    """
+    cv = _make_cv(groups is not None, n_splits, seed)
+    pool_groups = None if groups is None else groups[pool]
+    return [local for _, local in cv.split(np.zeros(len(pool)), y[pool], pool_groups)]
+
+
 def _validation_cut(
     out: pd.DataFrame, y: np.ndarray, groups: np.ndarray | None, recipe: Recipe
 ) -> np.ndarray:
@@ -239,11 +259,10 @@ def _validation_cut(
     cfg = recipe.split
     pool = np.flatnonzero(out["split"].to_numpy() == TRAIN)
     n_splits = cfg.parts
-    cv = _make_cv(groups is not None, n_splits, cfg.seed + 1)
-    pool_groups = None if groups is None else groups[pool]
     try:
-        candidates = [local for _, local in cv.split(np.zeros(len(pool)), y[pool], pool_groups)]
+        candidates = _cut_candidates(pool, y, groups, n_splits, cfg.seed + 1)
     except ValueError as err:
+        pool_groups = None if groups is None else groups[pool]
         short = _classes_below(n_splits, y[pool], pool_groups, recipe.data.classes)
         raise SplitError(
             f"cannot cut a stratified validation set of split.validation_size="
@@ -258,6 +277,70 @@ def _validation_cut(
         if set(y[pool][inside]) >= every and set(y[pool][~inside]) >= every:
             return pool[local]
     return pool[candidates[0]]  # none does: _one_validation_set names the missing classes
+
+
+SINGLE_MODELS = "single fold models' out-of-fold outputs"
+
+
+def _calibration_rows(
+    out: pd.DataFrame, y: np.ndarray, groups: np.ndarray | None, recipe: Recipe
+) -> np.ndarray:
+    """Row indices of the calibration cut: a stratified (group-aware) 1 in
+    ``round(1 / split.calibration_size)`` of the training rows that holds every class and
+    leaves every class ``split.folds`` images (groups) for the folds; none under one-model
+    validation, ``calibration_size: 0`` or too small a class (:func:`calibration_description`
+    says which)."""
+    cfg = recipe.split
+    if cfg.validation != "folds" or cfg.calibration_size == 0:
+        return np.zeros(0, np.int64)
+    pool = np.flatnonzero(out["split"].to_numpy() == TRAIN)
+    try:
+        with warnings.catch_warnings():  # a small class: the cut below is checked for it
+            warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+            candidates = _cut_candidates(pool, y, groups, _calibration_parts(recipe),
+                                         cfg.seed + 2)  # fmt: skip
+    except ValueError:  # a class with fewer images (groups) than parts
+        return np.zeros(0, np.int64)
+    for local in candidates:  # the first that holds every class and leaves enough for folds
+        inside = np.zeros(len(pool), bool)
+        inside[local] = True
+        rest = pool[~inside]
+        rest_groups = None if groups is None else groups[rest]
+        if len(set(y[pool[inside]])) == len(recipe.data.classes) and not _classes_below(
+            cfg.folds, y[rest], rest_groups, recipe.data.classes
+        ):
+            return np.sort(pool[local])
+    return np.zeros(0, np.int64)
+
+
+def _calibration_parts(recipe: Recipe) -> int:
+    return max(2, round(1.0 / recipe.split.calibration_size))
+
+
+def calibration_description(splits: pd.DataFrame, recipe: Recipe) -> str:
+    """The split report's account of the calibration cut: its size, or why there is none."""
+    cfg = recipe.split
+    cut = splits["split"].eq(CALIBRATION)
+    grouped = has_groups(splits["group"])
+    unit = "patients/groups" if grouped else "images"
+    if cut.any():
+        share = cut.sum() / (cut | splits["split"].eq(TRAIN)).sum()
+        return (f"1 in {_calibration_parts(recipe)} of the training {unit} ({int(cut.sum())} "
+                f"images, {share:.0%}), stratified: no fold model trains or validates on them; "
+                "the fold ensemble's averaged output there is calibrated and scored")  # fmt: skip
+    if cfg.validation != "folds":
+        return "none: one model, calibrated on its own validation set"
+    if cfg.calibration_size == 0:
+        return f"none (split.calibration_size=0): calibrated on {SINGLE_MODELS}"
+    training = splits[splits["split"].eq(TRAIN)]
+    needed = cfg.folds + _calibration_parts(recipe)
+    short = _classes_below(needed, training["label_index"].to_numpy(),
+                           training["group"].to_numpy() if grouped else None,
+                           recipe.data.classes)  # fmt: skip
+    detail = f"fewer than {needed}: {short}" if short else "no stratified cut held every class"
+    return (f"none: too few training {unit} to spare 1 in {_calibration_parts(recipe)} and keep "
+            f"split.folds={cfg.folds} ({detail}); calibrated on {SINGLE_MODELS}, which "
+            "understate how confident the averaged ensemble should be")  # fmt: skip
 
 
 def _one_validation_set(
@@ -289,8 +372,9 @@ def audit_leakage(splits: pd.DataFrame, *, similarity: float) -> dict[str, objec
     """Report identical (sha256) and near-identical (thumbnail correlation) images across the
     holdout boundary.
 
-    Exact duplicates across folds are counted too. Exact duplicates across the holdout always
-    fail the split; near-duplicates fail it only under ``split.near_duplicates: fail``.
+    Exact duplicates across folds, and what crosses into the calibration cut, are counted too.
+    Exact duplicates across the holdout always fail the split; near-duplicates fail it only
+    under ``split.near_duplicates: fail``.
     """
     train = splits[splits["split"] == TRAIN]
     test = splits[splits["split"] == TEST]
@@ -310,6 +394,16 @@ def audit_leakage(splits: pd.DataFrame, *, similarity: float) -> dict[str, objec
         audit["near_duplicates_across_holdout"] = len(pairs)
         audit["near_duplicate_examples"] = pairs[:20]
         audit["near_duplicate_similarity"] = similarity
+    calibration = splits[splits["split"] == CALIBRATION]
+    if len(calibration):  # what the fold models trained on, seen again where they are scored
+        audit["exact_duplicates_across_calibration"] = len(
+            set(train["sha256"]) & set(calibration["sha256"])
+        )
+        audit["groups_across_calibration"] = len(set(train["group"]) & set(calibration["group"]))
+        if "thumbnail" in splits.columns:
+            audit["near_duplicates_across_calibration"] = len(
+                near_duplicates_across(calibration, train, similarity=similarity)
+            )
     return audit
 
 
@@ -408,11 +502,14 @@ def split(manifest_path: Path, splits_path: Path, recipe: Recipe) -> SplitResult
         "strategy": _strategy(recipe, grouped, splits),
         "test_size": int((splits["split"] == TEST).sum()),
         "fold_sizes": fold_sizes,
+        "calibration": calibration_description(splits, recipe),
+        "calibration_size": int((splits["split"] == CALIBRATION).sum()),
         "class_counts": {
             name: {str(k): int(v) for k, v in part["label"].value_counts().sort_index().items()}
             for name, part in [
                 ("train", splits[splits["split"] == TRAIN]),
                 ("test", splits[splits["split"] == TEST]),
+                ("calibration", splits[splits["split"] == CALIBRATION]),
             ]
         },
         "near_duplicates": {"policy": recipe.split.near_duplicates, **(clusters or {})},

@@ -551,7 +551,8 @@ def evaluate(ctx: RunContext, tracking: Tracking | None = None) -> dict[str, Any
         if ctx.layout.overview.is_dir():
             client.log_artifacts(parent, str(ctx.layout.overview), ARTIFACTS.overview)
         with tracking.run(run_id=parent):
-            log_datasets(ctx, {"train": "training", "test": "holdout"})
+            log_datasets(ctx, {"train": "training", "calibration": "calibration",
+                               "test": "holdout"})  # fmt: skip
     return {"metrics": str(result.metrics_path), **result.metrics.overall}
 
 
@@ -663,6 +664,8 @@ def log_datasets(ctx: RunContext, parts: dict[str, str]) -> None:
     digest = snapshot_hash(ctx)[:36]
     for part, context in parts.items():
         rows = table[table["split"] == part].reset_index(drop=True)
+        if rows.empty:  # no calibration cut (one model, or too small a class)
+            continue
         with warnings.catch_warnings():  # source ambiguity; integer columns in the schema
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_pandas(rows, source=ctx.source, digest=digest,

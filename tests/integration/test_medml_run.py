@@ -44,12 +44,16 @@ def test_medml_run_registers_a_challenger_that_beats_chance(tmp_path: Path) -> N
     metrics = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
     assert metrics["overall"]["balanced_accuracy"] > 0.25 + 0.2  # chance is 0.25
     assert (run_dir / "evaluation" / "confusion_matrix.png").stat().st_size > 1000
-    # Out-of-fold predictions for every training image; the temperature fitted on them only.
+    # Out-of-fold predictions for every image the folds trained on; the temperature fitted on
+    # the ensemble's average over the calibration cut, which no fold model trained on.
     oof = json.loads((run_dir / "evaluation" / "oof_metrics.json").read_text())
-    holdout_size = metrics["overall"]["n"]
-    assert oof["overall"]["n"] + holdout_size == 800 and oof["overall"]["balanced_accuracy"] > 0.45
     calibration = json.loads((run_dir / "evaluation" / "calibration.json").read_text())
+    cut = calibration["ensemble_estimate"]
+    holdout_size = metrics["overall"]["n"]
+    assert oof["overall"]["n"] + cut["overall"]["n"] + holdout_size == 800
+    assert oof["overall"]["balanced_accuracy"] > 0.45 and cut["estimate"] == "calibration cut"
     assert calibration["holdout_ece_after"] < calibration["holdout_ece_before"]
+    assert calibration["fitted_on"].startswith("the fold ensemble's averaged output on")
     assert "not the holdout" in calibration["fitted_on"]
     for fold in (0, 1):
         history = json.loads((run_dir / "folds" / f"fold_{fold}" / "history.json").read_text())
@@ -92,7 +96,7 @@ def test_medml_run_registers_a_challenger_that_beats_chance(tmp_path: Path) -> N
     assert all("==" in line for line in requirements.split() if not line.startswith("-"))
     parent = client.get_run(version.run_id)
     contexts = {d.tags[0].value for d in parent.inputs.dataset_inputs}
-    assert contexts == {"training", "holdout"}
+    assert contexts == {"training", "calibration", "holdout"}
     assert {d.dataset.digest for d in parent.inputs.dataset_inputs} == {version.tags["data_hash"]}
     assert parent.data.params["train.balance"] == "class_weight"
     assert parent.info.status == "FINISHED"
@@ -146,13 +150,17 @@ def test_cross_validation_only_reports_out_of_fold_as_the_estimate(
     splits = json.loads(ctx.layout.split_report.read_text())
     assert splits["test_size"] == 0 and splits["holdout"].startswith("none: cross-validation only")
     metrics = json.loads(ctx.layout.evaluation.metrics.read_text())
-    images = sum(1 for _ in phantom_dir.rglob("*.jpg"))
+    images = sum(1 for _ in phantom_dir.rglob("*.jpg")) - splits["calibration_size"]
     assert metrics["estimate"] == "out-of-fold" and metrics["overall"]["n"] == images
     assert len(metrics["per_fold"]) == 2 and metrics["ci95"]["balanced_accuracy"][0] is not None
     calibration = json.loads(ctx.layout.evaluation.calibration.read_text())
     assert calibration["holdout_ece_before"] is None and calibration["oof_ece_after"] >= 0
+    # the calibration cut is the one estimate of the ensemble itself when there is no holdout
+    cut = splits["calibration_size"]
+    assert cut > 0 and calibration["ensemble_estimate"]["overall"]["n"] == cut
     summary = report.summary(ctx.layout.root)
     assert f"Out-of-fold estimate (cross-validation only, no holdout; n={images})" in summary
+    assert f"calibration cut (n={cut}, the registered ensemble" in summary
     assert "out-of-fold ECE" in summary and "Holdout" not in summary
     assert result["version"] == "1" and result["alias"] == "challenger", result["gate_reasons"]
     card = next((ctx.layout.registry.root).rglob("model_card.md")).read_text()

@@ -44,3 +44,46 @@ def test_operating_threshold_reaches_the_target_sensitivity() -> None:
     assert strict < lenient  # a higher target sensitivity needs a lower threshold
     with pytest.raises(ValueError, match="no positive"):
         operating_threshold(p, np.zeros(1000, bool), 0.9)
+
+
+def _fold_models(n: int, seed: int, members: int = 3, noise: float = 1.5):
+    """Labels drawn from softmax(z); each fold model outputs softmax(z + its own noise): on its
+    own over-confident, and their average less confident than each one."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 2.0, (n, 3))
+    truth = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    y = (rng.random((n, 1)) > truth.cumsum(axis=1)).sum(axis=1)
+    noisy = logits[None] + rng.normal(0, noise, (members, n, 3))
+    outputs = np.exp(noisy) / np.exp(noisy).sum(axis=2, keepdims=True)
+    return outputs, y
+
+
+def test_the_temperature_is_fitted_on_the_ensembles_average_over_the_calibration_cut() -> None:
+    import pandas as pd
+
+    from medml.config import load_recipe
+    from medml.evaluate import FoldPredictions, OutOfFold, calibrate
+
+    recipe = load_recipe("chest-xray")
+    oof_outputs, oof_y = _fold_models(3000, seed=1)
+    folds = np.arange(3000) % 3  # each image scored by the one model that did not train on it
+    oof = OutOfFold(pd.DataFrame({"fold": folds}), oof_y, oof_outputs[folds, np.arange(3000)])
+    cut_outputs, cut_y = _fold_models(600, seed=2)
+    holdout_outputs, holdout_y = _fold_models(3000, seed=3)
+    index = pd.DataFrame({"split": ["calibration"] * 600, "label_index": cut_y})
+    with_cut = FoldPredictions(oof, holdout_outputs, cut_outputs)
+    temperature, cut = calibrate(with_cut, index, recipe)
+    assert temperature == pytest.approx(fit_temperature(cut_outputs.mean(axis=0), cut_y))
+    assert cut is not None and cut.calibrated.shape == (600, 3)
+    no_cut = FoldPredictions(oof, holdout_outputs, np.zeros((3, 0, 3)))
+    single, none = calibrate(no_cut, index.iloc[:0], recipe)
+    assert none is None and single == pytest.approx(fit_temperature(oof.proba, oof.y))
+    averaged = holdout_outputs.mean(axis=0)  # what the registered ensemble outputs
+    on_cut = expected_calibration_error(holdout_y, apply_temperature(averaged, temperature))
+    on_singles = expected_calibration_error(holdout_y, apply_temperature(averaged, single))
+    print(
+        f"holdout ECE of the average: T from the cut {on_cut:.3f}, from single models "
+        f"{on_singles:.3f}"
+    )
+    assert single > temperature  # single models need cooling that their average does not
+    assert on_cut < 0.04 and on_singles > 3 * on_cut

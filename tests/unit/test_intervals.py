@@ -4,13 +4,12 @@ composite scores, and classes too few to judge flagged wherever they are shown."
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
 from medml.config import EvaluateConfig, load_recipe
 from medml.evaluate import (
-    OutOfFold,
+    Scored,
     clinical_metrics,
     exact_at_threshold,
     expected_calibration_error,
@@ -135,12 +134,12 @@ def test_the_binary_operating_point_file_carries_exact_intervals() -> None:
     recipe = load_recipe("chest-xray")  # positive class PNEUMONIA (index 1)
     oof_y = np.array([0] * 6 + [1] * 6)
     oof_p = np.linspace(0.05, 0.95, 12)
-    oof = OutOfFold(pd.DataFrame({"fold": [0] * 12}), oof_y,
-                    np.stack([1 - oof_p, oof_p], axis=1))  # fmt: skip
+    oof_proba = np.stack([1 - oof_p, oof_p], axis=1)
+    oof = Scored(oof_y, oof_proba, oof_proba)
     y_true = np.array([0, 0, 0, 1, 1, 1, 1])
     calibrated = np.stack([1 - np.array([0.1, 0.2, 0.3, 0.9, 0.9, 0.95, 0.99]),
                            [0.1, 0.2, 0.3, 0.9, 0.9, 0.95, 0.99]], axis=1)  # fmt: skip
-    point = operating_point(recipe, oof, oof.proba, (y_true, calibrated, calibrated))
+    point = operating_point(recipe, oof, None, Scored(y_true, calibrated, calibrated))
     held = point["holdout"]
     assert held["sensitivity"] == 1.0
     assert held["sensitivity_ci95"] == pytest.approx(REFERENCE[4, 4], abs=5e-4)
@@ -176,3 +175,28 @@ def test_the_summary_and_the_review_flag_classes_too_few_to_judge() -> None:
     row = next(line for line in lines if line.startswith("sensitivity b "))
     assert row.split()[-1] == "-" and "(too few to judge)" in row
     assert len({line.rindex("-") for line in lines if line.startswith(("sensitivity", "f1"))}) == 1
+
+
+def test_the_operating_point_is_chosen_on_the_calibration_cut_when_it_has_enough_positives() -> (
+    None
+):
+    recipe = load_recipe("chest-xray")  # PNEUMONIA (index 1); min_class_support 20
+    rng = np.random.default_rng(0)
+
+    def scored(n_pos: int, n_neg: int, shift: float) -> Scored:
+        p = np.clip(np.r_[rng.normal(0.7 + shift, 0.15, n_pos), rng.normal(0.3, 0.15, n_neg)],
+                    0, 1)  # fmt: skip
+        proba = np.stack([1 - p, p], axis=1)
+        return Scored(np.r_[np.ones(n_pos, int), np.zeros(n_neg, int)], proba, proba)
+
+    oof, holdout = scored(200, 200, 0.0), scored(50, 50, 0.1)
+    cut = scored(40, 40, 0.1)  # the ensemble is surer of its positives than single models
+    point = operating_point(recipe, oof, cut, holdout)
+    assert point["chosen_on"].startswith("the fold ensemble's output on the calibration cut")
+    assert point["positives"] == 40 and "warning" not in point
+    assert point["calibration_cut"]["sensitivity"] >= 0.95
+    assert set(point) >= {"oof", "calibration_cut", "holdout"}
+    few = scored(10, 40, 0.1)  # 10 positives on the cut: out-of-fold's 200 choose instead
+    point = operating_point(recipe, oof, few, holdout)
+    assert point["chosen_on"].startswith("out-of-fold") and point["positives"] == 200
+    assert point["oof"]["sensitivity"] >= 0.95

@@ -130,3 +130,14 @@ def test_a_declared_cnn_that_shrinks_below_one_pixel_is_refused() -> None:
     spec = CNNConfig(blocks=[ConvBlock(filters=8, padding="valid")] * 5, head="flatten")
     with pytest.raises(ValueError, match=r"train.cnn.blocks\[3\]: the feature map is 2x2"):
         build_cnn((32, 32, 1), 2, spec)
+
+
+def test_the_ensembles_temperature_scales_the_average_it_was_fitted_on() -> None:
+    from medml.calibration import apply_temperature
+
+    members = [build_small_cnn((16, 16, 1), 3, name=f"fold_{i}") for i in range(3)]
+    x = np.random.default_rng(0).integers(0, 255, size=(5, 16, 16, 1)).astype("uint8")
+    averaged = np.mean([m.predict(x, verbose=0) for m in members], axis=0)
+    ensemble = build_ensemble(members, temperature=0.4)
+    np.testing.assert_allclose(ensemble.predict(x, verbose=0), apply_temperature(averaged, 0.4),
+                               rtol=1e-4, atol=1e-6)  # fmt: skip

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,7 +10,9 @@ import pandas as pd
 import pytest
 
 from medml.config import Recipe, load_recipe
-from medml.split import LeakageError, assign_splits, split
+from medml.split import LeakageError, assign_splits, calibration_description, split
+from medml.train import fold_rows
+from tests.conftest import TINY as TINY_OVERRIDES
 
 
 def _table(n_groups: int = 60, per_group: int = 3, seed: int = 0) -> pd.DataFrame:
@@ -31,8 +34,8 @@ def _table(n_groups: int = 60, per_group: int = 3, seed: int = 0) -> pd.DataFram
 
 def test_groups_never_cross_splits_or_folds(tiny_recipe: Recipe) -> None:
     out = assign_splits(_table(), tiny_recipe)
-    assert set(out["split"]) == {"train", "test"}
-    assert (out.loc[out["split"] == "test", "fold"] == -1).all()
+    assert set(out["split"]) == {"train", "test", "calibration"}
+    assert (out.loc[out["split"] != "train", "fold"] == -1).all()
     assert set(out.loc[out["split"] == "train", "fold"]) == {0, 1}
     assert out.groupby("group")["split"].nunique().max() == 1
     assert out.groupby("group")["fold"].nunique().max() == 1
@@ -275,3 +278,48 @@ def test_the_validation_cut_takes_a_part_with_every_class_on_both_sides(
     cut = out[out["fold"].eq(0)]
     assert set(cut["label"]) == {"Normal", "Stone"} and len(cut) == 5
     assert cfg.parts == 4 and tiny_recipe.split.parts == tiny_recipe.split.folds
+
+
+def test_the_calibration_cut_is_whole_patients_of_every_class_that_no_fold_trains_on(
+    tiny_recipe: Recipe, tmp_path: Path
+) -> None:
+    table = _table(n_groups=200)
+    table.to_parquet(tmp_path / "clean.parquet")
+    split(tmp_path / "clean.parquet", tmp_path / "splits.parquet", tiny_recipe)
+    out = pd.read_parquet(tmp_path / "splits.parquet")
+    cut = out[out["split"] == "calibration"]
+    pool = out[out["split"] != "test"]
+    assert set(cut["label"]) == {"Normal", "Cyst", "Stone", "Tumor"}
+    assert (cut["fold"] == -1).all()
+    assert 0.05 < len(cut) / len(pool) < 0.15  # 1 in round(1 / 0.1) of the patients
+    assert out.groupby("group")["split"].nunique().max() == 1  # a patient is on one side
+    for fold in (0, 1):  # neither trained nor validated on by any fold model
+        fitted, validated = fold_rows(out, fold)
+        assert not set(cut["path"]) & (set(fitted["path"]) | set(validated["path"]))
+    report = json.loads((tmp_path / "split_report.json").read_text())
+    assert report["calibration_size"] == len(cut)
+    assert report["calibration"].startswith("1 in 10 of the training patients/groups")
+    assert report["class_counts"]["calibration"] == cut["label"].value_counts().to_dict()
+    assert report["leakage"]["groups_across_calibration"] == 0
+
+
+def test_no_calibration_cut_when_a_class_cannot_spare_an_image_and_the_report_says_why(
+    tiny_recipe: Recipe,
+) -> None:
+    table = _table(n_groups=60, per_group=1)
+    stone = table.index[table["label"] == "Stone"]
+    table = table.drop(stone[3:])  # three Stone images: the holdout takes one, the folds two
+    out = assign_splits(table, tiny_recipe)
+    assert "calibration" not in set(out["split"])
+    described = calibration_description(out, tiny_recipe)
+    assert described.startswith("none: too few training images to spare 1 in 10")
+    assert "'Stone': 2" in described and "single fold models' out-of-fold outputs" in described
+    off = load_recipe("kidney-ct", overrides=[*TINY_OVERRIDES, "split.calibration_size=0"])
+    out = assign_splits(_table(), off)
+    assert "calibration" not in set(out["split"])
+    assert calibration_description(out, off).startswith("none (split.calibration_size=0)")
+    one = load_recipe("kidney-ct", overrides=[*TINY_OVERRIDES, "split.validation=cut",
+                                              "split.folds=1"])  # fmt: skip
+    out = assign_splits(_table(), one)
+    assert "calibration" not in set(out["split"])
+    assert calibration_description(out, one).startswith("none: one model")
