@@ -29,17 +29,20 @@ _EPS = 1e-12
 
 @dataclass(frozen=True)
 class ServingCalibration:
-    """What the registered model applies: the temperature, and a binary recipe's operating
-    point (``{"positive_class", "threshold"}``) or ``None``."""
+    """What the registered model applies: the temperature, a binary recipe's operating point
+    (``{"positive_class", "threshold"}``) or ``None``, and the class-conditional prediction
+    sets' rule (:meth:`medml.conformal.ClassConditionalSets.serving`) or ``None``."""
 
     temperature: float = 1.0
     operating_point: dict[str, Any] | None = None
+    prediction_sets: dict[str, Any] | None = None
 
     @classmethod
     def from_evaluation(cls, facts: EvaluationFacts) -> ServingCalibration:
-        """From an evaluation's temperature and (binary) operating point."""
+        """From an evaluation's temperature, (binary) operating point and prediction sets."""
         point = facts.operating_point
-        return cls(facts.calibration.temperature, point.serving() if point else None)
+        sets = facts.conformal.get("rule") if facts.conformal else None
+        return cls(facts.calibration.temperature, point.serving() if point else None, sets)
 
 
 def apply_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:

@@ -570,6 +570,14 @@ class EvaluateConfig(_Strict):
     target_sensitivity: float = Field(
         default=0.95, gt=0.0, le=1.0, description="sensitivity the operating point reaches OOF"
     )
+    conformal_alpha: float = Field(
+        default=0.1,
+        gt=0.0,
+        lt=1.0,
+        description="prediction sets that hold the true class with probability >= 1 - alpha "
+        "for every class (class-conditional conformal, calibrated on the calibration cut or "
+        "out-of-fold, never the holdout); a set of more than one class is a case to refer",
+    )
     min_class_support: int = Field(
         default=20,  # medml.metrics.MIN_CLASS_SUPPORT (config must not import metrics)
         ge=1,

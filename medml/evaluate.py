@@ -571,6 +571,7 @@ def evaluate(
     extras = {
         "calibration": calibration_report(temperature, out_of_fold, cut, scored, recipe),
         "operating_point": operating_point(recipe, out_of_fold, cut, scored),
+        "conformal": conformal_report(recipe, out_of_fold, cut, scored),
         "baseline": (
             baseline_comparison(shards_dir, index, shown.y, shown.calibrated, recipe)
             if scored is not None
@@ -815,6 +816,47 @@ def exact_at_threshold(
     return rates
 
 
+def conformal_report(
+    recipe: Recipe, oof: Scored, cut: Scored | None, holdout: Scored | None
+) -> dict[str, Any]:
+    """Class-conditional prediction sets (:mod:`medml.conformal`): calibrated on the
+    calibration cut's ensemble output (exchangeable with what the served model outputs; a
+    class with too few images there for a bound is in every set), or without a cut on the
+    out-of-fold outputs (single fold models: an approximation the holdout coverage tests);
+    scored on the holdout — per-class coverage with exact intervals, set sizes — next to one
+    threshold for all classes.
+
+    Raises:
+        RunError: the served rule and crepes' sets disagree on a holdout image.
+    """
+    from medml.conformal import crepes_sets, fit_sets, library, marginal_sets, set_metrics
+
+    classes, alpha = recipe.data.classes, recipe.evaluate.conformal_alpha
+    minimum = recipe.evaluate.min_class_support
+    source = cut if cut is not None else oof
+    sets, fitted = fit_sets(source.calibrated, source.y, classes, alpha)
+    report: dict[str, Any] = {
+        "alpha": alpha, "target_coverage": 1 - alpha, "library": library(),
+        "calibrated_on": ("the fold ensemble's output on the calibration cut" if cut is not None
+                          else "out-of-fold outputs of single fold models, an approximation of "
+                          "the ensemble's (no calibration cut)") + ", not the holdout",
+        "calibration_images": dict(zip(classes, np.bincount(source.y, minlength=len(classes))
+                                       .tolist(), strict=True)),
+        "always_in_set": [c for c, t in zip(classes, sets.score_thresholds, strict=True)
+                          if t is None],
+        "rule": sets.serving(), "holdout": None, "one_threshold": None,
+    }  # fmt: skip
+    if holdout is not None:
+        inside = sets.contains(holdout.calibrated)
+        if not (inside == crepes_sets(fitted, holdout.calibrated, alpha)).all():
+            raise RunError("the served prediction-set rule and crepes' sets disagree on the "
+                           "holdout; report this as a medml bug")  # fmt: skip
+        report["holdout"] = set_metrics(inside, holdout.y, classes, minimum)
+        one = marginal_sets(source.calibrated, source.y, holdout.calibrated, alpha)
+        report["one_threshold"] = set_metrics(one, holdout.y, classes, minimum)
+    return report
+
+
 def write_evaluation(
     files: EvaluationFiles, metrics: HoldoutMetrics, oof_metrics: HoldoutMetrics,
     extras: dict[str, Any],
@@ -822,6 +864,7 @@ def write_evaluation(
     """The holdout and OOF metrics, the calibration and (binary) operating point files."""
     written = [metrics.write(files.metrics), oof_metrics.write(files.oof_metrics),
                write_json(files.calibration, extras["calibration"]),
+               write_json(files.conformal, extras["conformal"]),
                write_json(files.scores, headline_scores(metrics))]  # fmt: skip
     for path, content in ((files.operating_point, extras["operating_point"]),
                           (files.baseline, extras.get("baseline"))):  # fmt: skip

@@ -99,6 +99,9 @@ class EvaluationFacts:
     baseline: dict[str, Any] | None = None
     """The paired comparison with the baseline (:func:`medml.baseline.compare`); ``None``
     without a holdout."""
+    conformal: dict[str, Any] | None = None
+    """The prediction sets (``conformal.json``: rule, holdout coverage); ``None`` for an
+    evaluation made before medml had them."""
 
     @classmethod
     def read(cls, files: EvaluationFiles) -> EvaluationFacts:
@@ -109,4 +112,5 @@ class EvaluationFacts:
             oof_metrics=HoldoutMetrics.read(files.oof_metrics),
             operating_point=OperatingPoint.from_dict(read_json(point)) if point.is_file() else None,
             baseline=read_json(files.baseline) if files.baseline.is_file() else None,
+            conformal=read_json(files.conformal) if files.conformal.is_file() else None,
         )

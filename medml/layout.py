@@ -131,6 +131,11 @@ class EvaluationFiles:
         return self.root / "calibration.json"
 
     @property
+    def conformal(self) -> Path:
+        """The class-conditional prediction sets: their rule and holdout coverage."""
+        return self.root / "conformal.json"
+
+    @property
     def operating_point(self) -> Path:
         """Binary recipes: the OOF-chosen threshold and the holdout's rates at it."""
         return self.root / "operating_point.json"
@@ -348,6 +353,11 @@ class MlflowArtifacts:
     def calibration(self) -> str:
         """The temperature, the ECEs and the calibration cut's estimate (``calibration.json``)."""
         return self._logged(_EVALUATION.calibration)
+
+    @property
+    def conformal(self) -> str:
+        """The prediction sets' rule and holdout coverage (``conformal.json``)."""
+        return self._logged(_EVALUATION.conformal)
 
     def _logged(self, local: Path) -> str:
         """Where evaluation's file ``local`` is among the run's artifacts (same file name)."""

@@ -77,6 +77,8 @@ def _context(facts: CardFacts) -> dict[str, Any]:
         "baseline": _baseline_sentence(evaluation),
         "disagreement": estimates_disagree(evaluation.oof_metrics, metrics) if evaluation else "",
         "ensemble_estimate": _ensemble_estimate(evaluation, metrics),
+        "sets": evaluation.conformal if evaluation else None,
+        "sets_sentence": _sets_sentence(evaluation),
     }  # fmt: skip
 
 
@@ -96,6 +98,13 @@ def _ensemble_estimate(evaluation: EvaluationFacts | None, metrics: HoldoutMetri
                 f"{overall['macro_f1']:.3f}.")  # fmt: skip
     disagreement = estimates_disagree(estimate, metrics)
     return sentence + (f" **Warning:** {disagreement}." if disagreement else "")
+
+
+def _sets_sentence(evaluation: EvaluationFacts | None) -> str:
+    from medml.conformal import sentence
+
+    conformal = evaluation.conformal if evaluation else None
+    return sentence(conformal) if conformal and conformal.get("holdout") else ""
 
 
 def _baseline_sentence(evaluation: EvaluationFacts | None) -> str:

@@ -75,7 +75,8 @@ def predict(
     """Predict every image of ``source`` with the registered model and write ``out`` (CSV):
     ``filename``, ``label`` (argmax), for a binary recipe ``decision`` (the class decided at the
     registered operating point's threshold — the clinical decision), one ``p_<class>`` per
-    class, and ``error``.
+    class, ``prediction_set`` (the classes the model cannot rule out at the registered coverage,
+    ``|``-separated) and ``refer`` (the set is not one class), and ``error``.
 
     The model is the pyfunc of :mod:`medml.serving`: its own preprocessing reads the files, so
     this gives exactly what ``mlflow models serve`` answers for the same images. A
@@ -94,6 +95,8 @@ def predict(
         ERROR_COLUMN,
         LABEL_COLUMN,
         PATH_COLUMN,
+        REFER_COLUMN,
+        SET_COLUMN,
         load_classifier,
         probability_column,
     )
@@ -117,8 +120,9 @@ def predict(
         np.empty((0, len(model.classes))), []
     ).assign(filename=[])  # fmt: skip
     decision = [DECISION_COLUMN] if model.operating_point else []  # binary: at the threshold
+    sets = [SET_COLUMN, REFER_COLUMN] if model.prediction_sets is not None else []
     columns = ["filename", LABEL_COLUMN, *decision, *map(probability_column, model.classes),
-               ERROR_COLUMN]  # fmt: skip
+               *sets, ERROR_COLUMN]  # fmt: skip
     table = table[columns]
     with atomic_path(Path(out)) as tmp:
         table.to_csv(tmp, index=False)

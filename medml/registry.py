@@ -153,7 +153,7 @@ def save_ensemble(model_paths: Sequence[Path], path: Path, temperature: float = 
 def log_ensemble(
     tracking: Tracking, parent_run_id: str, ensemble_path: Path, recipe: Recipe,
     card_paths: Sequence[Path], champion: ChampionScore | None, digest: str,
-    operating_point: dict[str, Any] | None = None,
+    calibration: ServingCalibration | None = None,
 ) -> str:  # fmt: skip
     """Log the servable model (ensemble + preprocessing, :mod:`medml.serving`), registering a
     new version, with the model card and the champion's scores, to the pipeline run; returns
@@ -168,7 +168,9 @@ def log_ensemble(
         info = log_classifier(
             ensemble_path, recipe.data.classes, recipe.image.model_dump(mode="json"),
             name=ARTIFACTS.model, registered_model_name=recipe.registry.model_name,
-            tags={VersionTags.MODELS_DIGEST: digest}, operating_point=operating_point,
+            tags={VersionTags.MODELS_DIGEST: digest},
+            operating_point=calibration.operating_point if calibration else None,
+            prediction_sets=calibration.prediction_sets if calibration else None,
         )  # fmt: skip
         for path in card_paths:
             mlflow.log_artifact(str(path), artifact_path=ARTIFACTS.model_card)
@@ -241,7 +243,7 @@ def register_ensemble(
         card_paths = write_model_card(card, files)
         if version is None:  # else a retry: the version exists, only the local copy is rebuilt
             version = log_ensemble(tracking, parent_run_id, ensemble, recipe, card_paths, champion,
-                                   digest, calibration.operating_point)  # fmt: skip
+                                   digest, calibration)  # fmt: skip
         failpoint("register:version-created")
         describe(tracking, recipe, version, render_markdown(card))
         complete_version(tracking, name, version, tags, alias, run_id=parent_run_id,

@@ -150,8 +150,39 @@ def _evaluation_lines(files: EvaluationFiles) -> list[str]:
     if not files.calibration.is_file():
         return []
     facts = EvaluationFacts.read(files)
+    lines = _estimate_lines(facts)
+    point = facts.operating_point
+    if point:
+        where = "holdout" if facts.calibration.held_out else "out-of-fold"
+        rates = point.rates
+        shown = " ".join(f"{label} {_fmt(rates[name])} {_ci(rates.get(f'{name}_ci95'))}".rstrip()
+                         for name, label in _POINT_RATES)  # fmt: skip
+        too_few = rates.get("too_few_to_judge") or []
+        chosen = "calibration-cut" if "calibration cut" in point.chosen_on else "OOF"
+        lines.append(f"  operating point {point.positive_class} >= {point.threshold:.3f} "
+                     f"({chosen} sensitivity >= {point.target_sensitivity:.2f}): {where} {shown}"
+                     + (f" | {TOO_FEW}: {', '.join(too_few)}" if too_few else ""))  # fmt: skip
+        if point.warning:
+            lines.append(f"  WARNING operating point: {point.warning}")
+    holdout = HoldoutMetrics.read(files.metrics)
+    for estimate in (facts.calibration.ensemble_metrics(), facts.oof_metrics):
+        disagreement = estimates_disagree(estimate, holdout) if estimate is not None else ""
+        if disagreement:
+            lines.append(f"  WARNING estimates: {disagreement}")
+    if facts.conformal and facts.conformal.get("holdout"):
+        from medml.conformal import sentence as sets_sentence
+
+        lines.append(f"  prediction sets: {sets_sentence(facts.conformal)}")
+    if facts.baseline:
+        from medml.baseline import sentence
+
+        lines.append(f"  baseline: {sentence(facts.baseline)}")
+    return lines
+
+
+def _estimate_lines(facts: EvaluationFacts) -> list[str]:
+    """The calibration cut's and the out-of-fold estimates, and the calibration line."""
     oof, calibration = facts.oof_metrics.overall, facts.calibration
-    where = "holdout" if calibration.held_out else "out-of-fold"
     eces = [f"out-of-fold ECE {calibration.oof_ece_before:.3f} -> "
             f"{calibration.oof_ece_after:.3f} (single fold models)"]  # fmt: skip
     if calibration.on_cut:
@@ -165,44 +196,22 @@ def _evaluation_lines(files: EvaluationFiles) -> list[str]:
         )
     fitted = ("on the ensemble's output on the calibration cut" if calibration.on_cut
               else "out-of-fold, on single fold models")  # fmt: skip
-    lines = [f"  calibration: T={calibration.temperature:.3f} (fitted {fitted}) | "
-             + " | ".join(eces)]  # fmt: skip
-    if calibration.held_out:
-        lines.insert(
-            0,
-            f"  out-of-fold (n={oof['n']}, training images): balanced accuracy "
-            f"{oof['balanced_accuracy']:.3f} | macro-F1 {oof['macro_f1']:.3f}",
-        )
+    lines = []
     ensemble = calibration.ensemble_metrics()
     if ensemble is not None:
         cut = ensemble.overall
-        lines.insert(
-            0,
+        lines.append(
             f"  calibration cut (n={cut['n']}, the registered ensemble on images no fold model "
             f"trained on): balanced accuracy {cut['balanced_accuracy']:.3f} "
-            f"{_ci(ensemble.interval('balanced_accuracy'))} | macro-F1 {cut['macro_f1']:.3f}",
+            f"{_ci(ensemble.interval('balanced_accuracy'))} | macro-F1 {cut['macro_f1']:.3f}"
         )
-    point = facts.operating_point
-    if point:
-        rates = point.rates
-        shown = " ".join(f"{label} {_fmt(rates[name])} {_ci(rates.get(f'{name}_ci95'))}".rstrip()
-                         for name, label in _POINT_RATES)  # fmt: skip
-        too_few = rates.get("too_few_to_judge") or []
-        chosen = "calibration-cut" if "calibration cut" in point.chosen_on else "OOF"
-        lines.append(f"  operating point {point.positive_class} >= {point.threshold:.3f} "
-                     f"({chosen} sensitivity >= {point.target_sensitivity:.2f}): {where} {shown}"
-                     + (f" | {TOO_FEW}: {', '.join(too_few)}" if too_few else ""))  # fmt: skip
-        if point.warning:
-            lines.append(f"  WARNING operating point: {point.warning}")
-    holdout = HoldoutMetrics.read(files.metrics)
-    for estimate in (ensemble, facts.oof_metrics):
-        disagreement = estimates_disagree(estimate, holdout) if estimate is not None else ""
-        if disagreement:
-            lines.append(f"  WARNING estimates: {disagreement}")
-    if facts.baseline:
-        from medml.baseline import sentence
-
-        lines.append(f"  baseline: {sentence(facts.baseline)}")
+    if calibration.held_out:
+        lines.append(
+            f"  out-of-fold (n={oof['n']}, training images): balanced accuracy "
+            f"{oof['balanced_accuracy']:.3f} | macro-F1 {oof['macro_f1']:.3f}"
+        )
+    lines.append(f"  calibration: T={calibration.temperature:.3f} (fitted {fitted}) | "
+                 + " | ".join(eces))  # fmt: skip
     return lines
 
 

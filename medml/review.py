@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medml.conformal import sentence as conformal_sentence
 from medml.errors import RefusedError
 from medml.io import atomic_path, medml_home, render_html
 from medml.layout import ARTIFACTS
@@ -46,6 +47,8 @@ class Side:
     """How it compares with the baseline on its own holdout (empty: not compared)."""
     operating_point: dict[str, Any] | None = None
     """Binary recipes: the threshold and the holdout rates at it (``operating_point.json``)."""
+    prediction_sets: str = ""
+    """The prediction sets' holdout coverage, one sentence (empty: not measured)."""
     warnings: list[str] = field(default_factory=list)
     """What a reviewer must not miss (out-of-fold or calibration-cut and holdout estimates that
     disagree)."""
@@ -73,6 +76,7 @@ def _load_side(client: Any, name: str, version: str, tracking: Tracking | None =
         point = _optional_json(client, run_id, ARTIFACTS.operating_point, tmp)
         oof = _optional_json(client, run_id, ARTIFACTS.oof_metrics, tmp)
         calibration = _optional_json(client, run_id, ARTIFACTS.calibration, tmp) or {}
+        conformal = _optional_json(client, run_id, ARTIFACTS.conformal, tmp) or {}
     warnings = []
     for estimate in (calibration.get("ensemble_estimate"), oof):
         if estimate and (disagreement := estimates_disagree(HoldoutMetrics.from_dict(estimate),
@@ -82,8 +86,9 @@ def _load_side(client: Any, name: str, version: str, tracking: Tracking | None =
         warnings.append(f"operating point: {point['warning']}")
     if tracking is not None:  # what is shown must be what registration pinned
         warnings += _evidence_warning(tracking, model_version)
+    sets = conformal_sentence(conformal) if conformal.get("holdout") else ""
     return Side(str(version), dict(model_version.tags), metrics, images, baseline, point,
-                warnings)  # fmt: skip
+                sets, warnings)  # fmt: skip
 
 
 def _evidence_warning(tracking: Tracking, model_version: Any) -> list[str]:
@@ -287,6 +292,8 @@ def _table(name: str, candidate: Side, champion: Side | None) -> str:
     lines.append("params changed: " + ("; ".join(changes) if changes else "none"))
     if candidate.baseline:
         lines.append(f"baseline (v{candidate.version}): {candidate.baseline}")
+    if candidate.prediction_sets:
+        lines.append(f"prediction sets (v{candidate.version}): {candidate.prediction_sets}")
     lines += [f"WARNING (v{candidate.version}): {warning}" for warning in candidate.warnings]
     return "\n".join(lines)
 
@@ -310,6 +317,9 @@ def _markdown(name: str, candidate: Side, champion: Side | None) -> str:
     lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows[1:]]
     if candidate.baseline:
         lines += ["", f"**Baseline** (v{candidate.version}): {cell(candidate.baseline)}"]
+    if candidate.prediction_sets:
+        lines += ["", f"**Prediction sets** (v{candidate.version}): "
+                      f"{cell(candidate.prediction_sets, 400)}"]  # fmt: skip
     changes = _param_changes(candidate, champion)
     lines += ["", "**Params changed:** " + (cell("; ".join(changes)) if changes else "none")]
     return "\n".join(lines)

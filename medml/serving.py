@@ -10,12 +10,14 @@ Raw images in, a table out. Input is a DataFrame with one of the columns
 and optionally ``frame``: which frame of a multi-frame DICOM / multi-page TIFF (default 0);
 
 and the output has one row per input: ``label`` (the predicted class), ``p_<class>`` for every
-class (calibrated: the fold models' temperature scaling is inside the ensemble), for binary
-recipes with an operating point ``decision`` (the class decided at the threshold chosen for the
-recipe's target sensitivity), and ``error`` (empty, or why that image could not be read; its
-probabilities are then empty). Every image goes through :class:`~medml.preprocess.LoadImage`
-with the image settings the model was trained with, so serving sees exactly the pixels training
-saw.
+class (calibrated: the temperature fitted on the fold models' average is inside the ensemble),
+for binary recipes with an operating point ``decision`` (the class decided at the threshold
+chosen for the recipe's target sensitivity), ``prediction_set`` (the classes it cannot rule
+out: a set that holds the true class with probability >= 1 - alpha for every class,
+:mod:`medml.conformal`; ``|``-separated) and ``refer`` (true when the set is not exactly one
+class), and ``error`` (empty, or why that image could not be read; its probabilities are then
+empty). Every image goes through :class:`~medml.preprocess.LoadImage` with the image settings
+the model was trained with, so serving sees exactly the pixels training saw.
 
 Serve it with MLflow's own server::
 
@@ -39,6 +41,8 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from medml.conformal import ClassConditionalSets
+
 if TYPE_CHECKING:
     from medml.tracking import Tracking
 
@@ -47,6 +51,8 @@ PATH_COLUMN = "path"
 FRAME_COLUMN = "frame"
 ERROR_COLUMN = "error"
 DECISION_COLUMN = "decision"
+SET_COLUMN = "prediction_set"
+REFER_COLUMN = "refer"
 LABEL_COLUMN = "label"
 PREDICT_BATCH = 64
 
@@ -79,6 +85,7 @@ class MedmlClassifier(mlflow.pyfunc.PythonModel):
     """MLflow ``PythonModel``: decode + preprocess each image, average the fold models."""
 
     operating_point: dict[str, Any] | None = None  # binary recipes: set by load_context
+    prediction_sets: ClassConditionalSets | None = None  # set by load_context (newer models)
 
     def load_context(self, context: Any) -> None:
         """Load the ensemble and the preprocessing settings from the model's artifacts."""
@@ -91,6 +98,8 @@ class MedmlClassifier(mlflow.pyfunc.PythonModel):
         self.load = LoadImage.from_config(ImageConfig.model_validate(settings["image"]))
         self.ensemble = load_ensemble(Path(context.artifacts["ensemble"]))
         self.operating_point = settings.get("operating_point")
+        sets = settings.get("prediction_sets")
+        self.prediction_sets = ClassConditionalSets.from_serving(sets) if sets else None
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
         """One output row per input row (see the module docstring)."""
@@ -137,6 +146,11 @@ class MedmlClassifier(mlflow.pyfunc.PythonModel):
                 "" if error else (positive if p >= point["threshold"] else negative)
                 for p, error in zip(p_positive, errors, strict=True)
             ]
+        if self.prediction_sets is not None:  # the classes it cannot rule out, per image
+            named = self.prediction_sets.labels(np.nan_to_num(proba, nan=0.0))
+            table[SET_COLUMN] = ["" if error else s for s, error in zip(named, errors, strict=True)]
+            table[REFER_COLUMN] = [None if error else s.count("|") != 0 or not s
+                                   for s, error in zip(named, errors, strict=True)]  # fmt: skip
         table[ERROR_COLUMN] = list(errors)
         return table
 
@@ -172,9 +186,10 @@ def _b64(value: Any) -> bytes:
         return b""  # LoadImage reports it as undecodable, for this row only
 
 
-def signature(classes: Sequence[str], *, decision: bool = False) -> Any:
-    """The model signature: ``image`` or ``path`` in; label, probabilities (and, with an
-    operating point, the decision at it) and error out."""
+def signature(classes: Sequence[str], *, decision: bool = False, sets: bool = False) -> Any:
+    """The model signature: ``image`` or ``path`` in; label, probabilities (with an operating
+    point, the decision at it; with prediction sets, the set and whether to refer) and error
+    out."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, DataType, Schema
 
@@ -184,6 +199,9 @@ def signature(classes: Sequence[str], *, decision: bool = False) -> Any:
     outputs = Schema([ColSpec(DataType.string, LABEL_COLUMN),
                       *[ColSpec(DataType.double, probability_column(c)) for c in classes],
                       *([ColSpec(DataType.string, DECISION_COLUMN)] if decision else []),
+                      *([ColSpec(DataType.string, SET_COLUMN),
+                         ColSpec(DataType.boolean, REFER_COLUMN, required=False)]
+                        if sets else []),
                       ColSpec(DataType.string, ERROR_COLUMN)])  # fmt: skip
     return ModelSignature(inputs=inputs, outputs=outputs)
 
@@ -201,7 +219,7 @@ def input_example(size: int = 32) -> pd.DataFrame:
 def log_classifier(
     ensemble_path: Path, classes: Sequence[str], image: dict[str, Any], *, name: str,
     registered_model_name: str | None, tags: dict[str, str] | None = None,
-    operating_point: dict[str, Any] | None = None,
+    operating_point: dict[str, Any] | None = None, prediction_sets: dict[str, Any] | None = None,
 ) -> Any:  # fmt: skip
     """Log the pyfunc model into the active MLflow run (registering a version if a registered
     name is given); returns MLflow's ``ModelInfo``.
@@ -209,19 +227,25 @@ def log_classifier(
     Args:
         operating_point: ``{"positive_class", "threshold"}`` of a binary recipe: the model then
             also returns the ``decision`` at that threshold.
+        prediction_sets: the class-conditional sets' rule
+            (:meth:`medml.conformal.ClassConditionalSets.serving`): the model then also
+            returns each image's ``prediction_set`` and ``refer``.
     """
     import tempfile
 
     with tempfile.TemporaryDirectory() as scratch:
         settings = Path(scratch) / "preprocessing.json"
-        content = {"classes": list(classes), "image": image, "operating_point": operating_point}
+        content = {"classes": list(classes), "image": image, "operating_point": operating_point,
+                   "prediction_sets": prediction_sets}  # fmt: skip
         settings.write_text(json.dumps(content, indent=2))
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=str(Path(__file__).with_name("serving_entry.py")),  # no pickle
             artifacts={"ensemble": str(ensemble_path), "preprocessing": str(settings)},
             code_paths=[str(Path(__file__).resolve().parent)],
-            signature=signature(classes, decision=operating_point is not None),
+            signature=signature(
+                classes, decision=operating_point is not None, sets=prediction_sets is not None
+            ),  # fmt: skip
             input_example=input_example(),
             pip_requirements=pinned_requirements(),
             registered_model_name=registered_model_name,

@@ -20,6 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medml.cli import app
+from medml.conformal import ClassConditionalSets
 from medml.evaluate import expected_calibration_error
 
 pytestmark = pytest.mark.integration
@@ -107,3 +108,17 @@ def test_the_undersampled_ensemble_is_calibrated_as_registered(
                                atol=1e-5)  # fmt: skip
     y = predictions["label"].map(NAMES.index).to_numpy()
     assert expected_calibration_error(y, served[columns].to_numpy()) <= 0.05
+    # ... and each image's prediction set, by the rule evaluation calibrated on the cut
+    conformal = json.loads((run / "evaluation" / "conformal.json").read_text())
+    rule = ClassConditionalSets.from_serving(conformal["rule"])
+    expected = rule.labels(predictions[columns].to_numpy())
+    differ = sum(a != b for a, b in zip(served["prediction_set"], expected, strict=True))
+    assert differ <= len(expected) // 100  # float32 serving vs float64 evaluation, at a bound
+    named = served["prediction_set"].str.split("|")
+    assert (served["refer"] == named.map(len).ne(1) | served["prediction_set"].eq("")).all()
+    assert conformal["calibrated_on"].startswith("the fold ensemble's output on the calibration")
+    # 1-2 images of each rare class in the cut: no bound at 90%, so they are in every set
+    assert set(conformal["always_in_set"]) == RARE
+    assert all(RARE <= set(s) for s in named)
+    held = conformal["holdout"]["per_class"]
+    assert all(held[c]["coverage"] >= 0.8 for c in NAMES if c not in RARE)
