@@ -55,9 +55,19 @@ def apply_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
     return scaled / scaled.sum(axis=1, keepdims=True)
 
 
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+
+
+def at_bound(temperature: float) -> bool:
+    """Whether a fitted temperature sits at a bound of its search: the likelihood kept
+    improving past it (e.g. a small set the model gets all right, where sharpening without
+    limit always helps), so the value is not an estimate."""
+    return any(abs(np.log(temperature / bound)) < 1e-3 for bound in TEMPERATURE_BOUNDS)
+
+
 def fit_temperature(proba: np.ndarray, y_true: np.ndarray) -> float:
     """The temperature that minimises the negative log-likelihood of ``y_true``
-    (searched over ``T`` in [0.05, 20] on a log scale)."""
+    (searched over ``T`` in :data:`TEMPERATURE_BOUNDS` on a log scale)."""
     from scipy.optimize import minimize_scalar
 
     y_true = np.asarray(y_true, dtype=np.int64)
@@ -66,7 +76,8 @@ def fit_temperature(proba: np.ndarray, y_true: np.ndarray) -> float:
         scaled = apply_temperature(proba, float(np.exp(log_t)))
         return float(-np.log(np.clip(scaled[np.arange(len(y_true)), y_true], _EPS, 1.0)).mean())
 
-    found = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    low, high = TEMPERATURE_BOUNDS
+    found = minimize_scalar(nll, bounds=(np.log(low), np.log(high)), method="bounded")
     return float(np.exp(found.x))
 
 

@@ -38,6 +38,7 @@ import pandas as pd
 
 from medml.calibration import (
     apply_temperature,
+    at_bound,
     at_threshold,
     fit_temperature,
     operating_threshold,
@@ -554,7 +555,8 @@ def evaluate(
     index = load_index(shards_dir)
     predictions = fold_predictions(shards_dir, index, model_paths)
     oof = predictions.oof
-    temperature, cut = calibrate(predictions, index, recipe)
+    calibration = calibrate(predictions, index, recipe)
+    temperature, cut = calibration.temperature, calibration.cut
     oof_calibrated = apply_temperature(oof.proba, temperature)
     minimum = recipe.evaluate.min_class_support
     oof_metrics = clinical_metrics(oof.y, oof_calibrated, classes, seed=recipe.split.seed,
@@ -569,7 +571,7 @@ def evaluate(
         metrics = _out_of_fold_estimate(oof_metrics, out_of_fold, oof.rows, model_paths, classes)
     shown = scored or out_of_fold
     extras = {
-        "calibration": calibration_report(temperature, out_of_fold, cut, scored, recipe),
+        "calibration": calibration_report(calibration, out_of_fold, scored, recipe),
         "operating_point": operating_point(recipe, out_of_fold, cut, scored),
         "conformal": conformal_report(recipe, out_of_fold, cut, scored),
         "baseline": (
@@ -676,34 +678,54 @@ def _out_of_fold_estimate(
     ])  # fmt: skip
 
 
-def calibrate(
-    predictions: FoldPredictions, index: pd.DataFrame, recipe: Recipe
-) -> tuple[float, Scored | None]:
-    """The temperature (1 with ``evaluate.calibrate`` off) and the calibration cut scored by
-    the ensemble (``None`` without a cut).
+@dataclass(frozen=True)
+class Calibration:
+    """The temperature, where it was fitted (``fitted_on``; ``None``: not fitted), why not
+    where it should have been (``warning``), and the calibration cut scored by the ensemble
+    (``None`` without a cut)."""
 
-    The temperature is fitted where what the registered model outputs — the fold models'
-    average — can be seen on images none of them trained on: the calibration cut. Without
-    one, on the single fold models' out-of-fold outputs (an average of models is less
-    confident than each of them, so that temperature tends to leave it under-confident).
+    temperature: float
+    fitted_on: str | None
+    warning: str
+    cut: Scored | None
+
+
+def calibrate(predictions: FoldPredictions, index: pd.DataFrame, recipe: Recipe) -> Calibration:
+    """Fit the temperature (1 with ``evaluate.calibrate`` off).
+
+    It is fitted where what the registered model outputs — the fold models' average — can be
+    seen on images none of them trained on: the calibration cut. Without one, or when the cut
+    cannot identify it (the fit ran to a bound: a small cut the ensemble gets all right), on
+    the single fold models' out-of-fold outputs (an average of models is less confident than
+    each of them, so that temperature tends to leave it under-confident).
     """
     oof = predictions.oof
     y = index.loc[index["split"] == CALIBRATION, "label_index"].to_numpy(dtype=np.int64)
     averaged = predictions.calibration.mean(axis=0)
-    temperature = 1.0
-    if recipe.evaluate.calibrate:
-        temperature = (fit_temperature(averaged, y) if len(y)
-                       else fit_temperature(oof.proba, oof.y))  # fmt: skip
+    single = (f"out-of-fold predictions of {len(oof.y)} training images (single fold models, "
+              "not the holdout)")  # fmt: skip
+    temperature, fitted_on, warning = 1.0, None, ""
+    if recipe.evaluate.calibrate and len(y):
+        temperature = fit_temperature(averaged, y)
+        fitted_on = (f"the fold ensemble's averaged output on {len(y)} calibration-cut images "
+                     "no fold model trained or validated on (not the holdout)")  # fmt: skip
+        if at_bound(temperature):
+            warning = (
+                f"the temperature fitted on the calibration cut ran to its bound "
+                f"({temperature:.3f}): the ensemble gets the {len(y)} cut images (nearly) "
+                "all right, which cannot say how confident it should be; fitted "
+                "out-of-fold instead (raise split.calibration_size, or add data)"
+            )
+    if recipe.evaluate.calibrate and (not len(y) or warning):
+        temperature, fitted_on = fit_temperature(oof.proba, oof.y), single
+        if not len(y):
+            fitted_on += ": no calibration cut"
     cut = Scored(y, averaged, apply_temperature(averaged, temperature)) if len(y) else None
-    return temperature, cut
+    return Calibration(temperature, fitted_on, warning, cut)
 
 
 def calibration_report(
-    temperature: float,
-    oof: Scored,
-    cut: Scored | None,
-    holdout: Scored | None,
-    recipe: Recipe,
+    calibration: Calibration, oof: Scored, holdout: Scored | None, recipe: Recipe
 ) -> dict[str, Any]:
     """The temperature, where it was fitted, the expected calibration error before/after it
     out-of-fold (single fold models), on the calibration cut and on the holdout (the
@@ -715,12 +737,7 @@ def calibration_report(
             None if scored is None else expected_calibration_error(scored.y, getattr(scored, which))
         )
 
-    if cut is not None:
-        fitted_on = (f"the fold ensemble's averaged output on {len(cut.y)} calibration-cut "
-                     "images no fold model trained or validated on (not the holdout)")  # fmt: skip
-    else:
-        fitted_on = (f"out-of-fold predictions of {len(oof.y)} training images (single fold "
-                     "models, not the holdout): no calibration cut")  # fmt: skip
+    cut = calibration.cut
     estimate = None
     if cut is not None:
         scores = clinical_metrics(
@@ -732,8 +749,10 @@ def calibration_report(
         )
         estimate = dataclasses.replace(scores, estimate=CALIBRATION_CUT).to_dict()
     return {
-        "temperature": temperature,
-        "fitted_on": fitted_on,
+        "temperature": calibration.temperature,
+        "fitted_on": calibration.fitted_on or "not fitted (evaluate.calibrate: false)",
+        "fitted": calibration.fitted_on is not None,
+        "warning": calibration.warning or None,
         "oof_ece_before": ece(oof, "raw"),
         "oof_ece_after": ece(oof, "calibrated"),
         "cut_ece_before": ece(cut, "raw"),
@@ -751,17 +770,19 @@ def operating_point(
     holdout: Scored | None,
 ) -> dict[str, Any] | None:
     """Binary recipes with ``evaluate.positive_class``: the threshold reaching the target
-    sensitivity on the calibration cut's ensemble output when the cut holds at least
-    ``evaluate.min_class_support`` positives (the output the served model thresholds), else
-    out-of-fold; and the rates at it out-of-fold, on the cut and on the holdout, with exact 95%
-    intervals (:func:`exact_at_threshold`)."""
+    sensitivity on the calibration cut's ensemble output (the output the served model
+    thresholds) when the cut holds enough positives that at least ``evaluate.min_class_support``
+    of them may be missed at the target (the threshold is then a quantile estimated from that
+    many), else out-of-fold (more positives, single fold models); and the rates at it
+    out-of-fold, on the cut and on the holdout, with exact 95% intervals
+    (:func:`exact_at_threshold`; those where it was chosen are in-sample, ``in_sample``)."""
     positive = recipe.evaluate.positive_class
     if positive is None:
         return None
     k = recipe.data.classes.index(positive)
     target = recipe.evaluate.target_sensitivity
     minimum = recipe.evaluate.min_class_support
-    on_cut = cut is not None and int((cut.y == k).sum()) >= minimum
+    on_cut = cut is not None and (cut.y == k).sum() * (1 - target) >= minimum
     chosen = cut if on_cut and cut is not None else oof
     threshold = operating_threshold(chosen.calibrated[:, k], chosen.y == k, target)
 
@@ -783,6 +804,7 @@ def operating_point(
         "calibration_cut": rates(cut),
         "holdout": rates(holdout),
         "positives": int((chosen.y == k).sum()),
+        "in_sample": "calibration_cut" if on_cut else "oof",
     }
     if point["positives"] < minimum:  # a handful of images set the threshold: say so
         where = "calibration-cut" if on_cut else "out-of-fold"

@@ -32,6 +32,10 @@ class CalibrationReport:
     holdout_ece_after: float | None = None
     cut_ece_before: float | None = None
     cut_ece_after: float | None = None
+    fitted: bool = True
+    """False with ``evaluate.calibrate`` off (T = 1, not fitted)."""
+    warning: str | None = None
+    """Why the temperature was not fitted where it should have been (else ``None``)."""
     ensemble_estimate: dict[str, Any] | None = None
     """The calibration cut's metrics (``metrics.json`` form): the registered ensemble scored
     on images no fold model trained or validated on; ``None`` without a cut."""
@@ -39,7 +43,8 @@ class CalibrationReport:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CalibrationReport:
         """From ``calibration.json``."""
-        return cls(**{key: data.get(key) for key in cls.__dataclass_fields__})
+        known = {key: data[key] for key in cls.__dataclass_fields__ if key in data}
+        return cls(**{"holdout_ece_before": None, "holdout_ece_after": None, **known})
 
     @property
     def held_out(self) -> bool:
@@ -71,6 +76,9 @@ class OperatingPoint:
     positives: int | None = None
     """Images of the positive class the threshold was chosen on."""
     calibration_cut: dict[str, Any] | None = None
+    in_sample: str | None = None
+    """Which rates were measured where the threshold was chosen (``oof`` or
+    ``calibration_cut``): they meet the target by construction."""
     warning: str | None = None
     """Why the threshold is provisional (too few positives), else ``None``."""
 

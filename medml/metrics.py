@@ -362,6 +362,8 @@ def estimates_disagree(estimate: HoldoutMetrics, holdout: HoldoutMetrics,
     a, b = estimate.interval(name), holdout.interval(name)
     if not a or not b or None in (*a, *b) or holdout.estimate == OUT_OF_FOLD:
         return ""  # no interval, or no holdout (the "holdout" is the out-of-fold estimate)
+    if estimate.estimate == CALIBRATION_CUT and (estimate.too_few_to_judge or a[0] == a[1]):
+        return ""  # a small cut: its interval understates its uncertainty (all right: no width)
     if a[1] >= b[0] and b[1] >= a[0]:
         return ""
     if estimate.estimate == CALIBRATION_CUT:

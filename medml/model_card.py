@@ -114,10 +114,13 @@ def _baseline_sentence(evaluation: EvaluationFacts | None) -> str:
 
 
 def _data_rows(classes: list[str], counts: dict[str, dict[str, int]]) -> list[list[str]]:
-    """The data table: a header, then each class's images in the folds and in the holdout."""
-    return [["class", "training + validation folds", "holdout test"]] + [
-        [c, str(counts.get("train", {}).get(c, 0)), str(counts.get("test", {}).get(c, 0))]
-        for c in classes
+    """The data table: a header, then each class's images in the folds, the calibration cut
+    (when there is one) and the holdout."""
+    parts = [("train", "training + validation folds"), ("calibration", "calibration cut"),
+             ("test", "holdout test")]  # fmt: skip
+    parts = [(key, title) for key, title in parts if key != "calibration" or counts.get(key)]
+    return [["class", *(title for _, title in parts)]] + [
+        [c, *(str(counts.get(key, {}).get(c, 0)) for key, _ in parts)] for c in classes
     ]
 
 

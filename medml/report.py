@@ -194,8 +194,11 @@ def _estimate_lines(facts: EvaluationFacts) -> list[str]:
             f"holdout ECE {calibration.holdout_ece_before:.3f} -> "
             f"{calibration.holdout_ece_after:.3f} (the registered ensemble)",
         )
-    fitted = ("on the ensemble's output on the calibration cut" if calibration.on_cut
-              else "out-of-fold, on single fold models")  # fmt: skip
+    fitted = ("fitted on the ensemble's output on the calibration cut"
+              if calibration.fitted_on.startswith("the fold ensemble")
+              else "fitted out-of-fold, on single fold models")  # fmt: skip
+    if not calibration.fitted:
+        fitted = "not fitted: evaluate.calibrate is off"
     lines = []
     ensemble = calibration.ensemble_metrics()
     if ensemble is not None:
@@ -210,8 +213,10 @@ def _estimate_lines(facts: EvaluationFacts) -> list[str]:
             f"  out-of-fold (n={oof['n']}, training images): balanced accuracy "
             f"{oof['balanced_accuracy']:.3f} | macro-F1 {oof['macro_f1']:.3f}"
         )
-    lines.append(f"  calibration: T={calibration.temperature:.3f} (fitted {fitted}) | "
+    lines.append(f"  calibration: T={calibration.temperature:.3f} ({fitted}) | "
                  + " | ".join(eces))  # fmt: skip
+    if calibration.warning:
+        lines.append(f"  WARNING calibration: {calibration.warning}")
     return lines
 
 

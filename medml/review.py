@@ -49,6 +49,8 @@ class Side:
     """Binary recipes: the threshold and the holdout rates at it (``operating_point.json``)."""
     prediction_sets: str = ""
     """The prediction sets' holdout coverage, one sentence (empty: not measured)."""
+    ensemble_estimate: str = ""
+    """The registered ensemble scored on the calibration cut, one sentence (empty: no cut)."""
     warnings: list[str] = field(default_factory=list)
     """What a reviewer must not miss (out-of-fold or calibration-cut and holdout estimates that
     disagree)."""
@@ -88,7 +90,22 @@ def _load_side(client: Any, name: str, version: str, tracking: Tracking | None =
         warnings += _evidence_warning(tracking, model_version)
     sets = conformal_sentence(conformal) if conformal.get("holdout") else ""
     return Side(str(version), dict(model_version.tags), metrics, images, baseline, point,
-                sets, warnings)  # fmt: skip
+                sets, _cut_sentence(calibration.get("ensemble_estimate")), warnings)  # fmt: skip
+
+
+def _cut_sentence(estimate: dict[str, Any] | None) -> str:
+    """The calibration cut's estimate of the registered ensemble, one sentence."""
+    if not estimate:
+        return ""
+    cut = HoldoutMetrics.from_dict(estimate)
+    low, high = cut.interval("balanced_accuracy") or (None, None)
+    interval = f" [95% CI {low:.3f}-{high:.3f}]" if low is not None and high is not None else ""
+    few = f"; too few to judge: {', '.join(cut.too_few_to_judge)}" if cut.too_few_to_judge else ""
+    return (
+        f"n={cut.overall['n']} images no fold model trained on: balanced accuracy "
+        f"{cut.overall['balanced_accuracy']:.3f}{interval}, macro-F1 "
+        f"{cut.overall['macro_f1']:.3f}{few}"
+    )
 
 
 def _evidence_warning(tracking: Tracking, model_version: Any) -> list[str]:
@@ -292,6 +309,8 @@ def _table(name: str, candidate: Side, champion: Side | None) -> str:
     lines.append("params changed: " + ("; ".join(changes) if changes else "none"))
     if candidate.baseline:
         lines.append(f"baseline (v{candidate.version}): {candidate.baseline}")
+    if candidate.ensemble_estimate:
+        lines.append(f"calibration cut (v{candidate.version}): {candidate.ensemble_estimate}")
     if candidate.prediction_sets:
         lines.append(f"prediction sets (v{candidate.version}): {candidate.prediction_sets}")
     lines += [f"WARNING (v{candidate.version}): {warning}" for warning in candidate.warnings]
@@ -317,6 +336,9 @@ def _markdown(name: str, candidate: Side, champion: Side | None) -> str:
     lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows[1:]]
     if candidate.baseline:
         lines += ["", f"**Baseline** (v{candidate.version}): {cell(candidate.baseline)}"]
+    if candidate.ensemble_estimate:
+        lines += ["", f"**Calibration cut** (v{candidate.version}): "
+                      f"{cell(candidate.ensemble_estimate, 400)}"]  # fmt: skip
     if candidate.prediction_sets:
         lines += ["", f"**Prediction sets** (v{candidate.version}): "
                       f"{cell(candidate.prediction_sets, 400)}"]  # fmt: skip

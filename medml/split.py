@@ -333,14 +333,13 @@ def calibration_description(splits: pd.DataFrame, recipe: Recipe) -> str:
     if cfg.calibration_size == 0:
         return f"none (split.calibration_size=0): calibrated on {SINGLE_MODELS}"
     training = splits[splits["split"].eq(TRAIN)]
-    needed = cfg.folds + _calibration_parts(recipe)
-    short = _classes_below(needed, training["label_index"].to_numpy(),
-                           training["group"].to_numpy() if grouped else None,
-                           recipe.data.classes)  # fmt: skip
-    detail = f"fewer than {needed}: {short}" if short else "no stratified cut held every class"
-    return (f"none: too few training {unit} to spare 1 in {_calibration_parts(recipe)} and keep "
-            f"split.folds={cfg.folds} ({detail}); calibrated on {SINGLE_MODELS}, which "
-            "understate how confident the averaged ensemble should be")  # fmt: skip
+    units = (training.groupby("label")["group"].nunique() if grouped
+             else training["label"].value_counts())  # fmt: skip
+    smallest = {str(k): int(v) for k, v in units.sort_values().head(3).items()}
+    return (f"none: no stratified 1-in-{_calibration_parts(recipe)} cut of the training {unit} "
+            f"held every class and left split.folds={cfg.folds} of each for the folds (smallest "
+            f"classes: {smallest}); calibrated on {SINGLE_MODELS}, which understate how "
+            "confident the averaged ensemble should be")  # fmt: skip
 
 
 def _one_validation_set(
@@ -521,6 +520,13 @@ def split(manifest_path: Path, splits_path: Path, recipe: Recipe) -> SplitResult
             f"{audit['exact_duplicates_across_holdout']} identical images are in both the training "
             f"data and the holdout (e.g. {audit['exact_duplicate_paths'][:3]}); remove the copies "
             f"or give them the same group. Report: {report_path}"
+        )
+    if audit.get("exact_duplicates_across_calibration"):
+        raise LeakageError(
+            f"{audit['exact_duplicates_across_calibration']} identical images are in both the "
+            "folds' training images and the calibration cut, where the registered ensemble is "
+            "calibrated and scored; remove the copies or give them the same group. Report: "
+            f"{report_path}"
         )
     crossing = audit.get("near_duplicates_across_holdout", 0)
     if recipe.split.near_duplicates == "fail" and crossing:

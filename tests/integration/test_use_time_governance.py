@@ -33,6 +33,7 @@ class _FakeClassifier:
 
     classes = ["a", "b"]
     operating_point = None
+    prediction_sets = None
 
     def predict(self, context: Any, frame: pd.DataFrame) -> pd.DataFrame:
         rows = len(frame)

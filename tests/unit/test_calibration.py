@@ -72,12 +72,15 @@ def test_the_temperature_is_fitted_on_the_ensembles_average_over_the_calibration
     holdout_outputs, holdout_y = _fold_models(3000, seed=3)
     index = pd.DataFrame({"split": ["calibration"] * 600, "label_index": cut_y})
     with_cut = FoldPredictions(oof, holdout_outputs, cut_outputs)
-    temperature, cut = calibrate(with_cut, index, recipe)
+    fitted = calibrate(with_cut, index, recipe)
+    temperature, cut = fitted.temperature, fitted.cut
     assert temperature == pytest.approx(fit_temperature(cut_outputs.mean(axis=0), cut_y))
-    assert cut is not None and cut.calibrated.shape == (600, 3)
+    assert cut is not None and cut.calibrated.shape == (600, 3) and not fitted.warning
     no_cut = FoldPredictions(oof, holdout_outputs, np.zeros((3, 0, 3)))
-    single, none = calibrate(no_cut, index.iloc[:0], recipe)
-    assert none is None and single == pytest.approx(fit_temperature(oof.proba, oof.y))
+    fallback = calibrate(no_cut, index.iloc[:0], recipe)
+    single = fallback.temperature
+    assert fallback.cut is None and single == pytest.approx(fit_temperature(oof.proba, oof.y))
+    assert fallback.fitted_on.endswith("no calibration cut")
     averaged = holdout_outputs.mean(axis=0)  # what the registered ensemble outputs
     on_cut = expected_calibration_error(holdout_y, apply_temperature(averaged, temperature))
     on_singles = expected_calibration_error(holdout_y, apply_temperature(averaged, single))
@@ -87,3 +90,30 @@ def test_the_temperature_is_fitted_on_the_ensembles_average_over_the_calibration
     )
     assert single > temperature  # single models need cooling that their average does not
     assert on_cut < 0.04 and on_singles > 3 * on_cut
+
+
+def test_a_cut_the_ensemble_gets_all_right_cannot_fit_the_temperature_and_says_so() -> None:
+    """26 images all right with top probability 0.55-0.8: sharpening always lowers their
+    NLL, so the fit runs to its bound; the temperature is then fitted out-of-fold."""
+    import pandas as pd
+
+    from medml.calibration import at_bound
+    from medml.config import load_recipe
+    from medml.evaluate import FoldPredictions, OutOfFold, calibrate
+
+    rng = np.random.default_rng(0)
+    top = rng.uniform(0.55, 0.8, 26)
+    easy = np.stack([top, (1 - top) * 0.6, (1 - top) * 0.4], axis=1)
+    assert at_bound(fit_temperature(easy, np.zeros(26, int)))
+    oof_outputs, oof_y = _fold_models(900, seed=4)
+    folds = np.arange(900) % 3
+    oof = OutOfFold(pd.DataFrame({"fold": folds}), oof_y, oof_outputs[folds, np.arange(900)])
+    index = pd.DataFrame({"split": ["calibration"] * 26, "label_index": np.zeros(26, int)})
+    fitted = calibrate(FoldPredictions(oof, np.zeros((3, 0, 3)), np.stack([easy] * 3)), index,
+                       load_recipe("kidney-ct"))  # fmt: skip
+    assert "ran to its bound (0.050)" in fitted.warning
+    assert fitted.temperature == pytest.approx(fit_temperature(oof.proba, oof.y))
+    assert fitted.fitted_on.startswith("out-of-fold predictions of 900 training images")
+    off = calibrate(FoldPredictions(oof, np.zeros((3, 0, 3)), np.stack([easy] * 3)), index,
+                    load_recipe("kidney-ct", overrides=["evaluate.calibrate=false"]))  # fmt: skip
+    assert off.temperature == 1.0 and off.fitted_on is None and not off.warning

@@ -130,8 +130,12 @@ def test_an_evaluation_without_an_operating_point_or_baseline_removes_the_old_on
 
     metrics = _metrics(0.8)
     files = EvaluationFiles(tmp_path)
-    extras = {"calibration": {}, "conformal": {}, "operating_point": {"threshold": 0.3},
-              "baseline": {"x": 1}}
+    extras = {
+        "calibration": {},
+        "conformal": {},
+        "operating_point": {"threshold": 0.3},
+        "baseline": {"x": 1},
+    }
     write_evaluation(files, metrics, metrics, extras)
     assert files.operating_point.is_file() and files.baseline.is_file()
     written = write_evaluation(files, metrics, metrics, {**extras, "operating_point": None,

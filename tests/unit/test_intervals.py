@@ -189,14 +189,18 @@ def test_the_operating_point_is_chosen_on_the_calibration_cut_when_it_has_enough
         proba = np.stack([1 - p, p], axis=1)
         return Scored(np.r_[np.ones(n_pos, int), np.zeros(n_neg, int)], proba, proba)
 
-    oof, holdout = scored(200, 200, 0.0), scored(50, 50, 0.1)
-    cut = scored(40, 40, 0.1)  # the ensemble is surer of its positives than single models
+    oof, holdout = scored(2000, 2000, 0.0), scored(50, 50, 0.1)
+    # 400 positives on the cut: 20 (min_class_support) may be missed at sensitivity 0.95, so
+    # the threshold, a quantile of their scores, rests on 20 of them
+    cut = scored(400, 400, 0.1)  # the ensemble is surer of its positives than single models
     point = operating_point(recipe, oof, cut, holdout)
     assert point["chosen_on"].startswith("the fold ensemble's output on the calibration cut")
-    assert point["positives"] == 40 and "warning" not in point
+    assert point["positives"] == 400 and "warning" not in point
     assert point["calibration_cut"]["sensitivity"] >= 0.95
+    assert point["in_sample"] == "calibration_cut"  # met there by construction
     assert set(point) >= {"oof", "calibration_cut", "holdout"}
-    few = scored(10, 40, 0.1)  # 10 positives on the cut: out-of-fold's 200 choose instead
+    few = scored(399, 400, 0.1)  # one positive short: out-of-fold's 2000 choose instead
     point = operating_point(recipe, oof, few, holdout)
-    assert point["chosen_on"].startswith("out-of-fold") and point["positives"] == 200
+    assert point["chosen_on"].startswith("out-of-fold") and point["positives"] == 2000
+    assert point["in_sample"] == "oof"
     assert point["oof"]["sensitivity"] >= 0.95

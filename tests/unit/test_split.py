@@ -312,7 +312,7 @@ def test_no_calibration_cut_when_a_class_cannot_spare_an_image_and_the_report_sa
     out = assign_splits(table, tiny_recipe)
     assert "calibration" not in set(out["split"])
     described = calibration_description(out, tiny_recipe)
-    assert described.startswith("none: too few training images to spare 1 in 10")
+    assert described.startswith("none: no stratified 1-in-10 cut of the training images held")
     assert "'Stone': 2" in described and "single fold models' out-of-fold outputs" in described
     off = load_recipe("kidney-ct", overrides=[*TINY_OVERRIDES, "split.calibration_size=0"])
     out = assign_splits(_table(), off)
@@ -323,3 +323,17 @@ def test_no_calibration_cut_when_a_class_cannot_spare_an_image_and_the_report_sa
     out = assign_splits(_table(), one)
     assert "calibration" not in set(out["split"])
     assert calibration_description(out, one).startswith("none: one model")
+
+
+def test_copies_filed_under_two_patients_across_the_calibration_cut_fail(
+    tmp_path: Path,
+) -> None:
+    """Cross-validation only, every image filed twice under two patient ids: the calibration
+    cut is the one estimate of the registered ensemble, so copies across it fail the split."""
+    table = _table(n_groups=200, per_group=1)
+    twins = table.assign(path="twin/" + table["path"], group="Q" + table["group"])
+    pd.concat([table, twins]).to_parquet(tmp_path / "clean.parquet")
+    recipe = load_recipe("kidney-ct", overrides=[*TINY_OVERRIDES, "split.test_size=0"])
+    with pytest.raises(LeakageError, match="identical images are in both the folds' training"):
+        split(tmp_path / "clean.parquet", tmp_path / "splits.parquet", recipe)
+    assert not (tmp_path / "splits.parquet").exists()
