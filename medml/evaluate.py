@@ -589,6 +589,8 @@ def evaluate(
                           classes)  # fmt: skip
         write_predictions(EvaluationFiles(staging).oof_predictions, oof.rows, oof_calibrated,
                           classes)  # fmt: skip
+        written += write_label_issues(EvaluationFiles(staging), shards_dir, oof, oof_calibrated,
+                                      classes)  # fmt: skip
     if tracking is not None and parent_run_id is not None:
         artifacts = [files.root / p.name for p in [*written, *plots]]
         keep_registered_evidence(tracking, parent_run_id, files)
@@ -969,6 +971,29 @@ def write_plots(
         curves = [read_json(h)["history"] for h in histories]
         plots.append(plot_learning_curves(curves, files.plot("learning_curves")))
     return plots
+
+
+def write_label_issues(
+    files: EvaluationFiles, shards_dir: Path, oof: OutOfFold, proba: np.ndarray,
+    classes: Sequence[str],
+) -> list[Path]:  # fmt: skip
+    """The suspected label errors among the training images (:mod:`medml.label_issues`): the
+    ranked CSV, its summary, and (when there are any) the first suspects' thumbnails."""
+    from medml.label_issues import SHOWN, plot_suspects, summary, suspects
+    from medml.preprocess import ShardRows
+
+    table = suspects(oof.rows, proba, classes)
+    with atomic_path(files.label_issues) as tmp:
+        table.to_csv(tmp, index=False)
+    written = [files.label_issues,
+               write_json(files.label_issues_summary, summary(table, len(oof.y)))]  # fmt: skip
+    picture = files.plot("label_issues")
+    if len(table):
+        shown = ShardRows(shards_dir, oof.rows.iloc[table.index[:SHOWN]])
+        written.append(plot_suspects(table, shown.gather(np.arange(len(shown))), picture))
+    else:
+        picture.unlink(missing_ok=True)
+    return written
 
 
 def write_predictions(

@@ -107,6 +107,8 @@ class EvaluationFacts:
     baseline: dict[str, Any] | None = None
     """The paired comparison with the baseline (:func:`medml.baseline.compare`); ``None``
     without a holdout."""
+    label_issues: dict[str, Any] | None = None
+    """How many training images confident learning flagged (``label_issues.json``)."""
     conformal: dict[str, Any] | None = None
     """The prediction sets (``conformal.json``: rule, holdout coverage); ``None`` for an
     evaluation made before medml had them."""
@@ -121,4 +123,6 @@ class EvaluationFacts:
             operating_point=OperatingPoint.from_dict(read_json(point)) if point.is_file() else None,
             baseline=read_json(files.baseline) if files.baseline.is_file() else None,
             conformal=read_json(files.conformal) if files.conformal.is_file() else None,
+            label_issues=(read_json(files.label_issues_summary)
+                          if files.label_issues_summary.is_file() else None),  # fmt: skip
         )

@@ -136,6 +136,16 @@ class EvaluationFiles:
         return self.root / "conformal.json"
 
     @property
+    def label_issues(self) -> Path:
+        """Suspected label errors among the training images, most suspect first (CSV)."""
+        return self.root / "label_issues.csv"
+
+    @property
+    def label_issues_summary(self) -> Path:
+        """How many suspects, of how many images, by which rule."""
+        return self.root / "label_issues.json"
+
+    @property
     def operating_point(self) -> Path:
         """Binary recipes: the OOF-chosen threshold and the holdout's rates at it."""
         return self.root / "operating_point.json"

@@ -78,6 +78,7 @@ def _context(facts: CardFacts) -> dict[str, Any]:
         "disagreement": estimates_disagree(evaluation.oof_metrics, metrics) if evaluation else "",
         "ensemble_estimate": _ensemble_estimate(evaluation, metrics),
         "sets": evaluation.conformal if evaluation else None,
+        "label_issues": evaluation.label_issues if evaluation else None,
         "sets_sentence": _sets_sentence(evaluation),
     }  # fmt: skip
 

@@ -177,6 +177,12 @@ def _evaluation_lines(files: EvaluationFiles) -> list[str]:
         from medml.baseline import sentence
 
         lines.append(f"  baseline: {sentence(facts.baseline)}")
+    if files.label_issues_summary.is_file():
+        found = read_json(files.label_issues_summary)
+        lines.append(f"  suspected label errors: {found['suspects']} of {found['checked']} "
+                     f"training images ({files.label_issues.name}, "
+                     f"{files.plot('label_issues').name}); none removed: check them against "
+                     "the source")  # fmt: skip
     return lines
 
 
