@@ -205,7 +205,7 @@ def plot_experiment_curves(
     """Loss and accuracy per epoch of every experiment in one figure: validation (solid) and
     training (dashed), each the mean over the folds that trained that epoch, one colour per
     experiment (the learning curves seed 002 drew for each of its experiments)."""
-    from medml.evaluate import pyplot, save_figure
+    from medml.figures import pyplot, save_figure
 
     plt = pyplot()
     rows = -(-len(histories) // 2)  # the legend below: two experiments a row

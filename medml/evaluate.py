@@ -45,6 +45,7 @@ from medml.calibration import (
 )
 from medml.config import Recipe
 from medml.errors import RunError
+from medml.figures import pyplot, save_figure
 from medml.io import atomic_path, publish_dir, read_json, write_json
 from medml.layout import ARTIFACTS, EvaluationFiles, FoldFiles
 from medml.metrics import (
@@ -302,26 +303,6 @@ def _weighted_auc(levels: np.ndarray, positive: np.ndarray, weights: np.ndarray)
     below = np.cumsum(neg, axis=1) - neg
     with np.errstate(invalid="ignore", divide="ignore"):
         return (pos * (below + neg / 2)).sum(axis=1) / (pos.sum(axis=1) * neg.sum(axis=1))
-
-
-def pyplot() -> Any:
-    """matplotlib.pyplot with a file-only backend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig: Any, path: Path, *, bottom: float = 0.0) -> Path:
-    """Write ``fig`` as a PNG (atomically) and close it; ``bottom`` (a share of the height)
-    is kept free for a legend below the axes."""
-    fig.tight_layout(rect=(0.0, bottom, 1.0, 1.0))
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    pyplot().close(fig)
-    return Path(path)
 
 
 def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: Path) -> Path:

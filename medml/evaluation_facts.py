@@ -123,6 +123,9 @@ class EvaluationFacts:
             operating_point=OperatingPoint.from_dict(read_json(point)) if point.is_file() else None,
             baseline=read_json(files.baseline) if files.baseline.is_file() else None,
             conformal=read_json(files.conformal) if files.conformal.is_file() else None,
-            label_issues=(read_json(files.label_issues_summary)
-                          if files.label_issues_summary.is_file() else None),  # fmt: skip
+            label_issues=(
+                read_json(files.label_issues_summary)
+                if files.label_issues_summary.is_file()
+                else None
+            ),  # fmt: skip
         )

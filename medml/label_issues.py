@@ -60,7 +60,7 @@ def suspects(rows: pd.DataFrame, proba: np.ndarray, classes: Sequence[str]) -> p
 
 def plot_suspects(table: pd.DataFrame, images: np.ndarray, path: Path) -> Path:
     """The first suspects' thumbnails, each titled with its given and suggested class."""
-    from medml.evaluate import pyplot, save_figure
+    from medml.figures import pyplot, save_figure
 
     plt = pyplot()
     shown = min(len(table), SHOWN)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from medml.balance import strategy_capabilities
 from medml.config import Recipe
-from medml.evaluate import pyplot, save_figure
+from medml.figures import pyplot, save_figure
 from medml.layout import plot_file
 from medml.preprocess import ShardRows, load_index
 from medml.split import CALIBRATION, TEST, TRAIN
