@@ -16,9 +16,11 @@ as the Mondrian category, non-smoothed p-values (so a set is a deterministic fun
 probabilities). Chosen over MAPIE because MAPIE's class-conditional mode wraps a scikit-learn
 estimator, while crepes takes the scores medml already has. The served model does not import
 crepes: its rule — class ``y`` is in the set when ``1 - p_y`` is at most the ``K``-th largest
-calibration score of class ``y``, ``K = ceil(alpha (n_y + 1)) - 1`` (always in when
-``K = 0``: fewer than ``1 / alpha - 1`` calibration images of it) — is crepes' ``p_y >= alpha``
-solved for the score, and evaluation checks the two agree on every holdout image.
+calibration score of class ``y``, for the smallest ``K >= 0`` with ``(K + 1) / (n_y + 1) >
+alpha`` (``K = 0``: always in; fewer than ``1 / alpha - 1`` calibration units of it) — is the
+p-value rule ``p_y > alpha`` on crepes' p-values solved for the score, and evaluation checks
+the two agree on every holdout image. Images of one patient are not exchangeable units; with
+patient groups, each patient gives one calibration score (:func:`fit_sets`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 SET_SEPARATOR = "|"
 
@@ -72,38 +75,56 @@ class ClassConditionalSets:
 
 
 def fit_sets(
-    proba: np.ndarray, y: np.ndarray, classes: Sequence[str], alpha: float
-) -> tuple[ClassConditionalSets, Any]:
+    proba: np.ndarray, y: np.ndarray, classes: Sequence[str], alpha: float,
+    groups: np.ndarray | None = None,
+) -> tuple[ClassConditionalSets, Any]:  # fmt: skip
     """Calibrate class-conditional sets on ``proba`` (calibrated probabilities, ``(n, k)``) of
     images whose classes are ``y``.
+
+    With ``groups`` (patients) that repeat, the exchangeable units are patients, not images
+    (the slices of one scan are alike): each patient of a class contributes one score, its
+    worst image's (:func:`unit_scores`). A new patient's worst image is then covered with
+    probability >= 1 - alpha, so each of their images is.
 
     Returns:
         The rule the served model applies, and crepes' fitted ``ConformalClassifier``.
     """
     from crepes import ConformalClassifier
 
-    y = np.asarray(y, dtype=np.int64)
-    scores = 1.0 - np.asarray(proba, dtype=np.float64)[np.arange(len(y)), y]
+    scores, y = unit_scores(proba, y, groups)
     fitted = ConformalClassifier().fit(scores, bins=y)
-    level = 1 - (1 - alpha)  # the bound crepes compares p-values with, as it computes it
     thresholds: list[float | None] = []
     for k in range(len(classes)):
         own = np.sort(scores[y == k])[::-1]  # largest first
-        n = len(own)  # fewest calibration scores >= a new one's for a p-value >= level:
-        needed = next(c for c in range(n + 1) if (c + 1) / (n + 1) >= level)
+        n = len(own)  # fewest calibration scores >= a new one's for a p-value > alpha:
+        needed = next(c for c in range(n + 1) if (c + 1) / (n + 1) > alpha)
         thresholds.append(float(own[needed - 1]) if needed >= 1 else None)
     return ClassConditionalSets(list(classes), float(alpha), thresholds), fitted
 
 
+def unit_scores(
+    proba: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The calibration scores ``1 - p_true`` and their classes: one per image, or with
+    ``groups`` that repeat one per (patient, class) — the largest of its images'."""
+    y = np.asarray(y, dtype=np.int64)
+    scores = 1.0 - np.asarray(proba, dtype=np.float64)[np.arange(len(y)), y]
+    if groups is None or not pd.Series(groups).duplicated().any():
+        return scores, y
+    units = pd.DataFrame({"group": np.asarray(groups), "y": y, "score": scores})
+    worst = units.groupby(["group", "y"], sort=True)["score"].max().reset_index()
+    return worst["score"].to_numpy(), worst["y"].to_numpy(dtype=np.int64)
+
+
 def crepes_sets(fitted: Any, proba: np.ndarray, alpha: float) -> np.ndarray:
-    """crepes' own class-conditional sets for ``proba``, shape ``(n, k)`` (bool): class ``c``
-    is in when its p-value, against the calibration scores of class ``c``, is at least
-    ``alpha``."""
+    """The class-conditional sets from crepes' p-values for ``proba``, shape ``(n, k)``
+    (bool): class ``c`` is in when its p-value, against the calibration scores of class ``c``,
+    exceeds ``alpha`` (split conformal's rule; crepes' own ``predict_set`` keeps ``p = alpha``
+    too, which at ``n = 1 / alpha - 1`` puts a class in every set)."""
     scores = 1.0 - np.asarray(proba, dtype=np.float64)
     n, k = scores.shape
     return np.stack([
-        fitted.predict_set(scores, bins=np.full(n, c), confidence=1 - alpha,
-                           smoothing=False)[:, c].astype(bool)
+        fitted.predict_p(scores, bins=np.full(n, c), smoothing=False)[:, c] > alpha
         for c in range(k)
     ], axis=1)  # fmt: skip
 
@@ -122,10 +143,12 @@ def marginal_sets(calibration_proba: np.ndarray, y: np.ndarray, proba: np.ndarra
 
 
 def set_metrics(
-    inside: np.ndarray, y: np.ndarray, classes: Sequence[str], min_support: int
-) -> dict[str, Any]:
-    """Coverage per class (with its exact 95% interval and ``too_few_to_judge``), mean set
-    size, and the share of singleton sets, of empty sets and the accuracy on singletons."""
+    inside: np.ndarray, y: np.ndarray, classes: Sequence[str], min_support: int,
+    target: float | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Coverage per class (with its exact 95% interval, ``too_few_to_judge`` and, given the
+    ``target``, ``below_target``: the whole interval under it), mean set size, and the share
+    of singleton sets, of empty sets and the accuracy on singletons."""
     from medml.metrics import exact_interval
 
     y = np.asarray(y, dtype=np.int64)
@@ -135,9 +158,11 @@ def set_metrics(
     per_class = {}
     for k, name in enumerate(classes):
         hits, n = int(covered[y == k].sum()), int((y == k).sum())
-        per_class[name] = {"coverage": hits / n if n else None, "n": n,
-                           "ci95": exact_interval(hits, n),
-                           "too_few_to_judge": n < min_support}  # fmt: skip
+        interval = exact_interval(hits, n)
+        per_class[name] = {"coverage": hits / n if n else None, "n": n, "ci95": interval,
+                           "too_few_to_judge": n < min_support,
+                           "below_target": bool(target is not None and n
+                                                and interval[1] < target)}  # fmt: skip
     return {
         "per_class": per_class,
         "coverage": float(covered.mean()) if len(y) else None,
@@ -170,6 +195,11 @@ def sentence(conformal: dict[str, Any]) -> str:
     if held.get("singleton_accuracy") is not None:
         text += f" (accuracy {held['singleton_accuracy']:.3f})"
     text += f" | refer {held['refer']:.0%}"
+    below = [c for c, v in held["per_class"].items() if v.get("below_target")]
+    if below:
+        text += (f"; WARNING: coverage of {', '.join(below)} is below the target beyond its "
+                 "95% interval (new images unlike the calibration ones, or a few patients "
+                 "with many images each)")  # fmt: skip
     if one:
         one_name, one_lowest = worst(one)
         text += (f"; one threshold for all classes: {one_name} covered {one_lowest:.3f} (n="

@@ -554,7 +554,9 @@ def evaluate(
     extras = {
         "calibration": calibration_report(calibration, out_of_fold, scored, recipe),
         "operating_point": operating_point(recipe, out_of_fold, cut, scored),
-        "conformal": conformal_report(recipe, out_of_fold, cut, scored),
+        "conformal": conformal_report(
+            recipe, out_of_fold, cut, scored, oof.rows, index[index["split"] == CALIBRATION]
+        ),
         "baseline": (
             baseline_comparison(shards_dir, index, shown.y, shown.calibrated, recipe)
             if scored is not None
@@ -693,12 +695,12 @@ def calibrate(predictions: FoldPredictions, index: pd.DataFrame, recipe: Recipe)
         fitted_on = (f"the fold ensemble's averaged output on {len(y)} calibration-cut images "
                      "no fold model trained or validated on (not the holdout)")  # fmt: skip
         if at_bound(temperature):
-            warning = (
-                f"the temperature fitted on the calibration cut ran to its bound "
-                f"({temperature:.3f}): the ensemble gets the {len(y)} cut images (nearly) "
-                "all right, which cannot say how confident it should be; fitted "
-                "out-of-fold instead (raise split.calibration_size, or add data)"
-            )
+            why = ("the ensemble gets them (nearly) all right, which cannot say how confident "
+                   "it should be" if temperature < 1 else "the ensemble does no better than "
+                   "chance on them, so any confidence is too much")  # fmt: skip
+            warning = (f"the temperature fitted on the {len(y)} calibration-cut images ran to "
+                       f"its bound ({temperature:.3f}): {why}; fitted out-of-fold instead "
+                       "(raise split.calibration_size, or add data)")  # fmt: skip
     if recipe.evaluate.calibrate and (not len(y) or warning):
         temperature, fitted_on = fit_temperature(oof.proba, oof.y), single
         if not len(y):
@@ -822,8 +824,9 @@ def exact_at_threshold(
 
 
 def conformal_report(
-    recipe: Recipe, oof: Scored, cut: Scored | None, holdout: Scored | None
-) -> dict[str, Any]:
+    recipe: Recipe, oof: Scored, cut: Scored | None, holdout: Scored | None,
+    oof_rows: pd.DataFrame, cut_rows: pd.DataFrame,
+) -> dict[str, Any]:  # fmt: skip
     """Class-conditional prediction sets (:mod:`medml.conformal`): calibrated on the
     calibration cut's ensemble output (exchangeable with what the served model outputs; a
     class with too few images there for a bound is in every set), or without a cut on the
@@ -834,12 +837,21 @@ def conformal_report(
     Raises:
         RunError: the served rule and crepes' sets disagree on a holdout image.
     """
-    from medml.conformal import crepes_sets, fit_sets, library, marginal_sets, set_metrics
+    from medml.conformal import (
+        crepes_sets,
+        fit_sets,
+        library,
+        marginal_sets,
+        set_metrics,
+        unit_scores,
+    )
 
     classes, alpha = recipe.data.classes, recipe.evaluate.conformal_alpha
     minimum = recipe.evaluate.min_class_support
-    source = cut if cut is not None else oof
-    sets, fitted = fit_sets(source.calibrated, source.y, classes, alpha)
+    source, rows = (cut, cut_rows) if cut is not None else (oof, oof_rows)
+    groups = rows["group"].to_numpy() if "group" in rows.columns else None
+    sets, fitted = fit_sets(source.calibrated, source.y, classes, alpha, groups)
+    units = len(unit_scores(source.calibrated, source.y, groups)[1])
     report: dict[str, Any] = {
         "alpha": alpha, "target_coverage": 1 - alpha, "library": library(),
         "calibrated_on": ("the fold ensemble's output on the calibration cut" if cut is not None
@@ -847,6 +859,8 @@ def conformal_report(
                           "the ensemble's (no calibration cut)") + ", not the holdout",
         "calibration_images": dict(zip(classes, np.bincount(source.y, minlength=len(classes))
                                        .tolist(), strict=True)),
+        "calibration_unit": "patient" if units < len(source.y) else "image",
+        "calibration_units": units,
         "always_in_set": [c for c, t in zip(classes, sets.score_thresholds, strict=True)
                           if t is None],
         "rule": sets.serving(), "holdout": None, "one_threshold": None,
@@ -856,7 +870,7 @@ def conformal_report(
         if not (inside == crepes_sets(fitted, holdout.calibrated, alpha)).all():
             raise RunError("the served prediction-set rule and crepes' sets disagree on the "
                            "holdout; report this as a medml bug")  # fmt: skip
-        report["holdout"] = set_metrics(inside, holdout.y, classes, minimum)
+        report["holdout"] = set_metrics(inside, holdout.y, classes, minimum, 1 - alpha)
         one = marginal_sets(source.calibrated, source.y, holdout.calibrated, alpha)
         report["one_threshold"] = set_metrics(one, holdout.y, classes, minimum)
     return report

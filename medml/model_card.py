@@ -93,8 +93,11 @@ def _ensemble_estimate(evaluation: EvaluationFacts | None, metrics: HoldoutMetri
     interval = ""
     if low_high and None not in low_high:
         interval = f" (95% CI {low_high[0]:.3f}–{low_high[1]:.3f})"
+    where = (", where its temperature was fitted"
+             if evaluation and evaluation.calibration.fitted_on.startswith("the fold ensemble")
+             else "")  # fmt: skip
     sentence = (f"The registered ensemble on the calibration cut ({overall['n']} images no fold "
-                f"model trained or validated on, where its temperature was fitted): balanced "
+                f"model trained or validated on{where}): balanced "
                 f"accuracy {overall['balanced_accuracy']:.3f}{interval}, macro-F1 "
                 f"{overall['macro_f1']:.3f}.")  # fmt: skip
     disagreement = estimates_disagree(estimate, metrics)

@@ -14,10 +14,11 @@ class (calibrated: the temperature fitted on the fold models' average is inside 
 for binary recipes with an operating point ``decision`` (the class decided at the threshold
 chosen for the recipe's target sensitivity), ``prediction_set`` (the classes it cannot rule
 out: a set that holds the true class with probability >= 1 - alpha for every class,
-:mod:`medml.conformal`; ``|``-separated) and ``refer`` (true when the set is not exactly one
-class), and ``error`` (empty, or why that image could not be read; its probabilities are then
-empty). Every image goes through :class:`~medml.preprocess.LoadImage` with the image settings
-the model was trained with, so serving sees exactly the pixels training saw.
+:mod:`medml.conformal`; ``|``-separated) and ``refer`` (true unless the set is exactly the one
+class called: the ``decision`` of a binary recipe, else the ``label``), and ``error`` (empty,
+or why that image could not be read; its probabilities are then empty). Every image goes
+through :class:`~medml.preprocess.LoadImage` with the image settings the model was trained
+with, so serving sees exactly the pixels training saw.
 
 Serve it with MLflow's own server::
 
@@ -148,9 +149,12 @@ class MedmlClassifier(mlflow.pyfunc.PythonModel):
             ]
         if self.prediction_sets is not None:  # the classes it cannot rule out, per image
             named = self.prediction_sets.labels(np.nan_to_num(proba, nan=0.0))
+            called = table[DECISION_COLUMN] if DECISION_COLUMN in table else table[LABEL_COLUMN]
             table[SET_COLUMN] = ["" if error else s for s, error in zip(named, errors, strict=True)]
-            table[REFER_COLUMN] = [None if error else s.count("|") != 0 or not s
-                                   for s, error in zip(named, errors, strict=True)]  # fmt: skip
+            table[REFER_COLUMN] = [  # unless the set is exactly the call made
+                None if error else s != call
+                for s, call, error in zip(named, called, errors, strict=True)
+            ]
         table[ERROR_COLUMN] = list(errors)
         return table
 

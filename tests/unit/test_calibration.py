@@ -111,7 +111,7 @@ def test_a_cut_the_ensemble_gets_all_right_cannot_fit_the_temperature_and_says_s
     index = pd.DataFrame({"split": ["calibration"] * 26, "label_index": np.zeros(26, int)})
     fitted = calibrate(FoldPredictions(oof, np.zeros((3, 0, 3)), np.stack([easy] * 3)), index,
                        load_recipe("kidney-ct"))  # fmt: skip
-    assert "ran to its bound (0.050)" in fitted.warning
+    assert "ran to its bound (0.050)" in fitted.warning and "all right" in fitted.warning
     assert fitted.temperature == pytest.approx(fit_temperature(oof.proba, oof.y))
     assert fitted.fitted_on.startswith("out-of-fold predictions of 900 training images")
     off = calibrate(FoldPredictions(oof, np.zeros((3, 0, 3)), np.stack([easy] * 3)), index,

@@ -75,3 +75,57 @@ def test_a_class_too_small_to_bound_is_in_every_set_and_the_output_reads_plainly
     report = {"target_coverage": 0.9, "calibrated_on": "the cut", "holdout": scores,
               "one_threshold": scores}  # fmt: skip
     assert "lowest class coverage 0.500 (A, n=2)" in sentence(report)
+
+
+def test_the_bound_is_split_conformals_quantile_at_the_edge_cases() -> None:
+    """Class y is in when 1 - p_y <= the ceil((n + 1)(1 - alpha))-th smallest calibration
+    score (Vovk; Angelopoulos & Bates): at n = 1 / alpha - 1 that is the largest, not 'always'."""
+    rng = np.random.default_rng(3)
+    for alpha, n in ((0.1, 9), (0.1, 19), (0.2, 4), (0.05, 19), (0.1, 8), (0.25, 3)):
+        proba = rng.dirichlet(np.ones(2), n)
+        sets, _ = fit_sets(proba, np.zeros(n, int), ["A", "B"], alpha)
+        k = int(np.ceil((n + 1) * (1 - alpha) - 1e-9))
+        expected = None if k > n else float(np.sort(1 - proba[:, 0])[k - 1])
+        assert sets.score_thresholds[0] == expected, (alpha, n)
+
+
+def test_patients_are_the_units_when_their_images_are_alike() -> None:
+    """Four alike images per patient: calibrating on images treats them as four draws and
+    under-covers new patients' images; one score per patient (its worst image) keeps the
+    guarantee."""
+    rng = np.random.default_rng(5)
+
+    def patients(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        shift = np.repeat(rng.normal(0, 1.5, n), 4)  # how hard the patient is, shared
+        margin = 1.5 + shift + rng.normal(0, 0.3, 4 * n)
+        p = 1 / (1 + np.exp(-margin))
+        return np.stack([p, 1 - p], axis=1), np.zeros(4 * n, int), np.repeat(np.arange(n), 4)
+
+    by_image, by_patient = [], []
+    for _ in range(300):  # six calibration patients of the class, 80% wanted
+        cal_p, cal_y, cal_g = patients(6)
+        new_p, _, _ = patients(40)
+        for groups, out in ((None, by_image), (cal_g, by_patient)):
+            sets, _ = fit_sets(cal_p, cal_y, ["A", "B"], 0.2, groups)
+            out.append(sets.contains(new_p)[:, 0].mean())
+    print(
+        f"coverage of new patients' images (target 0.8): calibrated by image "
+        f"{np.mean(by_image):.3f}, by patient {np.mean(by_patient):.3f}"
+    )
+    assert np.mean(by_patient) >= 0.8 > np.mean(by_image)
+
+
+def test_refer_unless_the_set_is_exactly_the_call_made() -> None:
+    from medml.serving import MedmlClassifier
+
+    model = MedmlClassifier()
+    model.classes = ["NORMAL", "PNEUMONIA"]
+    model.prediction_sets = ClassConditionalSets(model.classes, 0.1, [0.5, 0.5])
+    proba = np.array([[0.9, 0.1], [0.52, 0.48], [0.3, 0.7], [0.5, 0.5]])
+    table = model.table(proba, ["", "", "", "unreadable"])
+    assert table["prediction_set"].tolist() == ["NORMAL", "NORMAL", "PNEUMONIA", ""]
+    assert table["refer"].tolist() == [False, False, False, None]
+    model.operating_point = {"positive_class": "PNEUMONIA", "threshold": 0.4}
+    table = model.table(proba, ["", "", "", "unreadable"])  # 0.48 >= 0.4: decided PNEUMONIA
+    assert table["decision"].tolist() == ["NORMAL", "PNEUMONIA", "PNEUMONIA", ""]
+    assert table["refer"].tolist() == [False, True, False, None]  # the set says NORMAL
