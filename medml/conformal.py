@@ -195,6 +195,10 @@ def sentence(conformal: dict[str, Any]) -> str:
     if held.get("singleton_accuracy") is not None:
         text += f" (accuracy {held['singleton_accuracy']:.3f})"
     text += f" | refer {held['refer']:.0%}"
+    if conformal.get("always_in_set"):
+        unit = conformal.get("calibration_unit") or "image"
+        text += (f"; in every set, too few calibration {unit}s to bound them: "
+                 f"{', '.join(conformal['always_in_set'])}")  # fmt: skip
     below = [c for c, v in held["per_class"].items() if v.get("below_target")]
     if below:
         text += (f"; WARNING: coverage of {', '.join(below)} is below the target beyond its "

@@ -369,6 +369,11 @@ class MlflowArtifacts:
         """The prediction sets' rule and holdout coverage (``conformal.json``)."""
         return self._logged(_EVALUATION.conformal)
 
+    @property
+    def label_issues(self) -> str:
+        """How many training images were flagged as possibly mislabelled (``label_issues.json``)."""
+        return self._logged(_EVALUATION.label_issues_summary)
+
     def _logged(self, local: Path) -> str:
         """Where evaluation's file ``local`` is among the run's artifacts (same file name)."""
         return f"{self.evaluation}/{local.name}"

@@ -51,6 +51,8 @@ class Side:
     """The prediction sets' holdout coverage, one sentence (empty: not measured)."""
     ensemble_estimate: str = ""
     """The registered ensemble scored on the calibration cut, one sentence (empty: no cut)."""
+    label_issues: str = ""
+    """How many training images confident learning flagged as possibly mislabelled."""
     warnings: list[str] = field(default_factory=list)
     """What a reviewer must not miss (out-of-fold or calibration-cut and holdout estimates that
     disagree)."""
@@ -79,6 +81,7 @@ def _load_side(client: Any, name: str, version: str, tracking: Tracking | None =
         oof = _optional_json(client, run_id, ARTIFACTS.oof_metrics, tmp)
         calibration = _optional_json(client, run_id, ARTIFACTS.calibration, tmp) or {}
         conformal = _optional_json(client, run_id, ARTIFACTS.conformal, tmp) or {}
+        flagged = _optional_json(client, run_id, ARTIFACTS.label_issues, tmp)
     warnings = []
     for estimate in (calibration.get("ensemble_estimate"), oof):
         if estimate and (disagreement := estimates_disagree(HoldoutMetrics.from_dict(estimate),
@@ -89,8 +92,11 @@ def _load_side(client: Any, name: str, version: str, tracking: Tracking | None =
     if tracking is not None:  # what is shown must be what registration pinned
         warnings += _evidence_warning(tracking, model_version)
     sets = conformal_sentence(conformal) if conformal.get("holdout") else ""
+    suspects = (f"{flagged['suspects']} of {flagged['checked']} training images (the run's "
+                f"evaluation/label_issues.csv; none removed)" if flagged else "")  # fmt: skip
     return Side(str(version), dict(model_version.tags), metrics, images, baseline, point,
-                sets, _cut_sentence(calibration.get("ensemble_estimate")), warnings)  # fmt: skip
+                sets, _cut_sentence(calibration.get("ensemble_estimate")), suspects,
+                warnings)  # fmt: skip
 
 
 def _cut_sentence(estimate: dict[str, Any] | None) -> str:
@@ -313,6 +319,8 @@ def _table(name: str, candidate: Side, champion: Side | None) -> str:
         lines.append(f"calibration cut (v{candidate.version}): {candidate.ensemble_estimate}")
     if candidate.prediction_sets:
         lines.append(f"prediction sets (v{candidate.version}): {candidate.prediction_sets}")
+    if candidate.label_issues:
+        lines.append(f"suspected label errors (v{candidate.version}): {candidate.label_issues}")
     lines += [f"WARNING (v{candidate.version}): {warning}" for warning in candidate.warnings]
     return "\n".join(lines)
 
@@ -342,6 +350,9 @@ def _markdown(name: str, candidate: Side, champion: Side | None) -> str:
     if candidate.prediction_sets:
         lines += ["", f"**Prediction sets** (v{candidate.version}): "
                       f"{cell(candidate.prediction_sets, 400)}"]  # fmt: skip
+    if candidate.label_issues:
+        lines += ["", f"**Suspected label errors** (v{candidate.version}): "
+                      f"{cell(candidate.label_issues)}"]  # fmt: skip
     changes = _param_changes(candidate, champion)
     lines += ["", "**Params changed:** " + (cell("; ".join(changes)) if changes else "none")]
     return "\n".join(lines)

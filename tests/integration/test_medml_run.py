@@ -40,6 +40,19 @@ def test_medml_run_registers_a_challenger_that_beats_chance(tmp_path: Path) -> N
                               text=True, timeout=300)  # fmt: skip
     assert f"baseline (v1): {said}" in reviewed.stdout, reviewed.stdout + reviewed.stderr
     assert said in (tmp_path / "review.html").read_text()
+    # what a clinical reviewer asks next: the registered ensemble before the holdout, the
+    # prediction sets' per-class coverage, the suspected label errors — summary, card, review
+    from medml.conformal import sentence as sets_sentence
+
+    sets = sets_sentence(json.loads((run_dir / "evaluation" / "conformal.json").read_text()))
+    flagged = json.loads((run_dir / "evaluation" / "label_issues.json").read_text())
+    assert f"prediction sets: {sets}" in result.stdout and "- Prediction sets:" in card
+    assert f"suspected label errors: {flagged['suspects']} of" in result.stdout
+    for shown in ("calibration cut (v1): n=", f"prediction sets (v1): {sets}",
+                  f"suspected label errors (v1): {flagged['suspects']} of"):  # fmt: skip
+        assert shown in reviewed.stdout, shown
+    page = (tmp_path / "review.html").read_text()
+    assert "<h2>Calibration cut</h2>" in page and "<h2>Prediction sets</h2>" in page
 
     metrics = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
     assert metrics["overall"]["balanced_accuracy"] > 0.25 + 0.2  # chance is 0.25
