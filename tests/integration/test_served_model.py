@@ -94,10 +94,15 @@ def test_mlflow_models_serve_answers_raw_jpeg_png_and_dicom(
         server.terminate()
         server.wait(timeout=30)
     classes = ctx.recipe.data.classes
-    assert list(answer.columns) == ["label", *[f"p_{c}" for c in classes], "error"]
+    assert list(answer.columns) == ["label", *[f"p_{c}" for c in classes], "prediction_set",
+                                    "refer", "error"]  # fmt: skip
     assert (answer["error"] == "").all() and list(answer["label"]) == list(expected["label"])
     for column in [f"p_{c}" for c in classes]:
         assert (answer[column] - expected[column]).abs().max() < 1e-5, column
+    sets = expected["prediction_set"].fillna("")  # an empty set is an empty CSV cell
+    assert answer["prediction_set"].tolist() == sets.tolist()
+    assert answer["refer"].tolist() == expected["refer"].tolist()
     assert broken["label"].tolist() == [""] and "does not decode as an image" in broken["error"][0]
     assert broken[f"p_{classes[0]}"].isna().all()  # null in the JSON, not NaN
+    assert broken["prediction_set"].tolist() == [""] and broken["refer"].isna().all()
     assert empty["predictions"] == []
