@@ -843,7 +843,6 @@ def conformal_report(
         library,
         marginal_sets,
         set_metrics,
-        unit_scores,
     )
 
     classes, alpha = recipe.data.classes, recipe.evaluate.conformal_alpha
@@ -851,7 +850,7 @@ def conformal_report(
     source, rows = (cut, cut_rows) if cut is not None else (oof, oof_rows)
     groups = rows["group"].to_numpy() if "group" in rows.columns else None
     sets, fitted = fit_sets(source.calibrated, source.y, classes, alpha, groups)
-    units = len(unit_scores(source.calibrated, source.y, groups)[1])
+    units = len(fitted.alphas)  # one calibration score per unit (image, or patient)
     report: dict[str, Any] = {
         "alpha": alpha, "target_coverage": 1 - alpha, "library": library(),
         "calibrated_on": ("the fold ensemble's output on the calibration cut" if cut is not None

@@ -208,11 +208,10 @@ def _holdout_rows(
         return np.zeros(0, np.int64)
     pool = np.flatnonzero(~given_val)
     n_holdout_splits = max(2, int(round(1.0 / cfg.test_size)))
-    holdout_cv = _make_cv(groups is not None, n_holdout_splits, cfg.seed)
-    pool_groups = None if groups is None else groups[pool]
     try:
-        _, local = next(iter(holdout_cv.split(np.zeros(len(pool)), y[pool], pool_groups)))
+        local = _cut_candidates(pool, y, groups, n_holdout_splits, cfg.seed)[0]
     except ValueError as err:
+        pool_groups = None if groups is None else groups[pool]
         short = _classes_below(n_holdout_splits, y[pool], pool_groups, recipe.data.classes)
         unit = "images" if groups is None else "patients/groups"
         raise SplitError(

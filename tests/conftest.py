@@ -171,3 +171,27 @@ def dags_test(
     finished = [line for line in result.stdout.splitlines() if "DagRun Finished" in line]
     assert finished and "state=success" in finished[-1], result.stdout[-4000:]
     return result
+
+
+def run_user_recipe(recipe_yaml: str, name: str, source: Path, run_dir: Path) -> object:
+    """``medml run`` (in process) with a recipe of the user's own, installed where medml finds
+    one: ``$MEDML_HOME/recipes/<name>.yaml``. Returns typer's result."""
+    from typer.testing import CliRunner
+
+    from medml.cli import app
+
+    recipes = Path(os.environ["MEDML_HOME"]) / "recipes"
+    recipes.mkdir(parents=True, exist_ok=True)
+    (recipes / f"{name}.yaml").write_text(recipe_yaml)
+    args = ["run", "--source", str(source), "--recipe", name, "--run-dir", str(run_dir)]
+    return CliRunner().invoke(app, args)
+
+
+def write_digit(image: object, path: Path, size: int = 32) -> None:
+    """One of scikit-learn's 8x8 digits (values 0-16) as a ``size`` x ``size`` grey PNG."""
+    import cv2
+    import numpy as np
+
+    pixels = (np.asarray(image) * 15.9).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.resize(pixels, (size, size), interpolation=cv2.INTER_LINEAR))

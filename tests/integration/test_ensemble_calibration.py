@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from medml.cli import app
 from medml.conformal import ClassConditionalSets
 from medml.evaluate import expected_calibration_error
+from tests.conftest import run_user_recipe, write_digit
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +54,6 @@ registry:
 
 @pytest.fixture
 def digits(tmp_path: Path) -> Path:
-    import cv2
     from sklearn.datasets import load_digits
 
     data = load_digits()
@@ -63,26 +61,16 @@ def digits(tmp_path: Path) -> Path:
     root = tmp_path / "digits"
     for k, name in enumerate(NAMES):
         rows = rng.permutation(np.flatnonzero(data.target == k))[: 18 if name in RARE else None]
-        (root / name).mkdir(parents=True)
         for i in rows:
-            image = cv2.resize((data.images[i] * 15.9).astype(np.uint8), (32, 32),
-                               interpolation=cv2.INTER_LINEAR)  # fmt: skip
-            cv2.imwrite(str(root / name / f"d{i}.png"), image)
+            write_digit(data.images[i], root / name / f"d{i}.png")
     return root
 
 
 def test_the_undersampled_ensemble_is_calibrated_as_registered(
     digits: Path, tmp_path: Path
 ) -> None:
-    import os
-
-    recipes = Path(os.environ["MEDML_HOME"]) / "recipes"
-    recipes.mkdir(parents=True)
-    (recipes / "digits.yaml").write_text(RECIPE)
     run = tmp_path / "run"
-    result = CliRunner().invoke(
-        app, ["run", "--source", str(digits), "--recipe", "digits", "--run-dir", str(run)]
-    )
+    result = run_user_recipe(RECIPE, "digits", digits, run)
     assert result.exit_code == 0, result.output
     calibration = json.loads((run / "evaluation" / "calibration.json").read_text())
     print(result.output[result.output.index("calibration cut") :])

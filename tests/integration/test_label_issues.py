@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from medml.cli import app
+from tests.conftest import run_user_recipe, write_digit
 
 pytestmark = pytest.mark.integration
 
@@ -46,9 +45,6 @@ registry:
 
 
 def test_suspects_find_flipped_labels_and_nothing_is_removed(tmp_path: Path) -> None:
-    import os
-
-    import cv2
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -58,18 +54,11 @@ def test_suspects_find_flipped_labels_and_nothing_is_removed(tmp_path: Path) -> 
     truth = {}
     for i, (image, digit) in enumerate(zip(digits.images, digits.target, strict=True)):
         label = int(rng.choice([c for c in range(10) if c != digit])) if flipped[i] else digit
-        (root / NAMES[label]).mkdir(parents=True, exist_ok=True)
         path = f"{NAMES[label]}/d{i}.png"
-        cv2.imwrite(str(root / path), cv2.resize((image * 15.9).astype(np.uint8), (32, 32),
-                                                  interpolation=cv2.INTER_LINEAR))  # fmt: skip
+        write_digit(image, root / path)
         truth[path] = bool(flipped[i])
-    recipes = Path(os.environ["MEDML_HOME"]) / "recipes"
-    recipes.mkdir(parents=True)
-    (recipes / "digits-noisy.yaml").write_text(RECIPE)
     run = tmp_path / "run"
-    result = CliRunner().invoke(
-        app, ["run", "--source", str(root), "--recipe", "digits-noisy", "--run-dir", str(run)]
-    )
+    result = run_user_recipe(RECIPE, "digits-noisy", root, run)
     assert result.exit_code == 0, result.output
     evaluation = run / "evaluation"
     suspects = pd.read_csv(evaluation / "label_issues.csv")
